@@ -1,0 +1,63 @@
+"""persistkit: persistence you can prove.
+
+Public names are resolved lazily (PEP 562) so that ``import persistkit`` stays
+light: numpy, cryptography, torch, sklearn, sb3, hypothesis and pytest load
+only when the feature that needs them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from persistkit.errors import (
+    BudgetExceededError,
+    FormatError,
+    IntegrityError,
+    LockedError,
+    MigrationError,
+    PersistIOError,
+    PersistkitError,
+    UnsafeArchiveError,
+    UnsupportedTypeError,
+    UntrustedTypeError,
+    WrongKeyError,
+)
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first attribute access.
+_LAZY: dict[str, str] = {}
+
+__all__ = [
+    "BudgetExceededError",
+    "FormatError",
+    "IntegrityError",
+    "LockedError",
+    "MigrationError",
+    "PersistIOError",
+    "PersistkitError",
+    "UnsafeArchiveError",
+    "UnsupportedTypeError",
+    "UntrustedTypeError",
+    "WrongKeyError",
+    "__version__",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'persistkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass

@@ -1,0 +1,1 @@
+"""FORMAT: bytes in, bytes out. Nothing here touches files."""

@@ -1,0 +1,299 @@
+"""PersistFS: the replaceable I/O layer every persistkit byte goes through.
+
+Only this package opens, writes, fsyncs, renames or unlinks files. Routing all
+of it through one small interface is what lets the verifier record every
+operation, enumerate crash states and inject faults (SQLite's VFS and LevelDB's
+``Env`` follow the same idea).
+
+Writes use raw file descriptors so that each ``write`` call the caller makes is
+one recorded operation with a known offset; there is no hidden buffering
+between persistkit and the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat as _stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from persistkit.errors import PersistIOError, describe_errno
+
+__all__ = [
+    "FileHandle",
+    "LocalFS",
+    "PersistFS",
+    "current_fs",
+    "io_error",
+    "use_fs",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(eq=False)
+class FileHandle:
+    """An open file for writing. ``offset`` is where the next write lands."""
+
+    path: str
+    fd: int
+    offset: int = 0
+    closed: bool = False
+    failed_fsync: bool = False
+
+    def __repr__(self) -> str:
+        return f"FileHandle({self.path!r}, offset={self.offset})"
+
+
+def io_error(op: str, path: PathLike, err: OSError) -> PersistIOError:
+    """Wrap an OSError into a PersistIOError that names the path and errno."""
+    message = (
+        f"{op} failed on {os.fspath(path)!r}: {describe_errno(err.errno)}. "
+        "Free space or fix permissions on that filesystem, then retry; "
+        "the previous copy is untouched."
+    )
+    wrapped = PersistIOError(message, errno=err.errno, path=path, operation=op)
+    wrapped.__cause__ = err
+    return wrapped
+
+
+class PersistFS:
+    """Every file operation persistkit performs.
+
+    Subclasses override the primitive operations; ``persistkit.io.recording``
+    and ``persistkit.io.faults`` wrap another PersistFS. Primitives raise plain
+    ``OSError`` with its errno; the callers in this package (``atomic_write``
+    and friends) wrap that into ``PersistIOError`` with the path and what to do.
+    """
+
+    # -- writing -----------------------------------------------------------
+    def create(self, path: PathLike, *, mode: int = 0o644, exclusive: bool = True) -> FileHandle:
+        raise NotImplementedError
+
+    def open_append(self, path: PathLike, *, mode: int = 0o644) -> FileHandle:
+        raise NotImplementedError
+
+    def write(self, handle: FileHandle, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data`` at the handle's offset, looping on short writes."""
+        raise NotImplementedError
+
+    def fsync(self, handle: FileHandle) -> None:
+        raise NotImplementedError
+
+    def close(self, handle: FileHandle) -> None:
+        raise NotImplementedError
+
+    def truncate(self, handle: FileHandle, size: int) -> None:
+        raise NotImplementedError
+
+    # -- namespace ---------------------------------------------------------
+    def replace(self, src: PathLike, dst: PathLike) -> None:
+        raise NotImplementedError
+
+    def unlink(self, path: PathLike) -> None:
+        raise NotImplementedError
+
+    def mkdir(self, path: PathLike, *, mode: int = 0o755) -> None:
+        raise NotImplementedError
+
+    def rmdir(self, path: PathLike) -> None:
+        raise NotImplementedError
+
+    def symlink(self, target: str, path: PathLike) -> None:
+        raise NotImplementedError
+
+    def fsync_dir(self, path: PathLike) -> None:
+        raise NotImplementedError
+
+    # -- reading -----------------------------------------------------------
+    def read_bytes(self, path: PathLike) -> bytes:
+        raise NotImplementedError
+
+    def open_read(self, path: PathLike) -> BinaryIO:
+        raise NotImplementedError
+
+    def listdir(self, path: PathLike) -> list[str]:
+        raise NotImplementedError
+
+    def stat(self, path: PathLike, *, follow_symlinks: bool = True) -> os.stat_result:
+        raise NotImplementedError
+
+    def readlink(self, path: PathLike) -> str:
+        raise NotImplementedError
+
+    # -- conveniences built on the primitives ------------------------------
+    def exists(self, path: PathLike) -> bool:
+        try:
+            self.stat(path, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    def is_dir(self, path: PathLike) -> bool:
+        try:
+            return _stat.S_ISDIR(self.stat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def is_file(self, path: PathLike) -> bool:
+        try:
+            return _stat.S_ISREG(self.stat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def makedirs(self, path: PathLike, *, mode: int = 0o755, durable: bool = True) -> None:
+        """Create ``path`` and missing parents; with ``durable``, fsync each new entry's parent."""
+        target = Path(os.path.abspath(os.fspath(path)))
+        missing: list[Path] = []
+        probe = target
+        while not self.is_dir(probe):
+            missing.append(probe)
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        for directory in reversed(missing):
+            try:
+                self.mkdir(directory, mode=mode)
+            except FileExistsError:
+                continue
+            if durable:
+                self.fsync_dir(directory.parent)
+
+    def walk(self, top: PathLike) -> Iterator[tuple[str, list[str], list[str]]]:
+        """Like os.walk without following symlinks: (dirpath, dirnames, filenames)."""
+        top_s = os.path.abspath(os.fspath(top))
+        dirs: list[str] = []
+        files: list[str] = []
+        for name in sorted(self.listdir(top_s)):
+            st = self.stat(os.path.join(top_s, name), follow_symlinks=False)
+            (dirs if _stat.S_ISDIR(st.st_mode) else files).append(name)
+        yield top_s, dirs, files
+        for name in dirs:
+            yield from self.walk(os.path.join(top_s, name))
+
+
+
+def _abs(path: PathLike) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+class LocalFS(PersistFS):
+    """The real local filesystem (POSIX)."""
+
+    def create(self, path: PathLike, *, mode: int = 0o644, exclusive: bool = True) -> FileHandle:
+        p = _abs(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags |= os.O_EXCL if exclusive else os.O_TRUNC
+        fd = os.open(p, flags, mode)
+        return FileHandle(p, fd)
+
+    def open_append(self, path: PathLike, *, mode: int = 0o644) -> FileHandle:
+        p = _abs(path)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+        except OSError:
+            os.close(fd)
+            raise
+        return FileHandle(p, fd, offset=size)
+
+    def write(self, handle: FileHandle, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            # pwrite at our own offset: a short write just continues where it stopped.
+            written = os.pwrite(handle.fd, view, handle.offset)
+            if written <= 0:  # pragma: no cover - the kernel raises instead
+                raise OSError(28, os.strerror(28), handle.path)
+            handle.offset += written
+            view = view[written:]
+
+    def fsync(self, handle: FileHandle) -> None:
+        try:
+            os.fsync(handle.fd)
+        except OSError:
+            # After a failed fsync the kernel may have dropped the dirty pages and
+            # marked them clean; a retry could "succeed" over lost data (fsyncgate).
+            handle.failed_fsync = True
+            raise
+
+    def close(self, handle: FileHandle) -> None:
+        if not handle.closed:
+            handle.closed = True
+            os.close(handle.fd)
+
+    def truncate(self, handle: FileHandle, size: int) -> None:
+        os.ftruncate(handle.fd, size)
+        handle.offset = min(handle.offset, size)
+
+    def replace(self, src: PathLike, dst: PathLike) -> None:
+        os.replace(_abs(src), _abs(dst))
+
+    def unlink(self, path: PathLike) -> None:
+        os.unlink(_abs(path))
+
+    def mkdir(self, path: PathLike, *, mode: int = 0o755) -> None:
+        os.mkdir(_abs(path), mode)
+
+    def rmdir(self, path: PathLike) -> None:
+        os.rmdir(_abs(path))
+
+    def symlink(self, target: str, path: PathLike) -> None:
+        os.symlink(target, _abs(path))
+
+    def fsync_dir(self, path: PathLike) -> None:
+        fd = os.open(_abs(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        except OSError as err:
+            # Some filesystems cannot fsync a directory; there is nothing more to do there.
+            if err.errno not in (22, 95):  # EINVAL, EOPNOTSUPP
+                raise
+        finally:
+            os.close(fd)
+
+    def read_bytes(self, path: PathLike) -> bytes:
+        with open(_abs(path), "rb") as f:
+            return f.read()
+
+    def open_read(self, path: PathLike) -> BinaryIO:
+        return open(_abs(path), "rb")  # noqa: SIM115 - the caller owns the handle
+
+    def listdir(self, path: PathLike) -> list[str]:
+        return os.listdir(_abs(path))
+
+    def stat(self, path: PathLike, *, follow_symlinks: bool = True) -> os.stat_result:
+        return os.stat(_abs(path), follow_symlinks=follow_symlinks)
+
+    def readlink(self, path: PathLike) -> str:
+        return os.readlink(_abs(path))
+
+
+_LOCAL = LocalFS()
+_stack: list[PersistFS] = []
+_stack_lock = threading.Lock()
+
+
+def current_fs() -> PersistFS:
+    """The PersistFS in effect: the innermost ``use_fs`` or the local filesystem.
+
+    This is process-global rather than a context variable on purpose: autosave
+    and signal-triggered saves run on other threads, and a crash test must see
+    their operations too.
+    """
+    return _stack[-1] if _stack else _LOCAL
+
+
+@contextlib.contextmanager
+def use_fs(fs: PersistFS) -> Iterator[PersistFS]:
+    """Route persistkit's file operations through ``fs`` inside the block."""
+    with _stack_lock:
+        _stack.append(fs)
+    try:
+        yield fs
+    finally:
+        with _stack_lock:
+            _stack.remove(fs)

@@ -1,0 +1,1 @@
+"""POLICY: pure dataclasses that decide; they never touch files."""

@@ -1,0 +1,1 @@
+"""The persistence verifier: pytest plugin, strategies and crash/fault/lifecycle harnesses."""
