@@ -155,7 +155,8 @@ class PersistIOError(PersistkitError, OSError):
         state["errno"] = self.errno  # lives in OSError's C struct, not in __dict__
         return (_rebuild, (type(self), self.message), state)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        state = dict(state or {})
         errno_value = state.pop("errno", None)
         self.__dict__.update(state)
         self.errno = errno_value

@@ -176,7 +176,6 @@ class PersistFS:
             yield from self.walk(os.path.join(top_s, name))
 
 
-
 def _abs(path: PathLike) -> str:
     return os.path.abspath(os.fspath(path))
 
@@ -260,7 +259,7 @@ class LocalFS(PersistFS):
             return f.read()
 
     def open_read(self, path: PathLike) -> BinaryIO:
-        return open(_abs(path), "rb")  # noqa: SIM115 - the caller owns the handle
+        return open(_abs(path), "rb")
 
     def listdir(self, path: PathLike) -> list[str]:
         return os.listdir(_abs(path))

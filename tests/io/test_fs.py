@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from persistkit.errors import PersistIOError
+from persistkit.io import LocalFS, current_fs, use_fs
+from persistkit.io.faults import Fault, FaultFS
+from persistkit.io.fs import io_error
+from persistkit.io.recording import RecordingFS
+
+
+def test_local_fs_primitives(tmp_path, fd_guard):
+    fs = LocalFS()
+    p = tmp_path / "a.bin"
+    h = fs.create(p)
+    fs.write(h, b"hello ")
+    fs.write(h, memoryview(b"world"))
+    assert h.offset == 11
+    fs.fsync(h)
+    fs.close(h)
+    fs.close(h)  # idempotent
+    assert fs.read_bytes(p) == b"hello world"
+    with pytest.raises(FileExistsError):
+        fs.create(p)  # exclusive by default
+    h = fs.open_append(p)
+    assert h.offset == 11
+    fs.write(h, b"!")
+    fs.truncate(h, 5)
+    fs.close(h)
+    assert p.read_bytes() == b"hello"
+    fs.mkdir(tmp_path / "d")
+    fs.replace(p, tmp_path / "d" / "b.bin")
+    fs.fsync_dir(tmp_path / "d")
+    fs.symlink("b.bin", tmp_path / "d" / "link")
+    assert fs.readlink(tmp_path / "d" / "link") == "b.bin"
+    assert sorted(fs.listdir(tmp_path / "d")) == ["b.bin", "link"]
+    assert fs.exists(tmp_path / "d" / "link") and fs.is_file(tmp_path / "d" / "b.bin")
+    assert fs.is_dir(tmp_path / "d") and not fs.is_dir(tmp_path / "d" / "b.bin")
+    with fs.open_read(tmp_path / "d" / "b.bin") as f:
+        assert f.read() == b"hello"
+    walked = list(fs.walk(tmp_path))
+    assert walked[0][1] == ["d"] and walked[1][2] == ["b.bin", "link"]
+    fs.unlink(tmp_path / "d" / "link")
+    fs.unlink(tmp_path / "d" / "b.bin")
+    fs.rmdir(tmp_path / "d")
+    assert not fs.exists(tmp_path / "d")
+
+
+def test_create_refuses_to_follow_symlinks(tmp_path):
+    (tmp_path / "real").write_bytes(b"keep")
+    os.symlink("real", tmp_path / "link")
+    with pytest.raises(OSError):
+        LocalFS().create(tmp_path / "link", exclusive=False)
+    assert (tmp_path / "real").read_bytes() == b"keep"
+
+
+def test_makedirs_fsyncs_each_new_parent(tmp_path):
+    rec = RecordingFS()
+    with use_fs(rec):
+        current_fs().makedirs(tmp_path / "a" / "b" / "c")
+    assert [op.kind for op in rec.ops] == ["mkdir", "fsync_dir"] * 3
+    assert (tmp_path / "a" / "b" / "c").is_dir()
+
+
+def test_use_fs_nests_and_restores():
+    outer, inner = RecordingFS(), RecordingFS()
+    base = current_fs()
+    with use_fs(outer):
+        assert current_fs() is outer
+        with use_fs(inner):
+            assert current_fs() is inner
+        assert current_fs() is outer
+    assert current_fs() is base
+
+
+def test_recording_logs_partial_writes_of_failed_operations(tmp_path):
+    fault = FaultFS(LocalFS(), Fault(1, errno.ENOSPC, short_write=True))
+    rec = RecordingFS(fault)
+    h = rec.create(tmp_path / "f")
+    with pytest.raises(OSError) as info:
+        rec.write(h, b"0123456789")
+    assert info.value.errno == errno.ENOSPC
+    rec.close(h)
+    writes = [op for op in rec.ops if op.kind == "write"]
+    assert len(writes) == 1 and writes[0].data == b"01234"
+    assert (tmp_path / "f").read_bytes() == b"01234"
+
+
+def test_fault_kinds_filter_and_persistence(tmp_path):
+    fs = FaultFS(LocalFS(), Fault(1, errno.EIO, persistent=True, kinds=frozenset({"fsync"})))
+    h = fs.create(tmp_path / "f")
+    fs.fsync(h)  # fsync #0 passes
+    with pytest.raises(OSError):
+        fs.fsync(h)
+    assert h.failed_fsync
+    with pytest.raises(OSError):
+        fs.fsync(h)  # persistent
+    fs.close(h)
+    assert fs.fired == 2
+    assert fs.fault.describe() == "EIO at operation #1 (persistent)"
+
+
+def test_io_error_message_names_path_errno_and_remedy(tmp_path):
+    err = io_error("write", tmp_path / "x", OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(err, PersistIOError) and isinstance(err, OSError)
+    assert err.errno == errno.ENOSPC and err.operation == "write"
+    text = str(err)
+    assert "ENOSPC" in text and str(tmp_path / "x") in text and "retry" in text
