@@ -15,7 +15,14 @@ import click
 from persistkit import __version__
 
 # command name -> "module:attribute" of a click.Command
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "inspect": "persistkit.commands.bundle:inspect_command",
+    "verify": "persistkit.commands.bundle:verify_command",
+    "keygen": "persistkit.commands.bundle:keygen_command",
+    "archive": "persistkit.commands.archive:archive_group",
+    "state": "persistkit.commands.state:state_group",
+    "check": "persistkit.commands.check:check_command",
+}
 
 
 class LazyGroup(click.Group):
