@@ -27,27 +27,7 @@ from persistkit.errors import (
 __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first attribute access.
-_LAZY: dict[str, str] = {
-    # bundles
-    "Bundle": "persistkit.bundle",
-    "Manifest": "persistkit.bundle",
-    "Report": "persistkit.bundle",
-    "save_bundle": "persistkit.bundle",
-    "load_bundle": "persistkit.bundle",
-    "inspect": "persistkit.bundle",
-    "verify": "persistkit.bundle",
-    "ModelStore": "persistkit.model_store",
-    # archives
-    "Archiver": "persistkit.archive",
-    "backup_before_overwrite": "persistkit.archive",
-    "training_session": "persistkit.archive",
-    # state
-    "StateStore": "persistkit.state",
-    "BoundedLog": "persistkit.state",
-    "Persistent": "persistkit.state",
-    "LoadReport": "persistkit.state",
-    "Checkpoint": "persistkit.state",
-}
+_LAZY: dict[str, str] = {}
 
 __all__ = [
     "BudgetExceededError",

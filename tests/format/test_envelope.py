@@ -153,7 +153,11 @@ def test_newer_version_asks_for_upgrade():
         open_envelope(bytes(sealed))
 
 
-@pytest.mark.parametrize("data", [b"", b"hello world, not ours", b"PK\x03\x04" + b"\0" * 40, os.urandom(64)])
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"hello world, not ours", b"PK\x03\x04" + b"\0" * 40, os.urandom(64)],
+    ids=["empty", "text", "zip", "random"],
+)
 def test_foreign_files_are_format_errors(data):
     with pytest.raises(FormatError, match="not a persistkit file"):
         open_envelope(data, source="notes.txt")
