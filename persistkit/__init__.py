@@ -27,7 +27,13 @@ from persistkit.errors import (
 __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first attribute access.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "StateStore": "persistkit.state",
+    "BoundedLog": "persistkit.state",
+    "Persistent": "persistkit.state",
+    "LoadReport": "persistkit.state",
+    "Checkpoint": "persistkit.state",
+}
 
 __all__ = [
     "BudgetExceededError",

@@ -28,7 +28,7 @@ def test_ratio_targets_met_and_missed():
     ]
     table = report.evaluate(rows)
     assert [r[-1] for r in table] == ["met", "MISSED"]
-    assert table[0][4] == "1.10×" and table[1][4] == "1.30×"
+    assert table[0][4] == "1.10\u00d7" and table[1][4] == "1.30\u00d7"
 
 
 def test_size_delta_rate_and_absolute_targets():

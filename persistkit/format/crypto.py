@@ -315,3 +315,25 @@ def resolve_key(
     if type(salt) is not bytes or len(salt) < 16:
         raise FormatError(f"{source}: malformed KDF salt.", field=source)
     return Key.from_password(password, salt=salt, params=params)
+
+
+class RecordCipher:
+    """AES-GCM for journal records: one data key per journal, the record sequence number as nonce.
+
+    The caller guarantees that a sequence number is used at most once per salt
+    (a recovered journal is never appended to again).
+    """
+
+    def __init__(self, key: Key, salt: bytes) -> None:
+        self._aead = AESGCM(_hkdf(key.material(), salt, b"persistkit journal key v1"))
+
+    def encrypt(self, seq: int, payload: bytes) -> bytes:
+        return self._aead.encrypt(struct.pack(">QI", seq, 2), payload, b"persistkit journal record")
+
+    def decrypt(self, seq: int, data: bytes, *, source: str) -> bytes:
+        try:
+            return self._aead.decrypt(struct.pack(">QI", seq, 2), data, b"persistkit journal record")
+        except InvalidTag:
+            raise IntegrityError(
+                f"{source}: authentication failed (record altered, or the store key changed).", field=source
+            ) from None

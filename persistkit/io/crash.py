@@ -238,7 +238,7 @@ class CrashSimulator:
         handles: dict[int, int] = {}
         for pos, op in enumerate(self.ops):
             rel = self._rel(op.path)
-            if op.kind in ("create", "open_append"):
+            if op.kind in ("create", "open_append", "open_existing"):
                 existing = ns.get(rel)
                 if isinstance(existing, int):
                     handles[op.handle or 0] = existing

@@ -112,7 +112,14 @@ class RecordingFS(PersistFS):
             )
 
     def _hid(self, handle: FileHandle) -> int:
-        return self._handle_ids[id(handle)]
+        hid = self._handle_ids.get(id(handle))
+        if hid is None:
+            # A file opened before recording started (e.g. a journal kept open): note it, so
+            # the crash simulator knows which file later writes go to.
+            hid = next(self._ids)
+            self._handle_ids[id(handle)] = hid
+            self._log("open_existing", handle.path, handle=hid)
+        return hid
 
     def counts(self) -> Counter[str]:
         """How many operations of each kind were recorded."""

@@ -1,0 +1,99 @@
+"""BoundedLog: a list-like, size-limited history whose appends are journaled."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, overload
+
+if TYPE_CHECKING:
+    from persistkit.state.store import StateStore
+
+__all__ = ["BoundedLog"]
+
+
+class BoundedLog:
+    """Keeps the newest ``maxlen`` items (trade history, equity curve).
+
+    Unregistered, it is an in-memory bounded list. Registered with a
+    ``StateStore``, every ``append``/``extend``/``clear`` is written to the
+    store's journal first, so with ``sync="always"`` an item is durable when
+    ``append`` returns. Replay on load respects ``maxlen``.
+    """
+
+    def __init__(self, maxlen: int, items: Iterable[Any] = ()) -> None:
+        if type(maxlen) is not int or maxlen <= 0:
+            raise ValueError(f"maxlen must be a positive int, not {maxlen!r}")
+        self._items: collections.deque[Any] = collections.deque(items, maxlen)
+        self._store: StateStore | None = None
+        self._name = ""
+        self._lock = threading.RLock()
+
+    @property
+    def maxlen(self) -> int:
+        return self._items.maxlen or 0
+
+    def _attach(self, store: StateStore, name: str) -> None:
+        self._store = store
+        self._name = name
+        # One lock for the log and its store: a checkpoint and an append never interleave,
+        # and there is no lock-order inversion between them.
+        self._lock = store._lock
+
+    def append(self, item: Any) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store._journal_append(self._name, item)  # durable first, then visible
+            self._items.append(item)
+
+    def extend(self, items: Iterable[Any]) -> None:
+        for item in items:
+            self.append(item)
+
+    def clear(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store._journal_clear(self._name)
+            self._items.clear()
+
+    def _replay_append(self, item: Any) -> None:
+        self._items.append(item)
+
+    def _replay_clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._items))
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return list(self._items)[index]
+        return self._items[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BoundedLog):
+            return self.maxlen == other.maxlen and list(self._items) == list(other._items)
+        if isinstance(other, list):
+            return list(self._items) == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"BoundedLog(maxlen={self.maxlen}, len={len(self)})"
+
+    def state_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {"maxlen": self.maxlen, "items": list(self._items)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._items = collections.deque(state["items"], self.maxlen)

@@ -1,0 +1,345 @@
+"""The on-disk layout of a state store, and the commit protocol. A storage contract::
+
+    store/
+      .persistkit.lock                 writer lock (flock; released by the kernel if the writer dies)
+      CURRENT                          envelope(kind="current"): {"generation": N, "store": id, "manifest": digest}
+      gen-000007/                      one directory per committed checkpoint
+        MANIFEST                       envelope(kind="manifest"): generation, store id, created, and for
+                                       each component: file, schema version, size, xxh3 digest; for each
+                                       journal: file, first sequence number, salt (encrypted stores)
+        <component>.pk                 envelope(kind="component", codec="tree", schema=version,
+                                       meta={component, generation, store})
+        <log>.journal                  appends made after this checkpoint (see journal.py)
+      gen-000008.tmp-<token>/          a checkpoint being written (never read; removed on open)
+      gen-000006.corrupt-<UTC ts>/     a quarantined generation (never deleted by persistkit)
+
+Commit: write every file of ``gen-N.tmp-*``, fsync each, fsync the directory,
+rename it to ``gen-N``, fsync the store directory, then atomically replace
+``CURRENT`` (temp file, fsync, rename, fsync). A crash before ``CURRENT``
+is durable leaves the previous checkpoint in force; after it, the new one.
+Every component of a generation commits together.
+
+The generation number and store id are inside every component file, the
+manifest and ``CURRENT``; in encrypted stores they are authenticated, so a
+rolled-back, spliced or foreign file is detected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from persistkit.errors import FormatError, IntegrityError, PersistkitError
+from persistkit.format import envelope, tree
+from persistkit.format.crypto import Key
+from persistkit.io import atomic_write, current_fs
+from persistkit.io.fs import io_error
+
+__all__ = [
+    "CURRENT",
+    "GenerationFiles",
+    "LoadedGeneration",
+    "commit_generation",
+    "gen_name",
+    "list_generations",
+    "quarantine",
+    "read_current",
+    "read_generation",
+    "remove_generation",
+]
+
+CURRENT = "CURRENT"
+MANIFEST = "MANIFEST"
+_GEN_RE = re.compile(r"^gen-(\d{6,})$")
+_TMP_RE = re.compile(r"^gen-(\d{6,})\.tmp-[0-9a-f]+$")
+
+
+def gen_name(n: int) -> str:
+    return f"gen-{n:06d}"
+
+
+def component_file(name: str) -> str:
+    return f"{name}.pk"
+
+
+def journal_file(name: str) -> str:
+    return f"{name}.journal"
+
+
+@dataclass
+class GenerationFiles:
+    """What one checkpoint holds, ready to be written: encoded component states."""
+
+    generation: int
+    store_id: str
+    components: dict[str, tuple[int, bytes]]  # name -> (schema version, tree-encoded state)
+    journals: dict[str, int]  # log name -> first sequence number of its new journal
+    journal_salts: dict[str, bytes] = field(default_factory=dict)
+
+
+def _seal(payload: bytes, *, kind: str, schema: int, meta: dict[str, Any], key: Key | None) -> bytes:
+    return envelope.seal(payload, kind=kind, codec="tree", schema=schema, meta=meta, key=key)
+
+
+def commit_generation(directory: str, files: GenerationFiles, *, key: Key | None) -> dict[str, int]:
+    """Write and commit one generation; returns bytes written per component."""
+    fs = current_fs()
+    n = files.generation
+    final = os.path.join(directory, gen_name(n))
+    tmp = os.path.join(directory, f"{gen_name(n)}.tmp-{secrets.token_hex(4)}")
+    sizes: dict[str, int] = {}
+    entries: dict[str, Any] = {}
+    try:
+        fs.mkdir(tmp)
+        for name, (version, encoded) in files.components.items():
+            meta = {"component": name, "generation": n, "store": files.store_id}
+            sealed = _seal(encoded, kind="component", schema=version, meta=meta, key=key)
+            _write_synced(os.path.join(tmp, component_file(name)), sealed)
+            sizes[name] = len(sealed)
+            entries[name] = {
+                "file": component_file(name),
+                "version": version,
+                "bytes": len(sealed),
+                "digest": xxhash.xxh3_128_hexdigest(sealed),
+            }
+        journals = {}
+        for name, first in files.journals.items():
+            _create_empty(os.path.join(tmp, journal_file(name)))
+            journals[name] = {
+                "file": journal_file(name),
+                "first_seq": first,
+                "salt": files.journal_salts.get(name),
+            }
+        manifest = {
+            "generation": n,
+            "store": files.store_id,
+            "created": _now(),
+            "components": entries,
+            "journals": journals,
+        }
+        sealed_manifest = _seal(
+            tree.encode(manifest, root="manifest"),
+            kind="manifest",
+            schema=1,
+            meta={"generation": n, "store": files.store_id},
+            key=key,
+        )
+        _write_synced(os.path.join(tmp, MANIFEST), sealed_manifest)
+        fs.fsync_dir(tmp)
+        fs.replace(tmp, final)
+        fs.fsync_dir(directory)
+    except OSError as err:
+        _remove_tree_quietly(tmp)
+        raise io_error("write checkpoint", final, err) from err
+    current = {
+        "generation": n,
+        "store": files.store_id,
+        "manifest": xxhash.xxh3_128_hexdigest(sealed_manifest),
+    }
+    atomic_write(
+        os.path.join(directory, CURRENT),
+        _seal(
+            tree.encode(current, root="CURRENT"),
+            kind="current",
+            schema=1,
+            meta={"generation": n, "store": files.store_id},
+            key=key,
+        ),
+    )
+    return sizes
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    fs = current_fs()
+    handle = fs.create(path)
+    try:
+        fs.write(handle, data)
+        fs.fsync(handle)
+    finally:
+        fs.close(handle)
+
+
+def _create_empty(path: str) -> None:
+    fs = current_fs()
+    fs.close(fs.create(path))
+
+
+def _remove_tree_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        remove_generation(path)
+
+
+def remove_generation(path: str) -> None:
+    fs = current_fs()
+    if not fs.exists(path):
+        return
+    for name in fs.listdir(path):
+        fs.unlink(os.path.join(path, name))
+    fs.rmdir(path)
+
+
+_ANY_GEN_RE = re.compile(r"^gen-(\d{6,})(?:$|\.)")
+
+
+def highest_generation_number(directory: str) -> int:
+    """The highest number any generation ever used here, including quarantined and unfinished ones.
+
+    New generations never reuse a number: journal keys are derived from it.
+    """
+    best = 0
+    for name in current_fs().listdir(directory):
+        m = _ANY_GEN_RE.match(name)
+        if m:
+            best = max(best, int(m[1]))
+    return best
+
+
+def find_journal(directory: str, n: int, log: str) -> str | None:
+    """The journal of ``log`` written after generation ``n``, also inside a quarantined directory."""
+    fs = current_fs()
+    for name in sorted(fs.listdir(directory)):
+        if name == gen_name(n) or name.startswith(gen_name(n) + ".corrupt-"):
+            path = os.path.join(directory, name, journal_file(log))
+            if fs.exists(path):
+                return path
+    return None
+
+
+def list_generations(directory: str) -> tuple[list[int], list[str]]:
+    """Committed generation numbers (ascending) and leftover temp directories."""
+    fs = current_fs()
+    gens, tmps = [], []
+    for name in fs.listdir(directory):
+        m = _GEN_RE.match(name)
+        if m and fs.is_dir(os.path.join(directory, name)):
+            gens.append(int(m[1]))
+        elif _TMP_RE.match(name):
+            tmps.append(name)
+    return sorted(gens), tmps
+
+
+def quarantine(directory: str, name: str) -> str:
+    """Rename ``name`` to ``name.corrupt-<UTC timestamp>``; never delete it. Returns the new path."""
+    fs = current_fs()
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = os.path.join(directory, f"{name}.corrupt-{stamp}")
+    try:
+        fs.replace(os.path.join(directory, name), target)
+        fs.fsync_dir(directory)
+    except OSError as err:
+        raise io_error("quarantine", os.path.join(directory, name), err) from err
+    return target
+
+
+def _open(data: bytes, *, key: Key | None, source: str, kind: str) -> envelope.Opened:
+    opened = envelope.open_envelope(data, key=key, source=source)
+    if opened.header.kind != kind:
+        raise IntegrityError(
+            f"{source}: holds a {opened.header.kind!r} envelope, expected {kind!r}.", path=source
+        )
+    return opened
+
+
+def read_current(directory: str, *, key: Key | None) -> dict[str, Any] | None:
+    """The CURRENT pointer, or None on a first run. Raises on damage."""
+    path = os.path.join(directory, CURRENT)
+    fs = current_fs()
+    try:
+        data = fs.read_bytes(path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise io_error("read", path, err) from err
+    value = tree.decode(_open(data, key=key, source=path, kind="current").payload, source=path)
+    if not isinstance(value, dict) or type(value.get("generation")) is not int:
+        raise FormatError(f"{path}: malformed CURRENT pointer.", path=path)
+    return value
+
+
+@dataclass
+class LoadedGeneration:
+    generation: int
+    store_id: str
+    states: dict[str, tuple[int, object]]  # name -> (schema version, decoded state)
+    journals: dict[str, dict[str, Any]]
+    sizes: dict[str, int]
+
+
+def read_generation(
+    directory: str,
+    n: int,
+    *,
+    key: Key | None,
+    store_id: str | None,
+    wanted: set[str] | None = None,
+    model_resolver: tree.ModelResolver | None = None,
+) -> LoadedGeneration:
+    """Read and check every file of generation ``n``; raises PersistkitError naming what is wrong."""
+    fs = current_fs()
+    gdir = os.path.join(directory, gen_name(n))
+    mpath = os.path.join(gdir, MANIFEST)
+    try:
+        mdata = fs.read_bytes(mpath)
+    except OSError as err:
+        raise IntegrityError(f"{mpath}: cannot read the manifest ({err.strerror}).", path=mpath) from err
+    manifest = tree.decode(_open(mdata, key=key, source=mpath, kind="manifest").payload, source=mpath)
+    if not isinstance(manifest, dict) or manifest.get("generation") != n:
+        raise IntegrityError(
+            f"{mpath}: manifest names generation {manifest.get('generation') if isinstance(manifest, dict) else '?'}"
+            f", but it sits in {gen_name(n)}: a rolled-back or moved generation.",
+            path=mpath,
+        )
+    if store_id is not None and manifest.get("store") != store_id:
+        raise IntegrityError(f"{mpath}: belongs to another store (id {manifest.get('store')!r}).", path=mpath)
+    states: dict[str, tuple[int, object]] = {}
+    sizes: dict[str, int] = {}
+    for name, entry in manifest["components"].items():
+        if wanted is not None and name not in wanted:
+            continue
+        path = os.path.join(gdir, entry["file"])
+        try:
+            data = fs.read_bytes(path)
+        except OSError as err:
+            raise IntegrityError(
+                f"{path}: component {name!r} cannot be read ({err.strerror}).", path=path, member=name
+            ) from err
+        if xxhash.xxh3_128_hexdigest(data) != entry["digest"]:
+            raise IntegrityError(
+                f"{path}: component {name!r} does not match the generation manifest (replaced or damaged).",
+                path=path,
+                member=name,
+            )
+        opened = _open(data, key=key, source=path, kind="component")
+        meta = opened.header.meta
+        if (
+            meta.get("component") != name
+            or meta.get("generation") != n
+            or meta.get("store") != manifest["store"]
+        ):
+            raise IntegrityError(
+                f"{path}: holds {meta.get('component')!r} of generation "
+                f"{meta.get('generation')}, not {name!r} of {n}: a spliced file.",
+                path=path,
+                member=name,
+            )
+        states[name] = (
+            opened.header.schema,
+            tree.decode(opened.payload, source=path, model_resolver=model_resolver),
+        )
+        sizes[name] = len(data)
+    return LoadedGeneration(n, manifest["store"], states, dict(manifest.get("journals", {})), sizes)
+
+
+def describe_failure(err: PersistkitError) -> str:
+    return f"{type(err).__name__}: {err}"

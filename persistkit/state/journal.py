@@ -1,0 +1,227 @@
+"""Append-only journals for ``BoundedLog`` components.
+
+A journal lives inside the generation directory it extends
+(``gen-000007/trades.journal``) and holds the appends made after that
+checkpoint. Each record is::
+
+    u32 length | u64 sequence | u8 op | payload (length bytes) | xxh3-64 of everything before
+
+``op`` is 1 for append (payload: one tree-encoded item) and 2 for clear.
+With a store key the payload is AES-GCM encrypted under the journal's own
+data key (its salt is in the generation manifest) with the sequence number as
+nonce; sequence numbers are never reused because a writable store checkpoints
+(and so starts fresh journals) whenever it recovered one.
+
+Recovery follows protocol-aware recovery (FAST'18): a bad record at the end
+of the file is a torn append that was never acknowledged and is dropped and
+reported; a bad record followed by good ones is damage to acknowledged data
+and raises ``IntegrityError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import xxhash
+
+from persistkit.errors import IntegrityError, PersistIOError
+from persistkit.io.fs import FileHandle, current_fs, io_error
+
+__all__ = ["APPEND", "CLEAR", "JournalReader", "JournalWriter", "Record", "SyncPolicy"]
+
+SyncPolicy = Literal["always", "batch", "none"]
+RECORD = struct.Struct("<IQB")
+CHECK = 8
+APPEND, CLEAR = 1, 2
+MAX_RECORD = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Record:
+    seq: int
+    op: int
+    payload: bytes
+
+
+def frame(seq: int, op: int, payload: bytes) -> bytes:
+    head = RECORD.pack(len(payload), seq, op)
+    return head + payload + xxhash.xxh3_64_digest(head + payload)
+
+
+class JournalWriter:
+    """Appends records to one journal file with the chosen sync policy.
+
+    ``always``: fsync before ``append`` returns (durable when it returns).
+    ``batch``: a flusher fsyncs at most every ``batch_ms`` milliseconds (group commit).
+    ``none``: no fsync; the next checkpoint makes the data durable.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        sync: SyncPolicy = "always",
+        batch_ms: float = 5.0,
+        next_seq: int = 0,
+        cipher: object | None = None,
+    ) -> None:
+        if sync not in ("always", "batch", "none"):
+            raise ValueError(f"sync must be 'always', 'batch' or 'none', not {sync!r}")
+        self.path = path
+        self.sync = sync
+        self.batch_ms = batch_ms
+        self.next_seq = next_seq
+        self.records = 0
+        self._cipher = cipher
+        self._lock = threading.Lock()
+        self._dirty = threading.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+        try:
+            self._handle: FileHandle = current_fs().open_append(path)
+        except OSError as err:
+            raise io_error("open journal", path, err) from err
+        self._flusher: threading.Thread | None = None
+        if sync == "batch":
+            self._flusher = threading.Thread(target=self._flush_loop, name="persistkit-journal", daemon=True)
+            self._flusher.start()
+
+    def append(self, op: int, payload: bytes) -> int:
+        """Write one record; returns its sequence number. Durability depends on the policy."""
+        with self._lock:
+            if self._closed:
+                raise PersistIOError(f"journal {self.path!r} is closed; reopen the store.", path=self.path)
+            if self._error is not None:
+                raise io_error("fsync journal (batch)", self.path, self._error) from self._error  # type: ignore[arg-type]
+            seq = self.next_seq
+            data = self._cipher.encrypt(seq, payload) if self._cipher is not None else payload  # type: ignore[attr-defined]
+            fs = current_fs()
+            try:
+                fs.write(self._handle, frame(seq, op, data))
+                if self.sync == "always":
+                    fs.fsync(self._handle)
+            except OSError as err:
+                # The record may be partly on disk: it was never acknowledged, and recovery
+                # drops a torn tail. Stop writing here so no later record lands after a hole.
+                self._closed = True
+                self._close_quietly()
+                raise io_error("append to journal", self.path, err) from err
+            self.next_seq += 1
+            self.records += 1
+        if self.sync == "batch":
+            self._dirty.set()
+        return seq
+
+    def flush(self) -> None:
+        """Make every record written so far durable."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                current_fs().fsync(self._handle)
+            except OSError as err:
+                self._closed = True
+                self._close_quietly()
+                raise io_error("fsync journal", self.path, err) from err
+
+    def _flush_loop(self) -> None:
+        while not self._closed:
+            self._dirty.wait(0.5)
+            if not self._dirty.is_set():
+                continue
+            time.sleep(self.batch_ms / 1000.0)
+            self._dirty.clear()
+            try:
+                self.flush()
+            except PersistIOError as err:
+                self._error = err.__cause__ or err
+                return
+
+    def _close_quietly(self) -> None:
+        with contextlib.suppress(OSError):
+            current_fs().close(self._handle)
+
+    def close(self) -> None:
+        if self.sync == "batch" and not self._closed:
+            self.flush()
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._close_quietly()
+        self._dirty.set()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join(timeout=2)
+
+
+@dataclass
+class JournalReader:
+    """Reads a journal; ``torn`` says whether an unacknowledged tail was dropped."""
+
+    path: str
+    records: list[Record]
+    torn: bool
+    torn_bytes: int
+
+    @classmethod
+    def read(cls, path: str, *, cipher: object | None = None, first_seq: int = 0) -> JournalReader:
+        fs = current_fs()
+        try:
+            data = fs.read_bytes(path)
+        except FileNotFoundError:
+            return cls(path, [], False, 0)
+        except OSError as err:
+            raise io_error("read journal", path, err) from err
+        records: list[Record] = []
+        pos = 0
+        expected = first_seq
+        while pos < len(data):
+            record, end = _parse(data, pos)
+            if record is None or record.seq != expected:
+                if _only_garbage_follows(data, pos):
+                    return cls(path, records, True, len(data) - pos)
+                raise IntegrityError(
+                    f"journal {path!r} is damaged at byte {pos} (record {expected}) while later records are "
+                    "intact: acknowledged appends may be affected. Move the journal aside to load the "
+                    "checkpoint without it, or restore it from a backup.",
+                    path=path,
+                    field=f"record {expected}",
+                )
+            payload = record.payload
+            if cipher is not None:
+                payload = cipher.decrypt(record.seq, payload, source=f"{path} record {record.seq}")  # type: ignore[attr-defined]
+            records.append(Record(record.seq, record.op, payload))
+            expected += 1
+            pos = end
+        return cls(path, records, False, 0)
+
+
+def _parse(data: bytes, pos: int) -> tuple[Record | None, int]:
+    if len(data) - pos < RECORD.size + CHECK:
+        return None, pos
+    length, seq, op = RECORD.unpack_from(data, pos)
+    end = pos + RECORD.size + length + CHECK
+    if length > MAX_RECORD or end > len(data) or op not in (APPEND, CLEAR):
+        return None, pos
+    body = data[pos : end - CHECK]
+    if xxhash.xxh3_64_digest(body) != data[end - CHECK : end]:
+        return None, pos
+    return Record(seq, op, body[RECORD.size :]), end
+
+
+def _only_garbage_follows(data: bytes, pos: int) -> bool:
+    """True if no valid record starts anywhere after ``pos`` (a torn or zero-filled tail)."""
+    for start in range(pos + 1, len(data) - RECORD.size - CHECK + 1):
+        record, _ = _parse(data, start)
+        if record is not None:
+            return False
+    return True
+
+
+def iter_items(reader: JournalReader) -> Iterator[Record]:
+    yield from reader.records

@@ -1,0 +1,782 @@
+"""StateStore: consistent checkpoints of every component of a long-running process.
+
+See ``persistkit.state.generations`` for the on-disk layout and commit
+protocol, and ``persistkit.state.journal`` for journaled appends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import xxhash
+
+from persistkit.errors import (
+    BudgetExceededError,
+    FormatError,
+    IntegrityError,
+    MigrationError,
+    PersistIOError,
+    PersistkitError,
+    WrongKeyError,
+)
+from persistkit.format import envelope, tree
+from persistkit.format.crypto import KdfParams, Key, RecordCipher, new_salt, read_key_file
+from persistkit.io import DirectoryLock, atomic_write, current_fs
+from persistkit.io.fs import io_error
+from persistkit.state import generations as gens
+from persistkit.state.bounded import BoundedLog
+from persistkit.state.journal import APPEND, CLEAR, JournalReader, JournalWriter, SyncPolicy
+
+__all__ = ["Checkpoint", "ComponentReport", "LoadReport", "Persistent", "StateStore"]
+
+log = logging.getLogger("persistkit")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+STORE_FILE = "STORE"
+
+
+class StateRecoveredWarning(UserWarning):
+    """A state store fell back to an older checkpoint; the message names the file and generation."""
+
+
+@runtime_checkable
+class Persistent(Protocol):
+    """What a component implements to be stored (``__getstate__``/``__setstate__`` also work)."""
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+Status = Literal["loaded", "defaults", "migrated", "recovered"]
+
+
+@dataclass
+class ComponentReport:
+    name: str
+    status: Status
+    generation: int | None = None
+    stored_version: int | None = None
+    version: int = 1
+    journal_records: int = 0
+    torn_records: int = 0
+    detail: str = ""
+
+
+@dataclass
+class LoadReport:
+    """What ``load()`` did, per component, plus any fallback it had to make."""
+
+    generation: int | None
+    components: dict[str, ComponentReport]
+    quarantined: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    unregistered: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> ComponentReport:
+        return self.components[name]
+
+    @property
+    def recovered(self) -> bool:
+        return bool(self.failures)
+
+    def summary(self) -> str:
+        parts = [f"{n}: {c.status}" for n, c in self.components.items()]
+        return f"generation {self.generation}; " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A committed (or skipped, when nothing changed) checkpoint."""
+
+    generation: int
+    sizes: dict[str, int]
+    seconds: float
+    skipped: bool = False
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes.values())
+
+
+@dataclass
+class _Registration:
+    name: str
+    component: Any
+    version: int
+    migrations: dict[int, Callable[[Any], Any]]
+    max_bytes: int | None
+    validate: Callable[[Any], Any] | None
+    is_log: bool
+
+
+class StateStore:
+    """Persist registered components together, durably, with recovery and migrations.
+
+    ``directory`` holds generations (see ``persistkit.state.generations``).
+    ``readonly=True`` opens without the writer lock, for dashboards and tests.
+    ``sync`` is the journal policy of registered ``BoundedLog`` components.
+    ``on_corrupt="defaults"`` lets a store whose every generation is damaged
+    start from defaults instead of raising ``IntegrityError``.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        autosave_every: float = 300.0,
+        keep_generations: int = 3,
+        password: str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        readonly: bool = False,
+        sync: SyncPolicy = "always",
+        batch_ms: float = 5.0,
+        on_corrupt: Literal["raise", "defaults"] = "raise",
+        grace: float = 10.0,
+        kdf: KdfParams | None = None,
+    ) -> None:
+        if keep_generations < 1:
+            raise ValueError("keep_generations must be at least 1")
+        if sync not in ("always", "batch", "none"):
+            raise ValueError(f"sync must be 'always', 'batch' or 'none', not {sync!r}")
+        if password is not None and key_file is not None:
+            raise ValueError("pass password= or key_file=, not both")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.autosave_every = autosave_every
+        self.keep_generations = keep_generations
+        self.readonly = readonly
+        self.sync: SyncPolicy = sync
+        self.batch_ms = batch_ms
+        self.on_corrupt = on_corrupt
+        self.grace = grace
+        self.last_error: BaseException | None = None
+        self.stop_requested: int | None = None
+        self.on_final_save: Callable[[Checkpoint], None] | None = None
+        self._password = password
+        self._key_file = os.fspath(key_file) if key_file is not None else None
+        self._kdf = kdf
+        self._key: Key | None = None
+        self._lock = threading.RLock()
+        self._components: dict[str, _Registration] = {}
+        self._writers: dict[str, JournalWriter] = {}
+        self._next_seq: dict[str, int] = {}
+        self._generation: int | None = None
+        self._store_id: str | None = None
+        self._loaded = False
+        self._closed = False
+        self._last_digest: bytes | None = None
+        self._stats: dict[str, Any] = {"saves": 0, "last_save_seconds": None, "bytes": {}}
+        self._autosave: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._signals: Any = None
+        self._atexit_registered = False
+        self._dir_lock: DirectoryLock | None = None
+        if not readonly:
+            self._dir_lock = DirectoryLock(self.directory).acquire()
+
+    # -- registration --------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        component: Any,
+        *,
+        version: int = 1,
+        migrations: Mapping[int, Callable[[Any], Any]] | None = None,
+        max_bytes: int | None = None,
+        validate: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """Register ``component`` under ``name``; returns the component."""
+        if not _NAME_RE.match(name):
+            raise ValueError(f"component name {name!r} must be letters, digits, '_', '.', '-' (max 100)")
+        if name in self._components:
+            raise ValueError(f"component {name!r} is already registered")
+        if type(version) is not int or version < 1:
+            raise ValueError(f"version must be a positive int, not {version!r}")
+        is_log = isinstance(component, BoundedLog)
+        if not is_log and not _has_state_api(component):
+            raise TypeError(
+                f"component {name!r} ({type(component).__name__}) needs state_dict()/load_state_dict() or "
+                "__getstate__/__setstate__"
+            )
+        self._components[name] = _Registration(
+            name, component, version, dict(migrations or {}), max_bytes, validate, is_log
+        )
+        if is_log:
+            component._attach(self, name)
+        return component
+
+    # -- keys -------------------------------------------------------------------
+    def _store_meta(self) -> dict[str, Any]:
+        fs = current_fs()
+        path = os.path.join(self.directory, STORE_FILE)
+        try:
+            data = fs.read_bytes(path)
+        except FileNotFoundError:
+            if self.readonly:
+                return {}
+            meta: dict[str, Any] = {"store": new_salt().hex()[:16], "created": time.time()}
+            if self._password is not None:
+                params = self._kdf or KdfParams()
+                meta["kdf"] = {"n": params.n, "r": params.r, "p": params.p, "salt": new_salt()}
+            fs.makedirs(self.directory)
+            atomic_write(path, envelope.seal(tree.encode(meta, root="STORE"), kind="store", codec="tree"))
+            return meta
+        except OSError as err:
+            raise io_error("read", path, err) from err
+        value = tree.decode(envelope.open_envelope(data, source=path).payload, source=path)
+        if not isinstance(value, dict) or type(value.get("store")) is not str:
+            raise FormatError(f"{path}: malformed store description.", path=path)
+        return value
+
+    def _resolve_key(self, meta: Mapping[str, Any]) -> Key | None:
+        if self._key_file is not None:
+            return read_key_file(self._key_file)
+        if self._password is not None:
+            kdf = meta.get("kdf")
+            if not isinstance(kdf, dict):
+                raise WrongKeyError(
+                    f"{self.directory}: this store was created without a password; open it without password=.",
+                    path=self.directory,
+                )
+            params = KdfParams(n=kdf["n"], r=kdf["r"], p=kdf["p"])
+            params.check(os.path.join(self.directory, STORE_FILE))
+            return Key.from_password(self._password, salt=kdf["salt"], params=params)
+        return None
+
+    # -- loading ----------------------------------------------------------------
+    def load(self) -> LoadReport:
+        """Restore every registered component from the newest consistent checkpoint."""
+        with self._lock:
+            fs = current_fs()
+            if not fs.is_dir(self.directory):
+                if self.readonly:
+                    return self._all_defaults(None)
+                fs.makedirs(self.directory)
+            meta = self._store_meta()
+            self._store_id = meta.get("store")
+            self._key = self._resolve_key(meta)
+            if not self.readonly:
+                _, tmps = gens.list_generations(self.directory)
+                for name in tmps:
+                    gens.remove_generation(os.path.join(self.directory, name))
+            report = self._load_locked()
+            self._loaded = True
+            if not self.readonly:
+                needs_checkpoint = (
+                    self._generation is None
+                    or report.recovered
+                    or any(
+                        c.journal_records or c.torn_records or c.status == "migrated"
+                        for c in report.components.values()
+                    )
+                )
+                if needs_checkpoint:
+                    # Fresh journals: never append after a replayed or torn tail (sequence
+                    # numbers, and with a key the nonces, are never reused).
+                    self._save_locked(force=True)
+                else:
+                    self._open_writers()
+            return report
+
+    def _all_defaults(self, generation: int | None) -> LoadReport:
+        comps = {
+            n: ComponentReport(n, "defaults", generation, None, r.version)
+            for n, r in self._components.items()
+        }
+        self._loaded = True
+        return LoadReport(generation, comps)
+
+    def _load_locked(self) -> LoadReport:
+        failures: list[str] = []
+        quarantined: list[str] = []
+        current_n: int | None = None
+        try:
+            current = gens.read_current(self.directory, key=self._key)
+            current_n = current["generation"] if current is not None else None
+            if current is not None and current.get("store") != self._store_id:
+                raise IntegrityError(
+                    f"{os.path.join(self.directory, gens.CURRENT)}: points into another store.",
+                    path=self.directory,
+                )
+        except WrongKeyError:
+            raise
+        except PersistkitError as err:
+            failures.append(f"{gens.CURRENT}: {err}")
+            if not self.readonly:
+                quarantined.append(gens.quarantine(self.directory, gens.CURRENT))
+        committed, _ = gens.list_generations(self.directory)
+        if current_n is not None:
+            candidates = [current_n] + [n for n in reversed(committed) if n < current_n]
+            if not self.readonly:
+                for n in committed:
+                    if n > current_n:  # written but never committed: not acknowledged
+                        gens.remove_generation(os.path.join(self.directory, gens.gen_name(n)))
+        else:
+            candidates = list(reversed(committed))
+        if not candidates:
+            if failures and self.on_corrupt == "raise":
+                raise IntegrityError(
+                    f"{self.directory}: no readable checkpoint ({'; '.join(failures)}). Restore the store from a "
+                    "backup, or open it with on_corrupt='defaults' to start over.",
+                    path=self.directory,
+                )
+            self._generation = None
+            return LoadReport(None, self._defaults_report(), quarantined, failures)
+
+        for n in candidates:
+            try:
+                loaded = gens.read_generation(
+                    self.directory,
+                    n,
+                    key=self._key,
+                    store_id=self._store_id,
+                    model_resolver=self._model_resolver(),
+                )
+                report = self._apply(loaded, recovered=bool(failures))
+            except (WrongKeyError, MigrationError):
+                raise
+            except PersistkitError as err:
+                failures.append(f"{gens.gen_name(n)}: {err}")
+                if not self.readonly and n in committed:
+                    quarantined.append(gens.quarantine(self.directory, gens.gen_name(n)))
+                continue
+            self._generation = n
+            report.quarantined = quarantined
+            report.failures = failures
+            if failures:
+                where = ", ".join(quarantined) if quarantined else "(read-only: left in place)"
+                warnings.warn(
+                    f"state store {self.directory}: fell back to {gens.gen_name(n)} because newer data is "
+                    f"damaged; quarantined {where}. Details: {'; '.join(failures)}",
+                    StateRecoveredWarning,
+                    stacklevel=4,
+                )
+            return report
+        if self.on_corrupt == "defaults":
+            warnings.warn(
+                f"state store {self.directory}: every checkpoint is damaged; starting from defaults as "
+                f"requested (on_corrupt='defaults'). Details: {'; '.join(failures)}",
+                StateRecoveredWarning,
+                stacklevel=4,
+            )
+            self._generation = None
+            return LoadReport(None, self._defaults_report(), quarantined, failures)
+        raise IntegrityError(
+            f"{self.directory}: every checkpoint is damaged ({'; '.join(failures)}). Quarantined copies are kept "
+            "beside it; restore from a backup, or open with on_corrupt='defaults' to start over.",
+            path=self.directory,
+        )
+
+    def _defaults_report(self) -> dict[str, ComponentReport]:
+        for name, reg in self._components.items():
+            if reg.is_log:
+                self._next_seq[name] = 0
+        return {n: ComponentReport(n, "defaults", None, None, r.version) for n, r in self._components.items()}
+
+    def _model_resolver(self) -> tree.ModelResolver | None:
+        try:
+            from persistkit.format import codecs
+        except ImportError:  # pragma: no cover
+            return None
+        decode_member = getattr(codecs, "decode_member", None)
+        if decode_member is None:
+            return None
+        return lambda codec, payload: decode_member(codec, payload)
+
+    def _model_hook(self) -> tree.ModelHook | None:
+        try:
+            from persistkit.format import codecs
+        except ImportError:  # pragma: no cover
+            return None
+        hook: tree.ModelHook | None = getattr(codecs, "model_hook", None)
+        return hook
+
+    def _apply(self, loaded: gens.LoadedGeneration, *, recovered: bool) -> LoadReport:
+        """Migrate, validate and hand states to components; replay journals. Atomic per generation."""
+        prepared: dict[str, tuple[Any, ComponentReport]] = {}
+        for name, reg in self._components.items():
+            if name not in loaded.states:
+                prepared[name] = (
+                    None,
+                    ComponentReport(name, "defaults", loaded.generation, None, reg.version),
+                )
+                continue
+            stored_version, state = loaded.states[name]
+            state, status = self._migrate(reg, stored_version, state)
+            if reg.validate is not None:
+                problem = _run_validator(reg.validate, state)
+                if problem:
+                    raise IntegrityError(
+                        f"{gens.gen_name(loaded.generation)}/{name}: stored state rejected by the validator: "
+                        f"{problem}",
+                        member=name,
+                    )
+            rep = ComponentReport(
+                name, "recovered" if recovered else status, loaded.generation, stored_version, reg.version
+            )
+            prepared[name] = (state, rep)
+        # journals: read everything before touching any component
+        replays: dict[str, tuple[list[Any], int, int]] = {}
+        for name, reg in self._components.items():
+            if not reg.is_log:
+                continue
+            state = prepared[name][0]
+            first = state.get("seq", 0) if isinstance(state, dict) else 0
+            replays[name] = self._read_journals(name, loaded.generation, first)
+        for name, (state, rep) in prepared.items():
+            reg = self._components[name]
+            if state is not None:
+                _load_state(reg, state)
+            if reg.is_log:
+                items, records, torn = replays[name]
+                if state is None:
+                    reg.component.load_state_dict({"items": []})
+                for op, value in items:
+                    if op == APPEND:
+                        reg.component._replay_append(value)
+                    else:
+                        reg.component._replay_clear()
+                rep.journal_records, rep.torn_records = records, torn
+                first = state.get("seq", 0) if isinstance(state, dict) else 0
+                self._next_seq[name] = first + records
+                if torn:
+                    rep.detail = f"dropped a torn, unacknowledged last journal record ({torn} bytes)"
+        unregistered = [n for n in loaded.states if n not in self._components]
+        return LoadReport(
+            loaded.generation, {n: r for n, (_, r) in prepared.items()}, unregistered=unregistered
+        )
+
+    def _read_journals(
+        self, name: str, generation: int, first: int
+    ) -> tuple[list[tuple[int, Any]], int, int]:
+        """Replay the journal after ``generation`` and, after a fallback, every later one that chains on."""
+        items: list[tuple[int, Any]] = []
+        seq = first
+        torn_bytes = 0
+        n = generation
+        highest = gens.highest_generation_number(self.directory)
+        while n <= highest:
+            path = gens.find_journal(self.directory, n, name)
+            n += 1
+            if path is None:
+                continue
+            cipher = self._journal_cipher(name, n - 1)
+            if n - 1 == generation:
+                reader = JournalReader.read(path, cipher=cipher, first_seq=seq)
+            else:
+                try:  # a later journal chains on only if it starts where we are
+                    reader = JournalReader.read(path, cipher=cipher, first_seq=seq)
+                except PersistkitError as err:
+                    log.warning("journal %s does not continue the recovered history: %s", path, err)
+                    break
+            for record in reader.records:
+                value = None
+                if record.op == APPEND:
+                    value = tree.decode(
+                        record.payload,
+                        source=f"{path} record {record.seq}",
+                        model_resolver=self._model_resolver(),
+                    )
+                items.append((record.op, value))
+            seq += len(reader.records)
+            torn_bytes += reader.torn_bytes
+        return items, seq - first, torn_bytes
+
+    def _journal_cipher(self, name: str, generation: int) -> RecordCipher | None:
+        if self._key is None:
+            return None
+        # A fresh salt per (store, log, generation); generation numbers are never reused.
+        salt = xxhash.xxh3_128_digest(f"{self._store_id}/{name}/{generation}".encode()) * 2
+        return RecordCipher(self._key, salt)
+
+    def _migrate(self, reg: _Registration, stored: int, state: Any) -> tuple[Any, Status]:
+        if stored > reg.version:
+            raise MigrationError(
+                f"component {reg.name!r}: stored state has schema version {stored}, newer than this code "
+                f"({reg.version}). Upgrade the code that defines it; persistkit never drops fields silently.",
+                member=reg.name,
+            )
+        if stored == reg.version:
+            return state, "loaded"
+        for step in range(stored, reg.version):
+            fn = reg.migrations.get(step)
+            if fn is None:
+                raise MigrationError(
+                    f"component {reg.name!r}: no migration from version {step} to {step + 1} "
+                    f"(register(..., migrations={{{step}: upgrade}})).",
+                    member=reg.name,
+                )
+            try:
+                state = fn(state)
+            except Exception as err:
+                raise MigrationError(
+                    f"component {reg.name!r}: migration {step}->{step + 1} failed: {type(err).__name__}: {err}",
+                    member=reg.name,
+                ) from err
+        return state, "migrated"
+
+    # -- saving --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Hold off checkpoints inside the block, so multi-component updates are saved together."""
+        with self._lock:
+            yield
+
+    def save(self) -> Checkpoint:
+        """Commit every registered component as one generation; durable when it returns."""
+        with self._lock:
+            return self._save_locked(force=False)
+
+    def _save_locked(self, *, force: bool) -> Checkpoint:
+        if self.readonly:
+            raise PersistIOError(
+                f"{self.directory}: store opened read-only; cannot save.", path=self.directory
+            )
+        if self._closed:
+            raise PersistIOError(f"{self.directory}: store is closed.", path=self.directory)
+        if not self._loaded:
+            raise PersistkitError(
+                f"{self.directory}: call load() before save(), so saved state never "
+                "overwrites a checkpoint that was not read.",
+                path=self.directory,
+            )
+        start = time.perf_counter()
+        hook = self._model_hook()
+        encoded: dict[str, tuple[int, bytes]] = {}
+        digest = xxhash.xxh3_128()
+        for name, reg in self._components.items():
+            state = self._state_of(reg)
+            data = tree.encode(state, root=name, model_hook=hook)
+            if reg.max_bytes is not None and len(data) > reg.max_bytes:
+                raise BudgetExceededError(
+                    f"component {name!r}: state is {len(data)} bytes, over its max_bytes={reg.max_bytes}; the "
+                    "previous checkpoint is intact. Trim the component's history or raise the budget.",
+                    member=name,
+                )
+            encoded[name] = (reg.version, data)
+            digest.update(name.encode() + b"\0" + data)
+        if not force and self._last_digest == digest.digest() and self._generation is not None:
+            return Checkpoint(self._generation, dict(self._stats["bytes"]), time.perf_counter() - start, True)
+        n = gens.highest_generation_number(self.directory) + 1
+        logs = {name: self._next_seq.get(name, 0) for name, reg in self._components.items() if reg.is_log}
+        previous_writers = self._writers
+        for writer in previous_writers.values():
+            writer.close()
+        self._writers = {}
+        files = gens.GenerationFiles(n, self._store_id or "", encoded, logs)
+        try:
+            sizes = gens.commit_generation(self.directory, files, key=self._key)
+        except BaseException:
+            if self._current_generation_on_disk() != n and self._generation is not None:
+                self._open_writers()  # keep journaling after the checkpoint still in force
+            raise
+        self._generation = n
+        self._last_digest = digest.digest()
+        self._open_writers()
+        self._prune()
+        elapsed = time.perf_counter() - start
+        self._stats.update(saves=self._stats["saves"] + 1, last_save_seconds=elapsed, bytes=sizes)
+        return Checkpoint(n, sizes, elapsed)
+
+    def _state_of(self, reg: _Registration) -> Any:
+        comp = reg.component
+        if reg.is_log:
+            state = comp.state_dict()
+            state["seq"] = self._next_seq.get(reg.name, 0)
+            return state
+        if hasattr(comp, "state_dict"):
+            return dict(comp.state_dict())
+        return comp.__getstate__()
+
+    def _current_generation_on_disk(self) -> int | None:
+        try:
+            current = gens.read_current(self.directory, key=self._key)
+        except PersistkitError:
+            return None
+        return current["generation"] if current else None
+
+    def _open_writers(self) -> None:
+        if self._generation is None:
+            return
+        gdir = os.path.join(self.directory, gens.gen_name(self._generation))
+        for name, reg in self._components.items():
+            if reg.is_log and name not in self._writers:
+                self._writers[name] = JournalWriter(
+                    os.path.join(gdir, gens.journal_file(name)),
+                    sync=self.sync,
+                    batch_ms=self.batch_ms,
+                    next_seq=self._next_seq.get(name, 0),
+                    cipher=self._journal_cipher(name, self._generation),
+                )
+
+    def _prune(self) -> None:
+        committed, _ = gens.list_generations(self.directory)
+        for n in committed[: -self.keep_generations]:
+            try:
+                gens.remove_generation(os.path.join(self.directory, gens.gen_name(n)))
+            except OSError as err:
+                log.warning("could not remove old generation %s: %s", gens.gen_name(n), err)
+
+    # -- journaling (called by BoundedLog) -------------------------------------------
+    def _journal_append(self, name: str, item: Any) -> None:
+        payload = tree.encode(item, root=f"{name}[-1]", model_hook=self._model_hook())
+        self._journal(name, APPEND, payload)
+
+    def _journal_clear(self, name: str) -> None:
+        self._journal(name, CLEAR, b"")
+
+    def _journal(self, name: str, op: int, payload: bytes) -> None:
+        if self.readonly:
+            raise PersistIOError(
+                f"{self.directory}: store opened read-only; cannot append to {name!r}.", path=self.directory
+            )
+        if not self._loaded:
+            raise PersistkitError(
+                f"{self.directory}: call load() before appending to {name!r}.", path=self.directory
+            )
+        writer = self._writers.get(name)
+        if writer is None:
+            raise PersistIOError(
+                f"{self.directory}: no journal is open for {name!r}; the last checkpoint "
+                "failed. Call save() to retry.",
+                path=self.directory,
+            )
+        writer.append(op, payload)
+        self._next_seq[name] = writer.next_seq
+
+    def flush(self) -> None:
+        """Make every journaled append durable now (for sync='batch' or 'none')."""
+        with self._lock:
+            for writer in self._writers.values():
+                writer.flush()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, *, signals: bool = True, exit_on_signal: bool = True) -> StateStore:
+        """Start autosave, and (main thread only) save on SIGINT/SIGTERM; an atexit save backs it up."""
+        if not self._loaded:
+            self.load()
+        if self.autosave_every and self.autosave_every > 0 and self._autosave is None:
+            self._autosave = threading.Thread(
+                target=self._autosave_loop, name="persistkit-autosave", daemon=True
+            )
+            self._autosave.start()
+        if signals and threading.current_thread() is threading.main_thread() and self._signals is None:
+            from persistkit.state.signals import SignalSaver
+
+            self._signals = SignalSaver(self, grace=self.grace, exit_on_signal=exit_on_signal).install()
+        if not self._atexit_registered:
+            atexit.register(self._atexit_save)
+            self._atexit_registered = True
+        return self
+
+    def _autosave_loop(self) -> None:
+        while not self._stop.wait(self.autosave_every):
+            try:
+                self.save()
+                self.last_error = None
+            except Exception as err:  # never kill the bot: log, keep, retry next tick
+                self.last_error = err
+                log.error("persistkit autosave of %s failed (will retry): %s", self.directory, err)
+
+    def _atexit_save(self) -> None:
+        if not self._closed and not self.readonly and self._loaded:
+            try:
+                self.close()
+            except Exception as err:  # pragma: no cover - interpreter shutdown
+                log.error("persistkit final save at exit failed: %s", err)
+
+    def close(self) -> Checkpoint | None:
+        """Final save, stop autosave, close journals and release the lock."""
+        if self._closed:
+            return None
+        self._stop.set()
+        checkpoint = None
+        with self._lock:
+            try:
+                if not self.readonly and self._loaded:
+                    checkpoint = self._save_locked(force=False)
+            finally:
+                for writer in self._writers.values():
+                    writer.close()
+                self._writers = {}
+                self._closed = True
+                if self._signals is not None:
+                    self._signals.uninstall()
+                if self._dir_lock is not None:
+                    self._dir_lock.release()
+        if self._autosave is not None and self._autosave is not threading.current_thread():
+            self._autosave.join(timeout=5)
+        return checkpoint
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- introspection --------------------------------------------------------------------------
+    @property
+    def generation(self) -> int | None:
+        return self._generation
+
+    def stats(self) -> dict[str, Any]:
+        """Bytes per component, last save latency, generation, journal lengths."""
+        with self._lock:
+            return {
+                "generation": self._generation,
+                "saves": self._stats["saves"],
+                "last_save_seconds": self._stats["last_save_seconds"],
+                "bytes": dict(self._stats["bytes"]),
+                "journal_records": {n: w.records for n, w in self._writers.items()},
+                "last_error": repr(self.last_error) if self.last_error else None,
+            }
+
+
+def _has_state_api(component: Any) -> bool:
+    if callable(getattr(component, "state_dict", None)) and callable(
+        getattr(component, "load_state_dict", None)
+    ):
+        return True
+    return callable(getattr(type(component), "__setstate__", None))
+
+
+def _load_state(reg: _Registration, state: Any) -> None:
+    comp = reg.component
+    if reg.is_log:
+        comp.load_state_dict(state)
+        return
+    if hasattr(comp, "load_state_dict"):
+        comp.load_state_dict(state)
+        after = comp.state_dict()
+        if isinstance(state, Mapping) and isinstance(after, Mapping):
+            dropped = sorted(set(map(str, state)) - set(map(str, after)))
+            if dropped:
+                raise MigrationError(
+                    f"component {reg.name!r}: stored fields {dropped} are not kept by load_state_dict(); "
+                    "bump the version and add a migration that handles them (fields are never dropped silently).",
+                    member=reg.name,
+                )
+    else:
+        comp.__setstate__(state)
+
+
+def _run_validator(validate: Callable[[Any], Any], state: Any) -> str:
+    try:
+        result = validate(state)
+    except (ValueError, TypeError, AssertionError, KeyError) as err:
+        return str(err) or type(err).__name__
+    if result is False:
+        return "validator returned False"
+    if isinstance(result, str):
+        return result
+    return ""
