@@ -1,20 +1,58 @@
 """Keys, key derivation and authenticated encryption. The only module importing ``cryptography``.
 
-* **Cipher.** AES-256-GCM in segments (the STREAM construction): every file
-  gets its own data key, ``HKDF-SHA256(master, salt)`` with a fresh random
-  32-byte salt, so the per-segment nonces (segment counter + last-segment
-  flag) can never repeat under one key. Dropping, reordering or truncating
-  segments breaks a tag; the caller's header is bound to every segment as
-  associated data.
-* **Wrong key vs tampering.** A 16-byte key-check value,
-  ``HKDF(master, salt, "key-check")``, tells a wrong password or key
-  (``WrongKeyError``) apart from damaged or forged data (``IntegrityError``).
-* **Passwords.** scrypt with parameters stored beside the ciphertext; files
-  below the floor (n=2**15, r=8, p=1) are refused so that parameters cannot be
-  downgraded, and absurd ones are refused so that a file cannot exhaust memory.
-* **Key files.** 32 random bytes, base64 on one line, created with mode 0600.
+Cipher: AES-256-GCM in segments (the STREAM construction)
+----------------------------------------------------------
+* Every sealed object gets its own **data key**,
+  ``HKDF-SHA256(master, salt=<32 random bytes>, info="persistkit data key v1")``.
+  The salt is stored in the header. Two objects share a data key only if they
+  draw the same 256-bit salt, so in practice never (the birthday bound for
+  2**64 objects is 2**-128).
+* Under that one-object key the **nonces are deterministic**:
+  ``u64 big-endian segment index || u32 big-endian flag`` (flag 1 on the last
+  segment, 0 before it). Indices never repeat within an object, so no
+  (key, nonce) pair is ever used twice. This is safer than random 96-bit nonces
+  under a long-lived key, which NIST caps at about 2**32 messages.
+* The payload is cut into segments (8 MiB by default, stored in the header)
+  because a single GCM call is limited to about 2**31 bytes. Every segment is
+  ``ciphertext || 16-byte tag``. The caller's bytes (the whole envelope prefix
+  and header) are the associated data of every segment. So changing any
+  header byte, reordering or dropping segments, or cutting the stream at a
+  segment boundary breaks a tag; the last-segment flag stops truncation.
 
-Key material never appears in a repr, a log line or an exception message.
+Wrong key vs tampering
+----------------------
+A 16-byte **key-check value**, ``HKDF-SHA256(master, salt, info="persistkit
+key-check v1")``, is stored in the header and compared with
+``hmac.compare_digest`` before anything is decrypted. A mismatch means the key
+or password is wrong (``WrongKeyError``). If the check matches but a tag
+fails, the bytes were altered (``IntegrityError``). The check reveals nothing
+useful: it is a PRF output under the per-object salt.
+
+Passwords
+---------
+scrypt turns a password into the master key. The password is UTF-8 after
+Unicode NFC normalisation, so the same password typed on macOS and on Linux
+opens the same file. ``n``, ``r``, ``p`` and a 32-byte salt go into the
+header. The default is OWASP's n=2**17, r=8, p=1. On open, parameters below
+the floor (n=2**15, r=8, p=1) are refused (no downgrade). So are absurd ones:
+n above 2**22, more than 1 GiB of memory, or p above 16, so that a file cannot
+make the reader spend minutes or gigabytes. Derivations are cached in-process
+per (password, salt, parameters). ``Key.from_password(password)`` without a
+salt reuses one random salt per (password, parameters) for the life of the
+process, so sealing a bundle of many members, and opening it again, derives
+once. Reusing the scrypt salt is safe because data keys still differ per
+object. Its only cost is that an observer can tell that two files of one run
+share a password.
+
+Key files
+---------
+A key file holds 32 random bytes in standard base64 on one line, with a
+trailing newline. It is created with mode 0600 through ``persistkit.io`` and
+never overwritten. Reading one warns (``InsecureKeyFileWarning``) or fails
+when group or others can access it.
+
+Key material never appears in a repr, a log line, a pickle or an exception
+message; keys show a short HKDF-derived fingerprint instead.
 """
 
 from __future__ import annotations
@@ -26,12 +64,15 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
 import struct
 import threading
+import unicodedata
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -45,99 +86,173 @@ from persistkit.io import atomic_write, current_fs
 __all__ = [
     "ALGORITHM",
     "DEFAULT_SEGMENT",
+    "Cipher",
+    "Encryption",
     "InsecureKeyFileWarning",
     "KdfParams",
     "Key",
-    "decrypt_segments",
-    "encrypt_segments",
-    "key_check",
+    "RecordCipher",
+    "new_encryption",
+    "new_salt",
+    "nonce",
+    "open_encryption",
     "read_key_file",
     "write_key_file",
 ]
 
 ALGORITHM = "AES-256-GCM-STREAM"
 DEFAULT_SEGMENT = 8 * 1024 * 1024
+MIN_SEGMENT = 1024
+MAX_SEGMENT = 64 * 1024 * 1024  # well under GCM's per-call limit (~2**31 bytes in cryptography)
 TAG = 16
 KEY_BYTES = 32
 SALT_BYTES = 32
+CHECK_BYTES = 16
+KEY_FILE_MAX_BYTES = 1024
+
+_DATA_KEY_INFO = b"persistkit data key v1"
+_KEY_CHECK_INFO = b"persistkit key-check v1"
+_FINGERPRINT_INFO = b"persistkit fingerprint v1"
+_JOURNAL_KEY_INFO = b"persistkit journal key v1"
+_NONCE = struct.Struct(">QI")
+
+KeySource = Literal["key", "password"]
 
 
 class InsecureKeyFileWarning(UserWarning):
-    """A key file is readable by group or others."""
+    """A key file can be read or written by group or others."""
+
+
+# -- key derivation ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class KdfParams:
-    """scrypt cost parameters. The default follows OWASP (n=2**17, ~0.6 s here)."""
+    """scrypt cost parameters. The default follows OWASP (n=2**17, r=8, p=1; ~0.35-0.6 s).
+
+    ``KdfParams.floor()`` (n=2**15) is the weakest persistkit writes or reads;
+    tests use it for speed.
+    """
 
     n: int = 2**17
     r: int = 8
     p: int = 1
 
-    FLOOR_N = 2**15
-    CEILING_BYTES = 1 << 30  # scrypt needs 128*n*r bytes; refuse files that ask for more
+    FLOOR_N: ClassVar[int] = 2**15
+    FLOOR_R: ClassVar[int] = 8
+    MAX_N: ClassVar[int] = 2**22
+    MAX_P: ClassVar[int] = 16
+    CEILING_BYTES: ClassVar[int] = 1 << 30  # scrypt needs about 128 * n * r bytes
+
+    @classmethod
+    def floor(cls) -> KdfParams:
+        return cls(n=cls.FLOOR_N, r=cls.FLOOR_R, p=1)
+
+    @property
+    def memory_bytes(self) -> int:
+        return 128 * self.n * self.r
 
     def check(self, source: str) -> None:
-        """Refuse parameters below the floor (downgrade) or above the memory ceiling."""
-        valid = all(type(v) is int and v > 0 for v in (self.n, self.r, self.p)) and self.n & (self.n - 1) == 0
-        if not valid:
-            raise FormatError(f"{source}: invalid scrypt parameters {self}.", field=source)
-        if self.n < self.FLOOR_N or self.r < 8 or self.p < 1:
+        """Refuse invalid parameters, parameters below the floor (downgrade) and absurd ones (DoS).
+
+        ``source`` names the file or member in the message.
+        """
+        values = (self.n, self.r, self.p)
+        if not all(type(v) is int and v > 0 for v in values) or self.n < 2 or self.n & (self.n - 1):
             raise IntegrityError(
-                f"{source}: scrypt parameters n={self.n}, r={self.r}, p={self.p} are below the floor "
-                f"(n={self.FLOOR_N}, r=8, p=1): downgrade refused. The file was tampered with, or made by a "
-                "tool that does not follow persistkit's key-derivation policy.",
-                field=source,
+                f"{source}: invalid scrypt parameters n={self.n!r}, r={self.r!r}, p={self.p!r} "
+                "(n must be a power of two, all positive integers). The header was altered or written by "
+                "another tool; restore the file from a backup.",
+                path=source,
+                field="encryption.kdf",
             )
-        if 128 * self.n * self.r * self.p > self.CEILING_BYTES or self.p > 16:
+        if self.n < self.FLOOR_N or self.r < self.FLOOR_R or self.p < 1:
+            raise IntegrityError(
+                f"{source}: KDF parameters below the floor: downgrade refused (scrypt n={self.n}, "
+                f"r={self.r}, p={self.p}; the floor is n={self.FLOOR_N}, r={self.FLOOR_R}, p=1). The file "
+                "was tampered with, or made by a tool that does not follow persistkit's key-derivation "
+                "policy.",
+                path=source,
+                field="encryption.kdf",
+            )
+        if self.n > self.MAX_N or self.memory_bytes > self.CEILING_BYTES or self.p > self.MAX_P:
             raise FormatError(
-                f"{source}: scrypt parameters n={self.n}, r={self.r}, p={self.p} would need more than "
-                f"{self.CEILING_BYTES >> 20} MiB; refusing to derive.",
-                field=source,
+                f"{source}: scrypt parameters n={self.n}, r={self.r}, p={self.p} ask for "
+                f"{self.memory_bytes >> 20} MiB and {self.p} passes; persistkit refuses more than "
+                f"n={self.MAX_N}, {self.CEILING_BYTES >> 20} MiB or p={self.MAX_P}, so a file cannot "
+                "exhaust memory or time. Re-encrypt it with default parameters.",
+                path=source,
+                field="encryption.kdf",
             )
 
 
 class Key:
-    """A 256-bit master key. Its repr shows a fingerprint, never the material."""
+    """A 256-bit master key. Its repr shows a fingerprint, never the material.
 
-    __slots__ = ("_material", "fingerprint", "source")
+    ``source`` says where it came from ("generated", "password", "key file
+    PATH") and is used in messages. A key derived from a password remembers the
+    scrypt parameters and salt (``origin``), so objects sealed with it record
+    them and can be opened with ``password=`` as well.
+    """
 
-    def __init__(self, material: bytes, *, source: str = "key") -> None:
-        if len(material) != KEY_BYTES:
-            raise ValueError(f"a key is {KEY_BYTES} bytes")  # internal misuse, not user input
-        self._material = bytes(material)
-        self.fingerprint = _hkdf(self._material, b"", b"persistkit fingerprint v1", 6).hex()
+    __slots__ = ("_material", "fingerprint", "origin", "source")
+
+    def __init__(
+        self,
+        material: bytes,
+        *,
+        source: str = "key",
+        origin: tuple[KdfParams, bytes] | None = None,
+    ) -> None:
+        if type(material) is not bytes or len(material) != KEY_BYTES:
+            raise ValueError(f"a key is {KEY_BYTES} bytes")  # never echo the argument: it may be secret
+        self._material = material
+        self.fingerprint = _hkdf(material, b"", _FINGERPRINT_INFO, 4).hex()
         self.source = source
+        self.origin = origin
 
     @classmethod
     def generate(cls) -> Key:
         return cls(secrets.token_bytes(KEY_BYTES), source="generated")
 
     @classmethod
-    def from_password(cls, password: str, *, salt: bytes, params: KdfParams | None = None) -> Key:
-        """Derive with scrypt; derivations are cached per (password, salt, params) in this process."""
+    def from_password(
+        cls, password: str, *, salt: bytes | None = None, params: KdfParams | None = None
+    ) -> Key:
+        """Derive a master key with scrypt; cached per (password, salt, params) in this process.
+
+        Without ``salt``, a random salt is drawn once per (password, params) and
+        reused for the life of the process (see the module docstring).
+        """
         params = params or KdfParams()
         params.check("password key derivation")
-        cache_key = (hashlib.sha256(password.encode()).digest(), bytes(salt), params)
+        secret = _password_bytes(password)
+        digest = hashlib.sha256(secret).digest()
+        if salt is None:
+            salt = _salt_for(digest, params)
+        salt = bytes(salt)
+        if len(salt) < 16:
+            raise ValueError("a scrypt salt is at least 16 bytes")
+        cache_key = (digest, salt, params)
         with _cache_lock:
             cached = _kdf_cache.get(cache_key)
             if cached is not None:
                 _kdf_cache.move_to_end(cache_key)
                 return cached
-        kdf = Scrypt(salt=bytes(salt), length=KEY_BYTES, n=params.n, r=params.r, p=params.p)
-        key = cls(kdf.derive(password.encode()), source="password")
+        scrypt = Scrypt(salt=salt, length=KEY_BYTES, n=params.n, r=params.r, p=params.p)
+        key = cls(scrypt.derive(secret), source="password", origin=(params, salt))
         with _cache_lock:
             _kdf_cache[cache_key] = key
-            while len(_kdf_cache) > 32:
+            while len(_kdf_cache) > _CACHE_SIZE:
                 _kdf_cache.popitem(last=False)
         return key
 
     def material(self) -> bytes:
-        """The raw 32 bytes, for persistkit's own derivations and key files."""
+        """The raw 32 bytes. Secret: for persistkit's own derivations and key files only."""
         return self._material
 
     def __repr__(self) -> str:
-        return f"Key(fingerprint={self.fingerprint})"
+        return f"Key(fingerprint={self.fingerprint}, source={self.source!r})"
 
     __str__ = __repr__
 
@@ -147,86 +262,302 @@ class Key:
     def __hash__(self) -> int:
         return hash(self.fingerprint)
 
-    def __reduce__(self) -> tuple[object, ...]:
+    def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("persistkit keys are not picklable: key material must not leave the process this way")
 
 
+_CACHE_SIZE = 32
 _kdf_cache: OrderedDict[tuple[bytes, bytes, KdfParams], Key] = OrderedDict()
+_seal_salts: OrderedDict[tuple[bytes, KdfParams], bytes] = OrderedDict()
 _cache_lock = threading.Lock()
+
+
+def clear_key_cache() -> None:
+    """Forget every cached password derivation and sealing salt (tests, or after a password change)."""
+    with _cache_lock:
+        _kdf_cache.clear()
+        _seal_salts.clear()
+
+
+def _salt_for(digest: bytes, params: KdfParams) -> bytes:
+    with _cache_lock:
+        salt = _seal_salts.get((digest, params))
+        if salt is None:
+            salt = _seal_salts[(digest, params)] = new_salt()
+            while len(_seal_salts) > _CACHE_SIZE:
+                _seal_salts.popitem(last=False)
+        else:
+            _seal_salts.move_to_end((digest, params))
+        return salt
+
+
+def _password_bytes(password: str) -> bytes:
+    if not isinstance(password, str):
+        raise TypeError("password must be a str")
+    if not password:
+        raise ValueError("the password is empty; pass a real password or use key_file=")
+    return unicodedata.normalize("NFC", password).encode("utf-8")
 
 
 def _hkdf(material: bytes, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(material)
 
 
-def key_check(key: Key, salt: bytes) -> bytes:
-    """The 16-byte value that says whether ``key`` is the one a file was sealed with."""
-    return _hkdf(key.material(), salt, b"persistkit key-check v1", 16)
+def new_salt() -> bytes:
+    return secrets.token_bytes(SALT_BYTES)
 
 
-def _nonce(index: int, last: bool) -> bytes:
-    return struct.pack(">QI", index, 1 if last else 0)
+def nonce(index: int, last: bool) -> bytes:
+    """The 12-byte GCM nonce of segment ``index``: u64 index || u32 last-segment flag (big-endian)."""
+    return _NONCE.pack(index, 1 if last else 0)
 
 
-def encrypt_segments(
-    key: Key, salt: bytes, data: bytes | memoryview, aad: bytes, *, segment: int = DEFAULT_SEGMENT
-) -> list[bytes]:
-    """Encrypt ``data`` under a data key derived from ``key`` and ``salt``; one item per segment."""
-    aead = AESGCM(_hkdf(key.material(), salt, b"persistkit data key v1"))
-    view = memoryview(data).cast("B")
-    total = view.nbytes
-    count = max(1, -(-total // segment))
-    out = []
-    for i in range(count):
-        chunk = view[i * segment : (i + 1) * segment]
-        out.append(aead.encrypt(_nonce(i, i == count - 1), chunk, aad))
-    return out
+def key_check(master: Key, salt: bytes) -> bytes:
+    """The 16-byte value that says whether ``master`` is the key an object was sealed with."""
+    return _hkdf(master.material(), salt, _KEY_CHECK_INFO, CHECK_BYTES)
 
 
-def segments_size(plain_len: int, segment: int = DEFAULT_SEGMENT) -> int:
-    """Ciphertext length for ``plain_len`` bytes of plaintext."""
-    count = max(1, -(-plain_len // segment))
-    return plain_len + count * TAG
+# -- the encryption entry of an envelope header --------------------------------------
 
 
-def decrypt_segments(
-    key: Key,
-    salt: bytes,
-    ciphertext: memoryview,
-    aad: bytes,
-    plain_len: int,
-    *,
-    segment: int = DEFAULT_SEGMENT,
-    source: str = "<bytes>",
-) -> bytes:
-    """Decrypt what ``encrypt_segments`` produced; IntegrityError if anything was altered."""
-    if segments_size(plain_len, segment) != ciphertext.nbytes:
-        raise IntegrityError(f"{source}: encrypted payload has the wrong length.", field=source)
-    aead = AESGCM(_hkdf(key.material(), salt, b"persistkit data key v1"))
-    count = max(1, -(-plain_len // segment))
-    parts: list[bytes] = []
-    pos = 0
-    for i in range(count):
-        size = min(segment, plain_len - i * segment) + TAG
+@dataclass(frozen=True)
+class Encryption:
+    """The cipher parameters an envelope header stores (no secrets in here)."""
+
+    key_source: KeySource
+    salt: bytes  # HKDF salt of this object's data key
+    check: bytes  # key-check value
+    segment: int
+    kdf: KdfParams | None = None  # scrypt parameters, when the master key came from a password
+    kdf_salt: bytes | None = None
+    alg: str = ALGORITHM
+
+    def to_header(self) -> dict[str, object]:
+        kdf: dict[str, object] | None = None
+        if self.kdf is not None:
+            kdf = {"name": "scrypt", "n": self.kdf.n, "r": self.kdf.r, "p": self.kdf.p, "salt": self.kdf_salt}
+        return {
+            "alg": self.alg,
+            "key": self.key_source,
+            "kdf": kdf,
+            "salt": self.salt,
+            "check": self.check,
+            "segment": self.segment,
+        }
+
+    @classmethod
+    def from_header(cls, value: object, *, source: str) -> Encryption:
+        """Validate the header's ``encryption`` map; IntegrityError/FormatError naming ``source``."""
+
+        def bad(what: str) -> IntegrityError:
+            return IntegrityError(
+                f"{source}: malformed encryption parameters in the header ({what}). The header was altered "
+                "or written by another tool; restore the file from a backup.",
+                path=source,
+                field="encryption",
+            )
+
+        if not isinstance(value, Mapping) or set(value) != {"alg", "key", "kdf", "salt", "check", "segment"}:
+            raise bad("unexpected fields")
+        alg = value["alg"]
+        if type(alg) is not str:
+            raise bad("alg")
+        if alg != ALGORITHM:
+            raise FormatError(
+                f"{source}: encrypted with {alg!r}, a cipher this persistkit does not know; upgrade "
+                "persistkit to read it.",
+                path=source,
+                field="encryption.alg",
+            )
+        key_source = value["key"]
+        salt, check, segment = value["salt"], value["check"], value["segment"]
+        if key_source not in ("key", "password"):
+            raise bad("key source")
+        if type(salt) is not bytes or len(salt) != SALT_BYTES:
+            raise bad("salt")
+        if type(check) is not bytes or len(check) != CHECK_BYTES:
+            raise bad("key check")
+        if type(segment) is not int or not MIN_SEGMENT <= segment <= MAX_SEGMENT:
+            raise bad("segment size")
+        kdf = value["kdf"]
+        if key_source == "key":
+            if kdf is not None:
+                raise bad("kdf given for a key")
+            return cls("key", salt, check, segment)
+        if not isinstance(kdf, Mapping) or set(kdf) != {"name", "n", "r", "p", "salt"}:
+            raise bad("kdf")
+        if kdf["name"] != "scrypt":
+            raise FormatError(
+                f"{source}: password key derivation {kdf['name']!r} is unknown to this persistkit; "
+                "upgrade persistkit to read it.",
+                path=source,
+                field="encryption.kdf",
+            )
+        kdf_salt = kdf["salt"]
+        if type(kdf_salt) is not bytes or not 16 <= len(kdf_salt) <= 64:
+            raise bad("kdf salt")
+        if not all(type(kdf[k]) is int for k in ("n", "r", "p")):
+            raise bad("kdf parameters")
+        return cls("password", salt, check, segment, KdfParams(kdf["n"], kdf["r"], kdf["p"]), kdf_salt)
+
+
+class Cipher:
+    """AES-256-GCM STREAM under one object's data key. Never shows the key."""
+
+    __slots__ = ("_aead", "segment")
+
+    def __init__(self, master: Key, salt: bytes, segment: int) -> None:
+        self._aead = AESGCM(_hkdf(master.material(), salt, _DATA_KEY_INFO))
+        self.segment = segment
+
+    def __repr__(self) -> str:
+        return f"Cipher(segment={self.segment})"
+
+    def segments(self, plain_len: int) -> int:
+        return max(1, -(-plain_len // self.segment))
+
+    def sealed_size(self, plain_len: int) -> int:
+        """Ciphertext length (tags included) for ``plain_len`` bytes of plaintext."""
+        return plain_len + self.segments(plain_len) * TAG
+
+    def encrypt_into(self, plain: memoryview, aad: bytes, out: memoryview) -> None:
+        """Encrypt ``plain`` into ``out`` (exactly ``sealed_size`` bytes), one GCM call per segment."""
+        total = plain.nbytes
+        if out.nbytes != self.sealed_size(total):
+            raise ValueError("output buffer has the wrong size")
+        count = self.segments(total)
+        pos = 0
+        for i in range(count):
+            chunk = plain[i * self.segment : (i + 1) * self.segment]
+            end = pos + chunk.nbytes + TAG
+            self._aead.encrypt_into(nonce(i, i == count - 1), chunk, aad, out[pos:end])
+            pos = end
+
+    def decrypt(self, stored: memoryview, aad: bytes, plain_len: int, *, source: str) -> bytes | bytearray:
+        """Authenticate and decrypt every segment; IntegrityError names the first bad one.
+
+        Returns ``bytes`` for a single segment (no extra copy) and a
+        ``bytearray`` otherwise; nothing is returned unless every tag checked.
+        """
+        if stored.nbytes != self.sealed_size(plain_len):
+            raise IntegrityError(
+                f"{source}: the encrypted payload is {stored.nbytes} bytes, but the header implies "
+                f"{self.sealed_size(plain_len)}. Restore the file from a backup.",
+                path=source,
+            )
+        count = self.segments(plain_len)
+        if count == 1:
+            try:
+                return self._aead.decrypt(nonce(0, True), stored, aad)
+            except InvalidTag:
+                raise self._tampered(source, "") from None
+        out = bytearray(plain_len)
+        view = memoryview(out)
+        for i in range(count):
+            start = i * self.segment
+            size = min(self.segment, plain_len - start)
+            pos = start + i * TAG
+            try:
+                self._aead.decrypt_into(
+                    nonce(i, i == count - 1), stored[pos : pos + size + TAG], aad, view[start : start + size]
+                )
+            except InvalidTag:
+                raise self._tampered(source, f" in segment {i} of {count}") from None
+        return out
+
+    @staticmethod
+    def _tampered(source: str, where: str) -> IntegrityError:
+        return IntegrityError(
+            f"{source}: authentication failed{where}: the data or its header was altered or damaged "
+            "after it was written (the key is right). Restore this file from a backup.",
+            path=source,
+        )
+
+
+def new_encryption(master: Key, *, segment: int = DEFAULT_SEGMENT) -> tuple[Encryption, Cipher]:
+    """Fresh per-object parameters (random HKDF salt) and the cipher that goes with them."""
+    if type(segment) is not int or not MIN_SEGMENT <= segment <= MAX_SEGMENT:
+        raise ValueError(f"segment must be an int from {MIN_SEGMENT} to {MAX_SEGMENT} bytes")
+    salt = new_salt()
+    check = key_check(master, salt)
+    if master.origin is not None:
+        params, kdf_salt = master.origin
+        params.check("sealing")  # below the floor is impossible for Key.from_password; stay explicit
+        enc = Encryption("password", salt, check, segment, params, kdf_salt)
+    else:
+        enc = Encryption("key", salt, check, segment)
+    return enc, Cipher(master, salt, segment)
+
+
+def open_encryption(enc: Encryption, *, key: Key | None, password: str | None, source: str) -> Cipher:
+    """The cipher for an encrypted object, after checking that ``key``/``password`` is the right one.
+
+    Raises WrongKeyError when nothing, or the wrong thing, was passed, and
+    IntegrityError/FormatError when the KDF parameters are below the floor or
+    absurd (checked before any scrypt work).
+    """
+    if key is not None and password is not None:
+        raise ValueError("pass key= or password=, not both")
+    if key is None and password is None:
+        how = "password=" if enc.key_source == "password" else "key_file= (or key=)"
+        raise WrongKeyError(
+            f"{source} is encrypted (with a {'password' if enc.key_source == 'password' else 'key file'}); "
+            f"pass {how} to open it.",
+            path=source,
+        )
+    if enc.kdf is not None:
+        enc.kdf.check(source)
+    if password is not None:
+        if enc.kdf is None or enc.kdf_salt is None:
+            raise WrongKeyError(
+                f"{source} was sealed with a key file, not a password; pass key_file= to open it.",
+                path=source,
+            )
+        master = Key.from_password(password, salt=enc.kdf_salt, params=enc.kdf)
+    else:
+        assert key is not None
+        master = key
+    if not hmac.compare_digest(key_check(master, enc.salt), enc.check):
+        if password is not None or master.origin is not None:
+            what = "the password"
+            hint = "Check the password (it is case-sensitive) or use the one this file was saved with."
+        else:
+            what = f"the {master.source} (fingerprint {master.fingerprint})"
+            hint = (
+                "This file was sealed with a password; pass password=."
+                if enc.key_source == "password"
+                else "Pass the key file this file was saved with."
+            )
+        raise WrongKeyError(f"{what} does not open {source} (key check failed). {hint}", path=source)
+    return Cipher(master, enc.salt, enc.segment)
+
+
+class RecordCipher:
+    """AES-GCM for journal records: one data key per journal, the record sequence number as nonce.
+
+    The caller guarantees that a sequence number is used at most once per salt
+    (a recovered journal is never appended to again). The nonce flag 2 keeps
+    record nonces apart from envelope segment nonces (which also use another key).
+    """
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: Key, salt: bytes) -> None:
+        self._aead = AESGCM(_hkdf(key.material(), salt, _JOURNAL_KEY_INFO))
+
+    def __repr__(self) -> str:
+        return "RecordCipher()"
+
+    def encrypt(self, seq: int, payload: bytes) -> bytes:
+        return self._aead.encrypt(_NONCE.pack(seq, 2), payload, b"persistkit journal record")
+
+    def decrypt(self, seq: int, data: bytes, *, source: str) -> bytes:
         try:
-            parts.append(aead.decrypt(_nonce(i, i == count - 1), ciphertext[pos : pos + size], aad))
+            return self._aead.decrypt(_NONCE.pack(seq, 2), data, b"persistkit journal record")
         except InvalidTag:
             raise IntegrityError(
-                f"{source}: authentication failed in segment {i}: the data was altered or damaged after it "
-                "was written (the key is right). Restore this file from a backup.",
-                field=source,
+                f"{source}: authentication failed (record altered, or the store key changed).", path=source
             ) from None
-        pos += size
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def check_key(key: Key, salt: bytes, expected: bytes, source: str) -> None:
-    if not hmac.compare_digest(key_check(key, salt), expected):
-        raise WrongKeyError(
-            f"{source}: the {key.source} does not open this file (key check failed). "
-            "Pass the password or key file it was saved with.",
-            field=source,
-        )
 
 
 # -- key files -------------------------------------------------------------------
@@ -235,13 +566,17 @@ OnInsecure = Literal["warn", "error", "ignore"]
 
 
 def write_key_file(path: str | os.PathLike[str], key: Key | None = None) -> Key:
-    """Create a key file (mode 0600) holding ``key`` or a new random key; never overwrite one."""
+    """Create a key file (mode 0600) holding ``key`` or a new random key; never overwrite one.
+
+    The existence check and the atomic rename are two steps: two processes
+    creating the same key file at the same instant are not told apart.
+    """
     key = key or Key.generate()
-    target = os.fspath(path)
+    target = os.path.abspath(os.fspath(path))
     if current_fs().exists(target):
         raise PersistIOError(
-            f"key file {target!r} already exists; refusing to overwrite a key (files sealed with it would be "
-            "lost). Delete it yourself if you are sure, or choose another path.",
+            f"key file {target!r} already exists; refusing to overwrite a key (files sealed with it "
+            "could no longer be opened). Delete it yourself if you are sure, or choose another path.",
             errno=errno.EEXIST,
             path=target,
             operation="write key file",
@@ -251,31 +586,42 @@ def write_key_file(path: str | os.PathLike[str], key: Key | None = None) -> Key:
 
 
 def read_key_file(path: str | os.PathLike[str], *, on_insecure: OnInsecure = "warn") -> Key:
-    """Read a key file; warn (or fail, or ignore) when it is readable by group or others."""
-    target = os.fspath(path)
+    """Read a key file; warn (or fail, or ignore) when group or others can access it."""
+    if on_insecure not in ("warn", "error", "ignore"):
+        raise ValueError("on_insecure must be 'warn', 'error' or 'ignore'")
+    target = os.path.abspath(os.fspath(path))
     fs = current_fs()
     try:
         st = fs.stat(target)
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"key file {target!r} is not a regular file.", path=target)
+        if st.st_size > KEY_FILE_MAX_BYTES:
+            raise FormatError(
+                f"{target!r} is not a persistkit key file: it is {st.st_size} bytes, a key file is "
+                f"{len(base64.b64encode(bytes(KEY_BYTES))) + 1}.",
+                path=target,
+            )
         raw = fs.read_bytes(target)
     except FileNotFoundError:
         raise PersistIOError(
-            f"key file not found: looked for {os.path.abspath(target)!r}. Pass key_file= pointing at the key "
-            "saved with this file, or password= if it was sealed with a password.",
+            f"key file not found: looked for {target!r}. Pass key_file= pointing at the key saved with "
+            "this file, or password= if it was sealed with a password.",
             errno=errno.ENOENT,
             path=target,
             operation="read key file",
         ) from None
     except OSError as err:
         raise PersistIOError(
-            f"cannot read key file {target!r}: {err.strerror}.",
+            f"cannot read key file {target!r}: {err.strerror}. Fix its permissions or pass another key_file=.",
             errno=err.errno,
             path=target,
-            operation="read",
+            operation="read key file",
         ) from err
-    if st.st_mode & 0o077 and on_insecure != "ignore":
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077 and on_insecure != "ignore":
         message = (
-            f"key file {target!r} is readable by group or others (mode {st.st_mode & 0o777:o}); "
-            f"run `chmod 600 {target}`."
+            f"key file {target!r} is readable by group or others (mode {mode:04o}); anyone who can read "
+            f"it can open your files. Run `chmod 600 {target}`."
         )
         if on_insecure == "error":
             raise PersistIOError(message, errno=errno.EACCES, path=target, operation="read key file")
@@ -285,55 +631,10 @@ def read_key_file(path: str | os.PathLike[str], *, on_insecure: OnInsecure = "wa
     except (binascii.Error, ValueError):
         material = b""
     if len(material) != KEY_BYTES:
+        # Never echo the content: a damaged key file is still mostly key.
         raise FormatError(
-            f"{target!r} is not a persistkit key file (expected {KEY_BYTES} bytes in base64 on one line). "
-            "Create one with `persistkit keygen PATH`.",
+            f"{target!r} is not a persistkit key file (expected {KEY_BYTES} random bytes in base64 on one "
+            "line). Point key_file= at the right file, or create a new key with write_key_file().",
             path=target,
         )
     return Key(material, source=f"key file {target}")
-
-
-def new_salt() -> bytes:
-    return secrets.token_bytes(SALT_BYTES)
-
-
-def resolve_key(
-    *, key: Key | None, password: str | None, kdf: dict[str, object] | None, source: str
-) -> Key | None:
-    """The master key for opening: an explicit key, or one derived from ``password`` with the file's KDF."""
-    if key is not None:
-        return key
-    if password is None:
-        return None
-    if not kdf:
-        raise WrongKeyError(
-            f"{source}: this file was sealed with a key file, not a password; pass key_file=.", field=source
-        )
-    salt = kdf.get("salt")
-    params = KdfParams(n=kdf.get("n"), r=kdf.get("r"), p=kdf.get("p"))  # type: ignore[arg-type]
-    params.check(source)
-    if type(salt) is not bytes or len(salt) < 16:
-        raise FormatError(f"{source}: malformed KDF salt.", field=source)
-    return Key.from_password(password, salt=salt, params=params)
-
-
-class RecordCipher:
-    """AES-GCM for journal records: one data key per journal, the record sequence number as nonce.
-
-    The caller guarantees that a sequence number is used at most once per salt
-    (a recovered journal is never appended to again).
-    """
-
-    def __init__(self, key: Key, salt: bytes) -> None:
-        self._aead = AESGCM(_hkdf(key.material(), salt, b"persistkit journal key v1"))
-
-    def encrypt(self, seq: int, payload: bytes) -> bytes:
-        return self._aead.encrypt(struct.pack(">QI", seq, 2), payload, b"persistkit journal record")
-
-    def decrypt(self, seq: int, data: bytes, *, source: str) -> bytes:
-        try:
-            return self._aead.decrypt(struct.pack(">QI", seq, 2), data, b"persistkit journal record")
-        except InvalidTag:
-            raise IntegrityError(
-                f"{source}: authentication failed (record altered, or the store key changed).", field=source
-            ) from None

@@ -1,51 +1,110 @@
 """The envelope: a self-describing, checksummed, optionally compressed and encrypted container.
 
-Bytes in, bytes out; nothing here touches files. Layout (little-endian), a
-storage contract::
+Bytes in, bytes out; nothing here touches files. The layout is a storage
+contract. Integers are little-endian; digests are xxHash's canonical
+(big-endian) bytes::
 
-    offset  size  field
-    0       8     magic  89 'P' 'K' 'E' 'N' 'V' 0D 0A  (like PNG: catches text-mode mangling)
-    8       2     format version (1)
-    10      4     header length H (at most 64 KiB)
-    14      H     header: a msgpack map, readable without any key
-    14+H    P     payload: the (compressed, then possibly encrypted) object
-    14+H+P  16    xxh3-128 of every byte before it
+    offset      size  field
+    0           8     magic 89 50 4B 45 4E 56 0D 0A  ("\\x89PKENV\\r\\n")
+    8           2     u16 format version, 1
+    10          4     u32 header length H, at most 65,536 (checked before anything is read)
+    14          H     header: a msgpack map, readable without any key (below)
+    14+H        8     header check: xxh3-64 of bytes [0, 14+H)
+    22+H        P     payload: the object, compressed, then encrypted if a key was given
+    22+H+P      16    trailer: xxh3-128 of bytes [0, 22+H+P)
 
-The header holds ``kind``, ``codec``, ``schema``, ``created`` (ISO-8601 UTC),
-``compression`` ("zstd" or "none"), ``plain_len``, ``stored_len`` (after
-compression), ``payload_len`` (P), ``enc`` (null, or the cipher parameters:
-algorithm, key source, scrypt parameters and salt for passwords, HKDF salt,
-key-check value, segment size) and ``meta`` (caller's scalars).
+The magic works like PNG's. The high-bit byte catches 7-bit transports, and
+CR LF catches newline translation in either direction.
 
-Checks, in order: magic (else ``FormatError``: not a persistkit file),
-version (else ``FormatError``: newer persistkit needed), exact total length
-and checksum (else ``IntegrityError``: truncated, junk appended, bit flip),
-then for encrypted files the key check (``WrongKeyError``) and the GCM tags
-over header and payload (``IntegrityError``: tampering). The checksum is not
-a security measure, authenticity comes from the key; it lets persistkit tell
-damage apart from a wrong key.
+Every later format version keeps the first 14 bytes and the header check
+(bytes 0 to 22+H). That way an intact file from a newer persistkit can be
+recognised and answered with "upgrade persistkit", while a damaged byte in the
+prefix is reported as damage.
+
+The header map has exactly these keys:
+
+    kind         str    what the object is ("state", "member", "manifest", ...)
+    codec        str    how the plain payload is encoded ("tree", "numpy", ...)
+    schema       int    the caller's schema version of the object
+    created      str    ISO-8601 UTC time of sealing
+    compression  str    "zstd" (one frame with its content size) or "none"
+    plain_len    int    bytes of the original object
+    stored_len   int    bytes after compression (== plain_len for "none")
+    payload_len  int    P, bytes stored (for encrypted objects: stored_len + 16 per segment)
+    encryption   null, or {alg: "AES-256-GCM-STREAM", key: "key"|"password",
+                 kdf: null | {name: "scrypt", n, r, p, salt: bin}, salt: bin(32) (HKDF salt),
+                 check: bin(16) (key-check value), segment: int (plaintext bytes per segment)}
+    meta         map of str to None/bool/int/float/str/bytes, free for callers
+
+An encrypted payload is the sequence of AES-256-GCM segments described in
+``persistkit.format.crypto``. Every segment carries bytes [0, 22+H) (prefix,
+header and header check) as associated data. So a forged header, even one
+with recomputed checksums, fails authentication.
+
+Checks on open, in order, and what each failure raises:
+
+1. The magic. ``FormatError`` ("not a persistkit file"), unless the first
+   bytes are a cut-off magic or the magic is within 2 bits of ours. Those
+   raise ``IntegrityError``, because they are damage and not a foreign file.
+   An empty input is a truncated file (``IntegrityError``).
+2. The header length (at most 64 KiB) and the header check give
+   ``IntegrityError``. This comes before the version is trusted, so a flipped
+   version bit reads as damage. Only an intact newer file gets
+   ``FormatError`` with "upgrade persistkit".
+3. The header fields. Missing, mistyped or inconsistent fields give
+   ``IntegrityError``. An unknown compression, cipher or field gives
+   ``FormatError`` (a newer writer).
+4. The exact total length and the trailer give ``IntegrityError``
+   (truncated, junk appended, bit flip).
+5. For encrypted objects:
+
+   * No key gives ``WrongKeyError`` saying what to pass.
+   * KDF parameters below the floor give ``IntegrityError``.
+   * A failed key check gives ``WrongKeyError``.
+   * A failed GCM tag gives ``IntegrityError``: tampering, since the checksums
+     matched.
+
+   An unencrypted file opened with a key is refused (``IntegrityError``: it
+   may have been swapped for a forged plain one) unless
+   ``allow_unencrypted=True``.
+6. Decompression. The declared frame size must equal ``plain_len``, and
+   ``plain_len`` must be at most ``max_plain_len`` (else
+   ``BudgetExceededError``). Output is capped at ``plain_len``.
+
+Because of the checksums, accidental damage (any single truncation or bit
+flip) gives ``IntegrityError`` and never ``WrongKeyError``. Stores can fall
+back on damage and still stop on a wrong key. The checksums are not a
+security measure; authenticity comes from the key.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import struct
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgpack
 import xxhash
 import zstandard
 
-from persistkit.errors import FormatError, IntegrityError, UnsupportedTypeError, WrongKeyError
+from persistkit.errors import (
+    BudgetExceededError,
+    FormatError,
+    IntegrityError,
+    UnsupportedTypeError,
+)
 from persistkit.format import crypto
 from persistkit.format.crypto import KdfParams, Key
 
 __all__ = [
     "FORMAT_VERSION",
+    "HEADER_SPAN_MAX",
     "MAGIC",
     "Header",
+    "MetaValue",
     "Opened",
     "open_envelope",
     "read_header",
@@ -56,10 +115,19 @@ __all__ = [
 MAGIC = b"\x89PKENV\r\n"
 FORMAT_VERSION = 1
 PREFIX = struct.Struct("<8sHI")
-DIGEST = 16
+HEADER_CHECK = 8
+TRAILER = 16
 MAX_HEADER = 64 * 1024
-DEFAULT_MAX_PLAIN = 64 * 1024**3
+HEADER_SPAN_MAX = PREFIX.size + MAX_HEADER + HEADER_CHECK  # enough bytes for read_header on any file
+DEFAULT_MAX_PLAIN = 16 * 1024**3
 COMPRESSIONS = ("zstd", "none")
+
+MetaValue = None | bool | int | float | str | bytes
+_HEADER_KEYS = frozenset(
+    ("kind", "codec", "schema", "created", "compression", "plain_len", "stored_len", "payload_len",
+     "encryption", "meta")
+)  # fmt: skip
+_I64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -67,6 +135,7 @@ class Header:
     """What an envelope says about itself; readable without a key."""
 
     version: int
+    header_len: int
     kind: str
     codec: str
     schema: int
@@ -75,29 +144,50 @@ class Header:
     plain_len: int
     stored_len: int
     payload_len: int
-    enc: dict[str, Any] | None
-    meta: dict[str, Any] = field(default_factory=dict)
-    header_len: int = 0
+    encryption: crypto.Encryption | None
+    meta: Mapping[str, MetaValue] = field(default_factory=lambda: types.MappingProxyType({}))
 
     @property
     def encrypted(self) -> bool:
-        return self.enc is not None
+        return self.encryption is not None
 
     @property
     def total_len(self) -> int:
-        return PREFIX.size + self.header_len + self.payload_len + DIGEST
+        """The exact size of the whole envelope."""
+        return PREFIX.size + self.header_len + HEADER_CHECK + self.payload_len + TRAILER
+
+    @property
+    def created_at(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.created)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Opened:
-    """An opened envelope: ``payload`` is the original bytes (a memoryview, possibly zero-copy)."""
+    """An opened envelope.
+
+    ``payload`` is the original object as ``bytes``. When a buffer is enough,
+    ``view`` avoids the copy ``payload`` may need; for unencrypted, uncompressed
+    envelopes it is a zero-copy view into the data passed to ``open_envelope``.
+    """
 
     header: Header
-    payload: memoryview
+    _data: bytes | bytearray | memoryview = field(repr=False)
+
+    @functools.cached_property
+    def payload(self) -> bytes:
+        data = self._data
+        return data if type(data) is bytes else bytes(data)
+
+    @property
+    def view(self) -> memoryview:
+        return memoryview(self._data)
+
+    def __repr__(self) -> str:
+        h = self.header
+        return f"Opened(kind={h.kind!r}, codec={h.codec!r}, plain_len={h.plain_len}, encrypted={h.encrypted})"
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+# -- sealing ---------------------------------------------------------------------
 
 
 def seal_parts(
@@ -110,122 +200,215 @@ def seal_parts(
     key: Key | None = None,
     password: str | None = None,
     kdf: KdfParams | None = None,
-    meta: Mapping[str, Any] | None = None,
+    meta: Mapping[str, object] | None = None,
     level: int = 3,
     segment: int = crypto.DEFAULT_SEGMENT,
+    created: dt.datetime | None = None,
 ) -> list[bytes | memoryview]:
-    """Like ``seal`` but returns the pieces, so large payloads can be written without joining them."""
+    """Like ``seal``, but return the pieces so a writer can stream them without joining.
+
+    The pieces may be views of ``payload``; write them before mutating it.
+    """
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
     if key is not None and password is not None:
         raise ValueError("pass key= or password=, not both")
-    view = memoryview(payload).cast("B")
-    plain_len = view.nbytes
+    if kdf is not None and password is None:
+        raise ValueError("kdf= only applies together with password=")
+    if type(level) is not int or not -7 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
+        raise ValueError(f"level must be an int from -7 to {zstandard.MAX_COMPRESSION_LEVEL}")
+    for name, value in (("kind", kind), ("codec", codec)):
+        if type(value) is not str:
+            raise TypeError(f"{name} must be a str")
+    if type(schema) is not int or not _I64[0] <= schema <= _I64[1]:
+        raise TypeError("schema must be a 64-bit int")
+    clean_meta = _checked_meta(meta or {})
+    when = created or dt.datetime.now(dt.UTC)
+    if when.tzinfo is None:
+        raise ValueError("created must be timezone-aware")
+
+    view = _byte_view(payload)
     stored: bytes | memoryview = view
     if compression == "zstd":
         stored = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(view)
-    stored_len = memoryview(stored).nbytes
+    stored_view = memoryview(stored)
 
-    enc: dict[str, Any] | None = None
-    master: Key | None = key
-    salt = b""
-    if password is not None:
-        params = kdf or KdfParams()
-        kdf_salt = crypto.new_salt()
-        master = Key.from_password(password, salt=kdf_salt, params=params)
-        enc = {"kdf": {"name": "scrypt", "n": params.n, "r": params.r, "p": params.p, "salt": kdf_salt}}
+    master = Key.from_password(password, params=kdf) if password is not None else key
+    cipher: crypto.Cipher | None = None
+    enc: crypto.Encryption | None = None
+    payload_len = stored_view.nbytes
     if master is not None:
-        salt = crypto.new_salt()
-        enc = {
-            "alg": crypto.ALGORITHM,
-            "key": "password" if password is not None else "key",
-            "kdf": (enc or {}).get("kdf"),
-            "salt": salt,
-            "check": crypto.key_check(master, salt),
-            "segment": segment,
-        }
-    payload_len = crypto.segments_size(stored_len, segment) if master is not None else stored_len
+        enc, cipher = crypto.new_encryption(master, segment=segment)
+        payload_len = cipher.sealed_size(stored_view.nbytes)
+
+    fields = {
+        "kind": kind,
+        "codec": codec,
+        "schema": schema,
+        "created": when.astimezone(dt.UTC).isoformat(timespec="microseconds"),
+        "compression": compression,
+        "plain_len": view.nbytes,
+        "stored_len": stored_view.nbytes,
+        "payload_len": payload_len,
+        "encryption": None if enc is None else enc.to_header(),
+        "meta": clean_meta,
+    }
     try:
-        header = _pack_header(
-            {
-                "kind": kind,
-                "codec": codec,
-                "schema": schema,
-                "created": _now(),
-                "compression": compression,
-                "plain_len": plain_len,
-                "stored_len": stored_len,
-                "payload_len": payload_len,
-                "enc": enc,
-                "meta": dict(meta or {}),
-            }
-        )
-    except (TypeError, ValueError, OverflowError) as err:
+        header: bytes = msgpack.packb(fields, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as err:  # e.g. a lone surrogate in a str
         raise UnsupportedTypeError(
-            f"envelope meta {dict(meta or {})!r:.200} holds a value msgpack cannot store ({err}); "
-            "use str keys and str/int (64-bit)/float/bool/None/bytes values.",
-            field="meta",
+            f"the envelope header cannot be encoded ({type(err).__name__}: {err}); use plain UTF-8 "
+            "strings for kind, codec and meta.",
+            field="header",
         ) from err
     if len(header) > MAX_HEADER:
-        raise ValueError(f"envelope header is {len(header)} bytes; keep meta small (limit {MAX_HEADER})")
-    prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
-    body: list[bytes | memoryview]
-    if master is not None:
-        body = list(crypto.encrypt_segments(master, salt, stored, prefix, segment=segment))
-    else:
-        body = [stored]
-    digest = xxhash.xxh3_128()
-    digest.update(prefix)
-    for part in body:
-        digest.update(part)
-    return [prefix, *body, digest.digest()]
+        raise BudgetExceededError(
+            f"the envelope header would be {len(header)} bytes, over the {MAX_HEADER}-byte limit; "
+            "keep meta small and store large data in the payload.",
+            field="meta",
+        )
+    head = PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
+    head += xxhash.xxh3_64_digest(head)
+
+    body: bytes | memoryview = stored_view
+    if cipher is not None:
+        out = bytearray(payload_len)
+        cipher.encrypt_into(stored_view, head, memoryview(out))
+        body = memoryview(out)
+    trailer = xxhash.xxh3_128()
+    trailer.update(head)
+    trailer.update(body)
+    return [head, body, trailer.digest()]
 
 
-def _pack_header(fields: dict[str, Any]) -> bytes:
-    return msgpack.packb(fields, use_bin_type=True, strict_types=False)  # type: ignore[no-any-return]
+def seal(
+    payload: bytes | bytearray | memoryview,
+    *,
+    kind: str,
+    codec: str,
+    schema: int = 1,
+    compression: str = "zstd",
+    key: Key | None = None,
+    password: str | None = None,
+    kdf: KdfParams | None = None,
+    meta: Mapping[str, object] | None = None,
+    level: int = 3,
+    segment: int = crypto.DEFAULT_SEGMENT,
+    created: dt.datetime | None = None,
+) -> bytes:
+    """Seal ``payload`` into one envelope (layout in the module docstring).
 
-
-def seal(payload: bytes | bytearray | memoryview, **kwargs: Any) -> bytes:
-    """Seal ``payload`` into one envelope (see ``seal_parts`` for the keyword arguments)."""
-    return b"".join(seal_parts(payload, **kwargs))
-
-
-def _corrupt(source: str, what: str) -> IntegrityError:
-    return IntegrityError(
-        f"{source}: {what}. The file is damaged (truncated, overwritten or bit-flipped); restore it from a "
-        "backup or an older generation.",
-        field=source,
+    With ``key`` or ``password`` the payload is encrypted. ``kdf`` sets the
+    scrypt cost for passwords (``KdfParams.floor()`` in tests). ``segment`` is
+    the plaintext size of each GCM segment. ``created`` pins the timestamp;
+    with it, unencrypted envelopes are byte-for-byte reproducible.
+    """
+    return b"".join(
+        seal_parts(
+            payload,
+            kind=kind,
+            codec=codec,
+            schema=schema,
+            compression=compression,
+            key=key,
+            password=password,
+            kdf=kdf,
+            meta=meta,
+            level=level,
+            segment=segment,
+            created=created,
+        )
     )
 
 
-def read_header(data: bytes | bytearray | memoryview, *, source: str = "<bytes>") -> Header:
-    """Parse the prefix and header without a key and without checking the payload."""
-    view = memoryview(data).cast("B")
-    if view.nbytes < PREFIX.size:
-        if MAGIC.startswith(bytes(view[: len(MAGIC)])) and view.nbytes:
-            raise _corrupt(source, f"only {view.nbytes} bytes, shorter than the envelope prefix")
-        raise FormatError(f"{source}: not a persistkit file (too short, no envelope magic).", field=source)
-    magic, version, header_len = PREFIX.unpack_from(view)
-    if magic != MAGIC:
+def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _checked_meta(meta: Mapping[str, object]) -> dict[str, MetaValue]:
+    out: dict[str, MetaValue] = {}
+    for name, value in meta.items():
+        if type(name) is not str:
+            raise UnsupportedTypeError(
+                f"envelope meta keys must be str, not {type(name).__name__}.", field="meta"
+            )
+        if value is None or type(value) in (bool, float, str, bytes):
+            out[name] = value  # type: ignore[assignment]
+        elif type(value) is int and -(2**63) <= value < 2**64:
+            out[name] = value
+        else:
+            raise UnsupportedTypeError(
+                f"envelope meta[{name!r}] is a {type(value).__name__}; meta holds only str, int (64-bit), "
+                "float, bool, None or bytes. Convert it, or put it in the payload.",
+                field=f"meta[{name!r}]",
+            )
+    return out
+
+
+# -- reading ---------------------------------------------------------------------
+
+
+def _damaged(source: str, what: str) -> IntegrityError:
+    return IntegrityError(
+        f"{source}: {what}. The file is damaged (truncated, overwritten or bit-flipped); restore it from "
+        "a backup or an older generation.",
+        path=source,
+    )
+
+
+def _check_frame(view: memoryview, source: str) -> int:
+    """Steps 1-2 of the module docstring; return the header length."""
+    size = view.nbytes
+    start = bytes(view[: len(MAGIC)])
+    if start != MAGIC:
+        if size < len(MAGIC) and MAGIC.startswith(start):
+            what = "empty (0 bytes)" if size == 0 else f"only {size} bytes, cut off inside the magic"
+            raise IntegrityError(
+                f"{source}: {what}: a truncated persistkit file, or not a persistkit file at all. Restore it "
+                "from a backup or an older generation.",
+                path=source,
+            )
+        if size >= len(MAGIC) and sum((a ^ b).bit_count() for a, b in zip(start, MAGIC, strict=True)) <= 2:
+            raise _damaged(source, "the persistkit magic bytes are damaged")
         raise FormatError(
-            f"{source}: not a persistkit file (no envelope magic). If it should be one, it is damaged at "
-            "the start; restore it from a backup.",
-            field=source,
+            f"{source}: not a persistkit file (it does not start with the persistkit envelope magic).",
+            path=source,
         )
+    if size < PREFIX.size:
+        raise _damaged(source, f"only {size} bytes, cut off inside the envelope prefix")
+    _, _, header_len = PREFIX.unpack_from(view)
+    if header_len > MAX_HEADER:
+        raise _damaged(source, f"header length {header_len} exceeds the {MAX_HEADER}-byte cap")
+    end = PREFIX.size + header_len
+    if size < end + HEADER_CHECK:
+        raise _damaged(source, f"only {size} bytes, cut off inside the {header_len}-byte header")
+    if xxhash.xxh3_64_digest(view[:end]) != view[end : end + HEADER_CHECK]:
+        raise _damaged(source, "header checksum mismatch")
+    return int(header_len)
+
+
+def read_header(data: bytes | bytearray | memoryview, *, source: str = "<bytes>") -> Header:
+    """Parse and check the header; no key needed, the payload is neither read nor decrypted.
+
+    ``data`` may be the whole file or just its beginning (``HEADER_SPAN_MAX``
+    bytes always suffice). Only the header check is verified; ``open_envelope``
+    verifies everything.
+    """
+    view = _byte_view(data)
+    header_len = _check_frame(view, source)
+    _, version, _ = PREFIX.unpack_from(view)
     if version != FORMAT_VERSION:
         if version > FORMAT_VERSION:
             raise FormatError(
-                f"{source}: envelope format {version} is newer than this persistkit supports "
-                f"({FORMAT_VERSION}); upgrade persistkit to read it "
-                "(if no newer persistkit wrote it, the file is damaged).",
-                field=source,
+                f"{source} was written by a newer persistkit (format {version}; this one reads format "
+                f"{FORMAT_VERSION}); upgrade persistkit to read it.",
+                path=source,
             )
-        raise _corrupt(source, f"unknown envelope format {version}")
-    if header_len > MAX_HEADER or PREFIX.size + header_len > view.nbytes:
-        raise _corrupt(source, f"header length {header_len} does not fit the {view.nbytes}-byte file")
+        raise FormatError(f"{source}: unknown envelope format {version}.", path=source)
     raw = view[PREFIX.size : PREFIX.size + header_len]
     try:
-        h = msgpack.unpackb(
+        fields = msgpack.unpackb(
             raw,
             raw=False,
             strict_map_key=True,
@@ -235,48 +418,68 @@ def read_header(data: bytes | bytearray | memoryview, *, source: str = "<bytes>"
             max_map_len=header_len,
             max_ext_len=0,
         )
-    except Exception as err:  # msgpack raises several types for damaged bytes
-        raise _corrupt(source, "the header does not parse") from err
-    return _validate_header(h, header_len, source)
+    except Exception as err:  # msgpack raises several types for bad bytes
+        raise _damaged(source, f"the header does not parse ({type(err).__name__})") from err
+    return _validate(fields, header_len, source)
 
 
-_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "kind": str,
-    "codec": str,
-    "schema": int,
-    "created": str,
-    "compression": str,
-    "plain_len": int,
-    "stored_len": int,
-    "payload_len": int,
-    "enc": (dict, type(None)),
-    "meta": dict,
-}
-
-
-def _validate_header(h: Any, header_len: int, source: str) -> Header:
-    if type(h) is not dict or any(k not in h or not isinstance(h[k], t) for k, t in _FIELDS.items()):
-        raise _corrupt(source, "the header is missing fields")
-    if h["compression"] not in COMPRESSIONS:
+def _validate(fields: object, header_len: int, source: str) -> Header:
+    if not isinstance(fields, dict):
+        raise _damaged(source, "the header is not a map")
+    unknown = set(fields) - _HEADER_KEYS
+    if unknown:
         raise FormatError(
-            f"{source}: unknown compression {h['compression']!r}; it may come from a newer persistkit.",
-            field=source,
+            f"{source}: the header has fields this persistkit does not know ({', '.join(sorted(unknown))}); "
+            "it was written by a newer persistkit: upgrade persistkit to read it.",
+            path=source,
         )
-    if min(h["plain_len"], h["stored_len"], h["payload_len"]) < 0:
-        raise _corrupt(source, "negative lengths in the header")
+    missing = _HEADER_KEYS - set(fields)
+    if missing:
+        raise _damaged(source, f"the header lacks {', '.join(sorted(missing))}")
+    for name in ("kind", "codec", "created", "compression"):
+        if type(fields[name]) is not str:
+            raise _damaged(source, f"header field {name!r} is not a string")
+    for name in ("schema", "plain_len", "stored_len", "payload_len"):
+        value = fields[name]
+        if type(value) is not int or (name != "schema" and value < 0):
+            raise _damaged(source, f"header field {name!r} is not a valid integer")
+    if fields["compression"] not in COMPRESSIONS:
+        raise FormatError(
+            f"{source}: compressed with {fields['compression']!r}, which this persistkit does not know; "
+            "upgrade persistkit to read it.",
+            path=source,
+        )
+    meta = fields["meta"]
+    if not isinstance(meta, dict) or not all(
+        type(k) is str and (v is None or type(v) in (bool, int, float, str, bytes)) for k, v in meta.items()
+    ):
+        raise _damaged(source, "header field 'meta' is not a map of scalars")
+    enc = (
+        None
+        if fields["encryption"] is None
+        else crypto.Encryption.from_header(fields["encryption"], source=source)
+    )
+    plain_len, stored_len, payload_len = fields["plain_len"], fields["stored_len"], fields["payload_len"]
+    if fields["compression"] == "none" and stored_len != plain_len:
+        raise _damaged(source, "uncompressed, yet stored and plain lengths differ")
+    expected = stored_len
+    if enc is not None:
+        expected += max(1, -(-stored_len // enc.segment)) * crypto.TAG
+    if payload_len != expected:
+        raise _damaged(source, f"payload length {payload_len} does not match the header's other lengths")
     return Header(
         version=FORMAT_VERSION,
-        kind=h["kind"],
-        codec=h["codec"],
-        schema=h["schema"],
-        created=h["created"],
-        compression=h["compression"],
-        plain_len=h["plain_len"],
-        stored_len=h["stored_len"],
-        payload_len=h["payload_len"],
-        enc=h["enc"],
-        meta=h["meta"],
         header_len=header_len,
+        kind=fields["kind"],
+        codec=fields["codec"],
+        schema=fields["schema"],
+        created=fields["created"],
+        compression=fields["compression"],
+        plain_len=plain_len,
+        stored_len=stored_len,
+        payload_len=payload_len,
+        encryption=enc,
+        meta=types.MappingProxyType(meta),
     )
 
 
@@ -287,67 +490,65 @@ def open_envelope(
     password: str | None = None,
     source: str = "<bytes>",
     max_plain_len: int = DEFAULT_MAX_PLAIN,
+    allow_unencrypted: bool = False,
 ) -> Opened:
-    """Check and open an envelope; see the module docstring for which error means what."""
-    view = memoryview(data).cast("B")
+    """Verify and open an envelope; the module docstring lists which error means what.
+
+    ``source`` names the file or member ("bundle.pkb:policy") in every error.
+    Nothing is decompressed or returned before the whole envelope has checked
+    out: checksums for every envelope, and GCM tags for encrypted ones.
+    """
+    if key is not None and password is not None:
+        raise ValueError("pass key= or password=, not both")
+    view = _byte_view(data)
     header = read_header(view, source=source)
-    if view.nbytes != header.total_len:
-        what = "truncated" if view.nbytes < header.total_len else "has extra bytes appended"
-        raise _corrupt(source, f"{what}: {view.nbytes} bytes, the header promises {header.total_len}")
-    body_end = header.total_len - DIGEST
-    digest = xxhash.xxh3_128(view[:body_end]).digest()
-    if digest != bytes(view[body_end:]):
-        raise _corrupt(source, "checksum mismatch")
-    prefix_len = PREFIX.size + header.header_len
-    payload = view[prefix_len:body_end]
-    if header.enc is not None:
-        payload = memoryview(_decrypt(header, payload, bytes(view[:prefix_len]), key, password, source))
-    elif key is not None or password is not None:
-        pass  # an unencrypted file opens without a key; integrity came from the checksum
-    if payload.nbytes != header.stored_len:
-        raise _corrupt(source, "payload length does not match the header")
-    if header.compression == "zstd":
-        if header.plain_len > max_plain_len:
-            raise FormatError(
-                f"{source}: claims {header.plain_len} bytes uncompressed, "
-                f"over the {max_plain_len}-byte limit.",
-                field=source,
-            )
-        try:
-            plain = zstandard.ZstdDecompressor().decompress(payload, max_output_size=header.plain_len)
-        except zstandard.ZstdError as err:
-            raise _corrupt(source, "compressed payload does not decompress") from err
-        payload = memoryview(plain)
-    if payload.nbytes != header.plain_len:
-        raise _corrupt(source, "payload size differs from the header")
-    return Opened(header, payload)
-
-
-def _decrypt(
-    header: Header, payload: memoryview, aad: bytes, key: Key | None, password: str | None, source: str
-) -> bytes:
-    enc = header.enc or {}
-    if enc.get("alg") != crypto.ALGORITHM:
-        raise FormatError(f"{source}: unknown cipher {enc.get('alg')!r}; upgrade persistkit.", field=source)
-    salt, check, segment = enc.get("salt"), enc.get("check"), enc.get("segment")
-    if type(salt) is not bytes or type(check) is not bytes or type(segment) is not int or segment <= 0:
-        raise _corrupt(source, "malformed encryption parameters")
-    if key is None and password is None:
-        how = "password=" if enc.get("key") == "password" else "key_file="
-        raise WrongKeyError(f"{source}: this file is encrypted; pass {how} to open it.", field=source)
-    kdf = enc.get("kdf")
-    if password is not None and enc.get("key") != "password":
-        raise WrongKeyError(
-            f"{source}: this file was sealed with a key file, not a password; pass key_file=.", field=source
+    if header.compression == "zstd" and header.plain_len > max_plain_len:
+        raise BudgetExceededError(
+            f"{source}: claims {header.plain_len} bytes uncompressed, over the {max_plain_len}-byte limit "
+            "(max_plain_len=). Raise the limit if you expect an object this large.",
+            path=source,
         )
-    master = crypto.resolve_key(
-        key=None if password is not None else key,
-        password=password,
-        kdf=kdf if isinstance(kdf, dict) else None,
-        source=source,
-    )
-    assert master is not None
-    crypto.check_key(master, salt, check, source)
-    return crypto.decrypt_segments(
-        master, salt, payload, aad, header.stored_len, segment=segment, source=source
-    )
+    total = header.total_len
+    if view.nbytes != total:
+        what = "truncated" if view.nbytes < total else "has extra bytes appended"
+        raise _damaged(source, f"{what}: {view.nbytes} bytes, the header promises {total}")
+    start = PREFIX.size + header.header_len + HEADER_CHECK
+    body_end = total - TRAILER
+    if xxhash.xxh3_128_digest(view[:body_end]) != view[body_end:]:
+        raise _damaged(source, "checksum mismatch")
+    stored: bytes | bytearray | memoryview = view[start:body_end]
+    if header.encryption is not None:
+        cipher = crypto.open_encryption(header.encryption, key=key, password=password, source=source)
+        stored = cipher.decrypt(view[start:body_end], bytes(view[:start]), header.stored_len, source=source)
+    elif (key is not None or password is not None) and not allow_unencrypted:
+        raise IntegrityError(
+            f"{source} is not encrypted, but a key or password was given: an encrypted file may have been "
+            "replaced by a forged plain one. Restore it from a backup, or pass allow_unencrypted=True if "
+            "plain files are expected here.",
+            path=source,
+        )
+    if header.compression == "zstd":
+        return Opened(header, _decompress(stored, header.plain_len, source))
+    return Opened(header, stored)
+
+
+def _decompress(stored: bytes | bytearray | memoryview, plain_len: int, source: str) -> bytes:
+    try:
+        declared = zstandard.frame_content_size(stored)
+    except zstandard.ZstdError as err:
+        raise _damaged(source, "the compressed payload has no valid zstd frame header") from err
+    if declared != plain_len:
+        raise _damaged(source, f"the zstd frame declares {declared} bytes, the header {plain_len}")
+    try:
+        plain = zstandard.ZstdDecompressor().decompress(
+            stored, max_output_size=plain_len, allow_extra_data=False
+        )
+    except zstandard.ZstdError as err:
+        raise _damaged(source, f"the compressed payload does not decompress ({err})") from err
+    except MemoryError as err:
+        raise BudgetExceededError(
+            f"{source}: not enough memory to decompress {plain_len} bytes.", path=source
+        ) from err
+    if len(plain) != plain_len:
+        raise _damaged(source, f"decompressed to {len(plain)} bytes, the header says {plain_len}")
+    return plain

@@ -100,6 +100,7 @@ class Bot:
         with self.store.atomic():
             price = self.feed.next()
             now = self.feed.now
+            self.risk.tick(now)
             x = self.feed.features() * self.attention.weights * 4
             closed = None
             if self.position is not None:

@@ -74,10 +74,13 @@ class RiskManager:
         self.day = dt.date(2026, 1, 1)
         self.last_trade_id = -1
 
+    def tick(self, now: dt.datetime) -> None:
+        """Reset the daily loss at UTC midnight of simulated time, trade or no trade."""
+        if now.date() != self.day:
+            self.day, self.daily_loss = now.date(), 0.0
+
     def on_trade(self, trade: dict[str, Any]) -> None:
-        closed: dt.datetime = trade["closed"]
-        if closed.date() != self.day:  # midnight UTC of simulated time
-            self.day, self.daily_loss = closed.date(), 0.0
+        self.tick(trade["closed"])
         pnl = trade["pnl"]
         self.balance += pnl
         self.total_trades += 1

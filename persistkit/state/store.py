@@ -718,6 +718,17 @@ class StateStore:
             self._autosave.join(timeout=5)
         return checkpoint
 
+    def _abandon(self) -> None:
+        """Drop the store as a killed process would: no final save (tests and crash harnesses)."""
+        self._stop.set()
+        with self._lock:
+            for writer in self._writers.values():
+                writer.close()
+            self._writers = {}
+            self._closed = True
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+
     def __enter__(self) -> StateStore:
         return self
 

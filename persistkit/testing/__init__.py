@@ -1,1 +1,62 @@
-"""The persistence verifier: pytest plugin, strategies and crash/fault/lifecycle harnesses."""
+"""The persistence verifier: pytest plugin, strategies and crash/fault/lifecycle harnesses.
+
+Everything here is resolved lazily (PEP 562): the pytest plugin imports this
+package, and loading the plugin must not import hypothesis, cryptography,
+torch or scikit-learn. Each name loads its module on first use.
+
+Example::
+
+    from persistkit.testing import PersistenceMachine, assert_unique_nonces, first_difference
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> module that defines it
+_LAZY: dict[str, str] = {
+    "PersistenceMachine": "persistkit.testing.machine",
+    "assert_unique_nonces": "persistkit.testing.nonces",
+    "first_difference": "persistkit.testing.compare",
+    "assert_same": "persistkit.testing.compare",
+    "CrashPoints": "persistkit.testing.crash_points",
+    "CrashReport": "persistkit.testing.crash_points",
+    "DiskFaults": "persistkit.testing.disk_faults",
+    "FaultReport": "persistkit.testing.disk_faults",
+    "Corruptions": "persistkit.testing.corruptions",
+    "Corruption": "persistkit.testing.corruptions",
+    "Roundtrip": "persistkit.testing.roundtrip",
+    "roundtrip": "persistkit.testing.roundtrip",
+    "Lifecycle": "persistkit.testing.lifecycle",
+    "Interceptor": "persistkit.testing.intercept",
+    "make_workspace": "persistkit.testing.fixtures",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'persistkit.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from persistkit.testing.compare import assert_same, first_difference
+    from persistkit.testing.corruptions import Corruption, Corruptions
+    from persistkit.testing.crash_points import CrashPoints, CrashReport
+    from persistkit.testing.disk_faults import DiskFaults, FaultReport
+    from persistkit.testing.fixtures import make_workspace
+    from persistkit.testing.intercept import Interceptor
+    from persistkit.testing.lifecycle import Lifecycle
+    from persistkit.testing.machine import PersistenceMachine
+    from persistkit.testing.nonces import assert_unique_nonces
+    from persistkit.testing.roundtrip import Roundtrip, roundtrip
