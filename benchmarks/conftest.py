@@ -18,4 +18,5 @@ import pytest
 @pytest.fixture
 def full_size(request: pytest.FixtureRequest) -> bool:
     """True for a real benchmark run; False in the CI smoke run."""
-    return not request.config.getoption("benchmark_disable")
+    config = request.config
+    return bool(config.getoption("benchmark_enable")) or not config.getoption("benchmark_disable")

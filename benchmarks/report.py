@@ -16,7 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-TARGET = re.compile(r"^(?P<metric>time|size|rate)(?P<op><=|>=)(?:(?P<factor>[\d.]+)\*(?P<anchor>[\w.-]+)|(?P<anchor2>[\w.-]+)\+(?P<delta>[\d.]+)|(?P<abs>[\d.]+)s)$")
+TARGET = re.compile(
+    r"^(?P<metric>time|size|rate)(?P<op><=|>=)(?:(?P<factor>[\d.]+)\*(?P<anchor>[\w.-]+)|(?P<anchor2>[\w.-]+)\+(?P<delta>[\d.]+)|(?P<abs>[\d.]+)s)$"
+)
 
 
 def fmt_time(seconds: float) -> str:
@@ -58,13 +60,21 @@ def evaluate(rows: list[dict[str, Any]]) -> list[list[str]]:
             match = TARGET.match(target)
             metric = match["metric"] if match else "time"
             pk = value(mine, metric)
-            shown = fmt_bytes(pk) if metric == "size" else f"{pk:,.0f}/s" if metric == "rate" else fmt_time(pk)
+            shown = (
+                fmt_bytes(pk) if metric == "size" else f"{pk:,.0f}/s" if metric == "rate" else fmt_time(pk)
+            )
             anchor_name = (match["anchor"] or match["anchor2"]) if match else None
             anchors = [r for r in group if r["extra_info"]["role"] == anchor_name]
+            if not anchors and metric == "size" and "anchor_bytes" in mine["extra_info"]:
+                anchors = [
+                    {"extra_info": {"bytes": mine["extra_info"]["anchor_bytes"]}, "stats": {"median": 0}}
+                ]
             if match is None or (anchor_name and not anchors):
                 others = [r for r in group if r["extra_info"]["role"] != "persistkit"]
                 note = ", ".join(f"{r['extra_info']['role']} {fmt_time(value(r, 'time'))}" for r in others)
-                table.append([comparison, mine["name"], shown, note or "—", "—", target or "report", "reported"])
+                table.append(
+                    [comparison, mine["name"], shown, note or "—", "—", target or "report", "reported"]
+                )
                 continue
             if match["abs"]:
                 limit = float(match["abs"])
@@ -73,7 +83,9 @@ def evaluate(rows: list[dict[str, Any]]) -> list[list[str]]:
                 continue
             anchor = anchors[0]
             av = value(anchor, metric)
-            a_shown = fmt_bytes(av) if metric == "size" else f"{av:,.0f}/s" if metric == "rate" else fmt_time(av)
+            a_shown = (
+                fmt_bytes(av) if metric == "size" else f"{av:,.0f}/s" if metric == "rate" else fmt_time(av)
+            )
             if match["delta"]:
                 diff = pk - av
                 ok = diff <= float(match["delta"])
@@ -84,7 +96,15 @@ def evaluate(rows: list[dict[str, Any]]) -> list[list[str]]:
                 ok = r <= factor if match["op"] == "<=" else r >= factor
                 ratio = f"{r:.2f}×"
             table.append(
-                [comparison, mine["name"], shown, f"{anchor_name} {a_shown}", ratio, target, "met" if ok else "MISSED"]
+                [
+                    comparison,
+                    mine["name"],
+                    shown,
+                    f"{anchor_name} {a_shown}",
+                    ratio,
+                    target,
+                    "met" if ok else "MISSED",
+                ]
             )
     return table
 
@@ -108,7 +128,11 @@ def render(data: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     met = sum(r[-1] == "met" for r in rows)
     missed = sum(r[-1] == "MISSED" for r in rows)
-    lines += ["", f"{met} targets met, {missed} missed, {len(rows) - met - missed} reported without a target.", ""]
+    lines += [
+        "",
+        f"{met} targets met, {missed} missed, {len(rows) - met - missed} reported without a target.",
+        "",
+    ]
     return "\n".join(lines)
 
 

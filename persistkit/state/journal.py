@@ -57,10 +57,13 @@ def frame(seq: int, op: int, payload: bytes) -> bytes:
 class JournalWriter:
     """Appends records to one journal file with the chosen sync policy.
 
-    ``always``: fsync before ``append`` returns (durable when it returns).
-    ``batch``: a flusher fsyncs at most every ``batch_ms`` milliseconds (group commit).
-    ``none``: no fsync; the next checkpoint makes the data durable.
+    ``always``: write and fsync before ``append`` returns (durable when it returns).
+    ``batch``: records collect in memory and a flusher writes and fsyncs them every
+    ``batch_ms`` milliseconds (group commit): at most that window is lost in a crash.
+    ``none``: like batch without the fsync; the next checkpoint makes the data durable.
     """
+
+    BUFFER_LIMIT = 1 << 20
 
     def __init__(
         self,
@@ -87,8 +90,9 @@ class JournalWriter:
             self._handle: FileHandle = current_fs().open_append(path)
         except OSError as err:
             raise io_error("open journal", path, err) from err
+        self._buffer = bytearray()
         self._flusher: threading.Thread | None = None
-        if sync == "batch":
+        if sync != "always":
             self._flusher = threading.Thread(target=self._flush_loop, name="persistkit-journal", daemon=True)
             self._flusher.start()
 
@@ -101,44 +105,58 @@ class JournalWriter:
                 raise io_error("fsync journal (batch)", self.path, self._error) from self._error  # type: ignore[arg-type]
             seq = self.next_seq
             data = self._cipher.encrypt(seq, payload) if self._cipher is not None else payload  # type: ignore[attr-defined]
-            fs = current_fs()
-            try:
-                fs.write(self._handle, frame(seq, op, data))
-                if self.sync == "always":
-                    fs.fsync(self._handle)
-            except OSError as err:
-                # The record may be partly on disk: it was never acknowledged, and recovery
-                # drops a torn tail. Stop writing here so no later record lands after a hole.
-                self._closed = True
-                self._close_quietly()
-                raise io_error("append to journal", self.path, err) from err
+            record = frame(seq, op, data)
+            if self.sync == "always":
+                self._write(record, durable=True)
+            else:
+                self._buffer += record
+                if len(self._buffer) >= self.BUFFER_LIMIT:
+                    self._write_buffer(durable=False)
             self.next_seq += 1
             self.records += 1
-        if self.sync == "batch":
+        if self.sync != "always":
             self._dirty.set()
         return seq
 
+    def _write(self, data: bytes | bytearray, *, durable: bool) -> None:
+        """Caller holds the lock."""
+        fs = current_fs()
+        try:
+            if data:
+                fs.write(self._handle, data)
+            if durable:
+                fs.fsync(self._handle)
+        except OSError as err:
+            # The record may be partly on disk: it was never acknowledged, and recovery
+            # drops a torn tail. Stop writing here so no later record lands after a hole.
+            self._closed = True
+            self._close_quietly()
+            raise io_error("append to journal", self.path, err) from err
+
+    def _write_buffer(self, *, durable: bool) -> None:
+        data, self._buffer = self._buffer, bytearray()
+        self._write(data, durable=durable)
+
     def flush(self) -> None:
-        """Make every record written so far durable."""
+        """Make every record appended so far durable."""
         with self._lock:
-            if self._closed:
-                return
-            try:
-                current_fs().fsync(self._handle)
-            except OSError as err:
-                self._closed = True
-                self._close_quietly()
-                raise io_error("fsync journal", self.path, err) from err
+            if not self._closed:
+                self._write_buffer(durable=True)
 
     def _flush_loop(self) -> None:
         while not self._closed:
             self._dirty.wait(0.5)
-            if not self._dirty.is_set():
+            if not self._dirty.is_set() or self._closed:
                 continue
             time.sleep(self.batch_ms / 1000.0)
             self._dirty.clear()
             try:
-                self.flush()
+                if self.sync == "batch":
+                    self.flush()
+                else:
+                    with self._lock:
+                        if not self._closed:
+                            self._write_buffer(durable=False)
             except PersistIOError as err:
                 self._error = err.__cause__ or err
                 return
@@ -148,8 +166,13 @@ class JournalWriter:
             current_fs().close(self._handle)
 
     def close(self) -> None:
-        if self.sync == "batch" and not self._closed:
-            self.flush()
+        if not self._closed:
+            if self.sync == "batch":
+                self.flush()
+            elif self.sync == "none":
+                with self._lock:
+                    self._write_buffer(durable=False)
+            # "always": every record is already durable
         with self._lock:
             if not self._closed:
                 self._closed = True
