@@ -94,7 +94,7 @@ def evaluate(rows: list[dict[str, Any]]) -> list[list[str]]:
                 r = pk / av if av else float("inf")
                 factor = float(match["factor"])
                 ok = r <= factor if match["op"] == "<=" else r >= factor
-                ratio = f"{r:.2f}×"
+                ratio = f"{r:.2f}\u00d7"
             table.append(
                 [
                     comparison,

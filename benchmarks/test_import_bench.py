@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from pkbench import tag
 
 

@@ -18,7 +18,7 @@ from persistkit.io.recording import RecordingFS
 from persistkit.reference.bot import make_bot
 from persistkit.state import BoundedLog, StateStore
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def trade(i: int, rng: random.Random) -> dict:
