@@ -34,7 +34,7 @@ The header map has exactly these keys:
     encryption   null, or {alg: "AES-256-GCM-STREAM", key: "key"|"password",
                  kdf: null | {name: "scrypt", n, r, p, salt: bin}, salt: bin(32) (HKDF salt),
                  check: bin(16) (key-check value), segment: int (plaintext bytes per segment)}
-    meta         map of str to None/bool/int/float/str/bytes, free for callers
+    meta         map of str to None/bool/int/float/str, free for callers
 
 An encrypted payload is the sequence of AES-256-GCM segments described in
 ``persistkit.format.crypto``. Every segment carries bytes [0, 22+H) (prefix,
@@ -122,7 +122,7 @@ HEADER_SPAN_MAX = PREFIX.size + MAX_HEADER + HEADER_CHECK  # enough bytes for re
 DEFAULT_MAX_PLAIN = 16 * 1024**3
 COMPRESSIONS = ("zstd", "none")
 
-MetaValue = None | bool | int | float | str | bytes
+MetaValue = None | bool | int | float | str  # JSON-compatible, so inspect can print it
 _HEADER_KEYS = frozenset(
     ("kind", "codec", "schema", "created", "compression", "plain_len", "stored_len", "payload_len",
      "encryption", "meta")
@@ -333,14 +333,14 @@ def _checked_meta(meta: Mapping[str, object]) -> dict[str, MetaValue]:
             raise UnsupportedTypeError(
                 f"envelope meta keys must be str, not {type(name).__name__}.", field="meta"
             )
-        if value is None or type(value) in (bool, float, str, bytes):
+        if value is None or type(value) in (bool, float, str):
             out[name] = value  # type: ignore[assignment]
         elif type(value) is int and -(2**63) <= value < 2**64:
             out[name] = value
         else:
             raise UnsupportedTypeError(
                 f"envelope meta[{name!r}] is a {type(value).__name__}; meta holds only str, int (64-bit), "
-                "float, bool, None or bytes. Convert it, or put it in the payload.",
+                "float, bool or None. Convert it, or put it in the payload.",
                 field=f"meta[{name!r}]",
             )
     return out
@@ -372,7 +372,9 @@ def _check_frame(view: memoryview, source: str) -> int:
         if size >= len(MAGIC) and sum((a ^ b).bit_count() for a, b in zip(start, MAGIC, strict=True)) <= 2:
             raise _damaged(source, "the persistkit magic bytes are damaged")
         raise FormatError(
-            f"{source}: not a persistkit file (it does not start with the persistkit envelope magic).",
+            f"{source}: not a persistkit file (it does not start with the persistkit envelope magic). "
+            "If it should be one, its first bytes were overwritten or mangled (a text-mode transfer?); "
+            "restore it from a backup.",
             path=source,
         )
     if size < PREFIX.size:
@@ -451,7 +453,7 @@ def _validate(fields: object, header_len: int, source: str) -> Header:
         )
     meta = fields["meta"]
     if not isinstance(meta, dict) or not all(
-        type(k) is str and (v is None or type(v) in (bool, int, float, str, bytes)) for k, v in meta.items()
+        type(k) is str and (v is None or type(v) in (bool, int, float, str)) for k, v in meta.items()
     ):
         raise _damaged(source, "header field 'meta' is not a map of scalars")
     enc = (
