@@ -139,5 +139,6 @@ def test_sigkill_storm_loses_no_acknowledged_trade(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_sigkill_storm_1000(tmp_path):
     storm(tmp_path, kills=1000, seed=99)
