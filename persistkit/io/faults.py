@@ -12,9 +12,8 @@ import errno as _errno
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
-from persistkit.io.fs import FileHandle, PathLike, PersistFS
+from persistkit.io.fs import DelegatingFS, FileHandle, PathLike, PersistFS
 
 __all__ = ["FAULT_ERRNOS", "Fault", "FaultFS", "InjectedFault"]
 
@@ -53,7 +52,7 @@ class Fault:
 
 
 @dataclass
-class FaultFS(PersistFS):
+class FaultFS(DelegatingFS):
     """Wraps ``inner`` and injects ``fault``; ``fired`` tells whether it hit."""
 
     inner: PersistFS
@@ -164,18 +163,3 @@ class FaultFS(PersistFS):
         if code is not None:
             self._raise(code, os.fspath(path))
         self.inner.fsync_dir(path)
-
-    def read_bytes(self, path: PathLike) -> bytes:
-        return self.inner.read_bytes(path)
-
-    def open_read(self, path: PathLike) -> BinaryIO:
-        return self.inner.open_read(path)
-
-    def listdir(self, path: PathLike) -> list[str]:
-        return self.inner.listdir(path)
-
-    def stat(self, path: PathLike, *, follow_symlinks: bool = True) -> os.stat_result:
-        return self.inner.stat(path, follow_symlinks=follow_symlinks)
-
-    def readlink(self, path: PathLike) -> str:
-        return self.inner.readlink(path)

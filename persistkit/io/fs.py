@@ -24,6 +24,7 @@ from typing import BinaryIO
 from persistkit.errors import PersistIOError, describe_errno
 
 __all__ = [
+    "DelegatingFS",
     "FileHandle",
     "LocalFS",
     "PersistFS",
@@ -269,6 +270,64 @@ class LocalFS(PersistFS):
 
     def readlink(self, path: PathLike) -> str:
         return os.readlink(_abs(path))
+
+
+class DelegatingFS(PersistFS):
+    """Forwards every operation to ``inner``; wrappers (recording, faults, budgets) override a few."""
+
+    def __init__(self, inner: PersistFS) -> None:
+        self.inner = inner
+
+    def create(self, path: PathLike, *, mode: int = 0o644, exclusive: bool = True) -> FileHandle:
+        return self.inner.create(path, mode=mode, exclusive=exclusive)
+
+    def open_append(self, path: PathLike, *, mode: int = 0o644) -> FileHandle:
+        return self.inner.open_append(path, mode=mode)
+
+    def write(self, handle: FileHandle, data: bytes | bytearray | memoryview) -> None:
+        self.inner.write(handle, data)
+
+    def fsync(self, handle: FileHandle) -> None:
+        self.inner.fsync(handle)
+
+    def close(self, handle: FileHandle) -> None:
+        self.inner.close(handle)
+
+    def truncate(self, handle: FileHandle, size: int) -> None:
+        self.inner.truncate(handle, size)
+
+    def replace(self, src: PathLike, dst: PathLike) -> None:
+        self.inner.replace(src, dst)
+
+    def unlink(self, path: PathLike) -> None:
+        self.inner.unlink(path)
+
+    def mkdir(self, path: PathLike, *, mode: int = 0o755) -> None:
+        self.inner.mkdir(path, mode=mode)
+
+    def rmdir(self, path: PathLike) -> None:
+        self.inner.rmdir(path)
+
+    def symlink(self, target: str, path: PathLike) -> None:
+        self.inner.symlink(target, path)
+
+    def fsync_dir(self, path: PathLike) -> None:
+        self.inner.fsync_dir(path)
+
+    def read_bytes(self, path: PathLike) -> bytes:
+        return self.inner.read_bytes(path)
+
+    def open_read(self, path: PathLike) -> BinaryIO:
+        return self.inner.open_read(path)
+
+    def listdir(self, path: PathLike) -> list[str]:
+        return self.inner.listdir(path)
+
+    def stat(self, path: PathLike, *, follow_symlinks: bool = True) -> os.stat_result:
+        return self.inner.stat(path, follow_symlinks=follow_symlinks)
+
+    def readlink(self, path: PathLike) -> str:
+        return self.inner.readlink(path)
 
 
 _LOCAL = LocalFS()

@@ -12,9 +12,8 @@ import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
-from persistkit.io.fs import FileHandle, PathLike, PersistFS
+from persistkit.io.fs import DelegatingFS, FileHandle, PathLike, PersistFS
 
 __all__ = ["Op", "RecordingFS"]
 
@@ -70,13 +69,13 @@ class Op:
         return f"#{self.index} {self.kind} {name}"
 
 
-class RecordingFS(PersistFS):
+class RecordingFS(DelegatingFS):
     """Wraps ``inner`` (default: the local filesystem) and records ``ops``."""
 
     def __init__(self, inner: PersistFS | None = None) -> None:
         from persistkit.io.fs import LocalFS
 
-        self.inner = inner if inner is not None else LocalFS()
+        super().__init__(inner if inner is not None else LocalFS())
         self.ops: list[Op] = []
         self._ids = itertools.count(1)
         self._handle_ids: dict[int, int] = {}
@@ -196,19 +195,3 @@ class RecordingFS(PersistFS):
     def fsync_dir(self, path: PathLike) -> None:
         self.inner.fsync_dir(path)
         self._log("fsync_dir", os.path.abspath(os.fspath(path)))
-
-    # -- reading (not logged) ------------------------------------------------
-    def read_bytes(self, path: PathLike) -> bytes:
-        return self.inner.read_bytes(path)
-
-    def open_read(self, path: PathLike) -> BinaryIO:
-        return self.inner.open_read(path)
-
-    def listdir(self, path: PathLike) -> list[str]:
-        return self.inner.listdir(path)
-
-    def stat(self, path: PathLike, *, follow_symlinks: bool = True) -> os.stat_result:
-        return self.inner.stat(path, follow_symlinks=follow_symlinks)
-
-    def readlink(self, path: PathLike) -> str:
-        return self.inner.readlink(path)
