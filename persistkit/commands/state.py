@@ -1,0 +1,99 @@
+"""``persistkit state ...``: look into a StateStore directory without disturbing its writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from persistkit.errors import PersistkitError
+
+__all__ = ["state_group"]
+
+
+@click.group("state")
+def state_group() -> None:
+    """Inspect state stores (the directories of pk.StateStore)."""
+
+
+@state_group.command("inspect")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Check every checksum, and every file against its generation manifest "
+    "(with --password or --key-file, the MACs of an encrypted store too).",
+)
+@click.option("--password", envvar="PERSISTKIT_PASSWORD", help="Store password (or set PERSISTKIT_PASSWORD).")
+@click.option(
+    "--key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Store key file."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+def inspect_command(
+    directory: Path, verify: bool, password: str | None, key_file: Path | None, as_json: bool
+) -> None:
+    """List generations, components, sizes, schema versions and journal lengths of DIRECTORY.
+
+    Takes no lock and writes nothing, so it is safe while the bot runs.
+    Exits 1 if something is damaged.
+    """
+    from persistkit.state.inspection import inspect_store
+
+    if password is not None and key_file is not None:
+        raise click.UsageError("pass --password or --key-file, not both")
+    try:
+        info = inspect_store(directory, verify=verify, password=password, key_file=key_file)
+    except PersistkitError as err:
+        click.echo(f"persistkit state inspect: {err}", err=True)
+        raise SystemExit(1) from None
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2, default=str))
+    else:
+        _print_table(info)
+    if info.problems:
+        raise SystemExit(1)
+
+
+def _print_table(info: object) -> None:
+    from persistkit.state.inspection import StoreInfo
+
+    assert isinstance(info, StoreInfo)
+    current = f"gen-{info.current:06d}" if info.current is not None else "none (no checkpoint yet)"
+    click.echo(f"state store {info.directory}")
+    click.echo(
+        f"  id {info.store_id or '?'}   encrypted: {'yes' if info.encrypted else 'no'}   CURRENT -> {current}"
+    )
+    if not info.generations:
+        click.echo("  no generations")
+    for gen in info.generations:
+        click.echo("")
+        click.echo(f"  {gen.directory}  {gen.status}  {gen.created}  {_size(gen.bytes)}")
+        if gen.components:
+            width = max(len(c.name) for c in gen.components)
+            click.echo(f"    {'component'.ljust(width)}  schema  {'bytes':>10}")
+            for c in gen.components:
+                schema = str(c.schema) if c.schema is not None else "?"
+                note = f"  !! {c.problem}" if c.problem else ""
+                click.echo(f"    {c.name.ljust(width)}  {schema:>6}  {c.bytes:>10}{note}")
+        for j in gen.journals:
+            torn = f", torn tail of {j.torn_bytes} bytes (unacknowledged)" if j.torn_bytes else ""
+            note = f"  !! {j.problem}" if j.problem else ""
+            click.echo(f"    journal {j.name}: {j.records} records, {j.bytes} bytes{torn}{note}")
+    for name in info.quarantined_files:
+        click.echo(f"\n  {name}  quarantined")
+    click.echo("")
+    if info.problems:
+        click.echo(f"{len(info.problems)} problem(s):")
+        for problem in info.problems:
+            click.echo(f"  {problem}")
+    elif info.verified:
+        click.echo("verified: every committed generation is intact")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} GiB"

@@ -1,0 +1,394 @@
+"""A read-only description of a state store directory (``persistkit state inspect``).
+
+It never takes the writer lock and never writes, so it is safe next to a
+running bot. Without a key it reads only what files say about themselves:
+envelope headers (kind, schema version, sizes), the CURRENT pointer's header
+and the journals' record framing. ``verify=True`` also checks every checksum
+(and, given the store's password or key file, every MAC) and that each file
+of a committed generation matches its manifest; a quarantined or unfinished
+generation is listed but never judged.
+
+A torn last journal record is not a problem: it was never acknowledged, and
+the next load drops it. A damaged record followed by intact ones is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import xxhash
+
+from persistkit.errors import FormatError, PersistkitError, WrongKeyError
+from persistkit.format import envelope, tree
+from persistkit.format.crypto import Key
+from persistkit.io import current_fs
+from persistkit.io.fs import io_error
+from persistkit.state import generations as gens
+from persistkit.state.journal import JournalReader, _parse
+from persistkit.state.store import STORE_FILE, StateStore
+
+__all__ = ["ComponentInfo", "GenerationInfo", "JournalInfo", "StoreInfo", "inspect_store"]
+
+GenStatus = Literal["current", "previous", "uncommitted", "quarantined", "unfinished"]
+_DIR_RE = re.compile(r"^gen-(\d{6,})(?:\.(tmp|corrupt)-.+)?$")
+
+
+@dataclass
+class ComponentInfo:
+    name: str
+    file: str
+    bytes: int
+    schema: int | None = None
+    codec: str = ""
+    encrypted: bool | None = None
+    problem: str = ""
+
+
+@dataclass
+class JournalInfo:
+    name: str
+    file: str
+    bytes: int
+    records: int = 0
+    first_seq: int | None = None
+    torn_bytes: int = 0
+    problem: str = ""
+
+
+@dataclass
+class GenerationInfo:
+    number: int
+    directory: str
+    status: GenStatus
+    created: str = ""
+    manifest_bytes: int = 0
+    components: list[ComponentInfo] = field(default_factory=list)
+    journals: list[JournalInfo] = field(default_factory=list)
+    problem: str = ""
+
+    @property
+    def bytes(self) -> int:
+        """Every file of the generation: manifest, components and journals."""
+        return (
+            self.manifest_bytes + sum(c.bytes for c in self.components) + sum(j.bytes for j in self.journals)
+        )
+
+    @property
+    def problems(self) -> list[str]:
+        found = [self.problem] if self.problem else []
+        found += [f"{c.file}: {c.problem}" for c in self.components if c.problem]
+        found += [f"{j.file}: {j.problem}" for j in self.journals if j.problem]
+        return [f"{self.directory}: {p}" for p in found]
+
+
+@dataclass
+class StoreInfo:
+    directory: str
+    store_id: str | None
+    encrypted: bool
+    current: int | None
+    generations: list[GenerationInfo]
+    quarantined_files: list[str] = field(default_factory=list)
+    verified: bool = False
+    problem: str = ""
+
+    @property
+    def problems(self) -> list[str]:
+        """Everything found wrong, outside quarantined and unfinished generations."""
+        found = [self.problem] if self.problem else []
+        for g in self.generations:
+            if g.status not in ("quarantined", "unfinished"):
+                found += g.problems
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for g, data in zip(self.generations, out["generations"], strict=True):
+            data["bytes"] = g.bytes
+        out["problems"] = self.problems
+        return out
+
+
+def inspect_store(
+    directory: str | os.PathLike[str],
+    *,
+    verify: bool = False,
+    password: str | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> StoreInfo:
+    """Describe the store at ``directory``; ``verify`` checks every file against its manifest.
+
+    Raises ``FormatError`` when ``directory`` is not a state store and
+    ``WrongKeyError`` when the password or key file does not fit it.
+    """
+    fs = current_fs()
+    root = os.path.abspath(os.fspath(directory))
+    try:
+        names = sorted(fs.listdir(root))
+    except OSError as err:
+        raise io_error("list state store", root, err) from err
+    if STORE_FILE not in names and not any(_DIR_RE.match(n) for n in names):
+        raise FormatError(
+            f"{root}: not a persistkit state store (no {STORE_FILE} file and no gen-* directories). "
+            "Point at the directory given to StateStore(...).",
+            path=root,
+        )
+    # A read-only store never locks or writes; it gives us the store id and the key.
+    reader = StateStore(root, readonly=True, password=password, key_file=key_file, autosave_every=0)
+    meta = reader._store_meta()
+    store_id = meta.get("store")
+    key: Key | None = None
+    if verify and (password is not None or key_file is not None):
+        key = reader._resolve_key(meta)
+        reader._store_id, reader._key = store_id, key
+    info = StoreInfo(root, store_id, _is_encrypted(root, names, meta), None, [], verified=verify)
+    current_digest = _read_current(root, info, key=key if verify else None, check=verify)
+
+    for name in names:
+        m = _DIR_RE.match(name)
+        if name.startswith(gens.CURRENT + ".corrupt-"):
+            info.quarantined_files.append(name)
+        if m is None or not fs.is_dir(os.path.join(root, name)):
+            continue
+        n = int(m[1])
+        status: GenStatus
+        if m[2] == "tmp":
+            status = "unfinished"
+        elif m[2] == "corrupt":
+            status = "quarantined"
+        elif info.current is None or n < info.current:
+            status = "previous"
+        else:
+            status = "current" if n == info.current else "uncommitted"
+        gen = _describe_generation(root, name, n, status)
+        if verify and status in ("current", "previous", "uncommitted"):
+            _verify_generation(
+                root,
+                gen,
+                reader,
+                key=key,
+                store_id=store_id,
+                check_digest=current_digest if n == info.current else None,
+            )
+        info.generations.append(gen)
+    if info.current is not None and not any(g.status == "current" for g in info.generations):
+        info.problem = f"CURRENT names {gens.gen_name(info.current)}, which does not exist"
+    return info
+
+
+def _is_encrypted(root: str, names: list[str], meta: dict[str, Any]) -> bool:
+    if "kdf" in meta:
+        return True
+    if gens.CURRENT in names:
+        try:
+            data = current_fs().read_bytes(os.path.join(root, gens.CURRENT))
+            return envelope.read_header(data).encrypted
+        except (OSError, PersistkitError):
+            return False
+    return False
+
+
+def _read_current(root: str, info: StoreInfo, *, key: Key | None, check: bool) -> str | None:
+    """Fill ``info.current`` from CURRENT; with ``check``, open it fully and return the manifest digest."""
+    path = os.path.join(root, gens.CURRENT)
+    fs = current_fs()
+    if not fs.exists(path):
+        return None
+    try:
+        if check and (key is not None or not info.encrypted):
+            value = gens.read_current(root, key=key)
+            assert value is not None
+            info.current = value["generation"]
+            if value.get("store") != info.store_id:
+                info.problem = f"CURRENT belongs to another store (id {value.get('store')!r})"
+            digest = value.get("manifest")
+            return digest if isinstance(digest, str) else None
+        header = envelope.read_header(fs.read_bytes(path), source=path)
+        number = header.meta.get("generation")
+        if type(number) is not int:
+            raise FormatError(f"{path}: the CURRENT header names no generation.", path=path)
+        info.current = number
+    except WrongKeyError:
+        raise
+    except (OSError, PersistkitError) as err:
+        info.problem = (
+            f"CURRENT is unreadable ({_why(err)}); the next load falls back to the newest generation"
+        )
+    return None
+
+
+def _describe_generation(root: str, name: str, n: int, status: GenStatus) -> GenerationInfo:
+    fs = current_fs()
+    gdir = os.path.join(root, name)
+    gen = GenerationInfo(n, name, status)
+    try:
+        files = sorted(fs.listdir(gdir))
+    except OSError as err:
+        gen.problem = f"cannot list ({err.strerror})"
+        return gen
+    first_seqs: dict[str, int] = {}
+    if gens.MANIFEST in files:
+        mpath = os.path.join(gdir, gens.MANIFEST)
+        try:
+            data = fs.read_bytes(mpath)
+            gen.manifest_bytes = len(data)
+            header = envelope.read_header(data, source=mpath)
+            gen.created = header.created
+            if not header.encrypted:  # a plain manifest says where each journal starts
+                manifest = tree.decode(envelope.open_envelope(data, source=mpath).payload, source=mpath)
+                if isinstance(manifest, dict):
+                    for log, entry in dict(manifest.get("journals") or {}).items():
+                        if isinstance(entry, dict) and type(entry.get("first_seq")) is int:
+                            first_seqs[str(log)] = entry["first_seq"]
+        except (OSError, PersistkitError) as err:
+            gen.problem = f"MANIFEST: {_why(err)}"
+    elif status not in ("unfinished", "quarantined"):
+        gen.problem = "no MANIFEST"
+    for file in files:
+        path = os.path.join(gdir, file)
+        if file.endswith(".pk"):
+            gen.components.append(_describe_component(path, file))
+        elif file.endswith(".journal"):
+            first = first_seqs.get(file[: -len(".journal")])
+            gen.journals.append(_describe_journal(path, file, first_seq=first))
+    return gen
+
+
+def _describe_component(path: str, file: str) -> ComponentInfo:
+    fs = current_fs()
+    info = ComponentInfo(file[: -len(".pk")], file, 0)
+    try:
+        data = fs.read_bytes(path)
+        info.bytes = len(data)
+        header = envelope.read_header(data, source=path)
+    except (OSError, PersistkitError) as err:
+        info.problem = _why(err)
+        return info
+    info.schema, info.codec, info.encrypted = header.schema, header.codec, header.encrypted
+    return info
+
+
+def _describe_journal(path: str, file: str, *, first_seq: int | None, cipher: object = None) -> JournalInfo:
+    info = JournalInfo(file[: -len(".journal")], file, 0, first_seq=first_seq)
+    try:
+        data = current_fs().read_bytes(path)
+    except OSError as err:
+        info.problem = f"unreadable ({err.strerror})"
+        return info
+    info.bytes = len(data)
+    if first_seq is None:  # without the manifest, the first intact record says where it starts
+        record, _ = _parse(data, 0)
+        info.first_seq = first_seq = record.seq if record is not None else 0
+    try:
+        reader = JournalReader.read(path, cipher=cipher, first_seq=first_seq)
+    except PersistkitError as err:
+        info.problem = _why(err)
+        return info
+    info.records, info.torn_bytes = len(reader.records), reader.torn_bytes
+    return info
+
+
+def _verify_generation(
+    root: str,
+    gen: GenerationInfo,
+    reader: StateStore,
+    *,
+    key: Key | None,
+    store_id: str | None,
+    check_digest: str | None,
+) -> None:
+    """Check every file of a committed generation against its manifest (and MACs, given the key)."""
+    fs = current_fs()
+    gdir = os.path.join(root, gen.directory)
+    mpath = os.path.join(gdir, gens.MANIFEST)
+    encrypted = any(c.encrypted for c in gen.components)
+    if encrypted and key is None:
+        # Checksums can still be checked; the manifest itself cannot be read.
+        problem = _checksum_problem(mpath)
+        if problem:
+            gen.problem = f"MANIFEST: {problem}"
+        for comp in gen.components:
+            if not comp.problem:
+                comp.problem = _checksum_problem(os.path.join(gdir, comp.file))
+        return
+    try:
+        mdata = fs.read_bytes(mpath)
+        opened = envelope.open_envelope(mdata, key=key, source=mpath)
+        manifest = tree.decode(opened.payload, source=mpath)
+    except WrongKeyError:
+        raise
+    except (OSError, PersistkitError) as err:
+        gen.problem = f"MANIFEST: {_why(err)}"
+        return
+    if not isinstance(manifest, dict) or manifest.get("generation") != gen.number:
+        gen.problem = "MANIFEST names another generation (rolled back or moved)"
+        return
+    if store_id is not None and manifest.get("store") != store_id:
+        gen.problem = f"MANIFEST belongs to another store (id {manifest.get('store')!r})"
+        return
+    if check_digest is not None and xxhash.xxh3_128_hexdigest(mdata) != check_digest:
+        gen.problem = "MANIFEST is not the one CURRENT committed (replaced)"
+    listed = manifest.get("components", {})
+    by_file = {c.file: c for c in gen.components}
+    for name, entry in listed.items():
+        found = by_file.get(entry["file"])
+        if found is None:
+            gen.components.append(ComponentInfo(name, entry["file"], 0, entry["version"], problem="missing"))
+            continue
+        comp = found
+        comp.name = name
+        if comp.problem:
+            continue
+        path = os.path.join(gdir, comp.file)
+        try:
+            data = fs.read_bytes(path)
+            if xxhash.xxh3_128_hexdigest(data) != entry["digest"]:
+                comp.problem = "does not match the generation manifest (replaced or damaged)"
+                continue
+            meta = envelope.open_envelope(data, key=key, source=path).header.meta
+        except (OSError, PersistkitError) as err:
+            comp.problem = _why(err)
+            continue
+        if meta.get("component") != name or meta.get("generation") != gen.number:
+            comp.problem = f"holds {meta.get('component')!r} of generation {meta.get('generation')} (spliced)"
+    for comp in gen.components:
+        if comp.file not in {e["file"] for e in listed.values()}:
+            comp.problem = comp.problem or "not listed in the generation manifest"
+    journals = manifest.get("journals", {})
+    for j in gen.journals:
+        entry = journals.get(j.name)
+        if entry is None:
+            j.problem = j.problem or "not listed in the generation manifest"
+            continue
+        cipher = reader._journal_cipher(j.name, gen.number) if key is not None else None
+        checked = _describe_journal(
+            os.path.join(gdir, j.file), j.file, first_seq=entry["first_seq"], cipher=cipher
+        )
+        j.records, j.first_seq, j.torn_bytes, j.problem = (
+            checked.records,
+            checked.first_seq,
+            checked.torn_bytes,
+            checked.problem,
+        )
+
+
+def _checksum_problem(path: str) -> str:
+    """Verify an encrypted envelope's checksum without its key (the MAC needs the key)."""
+    try:
+        envelope.open_envelope(current_fs().read_bytes(path), source=path)
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    except WrongKeyError:
+        return ""  # the checksum held (it is checked first); only the key to check the MAC is missing
+    except PersistkitError as err:
+        return _why(err)
+    return ""
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, OSError) and not isinstance(err, PersistkitError):
+        return f"unreadable ({err.strerror})"
+    return f"{type(err).__name__}: {err}"
