@@ -15,7 +15,9 @@ import click
 from persistkit import __version__
 
 # command name -> "module:attribute" of a click.Command
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "state": "persistkit.commands.state:state_group",
+}
 
 # Commands of features still being built: they say so and exit 2 instead of failing to import.
 PLANNED: dict[str, str] = {
@@ -23,7 +25,6 @@ PLANNED: dict[str, str] = {
     "verify": "verifying bundles",
     "keygen": "creating key files",
     "archive": "training archives",
-    "state": "inspecting state stores",
     "check": "the persistence check battery",
 }
 
