@@ -12,7 +12,7 @@ Example::
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 # name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -47,16 +47,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-if TYPE_CHECKING:  # pragma: no cover
-    from persistkit.testing.compare import assert_same, first_difference
-    from persistkit.testing.corruptions import Corruption, Corruptions
-    from persistkit.testing.crash_points import CrashPoints, CrashReport
-    from persistkit.testing.disk_faults import DiskFaults, FaultReport
-    from persistkit.testing.fixtures import make_workspace
-    from persistkit.testing.intercept import Interceptor
-    from persistkit.testing.lifecycle import Lifecycle
-    from persistkit.testing.machine import PersistenceMachine
-    from persistkit.testing.nonces import assert_unique_nonces
-    from persistkit.testing.roundtrip import Roundtrip, roundtrip

@@ -1,0 +1,235 @@
+"""Measure persistkit's saves during a test: bytes per file and latency per save.
+
+``measure()`` routes persistkit's I/O through a ``MeasuringFS`` for the
+duration of a block. What counts as one save:
+
+* a ``StateStore`` checkpoint (``save()``, ``close()``, autosave, signal), timed
+  from the call to its return, including encoding;
+* otherwise an atomic replace (``atomic_write``, ``atomic_writer``, and what is
+  built on them, such as bundles): from the creation of the temp file to the
+  rename plus the directory fsync that follows it.
+
+Sizes are the largest each file reached (journals grow by appends, files are
+replaced whole); temp files count under the name they are renamed to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from persistkit.io import current_fs, use_fs
+from persistkit.io.fs import DelegatingFS, FileHandle, PathLike, PersistFS
+
+__all__ = ["Budget", "MeasuringFS", "Save", "check_budget", "measure"]
+
+
+@dataclass(frozen=True)
+class Save:
+    target: str
+    seconds: float
+    bytes: int
+    kind: str = "atomic write"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``@pytest.mark.persist_budget(max_bytes=..., max_save_seconds=...)``; None: unlimited."""
+
+    max_bytes: int | None = None
+    max_save_seconds: float | None = None
+
+    @classmethod
+    def from_marker(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Budget:
+        if args:
+            raise TypeError(
+                "persist_budget takes keyword arguments only: max_bytes=..., max_save_seconds=..."
+            )
+        unknown = set(kwargs) - {"max_bytes", "max_save_seconds"}
+        if unknown:
+            raise TypeError(
+                f"persist_budget: unknown argument(s) {sorted(unknown)}; use max_bytes, max_save_seconds"
+            )
+        max_bytes = kwargs.get("max_bytes")
+        max_seconds = kwargs.get("max_save_seconds")
+        if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
+            raise TypeError(f"persist_budget: max_bytes must be a non-negative int, not {max_bytes!r}")
+        if max_seconds is not None and (not isinstance(max_seconds, (int, float)) or max_seconds <= 0):
+            raise TypeError(
+                f"persist_budget: max_save_seconds must be a positive number, not {max_seconds!r}"
+            )
+        return cls(max_bytes, None if max_seconds is None else float(max_seconds))
+
+
+_local = threading.local()
+
+
+class MeasuringFS(DelegatingFS):
+    """Wraps ``inner``; records file sizes and save latencies."""
+
+    def __init__(self, inner: PersistFS) -> None:
+        super().__init__(inner)
+        self.sizes: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.saves: list[Save] = []
+        self._created: dict[str, float] = {}
+        self._pending: dict[int, tuple[int, str, float]] = {}  # thread -> (save index, dir, start)
+        self._lock = threading.Lock()
+
+    def _grow(self, path: str, size: int) -> None:
+        self.sizes[path] = size
+        if size > self.peak.get(path, -1):
+            self.peak[path] = size
+
+    def create(self, path: PathLike, *, mode: int = 0o644, exclusive: bool = True) -> FileHandle:
+        handle = self.inner.create(path, mode=mode, exclusive=exclusive)
+        with self._lock:
+            self._created[handle.path] = time.perf_counter()
+            self.sizes[handle.path] = 0
+        return handle
+
+    def open_append(self, path: PathLike, *, mode: int = 0o644) -> FileHandle:
+        handle = self.inner.open_append(path, mode=mode)
+        with self._lock:
+            self._grow(handle.path, handle.offset)
+        return handle
+
+    def write(self, handle: FileHandle, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self.inner.write(handle, data)
+        finally:
+            with self._lock:
+                self._grow(handle.path, max(self.sizes.get(handle.path, 0), handle.offset))
+
+    def truncate(self, handle: FileHandle, size: int) -> None:
+        self.inner.truncate(handle, size)
+        with self._lock:
+            self.sizes[handle.path] = size
+
+    def replace(self, src: PathLike, dst: PathLike) -> None:
+        self.inner.replace(src, dst)
+        s, d = os.path.abspath(os.fspath(src)), os.path.abspath(os.fspath(dst))
+        now = time.perf_counter()
+        with self._lock:
+            moved = [p for p in self.sizes if p == s or p.startswith(s + os.sep)]
+            for p in moved:
+                size = self.sizes.pop(p)
+                self.peak.pop(p, None)
+                self._grow(d + p[len(s) :], size)
+            created = self._created.pop(s, None)
+            if created is not None and s in moved and not getattr(_local, "store_depth", 0):
+                self.saves.append(Save(d, now - created, self.sizes.get(d, 0)))
+                self._pending[threading.get_ident()] = (len(self.saves) - 1, os.path.dirname(d), created)
+
+    def fsync_dir(self, path: PathLike) -> None:
+        self.inner.fsync_dir(path)
+        p = os.path.abspath(os.fspath(path))
+        with self._lock:
+            pending = self._pending.pop(threading.get_ident(), None)
+            if pending is not None and pending[1] == p:
+                index, _, start = pending
+                old = self.saves[index]
+                self.saves[index] = Save(old.target, time.perf_counter() - start, old.bytes, old.kind)
+
+    def unlink(self, path: PathLike) -> None:
+        self.inner.unlink(path)
+        p = os.path.abspath(os.fspath(path))
+        with self._lock:
+            self.sizes.pop(p, None)
+            self._created.pop(p, None)
+            if _is_temp(p):
+                self.peak.pop(p, None)
+
+    # -- results ----------------------------------------------------------------------
+    def files(self) -> dict[str, int]:
+        """Largest size each file reached (temp files that were abandoned are left out)."""
+        return {p: n for p, n in self.peak.items() if not _is_temp(p)}
+
+    def summary(self) -> dict[str, Any]:
+        secs = [s.seconds for s in self.saves]
+        return {
+            "saves": len(secs),
+            "median_seconds": statistics.median(secs) if secs else None,
+            "max_seconds": max(secs) if secs else None,
+            "bytes": sum(self.files().values()),
+        }
+
+
+def _is_temp(path: str) -> bool:
+    name = os.path.basename(path)
+    return ".pk-tmp-" in name or ".tmp-" in name
+
+
+@contextlib.contextmanager
+def _store_spans(fs: MeasuringFS) -> Iterator[None]:
+    """Time whole StateStore checkpoints, when persistkit.state is in use."""
+    store_mod = sys.modules.get("persistkit.state.store")
+    if store_mod is None:
+        yield
+        return
+    cls: Any = store_mod.StateStore
+    original = cls._save_locked
+
+    def timed(self: Any, *, force: bool) -> Any:
+        depth = getattr(_local, "store_depth", 0)
+        _local.store_depth = depth + 1
+        start = time.perf_counter()
+        try:
+            checkpoint = original(self, force=force)
+        finally:
+            _local.store_depth = depth
+        if depth == 0 and not checkpoint.skipped:
+            with fs._lock:
+                fs.saves.append(
+                    Save(
+                        self.directory,
+                        time.perf_counter() - start,
+                        checkpoint.total_bytes,
+                        "StateStore checkpoint",
+                    )
+                )
+        return checkpoint
+
+    cls._save_locked = timed
+    try:
+        yield
+    finally:
+        cls._save_locked = original
+
+
+@contextlib.contextmanager
+def measure(*, stores: bool = True) -> Iterator[MeasuringFS]:
+    """Measure persistkit's saves inside the block.
+
+    Example::
+
+        with measure() as m:
+            store.save()
+        print(m.saves, m.files())
+    """
+    fs = MeasuringFS(current_fs())
+    with use_fs(fs), _store_spans(fs) if stores else contextlib.nullcontext():
+        yield fs
+
+
+def check_budget(fs: MeasuringFS, budget: Budget) -> list[str]:
+    """Messages for every figure over budget (empty when within)."""
+    problems: list[str] = []
+    if budget.max_bytes is not None:
+        for path, size in sorted(fs.files().items(), key=lambda kv: -kv[1]):
+            if size > budget.max_bytes:
+                problems.append(f"{path} reached {size:,} bytes > max_bytes={budget.max_bytes:,}")
+    if budget.max_save_seconds is not None:
+        for s in sorted(fs.saves, key=lambda s: -s.seconds):
+            if s.seconds > budget.max_save_seconds:
+                problems.append(
+                    f"{s.kind} of {s.target} took {s.seconds:.3f} s > max_save_seconds={budget.max_save_seconds:g}"
+                )
+    return problems
