@@ -117,7 +117,7 @@ class ForkServer:
 
     def drain(self) -> list[str]:
         """Lines available right now."""
-        out = []
+        out: list[str] = []
         while True:
             try:
                 line = self._lines.get_nowait()
@@ -129,7 +129,7 @@ class ForkServer:
     def wait(self, pid: int) -> tuple[int, list[str]]:
         """Reap ``pid``; returns its exit code and every line that arrived meanwhile."""
         self._send(f"WAIT {pid}")
-        rest = []
+        rest: list[str] = []
         while True:
             line = self.next_line(timeout=120)
             if line is None:

@@ -41,7 +41,7 @@ def test_save_is_all_or_nothing_in_every_crash_state(store_dir, model):
     counts = {"old": 0, "new": 0}
     for state in sim.states(model):
         state.materialize(store_dir)
-        _, loaded, report = open_store(store_dir, readonly=True)  # warnings are errors: no fallback needed
+        _, loaded, _ = open_store(store_dir, readonly=True)  # warnings are errors: no fallback needed
         got = view(loaded)
         allowed = {"new": new} if state.complete else {"old": old, "new": new}
         match = [k for k, v in allowed.items() if v == got]
