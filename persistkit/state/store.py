@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -33,6 +34,7 @@ from persistkit.format import envelope, tree
 from persistkit.format.crypto import KdfParams, Key, RecordCipher, new_salt, read_key_file
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import io_error
+from persistkit.policy.autosave import AutosaveCadence
 from persistkit.state import generations as gens
 from persistkit.state.bounded import BoundedLog
 from persistkit.state.journal import APPEND, CLEAR, JournalReader, JournalWriter, SyncPolicy
@@ -134,7 +136,7 @@ class StateStore:
         self,
         directory: str | os.PathLike[str],
         *,
-        autosave_every: float = 300.0,
+        autosave_every: float | AutosaveCadence | None = 300.0,
         keep_generations: int = 3,
         password: str | None = None,
         key_file: str | os.PathLike[str] | None = None,
@@ -153,6 +155,7 @@ class StateStore:
             raise ValueError("pass password= or key_file=, not both")
         self.directory = os.path.abspath(os.fspath(directory))
         self.autosave_every = autosave_every
+        self.cadence = AutosaveCadence.of(autosave_every)  # validates; None: no autosave thread
         self.keep_generations = keep_generations
         self.readonly = readonly
         self.sync: SyncPolicy = sync
@@ -665,7 +668,7 @@ class StateStore:
         """Start autosave, and (main thread only) save on SIGINT/SIGTERM; an atexit save backs it up."""
         if not self._loaded:
             self.load()
-        if self.autosave_every and self.autosave_every > 0 and self._autosave is None:
+        if self.cadence is not None and self._autosave is None:
             self._autosave = threading.Thread(
                 target=self._autosave_loop, name="persistkit-autosave", daemon=True
             )
@@ -680,12 +683,18 @@ class StateStore:
         return self
 
     def _autosave_loop(self) -> None:
-        while not self._stop.wait(self.autosave_every):
+        cadence = self.cadence
+        assert cadence is not None
+        failures = 0
+        # jitter only spreads save times; it needs no cryptographic randomness
+        while not self._stop.wait(cadence.delay(failures=failures, rand=random.random())):
             try:
                 self.save()
                 self.last_error = None
-            except Exception as err:  # never kill the bot: log, keep, retry next tick
+                failures = 0
+            except Exception as err:  # never kill the bot: log, keep, retry (see AutosaveCadence)
                 self.last_error = err
+                failures += 1
                 log.error("persistkit autosave of %s failed (will retry): %s", self.directory, err)
 
     def _atexit_save(self) -> None:
