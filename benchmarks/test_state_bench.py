@@ -124,7 +124,7 @@ def test_pickle_dump_fsync_rename(benchmark, bot_after_trades, tmp_path):
     tag(benchmark, comparison="bot state after 10,000 trades: save time", role="pickle+fsync+rename")
 
 
-def test_state_size_against_pickle(bot_after_trades, tmp_path, benchmark):
+def test_state_size_against_pickle(bot_after_trades, tmp_path, benchmark, full_size):
     """Sizes are compared directly (one row in RESULTS.md)."""
     bot = bot_after_trades
     bot.store._last_digest = None
@@ -142,7 +142,8 @@ def test_state_size_against_pickle(bot_after_trades, tmp_path, benchmark):
     print(
         f"\nstate size: persistkit {cp.total_bytes} B, pickle {pickled} B, ratio {cp.total_bytes / pickled:.2f}"
     )
-    assert cp.total_bytes <= 0.5 * pickled
+    if full_size:  # in the smoke run (500 trades) the fixed-size sklearn model dominates both
+        assert cp.total_bytes <= 0.5 * pickled
 
 
 @pytest.fixture

@@ -30,6 +30,9 @@ Wire format (a storage contract: codes are never reused)::
      15  embedded model       [codec name, payload]   (see ``model_hook``)
      16  (reserved)
      17  uuid.UUID            16 raw bytes
+     18  Records (a list)     ["dict"|"tuple", keys or arity, row count, [column, ...], [kind, ...]]
+                              column kinds: "v" (values, packed as usual) or "dt" (datetimes of one
+                              time zone as microseconds since the epoch, plus ["dt", tz])
 
     tz: nil | ["offset", days, seconds, microseconds, name or nil] | ["zone", key]
 
@@ -56,7 +59,17 @@ import msgpack
 
 from persistkit.errors import FormatError, PersistkitError, UnsupportedTypeError
 
-__all__ = ["CODEC_VERSION", "ModelHook", "ModelResolver", "TreeLimits", "decode", "encode"]
+__all__ = ["CODEC_VERSION", "ModelHook", "ModelResolver", "Records", "TreeLimits", "decode", "encode"]
+
+
+class Records(list):  # type: ignore[type-arg]
+    """A list of uniform rows (dicts with the same keys, or tuples of one length), stored by column.
+
+    Histories such as trade logs are thousands of rows of the same shape;
+    column storage packs each field in one go instead of calling back into
+    Python for every datetime and tuple. It decodes as a plain ``list``.
+    """
+
 
 CODEC_VERSION = 1
 
@@ -65,7 +78,9 @@ ModelResolver = Callable[[str, bytes], object]
 
 _BIGINT, _TUPLE, _SET, _FROZENSET, _COMPLEX, _DECIMAL, _DEQUE = 1, 2, 3, 4, 5, 6, 7
 _DATETIME, _DATE, _TIME, _TIMEDELTA, _NDARRAY, _NPSCALAR, _ODICT = 8, 9, 10, 11, 12, 13, 14
-_MODEL, _UUID = 15, 17
+_MODEL, _UUID, _RECORDS = 15, 17, 18
+_EPOCH = dt.datetime(1970, 1, 1)
+_MICRO = dt.timedelta(microseconds=1)
 
 _DT_FIELDS = struct.Struct("<HBBBBBIB")
 _MAX_DEPTH = 256  # containers of any kind, checked when locating an encoding problem
@@ -193,6 +208,9 @@ class _Encoder:
         if t is collections.OrderedDict:
             assert isinstance(obj, collections.OrderedDict)
             return self.ext(_ODICT, [[k, v] for k, v in obj.items()])
+        if t is Records:
+            assert isinstance(obj, Records)
+            return self.records(obj)
         if t is uuid.UUID:
             assert isinstance(obj, uuid.UUID)
             return msgpack.ExtType(_UUID, obj.bytes)
@@ -206,6 +224,37 @@ class _Encoder:
                 codec, payload = member
                 return self.ext(_MODEL, [codec, payload])
         raise _Unsupported(obj)
+
+    def records(self, rows: Records) -> msgpack.ExtType:
+        """Column storage when every row has the same shape; otherwise a plain list (still exact)."""
+        first = rows[0] if rows else None
+        shape: Any = None
+        if type(first) is dict and all(type(k) is str for k in first):
+            keys = list(first)
+            if all(type(r) is dict and list(r) == keys for r in rows):
+                kind, shape, columns = "dict", keys, [[r[k] for r in rows] for k in keys]
+        elif type(first) is tuple:
+            n = len(first)
+            if all(type(r) is tuple and len(r) == n for r in rows):
+                kind, shape, columns = (
+                    "tuple",
+                    n,
+                    [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(n)],
+                )
+        if shape is None or not columns:
+            return self.ext(_RECORDS, ["list", 0, len(rows), [list(rows)], ["v"]])
+        kinds: list[Any] = []
+        packed: list[Any] = []
+        for column in columns:
+            uniform, tz = _uniform_datetimes(column)
+            if uniform:
+                base = _EPOCH.replace(tzinfo=tz)
+                packed.append([(d - base) // _MICRO for d in column])
+                kinds.append(["dt", _tz_encode(tz)])
+            else:
+                packed.append(column)
+                kinds.append("v")
+        return self.ext(_RECORDS, [kind, shape, len(rows), packed, kinds])
 
     def numpy(self, obj: object) -> msgpack.ExtType | None:
         import numpy as np
@@ -223,6 +272,19 @@ class _Encoder:
             descr = np.lib.format.dtype_to_descr(obj.dtype)
             return self.ext(_NPSCALAR, [descr, np.asarray(obj).tobytes()])
         return None
+
+
+def _uniform_datetimes(column: list[Any]) -> tuple[bool, dt.tzinfo | None]:
+    """(True, shared tzinfo) if every value is a datetime with that fixed zone and fold 0."""
+    if not column or type(column[0]) is not dt.datetime:
+        return False, None
+    tz = column[0].tzinfo
+    if tz is not None and (type(tz) is not dt.timezone):
+        return False, None  # zones with DST rules keep per-value storage (fold, offsets)
+    for d in column:
+        if type(d) is not dt.datetime or d.tzinfo is not tz or d.fold:
+            return False, None
+    return True, tz
 
 
 def encode(value: object, *, root: str = "state", model_hook: ModelHook | None = None) -> bytes:
@@ -286,6 +348,9 @@ def _locate(
             children.append((f"{path}[{k!r}]", v))
     elif t in (set, frozenset):
         children = [(f"{path}{{{v!r}}}", v) for v in obj]  # type: ignore[attr-defined]
+    elif t is Records:
+        assert isinstance(obj, Records)
+        children = [(f"{path}[{i}]", v) for i, v in enumerate(obj)]
     else:
         try:
             encoder.pack(obj)
@@ -420,11 +485,41 @@ class _Decoder:
                     field=self.source,
                 )
             return self.resolver(codec, payload)
+        if code == _RECORDS:
+            return self.records(data)
         if code == _UUID:
             if len(data) != 16:
                 raise self.fail("bad UUID")
             return uuid.UUID(bytes=data)
         raise self.fail(f"unknown ext type {code}; it may come from a newer persistkit")
+
+    def records(self, data: bytes) -> list[Any]:
+        kind, shape, count, columns, kinds = self.items(data, 5)
+        if type(count) is not int or type(columns) is not list or type(kinds) is not list:
+            raise self.fail("bad records")
+        if len(columns) != len(kinds) or any(type(c) is not list or len(c) != count for c in columns):
+            raise self.fail("records columns do not match the row count")
+        if kind == "list":
+            return list(columns[0]) if columns else []
+        decoded = []
+        for column, ckind in zip(columns, kinds, strict=True):
+            if ckind == "v":
+                decoded.append(column)
+            elif type(ckind) is list and len(ckind) == 2 and ckind[0] == "dt":
+                base = _EPOCH.replace(tzinfo=self.tz(ckind[1]))
+                if any(type(v) is not int for v in column):
+                    raise self.fail("bad datetime column")
+                decoded.append([base + v * _MICRO for v in column])
+            else:
+                raise self.fail("unknown records column kind")
+        if not decoded:
+            raise self.fail("records without columns")  # never written; would let a few bytes claim any size
+        rows = list(zip(*decoded, strict=True))
+        if kind == "dict" and type(shape) is list and len(shape) == len(decoded):
+            return [dict(zip(shape, row, strict=True)) for row in rows]
+        if kind == "tuple" and type(shape) is int and shape == len(decoded):
+            return rows
+        raise self.fail("bad records shape")
 
     def tz(self, spec: Any) -> dt.tzinfo | None:
         if spec is None:

@@ -91,8 +91,10 @@ class BoundedLog:
         return f"BoundedLog(maxlen={self.maxlen}, len={len(self)})"
 
     def state_dict(self) -> dict[str, Any]:
+        from persistkit.format.tree import Records  # column storage for uniform rows
+
         with self._lock:
-            return {"maxlen": self.maxlen, "items": list(self._items)}
+            return {"maxlen": self.maxlen, "items": Records(self._items)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         with self._lock:

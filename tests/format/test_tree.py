@@ -407,3 +407,97 @@ def tree_values():
 @given(tree_values())
 def test_property_exact_roundtrip(value):
     roundtrip(value)
+
+
+# -- column storage for uniform rows ------------------------------------------------
+
+from persistkit.format.tree import Records  # noqa: E402
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+RECORDS = {
+    "dict_rows": [
+        {"id": i, "when": T0 + dt.timedelta(seconds=i), "pnl": i * 0.5, "tag": ("a", i)} for i in range(50)
+    ],
+    "tuple_rows": [(T0 + dt.timedelta(minutes=i), float(i)) for i in range(50)],
+    "naive_datetimes": [(dt.datetime(1960, 1, 1) + dt.timedelta(days=i),) for i in range(5)],
+    "offset_zone": [{"t": dt.datetime(2020, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))}]
+    * 3,
+    "dst_zone_kept_per_value": [
+        {"t": dt.datetime(2021, 11, 7, 1, 30, fold=f, tzinfo=zoneinfo.ZoneInfo("America/New_York"))}
+        for f in (0, 1)
+    ],
+    "mixed_rows": [{"a": 1}, {"b": 2}, (1, 2), "x"],
+    "mixed_column": [{"v": 1}, {"v": T0}, {"v": None}],
+    "empty": [],
+    "empty_dicts": [{}, {}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDS))
+def test_records_roundtrip_as_plain_lists(name):
+    rows = RECORDS[name]
+    out = decode(encode({"items": Records(rows)}))["items"]
+    same(rows, out)
+    assert type(out) is list
+
+
+def test_records_are_smaller_and_decode_like_lists():
+    rows = RECORDS["dict_rows"] * 40
+    columnar = encode(Records(rows))
+    plain = encode(rows)
+    assert len(columnar) < len(plain)
+    assert decode(columnar) == decode(plain) == rows
+
+
+def test_unsupported_value_inside_records_names_its_row():
+    rows = [{"when": T0}, {"when": Foo()}]
+    with pytest.raises(UnsupportedTypeError, match=r"^trades\['items'\]\[1\]\['when'\]"):
+        encode({"items": Records(rows)}, root="trades")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        ["dict", ["a"], 5, [[1, 2]], ["v"]],  # column shorter than the row count
+        ["dict", ["a", "b"], 1, [[1]], ["v"]],  # keys and columns disagree
+        ["tuple", 3, 1, [[1]], ["v"]],
+        ["dict", ["a"], 1, [["not an int"]], [["dt", None]]],
+        ["dict", ["a"], 1, [[1]], ["zz"]],
+        ["nope", 0, 0, [], []],
+        ["dict", ["a"], 10**9, [[]], ["v"]],
+        ["dict", [], 10**9, [], []],
+    ],
+    ids=[
+        "short-column",
+        "key-mismatch",
+        "arity",
+        "bad-dt",
+        "bad-kind",
+        "bad-kind2",
+        "huge-count",
+        "no-columns",
+    ],
+)
+def test_hostile_records_raise_format_error(payload):
+    with pytest.raises(FormatError):
+        decode(ext(18, payload))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "id": st.integers(),
+                "t": st.datetimes(timezones=st.just(dt.UTC)),
+                "x": st.floats(),
+                "s": st.text(),
+            }
+        ),
+        max_size=20,
+    )
+)
+def test_property_records_roundtrip(rows):
+    out = decode(encode(Records(rows)))
+    same(rows, out)
