@@ -569,6 +569,10 @@ class StateStore:
             encoded[name] = (reg.version, data)
             digest.update(name.encode() + b"\0" + data)
         if not force and self._last_digest == digest.digest() and self._generation is not None:
+            # Nothing changed since the last commit. If that save committed but then failed to
+            # reopen the journals or to prune, finish that work now, or appends stay refused.
+            self._open_writers()
+            self._prune()
             return Checkpoint(self._generation, dict(self._stats["bytes"]), time.perf_counter() - start, True)
         n = gens.highest_generation_number(self.directory) + 1
         logs = {name: self._next_seq.get(name, 0) for name, reg in self._components.items() if reg.is_log}
