@@ -30,6 +30,22 @@ _PROBE_ROWS = 16
 _MAX_DEPTH = 200
 
 
+def _as_list_types() -> tuple[type, ...]:
+    module = sys.modules.get("persistkit.format.tree")
+    records = getattr(module, "Records", None)
+    return (records,) if isinstance(records, type) else ()
+
+
+class _LazyTypes:
+    """``x in _AS_LIST``: tree.Records, looked up only once persistkit.format.tree is loaded."""
+
+    def __contains__(self, t: object) -> bool:
+        return t in _as_list_types()
+
+
+_AS_LIST = _LazyTypes()
+
+
 def first_difference(expected: Any, actual: Any, path: str = "value") -> str | None:
     """The path and nature of the first difference, or None when equal."""
     return _diff(expected, actual, path, 0)
@@ -57,6 +73,12 @@ def _diff(a: Any, b: Any, path: str, depth: int) -> str | None:
     if a is b:
         return None
     ta, tb = type(a), type(b)
+    if ta in _AS_LIST or tb in _AS_LIST:
+        # tree.Records is a storage hint ("store these rows by column") that decodes as a list
+        ta = list if ta in _AS_LIST else ta
+        tb = list if tb in _AS_LIST else tb
+        if ta is list and tb is list:
+            return _diff_sequence(a, b, path, depth)
     if ta is not tb:
         return f"{path}: type {ta.__module__}.{ta.__qualname__} != {tb.__module__}.{tb.__qualname__}"
     fam = _family(a)
@@ -110,7 +132,7 @@ def _diff(a: Any, b: Any, path: str, depth: int) -> str | None:
     state_a, state_b = _object_state(a), _object_state(b)
     if state_a is not None and state_b is not None:
         problem = _diff_mapping(state_a, state_b, path, depth, attr=True)
-        if problem is None and type(a).__eq__ is not object.__eq__:
+        if problem is None and type(a).__eq__ is not object.__eq__:  # type: ignore[comparison-overlap]
             return (
                 f"{path}: {ta.__qualname__}.__eq__ says the objects differ, though every attribute is equal"
             )
@@ -144,7 +166,10 @@ def _diff_mapping(
     a: Mapping[Any, Any], b: Mapping[Any, Any], path: str, depth: int, attr: bool = False
 ) -> str | None:
     keys_a, keys_b = list(a), list(b)
-    fmt = (lambda k: f"{path}.{k}") if attr else (lambda k: f"{path}{_key(k)}")
+
+    def fmt(k: Any) -> str:
+        return f"{path}.{k}" if attr else f"{path}{_key(k)}"
+
     for k in keys_a:
         if k not in b:
             return f"{fmt(k)}: missing (expected {_short(a[k])})"
@@ -194,7 +219,18 @@ def _diff_numpy(a: Any, b: Any, path: str) -> str | None:
                 return f"{path}{list(idx)}: NaN positions differ ({a[idx]!r} != {b[idx]!r})"
             same = (a == b) | nan_a
             # -0.0 and 0.0 compare equal; an exact round trip keeps the sign bit
-            same &= np.signbit(a) == np.signbit(b)
+            if a.dtype.kind == "c":
+                same &= (np.signbit(a.real) == np.signbit(b.real)) & (
+                    np.signbit(a.imag) == np.signbit(b.imag)
+                )
+            else:
+                same &= np.signbit(a) == np.signbit(b)
+        elif a.dtype.kind in "mM":
+            nat_a, nat_b = np.isnat(a), np.isnat(b)
+            if not np.array_equal(nat_a, nat_b):
+                idx = tuple(int(i) for i in np.argwhere(nat_a != nat_b)[0])
+                return f"{path}{list(idx)}: NaT positions differ ({a[idx]!r} != {b[idx]!r})"
+            same = (a == b) | nat_a
         elif a.dtype.fields is not None or a.dtype.kind == "V":
             if a.tobytes() == b.tobytes():
                 return None

@@ -19,6 +19,7 @@ this is what catches a temp file name shared between writers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -271,7 +272,7 @@ class CrashPoints:
         solo: list[tuple[int, Outcome]] = []
         for v in values:
             initial.materialize(top)
-            _, ops = record_save(lambda v=v: save(v), top)
+            _, ops = record_save(functools.partial(save, v), top)
             solo.append((len(ops), outcome(load)))
         report = ConcurrencyReport()
         try:

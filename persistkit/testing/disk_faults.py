@@ -108,7 +108,7 @@ class DiskFaults:
 
     def __call__(
         self,
-        save: Callable[[], Any],
+        save: Callable[..., Any],
         load: Callable[[], Any],
         *,
         errnos: Iterable[str] = tuple(FAULT_ERRNOS),
@@ -116,6 +116,9 @@ class DiskFaults:
         root: str | os.PathLike[str] | None = None,
         litter: re.Pattern[str] | None = DEFAULT_LITTER,
         max_operations: int | None = None,
+        setup: Callable[[], Any] | None = None,
+        teardown: Callable[[Any], Any] | None = None,
+        rotate_errnos: bool = False,
     ) -> FaultReport:
         """Inject each fault in turn; raise AssertionError describing the first bad case.
 
@@ -123,6 +126,14 @@ class DiskFaults:
         and/or "persistent". ``litter``: a regex for names that must not be left behind
         (None: do not check). ``max_operations`` samples that many operation indexes
         evenly instead of all of them.
+
+        ``setup()``, when given, runs before each save without faults (open the store,
+        make changes); ``save`` is then called as ``save(ctx)`` with its result, twice per
+        case (the faulted save and the retry once the fault clears, as a live process
+        would), and ``teardown(ctx)`` runs at the end of each case. ``rotate_errnos``: give
+        each operation one errno, in turn, instead of every errno (a cheaper sweep that still
+        covers every operation and every errno). ``load`` must then work
+        while ``ctx`` is alive (e.g. open the store read-only).
         """
         codes = []
         for name in errnos:
@@ -137,15 +148,19 @@ class DiskFaults:
         os.makedirs(top, exist_ok=True)
         start = time.perf_counter()
         initial = Snapshot.take(top)
-        expected_before = outcome(load)
-        initial.materialize(top)
+        case_save = _Bound(save, setup, teardown)
 
-        # Dry run: count the operations and learn the state after a clean save.
+        # Dry run: count the operations and learn the states before and after a clean save.
+        case_save.begin()
+        expected_before = outcome(load)
+        if setup is None:
+            initial.materialize(top)
         counter = FaultFS(current_fs())
-        self._run(save, top, counter)
+        self._run(case_save, top, counter)
         operations = list(counter.log)
         after_snapshot = Snapshot.take(top)
         expected_after = outcome(load)
+        case_save.end()
         if expected_after.error is not None:
             raise AssertionError(
                 f"disk_faults: load() fails even after a save without faults: {expected_after.describe()}"
@@ -158,10 +173,10 @@ class DiskFaults:
             indexes = sorted({round(i * step) for i in range(max_operations)})
         try:
             for index in indexes:
-                for name, code in codes:
+                for name, code in [codes[index % len(codes)]] if rotate_errnos else codes:
                     for mode in mode_list:
                         case = self._case(
-                            save, load, top, initial, index, name, code, mode,
+                            case_save, load, top, initial, index, name, code, mode,
                             expected_before, expected_after, allowed_names, litter, operations,
                         )  # fmt: skip
                         report.cases += 1
@@ -192,7 +207,7 @@ class DiskFaults:
 
     def _case(
         self,
-        save: Callable[[], Any],
+        save: _Bound,
         load: Callable[[], Any],
         top: str,
         initial: Snapshot,
@@ -208,6 +223,31 @@ class DiskFaults:
     ) -> FaultCase | None:
         initial.materialize(top)
         fds0 = open_fds()
+        save.begin()
+        try:
+            return self._faulted(
+                save, load, top, index, name, code, mode, expected_before, expected_after, allowed, litter,
+                operations, fds0,
+            )  # fmt: skip
+        finally:
+            save.end()
+
+    def _faulted(
+        self,
+        save: _Bound,
+        load: Callable[[], Any],
+        top: str,
+        index: int,
+        name: str,
+        code: int,
+        mode: str,
+        expected_before: Outcome,
+        expected_after: Outcome,
+        allowed: set[str],
+        litter: re.Pattern[str] | None,
+        operations: list[str],
+        fds0: dict[int, str],
+    ) -> FaultCase | None:
         ffs = FaultFS(current_fs(), Fault(at=index, errno=code, persistent=mode == "persistent"))
         error: BaseException | None = None
         try:
@@ -238,9 +278,10 @@ class DiskFaults:
                 f"previous state lost: save() raised, then load() {got.describe()}; expected the state before "
                 f"the save ({expected_before.describe()})"
             )
-        leaked = _file_fds(open_fds()) - _file_fds(fds0)
-        if leaked:
-            case.problems.append(f"leaked file descriptors: {sorted(_rel(t, top) for t in leaked)}")
+        if not save.stateful:
+            leaked = _file_fds(open_fds()) - _file_fds(fds0)
+            if leaked:
+                case.problems.append(f"leaked file descriptors: {sorted(_rel(t, top) for t in leaked)}")
         if mode == "once" and litter is not None:
             case.problems += _litter(top, allowed, litter, "after the failed save")
         # The fault clears: the next save must work.
@@ -258,6 +299,7 @@ class DiskFaults:
                 )
             if mode == "once" and litter is not None:
                 case.problems += _litter(top, allowed, litter, "after the next save")
+        save.end()
         leaked = _file_fds(open_fds()) - _file_fds(fds0)
         if leaked and not any("leaked" in p for p in case.problems):
             case.problems.append(f"leaked file descriptors: {sorted(_rel(t, top) for t in leaked)}")
@@ -278,6 +320,33 @@ class DiskFaults:
         if others:
             lines.append(f"Also failing ({len(others)}): " + "; ".join(sorted(others)[:8]))
         return "\n".join(lines)
+
+
+class _Bound:
+    """``save`` with its optional setup/teardown: callable with no arguments."""
+
+    def __init__(
+        self, save: Callable[..., Any], setup: Callable[[], Any] | None, teardown: Callable[[Any], Any] | None
+    ) -> None:
+        self.save, self.setup, self.teardown = save, setup, teardown
+        self.stateful = setup is not None
+        self.ctx: Any = None
+        self.live = False
+
+    def begin(self) -> None:
+        if self.setup is not None:
+            self.ctx = self.setup()
+            self.live = True
+
+    def end(self) -> None:
+        if self.live:
+            self.live = False
+            if self.teardown is not None:
+                self.teardown(self.ctx)
+            self.ctx = None
+
+    def __call__(self) -> Any:
+        return self.save(self.ctx) if self.stateful else self.save()
 
 
 def _rel(text: str, root: str) -> str:

@@ -43,6 +43,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, BinaryIO
 
 from persistkit.io.fs import FileHandle, PathLike, PersistFS
@@ -311,14 +312,14 @@ class Interceptor:
         """Record this call? Only for paths under root, and never for persistkit io's own calls."""
         if path is None or not self.under(path) or inside_persistkit_io():
             return False
-        frame = sys._getframe(2)
+        frame: FrameType | None = sys._getframe(2)
         for _ in range(8):
             if frame is None:
                 break
             name = frame.f_globals.get("__name__", "")
             if name.startswith(_SKIP_MODULES):
                 return False
-            frame = frame.f_back  # type: ignore[assignment]
+            frame = frame.f_back
         return True
 
     def _before(self, kind: str, path: str) -> None:
@@ -577,7 +578,9 @@ class Interceptor:
             if "a" in mode:
                 raw.seek(0, os.SEEK_END)
             return raw
-        buffered: io.BufferedIOBase = io.BufferedRandom(raw) if "+" in mode else io.BufferedWriter(raw)
+        buffered: io.BufferedRandom | io.BufferedWriter = (
+            io.BufferedRandom(raw) if "+" in mode else io.BufferedWriter(raw)
+        )
         text = io.TextIOWrapper(
             buffered, encoding=io.text_encoding(encoding), errors=errors, newline=newline, write_through=False
         )

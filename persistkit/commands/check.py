@@ -1,0 +1,126 @@
+"""``persistkit check [TARGET]``: prove a component persists correctly, in one command.
+
+Runs the battery of ``persistkit.testing.battery`` (round-trip, lifecycle,
+SIGTERM, a SIGKILL storm, crash points, disk faults, corruption, budgets)
+against TARGET and prints a table with each check, pass or fail, and its
+figures. Exit code 0 when every check passes, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["check_command"]
+
+
+@click.command("check")
+@click.argument("target", required=False, default=None, metavar="[TARGET]")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the report as JSON to this file.",
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Work steps per check."
+)
+@click.option(
+    "--kills", type=click.IntRange(min=0), default=25, show_default=True, help="SIGKILLs in the storm."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for kill timing and corruption sampling."
+)
+@click.option(
+    "--max-save-seconds", type=float, default=1.0, show_default=True, help="Budget: slowest acceptable save."
+)
+@click.option(
+    "--max-bytes",
+    type=int,
+    default=64 * 1024 * 1024,
+    show_default=True,
+    help="Budget: largest acceptable file.",
+)
+def check_command(
+    target: str | None,
+    json_path: Path | None,
+    steps: int,
+    kills: int,
+    seed: int,
+    max_save_seconds: float,
+    max_bytes: int,
+) -> None:
+    """Run the persistence battery against TARGET (module:factory; default: the reference bot).
+
+    TARGET's factory is called as factory(state_dir, readonly=False, **store_options) and
+    returns an app with a StateStore as .store (and step(), snapshot()), or takes no
+    arguments and returns a Persistent component.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from persistkit.testing.battery import DEFAULT_TARGET, Battery, CheckResult, Settings, Target
+
+    spec = target or DEFAULT_TARGET
+    console = Console()
+    try:
+        resolved = Target(spec)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="TARGET") from None
+    settings = Settings(
+        steps=steps, kills=kills, seed=seed, max_save_seconds=max_save_seconds, max_bytes=max_bytes
+    )
+    console.print(f"persistkit check: [bold]{spec}[/bold]")
+    start = time.perf_counter()
+    battery = Battery(resolved, settings)
+
+    def progress(result: CheckResult) -> None:
+        mark = "[green]pass[/green]" if result.passed else "[red]FAIL[/red]"
+        console.print(f"  {result.name:<14} {mark}  ({result.seconds:.1f} s)")
+
+    try:
+        results = battery.run(progress)
+    finally:
+        battery.close()
+    total = time.perf_counter() - start
+    passed = all(r.passed for r in results)
+
+    table = Table(title=f"persistkit check {spec}")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("figures")
+    table.add_column("time", justify="right")
+    for r in results:
+        figures = ", ".join(f"{k}: {v}" for k, v in r.figures.items())
+        table.add_row(
+            r.name,
+            "[green]pass[/green]" if r.passed else "[red]FAIL[/red]",
+            figures,
+            f"{r.seconds:.1f} s",
+        )
+    console.print(table)
+    for r in results:
+        if not r.passed:
+            console.print(f"[red]{r.name}[/red]:", end=" ")
+            console.print(r.detail, markup=False, highlight=False)
+    verdict = "all checks passed" if passed else f"{sum(not r.passed for r in results)} check(s) failed"
+    console.print(f"{verdict} in {total:.1f} s")
+
+    if json_path is not None:
+        from persistkit.io import atomic_write
+
+        doc: dict[str, Any] = {
+            "target": spec,
+            "passed": passed,
+            "seconds": round(total, 2),
+            "settings": vars(settings),
+            "checks": [r.to_dict() for r in results],
+        }
+        atomic_write(json_path.resolve(), json.dumps(doc, indent=2, default=str).encode())
+        console.print(f"report written to {json_path}")
+    raise SystemExit(0 if passed else 1)

@@ -1,0 +1,600 @@
+"""``lifecycle``: run a component through startup, work, shutdown and restart, in process and for real.
+
+In process, ``lifecycle(factory, steps=N)`` starts the app, performs ``N``
+steps, shuts it down, restarts it on the same directory and compares the
+state before shutdown with the state after restart, for ``cycles`` rounds.
+
+``lifecycle.subprocess(...)`` runs a real child process that follows a small
+line protocol on stdout (the reference bot speaks it):
+
+=====================  ================================================================
+``READY ...``          startup finished (kill timing starts here)
+``ACK <id> ...``       unit of work ``<id>`` is durable; it must survive any crash
+``SAVED ... <digest>`` final save on SIGTERM done; ``<digest>`` fingerprints the state
+``DONE <digest>``      normal exit; the restart command prints this after loading
+=====================  ================================================================
+
+* SIGTERM: the child is terminated after a few ACKs; it must exit within the
+  grace period after printing ``SAVED``, and ``restart_cmd`` (which loads the
+  state and exits, printing ``DONE <digest>``) must report the same digest.
+* SIGKILL storm: the child is killed ``kills`` times at seeded random moments
+  and restarted on the same directory each time. No ACK-ed id may be
+  acknowledged again by a later run (lost work is redone under the same id),
+  every restart must reach ``READY``, the final ``restart_cmd`` must succeed,
+  and ``verify(state_dir, acks)``, when given, must accept the final state.
+
+A ``target="package.module:main"`` (called as ``main(argv)``) runs in a fork
+server that imports ``preload`` modules once, so hundreds of kills of a
+torch/sklearn app take seconds instead of minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import os
+import queue
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from persistkit.testing.compare import first_difference
+from persistkit.testing.report import RECORDER, Recorder
+
+__all__ = ["Ack", "Lifecycle", "LifecycleReport", "SubprocessReport"]
+
+
+@dataclass(frozen=True)
+class Ack:
+    """One ``ACK <id> ...`` line: which run printed it, the id, and the rest of the fields."""
+
+    run: int
+    id: str
+    fields: tuple[str, ...]
+
+
+@dataclass
+class LifecycleReport:
+    cycles: int = 0
+    steps: int = 0
+    restarts: int = 0
+    violations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SubprocessReport:
+    """Figures from ``lifecycle.subprocess``."""
+
+    kills: int = 0
+    runs: int = 0
+    acks: int = 0
+    sigterm_exit_seconds: float | None = None
+    recovery_seconds: list[float] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    ack_log: list[Ack] = field(default_factory=list)
+
+    def summary(self) -> str:
+        rec = f", max READY after restart {max(self.recovery_seconds):.2f} s" if self.recovery_seconds else ""
+        term = (
+            f", SIGTERM exit {self.sigterm_exit_seconds:.2f} s"
+            if self.sigterm_exit_seconds is not None
+            else ""
+        )
+        return f"{self.kills} SIGKILLs over {self.runs} runs, {self.acks} ACKs{term}{rec}, {len(self.violations)} violations"
+
+
+# -- in-process apps ---------------------------------------------------------------------------
+
+
+class _App:
+    """Adapts what a factory returns: an app with ``step()``/``store`` or a bare Persistent component."""
+
+    def __init__(self, obj: Any, state_dir: str, store_kw: dict[str, Any]) -> None:
+        self.obj = obj
+        self.own_store: Any = None
+        if getattr(obj, "store", None) is None and callable(getattr(obj, "state_dict", None)):
+            from persistkit.state import StateStore
+
+            self.own_store = StateStore(state_dir, **{"autosave_every": 0, **store_kw})
+            self.own_store.register("component", obj)
+            self.own_store.load()
+
+    def step(self, i: int, operate: Callable[[Any, int], Any] | None) -> Any:
+        if operate is not None:
+            return operate(self.obj, i)
+        if not callable(getattr(self.obj, "step", None)):
+            raise TypeError(
+                f"lifecycle: {type(self.obj).__name__} has no step(); pass operate=lambda app, i: ... to change it"
+            )
+        return self.obj.step()
+
+    def snapshot(self, snapshot: Callable[[Any], Any] | None) -> Any:
+        if snapshot is not None:
+            return snapshot(self.obj)
+        if callable(getattr(self.obj, "snapshot", None)):
+            return self.obj.snapshot()
+        if callable(getattr(self.obj, "state_dict", None)):
+            return copy.deepcopy(dict(self.obj.state_dict()))
+        return copy.deepcopy(vars(self.obj))
+
+    def shutdown(self) -> None:
+        if self.own_store is not None:
+            self.own_store.close()
+        elif callable(getattr(self.obj, "close", None)):
+            self.obj.close()
+        elif getattr(self.obj, "store", None) is not None:
+            self.obj.store.close()
+
+
+# -- child processes ------------------------------------------------------------------------------
+
+
+class _Child:
+    """A child speaking the line protocol: real Popen, or a fork-server child."""
+
+    pid: int
+
+    def line(self, timeout: float) -> str | None:
+        raise NotImplementedError
+
+    def send(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> tuple[int | None, list[str]]:
+        """Exit code (None if still running after ``timeout``) and the lines that came meanwhile."""
+        raise NotImplementedError
+
+    def stderr_tail(self) -> str:
+        return ""
+
+
+class _PopenChild(_Child):
+    def __init__(self, cmd: Sequence[str], env: dict[str, str] | None) -> None:
+        self.proc = subprocess.Popen(
+            list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=env
+        )
+        self.pid = self.proc.pid
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.err: list[str] = []
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._pump_err, args=(self.proc.stderr,), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _pump(stream: IO[str], out: queue.Queue[str | None]) -> None:
+        for raw in stream:
+            out.put(raw.rstrip("\n"))
+        out.put(None)
+
+    def _pump_err(self, stream: IO[str]) -> None:
+        for raw in stream:
+            self.err.append(raw)
+            del self.err[:-40]
+
+    def line(self, timeout: float) -> str | None:
+        try:
+            return self.lines.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+
+    def wait(self, timeout: float) -> tuple[int | None, list[str]]:
+        try:
+            code: int | None = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        rest: list[str] = []
+        if code is not None:
+            for t in self._threads:
+                t.join(timeout=5)
+            while True:
+                try:
+                    item = self.lines.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    rest.append(item)
+            assert self.proc.stdout is not None and self.proc.stderr is not None
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+        return code, rest
+
+    def stderr_tail(self) -> str:
+        return "".join(self.err[-10:]).strip()
+
+
+class _ForkChild(_Child):
+    def __init__(self, server: Any, target: str, argv: list[str]) -> None:
+        self.server = server
+        self.pid, self.early = server.run(target, argv)
+
+    def line(self, timeout: float) -> str | None:
+        if self.early:
+            return str(self.early.pop(0))
+        got = self.server.next_line(timeout=max(timeout, 0.0))
+        return None if got is None else str(got)
+
+    def _exited(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    def wait(self, timeout: float) -> tuple[int | None, list[str]]:
+        deadline = time.monotonic() + timeout
+        while not self._exited():
+            if time.monotonic() > deadline:
+                return None, []
+            time.sleep(0.01)
+        code, rest = self.server.wait(self.pid)
+        return int(code), [str(x) for x in rest]
+
+
+# -- the fixture -------------------------------------------------------------------------------------
+
+
+class Lifecycle:
+    """The ``lifecycle`` fixture.
+
+    Example::
+
+        def test_counter_lifecycle(lifecycle):
+            lifecycle(lambda state_dir: Counter(), steps=50, operate=lambda c, i: c.add(i))
+
+        def test_bot_survives_signals(lifecycle, tmp_path):
+            bot = [sys.executable, "-m", "persistkit.reference.bot", "--state-dir", "{state_dir}"]
+            lifecycle.subprocess(bot + ["--steps", "100000"], restart_cmd=bot + ["--steps", "0"],
+                                 state_dir=tmp_path / "bot", kills=10)
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        *,
+        kills: int = 20,
+        seed: int = 0,
+        recorder: Recorder = RECORDER,
+    ) -> None:
+        self.workdir = os.path.abspath(os.fspath(workdir))
+        self.kills = kills
+        self.seed = seed
+        self.recorder = recorder
+        self._n = itertools.count()
+        self._servers: dict[tuple[str, ...], Any] = {}
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
+
+    # -- in process ------------------------------------------------------------------------
+    def __call__(
+        self,
+        factory: Callable[[str], Any],
+        *,
+        steps: int,
+        cycles: int = 2,
+        operate: Callable[[Any, int], Any] | None = None,
+        snapshot: Callable[[Any], Any] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        **store_kw: Any,
+    ) -> LifecycleReport:
+        """Startup, ``steps`` operations, shutdown, restart and compare; ``cycles`` times.
+
+        ``factory(state_dir)`` returns the app (anything with ``step()`` and a ``store`` or
+        ``close()``, like ``make_bot``) or a bare Persistent component, which is then kept in a
+        StateStore (``store_kw`` are its options). ``operate(app, i)`` replaces ``app.step()``;
+        ``snapshot(app)`` replaces ``app.snapshot()``/``state_dict()`` for the comparison.
+        """
+        where = (
+            os.fspath(state_dir)
+            if state_dir is not None
+            else os.path.join(self.workdir, f"app-{next(self._n)}")
+        )
+        report = LifecycleReport()
+        app = _App(factory(where), where, store_kw)
+        try:
+            for cycle in range(1, cycles + 1):
+                for i in range(steps):
+                    app.step(i, operate)
+                report.steps += steps
+                expected = app.snapshot(snapshot)
+                app.shutdown()
+                app = _App(factory(where), where, store_kw)
+                report.restarts += 1
+                report.cycles = cycle
+                got = app.snapshot(snapshot)
+                problem = first_difference(expected, got, "state")
+                if problem is not None:
+                    report.violations.append(
+                        f"after restart #{cycle} (having run {report.steps} steps) the state differs from the state "
+                        f"at shutdown: {problem}"
+                    )
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                app.shutdown()
+        self.recorder.add_run(
+            "lifecycle", restarts=report.restarts, steps=report.steps, violations=len(report.violations)
+        )
+        if report.violations:
+            raise AssertionError("lifecycle: " + report.violations[0])
+        return report
+
+    # -- real processes ----------------------------------------------------------------------
+    def subprocess(
+        self,
+        cmd: Sequence[str] | None = None,
+        *,
+        state_dir: str | os.PathLike[str],
+        restart_cmd: Sequence[str] | None = None,
+        target: str | None = None,
+        argv: Sequence[str] = (),
+        restart_argv: Sequence[str] | None = None,
+        preload: Sequence[str] = (),
+        kills: int | None = None,
+        seed: int | None = None,
+        term_after_acks: int = 5,
+        kill_window: tuple[float, float] = (0.02, 0.5),
+        grace: float = 30.0,
+        startup_timeout: float = 120.0,
+        verify: Callable[[str, list[Ack]], Any] | None = None,
+        sigterm: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> SubprocessReport:
+        """SIGTERM and a seeded SIGKILL storm against a child process; see the module docstring.
+
+        Give ``cmd`` and ``restart_cmd`` (argument lists; ``{state_dir}`` is substituted), or
+        ``target="module:main"`` with ``argv``/``restart_argv`` and ``preload`` for a fork
+        server. ``kill_window``: seconds after ``READY`` within which each kill lands.
+        """
+        where = os.path.abspath(os.fspath(state_dir))
+        if (cmd is None) == (target is None):
+            raise ValueError("lifecycle.subprocess: pass either cmd=[...] or target='module:main'")
+        if cmd is not None and restart_cmd is None:
+            raise ValueError(
+                "lifecycle.subprocess: pass restart_cmd=[...], a command that loads the state and exits printing "
+                "'DONE <digest>' (e.g. the same command with zero steps)"
+            )
+        if target is not None and restart_argv is None:
+            raise ValueError(
+                "lifecycle.subprocess: pass restart_argv=[...] (loads the state, prints 'DONE <digest>')"
+            )
+        kills = self.kills if kills is None else kills
+        rng = random.Random(self.seed if seed is None else seed)
+
+        def fill(args: Sequence[str]) -> list[str]:
+            return [a.replace("{state_dir}", where) for a in args]
+
+        def start(restart: bool = False) -> _Child:
+            if target is not None:
+                server = self._server(tuple(preload), env)
+                return _ForkChild(server, target, fill(restart_argv if restart else argv))  # type: ignore[arg-type]
+            return _PopenChild(fill(restart_cmd if restart else cmd), env)  # type: ignore[arg-type]
+
+        report = SubprocessReport()
+        acked: dict[str, int] = {}
+
+        def take(run: int, lines: list[str]) -> None:
+            for line in lines:
+                parts = line.split()
+                if not parts or parts[0] != "ACK" or len(parts) < 2:
+                    continue
+                ack = Ack(run, parts[1], tuple(parts[2:]))
+                report.acks += 1
+                report.ack_log.append(ack)
+                first = acked.get(ack.id)
+                if first is not None and first != run:
+                    report.violations.append(
+                        f"acknowledged work lost: ACK {ack.id} was printed by run #{first}, and again by run #{run} "
+                        "after a restart, so the state the restart loaded did not contain it"
+                    )
+                acked.setdefault(ack.id, run)
+
+        run = 0
+        try:
+            if sigterm:
+                run += 1
+                self._sigterm(start, run, report, take, term_after_acks, grace, startup_timeout)
+            for _ in range(kills):
+                if report.violations:
+                    break
+                run += 1
+                self._kill_once(start, run, report, take, rng.uniform(*kill_window), startup_timeout)
+            if not report.violations:
+                child = start(restart=True)
+                code, lines = self._drain(child, startup_timeout)
+                report.runs += 1
+                done = [ln for ln in lines if ln.startswith("DONE")]
+                if code != 0 or not done:
+                    report.violations.append(
+                        f"the final restart failed after {report.kills} kills: exit {code}, no DONE line"
+                        + _tail(lines, child)
+                    )
+                elif verify is not None:
+                    try:
+                        verify(where, list(report.ack_log))
+                    except AssertionError as err:
+                        report.violations.append(
+                            f"verify() rejected the state after {report.kills} kills: {err}"
+                        )
+        finally:
+            self.recorder.add_run(
+                "lifecycle.subprocess",
+                kills=report.kills,
+                acks=report.acks,
+                violations=len(report.violations),
+            )
+        if report.violations:
+            raise AssertionError(
+                f"lifecycle.subprocess: {report.violations[0]}\n({report.summary()}; state dir {where})"
+            )
+        return report
+
+    def _server(self, preload: tuple[str, ...], env: dict[str, str] | None) -> Any:
+        server = self._servers.get(preload)
+        if server is None:
+            from persistkit.testing.forkserver import ForkServer
+
+            server = ForkServer(list(preload), env=env)
+            self._servers[preload] = server
+        return server
+
+    @staticmethod
+    def _drain(child: _Child, timeout: float) -> tuple[int | None, list[str]]:
+        lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        code: int | None = None
+        while time.monotonic() < deadline:
+            code, rest = child.wait(0.05)
+            if code is not None:
+                lines += rest
+                break
+            while (line := child.line(0)) is not None:
+                lines.append(line)
+        else:
+            child.send(signal.SIGKILL)
+            code, rest = child.wait(10)
+            lines += rest
+        while (line := child.line(0)) is not None:
+            lines.append(line)
+        return code, lines
+
+    @staticmethod
+    def _until_ready(child: _Child, timeout: float, lines: list[str]) -> float | None:
+        """Wait for READY; returns seconds taken, or None if the child ended or timed out."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            line = child.line(0.05)
+            if line is None:
+                code, rest = child.wait(0)
+                if code is not None:
+                    lines += rest
+                    return None
+                continue
+            lines.append(line)
+            if line.startswith("READY"):
+                return time.monotonic() - start
+        return None
+
+    def _sigterm(
+        self,
+        start: Callable[..., _Child],
+        run: int,
+        report: SubprocessReport,
+        take: Callable[[int, list[str]], None],
+        after_acks: int,
+        grace: float,
+        timeout: float,
+    ) -> None:
+        child = start()
+        report.runs += 1
+        lines: list[str] = []
+        if self._until_ready(child, timeout, lines) is None:
+            _, rest = self._drain(child, 10)
+            report.violations.append(f"run #{run} never printed READY" + _tail(lines + rest, child))
+            return
+        deadline = time.monotonic() + timeout
+        while sum(1 for ln in lines if ln.startswith("ACK")) < after_acks and time.monotonic() < deadline:
+            line = child.line(0.05)
+            if line is not None:
+                lines.append(line)
+            elif child.wait(0)[0] is not None:
+                break
+        child.send(signal.SIGTERM)
+        sent = time.monotonic()
+        code, rest = child.wait(grace)
+        if code is None:
+            child.send(signal.SIGKILL)
+            child.wait(10)
+            report.violations.append(f"SIGTERM: the child did not exit within the {grace:g} s grace period")
+            return
+        report.sigterm_exit_seconds = time.monotonic() - sent
+        while (line := child.line(0)) is not None:
+            rest.append(line)
+        lines += rest
+        take(run, lines)
+        saved = [ln for ln in lines if ln.startswith("SAVED")]
+        if not saved:
+            report.violations.append(
+                f"SIGTERM: the child exited ({_exit(code)}) without printing 'SAVED ... <digest>': it did not save "
+                "its state on SIGTERM" + _tail(lines, child)
+            )
+            return
+        digest = saved[-1].split()[-1]
+        check = start(restart=True)
+        report.runs += 1
+        code2, lines2 = self._drain(check, timeout)
+        done = [ln for ln in lines2 if ln.startswith("DONE")]
+        if code2 != 0 or not done:
+            report.violations.append(f"SIGTERM: the restart failed ({_exit(code2)})" + _tail(lines2, check))
+        elif done[-1].split()[-1] != digest:
+            report.violations.append(
+                f"SIGTERM: the state after restart (digest {done[-1].split()[-1]}) differs from the state saved at "
+                f"the signal (digest {digest}): the final save did not capture the state at the signal"
+            )
+
+    def _kill_once(
+        self,
+        start: Callable[..., _Child],
+        run: int,
+        report: SubprocessReport,
+        take: Callable[[int, list[str]], None],
+        delay: float,
+        timeout: float,
+    ) -> None:
+        child = start()
+        report.runs += 1
+        lines: list[str] = []
+        ready = self._until_ready(child, timeout, lines)
+        if ready is None:
+            _, rest = self._drain(child, 10)
+            report.violations.append(
+                f"run #{run} never printed READY after a restart" + _tail(lines + rest, child)
+            )
+            return
+        report.recovery_seconds.append(ready)
+        end = time.monotonic() + delay
+        while (left := end - time.monotonic()) > 0:
+            line = child.line(left)
+            if line is not None:
+                lines.append(line)
+        child.send(signal.SIGKILL)
+        code, rest = child.wait(30)
+        while (line := child.line(0)) is not None:
+            rest.append(line)
+        lines += rest
+        if code == -signal.SIGKILL:
+            report.kills += 1
+        elif code != 0:
+            report.violations.append(f"run #{run} failed on its own ({_exit(code)})" + _tail(lines, child))
+        take(run, lines)
+
+
+def _exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _tail(lines: list[str], child: _Child) -> str:
+    shown = "\n    ".join(lines[-6:])
+    err = child.stderr_tail()
+    out = f"\n  last lines:\n    {shown}" if lines else ""
+    return out + (f"\n  stderr:\n    {err[-1500:]}" if err else "")
