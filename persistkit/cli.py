@@ -17,6 +17,7 @@ from persistkit import __version__
 # command name -> "module:attribute" of a click.Command
 SUBCOMMANDS: dict[str, str] = {
     "state": "persistkit.commands.state:state_group",
+    "check": "persistkit.commands.check:check_command",
 }
 
 # Commands of features still being built: they say so and exit 2 instead of failing to import.
@@ -25,7 +26,6 @@ PLANNED: dict[str, str] = {
     "verify": "verifying bundles",
     "keygen": "creating key files",
     "archive": "training archives",
-    "check": "the persistence check battery",
 }
 
 
