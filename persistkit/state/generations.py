@@ -2,7 +2,8 @@
 
     store/
       .persistkit.lock                 writer lock (flock; released by the kernel if the writer dies)
-      CURRENT                          envelope(kind="current"): {"generation": N, "store": id, "manifest": digest}
+      CURRENT                          envelope(kind="current"): {"generation": N, "store": id, "manifest": digest,
+                                       "history": the committed generations kept, oldest first}
       gen-000007/                      one directory per committed checkpoint
         MANIFEST                       envelope(kind="manifest"): generation, store id, created, and for
                                        each component: file, schema version, size, xxh3 digest; for each
@@ -11,6 +12,7 @@
                                        meta={component, generation, store})
         <log>.journal                  appends made after this checkpoint (see journal.py)
       gen-000008.tmp-<token>/          a checkpoint being written (never read; removed on open)
+      gen-000005.retired-<token>/      an old checkpoint being deleted (never read; removed on open)
       gen-000006.corrupt-<UTC ts>/     a quarantined generation (never deleted by persistkit)
 
 Commit: write every file of ``gen-N.tmp-*``, fsync each, fsync the directory,
@@ -18,6 +20,10 @@ rename it to ``gen-N``, fsync the store directory, then atomically replace
 ``CURRENT`` (temp file, fsync, rename, fsync). A crash before ``CURRENT``
 is durable leaves the previous checkpoint in force; after it, the new one.
 Every component of a generation commits together.
+
+Only generations listed in ``CURRENT``'s history were ever committed: a
+``gen-N`` renamed into place whose ``CURRENT`` never landed is an orphan, is
+never used as a fallback, and is removed by the next writer.
 
 The generation number and store id are inside every component file, the
 manifest and ``CURRENT``; in encrypted stores they are authenticated, so a
@@ -58,7 +64,7 @@ __all__ = [
 CURRENT = "CURRENT"
 MANIFEST = "MANIFEST"
 _GEN_RE = re.compile(r"^gen-(\d{6,})$")
-_TMP_RE = re.compile(r"^gen-(\d{6,})\.tmp-[0-9a-f]+$")
+_TMP_RE = re.compile(r"^gen-(\d{6,})\.(?:tmp|retired)-[0-9a-f]+$")
 
 
 def gen_name(n: int) -> str:
@@ -82,6 +88,9 @@ class GenerationFiles:
     components: dict[str, tuple[int, bytes]]  # name -> (schema version, tree-encoded state)
     journals: dict[str, int]  # log name -> first sequence number of its new journal
     journal_salts: dict[str, bytes] = field(default_factory=dict)
+    history: list[int] = field(
+        default_factory=list
+    )  # committed generations kept, oldest first, incl. this one
 
 
 def _seal(payload: bytes, *, kind: str, schema: int, meta: dict[str, Any], key: Key | None) -> bytes:
@@ -142,6 +151,7 @@ def commit_generation(directory: str, files: GenerationFiles, *, key: Key | None
         "generation": n,
         "store": files.store_id,
         "manifest": xxhash.xxh3_128_hexdigest(sealed_manifest),
+        "history": list(files.history or [n]),
     }
     atomic_write(
         os.path.join(directory, CURRENT),
@@ -178,6 +188,18 @@ def _create_empty(path: str) -> None:
 def _remove_tree_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         remove_generation(path)
+
+
+def retire_generation(directory: str, n: int) -> None:
+    """Delete generation ``n``: first rename it out of the way (one atomic step), then remove it.
+
+    A deletion that fails part-way therefore never leaves a half-empty ``gen-N``
+    that could pass for a checkpoint; leftovers are removed on the next open.
+    """
+    fs = current_fs()
+    retired = os.path.join(directory, f"{gen_name(n)}.retired-{secrets.token_hex(4)}")
+    fs.replace(os.path.join(directory, gen_name(n)), retired)
+    remove_generation(retired)
 
 
 def remove_generation(path: str) -> None:

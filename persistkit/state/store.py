@@ -174,6 +174,7 @@ class StateStore:
         self._writers: dict[str, JournalWriter] = {}
         self._next_seq: dict[str, int] = {}
         self._generation: int | None = None
+        self._history: list[int] = []  # committed generations kept, oldest first (recorded in CURRENT)
         self._store_id: str | None = None
         self._loaded = False
         self._closed = False
@@ -319,13 +320,21 @@ class StateStore:
                 quarantined.append(gens.quarantine(self.directory, gens.CURRENT))
         committed, _ = gens.list_generations(self.directory)
         if current_n is not None:
-            candidates = [current_n] + [n for n in reversed(committed) if n < current_n]
+            assert current is not None
+            recorded = current.get("history")
+            if isinstance(recorded, list) and current_n in recorded and all(type(x) is int for x in recorded):
+                history = [x for x in recorded if x <= current_n]
+            else:  # a CURRENT without a history: every generation up to it counts as committed
+                history = [x for x in committed if x <= current_n]
             if not self.readonly:
                 for n in committed:
-                    if n > current_n:  # written but never committed: not acknowledged
-                        gens.remove_generation(os.path.join(self.directory, gens.gen_name(n)))
+                    if n not in history:  # renamed into place but never committed: not acknowledged
+                        with contextlib.suppress(OSError):
+                            gens.retire_generation(self.directory, n)
+            candidates = [current_n] + [n for n in reversed(history) if n < current_n and n in committed]
         else:
             candidates = list(reversed(committed))
+            history = list(committed)
         if not candidates:
             if failures and self.on_corrupt == "raise":
                 raise IntegrityError(
@@ -354,6 +363,11 @@ class StateStore:
                     quarantined.append(gens.quarantine(self.directory, gens.gen_name(n)))
                 continue
             self._generation = n
+            self._history = [
+                x for x in history if x <= n and f"{gens.gen_name(x)}" not in " ".join(quarantined)
+            ]
+            if n not in self._history:
+                self._history.append(n)
             report.quarantined = quarantined
             report.failures = failures
             if failures:
@@ -580,20 +594,38 @@ class StateStore:
         for writer in previous_writers.values():
             writer.close()
         self._writers = {}
-        files = gens.GenerationFiles(n, self._store_id or "", encoded, logs)
+        history = [*self._history, n][-self.keep_generations :]
+        files = gens.GenerationFiles(n, self._store_id or "", encoded, logs, history=history)
         try:
             sizes = gens.commit_generation(self.directory, files, key=self._key)
         except BaseException:
-            if self._current_generation_on_disk() != n and self._generation is not None:
-                self._open_writers()  # keep journaling after the checkpoint still in force
+            self._after_failed_commit(n, digest.digest(), history)
             raise
         self._generation = n
+        self._history = history
         self._last_digest = digest.digest()
         self._open_writers()
         self._prune()
         elapsed = time.perf_counter() - start
         self._stats.update(saves=self._stats["saves"] + 1, last_save_seconds=elapsed, bytes=sizes)
         return Checkpoint(n, sizes, elapsed)
+
+    def _after_failed_commit(self, n: int, digest: bytes, history: list[int]) -> None:
+        """Leave the store usable and bounded after a checkpoint failed part-way."""
+        if self._current_generation_on_disk() == n:
+            # CURRENT already names the new generation (only a later fsync failed): it is the
+            # one in force, so journal after it; the caller still gets the error.
+            self._generation = n
+            self._history = history
+            self._last_digest = digest
+            self._open_writers()
+            return
+        # Not committed: remove the orphan (never acknowledged) and keep journaling after the
+        # checkpoint that is still in force.
+        with contextlib.suppress(OSError):
+            gens.retire_generation(self.directory, n)
+        if self._generation is not None:
+            self._open_writers()
 
     def _state_of(self, reg: _Registration) -> Any:
         comp = reg.component
@@ -627,12 +659,22 @@ class StateStore:
                 )
 
     def _prune(self) -> None:
-        committed, _ = gens.list_generations(self.directory)
-        for n in committed[: -self.keep_generations]:
+        """Retire every generation that is not among the newest ``keep_generations`` committed ones."""
+        committed, leftovers = gens.list_generations(self.directory)
+        keep = set(self._history[-self.keep_generations :])
+        for n in committed:
+            if n in keep or (self._generation is not None and n > self._generation):
+                continue
             try:
-                gens.remove_generation(os.path.join(self.directory, gens.gen_name(n)))
+                gens.retire_generation(self.directory, n)
             except OSError as err:
-                log.warning("could not remove old generation %s: %s", gens.gen_name(n), err)
+                log.warning(
+                    "could not remove old generation %s (retried at the next save): %s", gens.gen_name(n), err
+                )
+        for name in leftovers:
+            if ".retired-" in name:
+                with contextlib.suppress(OSError):
+                    gens.remove_generation(os.path.join(self.directory, name))
 
     # -- journaling (called by BoundedLog) -------------------------------------------
     def _journal_append(self, name: str, item: Any) -> None:
