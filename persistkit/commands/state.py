@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from persistkit.errors import PersistkitError
+
+if TYPE_CHECKING:  # the store modules load only when a command runs
+    from persistkit.state.inspection import StoreInfo
 
 __all__ = ["state_group"]
 
@@ -55,10 +59,7 @@ def inspect_command(
         raise SystemExit(1)
 
 
-def _print_table(info: object) -> None:
-    from persistkit.state.inspection import StoreInfo
-
-    assert isinstance(info, StoreInfo)
+def _print_table(info: StoreInfo) -> None:
     current = f"gen-{info.current:06d}" if info.current is not None else "none (no checkpoint yet)"
     click.echo(f"state store {info.directory}")
     click.echo(
@@ -92,8 +93,11 @@ def _print_table(info: object) -> None:
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n:.1f} GiB"
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f} {unit}"
