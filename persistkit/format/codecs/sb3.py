@@ -1,0 +1,536 @@
+"""stable-baselines3 models as data, with no cloudpickle anywhere.
+
+SB3's own ``save`` writes a zip whose ``data`` member is JSON with
+cloudpickled fields, so loading one runs code from the file. This codec
+stores the same information as data and rebuilds the model the way
+``BaseAlgorithm.load`` does (construct, restore attributes, ``_setup_model``,
+``set_parameters``), so the model is ready to ``learn()`` or ``predict()``.
+
+The payload is a tree value::
+
+    {"format": 1,
+     "algorithm": "stable_baselines3.ppo.ppo.PPO",
+     "data": <tree bytes: the attributes SB3 itself saves, see below>,
+     "params": [<tree>, <safetensors>],     # policy and optimizer state dicts
+     "variables": [<tree>, <safetensors>],  # torch variables such as SAC's log_ent_coef
+     "replay_buffer": None | <tree bytes>,  # only with save_replay_buffer=True
+     "versions": {...}}
+
+``data`` holds the attributes SB3 puts into its ``data`` member. Values that
+are not plain data are embedded as tagged records, never as code:
+
+* classes (policy class, ``activation_fn``, optimizer class, feature
+  extractor, buffer classes) as qualified names. Loading imports only names
+  on the allowlists below or in the caller's ``trusted=``;
+* schedules: ``FloatSchedule``, ``ConstantSchedule`` and ``LinearSchedule``
+  (learning rate, clip range, exploration) as their parameters;
+* gymnasium spaces (Box, Discrete, MultiDiscrete, MultiBinary, Dict, Tuple);
+* ``TrainFreq`` and Normal / Ornstein-Uhlenbeck action noise.
+
+Anything else (a lambda as learning rate, a custom space) fails at save time
+with ``UnsupportedTypeError`` naming the attribute.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from persistkit.errors import FormatError, UnsupportedTypeError, UntrustedTypeError
+from persistkit.format import tree
+from persistkit.format.codecs.torch import join_tensors, split_tensors
+
+__all__ = ["ALLOWED_CLASSES", "ALGORITHMS", "audit", "decode", "encode", "info", "is_sb3_model"]
+
+FORMAT = 1
+
+ALGORITHMS: frozenset[str] = frozenset(
+    f"stable_baselines3.{m}.{m}.{m.upper()}" for m in ("a2c", "ppo", "dqn", "sac", "td3", "ddpg")
+)
+
+ALLOWED_CLASSES: frozenset[str] = frozenset(
+    (
+        *ALGORITHMS,
+        # policies (the classes behind "MlpPolicy", "CnnPolicy", "MultiInputPolicy")
+        "stable_baselines3.common.policies.ActorCriticPolicy",
+        "stable_baselines3.common.policies.ActorCriticCnnPolicy",
+        "stable_baselines3.common.policies.MultiInputActorCriticPolicy",
+        *(
+            f"stable_baselines3.{algo}.policies.{name}"
+            for algo, names in (
+                ("dqn", ("DQNPolicy", "CnnPolicy", "MultiInputPolicy")),
+                ("sac", ("SACPolicy", "CnnPolicy", "MultiInputPolicy")),
+                ("td3", ("TD3Policy", "CnnPolicy", "MultiInputPolicy")),
+            )
+            for name in names
+        ),
+        # feature extractors and buffers
+        "stable_baselines3.common.torch_layers.FlattenExtractor",
+        "stable_baselines3.common.torch_layers.NatureCNN",
+        "stable_baselines3.common.torch_layers.CombinedExtractor",
+        "stable_baselines3.common.buffers.RolloutBuffer",
+        "stable_baselines3.common.buffers.DictRolloutBuffer",
+        "stable_baselines3.common.buffers.ReplayBuffer",
+        "stable_baselines3.common.buffers.DictReplayBuffer",
+        "stable_baselines3.common.sb2_compat.rmsprop_tf_like.RMSpropTFLike",
+        # activation functions
+        *(
+            f"torch.nn.modules.activation.{name}"
+            for name in (
+                "ReLU", "Tanh", "ELU", "LeakyReLU", "SiLU", "GELU", "Sigmoid", "Softplus", "Mish", "Hardswish",
+                "Hardtanh", "SELU", "CELU", "ReLU6", "Softsign", "Tanhshrink", "LogSigmoid", "PReLU",
+            )
+        ),
+        "torch.nn.modules.linear.Identity",
+        # optimizers
+        *(
+            f"torch.optim.{module}.{name}"
+            for module, name in (
+                ("adam", "Adam"), ("adamw", "AdamW"), ("rmsprop", "RMSprop"), ("sgd", "SGD"),
+                ("adagrad", "Adagrad"), ("adadelta", "Adadelta"), ("adamax", "Adamax"), ("nadam", "NAdam"),
+                ("radam", "RAdam"),
+            )
+        ),
+    )
+)  # fmt: skip
+
+_REPLAY_BUFFERS = frozenset(
+    {"stable_baselines3.common.buffers.ReplayBuffer", "stable_baselines3.common.buffers.DictReplayBuffer"}
+)
+_BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+# Recomputed by _setup_model from the attributes we do store, or references to modules.
+_DERIVED = frozenset({"lr_schedule", "batch_norm_stats", "batch_norm_stats_target"})
+
+_CLASS, _SCHEDULE, _SPACE, _TRAIN_FREQ, _NOISE = (
+    "sb3.class",
+    "sb3.schedule",
+    "sb3.space",
+    "sb3.train_freq",
+    "sb3.noise",
+)
+
+
+def is_sb3_model(obj: object) -> bool:
+    if not type(obj).__module__.startswith("stable_baselines3."):
+        return False
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    return isinstance(obj, BaseAlgorithm)
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# -- encoding ---------------------------------------------------------------------
+
+
+def _data_hook(obj: object) -> tuple[str, bytes] | None:
+    """Turn the non-data values SB3 keeps in its attributes into tagged records."""
+    import gymnasium.spaces as spaces
+    import numpy as np
+    from stable_baselines3.common import noise, utils
+    from stable_baselines3.common.type_aliases import TrainFreq
+
+    if isinstance(obj, type):
+        name = _qualname(obj)
+        if "<locals>" in name or "." not in name:
+            return None  # cannot be imported by name on load; reported with its attribute path
+        return _CLASS, name.encode()
+    if isinstance(obj, utils.FloatSchedule):
+        return _SCHEDULE, tree.encode(["float", obj.value_schedule], model_hook=_data_hook)
+    if isinstance(obj, utils.ConstantSchedule):
+        return _SCHEDULE, tree.encode(["constant", obj.val], model_hook=_data_hook)
+    if isinstance(obj, utils.LinearSchedule):
+        return _SCHEDULE, tree.encode(["linear", obj.start, obj.end, obj.end_fraction], model_hook=_data_hook)
+    if isinstance(obj, TrainFreq):
+        return _TRAIN_FREQ, tree.encode([obj.frequency, obj.unit.value])
+    if isinstance(obj, noise.OrnsteinUhlenbeckActionNoise):
+        ou = ["ou", obj._mu, obj._sigma, obj._theta, obj._dt, obj.initial_noise, obj.noise_prev]
+        return _NOISE, tree.encode([*ou, np.dtype(obj._dtype).str])
+    if isinstance(obj, noise.NormalActionNoise):
+        return _NOISE, tree.encode(["normal", obj._mu, obj._sigma, np.dtype(obj._dtype).str])
+    if isinstance(obj, spaces.Space):
+        spec = _space_spec(obj)
+        return None if spec is None else (_SPACE, tree.encode(spec, model_hook=_data_hook))
+    return None
+
+
+def _space_spec(space: Any) -> list[Any] | None:
+    import gymnasium.spaces as spaces
+
+    t = type(space)
+    if t is spaces.Box:
+        return ["Box", space.low, space.high, space.dtype.str]
+    if t is spaces.Discrete:
+        return ["Discrete", space.n, space.start, space.dtype.str]
+    if t is spaces.MultiDiscrete:
+        return ["MultiDiscrete", space.nvec, space.start, space.dtype.str]
+    if t is spaces.MultiBinary:
+        return ["MultiBinary", space.n]
+    if t is spaces.Dict:
+        return ["Dict", [[k, v] for k, v in space.spaces.items()]]
+    if t is spaces.Tuple:
+        return ["Tuple", list(space.spaces)]
+    return None  # other spaces: reported with the attribute path
+
+
+def _data(model: Any) -> dict[str, Any]:
+    """The attributes SB3's own save() would put into its ``data`` member."""
+    data = dict(model.__dict__)
+    exclude = set(model._excluded_save_params()) | _DERIVED
+    state_dicts, variables = model._get_torch_save_params()
+    exclude |= {name.split(".")[0] for name in (*state_dicts, *variables)}
+    for name in exclude:
+        data.pop(name, None)
+    kwargs = data.get("policy_kwargs")
+    if isinstance(kwargs, dict) and "device" in kwargs:
+        data["policy_kwargs"] = {k: v for k, v in kwargs.items() if k != "device"}
+    return data
+
+
+def _encode_data(data: Mapping[str, Any], member: str) -> bytes:
+    encoded: dict[str, bytes] = {}
+    for key, value in data.items():
+        try:
+            encoded[key] = tree.encode(value, root=key, model_hook=_data_hook)
+        except UnsupportedTypeError as err:
+            where = err.field or key
+            what = err.message.split(" cannot be stored")[0].removeprefix(f"{where}: ")
+            hint = (
+                " Use a float or stable_baselines3.common.utils.ConstantSchedule / LinearSchedule "
+                "(persistkit.sb3.linear_schedule builds one): a Python function cannot be stored without pickle."
+                if callable(value) and not isinstance(value, type)
+                else " persistkit stores classes defined at module level, schedules (constant, linear), the "
+                "common gymnasium spaces, TrainFreq and Normal/Ornstein-Uhlenbeck noise as data."
+            )
+            raise UnsupportedTypeError(
+                f"SB3 model {member!r}: attribute {where} holds {what}, which cannot be stored as data.{hint}",
+                member=member,
+                field=where,
+            ) from err
+    return tree.encode(encoded)
+
+
+def _replay_buffer(model: Any, member: str) -> bytes | None:
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is None:
+        return None
+    name = _qualname(type(buffer))
+    if name not in _REPLAY_BUFFERS:
+        raise UnsupportedTypeError(
+            f"SB3 model {member!r}: replay buffer {name} cannot be stored as arrays (supported: ReplayBuffer, "
+            "DictReplayBuffer). Save without save_replay_buffer=True.",
+            member=member,
+            field="replay_buffer",
+        )
+    used = buffer.buffer_size if buffer.full else buffer.pos
+    arrays: dict[str, Any] = {}
+    for attr in _BUFFER_ARRAYS:
+        value = getattr(buffer, attr, None)
+        if value is None:
+            arrays[attr] = None
+        elif isinstance(value, dict):
+            arrays[attr] = {k: v[:used].copy() for k, v in value.items()}
+        else:
+            arrays[attr] = value[:used].copy()
+    return tree.encode(
+        {
+            "class": name,
+            "pos": buffer.pos,
+            "full": buffer.full,
+            "buffer_size": buffer.buffer_size,
+            "arrays": arrays,
+        }
+    )
+
+
+def encode(obj: object, *, save_replay_buffer: bool = False, member: str = "model") -> bytes:
+    import stable_baselines3
+
+    model: Any = obj
+    algorithm = _qualname(type(model))
+    _, variable_names = model._get_torch_save_params()
+    params = model.get_parameters()
+    variables = {name: _getattr_path(model, name) for name in variable_names}
+    payload = {
+        "format": FORMAT,
+        "algorithm": algorithm,
+        "data": _encode_data(_data(model), member),
+        "params": list(split_tensors(params, root=f"{member}.params")),
+        "variables": list(split_tensors(variables, root=f"{member}.variables")),
+        "replay_buffer": _replay_buffer(model, member) if save_replay_buffer else None,
+        "versions": {"stable_baselines3": stable_baselines3.__version__},
+    }
+    return tree.encode(payload)
+
+
+def info(obj: object) -> dict[str, object]:
+    model: Any = obj
+    return {
+        "algorithm": type(model).__name__,
+        "policy": model.policy_class.__name__,
+        "num_timesteps": int(model.num_timesteps),
+        "observation_space": repr(model.observation_space),
+        "action_space": repr(model.action_space),
+    }
+
+
+def _getattr_path(obj: object, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# -- decoding ---------------------------------------------------------------------
+
+
+def _outer(payload: bytes | bytearray | memoryview, source: str) -> dict[str, Any]:
+    outer = tree.decode(payload, source=source)
+    ok = (
+        isinstance(outer, dict)
+        and type(outer.get("algorithm")) is str
+        and type(outer.get("data")) is bytes
+        and all(
+            isinstance(outer.get(k), list) and len(outer[k]) == 2 and all(type(x) is bytes for x in outer[k])
+            for k in ("params", "variables")
+        )
+        and (outer.get("replay_buffer") is None or type(outer["replay_buffer"]) is bytes)
+    )
+    if not ok or not isinstance(outer, dict) or outer.get("format") != FORMAT:
+        raise FormatError(
+            f"{source} is not a persistkit SB3 member (format {FORMAT}). It was written by a newer persistkit, "
+            "or it is an SB3 zip, which persistkit never loads because its data member is cloudpickle; "
+            "re-save the model with persistkit.save_bundle.",
+            member=source,
+        )
+    assert isinstance(outer, dict)
+    return outer
+
+
+def _raw_data(outer: Mapping[str, Any], source: str) -> dict[str, bytes]:
+    data = tree.decode(outer["data"], source=source)
+    if not isinstance(data, dict) or not all(type(k) is str and type(v) is bytes for k, v in data.items()):
+        raise FormatError(f"{source}: the SB3 attribute table is malformed.", member=source)
+    for key in data:
+        if not key.isidentifier() or key.startswith("__"):
+            raise FormatError(f"{source}: refusing SB3 attribute name {key!r}.", member=source)
+    return data
+
+
+def audit(payload: bytes | bytearray | memoryview, *, source: str = "SB3 member") -> list[str]:
+    """The classes loading this member would import (algorithm first); nothing is imported."""
+    outer = _outer(payload, source)
+    names: list[str] = [outer["algorithm"]]
+
+    def collect(codec: str, inner: bytes) -> object:
+        if codec == _CLASS:
+            names.append(inner.decode("utf-8", "replace"))
+        elif codec in (_SCHEDULE, _SPACE):
+            tree.decode(inner, model_resolver=collect, source=source)
+        return None
+
+    for value in _raw_data(outer, source).values():
+        tree.decode(value, model_resolver=collect, source=source)
+    return sorted(set(names), key=names.index)
+
+
+def _check_trust(names: Sequence[str], trusted: Sequence[str] | bool, source: str) -> None:
+    extra = set() if isinstance(trusted, bool) else set(trusted)
+    untrusted = [n for n in names if n not in ALLOWED_CLASSES and n not in extra]
+    if untrusted:
+        raise UntrustedTypeError(
+            f"{source} names classes outside persistkit's SB3 allowlist: {', '.join(untrusted)}. Importing them "
+            f"could run code. If you trust where the bundle came from, pass trusted={untrusted!r}.",
+            types=untrusted,
+            member=source,
+        )
+
+
+def _import(name: str, source: str) -> Any:
+    module_name, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise FormatError(
+            f"{source}: class {name} is not available in this environment ({err}). Install the library that "
+            "defines it, in the version recorded in the bundle manifest.",
+            member=source,
+        ) from err
+
+
+def _resolver(source: str) -> Callable[[str, bytes], object]:
+    def resolve(codec: str, inner: bytes) -> object:
+        if codec == _CLASS:
+            return _import(inner.decode("utf-8"), source)
+        spec = tree.decode(inner, model_resolver=resolve, source=source)
+        if not isinstance(spec, list) or not spec:
+            raise FormatError(f"{source}: malformed {codec} record.", member=source)
+        if codec == _SCHEDULE:
+            return _schedule(spec, source)
+        if codec == _SPACE:
+            return _space(spec, source)
+        if codec == _TRAIN_FREQ:
+            from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
+
+            return TrainFreq(spec[0], TrainFrequencyUnit(spec[1]))
+        if codec == _NOISE:
+            return _noise(spec)
+        raise FormatError(f"{source}: unknown SB3 record {codec!r}; upgrade persistkit.", member=source)
+
+    return resolve
+
+
+def _schedule(spec: list[Any], source: str) -> object:
+    from stable_baselines3.common import utils
+
+    kind = spec[0]
+    if kind == "float" and len(spec) == 2:
+        return utils.FloatSchedule(spec[1])
+    if kind == "constant" and len(spec) == 2:
+        return utils.ConstantSchedule(spec[1])
+    if kind == "linear" and len(spec) == 4:
+        return utils.LinearSchedule(spec[1], spec[2], spec[3])
+    raise FormatError(f"{source}: unknown schedule {kind!r}; upgrade persistkit.", member=source)
+
+
+def _space(spec: list[Any], source: str) -> object:
+    import gymnasium.spaces as spaces
+    import numpy as np
+
+    kind, args = spec[0], spec[1:]
+    try:
+        if kind == "Box":
+            low, high, dtype = args
+            return spaces.Box(low=low, high=high, shape=low.shape, dtype=np.dtype(dtype))
+        if kind == "Discrete":
+            n, start, dtype = args
+            return spaces.Discrete(n, start=start, dtype=np.dtype(dtype))
+        if kind == "MultiDiscrete":
+            nvec, start, dtype = args
+            return spaces.MultiDiscrete(nvec, start=start, dtype=np.dtype(dtype))
+        if kind == "MultiBinary":
+            return spaces.MultiBinary(args[0])
+        if kind == "Dict":
+            return spaces.Dict(dict(args[0]))
+        if kind == "Tuple":
+            return spaces.Tuple(tuple(args[0]))
+    except (TypeError, ValueError, AssertionError) as err:
+        raise FormatError(f"{source}: malformed {kind} space ({err}).", member=source) from err
+    raise FormatError(f"{source}: unknown space {kind!r}; upgrade persistkit.", member=source)
+
+
+def _noise(spec: list[Any]) -> object:
+    import numpy as np
+    from stable_baselines3.common import noise
+
+    if spec[0] == "normal":
+        _, mu, sigma, dtype = spec
+        return noise.NormalActionNoise(mean=mu, sigma=sigma, dtype=np.dtype(dtype).type)
+    _, mu, sigma, theta, dt, initial, prev, dtype = spec
+    ou = noise.OrnsteinUhlenbeckActionNoise(
+        mean=mu, sigma=sigma, theta=theta, dt=dt, initial_noise=initial, dtype=np.dtype(dtype).type
+    )
+    ou.noise_prev = prev
+    return ou
+
+
+def decode(
+    payload: bytes | bytearray | memoryview,
+    *,
+    trusted: Sequence[str] | bool = (),
+    env: object = None,
+    device: str = "cpu",
+    source: str = "SB3 member",
+) -> object:
+    """Rebuild the model, ready to ``learn()`` or ``predict()``; ``env`` is attached when given."""
+    outer = _outer(payload, source)
+    _check_trust(audit(payload, source=source), trusted, source)
+    algorithm = _import(outer["algorithm"], source)
+    resolve = _resolver(source)
+    data = {
+        k: tree.decode(v, model_resolver=resolve, source=source) for k, v in _raw_data(outer, source).items()
+    }
+    params = join_tensors(*outer["params"], source=source)
+    variables = join_tensors(*outer["variables"], source=source)
+    if not isinstance(params, dict) or not isinstance(variables, dict):
+        raise FormatError(f"{source}: malformed SB3 parameters.", member=source)
+    for needed in ("policy_class", "observation_space", "action_space"):
+        if needed not in data:
+            raise FormatError(f"{source}: the SB3 attributes lack {needed!r}.", member=source)
+    try:
+        model = _rebuild(algorithm, data, params, variables, env, device, source)
+        if outer["replay_buffer"] is not None:
+            _restore_buffer(model, outer["replay_buffer"], source)
+    except (FormatError, UntrustedTypeError):
+        raise
+    except Exception as err:  # SB3/torch raise many types when data and code disagree
+        raise FormatError(
+            f"{source}: stable-baselines3 could not rebuild the model ({type(err).__name__}: {err}). The bundle "
+            "may come from another SB3 version (see the manifest's environment) or the env does not match.",
+            member=source,
+        ) from err
+    return model
+
+
+def _rebuild(
+    algorithm: Any,
+    data: dict[str, Any],
+    params: dict[str, Any],
+    variables: dict[str, Any],
+    env: object,
+    device: str,
+    source: str,
+) -> Any:
+    from stable_baselines3.common.utils import check_for_correct_spaces
+
+    if env is not None:
+        env = algorithm._wrap_env(env, data.get("verbose", 0))
+        try:
+            check_for_correct_spaces(env, data["observation_space"], data["action_space"])  # type: ignore[arg-type]
+        except ValueError as err:
+            raise FormatError(
+                f"{source}: the env passed does not match the one the model was trained on ({err}). Pass an "
+                "env with the same observation and action spaces.",
+                member=source,
+            ) from err
+        data["_last_obs"] = None  # force a reset before training, as SB3's load does
+        data["n_envs"] = env.num_envs  # type: ignore[attr-defined]
+    model = algorithm(policy=data["policy_class"], env=env, device=device, _init_setup_model=False)
+    model.__dict__.update(data)
+    model._setup_model()
+    model.set_parameters(params, exact_match=True, device=device)
+    import torch
+
+    for name, value in variables.items():
+        target = _getattr_path(model, name)
+        with torch.no_grad():
+            target.data = value.data.to(target.device)
+    return model
+
+
+def _restore_buffer(model: Any, raw: bytes, source: str) -> None:
+    state = tree.decode(raw, source=source)
+    buffer = getattr(model, "replay_buffer", None)
+    if not isinstance(state, dict) or buffer is None or state.get("class") != _qualname(type(buffer)):
+        raise FormatError(f"{source}: the stored replay buffer does not match the model's.", member=source)
+    if state["buffer_size"] != buffer.buffer_size:
+        raise FormatError(
+            f"{source}: the stored replay buffer holds {state['buffer_size']} transitions, the model's "
+            f"{buffer.buffer_size}.",
+            member=source,
+        )
+    for attr, value in state["arrays"].items():
+        if attr not in _BUFFER_ARRAYS or value is None:
+            continue
+        target = getattr(buffer, attr)
+        pairs = [(target[k], v) for k, v in value.items()] if isinstance(value, dict) else [(target, value)]
+        for dst, src in pairs:
+            if src.shape[1:] != dst.shape[1:] or len(src) > len(dst):
+                raise FormatError(
+                    f"{source}: replay buffer array {attr!r} has the wrong shape.", member=source
+                )
+            dst[: len(src)] = src
+    buffer.pos = int(state["pos"])
+    buffer.full = bool(state["full"])
