@@ -28,6 +28,15 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first attribute access.
 _LAZY: dict[str, str] = {
+    # bundles
+    "Bundle": "persistkit.bundle",
+    "Report": "persistkit.bundle",
+    "save_bundle": "persistkit.bundle",
+    "load_bundle": "persistkit.bundle",
+    "inspect": "persistkit.bundle",
+    "verify": "persistkit.bundle",
+    "Manifest": "persistkit.format.manifest",
+    # state
     "StateStore": "persistkit.state",
     "BoundedLog": "persistkit.state",
     "Persistent": "persistkit.state",
