@@ -22,6 +22,7 @@ import datetime as dt
 import io
 import mmap
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -43,6 +44,31 @@ _MAX32 = 0xFFFFFFFF
 _MAX16 = 0xFFFF
 _UTF8_FLAG = 0x800
 _COALESCE = 256 * 1024
+_DESCRIPTOR_FLAG = 0x8
+_PARALLEL_CRC = 4 * 1024 * 1024
+
+
+class _BackgroundCrc:
+    """CRC-32 of ``pieces`` on a short-lived thread (no pool: it would not survive a fork)."""
+
+    def __init__(self, pieces: Sequence[Buffer]) -> None:
+        self._pieces = pieces
+        self._value = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="persistkit-crc", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = crc32(self._pieces)
+        except BaseException as err:  # pragma: no cover - zlib does not fail on buffers
+            self._error = err
+
+    def result(self) -> int:
+        self._thread.join()
+        if self._error is not None:  # pragma: no cover
+            raise self._error
+        return self._value
 
 
 def _dos_time(when: dt.datetime) -> tuple[int, int]:
@@ -100,30 +126,52 @@ class ZipStreamWriter:
             self._sink(bytes(self._pending))
             self._pending.clear()
 
-    def add(self, name: str, pieces: Sequence[Buffer], *, crc: int | None = None) -> int:
-        """Append one entry made of ``pieces``; return the offset where its data starts."""
+    def add(self, name: str, pieces: Sequence[Buffer]) -> int:
+        """Append one entry made of ``pieces``; return the offset where its data starts.
+
+        Large entries get their CRC-32 computed on a worker thread while the
+        data is written (zlib and the write both release the GIL), and so are
+        followed by a data descriptor (flag bit 3), as the ZIP spec allows.
+        """
         if self._finished:
             raise ValueError("the archive is finished")
         raw_name = name.encode("utf-8")
         flags = 0 if raw_name.isascii() else _UTF8_FLAG
         size = sum(memoryview(p).nbytes for p in pieces)
-        value = crc32(pieces) if crc is None else crc
         header_offset = self._offset
         zip64 = self._force64 or size >= _MAX32
-        extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
-        stored = _MAX32 if zip64 else size
-        self._emit(
-            _LOCAL.pack(
-                b"PK\x03\x04", 45 if zip64 else 20, flags, 0, self._time, self._date, value, stored, stored,
-                len(raw_name), len(extra),
-            )
-            + raw_name
-            + extra
-        )  # fmt: skip
-        data_offset = self._offset
-        for piece in pieces:
-            if memoryview(piece).nbytes:
-                self._emit(piece)
+        deferred = size >= _PARALLEL_CRC
+        future: _BackgroundCrc | None = None
+        if deferred:
+            flags |= _DESCRIPTOR_FLAG
+            future = _BackgroundCrc(pieces)
+            value = stored = 0
+            extra = struct.pack("<HHQQ", 1, 16, 0, 0) if zip64 else b""
+        else:
+            value = crc32(pieces)
+            stored = size
+            extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
+        if zip64:
+            stored = _MAX32
+        try:
+            self._emit(
+                _LOCAL.pack(
+                    b"PK\x03\x04", 45 if zip64 else 20, flags, 0, self._time, self._date, value, stored, stored,
+                    len(raw_name), len(extra),
+                )
+                + raw_name
+                + extra
+            )  # fmt: skip
+            data_offset = self._offset
+            for piece in pieces:
+                if memoryview(piece).nbytes:
+                    self._emit(piece)
+        finally:
+            if future is not None:
+                value = future.result()  # never leave the worker reading buffers the caller may free
+        if deferred:
+            sizes = struct.pack("<QQ", size, size) if zip64 else struct.pack("<II", size, size)
+            self._emit(b"PK\x07\x08" + struct.pack("<I", value) + sizes)
         self._entries.append(_Written(raw_name, flags, value, size, header_offset))
         return data_offset
 
