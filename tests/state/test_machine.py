@@ -168,10 +168,10 @@ class StoreMachine(RuleBasedStateMachine):
         short=st.booleans(),
     )
     def save_under_io_fault(self, at, persistent, then_crash, short):
-        """A save hits EIO at its ``at``-th file operation: once (then the disk recovers) or for good.
+        """A save hits EIO at its ``at``-th file operation: once, or from then on until the block ends.
 
-        A disk that keeps failing ends the process (it is crashed); after a one-off
-        error the bot carries on and a later save finishes the job.
+        Then the process dies, or the disk recovers and the bot carries on (a later
+        save finishes the job; cleanup that failed may leave an unused generation behind).
         """
         old = self.in_force()
         fault = Fault(at=at, errno=errno.EIO, persistent=persistent, short_write=short)
@@ -194,7 +194,7 @@ class StoreMachine(RuleBasedStateMachine):
         if on_disk != old:  # CURRENT was switched before the fault: the save committed
             self.checkpoints[on_disk] = copy.deepcopy(self.live)
         event(f"io fault: save {'committed' if on_disk != old else 'rolled back'}")
-        if then_crash or persistent:
+        if then_crash:
             self.store._abandon()
             self.live = copy.deepcopy(self.checkpoints[on_disk])
             self.reopen()
