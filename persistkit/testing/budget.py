@@ -119,10 +119,12 @@ class MeasuringFS(DelegatingFS):
         now = time.perf_counter()
         with self._lock:
             moved = [p for p in self.sizes if p == s or p.startswith(s + os.sep)]
+            retiring = _is_temp(d)  # renamed away to be deleted: the figures stay with the old name
             for p in moved:
                 size = self.sizes.pop(p)
-                self.peak.pop(p, None)
-                self._grow(d + p[len(s) :], size)
+                if not retiring:
+                    self.peak.pop(p, None)
+                    self._grow(d + p[len(s) :], size)
             created = self._created.pop(s, None)
             if created is not None and s in moved and not getattr(_local, "store_depth", 0):
                 self.saves.append(Save(d, now - created, self.sizes.get(d, 0)))
@@ -163,8 +165,8 @@ class MeasuringFS(DelegatingFS):
 
 
 def _is_temp(path: str) -> bool:
-    name = os.path.basename(path)
-    return ".pk-tmp-" in name or ".tmp-" in name
+    """persistkit's temp and retired names (atomic-write temps, generations being written or removed)."""
+    return any(marker in part for part in path.split(os.sep) for marker in (".pk-tmp-", ".tmp-", ".retired-"))
 
 
 @contextlib.contextmanager

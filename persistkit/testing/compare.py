@@ -24,7 +24,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["assert_same", "first_difference"]
+__all__ = ["assert_same", "first_difference", "live_state"]
 
 _PROBE_ROWS = 16
 _MAX_DEPTH = 200
@@ -56,6 +56,27 @@ def assert_same(expected: Any, actual: Any, *, what: str = "value") -> None:
     problem = first_difference(expected, actual, what)
     if problem is not None:
         raise AssertionError(problem)
+
+
+def live_state(obj: Any) -> Any:
+    """A comparable deep copy of a live component: its attributes, else its ``state_dict()``.
+
+    Comparing every attribute of the live object (not only what ``state_dict()``
+    returns) is what catches a ``state_dict`` that forgets a field. Objects that
+    cannot be deep-copied (they hold locks, files) fall back to ``state_dict()``.
+    """
+    import copy
+
+    if hasattr(obj, "__dict__") and type(obj).__module__.split(".")[0] != "persistkit":
+        try:
+            return copy.deepcopy(dict(vars(obj)))
+        except Exception:  # noqa: S110 - not copyable: compare what it persists instead
+            pass
+    if callable(getattr(obj, "state_dict", None)):
+        return copy.deepcopy(dict(obj.state_dict()))
+    if callable(getattr(type(obj), "__getstate__", None)):
+        return copy.deepcopy(obj.__getstate__())
+    return copy.deepcopy(obj)
 
 
 def _short(value: Any, limit: int = 80) -> str:

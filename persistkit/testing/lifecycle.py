@@ -31,7 +31,6 @@ torch/sklearn app take seconds instead of minutes.
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import os
 import queue
@@ -44,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from persistkit.testing.compare import first_difference
+from persistkit.testing.compare import first_difference, live_state
 from persistkit.testing.report import RECORDER, Recorder
 
 __all__ = ["Ack", "Lifecycle", "LifecycleReport", "SubprocessReport"]
@@ -119,9 +118,10 @@ class _App:
             return snapshot(self.obj)
         if callable(getattr(self.obj, "snapshot", None)):
             return self.obj.snapshot()
-        if callable(getattr(self.obj, "state_dict", None)):
-            return copy.deepcopy(dict(self.obj.state_dict()))
-        return copy.deepcopy(vars(self.obj))
+        if self.own_store is not None:
+            return live_state(self.obj)
+        store = self.obj.store
+        return {name: live_state(reg.component) for name, reg in store._components.items()}
 
     def shutdown(self) -> None:
         if self.own_store is not None:

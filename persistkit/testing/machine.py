@@ -30,7 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import tempfile
@@ -42,7 +41,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
 from persistkit.io.crash import Snapshot
-from persistkit.testing.compare import first_difference
+from persistkit.testing.compare import first_difference, live_state
 
 __all__ = ["PersistenceMachine"]
 
@@ -77,27 +76,10 @@ class PersistenceMachine(RuleBasedStateMachine):
         raise NotImplementedError(f"{type(self).__name__}: override mutate(self, component, data)")
 
     def snapshot(self, component: Any) -> Any:
-        """A comparable copy of the live component: its attributes (``vars``), deep-copied.
-
-        Comparing the whole live object, not just ``state_dict()``, is what catches a
-        ``state_dict`` that forgets a field. Override this to leave out transient
-        attributes (caches, locks); objects that cannot be deep-copied fall back to
-        ``state_dict()``.
-        """
-        if hasattr(component, "__dict__") and not self._is_log_obj(component):
-            try:
-                return copy.deepcopy(dict(vars(component)))
-            except Exception:  # noqa: S110 - not copyable: compare what it persists instead
-                pass
-        if callable(getattr(component, "state_dict", None)):
-            return copy.deepcopy(dict(component.state_dict()))
-        return copy.deepcopy(component.__getstate__())
-
-    @staticmethod
-    def _is_log_obj(component: Any) -> bool:
-        from persistkit.state import BoundedLog
-
-        return isinstance(component, BoundedLog)
+        """A comparable copy of the live component (``persistkit.testing.compare.live_state``):
+        its attributes, deep-copied, so a ``state_dict`` that forgets a field is caught.
+        Override this to leave out transient attributes (caches, locks)."""
+        return live_state(component)
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _open(self) -> tuple[Any, list[warnings.WarningMessage]]:
@@ -135,7 +117,9 @@ class PersistenceMachine(RuleBasedStateMachine):
             raise AssertionError(f"after {what}, the component differs from the model: {problem}")
 
     def _is_log(self) -> bool:
-        return self._is_log_obj(self.component)
+        from persistkit.state import BoundedLog
+
+        return isinstance(self.component, BoundedLog)
 
     def teardown(self) -> None:
         if self.store is not None:
