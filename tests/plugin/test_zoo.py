@@ -57,7 +57,9 @@ LINE = re.compile(r"^(PASSED|FAILED|ERROR) test_zoo\.py::(\S+)(?: - (.*))?$")
 
 
 def test_every_zoo_bug_is_caught_and_no_correct_persister_is_flagged(pytester):
-    pytester.makepyfile(persisters=(ZOO / "persisters.py").read_text(), test_zoo=(ZOO / "cases.py").read_text())
+    pytester.makepyfile(
+        persisters=(ZOO / "persisters.py").read_text(), test_zoo=(ZOO / "cases.py").read_text()
+    )
     shutil.copy(ZOO / "worker.py", pytester.path / "worker.py")
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-rA", "-vv", "-W", "error", "--persistkit-kills=5", "-p", "no:randomly"
@@ -67,7 +69,9 @@ def test_every_zoo_bug_is_caught_and_no_correct_persister_is_flagged(pytester):
         m = LINE.match(line)
         if m:
             outcomes[m[2]] = (m[1], m[3] or "")
-    assert set(outcomes) == set(CASES), f"unexpected cases: {set(outcomes) ^ set(CASES)}\n{result.stdout.str()[-3000:]}"
+    assert set(outcomes) == set(CASES), (
+        f"unexpected cases: {set(outcomes) ^ set(CASES)}\n{result.stdout.str()[-3000:]}"
+    )
     caught, missed, false_positives, rows = [], [], [], []
     for case, (expected, prefix) in CASES.items():
         status, message = outcomes[case]
@@ -82,8 +86,10 @@ def test_every_zoo_bug_is_caught_and_no_correct_persister_is_flagged(pytester):
             rows.append(f"  {'clean' if status == 'PASSED' else 'FALSE+':<7} {case}")
     bugs = sum(1 for e, _ in CASES.values() if e == "bug")
     correct = len(CASES) - bugs
-    print(f"\nbug zoo: {len(caught)}/{bugs} broken persisters caught, "
-          f"{len(false_positives)}/{correct} false positives\n" + "\n".join(rows))
+    print(
+        f"\nbug zoo: {len(caught)}/{bugs} broken persisters caught, "
+        f"{len(false_positives)}/{correct} false positives\n" + "\n".join(rows)
+    )
     assert not missed, f"missed: {missed}\n{result.stdout.str()[-4000:]}"
     assert not false_positives, f"false positives: {false_positives}"
     assert bugs >= 12

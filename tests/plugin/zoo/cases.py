@@ -48,7 +48,9 @@ def test_crash_points_numpy(crash_points, tmp_path, name):
 def test_crash_points_multi_file(crash_points, tmp_path, name):
     save = getattr(z, name)
     save(str(tmp_path), 1, np.full(16, 1.0))
-    crash_points(lambda: save(str(tmp_path), 2, np.full(16, 2.0)), lambda: z.load_pair(str(tmp_path)), model="process")
+    crash_points(
+        lambda: save(str(tmp_path), 2, np.full(16, 2.0)), lambda: z.load_pair(str(tmp_path)), model="process"
+    )
 
 
 @pytest.mark.parametrize("name", ["save_atomic", "save_with_persistkit", "save_fixed_temp_name"])
@@ -61,7 +63,13 @@ def test_concurrent_writers(crash_points, tmp_path, name):
 
 @pytest.mark.parametrize(
     "name",
-    ["save_atomic", "save_with_persistkit", "save_swallowing_errors", "save_retrying_fsync", "save_leaking_fd"],
+    [
+        "save_atomic",
+        "save_with_persistkit",
+        "save_swallowing_errors",
+        "save_retrying_fsync",
+        "save_leaking_fd",
+    ],
 )
 def test_disk_faults(disk_faults, tmp_path, name):
     save = getattr(z, name)
@@ -94,7 +102,9 @@ def test_history_budget(tmp_path, name):
         store.register("history", history)
         store.load()
         for i in range(1500):
-            history.record({"id": i, "price": float(rng.uniform(90, 110)), "pnl": float(rng.normal()), "side": "long"})
+            history.record(
+                {"id": i, "price": float(rng.uniform(90, 110)), "pnl": float(rng.normal()), "side": "long"}
+            )
             if i % 100 == 99:
                 store.save()
 
@@ -117,7 +127,7 @@ def test_nonces(name):
 def test_lifecycle_subprocess(lifecycle, tmp_path, mode):
     worker = [sys.executable, "worker.py", "--state-dir", "{state_dir}", "--mode", mode]
     lifecycle.subprocess(
-        worker + ["--steps", "100000"], restart_cmd=worker + ["--steps", "0"], state_dir=tmp_path / "worker"
+        [*worker, "--steps", "100000"], restart_cmd=[*worker, "--steps", "0"], state_dir=tmp_path / "worker"
     )
 
 

@@ -8,6 +8,7 @@ correct ones must pass every fixture that applies to them (no false positives).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -47,10 +48,8 @@ def save_atomic(path, value):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     fsync_dir(path)
 
