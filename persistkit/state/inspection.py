@@ -32,8 +32,11 @@ from persistkit.state.store import STORE_FILE, StateStore
 
 __all__ = ["ComponentInfo", "GenerationInfo", "JournalInfo", "StoreInfo", "inspect_store"]
 
-GenStatus = Literal["current", "previous", "uncommitted", "quarantined", "unfinished"]
-_DIR_RE = re.compile(r"^gen-(\d{6,})(?:\.(tmp|corrupt)-.+)?$")
+GenStatus = Literal["current", "previous", "orphan", "uncommitted", "quarantined", "unfinished", "retired"]
+# Only these are ever loaded, so only these are judged; the rest are listed for the record.
+JUDGED: tuple[GenStatus, ...] = ("current", "previous")
+_SUFFIX_STATUS: dict[str, GenStatus] = {"tmp": "unfinished", "corrupt": "quarantined", "retired": "retired"}
+_DIR_RE = re.compile(r"^gen-(\d{6,})(?:\.(tmp|corrupt|retired)-.+)?$")
 
 
 @dataclass
@@ -91,6 +94,7 @@ class StoreInfo:
     encrypted: bool
     current: int | None
     generations: list[GenerationInfo]
+    history: list[int] | None = None  # committed generations CURRENT lists (None: unknown without the key)
     quarantined_files: list[str] = field(default_factory=list)
     verified: bool = False
     problem: str = ""
@@ -100,7 +104,7 @@ class StoreInfo:
         """Everything found wrong, outside quarantined and unfinished generations."""
         found = [self.problem] if self.problem else []
         for g in self.generations:
-            if g.status not in ("quarantined", "unfinished"):
+            if g.status in JUDGED:
                 found += g.problems
         return found
 
@@ -155,16 +159,20 @@ def inspect_store(
             continue
         n = int(m[1])
         status: GenStatus
-        if m[2] == "tmp":
-            status = "unfinished"
-        elif m[2] == "corrupt":
-            status = "quarantined"
-        elif info.current is None or n < info.current:
-            status = "previous"
+        if m[2] is not None:
+            status = _SUFFIX_STATUS[m[2]]
+        elif info.current is None:
+            status = "previous"  # without CURRENT a load tries every generation, newest first
+        elif n == info.current:
+            status = "current"
+        elif n > info.current:
+            status = "uncommitted"  # renamed into place, CURRENT never switched: removed on the next open
+        elif info.history is not None and n not in info.history:
+            status = "orphan"  # never committed, never loaded; the next writer removes it
         else:
-            status = "current" if n == info.current else "uncommitted"
+            status = "previous"
         gen = _describe_generation(root, name, n, status)
-        if verify and status in ("current", "previous", "uncommitted"):
+        if verify and status in JUDGED:
             _verify_generation(
                 root,
                 gen,
@@ -198,15 +206,18 @@ def _read_current(root: str, info: StoreInfo, *, key: Key | None, check: bool) -
     if not fs.exists(path):
         return None
     try:
-        if check and (key is not None or not info.encrypted):
+        header = envelope.read_header(fs.read_bytes(path), source=path)
+        if not header.encrypted or (check and key is not None):
             value = gens.read_current(root, key=key)
             assert value is not None
             info.current = value["generation"]
             if value.get("store") != info.store_id:
                 info.problem = f"CURRENT belongs to another store (id {value.get('store')!r})"
+            history = value.get("history")
+            if isinstance(history, list) and all(type(x) is int for x in history):
+                info.history = list(history)
             digest = value.get("manifest")
-            return digest if isinstance(digest, str) else None
-        header = envelope.read_header(fs.read_bytes(path), source=path)
+            return digest if check and isinstance(digest, str) else None
         number = header.meta.get("generation")
         if type(number) is not int:
             raise FormatError(f"{path}: the CURRENT header names no generation.", path=path)
@@ -245,7 +256,7 @@ def _describe_generation(root: str, name: str, n: int, status: GenStatus) -> Gen
                             first_seqs[str(log)] = entry["first_seq"]
         except (OSError, PersistkitError) as err:
             gen.problem = f"MANIFEST: {_why(err)}"
-    elif status not in ("unfinished", "quarantined"):
+    elif status in JUDGED:
         gen.problem = "no MANIFEST"
     for file in files:
         path = os.path.join(gdir, file)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -260,3 +261,25 @@ def test_top_level_cli_runs_the_state_command(tmp_path):
         )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["store_id"]
+
+
+def test_generations_that_are_never_loaded_are_listed_but_not_judged(tmp_path):
+    store_dir = tmp_path / "store"
+    current = build_store(store_dir)
+    # an orphan (renamed into place, CURRENT never named it), one being retired, one never committed
+    shutil.copytree(gen_dir(store_dir, current), store_dir / "gen-000000")
+    (gen_dir(store_dir, current - 1)).rename(store_dir / f"gen-{current - 1:06d}.retired-00ff")
+    shutil.copytree(gen_dir(store_dir, current), gen_dir(store_dir, current + 1))
+    (gen_dir(store_dir, current + 1) / "risk.pk").write_bytes(b"damaged, but never loaded")
+    result = inspect(store_dir, "--verify", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    status = {g["directory"]: g["status"] for g in doc["generations"]}
+    assert status == {
+        "gen-000000": "orphan",
+        f"gen-{current - 2:06d}": "previous",
+        f"gen-{current - 1:06d}.retired-00ff": "retired",
+        f"gen-{current:06d}": "current",
+        f"gen-{current + 1:06d}": "uncommitted",
+    }
+    assert doc["history"] == [current - 2, current - 1, current] and doc["problems"] == []
