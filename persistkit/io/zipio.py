@@ -33,7 +33,7 @@ from persistkit.io.fs import PathLike, current_fs, io_error
 __all__ = ["MappedFile", "ZipEntry", "ZipStreamWriter", "ZipStructureError", "map_file", "read_entries"]
 
 Buffer = bytes | bytearray | memoryview
-Sink = Callable[[Buffer], None]
+Sink = Callable[[Buffer], object]
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")
 _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")

@@ -1,0 +1,150 @@
+"""``persistkit inspect`` / ``verify`` / ``keygen``: bundles from the command line.
+
+Exit codes: 0 ok, 1 a check failed (damage, tampering, wrong or missing key),
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from persistkit.errors import PersistkitError
+
+if TYPE_CHECKING:
+    from persistkit.format.manifest import Manifest
+
+__all__ = ["inspect_command", "keygen_command", "verify_command"]
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _summary(info: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("observation_space", "action_space"))
+
+
+def _encryption(manifest: Manifest) -> str:
+    info = manifest.encryption
+    if info is None:
+        return "no (integrity digests only, no authenticity)"
+    if info.key_source == "password":
+        return f"{info.alg}, password (scrypt n={info.kdf.n}, r={info.kdf.r}, p={info.kdf.p})"
+    return f"{info.alg}, key file"
+
+
+@click.command("inspect")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a table.")
+def inspect_command(file: Path, as_json: bool) -> None:
+    """Show the manifest of the bundle FILE. No key needed; nothing is decrypted."""
+    from persistkit.bundle import inspect
+
+    try:
+        manifest = inspect(file)
+    except PersistkitError as err:
+        click.echo(f"persistkit inspect: {err}", err=True)
+        raise SystemExit(1) from None
+    if as_json:
+        click.echo(json.dumps(manifest.to_json(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=False)
+    console.print(f"[bold]{file}[/bold]  persistkit bundle, format {manifest.version}", highlight=False)
+    console.print(f"  created     {manifest.created}", highlight=False)
+    console.print(f"  bundle id   {manifest.bundle_id}", highlight=False)
+    console.print(f"  encrypted   {_encryption(manifest)}", highlight=False)
+    env = ", ".join(f"{k} {v}" for k, v in manifest.environment.items() if v is not None)
+    console.print(f"  saved with  {env}", highlight=False)
+    table = Table(show_header=True, header_style="bold")
+    for column in (
+        "member",
+        "role",
+        "codec",
+        "compression",
+        "size",
+        "stored",
+        "digest (xxh3-128)",
+        "details",
+    ):
+        table.add_column(column, overflow="fold")
+    for m in manifest.members:
+        table.add_row(
+            m.name,
+            m.role,
+            m.codec,
+            m.compression,
+            _size(m.plain_len),
+            _size(m.envelope_len),
+            m.digest[:16] + "…",
+            _summary(dict(m.info)),
+        )
+    console.print(table)
+
+
+@click.command("verify")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--key-file", type=click.Path(dir_okay=False, path_type=Path), help="Key file (default: FILE.key beside)."
+)
+@click.option(
+    "--password-env", metavar="VAR", help="Name of the environment variable that holds the password."
+)
+def verify_command(files: tuple[Path, ...], key_file: Path | None, password_env: str | None) -> None:
+    """Read and check every byte of each bundle FILE: key, manifest MAC, members, digests.
+
+    Exits 0 when all are intact, 1 when any is damaged or the key is wrong.
+    """
+    from persistkit.bundle import verify
+
+    if key_file is not None and password_env is not None:
+        raise click.UsageError("pass --key-file or --password-env, not both")
+    password = None
+    if password_env is not None:
+        password = os.environ.get(password_env)
+        if not password:
+            raise click.UsageError(f"environment variable {password_env} is not set (or empty)")
+    failed = 0
+    for file in files:
+        try:
+            report = verify(file, password=password, key_file=key_file)
+        except PersistkitError as err:
+            failed += 1
+            where = f" (member {err.member})" if err.member else ""
+            click.echo(f"FAILED {file}{where}: {err}", err=True)
+            continue
+        except OSError as err:
+            failed += 1
+            click.echo(f"FAILED {file}: {err}", err=True)
+            continue
+        how = "authenticated" if report.authenticated else "digests only (unencrypted)"
+        click.echo(f"ok     {file}: {len(report.members)} members intact, {how}")
+    if failed:
+        click.echo(f"{failed} of {len(files)} bundle(s) failed verification", err=True)
+        raise SystemExit(1)
+
+
+@click.command("keygen")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def keygen_command(path: Path) -> None:
+    """Create a new random key file at PATH (mode 0600) for save_bundle(key_file=...)."""
+    from persistkit.format.crypto import write_key_file
+
+    try:
+        key = write_key_file(path)
+    except PersistkitError as err:
+        click.echo(f"persistkit keygen: {err}", err=True)
+        raise SystemExit(1) from None
+    click.echo(f"wrote key {key.fingerprint} to {path} (mode 0600); keep a copy somewhere safe")

@@ -1,0 +1,116 @@
+"""stable-baselines3 helpers: fine-tuning a model stored in a bundle, and schedules that save as data.
+
+stable-baselines3 is imported only when these functions run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from persistkit.io import current_fs
+from persistkit.io.fs import PathLike, io_error
+
+__all__ = ["constant_schedule", "fine_tune", "linear_schedule"]
+
+_AUTOMATIC = ("created", "environment", "git_commit")
+
+
+def linear_schedule(start: float, end: float, end_fraction: float = 1.0) -> Any:
+    """SB3's ``LinearSchedule`` (from ``start`` to ``end`` over ``end_fraction`` of training); saves as data."""
+    from stable_baselines3.common.utils import LinearSchedule
+
+    return LinearSchedule(start, end, end_fraction)
+
+
+def constant_schedule(value: float) -> Any:
+    """SB3's ``ConstantSchedule``; saves as data."""
+    from stable_baselines3.common.utils import ConstantSchedule
+
+    return ConstantSchedule(value)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with current_fs().open_read(path) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise io_error("read", path, err) from err
+    return digest.hexdigest()
+
+
+def _default_target(parent: str, timesteps: int) -> str:
+    base = parent[: -len(".models")] if parent.endswith(".models") else parent
+    return f"{base}.ft{timesteps}.models"
+
+
+def fine_tune(
+    bundle_path: PathLike,
+    member: str,
+    env: Any,
+    total_timesteps: int,
+    *,
+    save_to: PathLike | None = None,
+    callback: Any = None,
+    **load_kw: Any,
+) -> Path:
+    """Continue training one SB3 member of a bundle and save the result as a new bundle.
+
+    The model is loaded (``load_kw`` goes to ``load_bundle``: ``password``,
+    ``key_file``, ``trusted``, ``device``), trained for ``total_timesteps`` more
+    steps without being re-created (``num_timesteps`` keeps counting), and
+    saved with every other member and the metadata of the parent. The new
+    metadata records its lineage: the parent's SHA-256, path and bundle id,
+    the member, and the timesteps before and after. The new bundle is sealed
+    the same way as the parent (same password, key file, or a copy of the key
+    written beside the new bundle); ``save_to`` defaults to
+    ``<parent>.ft<timesteps>.models`` next to the parent.
+    """
+    from persistkit.bundle import default_key_path, load_bundle, save_bundle
+    from persistkit.format.crypto import read_key_file, write_key_file
+
+    parent = os.path.abspath(os.fspath(bundle_path))
+    parent_hash = _sha256(parent)
+    bundle = load_bundle(parent, env=env, **load_kw)
+    if member not in bundle.models:
+        raise KeyError(f"{parent} has no member {member!r}; it has {sorted(bundle.models)}")
+    model = bundle.models[member]
+    if not hasattr(model, "learn") or not hasattr(model, "num_timesteps"):
+        raise TypeError(f"member {member!r} of {parent} is a {type(model).__name__}, not an SB3 model")
+    before = int(model.num_timesteps)
+    model.learn(total_timesteps, reset_num_timesteps=False, callback=callback)
+    after = int(model.num_timesteps)
+
+    target = os.path.abspath(os.fspath(save_to)) if save_to is not None else _default_target(parent, after)
+    metadata = {k: v for k, v in bundle.metadata.items() if k not in _AUTOMATIC}
+    metadata["lineage"] = {
+        "parent_sha256": parent_hash,
+        "parent_path": parent,
+        "parent_bundle_id": bundle.manifest.bundle_id,
+        "member": member,
+        "timesteps_before": before,
+        "timesteps_after": after,
+        "fine_tuned": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    save_kw: dict[str, Any] = {}
+    info = bundle.manifest.encryption
+    if info is None:
+        save_kw["encrypt"] = False
+    elif load_kw.get("password") is not None:
+        save_kw["password"] = load_kw["password"]
+    elif load_kw.get("key_file") is not None:
+        save_kw["key_file"] = load_kw["key_file"]
+    else:  # the key lived beside the parent: put a copy beside the child, so each bundle has its key next to it
+        key = read_key_file(default_key_path(parent))
+        child_key = default_key_path(target)
+        if not current_fs().exists(child_key):
+            write_key_file(child_key, key)
+        save_kw["key_file"] = child_key
+    entry = bundle.manifest.member(member)
+    replay = bool(entry.info.get("replay_buffer", False))
+    return save_bundle(target, bundle.models, metadata, save_replay_buffer=replay, **save_kw)
