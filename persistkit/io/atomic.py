@@ -103,12 +103,21 @@ class AtomicWriter:
     def temp_path(self) -> str:
         return self._handle.path
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             current_fs().write(self._handle, data)
         except OSError as err:
             raise io_error("write", self.target, err) from err
-        self.bytes_written += memoryview(data).nbytes
+        n = memoryview(data).nbytes
+        self.bytes_written += n
+        return n
+
+    # Enough of the file protocol for streaming writers such as zipfile (not seekable).
+    def tell(self) -> int:
+        return self.bytes_written
+
+    def flush(self) -> None:
+        """Nothing is buffered here; durability comes from the fsync at commit."""
 
 
 @contextlib.contextmanager
