@@ -36,6 +36,10 @@ _LAZY: dict[str, str] = {
     "inspect": "persistkit.bundle",
     "verify": "persistkit.bundle",
     "Manifest": "persistkit.format.manifest",
+    # archives
+    "Archiver": "persistkit.archive",
+    "backup_before_overwrite": "persistkit.archive",
+    "training_session": "persistkit.archive",
     # state
     "StateStore": "persistkit.state",
     "BoundedLog": "persistkit.state",

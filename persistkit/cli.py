@@ -17,6 +17,7 @@ from persistkit import __version__
 # command name -> "module:attribute" of a click.Command
 SUBCOMMANDS: dict[str, str] = {
     "state": "persistkit.commands.state:state_group",
+    "archive": "persistkit.commands.archive:archive_group",
     "check": "persistkit.commands.check:check_command",
 }
 
@@ -25,7 +26,6 @@ PLANNED: dict[str, str] = {
     "inspect": "inspecting bundle manifests",
     "verify": "verifying bundles",
     "keygen": "creating key files",
-    "archive": "training archives",
 }
 
 
