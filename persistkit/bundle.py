@@ -396,7 +396,6 @@ def save_bundle(
 
 # -- reading ----------------------------------------------------------------------------
 
-_SAFE_ENTRY = re.compile(r"^(members/[^/\\]+\.pke|metadata\.pke|manifest\.json|manifest\.auth)$")
 
 
 def _entry_is_unsafe(name: str) -> bool:
@@ -531,31 +530,39 @@ class _Opened:
     # -- members --
 
     def check_layout(self) -> None:
-        """The zip entries are exactly the manifest's members, in order, then manifest and auth."""
+        """The zip entries are exactly the manifest's members, in order, then manifest and auth;
+        every codec is one this persistkit knows."""
+        from persistkit.format.codecs import CODECS
+
+        for m in self.manifest.members:
+            if m.codec not in CODECS or (m.role == "metadata" and m.codec != "json"):
+                raise FormatError(
+                    f"{self.source}: member {m.name!r} uses codec {m.codec!r}, which this persistkit does not "
+                    f"know (it knows {', '.join(sorted(CODECS))}). It may come from a newer persistkit: upgrade "
+                    "to read it. persistkit never falls back to pickle.",
+                    path=self.source,
+                    member=m.name,
+                )
         expected = [m.file for m in self.manifest.members] + [mf.MANIFEST_NAME, mf.AUTH_NAME]
         actual = [e.name for e in self.entries]
         if actual == expected:
             return
         by_file = {m.file: m.name for m in self.manifest.members}
-        for i, name in enumerate(actual):
-            if i >= len(expected) or name != expected[i]:
-                if name in by_file and actual.count(name) > 1:
-                    what = f"member {by_file[name]!r} appears twice"
-                    member = by_file[name]
-                elif name in by_file:
-                    member = by_file[name]
-                    what = f"member {member!r} is out of place (members were reordered or removed)"
-                elif _SAFE_ENTRY.match(name) or name in expected:
-                    member = name
-                    what = f"entry {name!r} is not listed in the manifest (a member was added or copied in)"
-                else:
-                    member = name
-                    what = f"unexpected entry {name!r}"
-                break
+        twice = next((n for n in actual if actual.count(n) > 1), None)
+        missing = next((n for n in expected if n not in actual), None)
+        extra = next((n for n in actual if n not in expected), None)
+        if twice is not None:
+            member, what = by_file.get(twice, twice), f"{twice} appears twice"
+        elif missing is not None:
+            member, what = (
+                by_file.get(missing, missing),
+                f"member {by_file.get(missing, missing)!r} is missing",
+            )
+        elif extra is not None:
+            member, what = extra, f"entry {extra!r} is not listed in the manifest (added or copied in)"
         else:
-            missing = expected[len(actual)]
-            member = by_file.get(missing, missing)
-            what = f"member {member!r} is missing"
+            moved = next(a for a, e in zip(actual, expected, strict=True) if a != e)
+            member, what = by_file.get(moved, moved), f"{moved} is out of place (members were reordered)"
         raise IntegrityError(
             f"{self.source}: {what}. The bundle was altered after it was written; restore it from a backup.",
             path=self.source,
@@ -712,8 +719,7 @@ def load_bundle(
                         source=source,
                     )
                 except PersistkitError as err:
-                    if err.member is None:
-                        err.member = entry.name
+                    err.member = entry.name  # codecs name it by source string; the bundle names the member
                     if err.path is None:
                         err.path = opened.source
                     raise

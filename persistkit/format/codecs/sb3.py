@@ -287,6 +287,13 @@ def _getattr_path(obj: object, path: str) -> Any:
 
 
 def _outer(payload: bytes | bytearray | memoryview, source: str) -> dict[str, Any]:
+    if bytes(memoryview(payload)[:4]) == b"PK\x03\x04":
+        raise FormatError(
+            f"{source} is a stable-baselines3 zip, not a persistkit SB3 member. persistkit never loads those: "
+            "their data member is cloudpickle, so loading one runs code from the file. Load it with SB3 only if "
+            "you trust it, then re-save it with persistkit.save_bundle.",
+            member=source,
+        )
     outer = tree.decode(payload, source=source)
     ok = (
         isinstance(outer, dict)
