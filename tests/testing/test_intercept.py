@@ -1,0 +1,153 @@
+"""The interceptor records plain-Python writes under one directory, in persistkit's Op format."""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+
+from persistkit.io import atomic_write, use_fs
+from persistkit.io.crash import CrashSimulator, Snapshot
+from persistkit.io.recording import RecordingFS
+from persistkit.testing.intercept import GuardFS, Interceptor
+
+
+def record(root, fn):
+    rec = RecordingFS()
+    with use_fs(GuardFS(rec)), Interceptor(root, log=rec):
+        fn()
+    return [op.describe().replace(str(root) + os.sep, "").replace(str(root), ".") for op in rec.ops]
+
+
+def test_plain_open_write_fsync_replace_and_dir_fsync(tmp_path, fd_guard):
+    def save():
+        with open(tmp_path / "f.tmp", "w") as f:
+            f.write("hello")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path / "f.tmp", tmp_path / "f")
+        fd = os.open(tmp_path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+    assert record(tmp_path, save) == [
+        "#0 create f.tmp",
+        "#1 write f.tmp [0:5]",
+        "#2 fsync f.tmp",
+        "#3 close f.tmp",
+        "#4 replace f.tmp -> f",
+        "#5 fsync_dir .",
+    ]
+    assert (tmp_path / "f").read_text() == "hello"
+
+
+def test_mkstemp_fdopen_pathlib_numpy_shutil_and_makedirs(tmp_path, fd_guard):
+    (tmp_path / "src").write_bytes(b"x" * 10)
+
+    def save():
+        fd, tmp = tempfile.mkstemp(dir=tmp_path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"abc")
+        pathlib.Path(tmp_path, "p.txt").write_text("pathlib")
+        np.save(tmp_path / "a.npy", np.arange(4))
+        shutil.copyfile(tmp_path / "src", tmp_path / "copy")
+        os.makedirs(tmp_path / "d1" / "d2")
+        shutil.rmtree(tmp_path / "d1")
+        os.unlink(tmp)
+
+    ops = record(tmp_path, save)
+    kinds = [op.split()[1] for op in ops]
+    assert "create p.txt" in " ".join(ops) and "create a.npy" in " ".join(ops)
+    assert any(op.endswith("write copy [0:10]") for op in ops)  # sendfile fast path disabled: data recorded
+    assert kinds.count("mkdir") == 2 and kinds.count("rmdir") == 2
+    assert kinds[-1] == "unlink"
+    assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2, 3]
+
+
+def test_append_mode_and_read_plus_record_real_offsets(tmp_path, fd_guard):
+    (tmp_path / "log").write_bytes(b"12345")
+
+    def save():
+        with open(tmp_path / "log", "ab") as f:
+            f.write(b"678")
+        with open(tmp_path / "log", "r+b") as f:
+            f.seek(1)
+            f.write(b"X")
+            assert f.read(2) == b"34"
+
+    ops = record(tmp_path, save)
+    assert "#1 write log [5:8]" in ops and "#4 write log [1:2]" in ops
+    assert (tmp_path / "log").read_bytes() == b"1X345678"
+
+
+def test_writes_outside_the_root_and_reads_pass_through(tmp_path, fd_guard):
+    inside, outside = tmp_path / "in", tmp_path / "out"
+    inside.mkdir()
+    outside.mkdir()
+    (inside / "r").write_text("read me")
+
+    def save():
+        (outside / "x").write_text("not recorded")
+        assert (inside / "r").read_text() == "read me"
+
+    assert record(inside, save) == []
+    assert (outside / "x").read_text() == "not recorded"
+
+
+def test_persistkit_io_is_recorded_once_not_twice(tmp_path, fd_guard):
+    ops = record(tmp_path, lambda: atomic_write(tmp_path / "pk", b"data"))
+    assert [op.split()[1] for op in ops] == ["create", "write", "fsync", "close", "replace", "fsync_dir"]
+
+
+def test_patches_are_removed_afterwards_and_nesting_is_refused(tmp_path):
+    real_open, real_replace = builtins.open, os.replace
+    with Interceptor(tmp_path):
+        assert builtins.open is not real_open
+        with pytest.raises(RuntimeError, match="already active"), Interceptor(tmp_path):
+            pass
+    assert builtins.open is real_open and os.replace is real_replace
+
+
+def test_the_hook_can_fail_an_operation_like_a_full_disk(tmp_path, fd_guard):
+    def hook(kind, path):
+        if kind == "write":
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    with Interceptor(tmp_path, before=hook), pytest.raises(OSError) as info:
+        with open(tmp_path / "f", "w") as f:
+            json.dump({"a": 1}, f)
+    assert info.value.errno == errno.ENOSPC
+    assert (tmp_path / "f").read_bytes() == b""
+
+
+def test_recorded_user_ops_replay_in_the_crash_simulator(tmp_path):
+    (tmp_path / "f").write_text("old")
+    before = Snapshot.take(tmp_path)
+    rec = RecordingFS()
+    with use_fs(GuardFS(rec)), Interceptor(tmp_path, log=rec):
+        with open(tmp_path / "f", "w") as f:
+            f.write("new")
+    contents = {s.snapshot.files().get("f") for s in CrashSimulator(before, rec.ops).states("process")}
+    assert contents == {b"old", b"", b"new"}  # in-place write: the empty file is a reachable crash state
+
+
+def test_a_reused_descriptor_is_not_mistaken_for_the_tracked_file(tmp_path, fd_guard):
+    rec = RecordingFS()
+    with Interceptor(tmp_path, log=rec):
+        fd = os.open(tmp_path / "a", os.O_WRONLY | os.O_CREAT)
+        with open(fd, "rb", closefd=True):  # a read-mode FileIO closes the fd behind our back
+            pass
+        other = os.open(tmp_path.parent / "elsewhere-intercept-test", os.O_WRONLY | os.O_CREAT)
+        try:
+            os.write(other, b"unrelated")
+        finally:
+            os.close(other)
+            os.unlink(tmp_path.parent / "elsewhere-intercept-test")
+    assert [op.kind for op in rec.ops] == ["create"]

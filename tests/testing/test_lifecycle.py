@@ -1,0 +1,68 @@
+"""lifecycle: in-process restarts, and real SIGTERM/SIGKILL against a child speaking the ACK protocol."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from persistkit.testing.lifecycle import Lifecycle
+
+WORKER = str(Path(__file__).parents[1] / "plugin" / "zoo" / "worker.py")
+
+
+class Counter:
+    def __init__(self):
+        self.value = 0
+        self.seen = []
+
+    def step(self):
+        self.value += 1
+        self.seen.append(self.value)
+
+    def state_dict(self):
+        return {"value": self.value, "seen": list(self.seen)}
+
+    def load_state_dict(self, state):
+        self.value, self.seen = state["value"], list(state["seen"])
+
+
+def test_a_component_survives_restarts(tmp_path):
+    report = Lifecycle(tmp_path)(lambda state_dir: Counter(), steps=10, cycles=3)
+    assert (report.steps, report.restarts, report.violations) == (30, 3, [])
+
+
+def test_state_lost_at_shutdown_is_reported_with_its_path(tmp_path):
+    class Leaky(Counter):
+        def state_dict(self):
+            return {"value": self.value, "seen": []}
+
+    with pytest.raises(AssertionError, match=r"after restart #1 \(having run 5 steps\).*state\['seen'\]: length 5 != 0"):
+        Lifecycle(tmp_path)(lambda state_dir: Leaky(), steps=5)
+
+
+def worker(mode):
+    return [sys.executable, WORKER, "--state-dir", "{state_dir}", "--mode", mode]
+
+
+def test_sigterm_and_a_sigkill_storm_on_a_correct_worker(tmp_path):
+    report = Lifecycle(tmp_path, kills=3, seed=1).subprocess(
+        [*worker("good"), "--steps", "100000"], restart_cmd=[*worker("good"), "--steps", "0"], state_dir=tmp_path / "w"
+    )
+    assert report.kills == 3 and report.acks > 5 and report.violations == []
+    assert report.sigterm_exit_seconds is not None and report.sigterm_exit_seconds < 5
+
+
+def test_a_child_that_cannot_start_is_reported(tmp_path):
+    cmd = [sys.executable, "-c", "import sys; sys.exit('no state for you')"]
+    with pytest.raises(AssertionError, match="never printed READY(.|\n)*no state for you"):
+        Lifecycle(tmp_path).subprocess(cmd, restart_cmd=cmd, state_dir=tmp_path / "w", kills=1)
+
+
+def test_arguments_are_validated(tmp_path):
+    lc = Lifecycle(tmp_path)
+    with pytest.raises(ValueError, match="either cmd"):
+        lc.subprocess(state_dir=tmp_path)
+    with pytest.raises(ValueError, match="pass restart_cmd"):
+        lc.subprocess(["true"], state_dir=tmp_path)
