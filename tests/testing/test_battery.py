@@ -21,7 +21,16 @@ def targets_on_path(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
 
 
-CHECKS = ["round-trip", "lifecycle", "SIGTERM", "SIGKILL storm", "crash points", "disk faults", "corruption", "budgets"]
+CHECKS = [
+    "round-trip",
+    "lifecycle",
+    "SIGTERM",
+    "SIGKILL storm",
+    "crash points",
+    "disk faults",
+    "corruption",
+    "budgets",
+]
 
 
 def run_check(tmp_path, *args):
@@ -43,7 +52,9 @@ def test_check_passes_on_a_correct_custom_target(tmp_path, targets_on_path):
 
 
 def test_check_fails_with_exit_1_and_names_the_lost_field(tmp_path, targets_on_path):
-    result, report, _ = run_check(tmp_path, "check_targets:make_forgetful_ledger", "--kills", "2", "--steps", "30")
+    result, report, _ = run_check(
+        tmp_path, "check_targets:make_forgetful_ledger", "--kills", "2", "--steps", "30"
+    )
     assert result.exit_code == 1
     failed = {c["check"]: c["detail"] for c in report["checks"] if not c["passed"]}
     assert "lifecycle" in failed and "state['sum']" in failed["lifecycle"]

@@ -50,7 +50,9 @@ def test_silent_defaults_fail_with_the_damage_named(tmp_path):
 
     corruptions = Corruptions()
     corruptions(path, kinds=("truncated",))
-    with pytest.raises(AssertionError, match=r"silent corruption\). First: state.json: truncated to 0 of 14 bytes"):
+    with pytest.raises(
+        AssertionError, match=r"silent corruption\). First: state.json: truncated to 0 of 14 bytes"
+    ):
         corruptions.assert_detected(load_or_default, kinds=("truncated",))
 
 
@@ -59,7 +61,9 @@ def test_untyped_exceptions_fail_when_typed_ones_are_required(tmp_path):
     path.write_text(json.dumps({"balance": 5}))
     corruptions = Corruptions()
     corruptions(path)
-    with pytest.raises(AssertionError, match="raised something other than IntegrityError. First: .*JSONDecodeError"):
+    with pytest.raises(
+        AssertionError, match=r"raised something other than IntegrityError\. First: .*JSONDecodeError"
+    ):
         corruptions.assert_detected(lambda p: json.loads(Path(p).read_text()), raises=IntegrityError)
 
 

@@ -40,7 +40,9 @@ def test_persistkit_atomic_write_passes_and_reports_figures(tmp_path, model):
 
 def test_first_save_may_crash_back_to_no_file(tmp_path):
     path = tmp_path / "m.json"
-    report = CrashPoints(tmp_path)(lambda: atomic_write(path, b"{}"), lambda: load_json(path), model="process")
+    report = CrashPoints(tmp_path)(
+        lambda: atomic_write(path, b"{}"), lambda: load_json(path), model="process"
+    )
     assert report.old_states >= 1  # load() raising FileNotFoundError counts as "before"
 
 
@@ -65,7 +67,9 @@ def test_load_failing_after_a_clean_save_is_reported_as_such(tmp_path):
 def test_max_states_caps_the_enumeration(tmp_path):
     path = tmp_path / "m.json"
     report = CrashPoints(tmp_path)(
-        lambda: atomic_write(path, b"x" * 20000), lambda: path.read_bytes() if path.exists() else None, max_states=3
+        lambda: atomic_write(path, b"x" * 20000),
+        lambda: path.read_bytes() if path.exists() else None,
+        max_states=3,
     )
     assert report.states == 3 and report.sampled
 
@@ -113,7 +117,9 @@ def test_concurrent_persistkit_writers_never_tear(tmp_path):
     path = tmp_path / "m.json"
     atomic_write(path, b'{"v": 0}')
     report = CrashPoints(tmp_path).concurrent(
-        lambda v: atomic_write(path, json.dumps(v).encode()), lambda: load_json(path), values=[{"v": 1}, {"v": 2}]
+        lambda v: atomic_write(path, json.dumps(v).encode()),
+        lambda: load_json(path),
+        values=[{"v": 1}, {"v": 2}],
     )
     assert report.violations == [] and report.schedules >= 10 and report.enforced == report.schedules
 

@@ -120,9 +120,8 @@ def test_the_hook_can_fail_an_operation_like_a_full_disk(tmp_path, fd_guard):
         if kind == "write":
             raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    with Interceptor(tmp_path, before=hook), pytest.raises(OSError) as info:
-        with open(tmp_path / "f", "w") as f:
-            json.dump({"a": 1}, f)
+    with Interceptor(tmp_path, before=hook), pytest.raises(OSError) as info, open(tmp_path / "f", "w") as f:
+        json.dump({"a": 1}, f)
     assert info.value.errno == errno.ENOSPC
     assert (tmp_path / "f").read_bytes() == b""
 
@@ -131,9 +130,8 @@ def test_recorded_user_ops_replay_in_the_crash_simulator(tmp_path):
     (tmp_path / "f").write_text("old")
     before = Snapshot.take(tmp_path)
     rec = RecordingFS()
-    with use_fs(GuardFS(rec)), Interceptor(tmp_path, log=rec):
-        with open(tmp_path / "f", "w") as f:
-            f.write("new")
+    with use_fs(GuardFS(rec)), Interceptor(tmp_path, log=rec), open(tmp_path / "f", "w") as f:
+        f.write("new")
     contents = {s.snapshot.files().get("f") for s in CrashSimulator(before, rec.ops).states("process")}
     assert contents == {b"old", b"", b"new"}  # in-place write: the empty file is a reachable crash state
 

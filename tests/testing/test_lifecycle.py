@@ -38,7 +38,9 @@ def test_state_lost_at_shutdown_is_reported_with_its_path(tmp_path):
         def state_dict(self):
             return {"value": self.value, "seen": []}
 
-    with pytest.raises(AssertionError, match=r"after restart #1 \(having run 5 steps\).*state\['seen'\]: length 5 != 0"):
+    with pytest.raises(
+        AssertionError, match=r"after restart #1 \(having run 5 steps\).*state\['seen'\]: length 5 != 0"
+    ):
         Lifecycle(tmp_path)(lambda state_dir: Leaky(), steps=5)
 
 
@@ -48,7 +50,9 @@ def worker(mode):
 
 def test_sigterm_and_a_sigkill_storm_on_a_correct_worker(tmp_path):
     report = Lifecycle(tmp_path, kills=3, seed=1).subprocess(
-        [*worker("good"), "--steps", "100000"], restart_cmd=[*worker("good"), "--steps", "0"], state_dir=tmp_path / "w"
+        [*worker("good"), "--steps", "100000"],
+        restart_cmd=[*worker("good"), "--steps", "0"],
+        state_dir=tmp_path / "w",
     )
     assert report.kills == 3 and report.acks > 5 and report.violations == []
     assert report.sigterm_exit_seconds is not None and report.sigterm_exit_seconds < 5
@@ -56,7 +60,7 @@ def test_sigterm_and_a_sigkill_storm_on_a_correct_worker(tmp_path):
 
 def test_a_child_that_cannot_start_is_reported(tmp_path):
     cmd = [sys.executable, "-c", "import sys; sys.exit('no state for you')"]
-    with pytest.raises(AssertionError, match="never printed READY(.|\n)*no state for you"):
+    with pytest.raises(AssertionError, match=r"never printed READY(.|\n)*no state for you"):
         Lifecycle(tmp_path).subprocess(cmd, restart_cmd=cmd, state_dir=tmp_path / "w", kills=1)
 
 

@@ -48,7 +48,9 @@ def test_a_nonce_counter_reset_by_a_restart_is_caught():
             return nonce + AESGCM(KEY).encrypt(nonce, data, None)
 
     assert_unique_nonces(Vault().encrypt)  # within one process the counter never repeats
-    with pytest.raises(AssertionError, match="restarted instance 1, message 0 were encrypted with the same keystream"):
+    with pytest.raises(
+        AssertionError, match="restarted instance 1, message 0 were encrypted with the same keystream"
+    ):
         assert_unique_nonces(Vault().encrypt, restart=lambda: Vault().encrypt)
 
 

@@ -23,7 +23,7 @@ class Config:
 VALUE = {
     "prices": np.array([1.5, np.nan, -0.0], dtype=np.float32),
     "config": Config(0.001, [64, 64], np.arange(4, dtype=np.int16)),
-    "when": dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone.utc),
+    "when": dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC),
     "qty": decimal.Decimal("0.00100000"),
     "recent": collections.deque([1, 2, 3], maxlen=5),
     "pair": (1, "a"),
