@@ -134,7 +134,7 @@ def test_bundle_save_with_password(benchmark, tmp_path):
     benchmark.pedantic(lambda: pk.save_bundle(path, arrays, password="correct horse"), rounds=3, iterations=1)
     tag(
         benchmark,
-        comparison="bundle save with a password (1 MiB, KDF included)",
+        comparison="bundle save with a password (1 MiB; the scrypt key is cached after the first save in a process)",
         role="persistkit",
         target="time<=1.0s",
     )
