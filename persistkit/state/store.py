@@ -259,7 +259,19 @@ class StateStore:
 
     # -- loading ----------------------------------------------------------------
     def load(self) -> LoadReport:
-        """Restore every registered component from the newest consistent checkpoint."""
+        """Restore every registered component from the newest consistent checkpoint.
+
+        If loading fails, the writer lock is released (the store is closed), so the
+        caller can retry, for instance with ``on_corrupt="defaults"``.
+        """
+        try:
+            return self._load()
+        except BaseException:
+            if not self.readonly and not self._loaded:
+                self._abandon()
+            raise
+
+    def _load(self) -> LoadReport:
         with self._lock:
             fs = current_fs()
             if not fs.is_dir(self.directory):
@@ -494,7 +506,14 @@ class StateStore:
                 try:  # a later journal chains on only if it starts where we are
                     reader = JournalReader.read(path, cipher=cipher, first_seq=seq)
                 except PersistkitError as err:
-                    log.warning("journal %s does not continue the recovered history: %s", path, err)
+                    # Appends recorded there cannot be placed after the recovered history: say so
+                    # loudly (the file stays where it is for inspection), never drop them silently.
+                    warnings.warn(
+                        f"state store {self.directory}: journal {path} does not continue the recovered "
+                        f"history of {name!r}; its appends were not replayed ({err}).",
+                        StateRecoveredWarning,
+                        stacklevel=5,
+                    )
                     break
             for record in reader.records:
                 value = None

@@ -415,3 +415,20 @@ def test_registration_errors():
         store.register("ok", Counter())
     with pytest.raises(ValueError, match="maxlen"):
         BoundedLog(0)
+
+
+def test_failed_load_releases_the_lock_so_a_retry_can_choose_defaults(store_dir):
+    store, parts, _ = open_store(store_dir)
+    mutate(parts, 1)
+    store.close()
+    for name in os.listdir(store_dir):
+        if name.startswith("gen-"):
+            flip_byte(os.path.join(store_dir, name, "MANIFEST"))
+    first = StateStore(store_dir, autosave_every=0)
+    first.register("counter", Counter())
+    with pytest.raises(IntegrityError):
+        first.load()
+    with pytest.warns(StateRecoveredWarning, match="starting from defaults"):
+        retry, parts2, _ = open_store(store_dir, on_corrupt="defaults")  # no LockedError
+    assert parts2["counter"].value == 0
+    retry.close()
