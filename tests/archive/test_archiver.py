@@ -292,3 +292,39 @@ def test_cli_exit_codes(workspace, tmp_path):
     assert run("prune", "--keep", "0").returncode == 2
     dry = run("prune", "--root", str(workspace), "--keep", "1", "--dry-run")
     assert dry.returncode == 0 and "keep" in dry.stdout
+
+
+def test_a_file_changing_while_archived_is_reported(workspace):
+    from persistkit.io.fs import DelegatingFS, LocalFS
+
+    class Growing(DelegatingFS):
+        """Another process appends to the training log while the archiver reads it."""
+
+        def open_read(self, path):
+            handle = super().open_read(path)
+            if str(path).endswith("training.log"):
+                with open(path, "a") as f:
+                    f.write("one more line\n")
+            return handle
+
+    with use_fs(Growing(LocalFS())):
+        report = Archiver(workspace).create_report()
+    assert report.changed_while_archiving == ["logs/training.log"]
+    manifest, _ = manifest_of(report.path)
+    entry = next(e for e in manifest["files"] if e["path"] == "logs/training.log")
+    assert entry["changed"] is True and manifest["changed_while_archiving"] == ["logs/training.log"]
+
+
+@pytest.mark.slow
+def test_zip64_past_4_gib(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "models").mkdir(parents=True)
+    big = ws / "models" / "huge.bin"
+    with open(big, "wb") as f:
+        f.truncate(4 * 1024**3 + 4096)  # sparse: cheap on disk, 4 GiB + 4 KiB of zeros to read
+    arc = Archiver(ws)
+    path = arc.create()
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("models/huge.bin")
+        assert info.file_size == 4 * 1024**3 + 4096
+    assert arc.verify(path).ok
