@@ -1,5 +1,11 @@
 """A safe codec for state values: exact round trips, never pickle.
 
+Stability: this is a storage contract. ``persistkit.state`` (``BoundedLog``
+checkpoints use ``Records``), the bundle codecs and the golden files in
+``fixtures/`` depend on it. Extend it only by adding ext codes; every existing
+file must keep decoding (``tests/format/test_tree.py``,
+``tests/state/test_golden_v1.py``, ``tests/test_bundle.py``).
+
 ``encode`` turns a tree of plain values into bytes; ``decode`` turns bytes
 back into the same tree, equal in value *and* type. Decoding never imports or
 calls anything named by the input, and every limit is relative to the input
