@@ -84,9 +84,9 @@ def rewrite(path, transform) -> None:
 
 def test_round_trip_every_member_type_exactly(tmp_path, models):
     import torch
+    from sklearn.ensemble import RandomForestClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.ensemble import RandomForestClassifier
 
     X = np.random.default_rng(1).standard_normal((30, 2))
     y = (X[:, 0] > 0).astype(int)

@@ -71,6 +71,7 @@ _HELPER_TYPES: tuple[str, ...] = (
     "sklearn.cluster._kmeans._kmeans_single_elkan",
     "sklearn.gaussian_process._gpc._BinaryGaussianProcessClassifierLaplace",
     "sklearn.impute._iterative._ImputerTriplet",
+    "sklearn.multiclass._ConstantPredictor",
     "sklearn.utils._bunch.Bunch",
     "sklearn.utils.validation.check_array",
     "sklearn.feature_selection._univariate_selection.f_classif",
@@ -122,6 +123,9 @@ _HELPER_TYPES: tuple[str, ...] = (
     ),
     # scorers and the metric functions behind sklearn.metrics.get_scorer_names()
     "sklearn.metrics._scorer._PassthroughScorer",
+    "sklearn.metrics._scorer._CurveScorer",
+    "sklearn.utils._metadata_requests.MetadataRequest",
+    "sklearn.utils._metadata_requests.MethodMetadataRequest",
     "sklearn.metrics._scorer._Scorer",
     "sklearn.metrics._scorer._MultimetricScorer",
     "sklearn.metrics._scorer.negative_likelihood_ratio",
@@ -200,8 +204,10 @@ def _untrusted(payload: bytes, source: str) -> list[str]:
 def _named(node: object, out: set[str]) -> None:
     if isinstance(node, dict):
         module, cls = node.get("__module__"), node.get("__class__")
-        if type(module) is str and type(cls) is str and node.get("__loader__") not in _DATA_NODES:
-            out.add(f"{module}.{cls}")
+        name = f"{module}.{cls}"
+        constructs = type(module) is str and type(cls) is str and node.get("__loader__") not in _DATA_NODES
+        if constructs and name not in _PLAIN_TYPES:
+            out.add(name)
         for value in node.values():
             _named(value, out)
     elif isinstance(node, list):
@@ -209,6 +215,10 @@ def _named(node: object, out: set[str]) -> None:
             _named(value, out)
 
 
+_PLAIN_TYPES = frozenset(
+    f"builtins.{t}"
+    for t in ("str", "int", "float", "bool", "bytes", "complex", "list", "dict", "tuple", "NoneType")
+)
 _DATA_NODES = frozenset(
     {"DictNode", "ListNode", "TupleNode", "SetNode", "JsonNode", "NdArrayNode", "BytesNode"}
 )
