@@ -62,7 +62,7 @@ def test_every_zoo_bug_is_caught_and_no_correct_persister_is_flagged(pytester):
     )
     shutil.copy(ZOO / "worker.py", pytester.path / "worker.py")
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-rA", "-vv", "-W", "error", "--persistkit-kills=5", "-p", "no:randomly"
+        "-p", "no:cacheprovider", "-p", "no:benchmark", "-rA", "-vv", "-W", "error", "--persistkit-kills=5"
     )
     outcomes: dict[str, tuple[str, str]] = {}
     for line in result.outlines:
