@@ -16,17 +16,16 @@ from persistkit import __version__
 
 # command name -> "module:attribute" of a click.Command
 SUBCOMMANDS: dict[str, str] = {
+    "inspect": "persistkit.commands.bundle:inspect_command",
+    "verify": "persistkit.commands.bundle:verify_command",
+    "keygen": "persistkit.commands.bundle:keygen_command",
     "state": "persistkit.commands.state:state_group",
     "archive": "persistkit.commands.archive:archive_group",
     "check": "persistkit.commands.check:check_command",
 }
 
 # Commands of features still being built: they say so and exit 2 instead of failing to import.
-PLANNED: dict[str, str] = {
-    "inspect": "inspecting bundle manifests",
-    "verify": "verifying bundles",
-    "keygen": "creating key files",
-}
+PLANNED: dict[str, str] = {}
 
 
 class LazyGroup(click.Group):
