@@ -36,6 +36,7 @@ _LAZY: dict[str, str] = {
     "inspect": "persistkit.bundle",
     "verify": "persistkit.bundle",
     "Manifest": "persistkit.format.manifest",
+    "ModelStore": "persistkit.model_store",
     # archives
     "Archiver": "persistkit.archive",
     "backup_before_overwrite": "persistkit.archive",
