@@ -58,6 +58,7 @@ def test_mkstemp_fdopen_pathlib_numpy_shutil_and_makedirs(tmp_path, fd_guard):
         pathlib.Path(tmp_path, "p.txt").write_text("pathlib")
         np.save(tmp_path / "a.npy", np.arange(4))
         shutil.copyfile(tmp_path / "src", tmp_path / "copy")
+        shutil.move(tmp_path / "copy", tmp_path / "moved")
         os.makedirs(tmp_path / "d1" / "d2")
         shutil.rmtree(tmp_path / "d1")
         os.unlink(tmp)
@@ -66,6 +67,7 @@ def test_mkstemp_fdopen_pathlib_numpy_shutil_and_makedirs(tmp_path, fd_guard):
     kinds = [op.split()[1] for op in ops]
     assert "create p.txt" in " ".join(ops) and "create a.npy" in " ".join(ops)
     assert any(op.endswith("write copy [0:10]") for op in ops)  # sendfile fast path disabled: data recorded
+    assert any(op.endswith("replace copy -> moved") for op in ops)
     assert kinds.count("mkdir") == 2 and kinds.count("rmdir") == 2
     assert kinds[-1] == "unlink"
     assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2, 3]

@@ -96,3 +96,15 @@ def test_components_without_a_default_constructor_need_a_factory(tmp_path):
 def test_unknown_route_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="via must be one of"):
         Roundtrip(tmp_path)(1, via="pickle")
+
+
+def test_sb3_models_compare_parameters_and_deterministic_actions(tmp_path):
+    sb3 = pytest.importorskip("stable_baselines3")
+    model = sb3.PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    model.learn(64)
+    loaded = Roundtrip(tmp_path)(model, via="bundle")
+    obs = np.zeros(4, dtype=np.float32)
+    assert (
+        loaded is not model
+        and loaded.predict(obs, deterministic=True)[0] == model.predict(obs, deterministic=True)[0]
+    )
