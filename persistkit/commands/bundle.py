@@ -58,10 +58,15 @@ def inspect_command(file: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(manifest.to_json(), indent=2))
         return
+    import shutil
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(soft_wrap=False)
+    # Piped output (a file, a CI log) gets a wide table instead of rich's 80-column default.
+    width = None if sys.stdout.isatty() else max(160, shutil.get_terminal_size().columns)
+    console = Console(soft_wrap=False, width=width)
     console.print(f"[bold]{file}[/bold]  persistkit bundle, format {manifest.version}", highlight=False)
     console.print(f"  created     {manifest.created}", highlight=False)
     console.print(f"  bundle id   {manifest.bundle_id}", highlight=False)

@@ -1,0 +1,136 @@
+"""ModelStore: layout, versions, retention that never loses the live or newest good version, aliases."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import numpy as np
+import pytest
+
+import persistkit as pk
+from persistkit.errors import IntegrityError, UnsafeArchiveError
+from persistkit.model_store import ModelStore
+from persistkit.testing.compare import assert_same
+
+T0 = dt.datetime(2024, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
+WHERE = {"symbol": "BTC/USDT", "agent": "ppo", "timeframe": "1h"}
+
+
+def save(store, n, when=T0, **kw):
+    return store.save({"q": np.full(3, float(n))}, **WHERE, when=when, config={"run": n}, **kw)
+
+
+def test_layout_and_config_beside_each_version(tmp_path):
+    store = ModelStore(tmp_path / "models")
+    path = save(store, 1)
+    assert path == tmp_path / "models" / "BTC-USDT" / "ppo" / "1h" / "2024-03-01_120000.models"
+    config = path.with_name("2024-03-01_120000.config.json")
+    assert json.loads(config.read_text()) == {"run": 1}
+    bundle = pk.load_bundle(path)
+    assert bundle.metadata["config"] == {"run": 1}
+    assert bundle.metadata["store"] == {"symbol": "BTC/USDT", "agent": "ppo", "timeframe": "1h"}
+
+
+def test_two_saves_in_the_same_second_do_not_collide(tmp_path):
+    store = ModelStore(tmp_path)
+    paths = [save(store, n) for n in range(12)]
+    assert len(set(paths)) == 12
+    assert store.versions(**WHERE) == paths  # numeric suffixes sort after the plain name, _10 after _9
+    assert store.latest(**WHERE) == paths[-1]
+    assert_same(np.full(3, 11.0), store.load_latest(**WHERE)["q"])
+
+
+@pytest.mark.parametrize("bad", ["..", ".hidden", "a b", "x\x00y", "", "a\\b", "../etc"])
+def test_unsafe_names_are_refused(tmp_path, bad):
+    store = ModelStore(tmp_path)
+    with pytest.raises(UnsafeArchiveError, match="not safe as a directory name"):
+        store.save({"q": np.ones(1)}, symbol=bad, agent="a", timeframe="1h")
+    assert not any(p.suffix == ".models" for p in tmp_path.rglob("*"))
+
+
+def test_versions_are_oldest_first_across_days(tmp_path):
+    store = ModelStore(tmp_path)
+    later = save(store, 2, when=T0 + dt.timedelta(days=1))
+    earlier = save(store, 1)
+    assert store.versions(**WHERE) == [earlier, later]
+    assert store.versions("ETH/USDT", "ppo", "1h") == [] and store.latest("ETH/USDT", "ppo", "1h") is None
+
+
+def test_prune_keeps_the_newest_n(tmp_path):
+    store = ModelStore(tmp_path)
+    paths = [save(store, n, when=T0 + dt.timedelta(minutes=n)) for n in range(5)]
+    other = store.save({"q": np.ones(1)}, symbol="ETH", agent="dqn", timeframe="5m", when=T0)
+    assert store.prune(keep=2, dry_run=True) == paths[:3]
+    assert store.versions(**WHERE) == paths  # dry run deletes nothing
+    assert store.prune(keep=2) == paths[:3]
+    assert store.versions(**WHERE) == paths[3:]
+    assert not paths[0].with_name(paths[0].name.replace(".models", ".config.json")).exists()
+    assert not (paths[0].parent / (paths[0].name + ".key")).exists()
+    assert other.exists()  # groups are pruned separately
+
+
+def test_prune_never_deletes_the_newest_valid_or_an_aliased_version(tmp_path):
+    store = ModelStore(tmp_path)
+    paths = [save(store, n, when=T0 + dt.timedelta(minutes=n)) for n in range(5)]
+    store.tag(paths[0], "production")
+    data = bytearray(paths[4].read_bytes())
+    paths[4].write_bytes(bytes(data[: len(data) // 2]))  # the newest is damaged
+    removed = store.prune(keep=1)
+    assert removed == paths[1:3]
+    assert store.versions(**WHERE) == [paths[0], paths[3], paths[4]]
+    assert_same(np.full(3, 0.0), store.load("production")["q"])
+    everything = store.prune(keep=0)
+    assert paths[3] not in everything and paths[0] not in everything
+
+
+def test_load_latest_can_fall_back_past_a_damaged_version(tmp_path, caplog):
+    store = ModelStore(tmp_path)
+    good = save(store, 1, when=T0)
+    bad = save(store, 2, when=T0 + dt.timedelta(minutes=1))
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(IntegrityError):
+        store.load_latest(**WHERE)
+    bundle = store.load_latest(**WHERE, fallback=True)
+    assert bundle.path == good
+    assert any(str(bad) in r.getMessage() for r in caplog.records)
+
+
+def test_aliases_record_which_version_was_live_when(tmp_path):
+    store = ModelStore(tmp_path)
+    v1, v2 = save(store, 1), save(store, 2)
+    store.tag(v1, "production", when=T0)
+    store.tag(v2, "staging", when=T0)
+    store.tag(v2, "production", when=T0 + dt.timedelta(hours=2))
+    store.tag(v2, "production", when=T0 + dt.timedelta(hours=3))  # no-op: already there
+    assert store.aliases() == {"production": v2, "staging": v2}
+    assert_same(np.full(3, 2.0), store.load("production")["q"])
+    assert store.live_at("production", T0 + dt.timedelta(hours=1)) == v1
+    assert store.live_at("production", T0 + dt.timedelta(hours=5)) == v2
+    assert store.live_at("production", T0 - dt.timedelta(hours=1)) is None
+    history = store.history("production")
+    assert [(e.path, e.until is None) for e in history] == [(str(v1), False), (str(v2), True)]
+    index = json.loads((tmp_path / "aliases.json").read_text())
+    assert index["version"] == 1 and len(index["events"]) == 3
+    assert not [n for n in os.listdir(tmp_path) if ".pk-tmp-" in n]  # written atomically
+
+
+def test_tag_refuses_paths_outside_the_store_and_bad_aliases(tmp_path):
+    store = ModelStore(tmp_path / "store")
+    v1 = save(store, 1)
+    outside = pk.save_bundle(tmp_path / "elsewhere.models", {"q": np.ones(1)})
+    with pytest.raises(ValueError, match="not a bundle version inside the store"):
+        store.tag(outside, "production")
+    with pytest.raises(ValueError, match="alias"):
+        store.tag(v1, "../prod")
+    with pytest.raises(KeyError, match="no alias 'prod'"):
+        store.load("prod")
+
+
+def test_damaged_alias_index_is_an_integrity_error(tmp_path):
+    store = ModelStore(tmp_path)
+    store.tag(save(store, 1), "production")
+    (tmp_path / "aliases.json").write_text("{not json")
+    with pytest.raises(IntegrityError, match="alias index"):
+        store.aliases()

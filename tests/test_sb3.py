@@ -1,0 +1,80 @@
+"""persistkit.sb3.fine_tune: continue training a bundled SB3 model and record the lineage."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("stable_baselines3")
+
+import gymnasium as gym
+
+import persistkit as pk
+from persistkit.format.crypto import KdfParams
+from persistkit.sb3 import fine_tune, linear_schedule
+
+
+def ppo(**kw):
+    from stable_baselines3 import PPO
+
+    env = gym.make("CartPole-v1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PPO("MlpPolicy", env, n_steps=32, batch_size=16, n_epochs=1, policy_kwargs={"net_arch": [8]},
+                    seed=0, device="cpu", **kw)  # fmt: skip
+        model.learn(64)
+    return model
+
+
+def test_bundle_save_load_then_learn_continues_counting(tmp_path):
+    model = ppo(learning_rate=linear_schedule(1e-3, 1e-4))
+    path = pk.save_bundle(tmp_path / "x.models", {"policy": model, "q_table": np.ones(4)})
+    loaded = pk.load_bundle(path, env=gym.make("CartPole-v1"))["policy"]
+    assert loaded.num_timesteps == model.num_timesteps == 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded.learn(32, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 96
+    assert pk.inspect(path).member("policy").info["num_timesteps"] == 64
+
+
+def test_fine_tune_writes_a_child_bundle_with_lineage(tmp_path):
+    parent = pk.save_bundle(tmp_path / "x.models", {"policy": ppo(), "q_table": np.arange(3.0)},
+                            metadata={"note": "parent"}, config={"lr": 1})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        child = fine_tune(parent, "policy", gym.make("CartPole-v1"), 64)
+    assert child == tmp_path / "x.ft128.models"
+    assert (tmp_path / "x.ft128.models.key").exists()  # the key lives beside each bundle
+    bundle = pk.load_bundle(child, env=gym.make("CartPole-v1"))
+    lineage = bundle.metadata["lineage"]
+    assert lineage["parent_sha256"] == hashlib.sha256(parent.read_bytes()).hexdigest()
+    assert lineage["timesteps_before"] == 64 and lineage["timesteps_after"] == 128
+    assert lineage["parent_bundle_id"] == pk.inspect(parent).bundle_id
+    assert bundle["policy"].num_timesteps == 128
+    assert bundle.metadata["note"] == "parent" and bundle.metadata["config"] == {"lr": 1}
+    np.testing.assert_array_equal(bundle["q_table"], np.arange(3.0))
+    assert pk.load_bundle(parent, env=gym.make("CartPole-v1"))["policy"].num_timesteps == 64  # untouched
+
+
+def test_fine_tune_keeps_the_password_and_the_chosen_path(tmp_path):
+    parent = pk.save_bundle(tmp_path / "p.models", {"policy": ppo()}, password="pw", kdf=KdfParams.floor())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        child = fine_tune(
+            parent, "policy", gym.make("CartPole-v1"), 32, save_to=tmp_path / "c.models", password="pw"
+        )
+    assert child == tmp_path / "c.models"
+    assert pk.inspect(child).encryption.key_source == "password"
+    assert pk.load_bundle(child, password="pw")["policy"].num_timesteps == 96
+
+
+def test_fine_tune_refuses_a_non_sb3_member(tmp_path):
+    parent = pk.save_bundle(tmp_path / "x.models", {"q": np.ones(2)})
+    with pytest.raises(TypeError, match="not an SB3 model"):
+        fine_tune(parent, "q", gym.make("CartPole-v1"), 10)
+    with pytest.raises(KeyError, match="no member 'nope'"):
+        fine_tune(parent, "nope", gym.make("CartPole-v1"), 10)
