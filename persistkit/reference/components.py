@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from persistkit.format.tree import Records
+
 N_FEATURES = 4
 REGIMES = ("trend", "range", "volatile")
 STRATEGIES = ("momentum", "mean_revert")
@@ -156,7 +158,7 @@ class SignalModel:
         return {
             "model": self.model,
             "scaler": self.scaler,
-            "examples": list(self.examples),
+            "examples": Records(self.examples),  # 10,000 uniform rows: stored by column
             "feature_importance": self.feature_importance,
             "fitted": self.fitted,
             "trades": self.trades,
