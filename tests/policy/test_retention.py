@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from persistkit.policy.retention import AnyOf, Item, KeepDaily, KeepLast, KeepWeekly, KeepWithin, decide
 
-NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
 
 def items_at(*hours_ago, pinned=()):
