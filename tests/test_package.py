@@ -84,3 +84,11 @@ def test_no_pickle_on_load_paths():
         if pattern.search(line)
     ]
     assert offenders == []
+
+
+def test_test_module_names_are_unique():
+    """pytest's default import mode needs unique basenames for test modules (no __init__.py here)."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")] + [
+        p.name for p in (ROOT / "benchmarks").rglob("test_*.py")
+    ]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
