@@ -328,3 +328,43 @@ def test_zip64_past_4_gib(tmp_path):
         info = zf.getinfo("models/huge.bin")
         assert info.file_size == 4 * 1024**3 + 4096
     assert arc.verify(path).ok
+
+
+def run_on_a_terminal(code):
+    """Run ``code`` in a child whose stdout/stderr are a real pseudo-terminal; return what it drew."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=60)
+    os.close(master)
+    return proc.returncode, out.decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_and_silence_otherwise(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "logs").mkdir(parents=True)
+    (ws / "logs" / "big.bin").write_bytes(os.urandom(3 << 20))
+    code = f"from persistkit.archive import Archiver; Archiver({str(ws)!r}, progress=True).create()"
+    returncode, drawn = run_on_a_terminal(code)
+    assert returncode == 0
+    assert "archiving" in drawn and "MB" in drawn  # bytes done / total, with an ETA column
+    quiet = subprocess.run(
+        [sys.executable, "-c", f"from persistkit.archive import Archiver; Archiver({str(ws)!r}).create()"],
+        capture_output=True, text=True,
+    )
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
