@@ -15,6 +15,7 @@ pickle (this is npy with ``allow_pickle=False``).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import struct
@@ -127,18 +128,27 @@ def _parse_index(meta: Mapping[str, object] | None, size: int, source: str) -> t
 
 
 def _parse_header(text: str, source: str) -> tuple[tuple[int, ...], bool, Any]:
-    import numpy as np
-
     try:
-        raw = text.encode("latin1")
-        # numpy's own header parser: a Python literal, checked field by field (no eval).
-        stream = io.BytesIO(struct.pack("<I", len(raw)) + raw)
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        shape, fortran, dtype = _parse_header_cached(text)
     except Exception as err:  # numpy raises ValueError, SyntaxError, ... for bad headers
         raise _bad(source, f"npy header does not parse ({type(err).__name__})") from err
     if dtype.hasobject:
         raise _bad(source, "object dtype refused: it would need pickle")
     return shape, fortran, dtype
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_header_cached(text: str) -> tuple[tuple[int, ...], bool, Any]:
+    """numpy's own header parser: a Python literal, checked field by field (no eval).
+
+    Cached (dtypes are immutable) because a model reloads the same few headers.
+    """
+    import numpy as np
+
+    raw = text.encode("latin1")
+    stream = io.BytesIO(struct.pack("<I", len(raw)) + raw)
+    shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    return tuple(shape), bool(fortran), dtype
 
 
 def _array(view: memoryview, text: str, start: int, nbytes: int, source: str, copy: bool) -> Any:
