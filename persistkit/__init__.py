@@ -36,6 +36,7 @@ _LAZY: dict[str, str] = {
     "inspect": "persistkit.bundle",
     "verify": "persistkit.bundle",
     "Manifest": "persistkit.format.manifest",
+    "VersionSkewWarning": "persistkit.bundle",
     "ModelStore": "persistkit.model_store",
     # archives
     "Archiver": "persistkit.archive",
