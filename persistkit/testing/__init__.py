@@ -30,7 +30,8 @@ _LAZY: dict[str, str] = {
     "roundtrip": "persistkit.testing.roundtrip",
     "Lifecycle": "persistkit.testing.lifecycle",
     "Interceptor": "persistkit.testing.intercept",
-    "make_workspace": "persistkit.testing.fixtures",
+    "measure": "persistkit.testing.budget",
+    "Budget": "persistkit.testing.budget",
 }
 
 __all__ = sorted(_LAZY)
