@@ -80,5 +80,21 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
+if TYPE_CHECKING:  # pragma: no cover - lets type checkers see the lazily resolved names
+    from persistkit.archive import Archiver as Archiver
+    from persistkit.archive import backup_before_overwrite as backup_before_overwrite
+    from persistkit.archive import training_session as training_session
+    from persistkit.bundle import Bundle as Bundle
+    from persistkit.bundle import Report as Report
+    from persistkit.bundle import VersionSkewWarning as VersionSkewWarning
+    from persistkit.bundle import inspect as inspect
+    from persistkit.bundle import load_bundle as load_bundle
+    from persistkit.bundle import save_bundle as save_bundle
+    from persistkit.bundle import verify as verify
+    from persistkit.format.manifest import Manifest as Manifest
+    from persistkit.model_store import ModelStore as ModelStore
+    from persistkit.state import BoundedLog as BoundedLog
+    from persistkit.state import Checkpoint as Checkpoint
+    from persistkit.state import LoadReport as LoadReport
+    from persistkit.state import Persistent as Persistent
+    from persistkit.state import StateStore as StateStore

@@ -92,3 +92,10 @@ def test_test_module_names_are_unique():
         p.name for p in (ROOT / "benchmarks").rglob("test_*.py")
     ]
     assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
+def test_lazy_names_are_visible_to_type_checkers():
+    """Every lazily resolved public name is also imported under TYPE_CHECKING (typed for users)."""
+    source = (ROOT / "persistkit" / "__init__.py").read_text()
+    typed = set(re.findall(r"^    from [\w.]+ import (\w+) as \1$", source, flags=re.M))
+    assert typed == set(persistkit._LAZY)
