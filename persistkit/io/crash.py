@@ -374,7 +374,6 @@ class CrashSimulator:
             return
         pending = [m for m in metas if not self._durable_meta(m, k)]
         durable = frozenset(m.index for m in metas if self._durable_meta(m, k))
-        produced = 0
         for keep, meta_desc in self._meta_choices(pending):
             persisted = durable | keep
             inodes = self._live_inodes(k, persisted)
@@ -390,7 +389,6 @@ class CrashSimulator:
                 if snap is None:
                     self.stats.infeasible += 1
                     continue
-                produced += 1
                 yield CrashState(
                     k, model, complete, f"power loss {where}" + (f": {desc}" if desc else ""), snap
                 )

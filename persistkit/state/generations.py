@@ -42,7 +42,7 @@ from typing import Any
 
 import xxhash
 
-from persistkit.errors import FormatError, IntegrityError, PersistkitError
+from persistkit.errors import FormatError, IntegrityError
 from persistkit.format import envelope, tree
 from persistkit.format.crypto import Key
 from persistkit.io import atomic_write, current_fs
@@ -361,7 +361,3 @@ def read_generation(
         )
         sizes[name] = len(data)
     return LoadedGeneration(n, manifest["store"], states, dict(manifest.get("journals", {})), sizes)
-
-
-def describe_failure(err: PersistkitError) -> str:
-    return f"{type(err).__name__}: {err}"

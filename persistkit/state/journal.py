@@ -24,7 +24,6 @@ import contextlib
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -244,7 +243,3 @@ def _only_garbage_follows(data: bytes, pos: int) -> bool:
         if record is not None:
             return False
     return True
-
-
-def iter_items(reader: JournalReader) -> Iterator[Record]:
-    yield from reader.records
