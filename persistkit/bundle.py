@@ -62,6 +62,8 @@ __all__ = [
 log = logging.getLogger("persistkit")
 
 KEY_SUFFIX = ".key"
+# Encrypted members above this size are sealed and written segment by segment (see save_bundle).
+STREAM_THRESHOLD = 1 << 20
 _MAX_NAME_BYTES = 200
 # Libraries whose version can change how a member decodes, per codec.
 _RELEVANT = {
@@ -308,7 +310,7 @@ def save_bundle(
     stores SB3 replay buffers as arrays.
     """
     from persistkit.format.codecs import encode_member
-    from persistkit.format.envelope import seal_parts
+    from persistkit.format.envelope import seal_parts, seal_stream
     from persistkit.io.zipio import ZipStreamWriter
 
     if not isinstance(models, Mapping):
@@ -341,18 +343,26 @@ def save_bundle(
             encoded = encode_member(obj, name=name, save_replay_buffer=save_replay_buffer)
         comp = compression if encoded.compressible else "none"
         meta = {**encoded.meta, "bundle": bundle_id, "member": name, "index": index}
-        pieces = seal_parts(
-            encoded.payload,
-            kind=f"bundle-{role}",
-            codec=encoded.codec,
-            compression=comp,
-            key=master,
-            meta=meta,
-            level=level,
-            created=when,
-        )
         file = mf.METADATA_FILE if role == "metadata" else mf.member_file(name)
-        zw.add(file, pieces)
+        seal_kw: dict[str, Any] = {"kind": f"bundle-{role}", "codec": encoded.codec, "compression": comp, "key": master,
+                   "meta": meta, "level": level, "created": when}  # fmt: skip
+        if master is not None and memoryview(encoded.payload).nbytes > STREAM_THRESHOLD:
+            # Large encrypted members are sealed segment by segment into one reused buffer and
+            # written as they come: no ciphertext copy of the whole member in memory.
+            stream = seal_stream(encoded.payload, **seal_kw)
+            last: list[bytes] = []
+
+            def remember_trailer(pieces: Iterator[bytes | memoryview]) -> Iterator[bytes | memoryview]:
+                for piece in pieces:
+                    yield piece
+                last[:] = [bytes(piece)]
+
+            zw.add_stream(file, stream.size, remember_trailer(stream.pieces))
+            envelope_len, trailer = stream.size, last[0]
+        else:
+            pieces = seal_parts(encoded.payload, **seal_kw)
+            zw.add(file, pieces)
+            envelope_len, trailer = sum(memoryview(p).nbytes for p in pieces), bytes(pieces[-1])
         entries.append(
             mf.MemberEntry(
                 name=name,
@@ -361,9 +371,9 @@ def save_bundle(
                 codec=encoded.codec,
                 compression=comp,
                 plain_len=memoryview(encoded.payload).nbytes,
-                envelope_len=sum(memoryview(p).nbytes for p in pieces),
+                envelope_len=envelope_len,
                 digest=mf.digest(encoded.payload),
-                envelope_digest=bytes(pieces[-1]).hex(),
+                envelope_digest=trailer.hex(),
                 info=dict(encoded.info),
             )
         )

@@ -70,7 +70,7 @@ import threading
 import unicodedata
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -432,6 +432,18 @@ class Cipher:
             end = pos + chunk.nbytes + TAG
             self._aead.encrypt_into(nonce(i, i == count - 1), chunk, aad, out[pos:end])
             pos = end
+
+    def encrypt_iter(self, plain: memoryview, aad: bytes) -> Iterator[memoryview]:
+        """Encrypt segment by segment into one reused buffer; each view is valid until the next."""
+        total = plain.nbytes
+        count = self.segments(total)
+        buf = bytearray(min(self.segment, max(total, 0)) + TAG)
+        view = memoryview(buf)
+        for i in range(count):
+            chunk = plain[i * self.segment : (i + 1) * self.segment]
+            out = view[: chunk.nbytes + TAG]
+            self._aead.encrypt_into(nonce(i, i == count - 1), chunk, aad, out)
+            yield out
 
     def decrypt(self, stored: memoryview, aad: bytes, plain_len: int, *, source: str) -> bytes | bytearray:
         """Authenticate and decrypt every segment; IntegrityError names the first bad one.

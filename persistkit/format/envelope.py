@@ -83,7 +83,7 @@ import datetime as dt
 import functools
 import struct
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import msgpack
@@ -190,7 +190,7 @@ class Opened:
 # -- sealing ---------------------------------------------------------------------
 
 
-def seal_parts(
+def _prepare(
     payload: bytes | bytearray | memoryview,
     *,
     kind: str,
@@ -204,11 +204,8 @@ def seal_parts(
     level: int = 3,
     segment: int = crypto.DEFAULT_SEGMENT,
     created: dt.datetime | None = None,
-) -> list[bytes | memoryview]:
-    """Like ``seal``, but return the pieces so a writer can stream them without joining.
-
-    The pieces may be views of ``payload``; write them before mutating it.
-    """
+) -> tuple[bytes, memoryview, crypto.Cipher | None, int]:
+    """Validate, compress, and build the authenticated head: (head, stored bytes, cipher, payload length)."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
     if key is not None and password is not None:
@@ -269,7 +266,42 @@ def seal_parts(
         )
     head = PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
     head += xxhash.xxh3_64_digest(head)
+    return head, stored_view, cipher, payload_len
 
+
+def seal_parts(
+    payload: bytes | bytearray | memoryview,
+    *,
+    kind: str,
+    codec: str,
+    schema: int = 1,
+    compression: str = "zstd",
+    key: Key | None = None,
+    password: str | None = None,
+    kdf: KdfParams | None = None,
+    meta: Mapping[str, object] | None = None,
+    level: int = 3,
+    segment: int = crypto.DEFAULT_SEGMENT,
+    created: dt.datetime | None = None,
+) -> list[bytes | memoryview]:
+    """Like ``seal``, but return the pieces so a writer can stream them without joining.
+
+    The pieces may be views of ``payload``; write them before mutating it.
+    """
+    head, stored_view, cipher, payload_len = _prepare(
+        payload,
+        kind=kind,
+        codec=codec,
+        schema=schema,
+        compression=compression,
+        key=key,
+        password=password,
+        kdf=kdf,
+        meta=meta,
+        level=level,
+        segment=segment,
+        created=created,
+    )
     body: bytes | memoryview = stored_view
     if cipher is not None:
         out = bytearray(payload_len)
@@ -279,6 +311,69 @@ def seal_parts(
     trailer.update(head)
     trailer.update(body)
     return [head, body, trailer.digest()]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A sealed envelope produced piece by piece: ``size`` bytes in all, from ``pieces``.
+
+    Each piece may be a view of one reused buffer: write it out before taking
+    the next. The last piece is the 16-byte trailer (the envelope's digest).
+    """
+
+    size: int
+    pieces: Iterator[bytes | memoryview]
+
+
+def seal_stream(
+    payload: bytes | bytearray | memoryview,
+    *,
+    kind: str,
+    codec: str,
+    schema: int = 1,
+    compression: str = "zstd",
+    key: Key | None = None,
+    password: str | None = None,
+    kdf: KdfParams | None = None,
+    meta: Mapping[str, object] | None = None,
+    level: int = 3,
+    segment: int = crypto.DEFAULT_SEGMENT,
+    created: dt.datetime | None = None,
+) -> Stream:
+    """Like ``seal_parts``, without holding the whole ciphertext in memory.
+
+    Encryption goes segment by segment into one reused buffer, so sealing a
+    large payload touches no more new memory than one segment.
+    """
+    head, stored_view, cipher, payload_len = _prepare(
+        payload,
+        kind=kind,
+        codec=codec,
+        schema=schema,
+        compression=compression,
+        key=key,
+        password=password,
+        kdf=kdf,
+        meta=meta,
+        level=level,
+        segment=segment,
+        created=created,
+    )
+
+    def pieces() -> Iterator[bytes | memoryview]:
+        trailer = xxhash.xxh3_128()
+        trailer.update(head)
+        yield head
+        if cipher is None:
+            trailer.update(stored_view)
+            yield stored_view
+        else:
+            for part in cipher.encrypt_iter(stored_view, head):
+                trailer.update(part)
+                yield part
+        yield trailer.digest()
+
+    return Stream(len(head) + payload_len + TRAILER, pieces())
 
 
 def seal(

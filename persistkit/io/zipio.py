@@ -25,7 +25,7 @@ import struct
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from persistkit.io.fs import PathLike, current_fs, io_error
@@ -172,6 +172,44 @@ class ZipStreamWriter:
         if deferred:
             sizes = struct.pack("<QQ", size, size) if zip64 else struct.pack("<II", size, size)
             self._emit(b"PK\x07\x08" + struct.pack("<I", value) + sizes)
+        self._entries.append(_Written(raw_name, flags, value, size, header_offset))
+        return data_offset
+
+    def add_stream(self, name: str, size: int, pieces: Iterable[Buffer]) -> int:
+        """Like ``add`` for an entry whose ``size`` is known but whose data comes piece by piece.
+
+        Each piece is written (and CRC-ed) before the next is taken, so producers may
+        reuse one buffer. The CRC follows in a data descriptor. Returns the data offset.
+        """
+        if self._finished:
+            raise ValueError("the archive is finished")
+        raw_name = name.encode("utf-8")
+        flags = (0 if raw_name.isascii() else _UTF8_FLAG) | _DESCRIPTOR_FLAG
+        header_offset = self._offset
+        zip64 = self._force64 or size >= _MAX32
+        extra = struct.pack("<HHQQ", 1, 16, 0, 0) if zip64 else b""
+        stored = _MAX32 if zip64 else 0
+        self._emit(
+            _LOCAL.pack(
+                b"PK\x03\x04", 45 if zip64 else 20, flags, 0, self._time, self._date, 0, stored, stored,
+                len(raw_name), len(extra),
+            )
+            + raw_name
+            + extra
+        )  # fmt: skip
+        data_offset = self._offset
+        value = 0
+        written = 0
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
+            if view.nbytes:
+                value = zlib.crc32(view, value)
+                self._emit(view)
+                written += view.nbytes
+        if written != size:
+            raise ValueError(f"zip entry {name!r}: {written} bytes written, {size} announced")
+        sizes = struct.pack("<QQ", size, size) if zip64 else struct.pack("<II", size, size)
+        self._emit(b"PK\x07\x08" + struct.pack("<I", value) + sizes)
         self._entries.append(_Written(raw_name, flags, value, size, header_offset))
         return data_offset
 
