@@ -304,7 +304,7 @@ class Battery:
 
     def check_sigterm(self) -> dict[str, Any]:
         report = self._lifecycle().subprocess(
-            state_dir=self.dir("sigterm"), kills=0, sigterm=True, **self._child()
+            state_dir=self.dir("sigterm"), kills=0, sigterm=True, term_wait=0.5, **self._child()
         )
         return {"exit after SIGTERM": f"{report.sigterm_exit_seconds:.2f} s", "acks": report.acks}
 

@@ -6,7 +6,8 @@ It opens the target (see ``persistkit.testing.battery.Target``), starts the
 store's autosave and signal handling, prints ``READY <generation>``, then
 steps. When a step returns a mapping with an ``"id"`` (a closed trade, say),
 the store's journals are flushed and ``ACK <id>`` is printed: that work is
-durable. On SIGTERM the store's final save prints ``SAVED <generation>
+durable. Each step runs inside ``store.atomic()``, so autosave and the
+final save on a signal never see half a step. On SIGTERM the store's final save prints ``SAVED <generation>
 <digest>``; a normal end prints ``DONE <digest>``.
 """
 
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     store.start()
     _write(f"READY {store.generation}")
     for _ in range(args.steps):
-        result = app.step()
+        with store.atomic():  # no checkpoint (autosave, signal) in the middle of a step
+            result = app.step()
         if isinstance(result, Mapping) and "id" in result:
             store.flush()
             _write(f"ACK {result['id']}")

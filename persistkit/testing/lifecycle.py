@@ -217,6 +217,7 @@ class _ForkChild(_Child):
     def __init__(self, server: Any, target: str, argv: list[str]) -> None:
         self.server = server
         self.pid, self.early = server.run(target, argv)
+        self.code: int | None = None  # set once reaped: a pid is waited for only once
 
     def line(self, timeout: float) -> str | None:
         if self.early:
@@ -232,13 +233,16 @@ class _ForkChild(_Child):
             return True
 
     def wait(self, timeout: float) -> tuple[int | None, list[str]]:
+        if self.code is not None:
+            return self.code, []
         deadline = time.monotonic() + timeout
         while not self._exited():
             if time.monotonic() > deadline:
                 return None, []
             time.sleep(0.01)
         code, rest = self.server.wait(self.pid)
-        return int(code), [str(x) for x in rest]
+        self.code = int(code)
+        return self.code, [str(x) for x in rest]
 
 
 # -- the fixture -------------------------------------------------------------------------------------
@@ -346,6 +350,7 @@ class Lifecycle:
         kills: int | None = None,
         seed: int | None = None,
         term_after_acks: int = 5,
+        term_wait: float = 5.0,
         kill_window: tuple[float, float] = (0.02, 0.5),
         grace: float = 30.0,
         startup_timeout: float = 120.0,
@@ -357,7 +362,8 @@ class Lifecycle:
 
         Give ``cmd`` and ``restart_cmd`` (argument lists; ``{state_dir}`` is substituted), or
         ``target="module:main"`` with ``argv``/``restart_argv`` and ``preload`` for a fork
-        server. ``kill_window``: seconds after ``READY`` within which each kill lands.
+        server. ``kill_window``: seconds after ``READY`` within which each kill lands. SIGTERM is
+        sent after ``term_after_acks`` ACK lines, or ``term_wait`` seconds after ``READY``.
         """
         where = os.path.abspath(os.fspath(state_dir))
         if (cmd is None) == (target is None):
@@ -406,7 +412,7 @@ class Lifecycle:
         try:
             if sigterm:
                 run += 1
-                self._sigterm(start, run, report, take, term_after_acks, grace, startup_timeout)
+                self._sigterm(start, run, report, take, term_after_acks, term_wait, grace, startup_timeout)
             for _ in range(kills):
                 if report.violations:
                     break
@@ -495,6 +501,7 @@ class Lifecycle:
         report: SubprocessReport,
         take: Callable[[int, list[str]], None],
         after_acks: int,
+        wait: float,
         grace: float,
         timeout: float,
     ) -> None:
@@ -505,13 +512,17 @@ class Lifecycle:
             _, rest = self._drain(child, 10)
             report.violations.append(f"run #{run} never printed READY" + _tail(lines + rest, child))
             return
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         while sum(1 for ln in lines if ln.startswith("ACK")) < after_acks and time.monotonic() < deadline:
             line = child.line(0.05)
             if line is not None:
                 lines.append(line)
             elif child.wait(0)[0] is not None:
-                break
+                report.violations.append(
+                    "SIGTERM: the child ended on its own before the signal could be sent; give it more work "
+                    "(more steps)" + _tail(lines, child)
+                )
+                return
         child.send(signal.SIGTERM)
         sent = time.monotonic()
         code, rest = child.wait(grace)

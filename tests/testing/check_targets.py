@@ -78,3 +78,25 @@ def make_ledger(state_dir, *, readonly=False, **store_kw):
 
 def make_forgetful_ledger(state_dir, *, readonly=False, **store_kw):
     return _open(ForgetfulLedger, state_dir, readonly, store_kw)
+
+
+class Tally:
+    """A bare Persistent component with a step(): the other kind of TARGET (zero-argument factory)."""
+
+    def __init__(self):
+        self.count = 0
+        self.last = None
+
+    def step(self):
+        self.count += 1
+        self.last = f"step-{self.count}"
+
+    def state_dict(self):
+        return {"count": self.count, "last": self.last}
+
+    def load_state_dict(self, state):
+        self.count, self.last = state["count"], state["last"]
+
+
+def make_tally():
+    return Tally()

@@ -71,3 +71,10 @@ def test_check_on_the_reference_bot(tmp_path):
 def test_a_bad_target_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(cli, ["check", "no_such_module_xyz:factory"])
     assert result.exit_code == 2 and "cannot import 'no_such_module_xyz'" in result.output
+
+
+def test_check_on_a_bare_persistent_component(tmp_path, targets_on_path):
+    result, report, _ = run_check(tmp_path, "check_targets:make_tally", "--kills", "2", "--steps", "20")
+    assert result.exit_code == 0, result.output
+    figures = {c["check"]: c["figures"] for c in report["checks"]}
+    assert figures["round-trip"]["components"] == 1 and figures["crash points"]["process states"] > 0
