@@ -1,4 +1,4 @@
-"""The README's "Verify your own component in 10 lines" example, run exactly as printed."""
+"""A complete user test file using roundtrip, crash points, disk faults and corruptions, run through pytester."""
 
 from __future__ import annotations
 
