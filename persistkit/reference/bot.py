@@ -33,6 +33,9 @@ from persistkit.state import BoundedLog, StateStore
 __all__ = ["Bot", "main", "make_bot"]
 
 HISTORY = 10_000
+# reconcile() replays journaled trades from the bounded history; checkpointing at least every
+# HISTORY // 2 trades keeps every trade since the last checkpoint inside that history.
+CHECKPOINT_EVERY_TRADES = HISTORY // 2
 CLEANUP_EVERY = dt.timedelta(minutes=30)
 
 
@@ -54,6 +57,7 @@ class Bot:
         self.last_cleanup: dt.datetime | None = None
         self.cleanups = 0
         self.deep_every = deep_every
+        self.trades_since_checkpoint = 0  # not persisted: a restart begins with a checkpoint anyway
         store.register("feed", self.feed)
         store.register("analytics.trades", self.trades)
         store.register("analytics.equity", self.equity)
@@ -132,6 +136,11 @@ class Bot:
                     self.next_id += 1
             if self.last_cleanup is None or now - self.last_cleanup >= CLEANUP_EVERY:
                 self.cleanup(now)
+            if closed is not None:
+                self.trades_since_checkpoint += 1
+                if self.trades_since_checkpoint >= CHECKPOINT_EVERY_TRADES:
+                    self.store.save()
+                    self.trades_since_checkpoint = 0
             return closed
 
     def _close(self, price: float, now: dt.datetime, move: float) -> dict[str, Any]:

@@ -142,3 +142,16 @@ def test_sigkill_storm_loses_no_acknowledged_trade(tmp_path):
 @pytest.mark.timeout(2400)
 def test_sigkill_storm_1000(tmp_path):
     storm(tmp_path, kills=1000, seed=99)
+
+
+def test_bot_checkpoints_before_its_history_can_outrun_reconcile(tmp_path, monkeypatch):
+    import persistkit.reference.bot as botmod
+
+    monkeypatch.setattr(botmod, "CHECKPOINT_EVERY_TRADES", 5)  # small, to see it happen quickly
+    bot = make_bot(tmp_path / "bot", autosave_every=0)
+    start = bot.store.generation
+    closed = 0
+    while closed < 12:
+        closed += bot.step() is not None
+    assert bot.store.generation >= start + 2  # two checkpoints for 12 trades at every 5
+    bot.store.close()
