@@ -225,85 +225,64 @@ class DiskFaults:
         fds0 = open_fds()
         save.begin()
         try:
-            return self._faulted(
-                save, load, top, index, name, code, mode, expected_before, expected_after, allowed, litter,
-                operations, fds0,
-            )  # fmt: skip
-        finally:
-            save.end()
-
-    def _faulted(
-        self,
-        save: _Bound,
-        load: Callable[[], Any],
-        top: str,
-        index: int,
-        name: str,
-        code: int,
-        mode: str,
-        expected_before: Outcome,
-        expected_after: Outcome,
-        allowed: set[str],
-        litter: re.Pattern[str] | None,
-        operations: list[str],
-        fds0: dict[int, str],
-    ) -> FaultCase | None:
-        ffs = FaultFS(current_fs(), Fault(at=index, errno=code, persistent=mode == "persistent"))
-        error: BaseException | None = None
-        try:
-            self._run(save, top, ffs)
-        except Exception as err:
-            error = err
-        if not ffs.fired:
-            return None  # this run took a shorter path; operation N never came
-        ffs.clear()
-        op = _rel(operations[index] if index < len(operations) else f"#{index}", top)
-        fault = f"{name} at {op} ({mode})"
-        case = FaultCase(op, fault, f"{type(error).__name__}: {error}" if error else None, [])
-        got = outcome(load)
-        if error is None:
-            failed_kind = ffs.log[index].split()[1] if index < len(ffs.log) else ""
-            if failed_kind in ("fsync", "fsync_dir"):
+            ffs = FaultFS(current_fs(), Fault(at=index, errno=code, persistent=mode == "persistent"))
+            error: BaseException | None = None
+            try:
+                self._run(save, top, ffs)
+            except Exception as err:
+                error = err
+            if not ffs.fired:
+                return None  # this run took a shorter path; operation N never came
+            ffs.clear()
+            op = _rel(operations[index] if index < len(operations) else f"#{index}", top)
+            fault = f"{name} at {op} ({mode})"
+            case = FaultCase(op, fault, f"{type(error).__name__}: {error}" if error else None, [])
+            got = outcome(load)
+            if error is None:
+                failed_kind = ffs.log[index].split()[1] if index < len(ffs.log) else ""
+                if failed_kind in ("fsync", "fsync_dir"):
+                    case.problems.append(
+                        f"save() returned normally although {failed_kind} failed with {name}: a failed fsync "
+                        "may have dropped the data, so the save must raise (never retry or ignore it)"
+                    )
+                elif not got.same_as(expected_after):
+                    case.problems.append(
+                        f"error swallowed: save() returned normally, yet load() {got.describe()} instead of the "
+                        "new state"
+                    )
+            elif not (got.same_as(expected_before) or got.same_as(expected_after)):
                 case.problems.append(
-                    f"save() returned normally although {failed_kind} failed with {name}: a failed fsync "
-                    "may have dropped the data, so the save must raise (never retry or ignore it)"
+                    f"previous state lost: save() raised, then load() {got.describe()}; expected the state before "
+                    f"the save ({expected_before.describe()})"
                 )
-            elif not got.same_as(expected_after):
-                case.problems.append(
-                    f"error swallowed: save() returned normally, yet load() {got.describe()} instead of the "
-                    "new state"
-                )
-        elif not (got.same_as(expected_before) or got.same_as(expected_after)):
-            case.problems.append(
-                f"previous state lost: save() raised, then load() {got.describe()}; expected the state before "
-                f"the save ({expected_before.describe()})"
-            )
-        if not save.stateful:
-            leaked = _file_fds(open_fds()) - _file_fds(fds0)
-            if leaked:
-                case.problems.append(f"leaked file descriptors: {sorted(_rel(t, top) for t in leaked)}")
-        if mode == "once" and litter is not None:
-            case.problems += _litter(top, allowed, litter, "after the failed save")
-        # The fault clears: the next save must work.
-        try:
-            save()
-        except Exception as err:
-            case.problems.append(
-                f"the next save() after the fault cleared raised {type(err).__name__}: {err}"
-            )
-        else:
-            again = outcome(load)
-            if not again.same_as(expected_after):
-                case.problems.append(
-                    f"after the fault cleared, save() returned but load() {again.describe()} instead of the new state"
-                )
+            if not save.stateful:
+                leaked = _file_fds(open_fds()) - _file_fds(fds0)
+                if leaked:
+                    case.problems.append(f"leaked file descriptors: {sorted(_rel(t, top) for t in leaked)}")
             if mode == "once" and litter is not None:
-                case.problems += _litter(top, allowed, litter, "after the next save")
-        save.end()
-        leaked = _file_fds(open_fds()) - _file_fds(fds0)
-        if leaked and not any("leaked" in p for p in case.problems):
-            case.problems.append(f"leaked file descriptors: {sorted(_rel(t, top) for t in leaked)}")
-        return case
+                case.problems += _litter(top, allowed, litter, "after the failed save")
+            # The fault clears: the next save must work.
+            try:
+                save()
+            except Exception as err:
+                case.problems.append(
+                    f"the next save() after the fault cleared raised {type(err).__name__}: {err}"
+                )
+            else:
+                again = outcome(load)
+                if not again.same_as(expected_after):
+                    case.problems.append(
+                        f"after the fault cleared, save() returned but load() {again.describe()} instead of the new state"
+                    )
+                if mode == "once" and litter is not None:
+                    case.problems += _litter(top, allowed, litter, "after the next save")
+            save.end()
+            leaked = _file_fds(open_fds()) - _file_fds(fds0)
+            if leaked and not any("leaked" in p for p in case.problems):
+                case.problems.append(f"leaked file descriptors: {sorted(_rel(t, top) for t in leaked)}")
+            return case
+        finally:
+            save.end()  # idempotent: already ended above before the descriptor count
 
     @staticmethod
     def _message(report: FaultReport, top: str) -> str:
