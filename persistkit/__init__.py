@@ -7,9 +7,9 @@ only when the feature that needs them is used.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from persistkit import _lazy
 from persistkit.errors import (
     BudgetExceededError,
     FormatError,
@@ -68,16 +68,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'persistkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return _lazy.resolve(__name__, _LAZY, globals(), name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return _lazy.listing(globals(), __all__)
 
 
 if TYPE_CHECKING:  # pragma: no cover - lets type checkers see the lazily resolved names

@@ -11,8 +11,9 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from persistkit import _lazy
 
 # name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -38,13 +39,8 @@ __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'persistkit.testing' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return _lazy.resolve(__name__, _LAZY, globals(), name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return _lazy.listing(globals(), __all__)
