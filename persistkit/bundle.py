@@ -70,6 +70,7 @@ _RELEVANT = {
     "numpy": ("numpy",),
     "tree": ("numpy",),
     "sklearn": ("scikit-learn", "skops", "numpy"),
+    "sklearn-trees": ("scikit-learn", "numpy"),
     "torch": ("torch", "safetensors"),
     "sb3": ("stable-baselines3", "torch", "gymnasium"),
 }

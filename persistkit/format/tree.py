@@ -276,6 +276,11 @@ class _Encoder:
         if handler is not None:
             return handler(self, obj)
         if type(obj).__module__ == "numpy":
+            if self.model_hook is not None and getattr(getattr(obj, "dtype", None), "hasobject", False):
+                # object arrays are refused below; a hook may know how to store them as data
+                member = self.model_hook(obj)
+                if member is not None:
+                    return self.ext(_MODEL, [member[0], member[1]], nested=False)
             packed = self.numpy(obj)
             if packed is not None:
                 return packed

@@ -332,7 +332,17 @@ def _diff_sklearn(a: Any, b: Any, path: str, depth: int) -> str | None:
         state_a, state_b = _object_state(a), _object_state(b)
         if state_a is not None and state_b is not None:
             return _diff_mapping(state_a, state_b, path, depth, attr=True)
-        return None if a == b else f"{path}: {_short(a)} != {_short(b)}"
+        if a == b:
+            return None
+        # Cython types (sklearn.tree._tree.Tree) have neither __dict__ nor __eq__: compare what pickle
+        # would store, (constructor arguments, state); __reduce__ only reads the object.
+        try:
+            reduced_a, reduced_b = a.__reduce__(), b.__reduce__()
+        except Exception:
+            reduced_a = reduced_b = None
+        if isinstance(reduced_a, tuple) and isinstance(reduced_b, tuple) and len(reduced_a) >= 2:
+            return _diff_sequence(list(reduced_a[1:3]), list(reduced_b[1:3]), f"{path}.__reduce__()", depth)
+        return f"{path}: {_short(a)} != {_short(b)}"
     params_a, params_b = a.get_params(deep=False), b.get_params(deep=False)
     problem = _diff_mapping(params_a, params_b, f"{path}.get_params()", depth + 1)
     if problem:

@@ -88,6 +88,23 @@ def test_sklearn_models_compare_params_and_predictions():
     assert first_difference(a, LogisticRegression(C=2.0).fit(x, y)).startswith("value.get_params()['C']")
 
 
+def test_cython_trees_compare_by_what_pickle_would_store():
+    import pickle
+
+    from sklearn.tree import DecisionTreeClassifier
+
+    x = np.arange(40, dtype=float).reshape(20, 2)
+    tree = DecisionTreeClassifier(max_depth=2, random_state=0).fit(x, np.arange(20) % 2).tree_
+    copy = pickle.loads(pickle.dumps(tree))
+    assert tree != copy and first_difference({"t": tree}, {"t": copy}) is None
+    _cls, args, state = copy.__reduce__()
+    state["nodes"]["threshold"][0] += 1.0
+    changed = type(tree)(*args)
+    changed.__setstate__(state)
+    problem = first_difference({"t": tree}, {"t": changed})
+    assert problem is not None and problem.startswith("value['t'].__reduce__()[1]['nodes']"), problem
+
+
 def test_torch_tensors_compare_dtype_and_values():
     torch = pytest.importorskip("torch")
     assert first_difference(torch.zeros(2), torch.zeros(2, dtype=torch.float64)).startswith("value: dtype")

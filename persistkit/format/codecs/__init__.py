@@ -9,6 +9,8 @@ json       JSON documents (bundle metadata)             no
 bytes      raw bytes                                    no
 torch      tensors, state dicts, ``nn.Module`` weights  no
 sklearn    estimators and pipelines (skops)             yes: pinned list
+sklearn-   decision trees and tree forests, as node     yes: 8 classes + Tree
+ trees     arrays (chosen over skops when it can)
 sb3        stable-baselines3 models, as data            yes: pinned list
 =========  ===========================================  =====================
 
@@ -55,10 +57,11 @@ CODECS: dict[str, str] = {
     "bytes": "",
     "torch": "persistkit.format.codecs.torch",
     "sklearn": "persistkit.format.codecs.sklearn",
+    "sklearn-trees": "persistkit.format.codecs.sklearn_trees",
     "sb3": "persistkit.format.codecs.sb3",
 }
 # Codecs whose decoding imports and calls types named by the payload.
-CONSTRUCTING = frozenset({"sklearn", "sb3"})
+CONSTRUCTING = frozenset({"sklearn", "sklearn-trees", "sb3"})
 
 MetaValue = None | bool | int | float | str
 
@@ -146,8 +149,8 @@ def model_hook(obj: object) -> tuple[str, bytes] | None:
     codec = _model_codec(obj)
     if codec is None:
         return None
-    payload = encode_member(obj, codec=codec).payload
-    return codec, bytes(payload)
+    encoded = encode_member(obj, codec=codec)  # its codec may be more specific (sklearn-trees)
+    return encoded.codec, bytes(encoded.payload)
 
 
 def _is_float_data(obj: object) -> bool:
@@ -189,9 +192,19 @@ def encode_member(
         from persistkit.format.codecs import torch as torchc
 
         return Encoded("torch", torchc.encode(obj), info=torchc.info(obj), compressible=False)
+    if codec == "sklearn-trees":
+        from persistkit.format.codecs import sklearn_trees
+
+        return Encoded("sklearn-trees", sklearn_trees.encode(obj, root=name), info={"class": _type_name(obj)})
     if codec == "sklearn":
         from persistkit.format.codecs import sklearn as skc
+        from persistkit.format.codecs import sklearn_trees
 
+        if sklearn_trees.handles(obj):
+            try:  # about 5x faster than skops for forests, and the node arrays are validated on load
+                return encode_member(obj, codec="sklearn-trees", name=name)
+            except UnsupportedTypeError:
+                pass  # state beyond plain data (a RandomState as random_state, say): skops stores it
         return Encoded("sklearn", skc.encode(obj), info={"class": _type_name(obj)})
     if codec == "sb3":
         from persistkit.format.codecs import sb3 as sb3c
@@ -245,7 +258,7 @@ def decode_member(
         return module.decode(payload, source=source)
     if codec == "torch":
         return module.decode(payload, device=device, source=source)
-    if codec == "sklearn":
+    if codec in ("sklearn", "sklearn-trees"):
         return module.decode(payload, trusted=trusted, source=source)
     return module.decode(payload, trusted=trusted, env=env, device=device, source=source)
 

@@ -1,0 +1,281 @@
+"""Decision trees and tree forests as data: fitted node arrays through the tree codec, no skops, no pickle.
+
+Why a codec of its own: a fitted forest is a few hundred small estimators,
+each holding one ``sklearn.tree._tree.Tree`` (two numpy arrays). skops walks
+every one of them through its generic object schema and writes each array as
+its own zip entry, which costs more than the arrays themselves (about 75 ms
+for 100 trees on 5000x20 data, against 4 ms for ``pickle.dumps``). This codec
+stores the same state that pickle would, as tree values, in about a tenth of
+skops' time, and validates every tree's node array before scikit-learn sees
+it (skops and pickle do not: a node whose child index points outside the
+array makes ``predict`` read out of bounds).
+
+Payload: a tree value (``persistkit.format.tree``) ``[1, class name, state]``,
+where ``state`` is the estimator's ``__getstate__()`` dict. Objects inside it
+are embedded with the tree codec's model ext under these names:
+
+================  ============================================================
+``estimator``     a nested estimator of ``ESTIMATORS`` (payload: this format)
+``tree``          ``sklearn.tree._tree.Tree``: ``[n_features, n_classes,
+                  n_outputs, state]``; state holds ``nodes`` and ``values``
+``objects``       a numpy object array of str/int/float/bool/None (string
+                  class labels, ``feature_names_in_``): ``[shape, items]``
+================  ============================================================
+
+Decoding constructs only the classes in ``ESTIMATORS`` plus ``Tree``, named
+by the payload but looked up in this fixed table (nothing else is imported).
+An estimator whose state holds anything else (a ``RandomState`` as
+``random_state``, a callable) is not stored here: ``encode`` raises
+``UnsupportedTypeError`` and the registry falls back to skops.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+from persistkit.errors import FormatError, UnsupportedTypeError, UntrustedTypeError
+from persistkit.format import tree as treefmt
+
+__all__ = ["ESTIMATORS", "TREE_TYPE", "audit", "decode", "encode", "handles"]
+
+FORMAT_VERSION = 1
+TREE_TYPE = "sklearn.tree._tree.Tree"
+# qualified name -> (module, class). The only classes decoding constructs, besides TREE_TYPE.
+ESTIMATORS: dict[str, tuple[str, str]] = {
+    f"{module}.{name}": (module, name)
+    for module, names in (
+        (
+            "sklearn.tree._classes",
+            ("DecisionTreeClassifier", "DecisionTreeRegressor", "ExtraTreeClassifier", "ExtraTreeRegressor"),
+        ),
+        (
+            "sklearn.ensemble._forest",
+            (
+                "RandomForestClassifier",
+                "RandomForestRegressor",
+                "ExtraTreesClassifier",
+                "ExtraTreesRegressor",
+            ),
+        ),
+    )
+    for name in names
+}
+_OBJECT_ITEMS = (str, int, float, bool, type(None))
+_MAX_NESTING = 4  # forest -> estimators_ -> tree: 3 levels are all scikit-learn ever uses
+
+
+def _name(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def handles(obj: object) -> bool:
+    """True when ``obj`` is exactly one of ``ESTIMATORS`` (subclasses may add state this codec cannot judge)."""
+    return _name(obj) in ESTIMATORS
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+
+def encode(obj: object, *, root: str = "model") -> bytes:
+    """The payload for a tree or forest; UnsupportedTypeError when its state holds anything but data."""
+    if not handles(obj):
+        raise UnsupportedTypeError(f"{root}: {_name(obj)} is not a decision tree or tree forest", field=root)
+    state = obj.__getstate__()
+    if not isinstance(state, dict):
+        raise UnsupportedTypeError(f"{root}: {_name(obj)}.__getstate__() is not a dict", field=root)
+    return treefmt.encode([FORMAT_VERSION, _name(obj), state], root=root, model_hook=_hook)
+
+
+def _hook(obj: object) -> tuple[str, bytes] | None:
+    name = _name(obj)
+    if name in ESTIMATORS:
+        return "estimator", encode(obj)
+    if name == TREE_TYPE:
+        reduced: Any = obj.__reduce__()
+        _cls, (n_features, n_classes, n_outputs), state = reduced
+        wanted = {"max_depth": state["max_depth"], "node_count": state["node_count"],
+                  "nodes": state["nodes"], "values": state["values"]}  # fmt: skip
+        return "tree", treefmt.encode([int(n_features), n_classes, int(n_outputs), wanted])
+    if name == "numpy.ndarray" and obj.dtype.kind == "O":  # type: ignore[attr-defined]
+        items = obj.ravel(order="C").tolist()  # type: ignore[attr-defined]
+        if all(type(item) in _OBJECT_ITEMS for item in items):
+            return "objects", treefmt.encode([list(obj.shape), items])  # type: ignore[attr-defined]
+    return None
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+class _Reader:
+    """Rebuilds (or, with ``build=False``, only lists) what a payload constructs."""
+
+    def __init__(self, source: str, build: bool) -> None:
+        self.source = source
+        self.build = build
+        self.found: list[str] = []
+        self.depth = 0
+
+    def fail(self, what: str) -> FormatError:
+        return FormatError(
+            f"{self.source}: {what}. The member is damaged or was not written by persistkit; "
+            "restore the bundle from a backup.",
+            member=self.source,
+        )
+
+    def estimator(self, payload: bytes) -> object:
+        self.depth += 1
+        try:
+            if self.depth > _MAX_NESTING:
+                raise self.fail(f"estimators nest more than {_MAX_NESTING} deep")
+            doc = treefmt.decode(payload, model_resolver=self.resolve, source=self.source)
+            if not (isinstance(doc, list) and len(doc) == 3 and type(doc[1]) is str and type(doc[2]) is dict):
+                raise self.fail("not a [version, class, state] record")
+            version, name, state = doc
+            if version != FORMAT_VERSION:
+                if type(version) is int and version > FORMAT_VERSION:
+                    raise FormatError(
+                        f"{self.source}: written by a newer persistkit (sklearn-trees format {version}); "
+                        "upgrade persistkit to read it.",
+                        member=self.source,
+                    )
+                raise self.fail(f"unknown format version {version!r}")
+            if name not in ESTIMATORS:
+                raise UntrustedTypeError(
+                    f"{self.source} names {name!r}, which this codec never constructs (it rebuilds only "
+                    f"{', '.join(sorted(ESTIMATORS))}). The member is damaged or forged.",
+                    types=[name],
+                    member=self.source,
+                )
+            if not all(type(key) is str for key in state):
+                raise self.fail(f"the state of {name} has non-string attribute names")
+            if name not in self.found:
+                self.found.append(name)
+            if not self.build:
+                return None
+            module, cls_name = ESTIMATORS[name]
+            cls = getattr(importlib.import_module(module), cls_name)
+            tree = state.get("tree_")
+            if tree is not None and getattr(tree, "n_features", None) != state.get("n_features_in_"):
+                # predict() checks X against n_features_in_, then the tree indexes X by its own features
+                raise self.fail(f"{name}'s tree and n_features_in_ disagree on the number of features")
+            obj = cls.__new__(cls)
+            obj.__setstate__(state)  # BaseEstimator's: warns (InconsistentVersionWarning) on a version skew
+            return obj
+        finally:
+            self.depth -= 1
+
+    def resolve(self, kind: str, payload: bytes) -> object:
+        if kind == "estimator":
+            return self.estimator(payload)
+        if kind == "tree":
+            if TREE_TYPE not in self.found:
+                self.found.append(TREE_TYPE)
+            return self.tree(treefmt.decode(payload, source=self.source)) if self.build else None
+        if kind == "objects":
+            return self.objects(treefmt.decode(payload, source=self.source))
+        raise self.fail(f"unknown embedded object kind {kind!r}")
+
+    def objects(self, doc: object) -> object:
+        import numpy as np
+
+        if not (
+            isinstance(doc, list) and len(doc) == 2 and isinstance(doc[0], list) and isinstance(doc[1], list)
+        ):
+            raise self.fail("bad object array")
+        shape, items = doc
+        if not all(type(n) is int and n >= 0 for n in shape) or int(np.prod(shape)) != len(items):
+            raise self.fail("object array shape does not match its items")
+        if not all(type(item) in _OBJECT_ITEMS for item in items):
+            raise self.fail("object array holds something other than str/int/float/bool/None")
+        out = np.empty(len(items), dtype=object)
+        out[:] = items
+        return out.reshape(shape)
+
+    def tree(self, doc: object) -> object:
+        import numpy as np
+        from sklearn.tree._tree import Tree
+
+        if not (isinstance(doc, list) and len(doc) == 4 and type(doc[3]) is dict):
+            raise self.fail("bad decision tree record")
+        n_features, n_classes, n_outputs, state = doc
+        _check_tree(n_features, n_classes, n_outputs, state, self.fail)
+        out = Tree(n_features, np.ascontiguousarray(n_classes, dtype=np.intp), n_outputs)
+        try:
+            out.__setstate__(state)
+        except (ValueError, TypeError, KeyError) as err:
+            raise self.fail(f"scikit-learn refused a decision tree ({err})") from err
+        return out
+
+
+def _check_tree(n_features: Any, n_classes: Any, n_outputs: Any, state: dict[str, Any], fail: Any) -> None:
+    """Refuse node arrays that would make scikit-learn read outside them.
+
+    Trees are built parent first, so every child index is greater than its
+    parent's: that rules out cycles as well as out-of-range indices.
+    """
+    import numpy as np
+
+    if not (type(n_features) is int and n_features > 0 and type(n_outputs) is int and n_outputs > 0):
+        raise fail("decision tree with a bad feature or output count")
+    if not (
+        isinstance(n_classes, np.ndarray) and n_classes.shape == (n_outputs,) and n_classes.dtype.kind in "iu"
+    ):
+        raise fail("decision tree with a bad class count array")
+    if (n_classes < 1).any():
+        raise fail("decision tree with a class count below 1")
+    nodes, values, count = state.get("nodes"), state.get("values"), state.get("node_count")
+    if set(state) != {"max_depth", "node_count", "nodes", "values"} or type(count) is not int:
+        raise fail("decision tree state has the wrong fields")
+    if type(state["max_depth"]) is not int or not 0 <= state["max_depth"] <= count:
+        raise fail("decision tree with a bad depth")
+    if not (
+        isinstance(nodes, np.ndarray) and nodes.ndim == 1 and nodes.dtype.names and len(nodes) == count > 0
+    ):
+        raise fail("decision tree node array does not match its node count")
+    if not {"left_child", "right_child", "feature"} <= set(nodes.dtype.names):
+        raise fail("decision tree node array lacks child or feature fields")
+    wanted_values = (count, n_outputs, int(n_classes.max()))
+    if not (isinstance(values, np.ndarray) and values.dtype == np.float64 and values.shape == wanted_values):
+        raise fail(f"decision tree values are not float64 of shape {wanted_values}")
+    left, right, feature = nodes["left_child"], nodes["right_child"], nodes["feature"]
+    index = np.arange(count)
+    inner = ~((left == -1) & (right == -1))
+    if not (
+        ((left[inner] > index[inner]) & (left[inner] < count)).all()
+        and ((right[inner] > index[inner]) & (right[inner] < count)).all()
+        and ((feature[inner] >= 0) & (feature[inner] < n_features)).all()
+    ):
+        raise fail("decision tree node points outside the tree or at a feature it does not have")
+    children = np.concatenate([left[inner], right[inner]])
+    if len(np.unique(children)) != len(children):
+        raise fail("decision tree node has two parents")  # traversal stacks are sized by node_count
+    # decision_path() sizes its buffer by max_depth: it must be at least the real depth.
+    depth, level = 0, np.array([0])
+    while True:
+        level = level[inner[level]]
+        if not len(level):
+            break
+        level = np.concatenate([left[level], right[level]])
+        depth += 1
+    if depth > state["max_depth"]:
+        raise fail(f"decision tree is {depth} deep but claims max_depth {state['max_depth']}")
+
+
+def decode(
+    payload: bytes | bytearray | memoryview,
+    *,
+    trusted: Sequence[str] | bool = (),
+    source: str = "scikit-learn member",
+) -> object:
+    """Rebuild the estimator. Every class it constructs is in the default trust, so ``trusted`` is unused."""
+    del trusted
+    return _Reader(source, build=True).estimator(bytes(payload))
+
+
+def audit(payload: bytes | bytearray | memoryview, *, source: str = "scikit-learn member") -> list[str]:
+    """The classes decoding would construct, read without constructing any."""
+    reader = _Reader(source, build=False)
+    reader.estimator(bytes(payload))
+    return sorted(reader.found)
