@@ -365,6 +365,7 @@ def test_progress_bar_on_a_terminal_and_silence_otherwise(tmp_path):
     assert "archiving" in drawn and "MB" in drawn  # bytes done / total, with an ETA column
     quiet = subprocess.run(
         [sys.executable, "-c", f"from persistkit.archive import Archiver; Archiver({str(ws)!r}).create()"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
