@@ -33,7 +33,7 @@ _LAZY: dict[str, str] = {
     "Report": "persistkit.bundle",
     "save_bundle": "persistkit.bundle",
     "load_bundle": "persistkit.bundle",
-    "inspect": "persistkit.bundle",
+    "inspect": "persistkit.inspection",
     "verify": "persistkit.bundle",
     "Manifest": "persistkit.format.manifest",
     "VersionSkewWarning": "persistkit.bundle",
@@ -82,11 +82,11 @@ if TYPE_CHECKING:  # pragma: no cover - lets type checkers see the lazily resolv
     from persistkit.bundle import Bundle as Bundle
     from persistkit.bundle import Report as Report
     from persistkit.bundle import VersionSkewWarning as VersionSkewWarning
-    from persistkit.bundle import inspect as inspect
     from persistkit.bundle import load_bundle as load_bundle
     from persistkit.bundle import save_bundle as save_bundle
     from persistkit.bundle import verify as verify
     from persistkit.format.manifest import Manifest as Manifest
+    from persistkit.inspection import inspect as inspect
     from persistkit.model_store import ModelStore as ModelStore
     from persistkit.state import BoundedLog as BoundedLog
     from persistkit.state import Checkpoint as Checkpoint

@@ -16,7 +16,9 @@ import click
 from persistkit.errors import PersistkitError
 
 if TYPE_CHECKING:
+    from persistkit.format.envelope import Header
     from persistkit.format.manifest import Manifest
+    from persistkit.inspection import Info
 
 __all__ = ["inspect_command", "keygen_command", "verify_command"]
 
@@ -44,20 +46,101 @@ def _encryption(manifest: Manifest) -> str:
 
 
 @click.command("inspect")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a table.")
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def inspect_command(file: Path, as_json: bool) -> None:
-    """Show the manifest of the bundle FILE. No key needed; nothing is decrypted."""
-    from persistkit.bundle import inspect
+    """Show what the persistkit FILE is and holds. No key needed; nothing is decrypted.
+
+    FILE may be a bundle, a training archive, a state-store directory, an
+    envelope file (STORE, CURRENT, MANIFEST, *.pk), a journal or a key file.
+    Exits 1 if it is not a persistkit file or something in it is damaged.
+    """
+    from persistkit.inspection import inspect, to_json
 
     try:
-        manifest = inspect(file)
+        info = inspect(file)
     except PersistkitError as err:
         click.echo(f"persistkit inspect: {err}", err=True)
         raise SystemExit(1) from None
     if as_json:
-        click.echo(json.dumps(manifest.to_json(), indent=2))
-        return
+        click.echo(json.dumps(to_json(info), indent=2, default=str))
+    else:
+        _print_info(file, info)
+    if _problems(info):
+        raise SystemExit(1)
+
+
+def _problems(info: Info) -> list[str]:
+    from persistkit.archive import VerifyReport
+    from persistkit.state.inspection import JournalInfo, StoreInfo
+
+    if isinstance(info, StoreInfo | VerifyReport):
+        return list(info.problems)
+    if isinstance(info, JournalInfo) and info.problem:
+        return [info.problem]
+    return []
+
+
+def _print_info(file: Path, info: Info) -> None:
+    from persistkit.archive import VerifyReport
+    from persistkit.format.envelope import Header
+    from persistkit.format.manifest import Manifest
+    from persistkit.state.inspection import JournalInfo, StoreInfo
+
+    if isinstance(info, Manifest):
+        _print_manifest(file, info)
+    elif isinstance(info, StoreInfo):
+        from persistkit.commands.state import _print_table
+
+        _print_table(info)
+    elif isinstance(info, VerifyReport):
+        click.echo(f"{file}  persistkit training archive")
+        click.echo(
+            f"  {info.checked} files checked against MANIFEST.json: " + ("intact" if info.ok else "DAMAGED")
+        )
+        for problem in info.problems:
+            click.echo(f"  !! {problem}")
+    elif isinstance(info, Header):
+        _print_header(file, info)
+    elif isinstance(info, JournalInfo):
+        click.echo(f"{file}  persistkit journal")
+        click.echo(f"  records     {info.records} (from sequence {info.first_seq})")
+        click.echo(f"  size        {_size(info.bytes)}")
+        if info.torn_bytes:
+            click.echo(
+                f"  torn tail   {info.torn_bytes} bytes (an append never acknowledged; dropped on load)"
+            )
+        if info.problem:
+            click.echo(f"  !! {info.problem}")
+    else:
+        click.echo(f"{file}  persistkit key file")
+        click.echo(f"  fingerprint {info.fingerprint}")
+        safe = "only the owner can read it" if info.secure else "READABLE BY OTHERS: run chmod 600"
+        click.echo(f"  mode        {info.mode:04o} ({safe})")
+
+
+def _print_header(file: Path, header: Header) -> None:
+    click.echo(f"{file}  persistkit envelope, format {header.version}")
+    click.echo(f"  kind        {header.kind}")
+    click.echo(f"  codec       {header.codec} (schema {header.schema})")
+    click.echo(f"  created     {header.created}")
+    click.echo(f"  compression {header.compression}")
+    enc = header.encryption
+    if enc is None:
+        click.echo("  encrypted   no (checksums only)")
+    elif enc.kdf is not None:
+        click.echo(f"  encrypted   {enc.alg}, password (scrypt n={enc.kdf.n}, r={enc.kdf.r}, p={enc.kdf.p})")
+    else:
+        click.echo(f"  encrypted   {enc.alg}, key file")
+    click.echo(
+        f"  size        {_size(header.plain_len)} plain, {_size(header.stored_len)} stored, "
+        f"{_size(header.total_len)} file"
+    )
+    for name, value in header.meta.items():
+        click.echo(f"  meta        {name} = {value}")
+
+
+def _print_manifest(file: Path, manifest: Manifest) -> None:
     import shutil
     import sys
 

@@ -116,3 +116,109 @@ def test_the_real_cli_runs_verify(bundles):
     )
     assert out.returncode == 0, out.stderr
     assert "ok" in out.stdout
+
+
+# -- inspect: every kind of persistkit file ------------------------------------------------------------
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+@pytest.fixture
+def kinds(tmp_path):
+    """One real file of each kind: a state store (with a journal), an archive and a key file."""
+    store = pk.StateStore(tmp_path / "store", autosave_every=0)
+    counter, trades = _Counter(), pk.BoundedLog(10)
+    store.register("counter", counter)
+    store.register("trades", trades)
+    store.load()
+    counter.value = 3
+    store.save()
+    trades.append({"id": 1})
+    store._abandon()  # a crash: the appended record stays in the current generation's journal
+    (tmp_path / "ws" / "logs").mkdir(parents=True)
+    (tmp_path / "ws" / "logs" / "events.gz").write_bytes(b"event-bytes" * 40)
+    archive = pk.Archiver(tmp_path / "ws", sources=("logs",), root_patterns=()).create()
+    key = tmp_path / "team.key"
+    run(keygen_command, [key])
+    return {"store": tmp_path / "store", "archive": archive, "key": key}
+
+
+def test_inspect_a_state_store_directory(kinds):
+    result = run(inspect_command, [kinds["store"]])
+    assert result.exit_code == 0, result.output
+    assert "state store" in result.output and "gen-000002  current" in result.output
+    doc = json.loads(run(inspect_command, [kinds["store"], "--json"]).output)
+    assert doc["format"] == "persistkit.state-store" and doc["current"] == 2 and doc["problems"] == []
+
+
+def test_inspect_envelopes_and_journals_of_a_store(kinds):
+    current = run(inspect_command, [kinds["store"] / "CURRENT"])
+    assert current.exit_code == 0, current.output
+    for words in ("persistkit envelope", "kind        current", "encrypted   no", "generation = 2"):
+        assert words in current.output
+    component = json.loads(
+        run(inspect_command, [kinds["store"] / "gen-000002" / "counter.pk", "--json"]).output
+    )
+    assert (component["format"], component["kind"], component["encrypted"]) == (
+        "persistkit.envelope",
+        "component",
+        False,
+    )
+    journal = run(inspect_command, [kinds["store"] / "gen-000002" / "trades.journal"])
+    assert (
+        journal.exit_code == 0
+        and "persistkit journal" in journal.output
+        and "records     1" in journal.output
+    )
+
+
+def test_inspect_an_archive_and_a_damaged_one(kinds):
+    archive = kinds["archive"]
+    result = run(inspect_command, [archive])
+    assert result.exit_code == 0 and "training archive" in result.output and "intact" in result.output
+    data = bytearray(archive.read_bytes())
+    data[data.index(b"event-bytes")] ^= 0x01
+    archive.write_bytes(bytes(data))
+    damaged = run(inspect_command, [archive, "--json"])
+    assert damaged.exit_code == 1
+    doc = json.loads(damaged.output)
+    assert doc["format"] == "persistkit.archive" and not doc["ok"] and "logs/events.gz" in doc["problems"][0]
+
+
+def test_inspect_a_key_file_shows_its_fingerprint_only(kinds):
+    result = run(inspect_command, [kinds["key"]])
+    assert result.exit_code == 0, result.output
+    fingerprint = read_key_file(kinds["key"]).fingerprint
+    assert "persistkit key file" in result.output and fingerprint in result.output and "0600" in result.output
+    assert kinds["key"].read_text().strip() not in result.output
+
+
+def test_inspect_of_something_else_exits_1_naming_it(tmp_path):
+    garbage = tmp_path / "notes.txt"
+    garbage.write_text("just some notes\n")
+    result = run(inspect_command, [garbage])
+    assert result.exit_code == 1
+    assert f"{garbage} is not a persistkit file" in result.output and "persistkit files are" in result.output
+    plain_dir = tmp_path / "logs"
+    plain_dir.mkdir()
+    assert run(inspect_command, [plain_dir]).exit_code == 1
+    assert run(inspect_command, [tmp_path / "missing"]).exit_code == 2  # click: the path does not exist
+
+
+def test_the_real_cli_inspects_a_store(kinds):
+    out = subprocess.run(
+        [sys.executable, "-m", "persistkit", "inspect", str(kinds["store"]), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["format"] == "persistkit.state-store"

@@ -1,0 +1,320 @@
+"""``pk.inspect(path)``: say what any persistkit file is, without a key and without decrypting.
+
+The kind is sniffed from the content, never from the name. What ``path`` is,
+how it is recognised, and what ``inspect`` returns:
+
+- model bundle: a zip holding ``manifest.json`` and ``manifest.auth``
+  -> ``persistkit.format.manifest.Manifest`` (as ``persistkit.bundle.inspect``);
+- training archive (``Archiver.create``): a zip holding a persistkit ``MANIFEST.json``
+  -> ``persistkit.archive.VerifyReport``;
+- state-store directory: a ``STORE`` file or ``gen-*`` directories
+  -> ``persistkit.state.inspection.StoreInfo``;
+- envelope file (``STORE``, ``CURRENT``, ``MANIFEST``, ``*.pk`` components): the envelope magic
+  -> ``persistkit.format.envelope.Header``;
+- journal (``*.journal``): its first record's framing and checksum
+  -> ``persistkit.state.inspection.JournalInfo``;
+- key file: one line of base64 holding 32 bytes -> ``KeyFileInfo`` (fingerprint and mode, never the key).
+
+Only what files say about themselves is read: a bundle's manifest (its
+digest is checked), envelope headers, journal framing, the fingerprint of a
+key file. Nothing is decrypted. An archive is not encrypted, so inspecting one
+recomputes its members' sha256 (``Archiver.verify``); problems are listed in
+the report rather than raised, as in ``StoreInfo``.
+
+Errors: a missing or unreadable path raises ``PersistIOError``; anything that
+is not a persistkit file raises ``FormatError``, and a persistkit file cut off
+or damaged where the kind itself is read raises ``IntegrityError``. Each names
+the path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from persistkit.errors import FormatError, IntegrityError
+from persistkit.io import current_fs
+from persistkit.io.fs import PathLike, io_error
+
+if TYPE_CHECKING:  # the format and state modules load only when a file needs them
+    from persistkit.archive import VerifyReport
+    from persistkit.format.envelope import Header
+    from persistkit.format.manifest import Manifest
+    from persistkit.state.inspection import JournalInfo, StoreInfo
+    from persistkit.state.journal import Record
+
+__all__ = ["Info", "KeyFileInfo", "inspect", "to_json"]
+
+# What persistkit files look like, for every "not a persistkit file" message.
+KINDS_HELP = (
+    "persistkit files are: model bundles and training archives (zip files holding manifest.json or "
+    "MANIFEST.json), state-store directories (a STORE file and gen-* directories), envelope files "
+    "(STORE, CURRENT, MANIFEST, *.pk; they start with the bytes \\x89PKENV), journals (*.journal) and "
+    "key files (one line of base64)."
+)
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+# What zipfile raises on damaged input: an unknown method or version field
+# (NotImplementedError), a cut-off or corrupt deflate stream (EOFError, zlib.error), bad offsets.
+_ZIP_DAMAGE: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,
+    ValueError,
+    EOFError,
+    NotImplementedError,
+    zlib.error,
+)
+
+
+@dataclass(frozen=True)
+class KeyFileInfo:
+    """A key file: its fingerprint (as ``persistkit keygen`` printed it) and permissions. Never the key."""
+
+    path: str
+    fingerprint: str
+    mode: int
+
+    @property
+    def secure(self) -> bool:
+        """Only the owner can read or write it (mode 0600 or stricter)."""
+        return not self.mode & 0o077
+
+
+Info: TypeAlias = "Manifest | StoreInfo | VerifyReport | Header | JournalInfo | KeyFileInfo"
+
+
+def inspect(path: PathLike) -> Info:
+    """Describe the persistkit file or state store at ``path``; no key needed, nothing decrypted.
+
+    Returns, by what ``path`` holds (see the module docstring): a bundle's
+    ``Manifest`` | a state store's ``StoreInfo`` | an archive's
+    ``VerifyReport`` | an envelope's ``Header`` | a journal's ``JournalInfo``
+    | a key file's ``KeyFileInfo``. ``to_json(info)`` turns any of them into
+    JSON-ready data.
+
+    Raises ``PersistIOError`` when ``path`` is missing or unreadable,
+    ``FormatError`` when it is not a persistkit file, ``IntegrityError`` when
+    it is one whose structure is damaged or cut off.
+    """
+    source = os.path.abspath(os.fspath(path))
+    fs = current_fs()
+    try:
+        st = fs.stat(source)
+    except OSError as err:
+        raise io_error("inspect", source, err) from err
+    if stat.S_ISDIR(st.st_mode):
+        return _inspect_directory(source)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_persistkit(source, "it is not a regular file or a directory")
+    if st.st_size == 0:
+        if source.endswith(".journal") and os.path.basename(os.path.dirname(source)).startswith("gen-"):
+            # A checkpoint starts every journal empty; with no bytes to sniff, only the place can tell.
+            return _journal_info(source, first_seq=0)
+        raise _not_persistkit(source, "it is empty (0 bytes); if it should be one, it was truncated")
+    from persistkit.format.envelope import HEADER_SPAN_MAX
+
+    try:
+        with fs.open_read(source) as f:
+            head = f.read(HEADER_SPAN_MAX)
+    except OSError as err:
+        raise io_error("inspect", source, err) from err
+    if head.startswith(_ZIP_MAGICS):
+        return _inspect_zip(source)
+    return _inspect_plain_file(source, head, st)
+
+
+def _not_persistkit(source: str, why: str, hint: str = "") -> FormatError:
+    return FormatError(f"{source} is not a persistkit file: {why}.{hint} {KINDS_HELP}", path=source)
+
+
+def _inspect_directory(source: str) -> StoreInfo:
+    from persistkit.state.inspection import inspect_store
+    from persistkit.state.store import STORE_FILE
+
+    try:
+        names = current_fs().listdir(source)
+    except OSError as err:
+        raise io_error("inspect", source, err) from err
+    if STORE_FILE not in names and not any(n.startswith("gen-") for n in names):
+        hint = ""
+        if os.path.basename(source).startswith("gen-"):
+            hint = " It looks like one generation of a state store: inspect its parent directory."
+        raise _not_persistkit(source, "a directory without a STORE file or gen-* directories", hint)
+    return inspect_store(source)
+
+
+def _inspect_zip(source: str) -> Manifest | VerifyReport:
+    from persistkit.archive import MANIFEST, Archiver
+    from persistkit.bundle import inspect as inspect_bundle
+    from persistkit.format import manifest as mf
+
+    try:
+        with current_fs().open_read(source) as raw, zipfile.ZipFile(raw) as zf:
+            names = set(zf.namelist())
+    except OSError as err:
+        raise io_error("inspect", source, err) from err
+    except _ZIP_DAMAGE as err:
+        raise _damaged_zip(source, err) from err
+    if mf.MANIFEST_NAME in names or mf.AUTH_NAME in names:
+        return inspect_bundle(source)  # checks the manifest digest; raises naming what is wrong
+    archiver = Archiver(os.path.dirname(source))
+    if MANIFEST in names:
+        try:
+            made_by_persistkit = archiver._made_by_persistkit(Path(source))
+            report = archiver.verify(source)
+        except _ZIP_DAMAGE as err:  # what the archive reader lets through (e.g. a mangled method field)
+            raise _damaged_zip(source, err) from err
+        if not made_by_persistkit:
+            raise _not_persistkit(
+                source,
+                f"a zip whose {MANIFEST} is not a persistkit archive manifest (damaged, or written by "
+                "another tool)",
+            )
+        return report
+    raise _not_persistkit(
+        source,
+        "a zip without a persistkit manifest",
+        " It is some other zip file (an SB3 or skops file?); re-save models with persistkit.save_bundle.",
+    )
+
+
+def _damaged_zip(source: str, err: BaseException) -> IntegrityError:
+    return IntegrityError(
+        f"{source}: a zip file whose structure is damaged or truncated ({type(err).__name__}: {err}). "
+        "persistkit bundles and archives are zip files; this one was cut off or overwritten. Restore it "
+        "from a backup.",
+        path=source,
+    )
+
+
+def _inspect_plain_file(source: str, head: bytes, st: os.stat_result) -> Header | JournalInfo | KeyFileInfo:
+    from persistkit.format import envelope
+
+    try:
+        header = envelope.read_header(head, source=source)
+    except FormatError as err:
+        if head.startswith(envelope.MAGIC):
+            raise  # ours, but from a newer persistkit: the message says to upgrade
+        found = _key_file(source, st) or _journal(source, head)
+        if found is not None:
+            return found
+        hint = ""
+        if head[:1] in (b"\x80", b"(", b"}", b"]"):
+            hint = " It looks like a pickle, which persistkit never loads."
+        raise _not_persistkit(
+            source, "it is neither a zip, a directory, an envelope, a journal nor a key file", hint
+        ) from err
+    if st.st_size != header.total_len:
+        what = "truncated" if st.st_size < header.total_len else "has extra bytes appended"
+        raise IntegrityError(
+            f"{source}: {what}: {st.st_size} bytes, its envelope header promises {header.total_len}. The "
+            "file is damaged; restore it from a backup or an older generation.",
+            path=source,
+        )
+    return header
+
+
+def _key_file(source: str, st: os.stat_result) -> KeyFileInfo | None:
+    from persistkit.format.crypto import KEY_FILE_MAX_BYTES, read_key_file
+
+    if st.st_size > KEY_FILE_MAX_BYTES:
+        return None
+    try:
+        key = read_key_file(source, on_insecure="ignore")
+    except FormatError:
+        return None
+    return KeyFileInfo(source, key.fingerprint, stat.S_IMODE(st.st_mode))
+
+
+def _journal(source: str, head: bytes) -> JournalInfo | None:
+    """A journal if a record's framing, op and checksum hold at byte 0, or further on (damaged start)."""
+    from persistkit.state import journal
+
+    record = _first_record(source, head)
+    if record is None and journal._only_garbage_follows(head, 0):
+        return None
+    # With the first record damaged the reader reports the damage at byte 0, whatever first_seq says.
+    return _journal_info(source, first_seq=record.seq if record is not None else 0)
+
+
+def _first_record(source: str, head: bytes) -> Record | None:
+    from persistkit.state import journal
+
+    if len(head) < journal.RECORD.size:
+        return None
+    length, _, _ = journal.RECORD.unpack_from(head)
+    if length > journal.MAX_RECORD:
+        return None
+    data = head
+    span = journal.RECORD.size + length + journal.CHECK
+    if span > len(head):  # read just the first record, not a whole large foreign file
+        try:
+            with current_fs().open_read(source) as f:
+                data = f.read(span)
+        except OSError as err:
+            raise io_error("inspect", source, err) from err
+    return journal._parse(data, 0)[0]
+
+
+def _journal_info(source: str, *, first_seq: int) -> JournalInfo:
+    from persistkit.state.inspection import _describe_journal
+
+    info = _describe_journal(source, os.path.basename(source), first_seq=first_seq)
+    # _describe_journal names a journal inside a generation; standalone, the file may be named anything.
+    info.name = os.path.basename(source).removesuffix(".journal")
+    info.file = source
+    return info
+
+
+def to_json(info: Info) -> dict[str, Any]:
+    """JSON-ready data for any result of ``inspect``; a bundle keeps its manifest's own layout."""
+    from dataclasses import asdict
+
+    from persistkit.archive import VerifyReport
+    from persistkit.format.envelope import Header
+    from persistkit.format.manifest import Manifest
+    from persistkit.state.inspection import JournalInfo, StoreInfo
+
+    if isinstance(info, Manifest):
+        return info.to_json()
+    if isinstance(info, StoreInfo):
+        return {"format": "persistkit.state-store", **info.to_dict()}
+    if isinstance(info, VerifyReport):
+        return {
+            "format": "persistkit.archive",
+            "path": str(info.path),
+            "checked": info.checked,
+            "ok": info.ok,
+            "problems": list(info.problems),
+        }
+    if isinstance(info, Header):
+        return {"format": "persistkit.envelope", **_header_json(info)}
+    if isinstance(info, JournalInfo):
+        return {"format": "persistkit.journal", **asdict(info)}
+    return {"format": "persistkit.key-file", **asdict(info), "secure": info.secure}
+
+
+def _header_json(header: Header) -> dict[str, Any]:
+    enc = header.encryption
+    encryption = None
+    if enc is not None:
+        kdf = None if enc.kdf is None else {"name": "scrypt", "n": enc.kdf.n, "r": enc.kdf.r, "p": enc.kdf.p}
+        encryption = {"alg": enc.alg, "key": enc.key_source, "kdf": kdf, "segment": enc.segment}
+    return {
+        "version": header.version,
+        "kind": header.kind,
+        "codec": header.codec,
+        "schema": header.schema,
+        "created": header.created,
+        "compression": header.compression,
+        "plain_len": header.plain_len,
+        "stored_len": header.stored_len,
+        "payload_len": header.payload_len,
+        "total_len": header.total_len,
+        "encrypted": header.encrypted,
+        "encryption": encryption,
+        "meta": dict(header.meta),
+    }
