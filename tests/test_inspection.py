@@ -21,7 +21,7 @@ from persistkit.archive import VerifyReport
 from persistkit.bundle import inspect as inspect_bundle
 from persistkit.errors import FormatError, IntegrityError, PersistIOError, PersistkitError
 from persistkit.format import envelope
-from persistkit.format.crypto import Key, write_key_file
+from persistkit.format.crypto import KdfParams, Key, write_key_file
 from persistkit.format.envelope import Header
 from persistkit.format.manifest import Manifest
 from persistkit.inspection import KeyFileInfo, inspect, to_json
@@ -405,3 +405,21 @@ def test_cut_and_bit_flipped_files_only_ever_raise_typed_errors(bundle, archive,
                 pk.inspect(victim)
             except PersistkitError as err:
                 assert err.path is not None and str(victim) in str(err), (source, str(err))
+
+
+def test_an_encrypted_store_is_described_without_its_password(tmp_path):
+    directory = tmp_path / "secret-store"
+    store = StateStore(directory, autosave_every=0, password="s3cret", kdf=KdfParams.floor())
+    counter, trades = Counter(), BoundedLog(5)
+    store.register("counter", counter)
+    store.register("trades", trades)
+    store.load()
+    trades.append({"id": 1})
+    store._abandon()
+    info = pk.inspect(directory)
+    assert isinstance(info, StoreInfo) and info.encrypted and info.problems == []
+    component = pk.inspect(directory / "gen-000001" / "counter.pk")
+    assert component.encrypted and component.encryption.key_source == "password"
+    assert to_json(component)["encryption"]["kdf"]["name"] == "scrypt"
+    journal = pk.inspect(directory / "gen-000001" / "trades.journal")
+    assert isinstance(journal, JournalInfo) and journal.records == 1  # framing is readable, payload is not
