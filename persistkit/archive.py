@@ -354,7 +354,7 @@ class Archiver:
                     problem = _check_member(zf, entry)
                     if problem:
                         problems.append(problem)
-        except (zipfile.BadZipFile, ValueError, KeyError, EOFError, zlib.error) as err:
+        except (zipfile.BadZipFile, ValueError, KeyError, EOFError, zlib.error, NotImplementedError) as err:
             problems.append(f"not a readable zip: {err}")
         except OSError as err:
             raise io_error("read archive", path, err) from err
@@ -392,7 +392,7 @@ class Archiver:
         try:
             with current_fs().open_read(path) as raw, zipfile.ZipFile(raw) as zf:
                 return json.loads(zf.read(MANIFEST)).get("format") == FORMAT  # type: ignore[no-any-return]
-        except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+        except (OSError, zipfile.BadZipFile, KeyError, ValueError, EOFError, zlib.error, NotImplementedError):
             return False
 
     # -- restore -----------------------------------------------------------------------------
@@ -440,7 +440,7 @@ def _check_member(zf: zipfile.ZipFile, entry: dict[str, Any]) -> str:
                 size += len(chunk)
     except KeyError:
         return f"{name}: listed in the manifest but missing from the zip"
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as err:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as err:
         return f"{name}: unreadable ({err})"
     if entry.get("kind") == "symlink":
         target = str(entry.get("target", "")).encode()
@@ -630,7 +630,7 @@ def _stream_member(
                     )
                 fs.write(handle, chunk)
         fs.fsync(handle)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
         raise UnsafeArchiveError(
             f"{src}: member {info.filename!r} is damaged ({err})", member=info.filename
         ) from err
@@ -643,7 +643,7 @@ def _stream_member(
 def _zip(raw: BinaryIO, src: Path) -> Iterator[zipfile.ZipFile]:
     try:
         zf = zipfile.ZipFile(raw)
-    except (zipfile.BadZipFile, ValueError, EOFError) as err:
+    except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError) as err:
         raise UnsafeArchiveError(f"{src}: not a readable zip ({err})", path=src) from err
     with zf:
         yield zf
