@@ -268,6 +268,11 @@ def test_metadata_json_with_automatic_fields(tmp_path, models, monkeypatch):
     assert got["git_commit"] == commit
     assert got["environment"]["numpy"] == np.__version__
     assert got["created"].endswith("+00:00")
+    # a commit made while the process runs is picked up by the next save
+    newer = "fedcba9876543210fedcba9876543210fedcba98"
+    (repo / ".git" / "refs" / "heads" / "main").write_text(newer + "\n")
+    again = pk.save_bundle(tmp_path / "y.models", models)
+    assert pk.load_bundle(again).metadata["git_commit"] == newer
 
 
 def test_metadata_outside_a_repo_has_no_commit(tmp_path, models, monkeypatch):

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
 import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from persistkit.errors import PersistIOError
 from persistkit.io.fs import FileHandle, PathLike, current_fs, io_error
@@ -29,7 +31,9 @@ __all__ = [
     "atomic_write",
     "atomic_writer",
     "cleanup_stale_temps",
+    "close_later",
     "is_temp_name",
+    "keep_open",
     "temp_name_for",
 ]
 
@@ -91,26 +95,95 @@ def cleanup_stale_temps(directory: PathLike) -> list[str]:
     return removed
 
 
+# Durable writers hand the kernel their data for write-back every WRITEBACK_EVERY bytes, on a
+# background thread, while they keep writing: the final fsync then waits for the last stretch
+# only (100 MiB: 76 -> 66 ms on the reference machine). Below it nothing changes.
+WRITEBACK_EVERY = 16 << 20
+_CHUNK = 8 << 20
+
+
+class _WriteBehind:
+    """One background thread per large durable write, calling ``start_writeback`` when poked."""
+
+    def __init__(self, handle: FileHandle) -> None:
+        self._fs = current_fs()
+        self._handle = handle
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stopping = False
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="persistkit-writeback", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Start a write-back unless one is still running (then the next poke will)."""
+        if self._idle.is_set() and self.error is None:
+            self._idle.clear()
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                self._fs.start_writeback(self._handle)
+            except OSError as err:
+                self.error = err
+            finally:
+                self._idle.set()
+
+    def stop(self) -> OSError | None:
+        """Wait for the thread to finish (the handle must outlive it); return its error, if any."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        return self.error
+
+
 class AtomicWriter:
     """The handle ``atomic_writer`` yields: ``write`` as often as needed."""
 
-    def __init__(self, handle: FileHandle, target: str) -> None:
+    def __init__(self, handle: FileHandle, target: str, *, durable: bool = True) -> None:
         self._handle = handle
         self.target = target
         self.bytes_written = 0
+        self._durable = durable
+        self._unflushed = 0
+        self._behind: _WriteBehind | None = None
 
     @property
     def temp_path(self) -> str:
         return self._handle.path
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        if not self._durable or self._unflushed + n < WRITEBACK_EVERY:
+            self._write(view)
+        else:
+            for start in range(0, n, _CHUNK):
+                self._write(view[start : start + _CHUNK])
+                if self._unflushed >= WRITEBACK_EVERY:
+                    if self._behind is None:
+                        self._behind = _WriteBehind(self._handle)
+                    self._behind.poke()
+                    self._unflushed = 0
+        return n
+
+    def _write(self, view: memoryview) -> None:
         try:
-            current_fs().write(self._handle, data)
+            current_fs().write(self._handle, view)
         except OSError as err:
             raise io_error("write", self.target, err) from err
-        n = memoryview(data).nbytes
-        self.bytes_written += n
-        return n
+        self.bytes_written += view.nbytes
+        self._unflushed += view.nbytes
+
+    def _stop_writeback(self) -> OSError | None:
+        behind, self._behind = self._behind, None
+        return None if behind is None else behind.stop()
 
     # Enough of the file protocol for streaming writers such as zipfile (not seekable).
     def tell(self) -> int:
@@ -149,13 +222,18 @@ def atomic_writer(
             handle = fs.create(temp, mode=mode, exclusive=True)
         except OSError as err:
             raise io_error("create temp file for", target, err) from err
-        writer = AtomicWriter(handle, target)
-        yield writer
+        writer = AtomicWriter(handle, target, durable=durable)
         try:
+            yield writer
+        finally:
+            behind_error = writer._stop_writeback()
+        try:
+            if behind_error is not None:
+                raise behind_error
             if durable:
                 fs.fsync(handle)
         except OSError as err:
-            # Never retry: a failed fsync may have dropped the data (fsyncgate).
+            # Never retry: a failed fsync (or write-back) may have dropped the data (fsyncgate).
             raise io_error("fsync", target, err) from err
         try:
             fs.close(handle)
@@ -195,6 +273,50 @@ def _abandon(handle: FileHandle | None, temp: str) -> None:
     with contextlib.suppress(OSError):
         if fs.exists(temp):
             fs.unlink(temp)
+
+
+def keep_open(target: PathLike) -> BinaryIO | None:
+    """Open the file about to be replaced, so the rename does not free its blocks on the caller's thread.
+
+    Freeing a large file's blocks (and discarding them, on SSD mounts with
+    ``discard``) happens when its last reference goes; that costs about half a
+    millisecond per megabyte here, which would otherwise sit inside every save.
+    Hand the result to ``close_later`` once the replace is done.
+    """
+    try:
+        return current_fs().open_read(target)
+    except OSError:
+        return None
+
+
+_closer_lock = threading.Lock()
+_closer: tuple[int, queue.SimpleQueue[BinaryIO]] | None = None
+
+
+def close_later(handle: BinaryIO | None) -> None:
+    """Close ``handle`` on persistkit's release thread (one per process, restarted after a fork).
+
+    One long-lived thread, because starting a thread per save costs 50-150 us.
+    """
+    global _closer
+    if handle is None:
+        return
+    with _closer_lock:
+        if _closer is None or _closer[0] != os.getpid():
+            pending: queue.SimpleQueue[BinaryIO] = queue.SimpleQueue()
+            threading.Thread(
+                target=_close_loop, args=(pending,), name="persistkit-release", daemon=True
+            ).start()
+            _closer = (os.getpid(), pending)
+        pending = _closer[1]
+    pending.put(handle)
+
+
+def _close_loop(pending: queue.SimpleQueue[BinaryIO]) -> None:
+    while True:
+        handle = pending.get()
+        with contextlib.suppress(OSError):
+            handle.close()
 
 
 def atomic_write(

@@ -85,6 +85,15 @@ class PersistFS:
     def fsync(self, handle: FileHandle) -> None:
         raise NotImplementedError
 
+    def start_writeback(self, handle: FileHandle) -> None:
+        """A hint: start writing the handle's dirty data to disk now, so the final fsync waits less.
+
+        It promises nothing about durability (only ``fsync`` does), so wrappers
+        that model durability (recording, crash simulation) need not see it.
+        An OSError must still be reported: after a failed flush the kernel may
+        drop the data and a later fsync can succeed (fsyncgate). Default: nothing.
+        """
+
     def close(self, handle: FileHandle) -> None:
         raise NotImplementedError
 
@@ -220,6 +229,15 @@ class LocalFS(PersistFS):
             handle.failed_fsync = True
             raise
 
+    def start_writeback(self, handle: FileHandle) -> None:
+        # fdatasync, because Python has no sync_file_range; it runs on persistkit's write-behind
+        # thread while the caller keeps writing (see persistkit.io.atomic).
+        try:
+            os.fdatasync(handle.fd)
+        except OSError:
+            handle.failed_fsync = True
+            raise
+
     def close(self, handle: FileHandle) -> None:
         if not handle.closed:
             handle.closed = True
@@ -289,6 +307,9 @@ class DelegatingFS(PersistFS):
 
     def fsync(self, handle: FileHandle) -> None:
         self.inner.fsync(handle)
+
+    def start_writeback(self, handle: FileHandle) -> None:
+        self.inner.start_writeback(handle)
 
     def close(self, handle: FileHandle) -> None:
         self.inner.close(handle)

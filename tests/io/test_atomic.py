@@ -6,16 +6,17 @@ import resource
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 
 from persistkit.errors import PersistIOError
 from persistkit.io import atomic_write, atomic_writer, use_fs
-from persistkit.io.atomic import TEMP_MARKER, cleanup_stale_temps, is_temp_name
+from persistkit.io.atomic import TEMP_MARKER, WRITEBACK_EVERY, cleanup_stale_temps, is_temp_name
 from persistkit.io.crash import CrashSimulator, Snapshot
 from persistkit.io.faults import FAULT_ERRNOS, Fault, FaultFS
-from persistkit.io.fs import LocalFS
+from persistkit.io.fs import DelegatingFS, LocalFS
 from persistkit.io.recording import RecordingFS
 
 OLD = bytes(range(256)) * 16  # 4 KiB
@@ -247,3 +248,54 @@ def test_durable_false_skips_fsyncs(tmp_path):
 def test_resource_module_available():
     # guards the RLIMIT test above from silently testing nothing on odd platforms
     assert resource.RLIMIT_FSIZE >= 0 and time.time() > 0
+
+
+class _CountingFS(DelegatingFS):
+    """Real LocalFS underneath; counts write-back hints and can make them fail like a dying disk."""
+
+    def __init__(self, fail_with: int | None = None) -> None:
+        super().__init__(LocalFS())
+        self.hints: list[int] = []
+        self.fail_with = fail_with
+
+    def start_writeback(self, handle):
+        self.hints.append(handle.offset)
+        if self.fail_with is not None:
+            raise OSError(self.fail_with, os.strerror(self.fail_with), handle.path)
+        super().start_writeback(handle)
+
+
+def test_large_durable_writes_start_writeback_while_writing(tmp_path, fd_guard):
+    size = 3 * WRITEBACK_EVERY + 12345
+    data = os.urandom(1 << 20) * (size >> 20) + os.urandom(size % (1 << 20))
+    fs = _CountingFS()
+    with use_fs(fs):
+        atomic_write(tmp_path / "big.bin", data)
+        atomic_write(tmp_path / "small.bin", data[: WRITEBACK_EVERY - 1])
+        atomic_write(tmp_path / "advisory.bin", data, durable=False)
+    assert (tmp_path / "big.bin").read_bytes() == data
+    assert (tmp_path / "small.bin").read_bytes() == data[: WRITEBACK_EVERY - 1]
+    assert (tmp_path / "advisory.bin").read_bytes() == data
+    # only the big durable write was handed over early, at offsets before its end
+    assert 1 <= len(fs.hints) <= 3 and all(0 < offset < size for offset in fs.hints), fs.hints
+    assert not [t for t in threading.enumerate() if t.name == "persistkit-writeback"]
+
+
+def test_failed_writeback_fails_the_save_and_keeps_the_old_file(tmp_path, fd_guard):
+    target = tmp_path / "big.bin"
+    target.write_bytes(OLD)
+    fs = _CountingFS(fail_with=errno.EIO)
+    with use_fs(fs), pytest.raises(PersistIOError, match="fsync") as info:
+        atomic_write(target, b"x" * (2 * WRITEBACK_EVERY))
+    assert info.value.errno == errno.EIO and info.value.path == str(target)
+    assert fs.hints and target.read_bytes() == OLD and temps(tmp_path) == []
+
+
+def test_writeback_thread_is_joined_when_the_block_raises(tmp_path, fd_guard):
+    target = tmp_path / "big.bin"
+    target.write_bytes(OLD)
+    with pytest.raises(RuntimeError, match="producer failed"), atomic_writer(target) as writer:
+        writer.write(b"y" * (2 * WRITEBACK_EVERY))
+        raise RuntimeError("producer failed")
+    assert target.read_bytes() == OLD and temps(tmp_path) == []
+    assert not [t for t in threading.enumerate() if t.name == "persistkit-writeback"]
