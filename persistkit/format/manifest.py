@@ -207,9 +207,10 @@ def _b64(data: bytes) -> str:
 
 def encode(manifest: Manifest) -> bytes:
     """The exact ``manifest.json`` bytes (the MAC covers these bytes, not a re-serialisation)."""
-    return (
-        json.dumps(manifest.to_json(), indent=1, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
-    )
+    # Compact: with indent=, json.dumps falls back to its pure-Python encoder (~0.1 ms a save);
+    # ``persistkit inspect`` prints the manifest readably.
+    text = json.dumps(manifest.to_json(), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8") + b"\n"
 
 
 # -- parsing -----------------------------------------------------------------------
