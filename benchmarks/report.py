@@ -46,6 +46,19 @@ def value(row: dict[str, Any], metric: str) -> float:
     return median
 
 
+def other_anchors(group: list[dict[str, Any]], mine: dict[str, Any], shown_anchor: str | None) -> str:
+    """Every other anchor measured in the group, with persistkit's time as a ratio of it."""
+    pk = value(mine, "time")
+    out = []
+    for r in group:
+        role = r["extra_info"]["role"]
+        if role in ("persistkit", shown_anchor) or not r["stats"]["median"]:
+            continue
+        t = value(r, "time")
+        out.append(f"{role} {fmt_time(t)} ({pk / t:.2f}\u00d7)")
+    return "; ".join(out) or "—"
+
+
 def evaluate(rows: list[dict[str, Any]]) -> list[list[str]]:
     table: list[list[str]] = []
     by_comparison: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -73,13 +86,15 @@ def evaluate(rows: list[dict[str, Any]]) -> list[list[str]]:
                 others = [r for r in group if r["extra_info"]["role"] != "persistkit"]
                 note = ", ".join(f"{r['extra_info']['role']} {fmt_time(value(r, 'time'))}" for r in others)
                 table.append(
-                    [comparison, mine["name"], shown, note or "—", "—", target or "report", "reported"]
+                    [comparison, mine["name"], shown, note or "—", "—", target or "report", "reported", "—"]
                 )
                 continue
             if match["abs"]:
                 limit = float(match["abs"])
                 ok = pk <= limit
-                table.append([comparison, mine["name"], shown, "—", "—", target, "met" if ok else "MISSED"])
+                table.append(
+                    [comparison, mine["name"], shown, "—", "—", target, "met" if ok else "MISSED", "—"]
+                )
                 continue
             anchor = anchors[0]
             av = value(anchor, metric)
@@ -104,6 +119,7 @@ def evaluate(rows: list[dict[str, Any]]) -> list[list[str]]:
                     ratio,
                     target,
                     "met" if ok else "MISSED",
+                    other_anchors(group, mine, anchor_name) if metric == "time" else "—",
                 ]
             )
     return table
@@ -122,12 +138,12 @@ def render(data: dict[str, Any]) -> str:
         f"{machine.get('system', platform.system())} {machine.get('release', platform.release())}. "
         f"Run at {data.get('datetime', '?')}.",
         "",
-        "| comparison | persistkit row | persistkit | anchor | ratio | target | status |",
-        "|---|---|---|---|---|---|---|",
+        "| comparison | persistkit row | persistkit | anchor | ratio | target | status | other anchors (ratio) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    met = sum(r[-1] == "met" for r in rows)
-    missed = sum(r[-1] == "MISSED" for r in rows)
+    met = sum(r[6] == "met" for r in rows)
+    missed = sum(r[6] == "MISSED" for r in rows)
     lines += [
         "",
         f"{met} targets met, {missed} missed, {len(rows) - met - missed} reported without a target.",

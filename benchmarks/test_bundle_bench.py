@@ -51,6 +51,36 @@ def test_safetensors_save(benchmark, weights, tmp_path):
     )
 
 
+def durable_safetensors_save(arrays, path):
+    """What a careful user writes for the same guarantee: temp file, fsync, rename, directory fsync."""
+    from safetensors.numpy import save_file
+
+    temp = path.with_name(path.name + ".tmp")
+    save_file(arrays, str(temp))
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("row", ["unencrypted", "encrypted (key file)"])
+def test_safetensors_durable_save(benchmark, weights, tmp_path, row):
+    label, arrays = weights
+    path = tmp_path / "b.safetensors"
+    benchmark.pedantic(
+        lambda: durable_safetensors_save(arrays, path), rounds=7, iterations=1, warmup_rounds=1
+    )
+    assert (tmp_path / "b.safetensors").stat().st_size > memoryview(arrays["w"]).nbytes
+    tag(benchmark, comparison=f"bundle save, float32 {label}, {row}", role="safetensors+fsync")
+
+
 def test_np_save(benchmark, weights, tmp_path):
     label, arrays = weights
     path = tmp_path / "b.npy"

@@ -27,7 +27,7 @@ def test_ratio_targets_met_and_missed():
         row("st_load", "load 1 MiB", "safetensors", 1.0),
     ]
     table = report.evaluate(rows)
-    assert [r[-1] for r in table] == ["met", "MISSED"]
+    assert [r[6] for r in table] == ["met", "MISSED"]
     assert table[0][4] == "1.10\u00d7" and table[1][4] == "1.30\u00d7"
 
 
@@ -42,7 +42,7 @@ def test_size_delta_rate_and_absolute_targets():
         row("pk_kdf", "kdf", "persistkit", 1.2, "time<=1.0s"),
         row("pk_states", "crash states", "persistkit", 0.2, "report"),
     ]
-    status = {r[0]: r[-1] for r in report.evaluate(rows)}
+    status = {r[0]: r[6] for r in report.evaluate(rows)}
     assert status == {
         "state size": "met",
         "import": "MISSED",
@@ -50,6 +50,18 @@ def test_size_delta_rate_and_absolute_targets():
         "kdf": "MISSED",
         "crash states": "reported",
     }
+
+
+def test_other_anchors_of_the_group_are_shown_with_ratios():
+    rows = [
+        row("pk_save", "save", "persistkit", 1.5, "time<=1.15*safetensors"),
+        row("st_save", "save", "safetensors", 1.0),
+        row("durable", "save", "safetensors+fsync", 1.25),
+        row("np_save", "save", "np.save", 3.0),
+    ]
+    (line,) = report.evaluate(rows)
+    assert line[6] == "MISSED"
+    assert line[7] == "safetensors+fsync 1.25 s (1.20\u00d7); np.save 3.00 s (0.50\u00d7)"
 
 
 def test_render_counts_rows():
