@@ -156,10 +156,7 @@ class _Reader:
                 return None
             module, cls_name = ESTIMATORS[name]
             cls = getattr(importlib.import_module(module), cls_name)
-            tree = state.get("tree_")
-            if tree is not None and getattr(tree, "n_features", None) != state.get("n_features_in_"):
-                # predict() checks X against n_features_in_, then the tree indexes X by its own features
-                raise self.fail(f"{name}'s tree and n_features_in_ disagree on the number of features")
+            _check_consistent(name, state, self.fail)
             obj = cls.__new__(cls)
             obj.__setstate__(state)  # BaseEstimator's: warns (InconsistentVersionWarning) on a version skew
             return obj
@@ -200,58 +197,111 @@ class _Reader:
         if not (isinstance(doc, list) and len(doc) == 4 and type(doc[3]) is dict):
             raise self.fail("bad decision tree record")
         n_features, n_classes, n_outputs, state = doc
-        _check_tree(n_features, n_classes, n_outputs, state, self.fail)
+        if not (
+            type(n_features) is int and 0 < n_features < 2**31 and type(n_outputs) is int and n_outputs > 0
+        ):
+            raise self.fail("decision tree with a bad feature or output count")
+        if not (
+            isinstance(n_classes, np.ndarray)
+            and n_classes.shape == (n_outputs,)
+            and n_classes.dtype.kind in "iu"
+        ):
+            raise self.fail("decision tree with a bad class count array")
+        if (n_classes < 1).any() or (n_classes >= 2**31).any():
+            raise self.fail("decision tree with a class count out of range")
+        if set(state) != {"max_depth", "node_count", "nodes", "values"}:
+            raise self.fail("decision tree state has the wrong fields")
+        nodes, count = state["nodes"], state["node_count"]
+        # __setstate__ trusts node_count and sizes the arrays by the node array: they must agree
+        if not (
+            isinstance(nodes, np.ndarray) and nodes.ndim == 1 and type(count) is int and count == len(nodes)
+        ):
+            raise self.fail("decision tree node array does not match its node count")
+        if not (type(state["max_depth"]) is int and 0 <= state["max_depth"] <= count):
+            raise self.fail("decision tree with a bad depth")
         out = Tree(n_features, np.ascontiguousarray(n_classes, dtype=np.intp), n_outputs)
         try:
             out.__setstate__(state)
-        except (ValueError, TypeError, KeyError) as err:
+        except (ValueError, TypeError, KeyError, OverflowError) as err:
             raise self.fail(f"scikit-learn refused a decision tree ({err})") from err
+        # Checked on the Tree as scikit-learn will use it, not on the payload's arrays: __setstate__
+        # converts the node array by field position, whatever the payload's field names say.
+        _check_tree(out, self.fail)
         return out
 
 
-def _check_tree(n_features: Any, n_classes: Any, n_outputs: Any, state: dict[str, Any], fail: Any) -> None:
-    """Refuse node arrays that would make scikit-learn read outside them.
+_FOREST_TREES = {
+    "sklearn.ensemble._forest.RandomForestClassifier": "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.ensemble._forest.RandomForestRegressor": "sklearn.tree._classes.DecisionTreeRegressor",
+    "sklearn.ensemble._forest.ExtraTreesClassifier": "sklearn.tree._classes.ExtraTreeClassifier",
+    "sklearn.ensemble._forest.ExtraTreesRegressor": "sklearn.tree._classes.ExtraTreeRegressor",
+}
+
+
+def _check_consistent(name: str, state: dict[str, Any], fail: Any) -> None:
+    """A fitted estimator's own attributes must agree with its trees.
+
+    predict() checks X against ``n_features_in_`` and then the tree indexes X
+    by its own feature numbers; a forest averages whatever its estimators_
+    return. A forged file could otherwise predict garbage without an error.
+    """
+    import numpy as np
+    from sklearn.tree._tree import Tree
+
+    def agrees(tree: Any, owner: str) -> None:
+        if tree.n_features != state.get("n_features_in_"):
+            raise fail(f"{owner}'s tree and n_features_in_ disagree on the number of features")
+        if tree.n_outputs != state.get("n_outputs_"):
+            raise fail(f"{owner}'s tree and n_outputs_ disagree on the number of outputs")
+        if "Classifier" in name:
+            raw = state.get("n_classes_")
+            wanted = list(raw) if isinstance(raw, (list, np.ndarray)) else [raw]
+            if len(wanted) != len(tree.n_classes) or not all(
+                isinstance(a, (int, np.integer)) and not isinstance(a, bool) and int(a) == int(b)
+                for a, b in zip(wanted, tree.n_classes, strict=True)
+            ):
+                raise fail(f"{owner}'s tree and n_classes_ disagree on the number of classes")
+
+    if "tree_" in state:
+        if type(state["tree_"]) is not Tree:
+            raise fail(f"{name}.tree_ is not a decision tree")
+        agrees(state["tree_"], name)
+    if name in _FOREST_TREES and "estimators_" in state:
+        trees = state["estimators_"]
+        if type(trees) is not list or not trees:
+            raise fail(f"{name}.estimators_ is not a non-empty list of trees")
+        for i, est in enumerate(trees):
+            if _name(est) != _FOREST_TREES[name] or type(getattr(est, "tree_", None)) is not Tree:
+                raise fail(f"{name}.estimators_[{i}] is not a fitted {_FOREST_TREES[name]}")
+            agrees(est.tree_, f"{name}.estimators_[{i}]")
+
+
+def _check_tree(tree: Any, fail: Any) -> None:
+    """Refuse trees that would make scikit-learn read or write outside their arrays.
 
     Trees are built parent first, so every child index is greater than its
-    parent's: that rules out cycles as well as out-of-range indices.
+    parent's: that rules out cycles as well as out-of-range indices. One parent
+    per node bounds the traversal stacks (sized by node_count), and max_depth
+    must cover the real depth (decision_path sizes its buffer by it).
     """
     import numpy as np
 
-    if not (type(n_features) is int and n_features > 0 and type(n_outputs) is int and n_outputs > 0):
-        raise fail("decision tree with a bad feature or output count")
-    if not (
-        isinstance(n_classes, np.ndarray) and n_classes.shape == (n_outputs,) and n_classes.dtype.kind in "iu"
-    ):
-        raise fail("decision tree with a bad class count array")
-    if (n_classes < 1).any():
-        raise fail("decision tree with a class count below 1")
-    nodes, values, count = state.get("nodes"), state.get("values"), state.get("node_count")
-    if set(state) != {"max_depth", "node_count", "nodes", "values"} or type(count) is not int:
-        raise fail("decision tree state has the wrong fields")
-    if type(state["max_depth"]) is not int or not 0 <= state["max_depth"] <= count:
-        raise fail("decision tree with a bad depth")
-    if not (
-        isinstance(nodes, np.ndarray) and nodes.ndim == 1 and nodes.dtype.names and len(nodes) == count > 0
-    ):
+    count = int(tree.node_count)
+    if count < 1 or count != tree.capacity:  # before any property reads node_count entries
         raise fail("decision tree node array does not match its node count")
-    if not {"left_child", "right_child", "feature"} <= set(nodes.dtype.names):
-        raise fail("decision tree node array lacks child or feature fields")
-    wanted_values = (count, n_outputs, int(n_classes.max()))
-    if not (isinstance(values, np.ndarray) and values.dtype == np.float64 and values.shape == wanted_values):
-        raise fail(f"decision tree values are not float64 of shape {wanted_values}")
-    left, right, feature = nodes["left_child"], nodes["right_child"], nodes["feature"]
+    left, right, feature = tree.children_left, tree.children_right, tree.feature
     index = np.arange(count)
-    inner = ~((left == -1) & (right == -1))
+    leaf = (left == -1) & (right == -1)
+    inner = ~leaf
     if not (
         ((left[inner] > index[inner]) & (left[inner] < count)).all()
         and ((right[inner] > index[inner]) & (right[inner] < count)).all()
-        and ((feature[inner] >= 0) & (feature[inner] < n_features)).all()
+        and ((feature[inner] >= 0) & (feature[inner] < tree.n_features)).all()
     ):
         raise fail("decision tree node points outside the tree or at a feature it does not have")
     children = np.concatenate([left[inner], right[inner]])
     if len(np.unique(children)) != len(children):
-        raise fail("decision tree node has two parents")  # traversal stacks are sized by node_count
-    # decision_path() sizes its buffer by max_depth: it must be at least the real depth.
+        raise fail("decision tree node has two parents")
     depth, level = 0, np.array([0])
     while True:
         level = level[inner[level]]
@@ -259,8 +309,10 @@ def _check_tree(n_features: Any, n_classes: Any, n_outputs: Any, state: dict[str
             break
         level = np.concatenate([left[level], right[level]])
         depth += 1
-    if depth > state["max_depth"]:
-        raise fail(f"decision tree is {depth} deep but claims max_depth {state['max_depth']}")
+    if not depth <= tree.max_depth <= count:
+        raise fail(f"decision tree is {depth} deep but claims max_depth {tree.max_depth}")
+    if not np.isfinite(tree.value).all():
+        raise fail("decision tree holds values that are not finite")
 
 
 def decode(

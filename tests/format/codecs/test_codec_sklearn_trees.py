@@ -158,7 +158,10 @@ def _set(field, index, value):
         (_set("feature", 0, -3), "feature it does not have"),
         (lambda d: d[3].update(max_depth=1), "claims max_depth 1"),
         (lambda d: d[3].update(node_count=d[3]["node_count"] + 1), "does not match its node count"),
-        (lambda d: d[3].update(values=d[3]["values"][:, :, :2].copy()), "values are not float64"),
+        (lambda d: d[3].update(values=d[3]["values"][:, :, :2].copy()), "Wrong shape for value array"),
+        (lambda d: d[3].update(node_count=d[3]["node_count"] - 1), "does not match its node count"),
+        (lambda d: d[3].update(max_depth=10**6), "bad depth"),
+        (lambda d: d[3]["values"].__setitem__((0, 0, 0), np.nan), "not finite"),
         (lambda d: d.__setitem__(1, np.array([3, 3])), "bad class count"),
         (lambda d: d.__setitem__(0, 0), "bad feature or output count"),
         (lambda d: d[3].pop("values"), "wrong fields"),
@@ -235,3 +238,73 @@ def test_forests_embedded_in_tree_values_use_the_tree_codec():
     assert skt.TREE_TYPE in audit_member("tree", payload)
     back = treec.decode(payload)
     assert back["step"] == 7 and first_difference(rf, back["model"]) is None
+
+
+def _renamed(field_a, field_b, value):
+    """Swap two field names of the node dtype (scikit-learn converts by position, not by name)."""
+
+    def edit(doc):
+        nodes = doc[3]["nodes"]
+        names = list(nodes.dtype.names)
+        ia, ib = names.index(field_a), names.index(field_b)
+        names[ia], names[ib] = names[ib], names[ia]
+        fields = nodes.dtype.fields
+        dtype = np.dtype({"names": names, "formats": [fields[n][0] for n in nodes.dtype.names],
+                          "offsets": [fields[n][1] for n in nodes.dtype.names], "itemsize": nodes.dtype.itemsize})  # fmt: skip
+        forged_nodes = np.zeros(len(nodes), dtype=dtype)
+        for name in nodes.dtype.names:
+            forged_nodes[name] = nodes[name]  # every field a by-name check reads keeps its real value
+        inner = nodes["left_child"] != -1
+        forged_nodes[field_b] = np.where(inner, value, -1) if field_a == "left_child" else value
+        doc[3]["nodes"] = forged_nodes
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [_renamed("feature", "n_node_samples", 1 << 40), _renamed("left_child", "n_node_samples", 1 << 28)],
+    ids=["feature slot", "child slot"],
+)
+def test_node_fields_are_checked_as_scikit_learn_reads_them(edit):
+    """A reordered dtype passes a by-name check, then sklearn casts by position (a write out of bounds
+    in feature_importances_ before this was caught). The check runs on the built Tree instead."""
+    with pytest.raises(FormatError, match="points outside the tree or at a feature"):
+        skt.decode(forged(edit_tree=edit))
+
+
+def test_byte_swapped_nodes_decode_to_the_same_tree():
+    est = DecisionTreeClassifier(max_depth=4, random_state=0).fit(XC, YC)
+
+    def swap(doc):
+        doc[3]["nodes"] = doc[3]["nodes"].astype(doc[3]["nodes"].dtype.newbyteorder(">"))
+
+    back = skt.decode(forged(edit_tree=swap))
+    np.testing.assert_array_equal(back.predict(XC), est.predict(XC))
+
+
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda s: s.update(n_outputs_=2), "disagree on the number of outputs"),
+        (lambda s: s.update(n_classes_=np.int64(2)), "disagree on the number of classes"),
+        (lambda s: s.update(n_classes_=None), "disagree on the number of classes"),
+        (lambda s: s.update(tree_=[1, 2]), "is not a decision tree"),
+    ],
+)
+def test_estimator_attributes_must_agree_with_the_tree(edit, why):
+    with pytest.raises(FormatError, match=why):
+        skt.decode(forged(edit_state=edit))
+
+
+def test_forests_must_hold_fitted_trees_of_their_kind():
+    forest = RandomForestClassifier(3, random_state=0).fit(XC, YC)
+    regressor = DecisionTreeRegressor(random_state=0).fit(XC, YC)
+    for estimators, why in (
+        ([], "non-empty list"),
+        ([forest.estimators_[0], regressor], r"estimators_\[1\]"),
+    ):
+        bad = RandomForestClassifier(3, random_state=0).fit(XC, YC)
+        bad.estimators_ = estimators
+        with pytest.raises(FormatError, match=why):
+            skt.decode(skt.encode(bad))
