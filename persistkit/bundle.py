@@ -150,9 +150,27 @@ def environment() -> dict[str, str | None]:
     return env
 
 
-@functools.lru_cache(maxsize=32)
+_GITDIRS: dict[str, str] = {}
+
+
 def _find_gitdir(start: str) -> str | None:
-    """The .git directory of the work tree containing ``start`` (cached: the walk up costs ~30 us a save)."""
+    """The .git directory of the work tree containing ``start``.
+
+    Found ones are cached (the walk up costs ~30 us a save); "none" is not, so a
+    repository created while the process runs is seen by the next save.
+    """
+    cached = _GITDIRS.get(start)
+    if cached is not None and current_fs().exists(cached):
+        return cached
+    found = _walk_to_gitdir(start)
+    if found is not None:
+        if len(_GITDIRS) > 64:
+            _GITDIRS.clear()
+        _GITDIRS[start] = found
+    return found
+
+
+def _walk_to_gitdir(start: str) -> str | None:
     fs = current_fs()
     directory = start
     while True:

@@ -279,6 +279,11 @@ def test_metadata_outside_a_repo_has_no_commit(tmp_path, models, monkeypatch):
     monkeypatch.chdir(tmp_path)
     got = pk.load_bundle(pk.save_bundle(tmp_path / "x.models", models)).metadata
     assert "git_commit" not in got
+    # a repository created while the process runs is seen by the next save
+    (tmp_path / ".git" / "refs" / "heads").mkdir(parents=True)
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (tmp_path / ".git" / "refs" / "heads" / "main").write_text("ab" * 20 + "\n")
+    assert pk.load_bundle(pk.save_bundle(tmp_path / "y.models", models)).metadata["git_commit"] == "ab" * 20
 
 
 def test_metadata_that_is_not_json_is_refused_with_its_path(tmp_path, models):

@@ -139,7 +139,14 @@ class _WriteBehind:
         """Wait for the thread to finish (the handle must outlive it); return its error, if any."""
         self._stopping = True
         self._wake.set()
-        self._thread.join()
+        try:
+            self._thread.join()
+        finally:
+            # A KeyboardInterrupt in join() must not let the caller close the fd under a running
+            # fdatasync (the number could be reused); one fdatasync is a bounded wait.
+            while self._thread.is_alive():
+                with contextlib.suppress(BaseException):
+                    self._thread.join()
         return self.error
 
 
@@ -290,7 +297,7 @@ def keep_open(target: PathLike) -> BinaryIO | None:
 
 
 _closer_lock = threading.Lock()
-_closer: tuple[int, queue.SimpleQueue[BinaryIO]] | None = None
+_closer: queue.SimpleQueue[BinaryIO] | None = None
 
 
 def close_later(handle: BinaryIO | None) -> None:
@@ -302,14 +309,25 @@ def close_later(handle: BinaryIO | None) -> None:
     if handle is None:
         return
     with _closer_lock:
-        if _closer is None or _closer[0] != os.getpid():
+        if _closer is None:
             pending: queue.SimpleQueue[BinaryIO] = queue.SimpleQueue()
             threading.Thread(
                 target=_close_loop, args=(pending,), name="persistkit-release", daemon=True
             ).start()
-            _closer = (os.getpid(), pending)
-        pending = _closer[1]
+            _closer = pending
+        pending = _closer
     pending.put(handle)
+
+
+def _after_fork_in_child() -> None:
+    """A fork while another thread held one of these locks would leave it held forever in the child."""
+    global _closer_lock, _closer, _active_lock
+    _closer_lock, _closer = threading.Lock(), None
+    _active_lock = threading.Lock()
+    _active.clear()  # the parent's writers are not running here; their temps belong to a live pid
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _close_loop(pending: queue.SimpleQueue[BinaryIO]) -> None:

@@ -299,3 +299,29 @@ def test_writeback_thread_is_joined_when_the_block_raises(tmp_path, fd_guard):
         raise RuntimeError("producer failed")
     assert target.read_bytes() == OLD and temps(tmp_path) == []
     assert not [t for t in threading.enumerate() if t.name == "persistkit-writeback"]
+
+
+def test_a_fork_while_another_thread_holds_the_locks_does_not_hang_the_child(tmp_path):
+    """Locks held by other threads at fork() stay held forever in the child unless reset after the fork."""
+    import persistkit.io.atomic as atomic
+
+    (tmp_path / "old.bin").write_bytes(OLD)
+    with atomic._closer_lock, atomic._active_lock:  # as if a saving thread held them at the fork
+        pid = os.fork()
+        if pid == 0:  # the child: save and release through both locks, then report
+            try:
+                atomic.close_later(atomic.keep_open(tmp_path / "old.bin"))
+                atomic_write(tmp_path / "old.bin", NEW)
+                os._exit(0 if (tmp_path / "old.bin").read_bytes() == NEW else 1)
+            finally:
+                os._exit(2)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child deadlocked on a lock held at fork time")
