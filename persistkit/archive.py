@@ -594,7 +594,7 @@ def _extract(src: Path, temp: Path, limits: RestoreLimits) -> None:
                 )
             fs.makedirs(target.parent, durable=False)
             if _stat.S_ISLNK(mode):
-                link = zf.read(info).decode("utf-8", "strict")
+                link = _read_link(zf, info, src)
                 resolved = os.path.normpath(os.path.join(os.path.dirname(rel), link))
                 if os.path.isabs(link) or resolved.startswith("..") or "\x00" in link:
                     raise UnsafeArchiveError(
@@ -604,6 +604,23 @@ def _extract(src: Path, temp: Path, limits: RestoreLimits) -> None:
                 fs.symlink(link, target)
                 continue
             total = _stream_member(zf, info, target, total, limits, src)
+
+
+_MAX_LINK_BYTES = 4096  # PATH_MAX: a longer "link target" is not one
+
+
+def _read_link(zf: zipfile.ZipFile, info: zipfile.ZipInfo, src: Path) -> str:
+    """A symlink member's target, read with a size cap (the member could claim to be a 1 GB link)."""
+    try:
+        with zf.open(info) as f:
+            data = f.read(_MAX_LINK_BYTES + 1)
+        if len(data) > _MAX_LINK_BYTES:
+            raise ValueError(f"a link target over {_MAX_LINK_BYTES} bytes")
+        return data.decode("utf-8", "strict")
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError) as err:
+        raise UnsafeArchiveError(
+            f"{src}: symlink member {info.filename!r} is damaged ({err})", member=info.filename
+        ) from err
 
 
 def _stream_member(

@@ -153,6 +153,24 @@ def test_an_unknown_compression_method_is_reported_not_raised(workspace, tmp_pat
     assert path.exists()
 
 
+@pytest.mark.parametrize("damage", ["method", "huge"])
+def test_a_damaged_or_oversized_symlink_member_is_refused(tmp_path, damage):
+    path = tmp_path / "links.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        link = zipfile.ZipInfo("link")
+        link.external_attr = 0o120777 << 16
+        zf.writestr(link, "target.txt" if damage == "method" else "a/" * 5000)
+        zf.writestr("target.txt", "hello")
+    data = bytearray(path.read_bytes())
+    if damage == "method":  # a compression method zipfile does not know, in both headers
+        data[data.index(b"PK\x01\x02") + 10 : data.index(b"PK\x01\x02") + 12] = (77).to_bytes(2, "little")
+        data[8:10] = (77).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnsafeArchiveError, match="symlink member 'link' is damaged"):
+        restore(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_retention_keeps_exactly_n_and_explains(workspace):
     arc = Archiver(workspace, keep=3)
     made = [arc.create() for _ in range(6)]
