@@ -85,6 +85,7 @@ import struct
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 import msgpack
 import xxhash
@@ -106,10 +107,13 @@ __all__ = [
     "Header",
     "MetaValue",
     "Opened",
+    "SealOptions",
+    "Stream",
     "open_envelope",
     "read_header",
     "seal",
     "seal_parts",
+    "seal_stream",
 ]
 
 MAGIC = b"\x89PKENV\r\n"
@@ -188,6 +192,20 @@ class Opened:
 
 
 # -- sealing ---------------------------------------------------------------------
+
+
+class SealOptions(TypedDict, total=False):
+    """The keyword options of ``seal``, ``seal_parts`` and ``seal_stream`` (defaults in ``_prepare``)."""
+
+    schema: int
+    compression: str
+    key: Key | None
+    password: str | None
+    kdf: KdfParams | None
+    meta: Mapping[str, object] | None
+    level: int
+    segment: int
+    created: dt.datetime | None
 
 
 def _prepare(
@@ -274,34 +292,13 @@ def seal_parts(
     *,
     kind: str,
     codec: str,
-    schema: int = 1,
-    compression: str = "zstd",
-    key: Key | None = None,
-    password: str | None = None,
-    kdf: KdfParams | None = None,
-    meta: Mapping[str, object] | None = None,
-    level: int = 3,
-    segment: int = crypto.DEFAULT_SEGMENT,
-    created: dt.datetime | None = None,
+    **options: Unpack[SealOptions],
 ) -> list[bytes | memoryview]:
     """Like ``seal``, but return the pieces so a writer can stream them without joining.
 
     The pieces may be views of ``payload``; write them before mutating it.
     """
-    head, stored_view, cipher, payload_len = _prepare(
-        payload,
-        kind=kind,
-        codec=codec,
-        schema=schema,
-        compression=compression,
-        key=key,
-        password=password,
-        kdf=kdf,
-        meta=meta,
-        level=level,
-        segment=segment,
-        created=created,
-    )
+    head, stored_view, cipher, payload_len = _prepare(payload, kind=kind, codec=codec, **options)
     body: bytes | memoryview = stored_view
     if cipher is not None:
         out = bytearray(payload_len)
@@ -330,35 +327,14 @@ def seal_stream(
     *,
     kind: str,
     codec: str,
-    schema: int = 1,
-    compression: str = "zstd",
-    key: Key | None = None,
-    password: str | None = None,
-    kdf: KdfParams | None = None,
-    meta: Mapping[str, object] | None = None,
-    level: int = 3,
-    segment: int = crypto.DEFAULT_SEGMENT,
-    created: dt.datetime | None = None,
+    **options: Unpack[SealOptions],
 ) -> Stream:
     """Like ``seal_parts``, without holding the whole ciphertext in memory.
 
     Encryption goes segment by segment into one reused buffer, so sealing a
     large payload touches no more new memory than one segment.
     """
-    head, stored_view, cipher, payload_len = _prepare(
-        payload,
-        kind=kind,
-        codec=codec,
-        schema=schema,
-        compression=compression,
-        key=key,
-        password=password,
-        kdf=kdf,
-        meta=meta,
-        level=level,
-        segment=segment,
-        created=created,
-    )
+    head, stored_view, cipher, payload_len = _prepare(payload, kind=kind, codec=codec, **options)
 
     def pieces() -> Iterator[bytes | memoryview]:
         trailer = xxhash.xxh3_128()
@@ -381,15 +357,7 @@ def seal(
     *,
     kind: str,
     codec: str,
-    schema: int = 1,
-    compression: str = "zstd",
-    key: Key | None = None,
-    password: str | None = None,
-    kdf: KdfParams | None = None,
-    meta: Mapping[str, object] | None = None,
-    level: int = 3,
-    segment: int = crypto.DEFAULT_SEGMENT,
-    created: dt.datetime | None = None,
+    **options: Unpack[SealOptions],
 ) -> bytes:
     """Seal ``payload`` into one envelope (layout in the module docstring).
 
@@ -398,22 +366,7 @@ def seal(
     the plaintext size of each GCM segment. ``created`` pins the timestamp;
     with it, unencrypted envelopes are byte-for-byte reproducible.
     """
-    return b"".join(
-        seal_parts(
-            payload,
-            kind=kind,
-            codec=codec,
-            schema=schema,
-            compression=compression,
-            key=key,
-            password=password,
-            kdf=kdf,
-            meta=meta,
-            level=level,
-            segment=segment,
-            created=created,
-        )
-    )
+    return b"".join(seal_parts(payload, kind=kind, codec=codec, **options))
 
 
 def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
