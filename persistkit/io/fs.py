@@ -16,7 +16,7 @@ import contextlib
 import os
 import stat as _stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -221,22 +221,12 @@ class LocalFS(PersistFS):
             view = view[written:]
 
     def fsync(self, handle: FileHandle) -> None:
-        try:
-            os.fsync(handle.fd)
-        except OSError:
-            # After a failed fsync the kernel may have dropped the dirty pages and
-            # marked them clean; a retry could "succeed" over lost data (fsyncgate).
-            handle.failed_fsync = True
-            raise
+        _sync(os.fsync, handle)
 
     def start_writeback(self, handle: FileHandle) -> None:
         # fdatasync, because Python has no sync_file_range; it runs on persistkit's write-behind
         # thread while the caller keeps writing (see persistkit.io.atomic).
-        try:
-            os.fdatasync(handle.fd)
-        except OSError:
-            handle.failed_fsync = True
-            raise
+        _sync(os.fdatasync, handle)
 
     def close(self, handle: FileHandle) -> None:
         if not handle.closed:
@@ -288,6 +278,16 @@ class LocalFS(PersistFS):
 
     def readlink(self, path: PathLike) -> str:
         return os.readlink(_abs(path))
+
+
+def _sync(call: Callable[[int], None], handle: FileHandle) -> None:
+    try:
+        call(handle.fd)
+    except OSError:
+        # After a failed fsync the kernel may have dropped the dirty pages and
+        # marked them clean; a retry could "succeed" over lost data (fsyncgate).
+        handle.failed_fsync = True
+        raise
 
 
 class DelegatingFS(PersistFS):
