@@ -5,8 +5,9 @@
       CURRENT                          envelope(kind="current"): {"generation": N, "store": id, "manifest": digest,
                                        "history": the committed generations kept, oldest first}
       gen-000007/                      one directory per committed checkpoint
-        MANIFEST                       envelope(kind="manifest"): generation, store id, created, and for
-                                       each component: file, schema version, size, xxh3 digest; for each
+        MANIFEST                       envelope(kind="manifest"): generation, store id, created, the
+                                       history CURRENT will list once it commits, and for each
+                                       component: file, schema version, size, xxh3 digest; for each
                                        journal: file, first sequence number, salt (encrypted stores)
         <component>.pk                 envelope(kind="component", codec="tree", schema=version,
                                        meta={component, generation, store})
@@ -24,6 +25,15 @@ Every component of a generation commits together.
 Only generations listed in ``CURRENT``'s history were ever committed: a
 ``gen-N`` renamed into place whose ``CURRENT`` never landed is an orphan, is
 never used as a fallback, and is removed by the next writer.
+
+If ``CURRENT`` itself is damaged, the history recorded in the newest readable
+generation's ``MANIFEST`` stands in for it: an orphan older than that
+generation is still never used (nor adopted into the history). An orphan
+*newer* than every committed generation cannot be told apart from a
+generation whose ``CURRENT`` was lost: it is what a crash between the rename
+and the ``CURRENT`` switch leaves, so it may be loaded, with a reported
+fallback. No append is acknowledged while such an orphan exists (the store
+refuses appends until a save removes it), so loading it loses none.
 
 The generation number and store id are inside every component file, the
 manifest and ``CURRENT``; in encrypted stores they are authenticated, so a
@@ -132,6 +142,7 @@ def commit_generation(directory: str, files: GenerationFiles, *, key: Key | None
             "created": _now(),
             "components": entries,
             "journals": journals,
+            "history": list(files.history or [n]),
         }
         sealed_manifest = _seal(
             tree.encode(manifest, root="manifest"),
@@ -199,7 +210,8 @@ def retire_generation(directory: str, n: int) -> None:
     fs = current_fs()
     retired = os.path.join(directory, f"{gen_name(n)}.retired-{secrets.token_hex(4)}")
     fs.replace(os.path.join(directory, gen_name(n)), retired)
-    remove_generation(retired)
+    # The rename retired it; a failed deletion only leaves a leftover that the next writer removes.
+    _remove_tree_quietly(retired)
 
 
 def remove_generation(path: str) -> None:
@@ -296,6 +308,7 @@ class LoadedGeneration:
     states: dict[str, tuple[int, object]]  # name -> (schema version, decoded state)
     journals: dict[str, dict[str, Any]]
     sizes: dict[str, int]
+    history: list[int] | None = None  # as recorded in the manifest (None in stores written before it was)
 
 
 def read_generation(
@@ -360,4 +373,8 @@ def read_generation(
             tree.decode(opened.payload, source=path, model_resolver=model_resolver),
         )
         sizes[name] = len(data)
-    return LoadedGeneration(n, manifest["store"], states, dict(manifest.get("journals", {})), sizes)
+    recorded = manifest.get("history")
+    history = None
+    if isinstance(recorded, list) and n in recorded and all(type(x) is int for x in recorded):
+        history = [x for x in recorded if x <= n]
+    return LoadedGeneration(n, manifest["store"], states, dict(manifest.get("journals", {})), sizes, history)

@@ -175,6 +175,7 @@ class StateStore:
         self._next_seq: dict[str, int] = {}
         self._generation: int | None = None
         self._history: list[int] = []  # committed generations kept, oldest first (recorded in CURRENT)
+        self._orphan_left = False  # load could not remove a never-committed generation newer than CURRENT's
         self._store_id: str | None = None
         self._loaded = False
         self._closed = False
@@ -300,7 +301,7 @@ class StateStore:
                     # Fresh journals: never append after a replayed or torn tail (sequence
                     # numbers, and with a key the nonces, are never reused).
                     self._save_locked(force=True)
-                else:
+                elif not self._orphan_left:  # else appends are refused until save() removes it
                     self._open_writers()
             return report
 
@@ -341,10 +342,16 @@ class StateStore:
             if not self.readonly:
                 for n in committed:
                     if n not in history:  # renamed into place but never committed: not acknowledged
-                        with contextlib.suppress(OSError):
+                        try:
                             gens.retire_generation(self.directory, n)
+                        except OSError as err:
+                            # as after a failed save: no append until a save removes it
+                            self._orphan_left |= n > current_n
+                            log.warning("could not remove uncommitted %s: %s", gens.gen_name(n), err)
             candidates = [current_n] + [n for n in reversed(history) if n < current_n and n in committed]
         else:
+            # No readable CURRENT: newest first; the manifest of the one that loads names the
+            # history (see below), so an orphan older than it is neither loaded nor adopted.
             candidates = list(reversed(committed))
             history = list(committed)
         if not candidates:
@@ -374,6 +381,13 @@ class StateStore:
                 if not self.readonly and n in committed:
                     quarantined.append(gens.quarantine(self.directory, gens.gen_name(n)))
                 continue
+            if current_n is None and loaded.history is not None:
+                history = loaded.history
+                if not self.readonly:
+                    for x in committed:
+                        if x < n and x not in history:  # renamed into place, never committed
+                            with contextlib.suppress(OSError):
+                                gens.retire_generation(self.directory, x)
             self._generation = n
             self._history = [
                 x for x in history if x <= n and f"{gens.gen_name(x)}" not in " ".join(quarantined)
@@ -603,9 +617,15 @@ class StateStore:
             digest.update(name.encode() + b"\0" + data)
         if not force and self._last_digest == digest.digest() and self._generation is not None:
             # Nothing changed since the last commit. If that save committed but then failed to
-            # reopen the journals or to prune, finish that work now, or appends stay refused.
+            # reopen the journals or to prune, or did not commit and left its generation behind,
+            # finish that work now, or appends stay refused.
+            if not self._prune():
+                raise PersistIOError(
+                    f"{self.directory}: a generation of a failed save could not be removed; appends "
+                    "stay refused. Free space or fix the filesystem, then call save() again.",
+                    path=self.directory,
+                )
             self._open_writers()
-            self._prune()
             return Checkpoint(self._generation, dict(self._stats["bytes"]), time.perf_counter() - start, True)
         n = gens.highest_generation_number(self.directory) + 1
         logs = {name: self._next_seq.get(name, 0) for name, reg in self._components.items() if reg.is_log}
@@ -638,11 +658,23 @@ class StateStore:
             self._history = history
             self._last_digest = digest
             self._open_writers()
+            self._prune()  # this is the next writer: remove what earlier failed saves left
             return
         # Not committed: remove the orphan (never acknowledged) and keep journaling after the
-        # checkpoint that is still in force.
-        with contextlib.suppress(OSError):
-            gens.retire_generation(self.directory, n)
+        # checkpoint that is still in force. If it cannot be removed, open no journal: an append
+        # acknowledged now would be lost if a damaged CURRENT later left the orphan in force.
+        fs = current_fs()
+        orphan = os.path.join(self.directory, gens.gen_name(n))
+        try:
+            if fs.exists(orphan):
+                gens.retire_generation(self.directory, n)
+        except OSError as err:
+            log.warning(
+                "could not remove %s of a failed save (appends refused until save() succeeds): %s",
+                gens.gen_name(n),
+                err,
+            )
+            return
         if self._generation is not None:
             self._open_writers()
 
@@ -677,16 +709,26 @@ class StateStore:
                     cipher=self._journal_cipher(name, self._generation),
                 )
 
-    def _prune(self) -> None:
-        """Retire every generation that is not among the newest ``keep_generations`` committed ones."""
-        committed, leftovers = gens.list_generations(self.directory)
+    def _prune(self) -> bool:
+        """Retire every generation that is not among the newest ``keep_generations`` committed ones.
+
+        That includes orphans, also those newer than the one in force (left by a failed save).
+        Returns False if such an orphan is still in place (failures are logged, not raised).
+        """
+        try:
+            committed, leftovers = gens.list_generations(self.directory)
+        except OSError as err:
+            log.warning("could not list %s to remove old generations: %s", self.directory, err)
+            return False
         keep = set(self._history[-self.keep_generations :])
+        newer_orphan_left = False
         for n in committed:
-            if n in keep or (self._generation is not None and n > self._generation):
+            if n in keep:
                 continue
             try:
                 gens.retire_generation(self.directory, n)
             except OSError as err:
+                newer_orphan_left |= self._generation is not None and n > self._generation
                 log.warning(
                     "could not remove old generation %s (retried at the next save): %s", gens.gen_name(n), err
                 )
@@ -694,6 +736,7 @@ class StateStore:
             if ".retired-" in name:
                 with contextlib.suppress(OSError):
                     gens.remove_generation(os.path.join(self.directory, name))
+        return not newer_orphan_left
 
     # -- journaling (called by BoundedLog) -------------------------------------------
     def _journal_append(self, name: str, item: Any) -> None:
