@@ -12,6 +12,14 @@ saved), while every journaled append survives (``sync="always"``), bounded by
 ``maxlen``. A damaged newest checkpoint falls back to the one before it, with
 one warning and a quarantined copy; the journals chain, so no append is lost.
 Every checkpoint the model expects is looked up by generation number.
+
+A save that fails is a crash as far as the disk goes: its generation may stay
+behind (its removal failed too) until the next writer removes it. CURRENT is
+what says it was never committed, so while CURRENT is readable it is never
+loaded; once CURRENT is destroyed, one newer than every committed generation
+is indistinguishable from a commit whose CURRENT was lost, and the store may
+load it (the "new state" of an interrupted save, reported). The store accepts
+no append while such a generation exists, so taking it loses none.
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.checkpoints: dict[int, dict] = {}  # generation -> the non-log state it committed
         self.appends_refused = False  # a failed save left no journal open: appends must be refused
         self.unpruned = False  # a failed save may leave extra generations until the next save
+        self.leftovers: dict[int, dict] = {}  # generation of a failed save left on disk -> its state
         self.store = None
         self.reopen()
 
@@ -91,6 +100,12 @@ class StoreMachine(RuleBasedStateMachine):
 
     def committed_generations(self):
         return gens.list_generations(self.dir)[0]
+
+    def history(self):
+        """The committed generations CURRENT lists (the only ones a load may fall back to)."""
+        current = gens.read_current(self.dir, key=None)
+        assert current is not None
+        return current["history"]
 
     def in_force(self):
         """The generation CURRENT names on disk: what a restarted process loads."""
@@ -174,6 +189,7 @@ class StoreMachine(RuleBasedStateMachine):
         save finishes the job; cleanup that failed may leave an unused generation behind).
         """
         old = self.in_force()
+        attempted, before = copy.deepcopy(self.live), set(self.committed_generations())
         fault = Fault(at=at, errno=errno.EIO, persistent=persistent, short_write=short)
         faulty = FaultFS(current_fs(), fault)
         with use_fs(faulty):
@@ -194,6 +210,11 @@ class StoreMachine(RuleBasedStateMachine):
         if on_disk != old:  # CURRENT was switched before the fault: the save committed
             self.checkpoints[on_disk] = copy.deepcopy(self.live)
         event(f"io fault: save {'committed' if on_disk != old else 'rolled back'}")
+        left = [n for n in self.committed_generations() if n > on_disk and n not in before]
+        if left:  # never committed, but its removal failed too
+            assert len(left) == 1 and self.store._writers == {}, "appends accepted beside a leftover"
+            self.leftovers[left[0]] = attempted
+            event("io fault: failed save left its generation behind")
         if then_crash:
             self.store._abandon()
             self.live = copy.deepcopy(self.checkpoints[on_disk])
@@ -222,9 +243,15 @@ class StoreMachine(RuleBasedStateMachine):
             f.write(data)
         event(f"corrupt {victim}")
         if victim == "CURRENT":  # the generations themselves are fine: the newest still loads
-            self.reopen(expect_fallback_to=newest)
+            on_disk = self.committed_generations()
+            taken = max([n for n in self.leftovers if n > newest and n in on_disk], default=newest)
+            if taken != newest:  # a failed save's leftover; nothing tells it from a lost commit now
+                event("corrupt CURRENT: a failed save's leftover is taken")
+                self.live = copy.deepcopy(self.leftovers.pop(taken))
+                self.checkpoints[taken] = copy.deepcopy(self.live)  # the recovery save commits it
+            self.reopen(expect_fallback_to=taken)
             return
-        older = [n for n in self.committed_generations() if n < newest]
+        older = [n for n in self.history() if n < newest and n in self.committed_generations()]
         event("corrupt newest: fall back" if older else "corrupt newest: nothing older")
         if not older:  # nothing to fall back to: a typed error, unless defaults are chosen
             failed = StateStore(self.dir, autosave_every=0)
