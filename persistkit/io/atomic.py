@@ -97,7 +97,7 @@ def cleanup_stale_temps(directory: PathLike) -> list[str]:
 
 # Durable writers hand the kernel their data for write-back every WRITEBACK_EVERY bytes, on a
 # background thread, while they keep writing: the final fsync then waits for the last stretch
-# only (100 MiB: 76 -> 66 ms on the reference machine). Below it nothing changes.
+# only (a 100 MiB bundle save: 85 -> 64 ms, best of 15 on the reference machine). Smaller writes are unchanged.
 WRITEBACK_EVERY = 16 << 20
 _CHUNK = 8 << 20
 
