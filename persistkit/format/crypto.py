@@ -508,28 +508,47 @@ def open_encryption(enc: Encryption, *, key: Key | None, password: str | None, s
     IntegrityError/FormatError when the KDF parameters are below the floor or
     absurd (checked before any scrypt work).
     """
+    master = check_master(
+        enc.key_source, enc.salt, enc.check, enc.kdf, enc.kdf_salt, key=key, password=password, source=source
+    )
+    return Cipher(master, enc.salt, enc.segment)
+
+
+def check_master(
+    key_source: str,
+    salt: bytes,
+    check: bytes,
+    kdf: KdfParams | None,
+    kdf_salt: bytes | None,
+    *,
+    key: Key | None,
+    password: str | None,
+    source: str,
+) -> Key:
+    """The master key that opens ``source``: ``key``, or derived from ``password``, verified by its key check.
+
+    Shared by envelopes (``Encryption``) and bundle manifests (``KeyInfo``).
+    WrongKeyError says what was missing or wrong and what to pass instead.
+    """
     if key is not None and password is not None:
         raise ValueError("pass key= or password=, not both")
+    kind = "password" if key_source == "password" else "key file"
     if key is None and password is None:
-        how = "password=" if enc.key_source == "password" else "key_file= (or key=)"
-        raise WrongKeyError(
-            f"{source} is encrypted (with a {'password' if enc.key_source == 'password' else 'key file'}); "
-            f"pass {how} to open it.",
-            path=source,
-        )
-    if enc.kdf is not None:
-        enc.kdf.check(source)
+        how = "password=" if key_source == "password" else "key_file= (or key=)"
+        raise WrongKeyError(f"{source} is encrypted with a {kind}; pass {how} to open it.", path=source)
+    if kdf is not None:
+        kdf.check(source)  # floor and ceiling before any scrypt work
     if password is not None:
-        if enc.kdf is None or enc.kdf_salt is None:
+        if kdf is None or kdf_salt is None:
             raise WrongKeyError(
                 f"{source} was sealed with a key file, not a password; pass key_file= to open it.",
                 path=source,
             )
-        master = Key.from_password(password, salt=enc.kdf_salt, params=enc.kdf)
+        master = Key.from_password(password, salt=kdf_salt, params=kdf)
     else:
         assert key is not None
         master = key
-    if not hmac.compare_digest(key_check(master, enc.salt), enc.check):
+    if not hmac.compare_digest(key_check(master, salt), check):
         if password is not None or master.origin is not None:
             what = "the password"
             hint = "Check the password (it is case-sensitive) or use the one this file was saved with."
@@ -537,11 +556,11 @@ def open_encryption(enc: Encryption, *, key: Key | None, password: str | None, s
             what = f"the {master.source} (fingerprint {master.fingerprint})"
             hint = (
                 "This file was sealed with a password; pass password=."
-                if enc.key_source == "password"
+                if key_source == "password"
                 else "Pass the key file this file was saved with."
             )
         raise WrongKeyError(f"{what} does not open {source} (key check failed). {hint}", path=source)
-    return Cipher(master, enc.salt, enc.segment)
+    return master
 
 
 class RecordCipher:

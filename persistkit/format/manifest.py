@@ -57,7 +57,7 @@ from typing import Any
 
 import xxhash
 
-from persistkit.errors import FormatError, IntegrityError, WrongKeyError
+from persistkit.errors import FormatError, IntegrityError
 
 __all__ = [
     "AUTH_NAME",
@@ -356,39 +356,18 @@ def new_key_info(master: Any) -> KeyInfo:
 
 def open_key(info: KeyInfo, *, key: Any = None, password: str | None = None, source: str) -> Any:
     """The master key for this bundle, after checking it (WrongKeyError names what to pass)."""
-    from persistkit.format.crypto import Key, key_check
+    from persistkit.format.crypto import check_master
 
-    if key is None and password is None:
-        how = "password=" if info.key_source == "password" else "key_file="
-        raise WrongKeyError(
-            f"{source} is encrypted with a {'password' if info.key_source == 'password' else 'key file'}; "
-            f"pass {how} to open it.",
-            path=source,
-        )
-    if password is not None:
-        if info.kdf is None or info.kdf_salt is None:
-            raise WrongKeyError(
-                f"{source} was sealed with a key file, not a password; pass key_file= to open it.",
-                path=source,
-            )
-        info.kdf.check(source)  # floor and ceiling before any scrypt work
-        master = Key.from_password(password, salt=info.kdf_salt, params=info.kdf)
-    else:
-        master = key
-    if not hmac.compare_digest(key_check(master, info.salt), info.check):
-        if password is not None:
-            hint = (
-                "the password does not open it (key check failed). Check the password (it is case-sensitive)."
-            )
-        elif info.key_source == "password":
-            hint = f"the {master.source} does not open it: it was sealed with a password; pass password=."
-        else:
-            hint = (
-                f"the {master.source} (fingerprint {master.fingerprint}) does not open it (key check failed). "
-                "Pass the key file this bundle was saved with."
-            )
-        raise WrongKeyError(f"{source}: {hint}", path=source)
-    return master
+    return check_master(
+        info.key_source,
+        info.salt,
+        info.check,
+        info.kdf,
+        info.kdf_salt,
+        key=key,
+        password=password,
+        source=source,
+    )
 
 
 def _mac_key(master: Any, salt: bytes) -> bytes:
