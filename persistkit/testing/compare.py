@@ -233,25 +233,21 @@ def _diff_numpy(a: Any, b: Any, path: str) -> str | None:
                 if problem:
                     return problem
             return None
-        if a.dtype.kind in "fc":
-            nan_a, nan_b = np.isnan(a), np.isnan(b)
-            if not np.array_equal(nan_a, nan_b):
-                idx = tuple(int(i) for i in np.argwhere(nan_a != nan_b)[0])
-                return f"{path}{list(idx)}: NaN positions differ ({a[idx]!r} != {b[idx]!r})"
-            same = (a == b) | nan_a
+        if a.dtype.kind in "fcmM":
+            # NaN (floats) and NaT (datetimes) never equal themselves: compare where they sit
+            missing, label = (np.isnan, "NaN") if a.dtype.kind in "fc" else (np.isnat, "NaT")
+            gap_a, gap_b = missing(a), missing(b)
+            if not np.array_equal(gap_a, gap_b):
+                idx = tuple(int(i) for i in np.argwhere(gap_a != gap_b)[0])
+                return f"{path}{list(idx)}: {label} positions differ ({a[idx]!r} != {b[idx]!r})"
+            same = (a == b) | gap_a
             # -0.0 and 0.0 compare equal; an exact round trip keeps the sign bit
             if a.dtype.kind == "c":
                 same &= (np.signbit(a.real) == np.signbit(b.real)) & (
                     np.signbit(a.imag) == np.signbit(b.imag)
                 )
-            else:
+            elif a.dtype.kind == "f":
                 same &= np.signbit(a) == np.signbit(b)
-        elif a.dtype.kind in "mM":
-            nat_a, nat_b = np.isnat(a), np.isnat(b)
-            if not np.array_equal(nat_a, nat_b):
-                idx = tuple(int(i) for i in np.argwhere(nat_a != nat_b)[0])
-                return f"{path}{list(idx)}: NaT positions differ ({a[idx]!r} != {b[idx]!r})"
-            same = (a == b) | nat_a
         elif a.dtype.fields is not None or a.dtype.kind == "V":
             if a.tobytes() == b.tobytes():
                 return None

@@ -18,6 +18,11 @@ from persistkit.testing.compare import assert_same, first_difference, live_state
         (np.zeros(3, np.float32), np.zeros(3, np.float64), "value: dtype float32 != float64"),
         (np.zeros((2, 3)), np.zeros((3, 2)), "value: shape (2, 3) != (3, 2)"),
         (np.array([1.0, np.nan]), np.array([np.nan, 1.0]), "value[0]: NaN positions differ"),
+        (
+            np.array(["2020-01-01", "NaT"], dtype="datetime64[D]"),
+            np.array(["NaT", "2020-01-02"], dtype="datetime64[D]"),
+            "value[0]: NaT positions differ",
+        ),
         (np.array([0.0]), np.array([-0.0]), "value[0]: "),
         (np.array([1, 2, 3]), np.array([1, 5, 3]), "value[1]: "),
         ((1, 2), [1, 2], "value: type builtins.tuple != builtins.list"),
