@@ -21,6 +21,7 @@ and raises ``IntegrityError``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import struct
 import threading
 import time
@@ -33,6 +34,8 @@ from persistkit.errors import IntegrityError, PersistIOError
 from persistkit.io.fs import FileHandle, current_fs, io_error
 
 __all__ = ["APPEND", "CLEAR", "JournalReader", "JournalWriter", "Record", "SyncPolicy"]
+
+log = logging.getLogger("persistkit")
 
 SyncPolicy = Literal["always", "batch", "none"]
 RECORD = struct.Struct("<IQB")
@@ -84,6 +87,7 @@ class JournalWriter:
         self._lock = threading.Lock()
         self._dirty = threading.Event()
         self._closed = False
+        self._failed = False
         self._error: BaseException | None = None
         try:
             self._handle: FileHandle = current_fs().open_append(path)
@@ -99,7 +103,10 @@ class JournalWriter:
         """Write one record; returns its sequence number. Durability depends on the policy."""
         with self._lock:
             if self._closed:
-                raise PersistIOError(f"journal {self.path!r} is closed; reopen the store.", path=self.path)
+                raise PersistIOError(
+                    f"journal {self.path!r} is closed; call save() on the store to start a new one.",
+                    path=self.path,
+                )
             if self._error is not None:
                 raise io_error("fsync journal (batch)", self.path, self._error) from self._error  # type: ignore[arg-type]
             seq = self.next_seq
@@ -117,20 +124,41 @@ class JournalWriter:
             self._dirty.set()
         return seq
 
+    @property
+    def failed(self) -> bool:
+        """True once a write failed: this journal takes no more records (see ``_write``)."""
+        return self._failed
+
     def _write(self, data: bytes | bytearray, *, durable: bool) -> None:
         """Caller holds the lock."""
         fs = current_fs()
+        start = self._handle.offset
         try:
             if data:
                 fs.write(self._handle, data)
             if durable:
                 fs.fsync(self._handle)
         except OSError as err:
-            # The record may be partly on disk: it was never acknowledged, and recovery
-            # drops a torn tail. Stop writing here so no later record lands after a hole.
+            # Nothing of the failed write was acknowledged: cut it off again, so the journal is
+            # exactly as before (a later load sees no torn record). Either way this journal takes
+            # no more records: the failed record's sequence number was used as a nonce under this
+            # journal's key, so reusing it would repeat a (key, nonce) pair. The store starts a new
+            # generation, with a new journal and key, to continue.
+            self._failed = True
             self._closed = True
+            self._roll_back(start)
             self._close_quietly()
             raise io_error("append to journal", self.path, err) from err
+
+    def _roll_back(self, size: int) -> None:
+        fs = current_fs()
+        try:
+            fs.truncate(self._handle, size)
+            fs.fsync(self._handle)
+        except OSError as err:
+            # What remains is an unacknowledged tail after the last good record; no record will
+            # follow it in this file, so a load drops it as torn.
+            log.warning("could not cut a failed append off journal %s: %s", self.path, err)
 
     def _write_buffer(self, *, durable: bool) -> None:
         data, self._buffer = self._buffer, bytearray()

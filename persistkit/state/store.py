@@ -176,6 +176,10 @@ class StateStore:
         self._generation: int | None = None
         self._history: list[int] = []  # committed generations kept, oldest first (recorded in CURRENT)
         self._orphan_left = False  # load could not remove a never-committed generation newer than CURRENT's
+        # Logs whose journal in the generation in force had a failed append: never reopened (its key
+        # and the failed record's nonce were used), so the next save or append starts a new generation.
+        self._spent_journals: set[str] = set()
+        self._atomic_depth = 0
         self._store_id: str | None = None
         self._loaded = False
         self._closed = False
@@ -580,7 +584,11 @@ class StateStore:
     def atomic(self) -> Iterator[None]:
         """Hold off checkpoints inside the block, so multi-component updates are saved together."""
         with self._lock:
-            yield
+            self._atomic_depth += 1
+            try:
+                yield
+            finally:
+                self._atomic_depth -= 1
 
     def save(self) -> Checkpoint:
         """Commit every registered component as one generation; durable when it returns."""
@@ -615,7 +623,8 @@ class StateStore:
                 )
             encoded[name] = (reg.version, data)
             digest.update(name.encode() + b"\0" + data)
-        if not force and self._last_digest == digest.digest() and self._generation is not None:
+        unchanged = self._last_digest == digest.digest() and self._generation is not None
+        if not force and unchanged and not self._spent_journals:
             # Nothing changed since the last commit. If that save committed but then failed to
             # reopen the journals or to prune, or did not commit and left its generation behind,
             # finish that work now, or appends stay refused.
@@ -643,6 +652,7 @@ class StateStore:
         self._generation = n
         self._history = history
         self._last_digest = digest.digest()
+        self._spent_journals.clear()
         self._open_writers()
         self._prune()
         elapsed = time.perf_counter() - start
@@ -657,6 +667,7 @@ class StateStore:
             self._generation = n
             self._history = history
             self._last_digest = digest
+            self._spent_journals.clear()
             self._open_writers()
             self._prune()  # this is the next writer: remove what earlier failed saves left
             return
@@ -700,7 +711,7 @@ class StateStore:
             return
         gdir = os.path.join(self.directory, gens.gen_name(self._generation))
         for name, reg in self._components.items():
-            if reg.is_log and name not in self._writers:
+            if reg.is_log and name not in self._writers and name not in self._spent_journals:
                 self._writers[name] = JournalWriter(
                     os.path.join(gdir, gens.journal_file(name)),
                     sync=self.sync,
@@ -755,15 +766,45 @@ class StateStore:
             raise PersistkitError(
                 f"{self.directory}: call load() before appending to {name!r}.", path=self.directory
             )
-        writer = self._writers.get(name)
-        if writer is None:
+        with self._lock:
+            if name in self._spent_journals:
+                self._start_fresh_journals(name)
+            writer = self._writers.get(name)
+            if writer is None:
+                raise PersistIOError(
+                    f"{self.directory}: no journal is open for {name!r}; the last checkpoint "
+                    "failed. Call save() to retry.",
+                    path=self.directory,
+                )
+            try:
+                writer.append(op, payload)
+            except PersistIOError:
+                if writer.failed:
+                    self._writers.pop(name, None)
+                    self._spent_journals.add(name)
+                raise
+            self._next_seq[name] = writer.next_seq
+
+    def _start_fresh_journals(self, name: str) -> None:
+        """After a failed append: commit a checkpoint, which starts new journals (a new key), or raise."""
+        journal = os.path.join(self.directory, gens.gen_name(self._generation or 0), gens.journal_file(name))
+        if self._atomic_depth:
             raise PersistIOError(
-                f"{self.directory}: no journal is open for {name!r}; the last checkpoint "
-                "failed. Call save() to retry.",
-                path=self.directory,
+                f"{journal}: an earlier append to {name!r} failed, so its journal takes no more records, "
+                "and a new one cannot start inside an atomic() block. Call save() after the block, then "
+                "append again.",
+                path=journal,
             )
-        writer.append(op, payload)
-        self._next_seq[name] = writer.next_seq
+        try:
+            self._save_locked(force=True)
+        except PersistIOError as err:
+            raise PersistIOError(
+                f"{journal}: an earlier append to {name!r} failed and starting a new journal failed too "
+                f"({err}). Nothing was recorded. Free space or fix the filesystem, then append again "
+                "(or call save()).",
+                errno=err.errno,
+                path=journal,
+            ) from err
 
     def flush(self) -> None:
         """Make every journaled append durable now (for sync='batch' or 'none')."""
