@@ -8,8 +8,9 @@ and the journals' record framing. ``verify=True`` also checks every checksum
 of a committed generation matches its manifest; a quarantined or unfinished
 generation is listed but never judged.
 
-A torn last journal record is not a problem: it was never acknowledged, and
-the next load drops it. A damaged record followed by intact ones is.
+A torn last journal record (short, or zero-filled) is not a problem: it was
+never acknowledged, and the next load drops it. A damaged record is, also the
+last one: its full length is on disk, so it was written, and probably acknowledged.
 """
 
 from __future__ import annotations
@@ -299,6 +300,8 @@ def _describe_journal(path: str, file: str, *, first_seq: int | None, cipher: ob
         info.problem = _why(err)
         return info
     info.records, info.torn_bytes = len(reader.records), reader.torn_bytes
+    if reader.damage:
+        info.problem = f"{reader.damage} (damage to an acknowledged append, not a torn write)"
     return info
 
 

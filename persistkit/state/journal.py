@@ -211,12 +211,30 @@ class JournalWriter:
 
 @dataclass
 class JournalReader:
-    """Reads a journal; ``torn`` says whether an unacknowledged tail was dropped."""
+    """Reads a journal.
+
+    What follows the last intact record is one of two things. A torn tail (``torn``,
+    ``torn_bytes``): an append that never finished, so it was never acknowledged; its
+    record is short (the file ends inside it) or zero-filled (the size grew, the data
+    never landed). Or a damaged last record (``damage`` says which and how): its full
+    length is on disk but its checksum fails, or it is out of sequence. That record
+    was probably acknowledged, so callers must report it loudly.
+    """
 
     path: str
     records: list[Record]
     torn: bool
     torn_bytes: int
+    damage: str = ""
+    damaged_seq: int | None = None
+
+    @property
+    def torn_records(self) -> int:
+        return 1 if self.torn else 0
+
+    @property
+    def damaged_records(self) -> int:
+        return 1 if self.damage else 0
 
     @classmethod
     def read(cls, path: str, *, cipher: object | None = None, first_seq: int = 0) -> JournalReader:
@@ -233,15 +251,18 @@ class JournalReader:
         while pos < len(data):
             record, end = _parse(data, pos)
             if record is None or record.seq != expected:
-                if _only_garbage_follows(data, pos):
-                    return cls(path, records, True, len(data) - pos)
-                raise IntegrityError(
-                    f"journal {path!r} is damaged at byte {pos} (record {expected}) while later records are "
-                    "intact: acknowledged appends may be affected. Move the journal aside to load the "
-                    "checkpoint without it, or restore it from a backup.",
-                    path=path,
-                    field=f"record {expected}",
-                )
+                if not _only_garbage_follows(data, pos):
+                    raise IntegrityError(
+                        f"journal {path!r} is damaged at byte {pos} (record {expected}) while later records "
+                        "are intact: acknowledged appends may be affected. Move the journal aside to load the "
+                        "checkpoint without it, or restore it from a backup.",
+                        path=path,
+                        field=f"record {expected}",
+                    )
+                damage = _tail_damage(data, pos, expected)
+                if damage:
+                    return cls(path, records, False, 0, f"record {expected} at byte {pos} {damage}", expected)
+                return cls(path, records, True, len(data) - pos)
             payload = record.payload
             if cipher is not None:
                 payload = cipher.decrypt(record.seq, payload, source=f"{path} record {record.seq}")  # type: ignore[attr-defined]
@@ -249,6 +270,21 @@ class JournalReader:
             expected += 1
             pos = end
         return cls(path, records, False, 0)
+
+
+def _tail_damage(data: bytes, pos: int, expected: int) -> str:
+    """Why the bytes from ``pos`` on are damage rather than a torn append; "" for a torn append."""
+    if len(data) - pos < RECORD.size + CHECK or not any(data[pos:]):
+        return ""  # cut short inside the header, or zero-filled
+    length, seq, op = RECORD.unpack_from(data, pos)
+    if op not in (APPEND, CLEAR) or length > MAX_RECORD:
+        return "has a damaged header"
+    if seq != expected:
+        return f"is out of sequence (it says {seq})"
+    end = pos + RECORD.size + length + CHECK
+    if end > len(data) or not any(data[end - CHECK :]):
+        return ""  # the file ends inside the record, or its data never landed
+    return "is on disk in full but fails its checksum"
 
 
 def _parse(data: bytes, pos: int) -> tuple[Record | None, int]:

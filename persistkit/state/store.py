@@ -71,8 +71,10 @@ class ComponentReport:
     stored_version: int | None = None
     version: int = 1
     journal_records: int = 0
-    torn_records: int = 0
+    torn_records: int = 0  # torn (never acknowledged) journal records dropped
     detail: str = ""
+    torn_bytes: int = 0  # their size
+    damaged_records: int = 0  # complete but damaged last journal records dropped (reported as failures)
 
 
 @dataclass
@@ -109,6 +111,25 @@ class Checkpoint:
     @property
     def total_bytes(self) -> int:
         return sum(self.sizes.values())
+
+
+@dataclass
+class _Replay:
+    """What replaying one log's journals gave."""
+
+    items: list[tuple[int, Any]] = field(default_factory=list)
+    records: int = 0
+    torn_records: int = 0
+    torn_bytes: int = 0
+    damage: list[str] = field(default_factory=list)
+
+
+class _JournalDamaged(Exception):
+    """Carries a journal error out of the generation loop: it is never a reason to fall back."""
+
+    def __init__(self, error: PersistkitError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass
@@ -297,7 +318,7 @@ class StateStore:
                     self._generation is None
                     or report.recovered
                     or any(
-                        c.journal_records or c.torn_records or c.status == "migrated"
+                        c.journal_records or c.torn_records or c.damaged_records or c.status == "migrated"
                         for c in report.components.values()
                     )
                 )
@@ -378,6 +399,10 @@ class StateStore:
                     model_resolver=self._model_resolver(),
                 )
                 report = self._apply(loaded, recovered=bool(failures))
+            except _JournalDamaged as damaged:
+                # The checkpoint itself is intact and the newest; only the appends after it are
+                # damaged. An older generation would roll back acknowledged data: never fall back.
+                raise damaged.error from damaged.error.__cause__
             except (WrongKeyError, MigrationError):
                 raise
             except PersistkitError as err:
@@ -398,8 +423,16 @@ class StateStore:
             ]
             if n not in self._history:
                 self._history.append(n)
+            journal_damage = report.failures
             report.quarantined = quarantined
-            report.failures = failures
+            report.failures = failures + journal_damage
+            if journal_damage:
+                warnings.warn(
+                    f"state store {self.directory}: dropped damaged journal records after "
+                    f"{gens.gen_name(n)}: {'; '.join(journal_damage)}",
+                    StateRecoveredWarning,
+                    stacklevel=4,
+                )
             if failures:
                 where = ", ".join(quarantined) if quarantined else "(read-only: left in place)"
                 warnings.warn(
@@ -473,43 +506,60 @@ class StateStore:
             )
             prepared[name] = (state, rep)
         # journals: read everything before touching any component
-        replays: dict[str, tuple[list[Any], int, int]] = {}
+        replays: dict[str, _Replay] = {}
         for name, reg in self._components.items():
             if not reg.is_log:
                 continue
             state = prepared[name][0]
             first = state.get("seq", 0) if isinstance(state, dict) else 0
-            replays[name] = self._read_journals(name, loaded.generation, first)
+            try:
+                replays[name] = self._read_journals(name, loaded.generation, first)
+            except PersistkitError as err:
+                raise _JournalDamaged(err) from err
+        damage: list[str] = []
         for name, (state, rep) in prepared.items():
             reg = self._components[name]
             if state is not None:
                 _load_state(reg, state)
             if reg.is_log:
-                items, records, torn = replays[name]
+                replay = replays[name]
                 if state is None:
                     reg.component.load_state_dict({"items": []})
-                for op, value in items:
+                for op, value in replay.items:
                     if op == APPEND:
                         reg.component._replay_append(value)
                     else:
                         reg.component._replay_clear()
-                rep.journal_records, rep.torn_records = records, torn
+                rep.journal_records = replay.records
+                rep.torn_records, rep.torn_bytes = replay.torn_records, replay.torn_bytes
+                rep.damaged_records = len(replay.damage)
                 first = state.get("seq", 0) if isinstance(state, dict) else 0
-                self._next_seq[name] = first + records
-                if torn:
-                    rep.detail = f"dropped a torn, unacknowledged last journal record ({torn} bytes)"
+                self._next_seq[name] = first + replay.records
+                notes = []
+                if replay.torn_records:
+                    notes.append(
+                        f"dropped a torn, unacknowledged last journal record ({replay.torn_bytes} bytes)"
+                    )
+                if replay.damage:
+                    notes.append(f"dropped a damaged last journal record: {'; '.join(replay.damage)}")
+                    damage += replay.damage
+                rep.detail = "; ".join(notes)
         unregistered = [n for n in loaded.states if n not in self._components]
         return LoadReport(
-            loaded.generation, {n: r for n, (_, r) in prepared.items()}, unregistered=unregistered
+            loaded.generation,
+            {n: r for n, (_, r) in prepared.items()},
+            failures=damage,
+            unregistered=unregistered,
         )
 
-    def _read_journals(
-        self, name: str, generation: int, first: int
-    ) -> tuple[list[tuple[int, Any]], int, int]:
-        """Replay the journal after ``generation`` and, after a fallback, every later one that chains on."""
-        items: list[tuple[int, Any]] = []
+    def _read_journals(self, name: str, generation: int, first: int) -> _Replay:
+        """Replay the journal after ``generation`` and, after a fallback, every later one that chains on.
+
+        Damage before the last record of the first journal raises: the appends after it were
+        acknowledged, and no older generation holds them.
+        """
+        replay = _Replay()
         seq = first
-        torn_bytes = 0
         n = generation
         highest = gens.highest_generation_number(self.directory)
         while n <= highest:
@@ -541,10 +591,17 @@ class StateStore:
                         source=f"{path} record {record.seq}",
                         model_resolver=self._model_resolver(),
                     )
-                items.append((record.op, value))
+                replay.items.append((record.op, value))
             seq += len(reader.records)
-            torn_bytes += reader.torn_bytes
-        return items, seq - first, torn_bytes
+            replay.torn_records += reader.torn_records
+            replay.torn_bytes += reader.torn_bytes
+            if reader.damage:
+                replay.damage.append(
+                    f"journal {path} {reader.damage}: it was probably acknowledged and is lost; "
+                    "keep a copy of the file and restore the append from a backup if you need it"
+                )
+        replay.records = seq - first
+        return replay
 
     def _journal_cipher(self, name: str, generation: int) -> RecordCipher | None:
         if self._key is None:
