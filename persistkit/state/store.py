@@ -211,8 +211,18 @@ class StateStore:
         self._signals: Any = None
         self._atexit_registered = False
         self._dir_lock: DirectoryLock | None = None
+        self._check_not_a_file()
         if not readonly:
             self._dir_lock = DirectoryLock(self.directory).acquire()
+
+    def _check_not_a_file(self) -> None:
+        fs = current_fs()
+        if fs.exists(self.directory) and not fs.is_dir(self.directory):
+            raise FormatError(
+                f"{self.directory}: is not a directory, so it cannot be a state store. Point StateStore at "
+                "the directory that holds (or will hold) the store's CURRENT file and gen-* directories.",
+                path=self.directory,
+            )
 
     # -- registration --------------------------------------------------------
     def register(
@@ -300,6 +310,7 @@ class StateStore:
     def _load(self) -> LoadReport:
         with self._lock:
             fs = current_fs()
+            self._check_not_a_file()
             if not fs.is_dir(self.directory):
                 if self.readonly:
                     return self._all_defaults(None)
