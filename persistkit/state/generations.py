@@ -301,6 +301,14 @@ def read_current(directory: str, *, key: Key | None) -> dict[str, Any] | None:
     return value
 
 
+def current_token(directory: str) -> bytes | None:
+    """The raw bytes of CURRENT (None if absent or unreadable): they change with every commit."""
+    try:
+        return current_fs().read_bytes(os.path.join(directory, CURRENT))
+    except OSError:
+        return None
+
+
 @dataclass
 class LoadedGeneration:
     generation: int

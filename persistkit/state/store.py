@@ -322,7 +322,7 @@ class StateStore:
                 _, tmps = gens.list_generations(self.directory)
                 for name in tmps:
                     gens.remove_generation(os.path.join(self.directory, name))
-            report = self._load_locked()
+            report = self._load_snapshot() if self.readonly else self._load_locked()
             self._loaded = True
             if not self.readonly:
                 needs_checkpoint = (
@@ -340,6 +340,38 @@ class StateStore:
                 elif not self._orphan_left:  # else appends are refused until save() removes it
                     self._open_writers()
             return report
+
+    READER_ATTEMPTS = 50
+
+    def _load_snapshot(self) -> LoadReport:
+        """A read-only load that is retried while a writer commits under it.
+
+        A writer retires old generations right after it switches CURRENT, so a reader
+        that started on one may find its files gone, and take that for damage. A load is
+        kept only if CURRENT did not change while it ran; warnings of discarded attempts
+        are dropped.
+        """
+        for attempt in range(self.READER_ATTEMPTS):
+            last = attempt == self.READER_ATTEMPTS - 1
+            before = gens.current_token(self.directory)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    report = self._load_locked()
+                except (WrongKeyError, MigrationError):
+                    raise
+                except PersistkitError:
+                    if last or gens.current_token(self.directory) == before:
+                        raise
+                    time.sleep(min(0.001 * 2**attempt, 0.05))
+                    continue
+            if not last and gens.current_token(self.directory) != before:
+                time.sleep(min(0.001 * 2**attempt, 0.05))
+                continue
+            for found in caught:
+                warnings.warn(found.message, found.category, stacklevel=4)
+            return report
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _all_defaults(self, generation: int | None) -> LoadReport:
         comps = {
