@@ -52,7 +52,7 @@ from typing import Any
 
 import xxhash
 
-from persistkit.errors import FormatError, IntegrityError
+from persistkit.errors import FormatError, IntegrityError, PersistkitError, WrongKeyError
 from persistkit.format import envelope, tree
 from persistkit.format.crypto import Key
 from persistkit.io import atomic_write, current_fs
@@ -61,7 +61,9 @@ from persistkit.io.fs import io_error
 __all__ = [
     "CURRENT",
     "GenerationFiles",
+    "GenerationProblems",
     "LoadedGeneration",
+    "check_generation",
     "commit_generation",
     "gen_name",
     "list_generations",
@@ -317,6 +319,140 @@ class LoadedGeneration:
     journals: dict[str, dict[str, Any]]
     sizes: dict[str, int]
     history: list[int] | None = None  # as recorded in the manifest (None in stores written before it was)
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)  # the manifest's entries
+
+
+class GenerationProblems:
+    """What ``check_generation`` does with a problem: raise it at once, or collect every one.
+
+    Collected problems are short reasons (the path is left out): ``manifest`` for
+    the generation's MANIFEST, ``components`` per component name.
+    """
+
+    def __init__(self, *, collect: bool) -> None:
+        self.collect = collect
+        self.manifest = ""
+        self.components: dict[str, str] = {}
+
+    def found(
+        self,
+        path: str,
+        reason: str,
+        *,
+        component: str | None = None,
+        error: PersistkitError | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        if not self.collect:
+            raise (error or IntegrityError(f"{path}: {reason}.", path=path, member=component)) from cause
+        if component is None:
+            self.manifest = self.manifest or reason
+        else:
+            self.components.setdefault(component, reason)
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, OSError) and not isinstance(err, PersistkitError):
+        return f"unreadable ({err.strerror})"
+    return f"{type(err).__name__}: {err}"
+
+
+def check_generation(
+    directory: str,
+    n: int,
+    *,
+    key: Key | None,
+    store_id: str | None,
+    problems: GenerationProblems,
+    manifest_digest: str | None = None,
+    wanted: set[str] | None = None,
+    decode: bool = True,
+    model_resolver: tree.ModelResolver | None = None,
+) -> LoadedGeneration | None:
+    """The one check of a committed generation; loading raises, ``state inspect --verify`` collects.
+
+    Rules: the MANIFEST opens (MAC with a key), names generation ``n`` (else rolled back or
+    moved) and this store, and is the one CURRENT committed (``manifest_digest``). Every
+    component it lists is there, matches its digest, opens as a component envelope, and names
+    itself, ``n`` and the store (else spliced). ``WrongKeyError`` is always raised. Returns
+    None when the manifest itself is unusable (collecting only).
+    """
+    fs = current_fs()
+    gdir = os.path.join(directory, gen_name(n))
+    mpath = os.path.join(gdir, MANIFEST)
+    try:
+        mdata = fs.read_bytes(mpath)
+        manifest = tree.decode(_open(mdata, key=key, source=mpath, kind="manifest").payload, source=mpath)
+    except WrongKeyError:
+        raise
+    except OSError as err:
+        problems.found(mpath, f"cannot be read ({err.strerror})", cause=err)
+        return None
+    except PersistkitError as err:
+        problems.found(mpath, _why(err), error=err)
+        return None
+    named = manifest.get("generation") if isinstance(manifest, dict) else "?"
+    if not isinstance(manifest, dict) or named != n:
+        problems.found(mpath, f"names generation {named}, not {n}: a rolled-back or moved generation")
+        return None
+    if store_id is not None and manifest.get("store") != store_id:
+        problems.found(mpath, f"belongs to another store (id {manifest.get('store')!r})")
+        return None
+    if manifest_digest is not None and xxhash.xxh3_128_hexdigest(mdata) != manifest_digest:
+        problems.found(mpath, "is not the one CURRENT committed (replaced)")
+    states: dict[str, tuple[int, object]] = {}
+    sizes: dict[str, int] = {}
+    entries: dict[str, dict[str, Any]] = dict(manifest.get("components") or {})
+    for name, entry in entries.items():
+        if wanted is not None and name not in wanted:
+            continue
+        path = os.path.join(gdir, entry["file"])
+        try:
+            data = fs.read_bytes(path)
+        except FileNotFoundError as err:
+            problems.found(path, "missing", component=name, cause=err)
+            continue
+        except OSError as err:
+            problems.found(path, f"cannot be read ({err.strerror})", component=name, cause=err)
+            continue
+        if xxhash.xxh3_128_hexdigest(data) != entry["digest"]:
+            problems.found(
+                path, "does not match the generation manifest (replaced or damaged)", component=name
+            )
+            continue
+        try:
+            opened = _open(data, key=key, source=path, kind="component")
+        except WrongKeyError:
+            raise
+        except PersistkitError as err:
+            problems.found(path, _why(err), component=name, error=err)
+            continue
+        meta = opened.header.meta
+        if (
+            meta.get("component") != name
+            or meta.get("generation") != n
+            or meta.get("store") != manifest["store"]
+        ):
+            problems.found(
+                path,
+                f"holds {meta.get('component')!r} of generation {meta.get('generation')} (store "
+                f"{meta.get('store')!r}), not {name!r} of {n}: a spliced file",
+                component=name,
+            )
+            continue
+        sizes[name] = len(data)
+        if decode:
+            states[name] = (
+                opened.header.schema,
+                tree.decode(opened.payload, source=path, model_resolver=model_resolver),
+            )
+    recorded = manifest.get("history")
+    history = None
+    if isinstance(recorded, list) and n in recorded and all(type(x) is int for x in recorded):
+        history = [x for x in recorded if x <= n]
+    return LoadedGeneration(
+        n, manifest["store"], states, dict(manifest.get("journals", {})), sizes, history, entries
+    )
 
 
 def read_generation(
@@ -325,64 +461,20 @@ def read_generation(
     *,
     key: Key | None,
     store_id: str | None,
+    manifest_digest: str | None = None,
     wanted: set[str] | None = None,
     model_resolver: tree.ModelResolver | None = None,
 ) -> LoadedGeneration:
     """Read and check every file of generation ``n``; raises PersistkitError naming what is wrong."""
-    fs = current_fs()
-    gdir = os.path.join(directory, gen_name(n))
-    mpath = os.path.join(gdir, MANIFEST)
-    try:
-        mdata = fs.read_bytes(mpath)
-    except OSError as err:
-        raise IntegrityError(f"{mpath}: cannot read the manifest ({err.strerror}).", path=mpath) from err
-    manifest = tree.decode(_open(mdata, key=key, source=mpath, kind="manifest").payload, source=mpath)
-    if not isinstance(manifest, dict) or manifest.get("generation") != n:
-        raise IntegrityError(
-            f"{mpath}: manifest names generation {manifest.get('generation') if isinstance(manifest, dict) else '?'}"
-            f", but it sits in {gen_name(n)}: a rolled-back or moved generation.",
-            path=mpath,
-        )
-    if store_id is not None and manifest.get("store") != store_id:
-        raise IntegrityError(f"{mpath}: belongs to another store (id {manifest.get('store')!r}).", path=mpath)
-    states: dict[str, tuple[int, object]] = {}
-    sizes: dict[str, int] = {}
-    for name, entry in manifest["components"].items():
-        if wanted is not None and name not in wanted:
-            continue
-        path = os.path.join(gdir, entry["file"])
-        try:
-            data = fs.read_bytes(path)
-        except OSError as err:
-            raise IntegrityError(
-                f"{path}: component {name!r} cannot be read ({err.strerror}).", path=path, member=name
-            ) from err
-        if xxhash.xxh3_128_hexdigest(data) != entry["digest"]:
-            raise IntegrityError(
-                f"{path}: component {name!r} does not match the generation manifest (replaced or damaged).",
-                path=path,
-                member=name,
-            )
-        opened = _open(data, key=key, source=path, kind="component")
-        meta = opened.header.meta
-        if (
-            meta.get("component") != name
-            or meta.get("generation") != n
-            or meta.get("store") != manifest["store"]
-        ):
-            raise IntegrityError(
-                f"{path}: holds {meta.get('component')!r} of generation "
-                f"{meta.get('generation')}, not {name!r} of {n}: a spliced file.",
-                path=path,
-                member=name,
-            )
-        states[name] = (
-            opened.header.schema,
-            tree.decode(opened.payload, source=path, model_resolver=model_resolver),
-        )
-        sizes[name] = len(data)
-    recorded = manifest.get("history")
-    history = None
-    if isinstance(recorded, list) and n in recorded and all(type(x) is int for x in recorded):
-        history = [x for x in recorded if x <= n]
-    return LoadedGeneration(n, manifest["store"], states, dict(manifest.get("journals", {})), sizes, history)
+    loaded = check_generation(
+        directory,
+        n,
+        key=key,
+        store_id=store_id,
+        problems=GenerationProblems(collect=False),
+        manifest_digest=manifest_digest,
+        wanted=wanted,
+        model_resolver=model_resolver,
+    )
+    assert loaded is not None  # raising mode: every problem raised
+    return loaded

@@ -20,8 +20,6 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import xxhash
-
 from persistkit.errors import FormatError, PersistkitError, WrongKeyError
 from persistkit.format import envelope, tree
 from persistkit.format.crypto import Key
@@ -315,7 +313,6 @@ def _verify_generation(
     check_digest: str | None,
 ) -> None:
     """Check every file of a committed generation against its manifest (and MACs, given the key)."""
-    fs = current_fs()
     gdir = os.path.join(root, gen.directory)
     mpath = os.path.join(gdir, gens.MANIFEST)
     encrypted = any(c.encrypted for c in gen.components)
@@ -328,50 +325,33 @@ def _verify_generation(
             if not comp.problem:
                 comp.problem = _checksum_problem(os.path.join(gdir, comp.file))
         return
-    try:
-        mdata = fs.read_bytes(mpath)
-        opened = envelope.open_envelope(mdata, key=key, source=mpath)
-        manifest = tree.decode(opened.payload, source=mpath)
-    except WrongKeyError:
-        raise
-    except (OSError, PersistkitError) as err:
-        gen.problem = f"MANIFEST: {_why(err)}"
+    problems = gens.GenerationProblems(collect=True)
+    loaded = gens.check_generation(
+        root,
+        gen.number,
+        key=key,
+        store_id=store_id,
+        problems=problems,
+        manifest_digest=check_digest,
+        decode=False,
+    )
+    if problems.manifest:
+        gen.problem = f"MANIFEST: {problems.manifest}"
+    if loaded is None:
         return
-    if not isinstance(manifest, dict) or manifest.get("generation") != gen.number:
-        gen.problem = "MANIFEST names another generation (rolled back or moved)"
-        return
-    if store_id is not None and manifest.get("store") != store_id:
-        gen.problem = f"MANIFEST belongs to another store (id {manifest.get('store')!r})"
-        return
-    if check_digest is not None and xxhash.xxh3_128_hexdigest(mdata) != check_digest:
-        gen.problem = "MANIFEST is not the one CURRENT committed (replaced)"
-    listed = manifest.get("components", {})
+    listed = loaded.components
     by_file = {c.file: c for c in gen.components}
     for name, entry in listed.items():
-        found = by_file.get(entry["file"])
-        if found is None:
-            gen.components.append(ComponentInfo(name, entry["file"], 0, entry["version"], problem="missing"))
-            continue
-        comp = found
+        comp = by_file.get(entry["file"])
+        if comp is None:
+            comp = ComponentInfo(name, entry["file"], 0, entry["version"])
+            gen.components.append(comp)
         comp.name = name
-        if comp.problem:
-            continue
-        path = os.path.join(gdir, comp.file)
-        try:
-            data = fs.read_bytes(path)
-            if xxhash.xxh3_128_hexdigest(data) != entry["digest"]:
-                comp.problem = "does not match the generation manifest (replaced or damaged)"
-                continue
-            meta = envelope.open_envelope(data, key=key, source=path).header.meta
-        except (OSError, PersistkitError) as err:
-            comp.problem = _why(err)
-            continue
-        if meta.get("component") != name or meta.get("generation") != gen.number:
-            comp.problem = f"holds {meta.get('component')!r} of generation {meta.get('generation')} (spliced)"
+        comp.problem = comp.problem or problems.components.get(name, "")
     for comp in gen.components:
         if comp.file not in {e["file"] for e in listed.values()}:
             comp.problem = comp.problem or "not listed in the generation manifest"
-    journals = manifest.get("journals", {})
+    journals = loaded.journals
     for j in gen.journals:
         entry = journals.get(j.name)
         if entry is None:

@@ -432,6 +432,7 @@ class StateStore:
             self._generation = None
             return LoadReport(None, self._defaults_report(), quarantined, failures)
 
+        committed_manifest = current.get("manifest") if current_n is not None else None
         for n in candidates:
             try:
                 loaded = gens.read_generation(
@@ -439,6 +440,7 @@ class StateStore:
                     n,
                     key=self._key,
                     store_id=self._store_id,
+                    manifest_digest=committed_manifest if n == current_n else None,
                     model_resolver=self._model_resolver(),
                 )
                 report = self._apply(loaded, recovered=bool(failures))
