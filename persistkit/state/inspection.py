@@ -341,13 +341,13 @@ def _verify_generation(
         return
     listed = loaded.components
     by_file = {c.file: c for c in gen.components}
-    for name, entry in listed.items():
-        comp = by_file.get(entry["file"])
-        if comp is None:
-            comp = ComponentInfo(name, entry["file"], 0, entry["version"])
-            gen.components.append(comp)
-        comp.name = name
-        comp.problem = comp.problem or problems.components.get(name, "")
+    for name, listing in listed.items():
+        described = by_file.get(listing["file"])
+        if described is None:
+            described = ComponentInfo(name, listing["file"], 0, listing["version"])
+            gen.components.append(described)
+        described.name = name
+        described.problem = described.problem or problems.components.get(name, "")
     for comp in gen.components:
         if comp.file not in {e["file"] for e in listed.values()}:
             comp.problem = comp.problem or "not listed in the generation manifest"

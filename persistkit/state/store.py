@@ -385,6 +385,7 @@ class StateStore:
         failures: list[str] = []
         quarantined: list[str] = []
         current_n: int | None = None
+        current: dict[str, Any] | None = None
         try:
             current = gens.read_current(self.directory, key=self._key)
             current_n = current["generation"] if current is not None else None
@@ -432,7 +433,7 @@ class StateStore:
             self._generation = None
             return LoadReport(None, self._defaults_report(), quarantined, failures)
 
-        committed_manifest = current.get("manifest") if current_n is not None else None
+        committed_manifest = current.get("manifest") if current is not None else None
         for n in candidates:
             try:
                 loaded = gens.read_generation(
@@ -710,6 +711,8 @@ class StateStore:
                 "overwrites a checkpoint that was not read.",
                 path=self.directory,
             )
+        # A journal whose write failed (also in a batch flusher, or while closing) takes no more records.
+        self._spent_journals.update(name for name, writer in self._writers.items() if writer.failed)
         start = time.perf_counter()
         hook = self._model_hook()
         encoded: dict[str, tuple[int, bytes]] = {}
@@ -725,8 +728,8 @@ class StateStore:
                 )
             encoded[name] = (reg.version, data)
             digest.update(name.encode() + b"\0" + data)
-        unchanged = self._last_digest == digest.digest() and self._generation is not None
-        if not force and unchanged and not self._spent_journals:
+        unchanged = self._last_digest == digest.digest()
+        if not force and unchanged and self._generation is not None and not self._spent_journals:
             # Nothing changed since the last commit. If that save committed but then failed to
             # reopen the journals or to prune, or did not commit and left its generation behind,
             # finish that work now, or appends stay refused.
