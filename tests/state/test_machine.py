@@ -2,8 +2,8 @@
 
 Rules: mutate, append, save, autosave (a save from another thread, as the
 autosave thread does it), crash (the process dies: ``_abandon`` then reopen),
-restart (clean close then reopen), save under an injected I/O fault (then
-crash, or retry once the fault clears), corrupt a file of the newest
+restart (clean close then reopen), save or append under an injected I/O fault
+(then crash, or carry on once the fault clears), corrupt a file of the newest
 checkpoint, and a read-only observer.
 
 What the model knows: every non-log component returns to the newest
@@ -141,8 +141,48 @@ class StoreMachine(RuleBasedStateMachine):
             with pytest.raises(PersistIOError, match=r"Call save\(\) to retry"):
                 self.parts["log"].append(item)
             return
+        before = self.store.generation
         self.parts["log"].append(item)
         self.log = [*self.log, item][-MAXLEN:]
+        if self.store.generation != before:  # a spent journal: the append committed a checkpoint first
+            event("append after a failed append started a new generation")
+            self.checkpoints[self.store.generation] = copy.deepcopy(self.live)
+            self.unpruned = False
+
+    @precondition(lambda self: "log" in self.store._writers and not self.store._spent_journals)
+    @rule(
+        at=st.integers(0, 1),
+        code=st.sampled_from([errno.ENOSPC, errno.EIO]),
+        persistent=st.booleans(),
+        short=st.booleans(),
+        then_crash=st.booleans(),
+        retry=st.booleans(),
+        item=items,
+    )
+    def append_under_io_fault(self, at, code, persistent, short, then_crash, retry, item):
+        """An append's write (#0) or fsync (#1) fails: the journal is left exactly as it was.
+
+        Then the process dies, or space returns and the bot carries on: the next append or
+        save starts a new generation (the failed record's nonce is never used again).
+        """
+        journal = self.store._writers["log"].path
+        before = current_fs().read_bytes(journal)
+        fault = Fault(
+            at=at, errno=code, persistent=persistent, short_write=short, kinds=frozenset({"write", "fsync"})
+        )
+        faulty = FaultFS(current_fs(), fault)
+        with use_fs(faulty), pytest.raises(PersistIOError):
+            self.parts["log"].append(item)
+        assert faulty.fired
+        assert current_fs().read_bytes(journal) == before
+        event(f"io fault: append failed ({errno.errorcode[code]} at #{at})")
+        if then_crash:
+            in_force = self.in_force()
+            self.store._abandon()
+            self.live = copy.deepcopy(self.checkpoints[in_force])
+            self.reopen()
+        elif retry:  # the user retries at once, as the error message says, and space is back
+            self.append(item)
 
     @rule()
     def save(self):
@@ -220,7 +260,9 @@ class StoreMachine(RuleBasedStateMachine):
             self.live = copy.deepcopy(self.checkpoints[on_disk])
             self.reopen()
         else:
-            self.appends_refused = "log" not in self.store._writers
+            self.appends_refused = (
+                "log" not in self.store._writers and "log" not in self.store._spent_journals
+            )
             event(f"io fault: bot carries on, appends {'refused' if self.appends_refused else 'accepted'}")
 
     @rule(
