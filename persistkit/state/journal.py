@@ -8,14 +8,18 @@ checkpoint. Each record is::
 
 ``op`` is 1 for append (payload: one tree-encoded item) and 2 for clear.
 With a store key the payload is AES-GCM encrypted under the journal's own
-data key (its salt is in the generation manifest) with the sequence number as
-nonce; sequence numbers are never reused because a writable store checkpoints
-(and so starts fresh journals) whenever it recovered one.
+data key (derived per store, log and generation) with the sequence number as
+nonce. A (key, nonce) pair is never used twice: a writable store checkpoints
+(and so starts fresh journals) whenever it recovered one, and a journal whose
+write failed is cut back to its last good record and takes no more records
+(the failed record's nonce was used); the store starts a new generation.
 
-Recovery follows protocol-aware recovery (FAST'18): a bad record at the end
-of the file is a torn append that was never acknowledged and is dropped and
-reported; a bad record followed by good ones is damage to acknowledged data
-and raises ``IntegrityError``.
+Recovery follows protocol-aware recovery (FAST'18): a short or zero-filled
+record at the end of the file is a torn append that was never acknowledged,
+and is dropped and reported; a last record that is on disk in full but fails
+its checksum (or is out of sequence) is damage, reported loudly; a bad record
+followed by good ones is damage to acknowledged data and raises
+``IntegrityError``.
 """
 
 from __future__ import annotations
@@ -167,6 +171,14 @@ class JournalWriter:
     def flush(self) -> None:
         """Make every record appended so far durable."""
         with self._lock:
+            if self._failed:
+                # The records of the failed write (by the flusher, or an earlier flush) are not on disk.
+                raise PersistIOError(
+                    f"journal {self.path!r}: an earlier write failed, so appends since the last successful "
+                    "flush are not durable. Free space or fix the filesystem, then call save() on the store: "
+                    "it checkpoints them and starts a new journal.",
+                    path=self.path,
+                )
             if not self._closed:
                 self._write_buffer(durable=True)
 

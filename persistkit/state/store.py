@@ -872,6 +872,10 @@ class StateStore:
                 f"{self.directory}: call load() before appending to {name!r}.", path=self.directory
             )
         with self._lock:
+            failed = self._writers.get(name)
+            if failed is not None and failed.failed:  # e.g. a batch flush failed since the last append
+                self._writers.pop(name)
+                self._spent_journals.add(name)
             if name in self._spent_journals:
                 self._start_fresh_journals(name)
             writer = self._writers.get(name)

@@ -291,3 +291,23 @@ def test_a_really_full_disk_episode_on_tmpfs(tiny_disk, key, nonces):
     assert not report.recovered and not report.quarantined
     store.close()
     assert nonces.repeats() == []
+
+
+def test_a_failed_batch_flush_is_reported_and_the_next_append_recovers(store_dir, key, nonces):
+    store, parts, _ = open_store(store_dir, key_file=key, sync="batch", batch_ms=20)
+    for item in ("a", "b"):
+        parts["log"].append(item)
+    store.flush()
+    journal = store_dir / gens.gen_name(store.generation) / gens.journal_file("log")
+    durable = journal.read_bytes()
+    with use_fs(FaultFS(current_fs(), ENOSPC_WRITES)):
+        parts["log"].append("c")  # buffered: batch mode acknowledges before the write
+        with pytest.raises(PersistIOError, match=r"log\.journal"):
+            store.flush()  # this flush, or the flusher thread before it, hit the full disk
+        assert journal.read_bytes() == durable
+    parts["log"].append("d")  # space is back: checkpoints "c" (still in memory), then journals "d"
+    store.flush()
+    store._abandon()
+    _, loaded, report = open_store(store_dir, key_file=key, readonly=True)
+    assert list(loaded["log"]) == ["a", "b", "c", "d"] and not report.recovered
+    assert nonces.repeats() == []
