@@ -278,6 +278,22 @@ def quarantine(directory: str, name: str) -> str:
     return target
 
 
+def quarantine_copy(directory: str, source: str) -> str:
+    """Keep a copy of ``source`` (a file inside a generation) as ``gen-N.<file>.corrupt-<UTC timestamp>``.
+
+    For damaged files of a generation that stays in use (and is later pruned): the copy sits beside
+    the store, is never read and never deleted by persistkit. Returns its path.
+    """
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    relative = os.path.relpath(source, directory).replace(os.sep, ".")
+    target = os.path.join(directory, f"{relative}.corrupt-{stamp}")
+    try:
+        atomic_write(target, current_fs().read_bytes(source))
+    except OSError as err:
+        raise io_error("keep a copy of", source, err) from err
+    return target
+
+
 def _open(data: bytes, *, key: Key | None, source: str, kind: str) -> envelope.Opened:
     opened = envelope.open_envelope(data, key=key, source=source)
     if opened.header.kind != kind:

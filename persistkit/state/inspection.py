@@ -152,8 +152,8 @@ def inspect_store(
 
     for name in names:
         m = _DIR_RE.match(name)
-        if name.startswith(gens.CURRENT + ".corrupt-"):
-            info.quarantined_files.append(name)
+        if ".corrupt-" in name and not fs.is_dir(os.path.join(root, name)):
+            info.quarantined_files.append(name)  # CURRENT, or a copy of a damaged journal
         if m is None or not fs.is_dir(os.path.join(root, name)):
             continue
         n = int(m[1])

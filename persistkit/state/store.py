@@ -122,6 +122,7 @@ class _Replay:
     torn_records: int = 0
     torn_bytes: int = 0
     damage: list[str] = field(default_factory=list)
+    damaged_files: list[str] = field(default_factory=list)
 
 
 class _JournalDamaged(Exception):
@@ -201,6 +202,7 @@ class StateStore:
         # and the failed record's nonce were used), so the next save or append starts a new generation.
         self._spent_journals: set[str] = set()
         self._atomic_depth = 0
+        self._damaged_journals: list[str] = []  # found by the last load; copied aside by a writer
         self._store_id: str | None = None
         self._loaded = False
         self._closed = False
@@ -470,6 +472,9 @@ class StateStore:
             if n not in self._history:
                 self._history.append(n)
             journal_damage = report.failures
+            if not self.readonly:
+                # The recovery checkpoint, and later pruning, retire this generation: keep the evidence.
+                quarantined += [gens.quarantine_copy(self.directory, p) for p in self._damaged_journals]
             report.quarantined = quarantined
             report.failures = failures + journal_damage
             if journal_damage:
@@ -563,6 +568,7 @@ class StateStore:
             except PersistkitError as err:
                 raise _JournalDamaged(err) from err
         damage: list[str] = []
+        self._damaged_journals = []
         for name, (state, rep) in prepared.items():
             reg = self._components[name]
             if state is not None:
@@ -589,6 +595,7 @@ class StateStore:
                 if replay.damage:
                     notes.append(f"dropped a damaged last journal record: {'; '.join(replay.damage)}")
                     damage += replay.damage
+                    self._damaged_journals += replay.damaged_files
                 rep.detail = "; ".join(notes)
         unregistered = [n for n in loaded.states if n not in self._components]
         return LoadReport(
@@ -642,9 +649,11 @@ class StateStore:
             replay.torn_records += reader.torn_records
             replay.torn_bytes += reader.torn_bytes
             if reader.damage:
+                replay.damaged_files.append(path)
                 replay.damage.append(
-                    f"journal {path} {reader.damage}: it was probably acknowledged and is lost; "
-                    "keep a copy of the file and restore the append from a backup if you need it"
+                    f"journal {path} {reader.damage}: it was probably acknowledged and is lost "
+                    "(a writable store keeps a copy of the journal beside the store; restore the "
+                    "append from a backup if you need it)"
                 )
         replay.records = seq - first
         return replay

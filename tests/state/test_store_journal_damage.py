@@ -103,3 +103,24 @@ def test_a_torn_tail_is_dropped_quietly_and_counted_in_records(store_dir, tail, 
     assert (log.torn_records, log.torn_bytes, log.damaged_records) == (1, len(torn), 0)
     assert list(parts["log"]) == list("abcde") and not report.recovered
     assert inspect_store(store_dir, verify=True).problems == []
+
+
+def test_a_writer_keeps_a_copy_of_a_journal_with_a_damaged_last_record(store_dir):
+    journal = store_with_journal(store_dir)
+    flip_bit(journal, record_offsets(journal)[-1] + 15)
+    damaged = journal.read_bytes()
+    with pytest.warns(StateRecoveredWarning, match="record 4"):
+        store, parts, report = open_store(store_dir, keep_generations=1)
+    store.close()  # the recovery checkpoint pruned the generation that held the journal
+    assert not journal.exists() and list(parts["log"]) == ["a", "b", "c", "d"]
+    copies = [p for p in report.quarantined if "log.journal.corrupt-" in p]
+    assert len(copies) == 1 and open_bytes(copies[0]) == damaged
+    assert os.path.dirname(copies[0]) == str(store_dir)
+    assert os.path.basename(copies[0]) in inspect_store(store_dir).quarantined_files
+    _, again, report = open_store(store_dir, readonly=True)  # the copy is never read
+    assert list(again["log"]) == ["a", "b", "c", "d"] and not report.recovered
+
+
+def open_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
