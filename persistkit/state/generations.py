@@ -15,6 +15,9 @@
       gen-000008.tmp-<token>/          a checkpoint being written (never read; removed on open)
       gen-000005.retired-<token>/      an old checkpoint being deleted (never read; removed on open)
       gen-000006.corrupt-<UTC ts>/     a quarantined generation (never deleted by persistkit)
+      gen-000006.log.journal.corrupt-<UTC ts>
+                                       a copy of a journal whose last record was damaged (never
+                                       read; never deleted by persistkit)
 
 Commit: write every file of ``gen-N.tmp-*``, fsync each, fsync the directory,
 rename it to ``gen-N``, fsync the store directory, then atomically replace
@@ -38,6 +41,9 @@ refuses appends until a save removes it), so loading it loses none.
 The generation number and store id are inside every component file, the
 manifest and ``CURRENT``; in encrypted stores they are authenticated, so a
 rolled-back, spliced or foreign file is detected.
+
+``check_generation`` is the one place these rules are applied: loading raises
+at the first problem, ``state inspect --verify`` collects them all.
 """
 
 from __future__ import annotations
