@@ -29,9 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from persistkit.errors import FormatError, IntegrityError, PersistkitError, UnsafeArchiveError
+from persistkit.errors import (
+    FormatError,
+    IntegrityError,
+    NotFoundError,
+    NoVersionError,
+    PersistkitError,
+    UnsafeArchiveError,
+)
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import PathLike, io_error
+from persistkit.naming import Stamped, allocate
 
 __all__ = ["AliasEvent", "ModelStore", "safe_component"]
 
@@ -40,7 +48,8 @@ log = logging.getLogger("persistkit")
 SUFFIX = ".models"
 CONFIG_SUFFIX = ".config.json"
 ALIASES = "aliases.json"
-_VERSION_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}_\d{6})(?:_(\d+))?\.models$")
+VERSIONS = Stamped("", SUFFIX, "%Y-%m-%d_%H%M%S")  # 2024-03-01_120000.models, then _1, _2, ...
+_VERSION_RE = VERSIONS.pattern
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -94,16 +103,6 @@ class ModelStore:
         path = os.fspath(bundle)
         return path[: -len(SUFFIX)] + CONFIG_SUFFIX
 
-    def _new_name(self, directory: str, when: dt.datetime) -> str:
-        stamp = when.strftime("%Y-%m-%d_%H%M%S")
-        fs = current_fs()
-        taken = set(fs.listdir(directory)) if fs.is_dir(directory) else set()
-        name, n = f"{stamp}{SUFFIX}", 0
-        while name in taken:
-            n += 1
-            name = f"{stamp}_{n}{SUFFIX}"
-        return name
-
     # -- writing --
 
     def save(
@@ -126,13 +125,11 @@ class ModelStore:
         meta = dict(metadata or {})
         meta.setdefault("store", {"symbol": symbol, "agent": agent, "timeframe": timeframe})
         config_doc = to_jsonable(config if config is not None else meta.get("config", {}), "config")
-        moment = (when or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
         with self._lock():
-            try:
-                current_fs().makedirs(directory)
-            except OSError as err:
-                raise io_error("create directory", directory, err) from err
-            path = os.path.join(directory, self._new_name(directory, moment))
+            # Unique and monotonic per group, across processes and after pruning (persistkit.naming);
+            # an explicit ``when`` backfills that moment instead.
+            name = allocate(directory, VERSIONS, when=when, lock_timeout=self.lock_timeout)
+            path = os.path.join(directory, name)
             # Config first: a version never exists without its config (a config without a version is ignored).
             atomic_write(self.config_path(path), json.dumps(config_doc, indent=2).encode() + b"\n")
             return save_bundle(path, models, meta, config=config, **bundle_kw)
@@ -156,9 +153,9 @@ class ModelStore:
             return []
         found = []
         for name in fs.listdir(directory):
-            match = _VERSION_RE.match(name)
-            if match:
-                found.append(((match[1], int(match[2] or 0)), Path(directory) / name))
+            key = VERSIONS.parse(name)
+            if key is not None:
+                found.append((key, Path(directory) / name))
         return [p for _, p in sorted(found)]
 
     def versions(self, symbol: str, agent: str, timeframe: str) -> list[Path]:
@@ -180,9 +177,11 @@ class ModelStore:
 
         found = self.versions(symbol, agent, timeframe)
         if not found:
-            raise FileNotFoundError(
-                f"no bundle versions under {self.directory(symbol, agent, timeframe)}; save one with "
-                "ModelStore.save(...) first."
+            directory = self.directory(symbol, agent, timeframe)
+            raise NoVersionError(
+                f"no bundle versions under {directory} (symbol={symbol!r}, agent={agent!r}, "
+                f"timeframe={timeframe!r}); save one with ModelStore.save(...) first, or check the names.",
+                path=directory,
             )
         last: PersistkitError | None = None
         for path in reversed(found):
@@ -206,7 +205,13 @@ class ModelStore:
             if current is not None:
                 target = current
             elif not current_fs().exists(os.path.abspath(alias_or_path)):
-                raise KeyError(f"no alias {alias_or_path!r} in {self._aliases_path()}; tag a version first")
+                known = ", ".join(map(repr, sorted(self.aliases()))) or "none"
+                raise NotFoundError(
+                    f"no alias {alias_or_path!r} in {self._aliases_path()} (aliases: {known}); tag a version "
+                    "first with ModelStore.tag(path, alias), or pass a bundle path.",
+                    path=self._aliases_path(),
+                    field=alias_or_path,
+                )
         return load_bundle(target, **load_kw)
 
     # -- aliases --
@@ -289,10 +294,10 @@ class ModelStore:
         """Keep the ``keep`` newest versions per symbol/agent/timeframe; delete older ones; return them.
 
         Never deleted, whatever ``keep`` says: the newest version that is
-        intact (its manifest checks out, no key needed) and every version an
-        alias points at now.
+        intact (``check_intact``: the manifest and every member's bytes check
+        out; no key needed) and every version an alias points at now.
         """
-        from persistkit.bundle import inspect
+        from persistkit.bundle import check_intact
 
         if type(keep) is not int or keep < 0:
             raise ValueError("keep must be a non-negative int")
@@ -305,17 +310,16 @@ class ModelStore:
                 keepers = {str(p) for p in found[-keep:]} if keep else set()
                 for path in reversed(found):
                     try:
-                        inspect(path)
+                        check_intact(path)
                     except PersistkitError:
                         continue
                     keepers.add(str(path))  # the newest intact version
                     break
-                for path in found:
-                    if str(path) in keepers or str(path) in protected:
-                        continue
-                    removed.append(path)
-                    if dry_run:
-                        continue
+                victims = [p for p in found if str(p) not in keepers and str(p) not in protected]
+                removed.extend(victims)
+                if dry_run or not victims:
+                    continue
+                for path in victims:
                     for victim in (str(path), self.config_path(path), str(path) + ".key"):
                         try:
                             fs.unlink(victim)
@@ -323,9 +327,8 @@ class ModelStore:
                             pass
                         except OSError as err:
                             raise io_error("delete", victim, err) from err
-                if removed and not dry_run:
-                    try:
-                        fs.fsync_dir(directory)
-                    except OSError as err:
-                        raise io_error("fsync", directory, err) from err
+                try:
+                    fs.fsync_dir(directory)
+                except OSError as err:
+                    raise io_error("fsync", directory, err) from err
         return removed
