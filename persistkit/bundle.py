@@ -537,12 +537,15 @@ class _Opened:
 
     # -- keys --
 
-    def master_key(self, *, password: str | None, key_file: PathLike | None) -> Any:
+    def master_key(
+        self, *, password: str | None, key_file: PathLike | None, require_encryption: bool | str = False
+    ) -> Any:
         """The checked master key (None for unencrypted bundles); the manifest MAC is verified here.
 
         Whether the bundle must be encrypted, and with which key, is decided by ``persistkit.keys``.
         """
-        choice = keys.for_load(self.path, password=password, key_file=key_file)
+        required = keys.requirement(require_encryption)
+        choice = keys.for_load(self.path, password=password, key_file=key_file, required=required)
         info = self.manifest.encryption
         choice.check_encrypted(info is not None, source=self.source, member="manifest")
         if info is None:
@@ -720,8 +723,14 @@ def load_bundle(
     env: object = None,
     device: str = "cpu",
     members: Sequence[str] | None = None,
+    require_encryption: bool | str = False,
 ) -> Bundle:
     """Verify and load a bundle. ``members`` limits which models are rebuilt (all are verified).
+
+    A bundle must be encrypted (a plain one is refused as a forged downgrade)
+    when ``password=`` or ``key_file=`` is given, when its key file is beside
+    it, or with ``require_encryption`` (True, or the reason as text for the
+    error message); see ``persistkit.keys``.
 
     ``env`` and ``device`` are handed to SB3 models (and ``device`` to torch
     members). Raises WrongKeyError (key), IntegrityError (damage, tampering;
@@ -733,7 +742,9 @@ def load_bundle(
     if trusted is not True and trusted is not False and isinstance(trusted, str):
         raise TypeError("trusted= takes True/False or a list of type names, not a single string")
     with _Opened(path) as opened:
-        master = opened.master_key(password=password, key_file=key_file)
+        master = opened.master_key(
+            password=password, key_file=key_file, require_encryption=require_encryption
+        )
         opened.check_layout()
         manifest = opened.manifest
         wanted = set(members) if members is not None else None
@@ -788,7 +799,7 @@ def inspect(path: PathLike) -> mf.Manifest:
         return opened.manifest
 
 
-def check_intact(path: PathLike) -> None:
+def check_intact(path: PathLike, *, require_encryption: bool | str = False) -> None:
     """Raise unless the bundle would load as saved; needs no key, but uses the key file beside it if any.
 
     Checks the manifest digest, the layout and every member's length, digest
@@ -798,7 +809,7 @@ def check_intact(path: PathLike) -> None:
     """
     with _Opened(path) as opened:
         info = opened.manifest.encryption
-        choice = keys.for_load(opened.path)
+        choice = keys.for_load(opened.path, required=keys.requirement(require_encryption))
         choice.check_encrypted(info is not None, source=opened.source, member="manifest")
         master = None
         if info is not None and choice.key is not None:
@@ -809,7 +820,13 @@ def check_intact(path: PathLike) -> None:
             del envelope
 
 
-def verify(path: PathLike, *, password: str | None = None, key_file: PathLike | None = None) -> Report:
+def verify(
+    path: PathLike,
+    *,
+    password: str | None = None,
+    key_file: PathLike | None = None,
+    require_encryption: bool | str = False,
+) -> Report:
     """Read and check every byte: key, manifest MAC, layout, each envelope, each digest.
 
     Raises the typed error of the first problem (naming the member) and
@@ -820,7 +837,9 @@ def verify(path: PathLike, *, password: str | None = None, key_file: PathLike | 
 
     reports: list[MemberReport] = []
     with _Opened(path) as opened:
-        master = opened.master_key(password=password, key_file=key_file)
+        master = opened.master_key(
+            password=password, key_file=key_file, require_encryption=require_encryption
+        )
         opened.check_layout()
         for index, entry in enumerate(opened.manifest.members):
             envelope = opened.open_member(index, entry, master)

@@ -7,8 +7,10 @@ The rule, for every reader (bundles today; state stores can use the same call):
   file must be encrypted, with that key. A plain file there is a forged
   downgrade (an attacker replaced an encrypted file with an unencrypted one),
   never "an unencrypted file that happens to have a key beside it".
-- neither, and no key file: the file may be plain; if it is encrypted, opening
-  it fails with WrongKeyError naming where the key was looked for.
+- neither, and no key file: the file may be plain, unless the caller knows
+  better (``required=``: a ModelStore that has saved encrypted bundles); if it
+  is encrypted, opening it fails with WrongKeyError naming where the key was
+  looked for.
 
 Writers: ``password=`` derives a key; ``key_file=`` (or the default key path)
 reuses the key file there or creates one. The caller publishes a new key file
@@ -34,6 +36,7 @@ __all__ = [
     "for_load",
     "for_save",
     "read_key_file",
+    "requirement",
     "write_key_file",
 ]
 
@@ -102,10 +105,25 @@ class KeyChoice:
         )
 
 
+def requirement(require_encryption: bool | str) -> str | None:
+    """``require_encryption=`` as a ``for_load(required=...)`` reason: None, or why (True names itself)."""
+    if not require_encryption:
+        return None
+    return require_encryption if isinstance(require_encryption, str) else "require_encryption=True was given"
+
+
 def for_load(
-    path: PathLike, *, password: str | None = None, key_file: PathLike | None = None, default: bool = True
+    path: PathLike,
+    *,
+    password: str | None = None,
+    key_file: PathLike | None = None,
+    required: str | None = None,
 ) -> KeyChoice:
-    """The key choice for reading ``path``; ``default=False`` ignores a key file beside it."""
+    """The key choice for reading ``path``.
+
+    ``required`` is why the caller knows the file must be encrypted even with
+    no key at hand (a model store that saves encrypted bundles), for messages.
+    """
     from persistkit.io import current_fs
 
     _check_one(password, key_file)
@@ -113,12 +131,10 @@ def for_load(
         return KeyChoice(None, password, True, "password= was given")
     if key_file is not None:
         return KeyChoice(read_key_file(key_file), None, True, f"key_file={os.fspath(key_file)!r} was given")
-    if not default:
-        return KeyChoice(None, None, False, "")
     beside = default_key_path(path)
     if current_fs().exists(beside):
         return KeyChoice(read_key_file(beside), None, True, f"its key file {beside} is beside it", beside)
-    return KeyChoice(None, None, False, "", beside)
+    return KeyChoice(None, None, required is not None, required or "", beside)
 
 
 def for_save(

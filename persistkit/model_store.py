@@ -11,6 +11,10 @@
 Beside each version: ``<version>.config.json`` (the config, ``{}`` when none)
 and, for bundles with their own key, ``<version>.models.key``.
 
+Once the store has saved an encrypted version, ``<root>/store.json`` says so,
+and every load through the store refuses a plain version as a forged
+downgrade (``persistkit.keys``), even without a key file beside it.
+
 Aliases live in ``<root>/aliases.json``, rewritten atomically under the
 store's directory lock. It keeps every assignment with the time it started
 and ended, so the store can say which version was live when
@@ -48,6 +52,7 @@ log = logging.getLogger("persistkit")
 SUFFIX = ".models"
 CONFIG_SUFFIX = ".config.json"
 ALIASES = "aliases.json"
+STORE_FILE = "store.json"  # {"encrypted": true} once the store has saved an encrypted version
 VERSIONS = Stamped("", SUFFIX, "%Y-%m-%d_%H%M%S")  # 2024-03-01_120000.models, then _1, _2, ...
 _VERSION_RE = VERSIONS.pattern
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -125,7 +130,18 @@ class ModelStore:
         meta = dict(metadata or {})
         meta.setdefault("store", {"symbol": symbol, "agent": agent, "timeframe": timeframe})
         config_doc = to_jsonable(config if config is not None else meta.get("config", {}), "config")
+        encrypt = bundle_kw.get("encrypt", True)
         with self._lock():
+            if encrypt and not self.encrypted:
+                # Before the first encrypted version exists: from now on a plain version is a forged one.
+                doc = {"format": "persistkit.model-store", "version": 1, "encrypted": True}
+                atomic_write(self._store_path(), json.dumps(doc, indent=1).encode() + b"\n")
+            elif not encrypt and self.encrypted:
+                raise ValueError(
+                    f"the model store {self.root} saves encrypted bundles ({self._store_path()}), so a plain "
+                    "version would be refused as a forged one when loaded; drop encrypt=False, or use another "
+                    "store for unencrypted models."
+                )
             # Unique and monotonic per group, across processes and after pruning (persistkit.naming);
             # an explicit ``when`` backfills that moment instead.
             name = allocate(directory, VERSIONS, when=when, lock_timeout=self.lock_timeout)
@@ -135,6 +151,37 @@ class ModelStore:
             return save_bundle(path, models, meta, config=config, **bundle_kw)
 
     # -- reading --
+
+    def _store_path(self) -> str:
+        return os.path.join(self.root, STORE_FILE)
+
+    @property
+    def encrypted(self) -> bool:
+        """True once this store has saved an encrypted version: every version must then be encrypted."""
+        path = self._store_path()
+        fs = current_fs()
+        if not fs.exists(path):
+            return False
+        try:
+            doc = json.loads(fs.read_bytes(path).decode("utf-8"))
+        except OSError as err:
+            raise io_error("read", path, err) from err
+        except (UnicodeDecodeError, ValueError) as err:
+            raise IntegrityError(
+                f"{path}: the store settings are unreadable ({err}). Restore the file from a backup; if this "
+                'store saves encrypted bundles, it holds {"format": "persistkit.model-store", "version": 1, '
+                '"encrypted": true}.',
+                path=path,
+            ) from err
+        return isinstance(doc, dict) and doc.get("encrypted") is True
+
+    def _load_kw(self, load_kw: dict[str, Any]) -> dict[str, Any]:
+        if self.encrypted:
+            load_kw.setdefault(
+                "require_encryption",
+                f"the model store {self.root} saves encrypted bundles ({self._store_path()})",
+            )
+        return load_kw
 
     def _groups(self) -> list[str]:
         fs = current_fs()
@@ -184,6 +231,7 @@ class ModelStore:
                 path=directory,
             )
         last: PersistkitError | None = None
+        load_kw = self._load_kw(load_kw)
         for path in reversed(found):
             try:
                 return load_bundle(path, **load_kw)
@@ -212,7 +260,7 @@ class ModelStore:
                     path=self._aliases_path(),
                     field=alias_or_path,
                 )
-        return load_bundle(target, **load_kw)
+        return load_bundle(target, **self._load_kw(load_kw))
 
     # -- aliases --
 
@@ -305,12 +353,13 @@ class ModelStore:
         removed: list[Path] = []
         with self._lock():
             protected = {os.path.abspath(p) for p in self.aliases().values()}
+            required = self._load_kw({}).get("require_encryption", False)
             for directory in self._groups():
                 found = self._sorted_versions(directory)
                 keepers = {str(p) for p in found[-keep:]} if keep else set()
                 for path in reversed(found):
                     try:
-                        check_intact(path)
+                        check_intact(path, require_encryption=required)
                     except PersistkitError:
                         continue
                     keepers.add(str(path))  # the newest intact version

@@ -70,3 +70,23 @@ def test_unusable_passwords_are_typed_errors(tmp_path, password):
     good = pk.save_bundle(tmp_path / "y.models", {"q": np.ones(1)}, password="right")
     with pytest.raises(WrongKeyError):
         pk.load_bundle(good, password=password)
+
+
+def test_a_store_that_saved_encrypted_refuses_a_plain_version_even_without_a_key_beside(tmp_path):
+    store = ModelStore(tmp_path / "models")
+    path = store.save({"q": np.ones(3)}, **WHERE, password="pw")  # no key file beside: a password
+    assert store.encrypted
+    forge_plain_over(path, tmp_path)
+    with pytest.raises(IntegrityError, match="saves encrypted bundles"):
+        store.load_latest(**WHERE)
+    with pytest.raises(IntegrityError, match="saves encrypted bundles"):
+        store.load(path)
+    with pytest.raises(ValueError, match="saves encrypted bundles"):
+        store.save({"q": np.ones(3)}, **WHERE, encrypt=False)
+
+
+def test_a_plain_store_stays_plain(tmp_path):
+    store = ModelStore(tmp_path / "models")
+    path = store.save({"q": np.ones(3)}, **WHERE, encrypt=False)
+    assert not store.encrypted and not (tmp_path / "models" / "store.json").exists()
+    assert store.load(path)["q"].tolist() == [1.0, 1.0, 1.0]
