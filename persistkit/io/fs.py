@@ -139,6 +139,8 @@ def io_error(op: str, path: PathLike, err: OSError) -> PersistIOError:
     """Wrap an OSError into a PersistIOError naming the path and errno, with advice that fits both."""
     where = os.fspath(path)
     consequence = _CONSEQUENCE[_kind(op)]
+    if op == "create temp file for":  # the target may not exist yet: there may be no previous copy
+        consequence = "Nothing was written; a previous copy, if any, is untouched."
     message = f"{op} failed on {where!r}: {describe_errno(err.errno)}. {_advice(op, where, err.errno)}"
     if consequence:
         message += f" {consequence}"

@@ -133,8 +133,10 @@ def test_io_error_advice_fits_the_errno_and_the_operation(tmp_path, op, code, sa
         assert "Free space" not in text and "free space" not in text
     if op in ("read", "open"):
         assert "previous copy" not in text and "Nothing was changed" in text
-    if op in ("write", "fsync", "create temp file for"):
+    if op in ("write", "fsync"):
         assert "previous copy is untouched" in text
+    if op == "create temp file for":
+        assert "Nothing was written" in text
 
 
 def test_keygen_into_a_missing_directory_says_the_directory_does_not_exist(tmp_path):
@@ -143,3 +145,15 @@ def test_keygen_into_a_missing_directory_says_the_directory_does_not_exist(tmp_p
     with pytest.raises(PersistIOError) as info:
         write_key_file(tmp_path / "nope" / "k.key")
     assert f"The directory {str(tmp_path / 'nope')!r} does not exist" in str(info.value)
+
+
+def test_a_state_directory_that_is_a_file_says_a_file_is_in_the_way(tmp_path):
+    import persistkit as pk
+
+    where = tmp_path / "state"
+    where.write_text("not a directory")
+    with pytest.raises(PersistIOError) as info, pk.StateStore(where) as store:
+        store.register("a", {})
+        store.save()
+    text = str(info.value)
+    assert str(where) in text and "file is in the way" in text and "Free space" not in text
