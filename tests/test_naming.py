@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from persistkit.naming import (
     temp_name_for,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 WHERE = {"symbol": "BTC/USDT", "agent": "ppo", "timeframe": "1h"}
 T0 = dt.datetime(2024, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 ctx = multiprocessing.get_context("fork")
@@ -118,3 +120,57 @@ def test_derived_names_fit_name_max_whenever_the_target_fits(length):
     for name in (temp_name_for(target), lock_name_for(target)):
         assert len(name.encode()) <= NAME_MAX
     assert is_temp_name(temp_name_for(target))
+
+
+_SAVER = """
+import sys, time
+import numpy as np
+from persistkit.model_store import ModelStore
+store = ModelStore(sys.argv[1])
+log = open(sys.argv[2], "a")
+print("ready", flush=True)
+while True:
+    value = time.time_ns()
+    path = store.save({"q": np.array([value])}, symbol="BTC/USDT", agent="ppo", timeframe="1h")
+    log.write(f"{value} {path}\\n")
+    log.flush()
+    store.prune(keep=1)
+"""
+
+
+def test_kill_storm_never_reuses_a_name_and_latest_is_the_newest(tmp_path):
+    """A saver that saves and prunes as fast as it can is SIGKILLed at random moments, again and again.
+
+    After each kill: no name was handed out twice, and load_latest is at least the last save that returned.
+    """
+    import random
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(7)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    root, log = tmp_path / "models", tmp_path / "saved.log"
+    log.touch()
+    store = ModelStore(root)
+    problems = []
+    for cycle in range(12):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(root), str(log)], stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 0.6))
+        child.kill()
+        child.wait(timeout=60)
+        child.stdout.close()
+        saved = [line.split() for line in log.read_text().splitlines() if line.strip()]
+        names = [os.path.basename(path) for _, path in saved]
+        if len(names) != len(set(names)):
+            problems.append(f"cycle {cycle}: a name was handed out twice")
+        if saved and int(store.load_latest(**WHERE)["q"][0]) < int(saved[-1][0]):
+            problems.append(f"cycle {cycle}: load_latest is older than the last save that returned")
+    assert len(saved) > 12  # the storm really saved and pruned
+    assert problems == []
