@@ -147,8 +147,16 @@ class ModelStore:
             name = allocate(directory, VERSIONS, when=when, lock_timeout=self.lock_timeout)
             path = os.path.join(directory, name)
             # Config first: a version never exists without its config (a config without a version is ignored).
-            atomic_write(self.config_path(path), json.dumps(config_doc, indent=2).encode() + b"\n")
-            return save_bundle(path, models, meta, config=config, **bundle_kw)
+            config_path = self.config_path(path)
+            atomic_write(config_path, json.dumps(config_doc, indent=2).encode() + b"\n")
+            try:
+                return save_bundle(path, models, meta, config=config, **bundle_kw)
+            except BaseException:
+                try:  # a failed save leaves nothing new behind (save_bundle removes its own key file)
+                    current_fs().unlink(config_path)
+                except OSError as err:
+                    log.warning("could not remove the config %s of a failed save: %s", config_path, err)
+                raise
 
     # -- reading --
 

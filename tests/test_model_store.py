@@ -186,3 +186,14 @@ def test_a_store_root_that_is_a_file_says_a_file_is_in_the_way(tmp_path):
         save(ModelStore(root), 1)
     text = str(info.value)
     assert "file is in the way" in text and "Free space" not in text
+
+
+def test_a_failed_save_leaves_no_version_config_or_key(tmp_path):
+    from persistkit.errors import UnsupportedTypeError
+
+    store = ModelStore(tmp_path)
+    with pytest.raises(UnsupportedTypeError):
+        store.save({"bad": object()}, **WHERE)
+    group = tmp_path / "BTC-USDT" / "ppo" / "1h"
+    assert [p.name for p in group.iterdir() if not p.name.startswith(".persistkit")] == []
+    assert store.versions(**WHERE) == []
