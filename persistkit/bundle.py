@@ -23,6 +23,7 @@ caller opts in with ``trusted=True`` (the pinned allowlists) or
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import importlib.metadata
@@ -326,8 +327,14 @@ def save_bundle(
         raise io_error("create directory for", target, err) from err
 
     # The key file and the bundle it opens are published as a pair: a second process saving the same
-    # new path waits here, then finds and reuses the key written by the first.
-    with PublishLock(os.path.dirname(target)):
+    # new path waits here, then finds and reuses the key written by the first. A key file elsewhere
+    # is guarded by its own directory's lock too (taken in path order, so two savers cannot deadlock).
+    guarded = {os.path.dirname(target)}
+    if encrypt and password is None and key_file is not None:
+        guarded.add(os.path.dirname(os.path.abspath(os.fspath(key_file))))
+    with contextlib.ExitStack() as held:
+        for directory in sorted(guarded):
+            held.enter_context(PublishLock(directory))
         master, new_key_path = (
             keys.for_save(target, password=password, key_file=key_file, kdf=kdf) if encrypt else (None, None)
         )

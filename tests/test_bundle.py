@@ -724,6 +724,44 @@ def test_concurrent_saves_to_the_same_new_path_publish_a_key_that_opens_the_bund
     assert problems == [], f"{len(problems)} of {trials} trials went wrong"
 
 
+def _save_with_shared_key(path, key_file, barrier, results):
+    import persistkit as pk_child
+
+    barrier.wait()
+    try:
+        pk_child.save_bundle(path, {"q": np.ones(2)}, key_file=key_file)
+        results.put("ok")
+    except Exception as err:
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_concurrent_saves_creating_one_shared_key_file_elsewhere_agree_on_the_key(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    problems = []
+    for trial in range(20):
+        key = tmp_path / f"keys{trial}" / "shared.key"
+        key.parent.mkdir()
+        paths = [tmp_path / f"t{trial}" / side / "m.models" for side in ("a", "b")]
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_save_with_shared_key, args=(p, key, barrier, results)) for p in paths]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        if outcomes != ["ok", "ok"]:
+            problems.append(f"trial {trial}: {outcomes}")
+            continue
+        for path in paths:
+            try:
+                pk.load_bundle(path, key_file=key)
+            except WrongKeyError:
+                problems.append(f"trial {trial}: the shared key does not open {path}")
+    assert problems == []
+
+
 def test_a_failed_save_leaves_no_new_files(tmp_path):
     with pytest.raises(UnsupportedTypeError):
         pk.save_bundle(tmp_path / "m.models", {"ok": np.ones(2), "bad": object()})
