@@ -5,12 +5,14 @@ copies) look like ``<prefix><stamp><suffix>`` or, for the second and later name
 of the same stamp, ``<prefix><stamp>_<n><suffix>``. They sort by ``(stamp, n)``.
 
 ``allocate`` hands out the next name of a directory under that directory's
-lock (``PublishLock``: a flock on the directory itself, so no lock file appears). The name is strictly later than every name that exists there *and* than
-every name ever handed out there: a high-water mark persisted in
-``.persistkit.names.json`` survives pruning, so a pruned name is never reused
-and a new name never sorts before an older one (even when the clock steps
-back). An explicit ``when`` (backfilling a past moment) keeps its stamp and is
-only made unique.
+lock (``PublishLock``: a flock on the directory itself, so no lock file
+appears). The name is strictly later than every name that exists there *and*
+than every name ever handed out there: each allocation persists its name as a
+high-water mark in ``.persistkit.names.json`` before returning it, so two
+processes never get the same name, a pruned name is never reused, and a new
+name never sorts before an older one, even when the clock steps back (names
+then keep the highest stamp and count up). An explicit ``when`` (backfilling a
+past moment) keeps its stamp and is only made unique.
 
 Names on disk are bytes, and Linux refuses a component longer than
 ``NAME_MAX`` (255) bytes; names persistkit derives from a caller's name
@@ -149,8 +151,8 @@ def _read_marks(directory: str) -> dict[str, list[object]]:
     return marks
 
 
-def _taken(target: str, family: Stamped, *, skip: frozenset[str] = frozenset()) -> list[tuple[str, int]]:
-    """(stamp, n) of every name of ``family`` in ``target`` (but ``skip``), and of its high-water mark."""
+def _taken(target: str, family: Stamped, marks: dict[str, list[object]]) -> list[tuple[str, int]]:
+    """(stamp, n) of every name of ``family`` in ``target``, and of its high-water mark in ``marks``."""
     from persistkit.io import current_fs
     from persistkit.io.fs import io_error
 
@@ -158,8 +160,8 @@ def _taken(target: str, family: Stamped, *, skip: frozenset[str] = frozenset()) 
         names = current_fs().listdir(target)
     except OSError as err:
         raise io_error("list", target, err) from err
-    taken = [p for n in names if n not in skip and (p := family.parse(n)) is not None]
-    mark = _read_marks(target).get(family.family)
+    taken = [p for p in map(family.parse, names) if p is not None]
+    mark = marks.get(family.family)
     if isinstance(mark, list) and len(mark) == 2 and isinstance(mark[0], str) and isinstance(mark[1], int):
         taken.append((mark[0], mark[1]))
     return taken
@@ -191,7 +193,8 @@ def allocate(
     except OSError as err:
         raise io_error("create directory", target, err) from err
     with PublishLock(target, timeout=lock_timeout):
-        taken = _taken(target, family)
+        marks = _read_marks(target)
+        taken = _taken(target, family, marks)
         highest = max(taken, default=None)
         if when is None:
             candidate = (family.stamp(dt.datetime.now(dt.UTC)), 0)
@@ -204,7 +207,6 @@ def allocate(
         if highest is None or candidate > highest:
             # The reservation: written before the name is returned, so no other allocator (another
             # process, or this one after the file was pruned) can hand it out again.
-            marks = _read_marks(target)
             marks[family.family] = [candidate[0], candidate[1]]
             doc = {"format": "persistkit.names", "version": 1, "marks": marks}
             atomic_write(
