@@ -1,4 +1,4 @@
-"""Every file-name rule in one place: stamped monotonic names, temp names, lock names.
+"""Every file-name rule in one place: stamped monotonic names, temp names.
 
 Stamped names (``ModelStore`` versions, training archives, ``backup_before_overwrite``
 copies) look like ``<prefix><stamp><suffix>`` or, for the second and later name
@@ -16,7 +16,7 @@ past moment) keeps its stamp and is only made unique.
 
 Names on disk are bytes, and Linux refuses a component longer than
 ``NAME_MAX`` (255) bytes; names persistkit derives from a caller's name
-(temp files, lock files) are shortened to fit whenever the caller's name fits.
+(temp files) are shortened to fit whenever the caller's name fits.
 """
 
 from __future__ import annotations
@@ -37,13 +37,11 @@ __all__ = [
     "allocate",
     "fit_name",
     "is_temp_name",
-    "lock_name_for",
     "temp_name_for",
 ]
 
 NAME_MAX = 255
 TEMP_MARKER = ".pk-tmp-"
-LOCK_MARKER = ".pk-lock"
 HIGH_WATER_NAME = ".persistkit.names.json"
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.pk-tmp-(?P<pid>\d+)-(?P<token>[0-9a-f]{12})$", re.S)
 
@@ -70,11 +68,6 @@ def temp_pid(name: str) -> int | None:
     """The writer pid recorded in a temp name, or None if ``name`` is not a temp name."""
     match = _TEMP_RE.match(name)
     return int(match["pid"]) if match else None
-
-
-def lock_name_for(target: str) -> str:
-    """``.<target>.pk-lock``: the lock file guarding one path (shortened to fit NAME_MAX)."""
-    return f".{fit_name(target, NAME_MAX - 1 - len(LOCK_MARKER))}{LOCK_MARKER}"
 
 
 # -- stamped monotonic names -------------------------------------------------------------

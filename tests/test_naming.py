@@ -17,7 +17,6 @@ from persistkit.naming import (
     Stamped,
     allocate,
     is_temp_name,
-    lock_name_for,
     temp_name_for,
 )
 
@@ -117,8 +116,7 @@ def test_concurrent_backups_of_one_file_get_distinct_names(tmp_path):
 def test_derived_names_fit_name_max_whenever_the_target_fits(length):
     target = "é" * (length // 2) + "x" * (length % 2)
     assert len(target.encode()) == length
-    for name in (temp_name_for(target), lock_name_for(target)):
-        assert len(name.encode()) <= NAME_MAX
+    assert len(temp_name_for(target).encode()) <= NAME_MAX
     assert is_temp_name(temp_name_for(target))
 
 
