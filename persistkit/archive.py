@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
+from persistkit import naming
 from persistkit.errors import IntegrityError, PersistIOError, UnsafeArchiveError
 from persistkit.io import atomic_write, atomic_writer, current_fs
 from persistkit.io.fs import io_error
@@ -150,19 +151,8 @@ class Archiver:
 
     # -- create -------------------------------------------------------------------
     def _target(self) -> Path:
-        stamp = _utcnow().strftime("%Y%m%d_%H%M%S")
-        fs = current_fs()
-        fs.makedirs(self.archive_dir)
-        # Two archives in one second never collide, and a later one always sorts later, even
-        # when an earlier one of that second was already pruned.
-        used = [
-            int(m[2] or 0)
-            for m in map(self._name_re.match, fs.listdir(self.archive_dir))
-            if m and m[1] == stamp
-        ]
-        if not used:
-            return self.archive_dir / f"{self.prefix}_{stamp}.zip"
-        return self.archive_dir / f"{self.prefix}_{stamp}_{max(used) + 1}.zip"
+        # Unique across processes and monotonic, even after pruning (persistkit.naming).
+        return self.archive_dir / naming.allocate(self.archive_dir, naming.Stamped(f"{self.prefix}_", ".zip"))
 
     def _entries(self, report: ArchiveReport) -> Iterator[tuple[str, Path, os.stat_result]]:
         """(archive name, source path, lstat) for everything to archive, never following symlinks."""
@@ -692,23 +682,15 @@ def backup_before_overwrite(path: str | os.PathLike[str], *, keep: int = 5) -> P
     if not fs.is_file(src):
         return None
     backups = src.parent / "backups"
-    fs.makedirs(backups)
-    stamp = _utcnow().strftime("%Y%m%d_%H%M%S")
-    pattern = re.compile(rf"^{re.escape(src.stem)}_(\d{{8}}_\d{{6}})(?:_(\d+))?{re.escape(src.suffix)}$")
-
-    def order(name: str) -> tuple[str, int]:
-        m = pattern.match(name)
-        assert m is not None
-        return m[1], int(m[2] or 0)
-
-    mine = sorted((p for p in fs.listdir(backups) if pattern.match(p)), key=order)
-    same_second = [order(p)[1] for p in mine if order(p)[0] == stamp]
-    suffix = f"_{max(same_second) + 1}" if same_second else ""
-    target = backups / f"{src.stem}_{stamp}{suffix}{src.suffix}"
+    family = naming.Stamped(f"{src.stem}_", src.suffix)
+    target = backups / naming.allocate(backups, family)  # unique across processes, monotonic
+    mine = sorted(
+        (p for p in fs.listdir(backups) if family.parse(p) and p != target.name), key=family.sort_key
+    )
     with fs.open_read(src) as f, atomic_writer(target) as out:
         while chunk := f.read(CHUNK):
             out.write(chunk)
-    mine.append(target.name)
+    mine = sorted([*mine, target.name], key=family.sort_key)
     for old in mine[: max(0, len(mine) - keep)]:
         fs.unlink(backups / old)
     return target

@@ -23,6 +23,7 @@ caller opts in with ``trusted=True`` (the pinned allowlists) or
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import importlib.metadata
@@ -31,15 +32,18 @@ import os
 import platform
 import re
 import secrets
+import stat
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persistkit import keys
 from persistkit.errors import (
     FormatError,
     IntegrityError,
+    NotFoundError,
     PersistkitError,
     UnsafeArchiveError,
     WrongKeyError,
@@ -47,13 +51,19 @@ from persistkit.errors import (
 from persistkit.format import manifest as mf
 from persistkit.io import atomic_writer, current_fs
 from persistkit.io.atomic import close_later, keep_open
-from persistkit.io.fs import PathLike, io_error
+from persistkit.io.fs import PathLike, describe_file_type, io_error
+from persistkit.io.lock import PublishLock
+
+# KEY_SUFFIX and default_key_path live in persistkit.keys; re-exported here for compatibility.
+from persistkit.keys import KEY_SUFFIX as KEY_SUFFIX
+from persistkit.keys import default_key_path as default_key_path
 
 __all__ = [
     "Bundle",
     "MemberReport",
     "Report",
     "VersionSkewWarning",
+    "check_intact",
     "inspect",
     "load_bundle",
     "save_bundle",
@@ -62,7 +72,6 @@ __all__ = [
 
 log = logging.getLogger("persistkit")
 
-KEY_SUFFIX = ".key"
 # Encrypted members above this size are sealed and written segment by segment (see save_bundle).
 STREAM_THRESHOLD = 1 << 20
 _MAX_NAME_BYTES = 200
@@ -251,27 +260,6 @@ def check_member_name(name: object) -> str:
     return name
 
 
-def default_key_path(path: PathLike) -> str:
-    return os.path.abspath(os.fspath(path)) + KEY_SUFFIX
-
-
-def _save_key(
-    target: str, password: str | None, key_file: PathLike | None, kdf: Any
-) -> tuple[Any, str | None]:
-    """(master key, where a new key file went or None)."""
-    from persistkit.format.crypto import Key, read_key_file, write_key_file
-
-    if password is not None and key_file is not None:
-        raise ValueError("pass password= or key_file=, not both")
-    if password is not None:
-        return Key.from_password(password, params=kdf), None
-    path = os.path.abspath(os.fspath(key_file)) if key_file is not None else default_key_path(target)
-    if current_fs().exists(path):
-        return read_key_file(path), None
-    key = write_key_file(path)
-    return key, path
-
-
 # -- saving -----------------------------------------------------------------------------
 
 
@@ -320,10 +308,6 @@ def save_bundle(
     ``config`` is stored as ``metadata["config"]``. ``save_replay_buffer``
     stores SB3 replay buffers as arrays.
     """
-    from persistkit.format.codecs import encode_member
-    from persistkit.format.envelope import seal_parts, seal_stream
-    from persistkit.io.zipio import ZipStreamWriter
-
     if not isinstance(models, Mapping):
         raise TypeError(f"models must be a mapping of name -> model, not {type(models).__name__}")
     if compression not in ("zstd", "none"):
@@ -342,7 +326,57 @@ def save_bundle(
     except OSError as err:
         raise io_error("create directory for", target, err) from err
 
-    master, new_key_path = _save_key(target, password, key_file, kdf) if encrypt else (None, None)
+    # The key file and the bundle it opens are published as a pair: a second process saving the same
+    # new path waits here, then finds and reuses the key written by the first. A key file elsewhere
+    # is guarded by its own directory's lock too (taken in path order, so two savers cannot deadlock).
+    guarded = {os.path.dirname(target)}
+    if encrypt and password is None and key_file is not None:
+        guarded.add(os.path.dirname(os.path.abspath(os.fspath(key_file))))
+    with contextlib.ExitStack() as held:
+        for directory in sorted(guarded):
+            held.enter_context(PublishLock(directory))
+        master, new_key_path = (
+            keys.for_save(target, password=password, key_file=key_file, kdf=kdf) if encrypt else (None, None)
+        )
+        try:
+            _write_bundle(target, names, models, doc, master, when, created, env, compression,
+                          save_replay_buffer, level)  # fmt: skip
+        except BaseException:
+            if new_key_path is not None:  # a failed save leaves nothing new behind
+                try:
+                    fs.unlink(new_key_path)
+                except OSError as err:
+                    log.warning("could not remove the key file %s of a failed save: %s", new_key_path, err)
+            raise
+    if new_key_path is not None:
+        log.info(
+            "saved bundle %s; its new key was written to %s (mode 0600). Keep it: the bundle cannot be opened "
+            "without it.",
+            target,
+            new_key_path,
+        )
+    else:
+        log.debug("saved bundle %s", target)
+    return Path(target)
+
+
+def _write_bundle(
+    target: str,
+    names: list[str],
+    models: Mapping[str, Any],
+    doc: dict[str, Any],
+    master: Any,
+    when: dt.datetime,
+    created: str,
+    env: dict[str, str | None],
+    compression: str,
+    save_replay_buffer: bool,
+    level: int,
+) -> None:
+    from persistkit.format.codecs import encode_member
+    from persistkit.format.envelope import seal_parts, seal_stream
+    from persistkit.io.zipio import ZipStreamWriter
+
     key_info = mf.new_key_info(master) if master is not None else None
     bundle_id = secrets.token_hex(16)
     entries: list[mf.MemberEntry] = []
@@ -403,16 +437,6 @@ def save_bundle(
             zw.finish()
     finally:
         close_later(replaced)
-    if new_key_path is not None:
-        log.info(
-            "saved bundle %s; its new key was written to %s (mode 0600). Keep it: the bundle cannot be opened "
-            "without it.",
-            target,
-            new_key_path,
-        )
-    else:
-        log.debug("saved bundle %s", target)
-    return Path(target)
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -434,6 +458,17 @@ class _Opened:
 
         self.path = os.path.abspath(os.fspath(path))
         self.source = self.path
+        try:
+            mode = current_fs().stat(self.path).st_mode
+        except OSError as err:
+            raise io_error("open", self.path, err) from err
+        if not stat.S_ISREG(mode):
+            # A FIFO would block the read forever and /dev/zero would never end: refuse before opening.
+            raise FormatError(
+                f"{self.source} is not a persistkit bundle: it is {describe_file_type(mode)}, not a regular "
+                "file. Pass the path of a bundle file (e.g. models/x.models).",
+                path=self.source,
+            )
         self.mapped = map_file(self.path)
         try:
             view = self.mapped.view
@@ -509,38 +544,22 @@ class _Opened:
 
     # -- keys --
 
-    def master_key(self, *, password: str | None, key_file: PathLike | None) -> Any:
-        """The checked master key (None for unencrypted bundles); the manifest MAC is verified here."""
-        from persistkit.format.crypto import read_key_file
+    def master_key(
+        self, *, password: str | None, key_file: PathLike | None, require_encryption: bool | str = False
+    ) -> Any:
+        """The checked master key (None for unencrypted bundles); the manifest MAC is verified here.
 
+        Whether the bundle must be encrypted, and with which key, is decided by ``persistkit.keys``.
+        """
+        required = keys.requirement(require_encryption)
+        choice = keys.for_load(self.path, password=password, key_file=key_file, required=required)
         info = self.manifest.encryption
+        choice.check_encrypted(info is not None, source=self.source, member="manifest")
         if info is None:
-            if password is not None or key_file is not None:
-                raise IntegrityError(
-                    f"{self.source} is not encrypted, but a key or password was given: an encrypted bundle may "
-                    "have been replaced by a forged plain one. Restore it from a backup, or load it without a key "
-                    "if it was saved with encrypt=False.",
-                    path=self.source,
-                    member="manifest",
-                )
             return None
-        if password is not None and key_file is not None:
-            raise ValueError("pass password= or key_file=, not both")
-        key = None
-        if password is None:
-            if key_file is not None:
-                key = read_key_file(key_file)
-            elif info.key_source == "key":
-                implicit = default_key_path(self.path)
-                if not current_fs().exists(implicit):
-                    raise WrongKeyError(
-                        f"{self.source} is encrypted with a key file; looked for {implicit} (the key written "
-                        "beside the bundle at save time) and it is not there. Pass key_file= pointing at the key "
-                        "it was saved with.",
-                        path=self.source,
-                    )
-                key = read_key_file(implicit)
-        master = mf.open_key(info, key=key, password=password, source=self.source)
+        if choice.key is None and choice.password is None:
+            raise choice.missing_key(source=self.source, key_source=info.key_source)
+        master = mf.open_key(info, key=choice.key, password=choice.password, source=self.source)
         mf.check_auth(self.manifest_bytes, self.mac, master=master, info=info, source=self.source)
         return master
 
@@ -587,13 +606,22 @@ class _Opened:
         )
 
     def open_member(
-        self, index: int, entry: mf.MemberEntry, master: Any, *, plaintext_digest: bool = True
+        self,
+        index: int,
+        entry: mf.MemberEntry,
+        master: Any,
+        *,
+        plaintext_digest: bool = True,
+        keyless: bool = False,
     ) -> Any:
         """Verify one member and return its opened envelope (``.view`` may point into the mapping).
 
         ``plaintext_digest=False`` skips re-hashing the plaintext: the envelope's own checks (trailer,
         GCM tags, exact lengths) already tie its bytes to ``envelope_digest`` in the manifest, so the
         plaintext digest adds no detection there; ``verify`` checks it anyway.
+
+        ``keyless=True`` (an encrypted member, no key at hand): check what needs no key, the member's
+        length, its digest in the manifest and the envelope checksum over every byte, and return None.
         """
         from persistkit.format.envelope import TRAILER, open_envelope
 
@@ -615,6 +643,10 @@ class _Opened:
             raise altered("does not match its digest in the manifest")
         try:
             opened = open_envelope(view, key=master, source=source)
+        except WrongKeyError:
+            if keyless:  # the envelope checks its checksum before it asks for a key
+                return None
+            raise
         except PersistkitError as err:
             if err.member is None:
                 err.member = entry.name
@@ -698,8 +730,14 @@ def load_bundle(
     env: object = None,
     device: str = "cpu",
     members: Sequence[str] | None = None,
+    require_encryption: bool | str = False,
 ) -> Bundle:
     """Verify and load a bundle. ``members`` limits which models are rebuilt (all are verified).
+
+    A bundle must be encrypted (a plain one is refused as a forged downgrade)
+    when ``password=`` or ``key_file=`` is given, when its key file is beside
+    it, or with ``require_encryption`` (True, or the reason as text for the
+    error message); see ``persistkit.keys``.
 
     ``env`` and ``device`` are handed to SB3 models (and ``device`` to torch
     members). Raises WrongKeyError (key), IntegrityError (damage, tampering;
@@ -711,15 +749,21 @@ def load_bundle(
     if trusted is not True and trusted is not False and isinstance(trusted, str):
         raise TypeError("trusted= takes True/False or a list of type names, not a single string")
     with _Opened(path) as opened:
-        master = opened.master_key(password=password, key_file=key_file)
+        master = opened.master_key(
+            password=password, key_file=key_file, require_encryption=require_encryption
+        )
         opened.check_layout()
         manifest = opened.manifest
         wanted = set(members) if members is not None else None
         if wanted is not None:
             unknown = wanted - {m.name for m in manifest.models}
             if unknown:
-                raise KeyError(
-                    f"{opened.source} has no member(s) {sorted(unknown)}; it has {[m.name for m in manifest.models]}"
+                have = [m.name for m in manifest.models]
+                raise NotFoundError(
+                    f"{opened.source} has no member(s) {', '.join(map(repr, sorted(unknown)))}; it has "
+                    f"{', '.join(map(repr, have)) or 'no models'}. Pass members= with names from that list.",
+                    path=opened.source,
+                    member=sorted(unknown)[0],
                 )
         _warn_skew(manifest, opened.source)
         models: dict[str, Any] = {}
@@ -762,7 +806,34 @@ def inspect(path: PathLike) -> mf.Manifest:
         return opened.manifest
 
 
-def verify(path: PathLike, *, password: str | None = None, key_file: PathLike | None = None) -> Report:
+def check_intact(path: PathLike, *, require_encryption: bool | str = False) -> None:
+    """Raise unless the bundle would load as saved; needs no key, but uses the key file beside it if any.
+
+    Checks the manifest digest, the layout and every member's length, digest
+    and envelope checksum; with the key beside the bundle, also the MAC and
+    every GCM tag (as ``verify``). Retention (``ModelStore.prune``) uses it to
+    tell which version is really the newest good one.
+    """
+    with _Opened(path) as opened:
+        info = opened.manifest.encryption
+        choice = keys.for_load(opened.path, required=keys.requirement(require_encryption))
+        choice.check_encrypted(info is not None, source=opened.source, member="manifest")
+        master = None
+        if info is not None and choice.key is not None:
+            master = opened.master_key(password=None, key_file=None)
+        opened.check_layout()
+        for index, entry in enumerate(opened.manifest.members):
+            envelope = opened.open_member(index, entry, master, keyless=info is not None and master is None)
+            del envelope
+
+
+def verify(
+    path: PathLike,
+    *,
+    password: str | None = None,
+    key_file: PathLike | None = None,
+    require_encryption: bool | str = False,
+) -> Report:
     """Read and check every byte: key, manifest MAC, layout, each envelope, each digest.
 
     Raises the typed error of the first problem (naming the member) and
@@ -773,7 +844,9 @@ def verify(path: PathLike, *, password: str | None = None, key_file: PathLike | 
 
     reports: list[MemberReport] = []
     with _Opened(path) as opened:
-        master = opened.master_key(password=password, key_file=key_file)
+        master = opened.master_key(
+            password=password, key_file=key_file, require_encryption=require_encryption
+        )
         opened.check_layout()
         for index, entry in enumerate(opened.manifest.members):
             envelope = opened.open_member(index, entry, master)

@@ -15,6 +15,8 @@ the file, member or field involved and says what to do about it.
      ├── BudgetExceededError   (also ValueError)   a size or count limit would be exceeded
      ├── MigrationError        (also ValueError)   stored state is newer than the code, or a step failed
      ├── LockedError           (also RuntimeError) another writer holds the store or archive directory
+     ├── NotFoundError         (also KeyError)     no such bundle member or alias
+     ├── NoVersionError        (also FileNotFoundError) a model-store group holds no version yet
      └── PersistIOError        (also OSError)      the operating system refused a file operation
 
 Exceptions are picklable with all their attributes, because crash tests carry
@@ -33,6 +35,8 @@ __all__ = [
     "IntegrityError",
     "LockedError",
     "MigrationError",
+    "NoVersionError",
+    "NotFoundError",
     "PersistIOError",
     "PersistkitError",
     "UnsafeArchiveError",
@@ -133,6 +137,14 @@ class LockedError(PersistkitError, RuntimeError):
     ) -> None:
         super().__init__(message, path=path)
         self.pid = pid
+
+
+class NotFoundError(PersistkitError, KeyError):
+    """A bundle member or alias that is not there; the message lists what is."""
+
+
+class NoVersionError(PersistkitError, FileNotFoundError):
+    """A ModelStore symbol/agent/timeframe has no saved version yet."""
 
 
 class PersistIOError(PersistkitError, OSError):

@@ -11,6 +11,10 @@
 Beside each version: ``<version>.config.json`` (the config, ``{}`` when none)
 and, for bundles with their own key, ``<version>.models.key``.
 
+Once the store has saved an encrypted version, ``<root>/store.json`` says so,
+and every load through the store refuses a plain version as a forged
+downgrade (``persistkit.keys``), even without a key file beside it.
+
 Aliases live in ``<root>/aliases.json``, rewritten atomically under the
 store's directory lock. It keeps every assignment with the time it started
 and ended, so the store can say which version was live when
@@ -29,9 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from persistkit.errors import FormatError, IntegrityError, PersistkitError, UnsafeArchiveError
+from persistkit.errors import (
+    FormatError,
+    IntegrityError,
+    NotFoundError,
+    NoVersionError,
+    PersistkitError,
+    UnsafeArchiveError,
+)
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import PathLike, io_error
+from persistkit.naming import Stamped, allocate
 
 __all__ = ["AliasEvent", "ModelStore", "safe_component"]
 
@@ -40,7 +52,9 @@ log = logging.getLogger("persistkit")
 SUFFIX = ".models"
 CONFIG_SUFFIX = ".config.json"
 ALIASES = "aliases.json"
-_VERSION_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}_\d{6})(?:_(\d+))?\.models$")
+STORE_FILE = "store.json"  # {"encrypted": true} once the store has saved an encrypted version
+VERSIONS = Stamped("", SUFFIX, "%Y-%m-%d_%H%M%S")  # 2024-03-01_120000.models, then _1, _2, ...
+_VERSION_RE = VERSIONS.pattern
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -94,16 +108,6 @@ class ModelStore:
         path = os.fspath(bundle)
         return path[: -len(SUFFIX)] + CONFIG_SUFFIX
 
-    def _new_name(self, directory: str, when: dt.datetime) -> str:
-        stamp = when.strftime("%Y-%m-%d_%H%M%S")
-        fs = current_fs()
-        taken = set(fs.listdir(directory)) if fs.is_dir(directory) else set()
-        name, n = f"{stamp}{SUFFIX}", 0
-        while name in taken:
-            n += 1
-            name = f"{stamp}_{n}{SUFFIX}"
-        return name
-
     # -- writing --
 
     def save(
@@ -126,18 +130,66 @@ class ModelStore:
         meta = dict(metadata or {})
         meta.setdefault("store", {"symbol": symbol, "agent": agent, "timeframe": timeframe})
         config_doc = to_jsonable(config if config is not None else meta.get("config", {}), "config")
-        moment = (when or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+        encrypt = bundle_kw.get("encrypt", True)
         with self._lock():
-            try:
-                current_fs().makedirs(directory)
-            except OSError as err:
-                raise io_error("create directory", directory, err) from err
-            path = os.path.join(directory, self._new_name(directory, moment))
+            if encrypt and not self.encrypted:
+                # Before the first encrypted version exists: from now on a plain version is a forged one.
+                doc = {"format": "persistkit.model-store", "version": 1, "encrypted": True}
+                atomic_write(self._store_path(), json.dumps(doc, indent=1).encode() + b"\n")
+            elif not encrypt and self.encrypted:
+                raise ValueError(
+                    f"the model store {self.root} saves encrypted bundles ({self._store_path()}), so a plain "
+                    "version would be refused as a forged one when loaded; drop encrypt=False, or use another "
+                    "store for unencrypted models."
+                )
+            # Unique and monotonic per group, across processes and after pruning (persistkit.naming);
+            # an explicit ``when`` backfills that moment instead.
+            name = allocate(directory, VERSIONS, when=when, lock_timeout=self.lock_timeout)
+            path = os.path.join(directory, name)
             # Config first: a version never exists without its config (a config without a version is ignored).
-            atomic_write(self.config_path(path), json.dumps(config_doc, indent=2).encode() + b"\n")
-            return save_bundle(path, models, meta, config=config, **bundle_kw)
+            config_path = self.config_path(path)
+            atomic_write(config_path, json.dumps(config_doc, indent=2).encode() + b"\n")
+            try:
+                return save_bundle(path, models, meta, config=config, **bundle_kw)
+            except BaseException:
+                try:  # a failed save leaves nothing new behind (save_bundle removes its own key file)
+                    current_fs().unlink(config_path)
+                except OSError as err:
+                    log.warning("could not remove the config %s of a failed save: %s", config_path, err)
+                raise
 
     # -- reading --
+
+    def _store_path(self) -> str:
+        return os.path.join(self.root, STORE_FILE)
+
+    @property
+    def encrypted(self) -> bool:
+        """True once this store has saved an encrypted version: every version must then be encrypted."""
+        path = self._store_path()
+        fs = current_fs()
+        if not fs.exists(path):
+            return False
+        try:
+            doc = json.loads(fs.read_bytes(path).decode("utf-8"))
+        except OSError as err:
+            raise io_error("read", path, err) from err
+        except (UnicodeDecodeError, ValueError) as err:
+            raise IntegrityError(
+                f"{path}: the store settings are unreadable ({err}). Restore the file from a backup; if this "
+                'store saves encrypted bundles, it holds {"format": "persistkit.model-store", "version": 1, '
+                '"encrypted": true}.',
+                path=path,
+            ) from err
+        return isinstance(doc, dict) and doc.get("encrypted") is True
+
+    def _load_kw(self, load_kw: dict[str, Any]) -> dict[str, Any]:
+        if self.encrypted:
+            load_kw.setdefault(
+                "require_encryption",
+                f"the model store {self.root} saves encrypted bundles ({self._store_path()})",
+            )
+        return load_kw
 
     def _groups(self) -> list[str]:
         fs = current_fs()
@@ -156,9 +208,9 @@ class ModelStore:
             return []
         found = []
         for name in fs.listdir(directory):
-            match = _VERSION_RE.match(name)
-            if match:
-                found.append(((match[1], int(match[2] or 0)), Path(directory) / name))
+            key = VERSIONS.parse(name)
+            if key is not None:
+                found.append((key, Path(directory) / name))
         return [p for _, p in sorted(found)]
 
     def versions(self, symbol: str, agent: str, timeframe: str) -> list[Path]:
@@ -180,11 +232,14 @@ class ModelStore:
 
         found = self.versions(symbol, agent, timeframe)
         if not found:
-            raise FileNotFoundError(
-                f"no bundle versions under {self.directory(symbol, agent, timeframe)}; save one with "
-                "ModelStore.save(...) first."
+            directory = self.directory(symbol, agent, timeframe)
+            raise NoVersionError(
+                f"no bundle versions under {directory} (symbol={symbol!r}, agent={agent!r}, "
+                f"timeframe={timeframe!r}); save one with ModelStore.save(...) first, or check the names.",
+                path=directory,
             )
         last: PersistkitError | None = None
+        load_kw = self._load_kw(load_kw)
         for path in reversed(found):
             try:
                 return load_bundle(path, **load_kw)
@@ -206,8 +261,14 @@ class ModelStore:
             if current is not None:
                 target = current
             elif not current_fs().exists(os.path.abspath(alias_or_path)):
-                raise KeyError(f"no alias {alias_or_path!r} in {self._aliases_path()}; tag a version first")
-        return load_bundle(target, **load_kw)
+                known = ", ".join(map(repr, sorted(self.aliases()))) or "none"
+                raise NotFoundError(
+                    f"no alias {alias_or_path!r} in {self._aliases_path()} (aliases: {known}); tag a version "
+                    "first with ModelStore.tag(path, alias), or pass a bundle path.",
+                    path=self._aliases_path(),
+                    field=alias_or_path,
+                )
+        return load_bundle(target, **self._load_kw(load_kw))
 
     # -- aliases --
 
@@ -289,10 +350,10 @@ class ModelStore:
         """Keep the ``keep`` newest versions per symbol/agent/timeframe; delete older ones; return them.
 
         Never deleted, whatever ``keep`` says: the newest version that is
-        intact (its manifest checks out, no key needed) and every version an
-        alias points at now.
+        intact (``check_intact``: the manifest and every member's bytes check
+        out; no key needed) and every version an alias points at now.
         """
-        from persistkit.bundle import inspect
+        from persistkit.bundle import check_intact
 
         if type(keep) is not int or keep < 0:
             raise ValueError("keep must be a non-negative int")
@@ -300,22 +361,22 @@ class ModelStore:
         removed: list[Path] = []
         with self._lock():
             protected = {os.path.abspath(p) for p in self.aliases().values()}
+            required = self._load_kw({}).get("require_encryption", False)
             for directory in self._groups():
                 found = self._sorted_versions(directory)
                 keepers = {str(p) for p in found[-keep:]} if keep else set()
                 for path in reversed(found):
                     try:
-                        inspect(path)
+                        check_intact(path, require_encryption=required)
                     except PersistkitError:
                         continue
                     keepers.add(str(path))  # the newest intact version
                     break
-                for path in found:
-                    if str(path) in keepers or str(path) in protected:
-                        continue
-                    removed.append(path)
-                    if dry_run:
-                        continue
+                victims = [p for p in found if str(p) not in keepers and str(p) not in protected]
+                removed.extend(victims)
+                if dry_run or not victims:
+                    continue
+                for path in victims:
                     for victim in (str(path), self.config_path(path), str(path) + ".key"):
                         try:
                             fs.unlink(victim)
@@ -323,9 +384,8 @@ class ModelStore:
                             pass
                         except OSError as err:
                             raise io_error("delete", victim, err) from err
-                if removed and not dry_run:
-                    try:
-                        fs.fsync_dir(directory)
-                    except OSError as err:
-                        raise io_error("fsync", directory, err) from err
+                try:
+                    fs.fsync_dir(directory)
+                except OSError as err:
+                    raise io_error("fsync", directory, err) from err
         return removed

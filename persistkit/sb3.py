@@ -71,14 +71,20 @@ def fine_tune(
     written beside the new bundle); ``save_to`` defaults to
     ``<parent>.ft<timesteps>.models`` next to the parent.
     """
-    from persistkit.bundle import default_key_path, load_bundle, save_bundle
-    from persistkit.format.crypto import read_key_file, write_key_file
+    from persistkit.bundle import load_bundle, save_bundle
+    from persistkit.errors import NotFoundError
+    from persistkit.keys import default_key_path, read_key_file, write_key_file
 
     parent = os.path.abspath(os.fspath(bundle_path))
     parent_hash = _sha256(parent)
     bundle = load_bundle(parent, env=env, **load_kw)
     if member not in bundle.models:
-        raise KeyError(f"{parent} has no member {member!r}; it has {sorted(bundle.models)}")
+        raise NotFoundError(
+            f"{parent} has no member {member!r}; it has {', '.join(map(repr, sorted(bundle.models)))}. Pass "
+            "member= with one of those names.",
+            path=parent,
+            member=member,
+        )
     model = bundle.models[member]
     if not hasattr(model, "learn") or not hasattr(model, "num_timesteps"):
         raise TypeError(f"member {member!r} of {parent} is a {type(model).__name__}, not an SB3 model")
@@ -98,6 +104,7 @@ def fine_tune(
         "fine_tuned": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     save_kw: dict[str, Any] = {}
+    copied_key: str | None = None
     info = bundle.manifest.encryption
     if info is None:
         save_kw["encrypt"] = False
@@ -110,7 +117,13 @@ def fine_tune(
         child_key = default_key_path(target)
         if not current_fs().exists(child_key):
             write_key_file(child_key, key)
+            copied_key = child_key
         save_kw["key_file"] = child_key
     entry = bundle.manifest.member(member)
     replay = bool(entry.info.get("replay_buffer", False))
-    return save_bundle(target, bundle.models, metadata, save_replay_buffer=replay, **save_kw)
+    try:
+        return save_bundle(target, bundle.models, metadata, save_replay_buffer=replay, **save_kw)
+    except BaseException:
+        if copied_key is not None:  # a failed fine-tune leaves no new files behind
+            current_fs().unlink(copied_key)
+        raise

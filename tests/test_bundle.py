@@ -681,3 +681,156 @@ def test_large_encrypted_members_are_streamed_and_verify(tmp_path):
     assert report.encrypted and report.authenticated
     loaded = pk.load_bundle(path)
     assert np.array_equal(loaded["w"], w) and np.array_equal(loaded["small"], np.arange(4))
+
+
+# -- publishing the key and the bundle as a pair; special files; names ---------------------------------
+
+
+def _save_same_new_path(path, value, barrier, results):
+    import persistkit as pk_child
+
+    barrier.wait()
+    try:
+        pk_child.save_bundle(path, {"q": np.full(4, float(value))})
+        results.put((value, "ok"))
+    except Exception as err:  # reported to the parent, which fails the test
+        results.put((value, f"{type(err).__name__}: {err}"))
+
+
+def test_concurrent_saves_to_the_same_new_path_publish_a_key_that_opens_the_bundle(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    trials, problems = 40, []
+    for trial in range(trials):
+        path = tmp_path / f"t{trial}" / "m.models"
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_save_same_new_path, args=(path, v, barrier, results)) for v in (1, 2)]
+        for p in procs:
+            p.start()
+        outcomes = sorted(results.get(timeout=60) for _ in procs)
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        if outcomes != [(1, "ok"), (2, "ok")]:
+            problems.append(f"trial {trial}: a save failed: {outcomes}")
+            continue
+        try:
+            loaded = pk.load_bundle(path)["q"][0]
+        except WrongKeyError:
+            problems.append(f"trial {trial}: both saves returned, but the key file does not open the bundle")
+            continue
+        assert loaded in (1.0, 2.0)
+    assert problems == [], f"{len(problems)} of {trials} trials went wrong"
+
+
+def _save_with_shared_key(path, key_file, barrier, results):
+    import persistkit as pk_child
+
+    barrier.wait()
+    try:
+        pk_child.save_bundle(path, {"q": np.ones(2)}, key_file=key_file)
+        results.put("ok")
+    except Exception as err:
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_concurrent_saves_creating_one_shared_key_file_elsewhere_agree_on_the_key(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    problems = []
+    for trial in range(20):
+        key = tmp_path / f"keys{trial}" / "shared.key"
+        key.parent.mkdir()
+        paths = [tmp_path / f"t{trial}" / side / "m.models" for side in ("a", "b")]
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_save_with_shared_key, args=(p, key, barrier, results)) for p in paths]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        if outcomes != ["ok", "ok"]:
+            problems.append(f"trial {trial}: {outcomes}")
+            continue
+        for path in paths:
+            try:
+                pk.load_bundle(path, key_file=key)
+            except WrongKeyError:
+                problems.append(f"trial {trial}: the shared key does not open {path}")
+    assert problems == []
+
+
+def test_a_failed_save_leaves_no_new_files(tmp_path):
+    with pytest.raises(UnsupportedTypeError):
+        pk.save_bundle(tmp_path / "m.models", {"ok": np.ones(2), "bad": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # an existing key file is never removed by a failed save
+    keyed = pk.save_bundle(tmp_path / "k.models", {"q": np.ones(2)})
+    with pytest.raises(UnsupportedTypeError):
+        pk.save_bundle(keyed, {"bad": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.models", "k.models.key"]
+    assert pk.load_bundle(keyed)["q"].tolist() == [1.0, 1.0]
+
+
+_SPECIAL_FILE_SCRIPT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+import persistkit as pk
+from persistkit.errors import FormatError
+for call in (pk.load_bundle, pk.verify):
+    try:
+        call(sys.argv[1])
+    except FormatError as err:
+        assert err.path == sys.argv[1], err.path
+        print(type(err).__name__, err)
+    except BaseException as err:
+        print("UNTYPED", type(err).__name__, err)
+"""
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_special_files_are_refused_without_hanging_or_exhausting_memory(tmp_path, kind):
+    if kind == "fifo":
+        target = tmp_path / "pipe.models"
+        os.mkfifo(target)
+    else:
+        target = Path("/dev/zero")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _SPECIAL_FILE_SCRIPT, str(target)],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"load_bundle/verify hung on {kind}")
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("FormatError") for line in lines), out.stdout + out.stderr
+    assert "not a regular file" in lines[0]
+
+
+def test_unknown_member_is_a_typed_key_error(tmp_path, models):
+    from persistkit.errors import NotFoundError
+
+    path = pk.save_bundle(tmp_path / "m.models", models)
+    with pytest.raises(NotFoundError) as info:
+        pk.load_bundle(path, members=["nope"])
+    assert isinstance(info.value, KeyError) and info.value.path == str(path) and info.value.member == "nope"
+    assert "'q_table'" in str(info.value)
+
+
+def test_a_legal_long_bundle_name_saves_and_loads(tmp_path):
+    name = "m" * 233 + ".models"  # 240 bytes: legal; the key file name (244) is too
+    assert len(name) == 240
+    path = pk.save_bundle(tmp_path / name, {"q": np.ones(2)})
+    assert pk.load_bundle(path)["q"].tolist() == [1.0, 1.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name, name + ".key"]
+
+
+def test_a_missing_bundle_says_it_does_not_exist(tmp_path):
+    with pytest.raises(PersistIOError) as info:
+        pk.load_bundle(tmp_path / "missing.models")
+    text = str(info.value)
+    assert info.value.errno == 2 and str(tmp_path / "missing.models") in text
+    assert "does not exist" in text and "Free space" not in text and "previous copy" not in text

@@ -18,7 +18,7 @@ ALL = [getattr(errors, name) for name in errors.__all__]
 
 def test_every_error_derives_from_the_root():
     assert all(issubclass(cls, PersistkitError) for cls in ALL)
-    assert len(ALL) == 11
+    assert len(ALL) == 13
 
 
 @pytest.mark.parametrize(
@@ -31,6 +31,8 @@ def test_every_error_derives_from_the_root():
         (errors.UnsupportedTypeError, TypeError),
         (errors.UnsafeArchiveError, ValueError),
         (errors.LockedError, RuntimeError),
+        (errors.NotFoundError, KeyError),
+        (errors.NoVersionError, FileNotFoundError),
         (errors.PersistIOError, OSError),
     ],
 )

@@ -134,3 +134,66 @@ def test_damaged_alias_index_is_an_integrity_error(tmp_path):
     (tmp_path / "aliases.json").write_text("{not json")
     with pytest.raises(IntegrityError, match="alias index"):
         store.aliases()
+
+
+def flip_member_byte(path, member_prefix="members/"):
+    """Damage one member's bytes, leaving the manifest (and its digest) as written."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.startswith(member_prefix))
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.compress_size // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+def test_prune_keeps_the_newest_version_that_actually_loads(tmp_path, encrypt):
+    store = ModelStore(tmp_path)
+    paths = [save(store, n, when=T0 + dt.timedelta(minutes=n), encrypt=encrypt) for n in range(3)]
+    flip_member_byte(paths[2])
+    pk.inspect(paths[2])  # the manifest alone still checks out
+    with pytest.raises(IntegrityError):
+        pk.load_bundle(paths[2])
+    removed = store.prune(keep=1)
+    assert removed == [paths[0]]
+    assert_same(np.full(3, 1.0), store.load_latest(**WHERE, fallback=True)["q"])
+
+
+def test_unknown_alias_and_empty_group_are_typed_errors(tmp_path):
+    from persistkit.errors import NotFoundError, NoVersionError
+
+    store = ModelStore(tmp_path)
+    with pytest.raises(NotFoundError) as info:
+        store.load("production")
+    assert isinstance(info.value, KeyError) and "production" in str(info.value)
+    assert info.value.path == str(tmp_path / "aliases.json") and "tag" in str(info.value)
+    with pytest.raises(NoVersionError) as empty:
+        store.load_latest(**WHERE)
+    assert isinstance(empty.value, FileNotFoundError)
+    assert empty.value.path == str(tmp_path / "BTC-USDT" / "ppo" / "1h") and "save" in str(empty.value)
+
+
+def test_a_store_root_that_is_a_file_says_a_file_is_in_the_way(tmp_path):
+    from persistkit.errors import PersistIOError
+
+    root = tmp_path / "models"
+    root.write_text("not a directory")
+    with pytest.raises(PersistIOError) as info:
+        save(ModelStore(root), 1)
+    text = str(info.value)
+    assert "file is in the way" in text and "Free space" not in text
+
+
+def test_a_failed_save_leaves_no_version_config_or_key(tmp_path):
+    from persistkit.errors import UnsupportedTypeError
+
+    store = ModelStore(tmp_path)
+    with pytest.raises(UnsupportedTypeError):
+        store.save({"bad": object()}, **WHERE)
+    group = tmp_path / "BTC-USDT" / "ppo" / "1h"
+    assert [p.name for p in group.iterdir() if not p.name.startswith(".persistkit")] == []
+    assert store.versions(**WHERE) == []

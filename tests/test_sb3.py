@@ -13,6 +13,7 @@ pytest.importorskip("stable_baselines3")
 import gymnasium as gym
 
 import persistkit as pk
+from persistkit.errors import NotFoundError
 from persistkit.format.crypto import KdfParams
 from persistkit.sb3 import fine_tune, linear_schedule
 
@@ -76,5 +77,6 @@ def test_fine_tune_refuses_a_non_sb3_member(tmp_path):
     parent = pk.save_bundle(tmp_path / "x.models", {"q": np.ones(2)})
     with pytest.raises(TypeError, match="not an SB3 model"):
         fine_tune(parent, "q", gym.make("CartPole-v1"), 10)
-    with pytest.raises(KeyError, match="no member 'nope'"):
+    with pytest.raises(NotFoundError, match="no member 'nope'") as info:
         fine_tune(parent, "nope", gym.make("CartPole-v1"), 10)
+    assert isinstance(info.value, KeyError) and info.value.member == "nope" and info.value.path == str(parent)

@@ -295,8 +295,19 @@ def _password_bytes(password: str) -> bytes:
     if not isinstance(password, str):
         raise TypeError("password must be a str")
     if not password:
-        raise ValueError("the password is empty; pass a real password or use key_file=")
-    return unicodedata.normalize("NFC", password).encode("utf-8")
+        raise WrongKeyError(
+            "the password is empty: pass the real password, or use key_file= instead.", field="password"
+        )
+    try:
+        return unicodedata.normalize("NFC", password).encode("utf-8")
+    except UnicodeEncodeError as err:
+        # Never echo the password; say where the bad character is.
+        raise WrongKeyError(
+            f"the password cannot be encoded as UTF-8: character {err.start + 1} of {len(password)} is a lone "
+            "surrogate (U+D800-U+DFFF; often from decoding bytes with errors='surrogateescape'). Pass the "
+            "password as proper text.",
+            field="password",
+        ) from None
 
 
 def _hkdf(material: bytes, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:

@@ -5,7 +5,8 @@ file in the target's own directory, fsync it, ``os.replace`` it over the
 target, then fsync the directory so the rename itself survives power loss.
 A crash at any point leaves either the old file or the new one.
 
-Temp files are named ``.<target>.pk-tmp-<pid>-<random>`` so that a writer that
+Temp files are named ``.<target>.pk-tmp-<pid>-<random>`` (``persistkit.naming``; shortened to fit
+NAME_MAX) so that a writer that
 died mid-save can be recognised; the next atomic write into that directory
 removes temps whose writer is gone.
 """
@@ -15,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import re
-import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import BinaryIO
 
 from persistkit.errors import PersistIOError
 from persistkit.io.fs import FileHandle, PathLike, current_fs, io_error
+from persistkit.naming import TEMP_MARKER, is_temp_name, temp_name_for, temp_pid
 
 __all__ = [
     "AtomicWriter",
@@ -37,20 +37,9 @@ __all__ = [
     "temp_name_for",
 ]
 
-TEMP_MARKER = ".pk-tmp-"
-_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.pk-tmp-(?P<pid>\d+)-(?P<token>[0-9a-f]{12})$")
-
 # Temps this process is writing right now; never cleaned up under a live writer.
 _active: set[str] = set()
 _active_lock = threading.Lock()
-
-
-def temp_name_for(target: str) -> str:
-    return f".{target}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(6)}"
-
-
-def is_temp_name(name: str) -> bool:
-    return _TEMP_RE.match(name) is not None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -78,11 +67,10 @@ def cleanup_stale_temps(directory: PathLike) -> list[str]:
         return removed
     me = os.getpid()
     for name in names:
-        match = _TEMP_RE.match(name)
-        if match is None:
+        pid = temp_pid(name)
+        if pid is None:
             continue
         full = os.path.join(directory, name)
-        pid = int(match["pid"])
         with _active_lock:
             active = full in _active
         if active or (pid != me and _pid_alive(pid)):

@@ -13,6 +13,7 @@ between persistkit and the kernel.
 from __future__ import annotations
 
 import contextlib
+import errno as _errno
 import os
 import stat as _stat
 import threading
@@ -29,6 +30,7 @@ __all__ = [
     "LocalFS",
     "PersistFS",
     "current_fs",
+    "describe_file_type",
     "io_error",
     "use_fs",
 ]
@@ -50,13 +52,98 @@ class FileHandle:
         return f"FileHandle({self.path!r}, offset={self.offset})"
 
 
-def io_error(op: str, path: PathLike, err: OSError) -> PersistIOError:
-    """Wrap an OSError into a PersistIOError that names the path and errno."""
-    message = (
-        f"{op} failed on {os.fspath(path)!r}: {describe_errno(err.errno)}. "
-        "Free space or fix permissions on that filesystem, then retry; "
-        "the previous copy is untouched."
+def describe_file_type(mode: int) -> str:
+    """``a FIFO (named pipe)``, ``a character device``, ...: what a non-regular file is, for messages."""
+    kinds = (
+        (_stat.S_ISDIR, "a directory"),
+        (_stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (_stat.S_ISCHR, "a character device"),
+        (_stat.S_ISBLK, "a block device"),
+        (_stat.S_ISSOCK, "a socket"),
+        (_stat.S_ISLNK, "a symbolic link"),
+        (_stat.S_ISREG, "a regular file"),
     )
+    return next((what for test, what in kinds if test(mode)), "a special file")
+
+
+# Operations that only look: a failure there changed nothing.
+_LOOKS = ("open", "read", "inspect", "list", "stat", "archive (read)")
+# Steps of an atomic replacement before the rename: the target is still the previous copy.
+_REPLACES = ("create temp file for", "write", "fsync", "close", "replace", "write checkpoint")
+
+
+def _kind(op: str) -> str:
+    if op.startswith(_LOOKS):
+        return "look"
+    if op in _REPLACES:
+        return "replace"
+    if op.startswith(("create directory", "lock")):
+        return "prepare"
+    if op.startswith(("delete", "remove", "quarantine")):
+        return "delete"
+    return "other"
+
+
+def _advice(op: str, path: str, code: int | None) -> str:
+    """What to do about ``code`` during ``op`` on ``path``: one sentence per errno and kind of operation."""
+    kind = _kind(op)
+    parent = os.path.dirname(path.rstrip(os.sep)) or os.sep
+    if code == _errno.ENOENT:
+        if kind == "look":
+            return "It does not exist: check the path (or restore the file from a backup)."
+        if kind == "delete":
+            return "It is already gone."
+        return f"The directory {parent!r} does not exist: create it first, or fix the path."
+    if code in (_errno.EEXIST, _errno.ENOTDIR):
+        return (
+            "A file is in the way where a directory is needed (the path or one of its parents is a file): "
+            "move that file away, or choose another path."
+        )
+    if code == _errno.EISDIR:
+        return "It is a directory: pass the path of a file."
+    if code == _errno.ENAMETOOLONG:
+        return (
+            f"The name is too long for the filesystem (at most {NAME_MAX_BYTES} bytes per name, "
+            f"{PATH_MAX_BYTES} per path): choose a shorter name or directory."
+        )
+    if code in (_errno.EACCES, _errno.EPERM):
+        where = "it" if kind == "look" else f"{parent!r}"
+        return f"Permission denied: give this user access to {where} (chmod/chown), or choose another path."
+    if code == _errno.EROFS:
+        return "The filesystem is read-only: remount it read-write, or choose another location."
+    if code in (_errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG):
+        return "The filesystem is full (or a quota or file-size limit was hit): free space, then retry."
+    if code == _errno.ELOOP:
+        return "It is a symbolic link, which persistkit does not follow here: point at the real file."
+    if code == _errno.EIO:
+        return "The device reported an I/O error: check the disk (dmesg, SMART) before trusting it again."
+    if code in (_errno.EAGAIN, _errno.EWOULDBLOCK, _errno.EINTR):
+        return "The operation was interrupted or would block: retry."
+    if code == _errno.EMFILE or code == _errno.ENFILE:
+        return "Too many open files: close some, or raise the limit (ulimit -n), then retry."
+    return "Fix the cause above, then retry."
+
+
+_CONSEQUENCE = {
+    "look": "Nothing was changed.",
+    "replace": "The previous copy is untouched.",
+    "prepare": "Nothing was written.",
+    "delete": "Nothing else was deleted.",
+    "other": "",
+}
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4096
+
+
+def io_error(op: str, path: PathLike, err: OSError) -> PersistIOError:
+    """Wrap an OSError into a PersistIOError naming the path and errno, with advice that fits both."""
+    where = os.fspath(path)
+    consequence = _CONSEQUENCE[_kind(op)]
+    if op == "create temp file for":  # the target may not exist yet: there may be no previous copy
+        consequence = "Nothing was written; a previous copy, if any, is untouched."
+    message = f"{op} failed on {where!r}: {describe_errno(err.errno)}. {_advice(op, where, err.errno)}"
+    if consequence:
+        message += f" {consequence}"
     wrapped = PersistIOError(message, errno=err.errno, path=path, operation=op)
     wrapped.__cause__ = err
     return wrapped

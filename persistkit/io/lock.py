@@ -9,8 +9,11 @@ so that the second writer's error can say who holds it.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import socket
+import time
 from types import TracebackType
 
 from filelock import FileLock, Timeout
@@ -19,7 +22,7 @@ from persistkit.errors import LockedError
 from persistkit.io.atomic import atomic_write
 from persistkit.io.fs import PathLike, current_fs, io_error
 
-__all__ = ["DirectoryLock", "LOCK_NAME"]
+__all__ = ["DirectoryLock", "LOCK_NAME", "PublishLock"]
 
 LOCK_NAME = ".persistkit.lock"
 OWNER_NAME = ".persistkit.lock.owner"
@@ -83,6 +86,67 @@ class DirectoryLock:
             self._lock.release(force=True)
 
     def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class PublishLock:
+    """Exclusive lock on a directory itself (``flock`` on the directory's descriptor); no lock file.
+
+    It guards a step that must publish several files of one directory as a
+    unit, such as a bundle and its new key file: two processes saving the same
+    new bundle would otherwise each create a key, and the bundle that wins the
+    rename need not be the one the surviving key opens. Creating no file keeps
+    a failed save from leaving anything behind. Waits up to ``timeout`` seconds.
+    """
+
+    def __init__(self, directory: PathLike, *, timeout: float = 120.0) -> None:
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    def acquire(self) -> PublishLock:
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise io_error("lock", self.directory, err) from err
+        deadline = time.monotonic() + self.timeout
+        pause = 0.001
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as err:
+                    if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
+                        raise io_error("lock", self.directory, err) from err
+                if time.monotonic() >= deadline:
+                    raise LockedError(
+                        f"{self.directory!r}: another process has been saving into it for {self.timeout:g} s. "
+                        "Wait for that save to finish, or stop that process.",
+                        path=self.directory,
+                    )
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def __enter__(self) -> PublishLock:
         return self.acquire()
 
     def __exit__(

@@ -15,6 +15,7 @@ from persistkit.errors import IntegrityError, PersistIOError, UnsafeArchiveError
 from persistkit.io import use_fs
 from persistkit.io.crash import CrashSimulator, Snapshot
 from persistkit.io.recording import RecordingFS
+from persistkit.naming import HIGH_WATER_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = sorted((ROOT / "fixtures" / "hostile").glob("archive_*.zip"))
@@ -103,7 +104,8 @@ def test_unreadable_file_as_root_via_fault_injection(workspace):
 
     with use_fs(Unreadable(LocalFS())), pytest.raises(PersistIOError, match=r"config\.json"):
         Archiver(workspace).create()
-    assert [p.name for p in (workspace / "archives").iterdir()] == []
+    # only the name high-water mark (persistkit.naming) may be there: no archive, no temp
+    assert [p.name for p in (workspace / "archives").iterdir()] in ([], [HIGH_WATER_NAME])
 
 
 def test_verify_detects_a_flipped_byte_in_any_member(workspace):
@@ -306,7 +308,7 @@ def test_backup_before_overwrite_keeps_newest(tmp_path):
     for i in range(7):
         target.write_bytes(f"version {i}".encode())
         made.append(backup_before_overwrite(target, keep=3))
-    backups = set((tmp_path / "backups").iterdir())
+    backups = {p for p in (tmp_path / "backups").iterdir() if p.name != HIGH_WATER_NAME}
     assert len(backups) == 3 and backups == set(made[-3:])
     assert made[-1].read_bytes() == b"version 6"
     assert made[-1].name.startswith("model_") and made[-1].suffix == ".pth"

@@ -325,3 +325,12 @@ def test_a_fork_while_another_thread_holds_the_locks_does_not_hang_the_child(tmp
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail("the forked child deadlocked on a lock held at fork time")
+
+
+@pytest.mark.parametrize("length", [230, 255])
+def test_any_target_name_that_fits_gets_a_temp_name_that_fits(tmp_path, length):
+    target = tmp_path / ("é" * (length // 2) + "x" * (length % 2))
+    assert len(target.name.encode()) == length
+    atomic_write(target, b"data")
+    assert target.read_bytes() == b"data"
+    assert temps(tmp_path) == []

@@ -109,3 +109,51 @@ def test_io_error_message_names_path_errno_and_remedy(tmp_path):
     assert err.errno == errno.ENOSPC and err.operation == "write"
     text = str(err)
     assert "ENOSPC" in text and str(tmp_path / "x") in text and "retry" in text
+
+
+@pytest.mark.parametrize(
+    ("op", "code", "says"),
+    [
+        ("read", errno.ENOENT, "does not exist: check the path"),
+        ("open", errno.EACCES, "Permission denied"),
+        ("create temp file for", errno.ENOENT, "does not exist: create it first"),
+        ("create directory", errno.EEXIST, "file is in the way"),
+        ("lock", errno.ENOTDIR, "file is in the way"),
+        ("create temp file for", errno.ENAMETOOLONG, "name is too long"),
+        ("write", errno.ENOSPC, "free space"),
+        ("write", errno.EROFS, "read-only"),
+        ("fsync", errno.EIO, "check the disk"),
+    ],
+)
+def test_io_error_advice_fits_the_errno_and_the_operation(tmp_path, op, code, says):
+    err = io_error(op, tmp_path / "x", OSError(code, os.strerror(code)))
+    text = str(err)
+    assert says in text and str(tmp_path / "x") in text and errno.errorcode[code] in text
+    if code != errno.ENOSPC:
+        assert "Free space" not in text and "free space" not in text
+    if op in ("read", "open"):
+        assert "previous copy" not in text and "Nothing was changed" in text
+    if op in ("write", "fsync"):
+        assert "previous copy is untouched" in text
+    if op == "create temp file for":
+        assert "Nothing was written" in text
+
+
+def test_keygen_into_a_missing_directory_says_the_directory_does_not_exist(tmp_path):
+    from persistkit.format.crypto import write_key_file
+
+    with pytest.raises(PersistIOError) as info:
+        write_key_file(tmp_path / "nope" / "k.key")
+    assert f"The directory {str(tmp_path / 'nope')!r} does not exist" in str(info.value)
+
+
+def test_a_state_directory_that_is_a_file_says_a_file_is_in_the_way(tmp_path):
+    import persistkit as pk
+
+    where = tmp_path / "state"
+    where.write_text("not a directory")
+    with pytest.raises(PersistIOError) as info, pk.StateStore(where) as store:
+        store.register("a", {})
+        store.save()
+    text = str(info.value)
+    assert str(where) in text and "file is in the way" in text and "Free space" not in text

@@ -157,8 +157,10 @@ class _Reader:
             module, cls_name = ESTIMATORS[name]
             cls = getattr(importlib.import_module(module), cls_name)
             _check_consistent(name, state, self.fail)
+            _check_complete(cls, name, state, self.fail)
             obj = cls.__new__(cls)
             obj.__setstate__(state)  # BaseEstimator's: warns (InconsistentVersionWarning) on a version skew
+            _check_parameters(obj, name, self.fail)
             return obj
         finally:
             self.depth -= 1
@@ -274,6 +276,58 @@ def _check_consistent(name: str, state: dict[str, Any], fail: Any) -> None:
             if _name(est) != _FOREST_TREES[name] or type(getattr(est, "tree_", None)) is not Tree:
                 raise fail(f"{name}.estimators_[{i}] is not a fitted {_FOREST_TREES[name]}")
             agrees(est.tree_, f"{name}.estimators_[{i}]")
+
+
+def _fitted(state: dict[str, Any]) -> bool:
+    return any(key.endswith("_") and not key.startswith("_") for key in state)
+
+
+def _check_complete(cls: Any, name: str, state: dict[str, Any], fail: Any) -> None:
+    """Everything predict() reads must be there, so a decoded estimator works or is refused here.
+
+    Constructor parameters always (``get_params`` and predict read them);
+    once any fitted attribute is present (an unfitted estimator is legal and
+    raises NotFittedError on use), every fitted attribute predict needs.
+    """
+    needed = list(cls._get_param_names())
+    if name in _FOREST_TREES:
+        needed.append("estimator")  # the template tree, set by the forest's constructor
+    if _fitted(state):
+        needed += ["n_features_in_", "n_outputs_"]
+        needed.append("estimators_" if name in _FOREST_TREES else "tree_")
+        if "Classifier" in name:
+            needed += ["classes_", "n_classes_"]
+    missing = [attr for attr in needed if attr not in state]
+    if missing:
+        raise fail(f"{name} lacks {', '.join(missing)}, which scikit-learn needs to use it")
+    if name in _FOREST_TREES and _name(state["estimator"]) != _FOREST_TREES[name]:
+        raise fail(f"{name}.estimator is not a {_FOREST_TREES[name]}")
+    if _fitted(state) and "Classifier" in name:
+        _check_classes(name, state, fail)
+
+
+def _check_classes(name: str, state: dict[str, Any], fail: Any) -> None:
+    import numpy as np
+
+    classes, counts, outputs = state["classes_"], state["n_classes_"], state["n_outputs_"]
+    per_output = [classes] if outputs == 1 else classes
+    wanted = [counts] if outputs == 1 else counts
+    if not (isinstance(per_output, list) or outputs == 1) or len(per_output) != outputs:
+        raise fail(f"{name}.classes_ does not hold one label array per output")
+    for labels, count in zip(per_output, list(wanted), strict=False):
+        if not (isinstance(labels, np.ndarray) and labels.ndim == 1 and len(labels) == int(count)):
+            raise fail(f"{name}.classes_ is not an array of n_classes_ labels")
+
+
+def _check_parameters(obj: Any, name: str, fail: Any) -> None:
+    """scikit-learn's own parameter constraints (n_jobs an int, criterion a known name, ...)."""
+    validate = getattr(obj, "_validate_params", None)
+    if validate is None:  # scikit-learn < 1.2 has no declared constraints
+        return
+    try:
+        validate()
+    except (ValueError, TypeError) as err:
+        raise fail(f"{name} has a parameter scikit-learn refuses ({err})") from err
 
 
 def _check_tree(tree: Any, fail: Any) -> None:

@@ -308,3 +308,41 @@ def test_forests_must_hold_fitted_trees_of_their_kind():
         bad.estimators_ = estimators
         with pytest.raises(FormatError, match=why):
             skt.decode(skt.encode(bad))
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda f: delattr(f, "n_jobs"),
+        lambda f: delattr(f, "criterion"),
+        lambda f: delattr(f, "estimator"),
+        lambda f: delattr(f, "classes_"),
+        lambda f: delattr(f, "n_outputs_"),
+        lambda f: delattr(f, "estimators_"),
+        lambda f: delattr(f.estimators_[1], "n_outputs_"),
+        lambda f: setattr(f, "n_jobs", "many"),
+        lambda f: setattr(f, "classes_", "abc"),
+    ],
+    ids=[
+        "n_jobs",
+        "criterion",
+        "estimator",
+        "classes_",
+        "n_outputs_",
+        "estimators_",
+        "tree n_outputs_",
+        "n_jobs type",
+        "classes_ type",
+    ],
+)
+def test_forged_forest_in_a_plain_bundle_is_refused_not_broken_at_predict(tmp_path, forge):
+    forest = RandomForestClassifier(3, random_state=0).fit(XC, YC)
+    forge(forest)
+    path = pk.save_bundle(tmp_path / "forged.models", {"forest": forest}, encrypt=False)
+    try:
+        loaded = pk.load_bundle(path, trusted=True)["forest"]
+    except FormatError as err:
+        assert err.member == "forest" and err.path == str(path)
+        return
+    loaded.predict(XC[:3])  # whatever decodes must be usable
+    loaded.predict_proba(XC[:3])

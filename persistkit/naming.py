@@ -1,0 +1,208 @@
+"""Every file-name rule in one place: stamped monotonic names, temp names.
+
+Stamped names (``ModelStore`` versions, training archives, ``backup_before_overwrite``
+copies) look like ``<prefix><stamp><suffix>`` or, for the second and later name
+of the same stamp, ``<prefix><stamp>_<n><suffix>``. They sort by ``(stamp, n)``.
+
+``allocate`` hands out the next name of a directory under that directory's
+lock (``PublishLock``: a flock on the directory itself, so no lock file
+appears). The name is strictly later than every name that exists there *and*
+than every name ever handed out there: each allocation persists its name as a
+high-water mark in ``.persistkit.names.json`` before returning it, so two
+processes never get the same name, a pruned name is never reused, and a new
+name never sorts before an older one, even when the clock steps back (names
+then keep the highest stamp and count up). An explicit ``when`` (backfilling a
+past moment) keeps its stamp and is only made unique.
+
+Names on disk are bytes, and Linux refuses a component longer than
+``NAME_MAX`` (255) bytes; names persistkit derives from a caller's name
+(temp files) are shortened to fit whenever the caller's name fits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from functools import cached_property
+
+__all__ = [
+    "HIGH_WATER_NAME",
+    "NAME_MAX",
+    "TEMP_MARKER",
+    "Stamped",
+    "allocate",
+    "fit_name",
+    "is_temp_name",
+    "temp_name_for",
+]
+
+NAME_MAX = 255
+TEMP_MARKER = ".pk-tmp-"
+HIGH_WATER_NAME = ".persistkit.names.json"
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.pk-tmp-(?P<pid>\d+)-(?P<token>[0-9a-f]{12})$", re.S)
+
+
+def fit_name(name: str, budget: int) -> str:
+    """``name`` cut to at most ``budget`` UTF-8 bytes (at a character boundary)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= budget:
+        return name
+    return raw[: max(budget, 0)].decode("utf-8", "ignore")
+
+
+def temp_name_for(target: str) -> str:
+    """``.<target>.pk-tmp-<pid>-<random>``, within NAME_MAX (the target part is shortened if needed)."""
+    tail = f"{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(6)}"
+    return f".{fit_name(target, NAME_MAX - 1 - len(tail))}{tail}"
+
+
+def is_temp_name(name: str) -> bool:
+    return _TEMP_RE.match(name) is not None
+
+
+def temp_pid(name: str) -> int | None:
+    """The writer pid recorded in a temp name, or None if ``name`` is not a temp name."""
+    match = _TEMP_RE.match(name)
+    return int(match["pid"]) if match else None
+
+
+# -- stamped monotonic names -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stamped:
+    """A family of stamped names in one directory: ``<prefix><stamp>[_<n>]<suffix>``.
+
+    ``fmt`` is a strftime format whose output has a fixed width and sorts as time does.
+    """
+
+    prefix: str
+    suffix: str
+    fmt: str = "%Y%m%d_%H%M%S"
+
+    @cached_property
+    def _stamp_re(self) -> str:
+        probe = dt.datetime(2000, 1, 1).strftime(self.fmt)
+        return "".join(r"\d" if c.isdigit() else re.escape(c) for c in probe)
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(
+            rf"^{re.escape(self.prefix)}(?P<stamp>{self._stamp_re})(?:_(?P<n>\d+))?{re.escape(self.suffix)}$"
+        )
+
+    @property
+    def family(self) -> str:
+        return f"{self.prefix}*{self.suffix}"
+
+    def parse(self, name: str) -> tuple[str, int] | None:
+        match = self.pattern.match(name)
+        if match is None:
+            return None
+        return match["stamp"], int(match["n"] or 0)
+
+    def sort_key(self, name: str) -> tuple[str, int]:
+        parsed = self.parse(name)
+        if parsed is None:
+            raise ValueError(f"{name!r} is not a {self.family} name")
+        return parsed
+
+    def name(self, stamp: str, n: int = 0) -> str:
+        return f"{self.prefix}{stamp}{'' if n == 0 else f'_{n}'}{self.suffix}"
+
+    def stamp(self, when: dt.datetime) -> str:
+        return when.astimezone(dt.UTC).strftime(self.fmt)
+
+
+def _read_marks(directory: str) -> dict[str, list[object]]:
+    from persistkit.errors import IntegrityError
+    from persistkit.io import current_fs
+
+    fs = current_fs()
+    path = os.path.join(directory, HIGH_WATER_NAME)
+    if not fs.exists(path):
+        return {}
+    try:
+        doc = json.loads(fs.read_bytes(path).decode("utf-8"))
+        marks = doc["marks"]
+        if not isinstance(marks, dict):
+            raise TypeError("marks is not an object")
+    except OSError as err:
+        from persistkit.io.fs import io_error
+
+        raise io_error("read", path, err) from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise IntegrityError(
+            f"{path}: the name high-water mark is unreadable ({err}). Delete it: persistkit rebuilds it from "
+            "the names in the directory (a name pruned since could then be reused once).",
+            path=path,
+        ) from err
+    return marks
+
+
+def _taken(target: str, family: Stamped, marks: dict[str, list[object]]) -> list[tuple[str, int]]:
+    """(stamp, n) of every name of ``family`` in ``target``, and of its high-water mark in ``marks``."""
+    from persistkit.io import current_fs
+    from persistkit.io.fs import io_error
+
+    try:
+        names = current_fs().listdir(target)
+    except OSError as err:
+        raise io_error("list", target, err) from err
+    taken = [p for p in map(family.parse, names) if p is not None]
+    mark = marks.get(family.family)
+    if isinstance(mark, list) and len(mark) == 2 and isinstance(mark[0], str) and isinstance(mark[1], int):
+        taken.append((mark[0], mark[1]))
+    return taken
+
+
+def allocate(
+    directory: str | os.PathLike[str],
+    family: Stamped,
+    *,
+    when: dt.datetime | None = None,
+    lock_timeout: float = 30.0,
+) -> str:
+    """The next name of ``family`` in ``directory`` (created if missing); see the module docstring.
+
+    Unique across processes (the directory lock serialises allocations, and
+    each one persists its name as the new high-water mark before returning it)
+    and monotonic: the name sorts after every name that exists or was ever
+    handed out here. An explicit ``when`` (a past moment) is only made unique
+    against the names there, and is not safe against a concurrent allocation
+    of the same past second unless the caller serialises them (ModelStore does).
+    """
+    from persistkit.io import atomic_write, current_fs
+    from persistkit.io.fs import io_error
+    from persistkit.io.lock import PublishLock
+
+    target = os.path.abspath(os.fspath(directory))
+    try:
+        current_fs().makedirs(target)
+    except OSError as err:
+        raise io_error("create directory", target, err) from err
+    with PublishLock(target, timeout=lock_timeout):
+        marks = _read_marks(target)
+        taken = _taken(target, family, marks)
+        highest = max(taken, default=None)
+        if when is None:
+            candidate = (family.stamp(dt.datetime.now(dt.UTC)), 0)
+            if highest is not None and candidate <= highest:
+                candidate = (highest[0], highest[1] + 1)
+        else:
+            stamp = family.stamp(when)
+            same = [n for s, n in taken if s == stamp]
+            candidate = (stamp, max(same) + 1 if same else 0)
+        if highest is None or candidate > highest:
+            # The reservation: written before the name is returned, so no other allocator (another
+            # process, or this one after the file was pruned) can hand it out again.
+            marks[family.family] = [candidate[0], candidate[1]]
+            doc = {"format": "persistkit.names", "version": 1, "marks": marks}
+            atomic_write(
+                os.path.join(target, HIGH_WATER_NAME), json.dumps(doc, sort_keys=True).encode() + b"\n"
+            )
+        return family.name(*candidate)
