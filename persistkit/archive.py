@@ -47,8 +47,7 @@ from persistkit.errors import (
     UnsafeArchiveError,
     describe_errno,
 )
-from persistkit.io import atomic_write, atomic_writer, current_fs
-from persistkit.io.fs import io_error
+from persistkit.io import DirectoryLock, atomic_write, atomic_writer, current_fs
 from persistkit.policy.retention import Decision, Item, KeepLast, Policy, decide
 
 __all__ = [
@@ -94,6 +93,8 @@ STORED_SUFFIXES = frozenset(
         ".jar",
     ]
 )
+# Key files undo the encryption of the bundles beside them; lock files belong to live writers.
+DEFAULT_EXCLUDE = ("*.key", ".persistkit.lock", ".persistkit.lock.*")
 _RESTORING: set[str] = set()  # archives being restored from in this process
 _RESTORING_LOCK = threading.Lock()
 
@@ -111,6 +112,7 @@ class ArchiveReport:
     bytes: int = 0
     skipped_sources: list[str] = field(default_factory=list)
     changed_while_archiving: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # key and lock files left out (see Archiver.exclude)
     pruned: list[str] = field(default_factory=list)
 
 
@@ -147,6 +149,8 @@ class Archiver:
         keep: int | Policy = 5,
         prefix: str = "training_backup",
         progress: bool | None = None,
+        exclude: Sequence[str] = DEFAULT_EXCLUDE,
+        lock_timeout: float = 300.0,
     ) -> None:
         self.root = Path(os.path.abspath(os.fspath(root)))
         self.sources = tuple(sources)
@@ -155,10 +159,46 @@ class Archiver:
         self.policy: Policy = KeepLast(keep) if isinstance(keep, int) else keep
         self.prefix = prefix
         self.progress = progress
+        self.exclude = tuple(exclude)
+        self.lock_timeout = lock_timeout
         self._name_re = re.compile(rf"^{re.escape(prefix)}_(\d{{8}}_\d{{6}})(?:_(\d+))?\.zip$")
         self.last_verified: Path | None = None
 
     # -- create -------------------------------------------------------------------
+    def _check_root(self) -> None:
+        fs = current_fs()
+        after = "Check the workspace root you gave; nothing was archived."
+        with _os_errors("archive workspace", self.root, after):
+            st = fs.stat(self.root)
+        if not _stat.S_ISDIR(st.st_mode):
+            raise PersistIOError(
+                f"archive workspace failed on {str(self.root)!r}: it is a file, not a directory. {after}",
+                errno=_errno.ENOTDIR,
+                path=self.root,
+                operation="archive workspace",
+            )
+
+    @contextlib.contextmanager
+    def _writer(self, after: str) -> Iterator[None]:
+        """The archive directory's writer lock (the one state stores use), held across create/prune."""
+        with _os_errors("create archive directory", self.archive_dir, after):
+            current_fs().makedirs(self.archive_dir)
+        lock = DirectoryLock(self.archive_dir, timeout=self.lock_timeout)
+        try:
+            lock.acquire()
+        except PersistIOError as err:
+            cause = err.__cause__
+            if isinstance(cause, OSError) and not isinstance(cause, PersistkitError):
+                raise _os_error("lock archive directory", self.archive_dir, cause, after) from cause
+            raise
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _excluded(self, name: str) -> bool:
+        return any(fnmatch.fnmatch(name, p) for p in self.exclude)
+
     def _target(self) -> Path:
         stamp = _utcnow().strftime("%Y%m%d_%H%M%S")
         fs = current_fs()
@@ -190,10 +230,16 @@ class Archiver:
                 yield rel_dir + "/", Path(dirpath), fs.stat(dirpath, follow_symlinks=False)
                 for name in filenames:
                     full = Path(dirpath) / name
+                    if self._excluded(name):
+                        report.excluded.append(f"{rel_dir}/{name}")
+                        continue
                     yield f"{rel_dir}/{name}", full, fs.stat(full, follow_symlinks=False)
         for name in sorted(fs.listdir(self.root)):
             full = self.root / name
             if any(fnmatch.fnmatch(name, p) for p in self.root_patterns) and fs.is_file(full):
+                if self._excluded(name):
+                    report.excluded.append(name)
+                    continue
                 yield f"root_checkpoints/{name}", full, fs.stat(full, follow_symlinks=False)
 
     def create(self) -> Path:
@@ -201,10 +247,29 @@ class Archiver:
         return self.create_report().path
 
     def create_report(self) -> ArchiveReport:
-        target = self._target()
+        """``create()`` with the details: counts, skipped sources, excluded and changed files, pruned."""
+        self._check_root()
+        after = "Nothing was archived; older archives are untouched."
+        with self._writer(after):
+            with _os_errors("create archive in", self.archive_dir, after):
+                target = self._target()
+            try:
+                return self._create_locked(target)
+            except PersistIOError as err:
+                cause = err.__cause__
+                if (
+                    err.path == str(target)
+                    and isinstance(cause, OSError)
+                    and not isinstance(cause, PersistkitError)
+                ):
+                    raise _os_error("write archive", target, cause, after) from cause
+                raise
+
+    def _create_locked(self, target: Path) -> ArchiveReport:
         report = ArchiveReport(target)
         files: list[dict[str, Any]] = []
-        entries = list(self._entries(report))
+        with _os_errors("read workspace", self.root, "Nothing was archived; older archives are untouched."):
+            entries = list(self._entries(report))
         total = sum(st.st_size for _, _, st in entries if _stat.S_ISREG(st.st_mode))
         with (
             self._progress(total) as advance,
@@ -219,6 +284,8 @@ class Archiver:
                 "source_root": str(self.root),
                 "skipped_sources": report.skipped_sources,
                 "changed_while_archiving": report.changed_while_archiving,
+                "excluded_patterns": list(self.exclude),
+                "excluded": report.excluded,
                 "files": files,
             }
             zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
@@ -230,7 +297,7 @@ class Archiver:
                 path=target,
             )
         self.last_verified = target
-        report.pruned = [d.item.id for d in self.prune() if not d.keep]
+        report.pruned = [d.item.id for d in self._prune_locked(dry_run=False, policy=None) if not d.keep]
         return report
 
     @contextlib.contextmanager
@@ -284,7 +351,8 @@ class Archiver:
         info = zipfile.ZipInfo(name, date_time)
         info.external_attr = (st.st_mode & 0o777 | 0o100000) << 16
         info.file_size = st.st_size
-        info.compress_type = self._compression(path, st)
+        with _os_errors("read for archiving", path, "No partial archive was left behind."):
+            info.compress_type = self._compression(path, st)
         if info.compress_type == zipfile.ZIP_DEFLATED:
             info._compresslevel = 1  # type: ignore[attr-defined]  # fast: archives are about safety, not ratio
         digest = hashlib.sha256()
@@ -307,8 +375,9 @@ class Archiver:
                 operation="archive",
             ) from err
         except OSError as err:
-            raise io_error("archive (read)", path, err) from err
-        after = fs.stat(path, follow_symlinks=False)
+            raise _os_error("read for archiving", path, err, "No partial archive was left behind.") from err
+        with _os_errors("read for archiving", path, "No partial archive was left behind."):
+            after = fs.stat(path, follow_symlinks=False)
         changed = after.st_size != size or after.st_mtime_ns != st.st_mtime_ns
         if changed:
             report.changed_while_archiving.append(name)
@@ -334,7 +403,8 @@ class Archiver:
         fs = current_fs()
         if not fs.is_dir(self.archive_dir):
             return []
-        names = [n for n in fs.listdir(self.archive_dir) if self._name_re.match(n)]
+        with _os_errors("list archives in", self.archive_dir):
+            names = [n for n in fs.listdir(self.archive_dir) if self._name_re.match(n)]
         return [self.archive_dir / n for n in sorted(names, key=self._sort_key)]
 
     def _sort_key(self, name: str) -> tuple[str, int]:
@@ -352,7 +422,16 @@ class Archiver:
 
     # -- retention -------------------------------------------------------------------------
     def prune(self, *, dry_run: bool = False, policy: Policy | None = None) -> builtins.list[Decision]:
-        """Apply the retention policy; with ``dry_run`` only explain. Never touches foreign files."""
+        """Apply the retention policy; with ``dry_run`` only explain. Never touches foreign files.
+
+        Holds the archive directory's writer lock, so it never races a ``create()`` elsewhere.
+        """
+        if dry_run or not current_fs().is_dir(self.archive_dir):
+            return self._prune_locked(dry_run=dry_run, policy=policy)
+        with self._writer("Nothing was removed."):
+            return self._prune_locked(dry_run=False, policy=policy)
+
+    def _prune_locked(self, *, dry_run: bool, policy: Policy | None) -> builtins.list[Decision]:
         items = []
         for path in self.list():
             pinned = ""
@@ -373,9 +452,15 @@ class Archiver:
                     continue
                 try:
                     fs.unlink(target)
+                except FileNotFoundError:
+                    continue  # already gone: what pruning wanted
                 except OSError as err:
-                    raise io_error("remove old archive", target, err) from err
-            fs.fsync_dir(self.archive_dir) if fs.is_dir(self.archive_dir) else None
+                    raise _os_error(
+                        "remove old archive", target, err, "Newer archives are untouched."
+                    ) from err
+            with _os_errors("fsync archive directory", self.archive_dir):
+                if fs.is_dir(self.archive_dir):
+                    fs.fsync_dir(self.archive_dir)
         return decisions
 
     def _made_by_persistkit(self, path: Path) -> bool:
