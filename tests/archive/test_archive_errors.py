@@ -163,7 +163,7 @@ def test_an_encrypted_flag_is_typed(ws, tmp_path):
     data[at + 8] |= 0x01
     bad = tmp_path / "encrypted.zip"
     bad.write_bytes(bytes(data))
-    with pytest.raises(UnsafeArchiveError, match="training.log"):
+    with pytest.raises(UnsafeArchiveError, match=r"training\.log"):
         restore(bad, tmp_path / "out")
     report = Archiver(ws).verify(bad)
     assert not report.ok and any("encrypted" in p for p in report.problems)
