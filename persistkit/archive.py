@@ -471,7 +471,7 @@ class Archiver:
                 if info.file_size > _MAX_MANIFEST_BYTES or info.flag_bits & 0x1:
                     return False
                 doc, problem = _parse_manifest(_read_capped(zf, info, _MAX_MANIFEST_BYTES))
-        except (*_ZIP_DAMAGE, OSError):
+        except _ZIP_OR_OS:
             return False
         return not problem and isinstance(doc, dict) and doc.get("format") == FORMAT
 
@@ -598,6 +598,7 @@ _ZIP_DAMAGE: tuple[type[Exception], ...] = (
     KeyError,
     RuntimeError,
 )
+_ZIP_OR_OS: tuple[type[Exception], ...] = (*_ZIP_DAMAGE, OSError)
 _MAX_MANIFEST_BYTES = 64 << 20  # ~250 bytes an entry: room for RestoreLimits.max_entries and more
 _MAX_LINK_BYTES = 4096  # PATH_MAX: a longer "link target" is not one
 _MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit
@@ -781,7 +782,7 @@ def _plan_links(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
             if len(data) > _MAX_LINK_BYTES:
                 raise ValueError(f"a link target over {_MAX_LINK_BYTES} bytes")
             m.target = data.decode("utf-8", "strict")
-        except (*_ZIP_DAMAGE, OSError) as err:
+        except _ZIP_OR_OS as err:
             plan.unsafe(_read_problem(err, f"symlink member {name!r}", src), name)
             continue
         links[m.rel.lower()] = m
@@ -866,7 +867,7 @@ def _plan_manifest(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
         return
     try:
         data = _read_capped(zf, manifest.info, _MAX_MANIFEST_BYTES)
-    except (*_ZIP_DAMAGE, OSError) as err:
+    except _ZIP_OR_OS as err:
         plan.damaged(_read_problem(err, MANIFEST, src), MANIFEST)
         return
     if len(data) > _MAX_MANIFEST_BYTES:
@@ -884,7 +885,7 @@ def _plan_manifest(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
         if m is manifest:
             continue
         name = m.info.orig_filename
-        entry = entries.get(m.rel.lower())
+        entry = entries.get(m.rel)  # exact: a name whose case changed is not the member the manifest lists
         if entry is None:
             plan.damaged(f"{name}: in the zip but not in the manifest", name)
         elif entry["kind"] in ("external-symlink", "skipped"):
@@ -899,7 +900,7 @@ def _plan_manifest(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
             plan.damaged(f"{name}: size differs from the manifest (damaged or altered)", name)
         elif m.kind == "symlink" and m.target and m.target != entry["target"]:
             plan.damaged(f"{name}: symlink target differs from the manifest (damaged or altered)", name)
-    present = {m.rel.lower() for m in plan.members}
+    present = {m.rel for m in plan.members}
     for key, entry in entries.items():
         if entry["kind"] in ("file", "dir", "symlink") and key not in present:
             plan.damaged(f"{entry['path']}: listed in the manifest but missing from the zip", entry["path"])
@@ -913,7 +914,7 @@ def _parse_manifest(data: bytes) -> tuple[Any, str]:
 
 
 def _manifest_entries(doc: Any, plan: _Plan) -> dict[str, dict[str, Any]] | None:
-    """The manifest's entries by normalised lower-case path; None if it is not a manifest at all."""
+    """The manifest's entries by normalised path; None if it is not a manifest at all."""
     if not isinstance(doc, dict):
         plan.damaged(f"{MANIFEST} is not a JSON object but {type(doc).__name__}", MANIFEST)
         return None
@@ -948,7 +949,7 @@ def _manifest_entries(doc: Any, plan: _Plan) -> dict[str, dict[str, Any]] | None
         if kind in ("symlink", "external-symlink") and not isinstance(entry.get("target"), str):
             plan.damaged(f"{path}: the manifest gives it no link target", path)
             continue
-        key = _norm(path).lower()
+        key = _norm(path)
         if key in entries:
             plan.damaged(f"{path}: listed twice in the manifest", path)
             continue
@@ -985,9 +986,9 @@ def _check_content(
                     sink(chunk)
     except PersistkitError:
         raise  # the sink's own, typed, I/O errors
-    except (*_ZIP_DAMAGE, OSError) as err:
+    except _ZIP_OR_OS as err:
         return _Problem(_read_problem(err, f"member {name!r}", src), name, UnsafeArchiveError)
-    entry = plan.entries.get(m.rel.lower())
+    entry = plan.entries.get(m.rel)
     if entry is None or entry["kind"] != "file":
         return None  # reported while planning
     if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
@@ -1008,7 +1009,7 @@ def _open_zip(src: Path, problems: builtins.list[_Problem]) -> Iterator[tuple[zi
             size = fs.stat(src).st_size
         try:
             zf = zipfile.ZipFile(raw)
-        except (*_ZIP_DAMAGE, OSError) as err:
+        except _ZIP_OR_OS as err:
             problems.append(
                 _Problem(
                     _read_problem(err, "the zip structure", src) + ": not a readable zip",
@@ -1029,7 +1030,7 @@ def _verify(path: Path, limits: RestoreLimits) -> VerifyReport:
             plan = _plan(zf, path, size, limits)
             problems += plan.problems
             for m in plan.members:
-                if m.kind == "symlink" and m.rel.lower() in plan.entries:
+                if m.kind == "symlink" and m.rel in plan.entries:
                     checked += 1
                 if m.kind != "file" or m.rel == MANIFEST or not plan.readable:
                     continue

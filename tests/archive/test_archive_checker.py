@@ -12,7 +12,7 @@ import zipfile
 import zlib
 
 import pytest
-from archive_crafting import DIR, FILE, LINK, craft, replace_manifest, set_mode, tree_of
+from archive_crafting import DIR, FILE, LINK, central_record, craft, replace_manifest, set_mode, tree_of
 
 from persistkit.archive import Archiver, restore
 from persistkit.errors import IntegrityError, PersistkitError, UnsafeArchiveError
@@ -271,3 +271,17 @@ def test_a_member_claiming_a_mode_no_archiver_writes_is_refused(tmp_path):
     assert Archiver(tmp_path).verify(archive).ok
     restore(archive, tmp_path / "ok")
     assert (tmp_path / "ok" / "d").is_dir()
+
+
+def test_a_member_whose_name_changed_case_is_not_the_one_listed(made, tmp_path):
+    """Found by the mutation fuzz: 'logs/' renamed 'logS/' in the directory restored an extra directory."""
+    arc, path = made
+    data = bytearray(path.read_bytes())
+    at = central_record(data, "logs/")
+    data[at + 46 : at + 46 + 5] = b"logS/"
+    renamed = tmp_path / "renamed.zip"
+    renamed.write_bytes(bytes(data))
+    report = arc.verify(renamed)
+    assert not report.ok and any("logS/" in p for p in report.problems), report.problems
+    with pytest.raises(IntegrityError, match="logS/"):
+        restore(renamed, tmp_path / "out")
