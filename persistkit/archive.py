@@ -4,12 +4,18 @@ An archive is an ordinary zip (``unzip -l`` lists it) named
 ``<archive_dir>/<prefix>_YYYYMMDD_HHMMSS.zip`` (UTC), holding ``logs/``,
 ``models/``, ``config/``, ``root_checkpoints/`` (root files matching the
 patterns) and ``MANIFEST.json``: every entry's path, kind, size and sha256,
-when the archive was made, from which root, and what was skipped.
+when the archive was made, from which root, what was skipped, and which key
+and lock files were left out (``*.key`` beside an encrypted bundle would undo
+its encryption; see ``Archiver(exclude=...)``).
 
 It is written through ``persistkit.io`` (temp file in the same directory,
-fsync, rename, directory fsync), verified, and only then are old archives
-pruned. Restores reject anything that could escape the target or exhaust the
-disk, extract into a temp directory and rename it into place.
+fsync, rename, directory fsync) under the archive directory's writer lock,
+verified, and only then are old archives pruned. ``verify()`` and ``restore()``
+share one checker: restore refuses whatever verify would report (anything that
+could escape the target, alone or through other links, exhaust the disk, or
+differ from the manifest), then extracts into a temp directory and renames it
+into place. Every OS failure is a ``PersistIOError`` naming the file, with
+advice that fits its errno.
 """
 
 from __future__ import annotations
@@ -129,7 +135,12 @@ class VerifyReport:
 
 @dataclass(frozen=True)
 class RestoreLimits:
-    """Caps enforced while streaming an untrusted archive, not trusted from its headers."""
+    """Caps on the work an untrusted archive may cause.
+
+    Declared sizes are only trusted as an upper bound (zipfile never returns more than a
+    member declares): together they may not exceed ``max_ratio`` times the archive's own
+    size, nor ``max_total_bytes``. Each member's expansion is measured again while streaming.
+    """
 
     max_entries: int = 100_000
     max_total_bytes: int = 50 * 1024**3
@@ -500,12 +511,13 @@ class Archiver:
         fs = current_fs()
         moved = None
         logs = self.root / "logs"
-        if fs.is_dir(logs) and fs.listdir(logs):
-            moved = self.root / f"logs_backup_{_utcnow().strftime('%Y%m%d_%H%M%S_%f')}"
-            fs.replace(logs, moved)
-            fs.fsync_dir(self.root)
-        for sub in ("logs", "logs/trades", "logs/tensorboard", "models/checkpoints"):
-            fs.makedirs(self.root / sub)
+        with _os_errors("prepare workspace", self.root, "The verified archive is intact."):
+            if fs.is_dir(logs) and fs.listdir(logs):
+                moved = self.root / f"logs_backup_{_utcnow().strftime('%Y%m%d_%H%M%S_%f')}"
+                fs.replace(logs, moved)
+                fs.fsync_dir(self.root)
+            for sub in ("logs", "logs/trades", "logs/tensorboard", "models/checkpoints"):
+                fs.makedirs(self.root / sub)
         return moved
 
 
