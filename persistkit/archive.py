@@ -798,7 +798,8 @@ def _plan_links(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
             plan.unsafe(_read_problem(err, f"symlink member {name!r}", src), name)
             continue
         links[m.rel.lower()] = m
-    targets = {key: m.target for key, m in links.items()}
+    exact = {m.rel: m.target for m in links.values()}
+    folded = {key: m.target for key, m in links.items()}
     for m in plan.members:
         parts = m.rel.lower().split("/")
         below = next(
@@ -810,13 +811,14 @@ def _plan_links(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
                 "it would be written through the link",
                 m.info.filename,
             )
-    for key, m in links.items():
-        reason = _escapes(key, m.target, targets)
+    for m in links.values():
+        # As a case-sensitive filesystem resolves it, and as a case-insensitive one does.
+        reason = _escapes(m.rel, m.target, exact, fold=False) or _escapes(m.rel, m.target, folded, fold=True)
         if reason:
             plan.unsafe(f"symlink {m.info.filename!r} -> {m.target!r} {reason}", m.info.filename)
 
 
-def _escapes(rel: str, target: str, links: dict[str, str]) -> str:
+def _escapes(rel: str, target: str, links: dict[str, str], *, fold: bool) -> str:
     """Why the link at ``rel`` would lead outside the restore target once every link exists; '' if not.
 
     Resolution follows the other links the way the kernel would, so chains (a/b -> .., a/b/c -> ..)
@@ -824,7 +826,7 @@ def _escapes(rel: str, target: str, links: dict[str, str]) -> str:
     """
     if not target or "\x00" in target or target.startswith("/") or _DRIVE.match(target):
         return "points outside the restore target (absolute or empty)"
-    resolved = rel.split("/")[:-1]
+    resolved = (rel.lower() if fold else rel).split("/")[:-1]
     pending = collections.deque(target.split("/"))
     hops = 0
     while pending:
@@ -836,7 +838,7 @@ def _escapes(rel: str, target: str, links: dict[str, str]) -> str:
                 return "points outside the restore target"
             resolved.pop()
             continue
-        resolved.append(part.lower())
+        resolved.append(part.lower() if fold else part)
         link = links.get("/".join(resolved))
         if link is not None:
             hops += 1

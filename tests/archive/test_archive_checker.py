@@ -285,3 +285,20 @@ def test_a_member_whose_name_changed_case_is_not_the_one_listed(made, tmp_path):
     assert not report.ok and any("logS/" in p for p in report.problems), report.problems
     with pytest.raises(IntegrityError, match="logS/"):
         restore(renamed, tmp_path / "out")
+
+
+def test_a_link_that_escapes_only_where_case_matters_is_refused(box):
+    """On a case-sensitive disk A/ is a directory and A/../.. climbs out, even though the link a -> x/y/z
+    (the same name on a case-insensitive disk) would keep it inside."""
+    archive = craft(
+        box.parent / "case.zip",
+        [
+            ("A/f.txt", "file", "x"),
+            ("x/y/z/", "dir", ""),
+            ("a", "symlink", "x/y/z"),
+            ("p", "symlink", "A/../.."),
+        ],
+    )
+    problems = Archiver(box).verify(archive).problems
+    assert any(p.startswith("symlink 'p'") and "outside" in p for p in problems), problems
+    assert_refused_and_untouched(archive, box)
