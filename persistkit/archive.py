@@ -281,6 +281,7 @@ class Archiver:
         files: list[dict[str, Any]] = []
         with _os_errors("read workspace", self.root, "Nothing was archived; older archives are untouched."):
             entries = list(self._entries(report))
+        _refuse_case_twins([name for name, _, _ in entries], self.root)
         total = sum(st.st_size for _, _, st in entries if _stat.S_ISREG(st.st_mode))
         with (
             self._progress(total) as advance,
@@ -519,6 +520,21 @@ class Archiver:
             for sub in ("logs", "logs/trades", "logs/tensorboard", "models/checkpoints"):
                 fs.makedirs(self.root / sub)
         return moved
+
+
+def _refuse_case_twins(names: builtins.list[str], root: Path) -> None:
+    """Two names that differ only in case make an archive restore must refuse: say so before writing it."""
+    seen: dict[str, str] = {}
+    for name in names:
+        twin = seen.setdefault(name.rstrip("/").lower(), name)
+        if twin != name:
+            raise UnsafeArchiveError(
+                f"{root}: {twin!r} and {name!r} differ only in case; restore refuses such archives because "
+                "they would overwrite each other on case-insensitive disks (macOS, Windows). Rename one, "
+                "then archive again. Nothing was archived.",
+                path=root,
+                member=name,
+            )
 
 
 def _archive_time(path: Path, name_re: re.Pattern[str]) -> dt.datetime:

@@ -252,3 +252,12 @@ def test_exclusions_can_be_changed(ws):
     path = Archiver(ws, exclude=()).create()
     with zipfile.ZipFile(path) as zf:
         assert "models/agent.models.key" in zf.namelist()
+
+
+def test_names_that_differ_only_in_case_are_refused_before_anything_is_written(ws):
+    (ws / "logs" / "A.txt").write_text("1")
+    (ws / "logs" / "a.txt").write_text("2")
+    with pytest.raises(UnsafeArchiveError, match=r"differ only in case") as info:
+        Archiver(ws).create()
+    assert "A.txt" in str(info.value) and "Check the disk" not in str(info.value)
+    assert Archiver(ws).list() == []
