@@ -309,7 +309,16 @@ class Archiver:
                 path=target,
             )
         self.last_verified = target
-        report.pruned = [d.item.id for d in self._prune_locked(dry_run=False, policy=None) if not d.keep]
+        try:
+            decisions = self._prune_locked(dry_run=False, policy=None)
+        except PersistIOError as err:
+            raise PersistIOError(
+                f"{target} was written and verified, but pruning old archives failed: {err}",
+                errno=err.errno,
+                path=err.path,
+                operation=err.operation,
+            ) from err
+        report.pruned = [d.item.id for d in decisions if not d.keep]
         return report
 
     @contextlib.contextmanager

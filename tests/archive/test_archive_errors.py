@@ -261,3 +261,24 @@ def test_names_that_differ_only_in_case_are_refused_before_anything_is_written(w
         Archiver(ws).create()
     assert "A.txt" in str(info.value) and "Check the disk" not in str(info.value)
     assert Archiver(ws).list() == []
+
+
+def test_a_prune_that_fails_after_create_names_the_archive_that_was_written(ws):
+    from persistkit.io import use_fs
+    from persistkit.io.fs import DelegatingFS, LocalFS
+
+    arc = Archiver(ws, keep=1)
+    old = arc.create()
+
+    class NoUnlink(DelegatingFS):
+        def unlink(self, path):
+            if str(path) == str(old):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            super().unlink(path)
+
+    with use_fs(NoUnlink(LocalFS())), pytest.raises(PersistIOError) as info:
+        arc.create()
+    new = arc.list()[-1]
+    assert new != old and arc.verify(new).ok
+    assert f"{new} was written and verified" in str(info.value) and old.name in str(info.value)
+    assert "permission denied" in str(info.value) and info.value.errno == errno.EACCES
