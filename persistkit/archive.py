@@ -1026,7 +1026,9 @@ def _check_content(
     except PersistkitError:
         raise  # the sink's own, typed, I/O errors
     except _ZIP_OR_OS as err:
-        return _Problem(_read_problem(err, f"member {name!r}", src), name, UnsafeArchiveError)
+        # A method zipfile does not know is refused as unsafe; a bad CRC or stream is damage.
+        error = UnsafeArchiveError if isinstance(err, NotImplementedError) else IntegrityError
+        return _Problem(_read_problem(err, f"member {name!r}", src), name, error)
     entry = plan.entries.get(m.rel)
     if entry is None or entry["kind"] != "file":
         return None  # reported while planning
@@ -1052,7 +1054,7 @@ def _open_zip(src: Path, problems: builtins.list[_Problem]) -> Iterator[tuple[zi
             problems.append(
                 _Problem(
                     _read_problem(err, "the zip structure", src) + ": not a readable zip",
-                    error=UnsafeArchiveError,
+                    error=IntegrityError,
                 )
             )
             yield None, size

@@ -302,3 +302,20 @@ def test_a_link_that_escapes_only_where_case_matters_is_refused(box):
     problems = Archiver(box).verify(archive).problems
     assert any(p.startswith("symlink 'p'") and "outside" in p for p in problems), problems
     assert_refused_and_untouched(archive, box)
+
+
+def test_a_flipped_data_byte_is_damage_not_an_attack(made, tmp_path):
+    _, path = made
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("logs/training.log")
+    data[info.header_offset + 30 + len(info.filename) + 4] ^= 0x01
+    damaged = tmp_path / "flipped.zip"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"training\.log") as caught:
+        restore(damaged, tmp_path / "out")
+    assert not isinstance(caught.value, UnsafeArchiveError)
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(IntegrityError, match="not a readable zip"):
+        restore(truncated, tmp_path / "out")
