@@ -809,6 +809,8 @@ def _budget(archive_size: int, limits: RestoreLimits) -> int:
 
 def _plan_links(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
     """Read every link target, then resolve each against all the links the archive would lay down."""
+    if not plan.readable:
+        return  # already refused as over a budget: read nothing more
     links: dict[str, _Member] = {}
     for m in plan.members:
         if m.kind != "symlink":
@@ -1143,7 +1145,7 @@ def restore(
         with _os_errors("create restore directory", temp, _NOT_RESTORED):
             fs.mkdir(temp)
         try:
-            _extract(src, temp, limits)
+            _extract(src, temp, dest, limits)
             with _os_errors("move the restored files into place at", dest, _NOT_RESTORED):
                 fs.fsync_dir(temp)
                 fs.replace(temp, dest)
@@ -1160,7 +1162,8 @@ def restore(
     return dest
 
 
-def _extract(src: Path, temp: Path, limits: RestoreLimits) -> None:
+def _extract(src: Path, temp: Path, dest: Path, limits: RestoreLimits) -> None:
+    """Check, then extract into ``temp``; errors name where each member was going (under ``dest``)."""
     fs = current_fs()
     problems: builtins.list[_Problem] = []
     with _open_zip(src, problems) as (zf, size):
@@ -1172,36 +1175,36 @@ def _extract(src: Path, temp: Path, limits: RestoreLimits) -> None:
         # Directories, then files, then links last: no byte is ever written after a link exists.
         for m in plan.members:
             if m.kind == "dir":
-                with _os_errors("create directory", temp / m.rel, _NOT_RESTORED):
+                with _os_errors("create directory", dest / m.rel, _NOT_RESTORED):
                     fs.makedirs(temp / m.rel, durable=False)
         for m in plan.members:
             if m.kind == "file" and m.rel != MANIFEST:
-                problem = _extract_file(zf, m, plan, src, temp / m.rel, limits)
+                problem = _extract_file(zf, m, plan, src, temp / m.rel, dest / m.rel, limits)
                 if problem:
                     _refuse([problem], src)
         for m in plan.members:
             if m.kind == "symlink":
-                with _os_errors("create symlink", temp / m.rel, _NOT_RESTORED):
+                with _os_errors("create symlink", dest / m.rel, _NOT_RESTORED):
                     fs.makedirs((temp / m.rel).parent, durable=False)
                     fs.symlink(m.target, temp / m.rel)
 
 
 def _extract_file(
-    zf: zipfile.ZipFile, m: _Member, plan: _Plan, src: Path, target: Path, limits: RestoreLimits
+    zf: zipfile.ZipFile, m: _Member, plan: _Plan, src: Path, target: Path, shown: Path, limits: RestoreLimits
 ) -> _Problem | None:
     fs = current_fs()
-    with _os_errors("create restored file", target, _NOT_RESTORED):
+    with _os_errors("create restored file", shown, _NOT_RESTORED):
         fs.makedirs(target.parent, durable=False)
         handle = fs.create(target, mode=0o644)
     try:
 
         def write(chunk: bytes) -> None:
-            with _os_errors("write restored file", target, _NOT_RESTORED):
+            with _os_errors("write restored file", shown, _NOT_RESTORED):
                 fs.write(handle, chunk)
 
         problem = _check_content(zf, m, plan, src, limits, write)
         if problem is None:
-            with _os_errors("fsync restored file", target, _NOT_RESTORED):
+            with _os_errors("fsync restored file", shown, _NOT_RESTORED):
                 fs.fsync(handle)
         return problem
     finally:
