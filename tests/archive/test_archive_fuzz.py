@@ -4,14 +4,16 @@ an untyped error, a hang, or a restore that differs from what verify said."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import random
 import re
 import shutil
 import time
+import zipfile
 
 import pytest
-from archive_crafting import tree_of
+from archive_crafting import replace_manifest, tree_of
 
 from persistkit.archive import Archiver, restore
 from persistkit.errors import PersistkitError
@@ -108,3 +110,64 @@ def test_mutate_changes_the_bytes():
     rng = random.Random(1)
     data = bytes(200) + b"PK\x01\x02" + bytes(60) + b"PK\x05\x06" + bytes(30)
     assert sum(mutate(data, rng) != data for _ in range(50)) > 40
+
+
+def mutate_manifest(doc: object, rng: random.Random) -> object:
+    """One random edit somewhere in a parsed manifest: a value replaced, removed or retyped."""
+    replacements = (
+        None,
+        0,
+        -1,
+        2**64,
+        "",
+        "../x",
+        "/etc/passwd",
+        [],
+        {},
+        True,
+        1.5,
+        "a" * 300,
+        "dir",
+        "symlink",
+    )
+
+    def walk(node: object, depth: int) -> object:
+        if isinstance(node, dict) and node and (depth < 3 or rng.random() < 0.7):
+            key = rng.choice(sorted(node))
+            if rng.random() < 0.15:
+                return {k: v for k, v in node.items() if k != key}
+            return {**node, key: walk(node[key], depth + 1)}
+        if isinstance(node, list) and node and rng.random() < 0.9:
+            i = rng.randrange(len(node))
+            if rng.random() < 0.15:
+                return node[:i] + node[i + 1 :]
+            if rng.random() < 0.1:
+                return [*node, node[i]]
+            return [*node[:i], walk(node[i], depth + 1), *node[i + 1 :]]
+        return rng.choice(replacements)
+
+    return walk(doc, 0)
+
+
+def test_edited_manifests_are_refused_typed_or_restored_identically(archive, tmp_path):
+    rng = random.Random(11)
+    original = tree_of(restore(archive, tmp_path / "original"))
+    with zipfile.ZipFile(archive) as zf:
+        doc = json.loads(zf.read("MANIFEST.json"))
+    arc = Archiver(archive.parent.parent)
+    outcomes: collections.Counter[str] = collections.Counter()
+    for case in range(300):
+        sample = replace_manifest(archive, tmp_path / "edited.zip", json.dumps(mutate_manifest(doc, rng)))
+        into = tmp_path / "out" / str(case)
+        report = arc.verify(sample)
+        try:
+            restore(sample, into)
+        except PersistkitError as err:
+            outcomes[type(err).__name__] += 1
+            assert not report.ok, f"case {case}: verify said ok, restore refused: {err}"
+        else:
+            outcomes["restored"] += 1
+            assert report.ok, f"case {case}: restored though verify said {report.problems}"
+            assert tree_of(into) == original, f"case {case}: restored content differs"
+    print(f"\n300 edited manifests: {dict(outcomes)}")
+    assert outcomes["restored"] < 300
