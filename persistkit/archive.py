@@ -57,11 +57,14 @@ from persistkit.io import DirectoryLock, atomic_write, atomic_writer, current_fs
 from persistkit.policy.retention import Decision, Item, KeepLast, Policy, decide
 
 __all__ = [
+    "DEFAULT_EXCLUDE",
     "ArchiveReport",
     "Archiver",
     "RestoreLimits",
     "VerifyReport",
     "backup_before_overwrite",
+    "cleanup_stale_restores",
+    "restore",
     "training_session",
 ]
 
