@@ -856,8 +856,9 @@ def _escapes(rel: str, target: str, links: dict[str, str], *, fold: bool) -> str
     """
     if not target or "\x00" in target or target.startswith("/") or _DRIVE.match(target):
         return "points outside the restore target (absolute or empty)"
-    resolved = (rel.lower() if fold else rel).split("/")[:-1]
-    pending = collections.deque(target.split("/"))
+    # The link's own directory is resolved too: it may itself lie below other links.
+    resolved: builtins.list[str] = []
+    pending = collections.deque([*(rel.lower() if fold else rel).split("/")[:-1], *target.split("/")])
     hops = 0
     while pending:
         part = pending.popleft()
@@ -890,7 +891,7 @@ def _plan_manifest(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
             plan.problems.append(
                 _Problem(
                     "this is a persistkit model bundle, not a training archive; open it with "
-                    "pk.load_bundle() or `persistkit bundle` commands instead",
+                    "pk.load_bundle(), or check it with `persistkit verify`",
                     error=FormatError,
                 )
             )
@@ -1046,7 +1047,7 @@ def _check_content(
 def _open_zip(src: Path, problems: builtins.list[_Problem]) -> Iterator[tuple[zipfile.ZipFile | None, int]]:
     """The archive opened as a zip, with its size; (None, size) and a problem if it is not a readable zip."""
     fs = current_fs()
-    with _os_errors("open archive", src, "Check the path you gave."):
+    with _os_errors("open archive", src):
         raw: BinaryIO = fs.open_read(src)
     with raw:
         try:
