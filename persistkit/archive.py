@@ -282,7 +282,8 @@ class Archiver:
     def _create_locked(self, target: Path) -> ArchiveReport:
         report = ArchiveReport(target)
         files: list[dict[str, Any]] = []
-        with _os_errors("read workspace", self.root, "Nothing was archived; older archives are untouched."):
+        after = "Nothing was archived; older archives are untouched."
+        with _os_errors("read workspace", self.root, after, exact=True):
             entries = list(self._entries(report))
         _refuse_case_twins([name for name, _, _ in entries], self.root)
         total = sum(st.st_size for _, _, st in entries if _stat.S_ISREG(st.st_mode))
@@ -357,7 +358,8 @@ class Archiver:
             report.directories += 1
             return {"path": name, "kind": "dir"}
         if _stat.S_ISLNK(st.st_mode):
-            target = fs.readlink(path)
+            with _os_errors("read for archiving", path, "No partial archive was left behind."):
+                target = fs.readlink(path)
             resolved = os.path.normpath(os.path.join(os.path.dirname(name), target))
             if os.path.isabs(target) or resolved.startswith(".."):
                 # Pointing outside the workspace: noted in the manifest, never followed, and not
@@ -613,13 +615,17 @@ def _os_error(op: str, path: str | os.PathLike[str], err: OSError, after: str = 
 
 
 @contextlib.contextmanager
-def _os_errors(op: str, path: str | os.PathLike[str], after: str = "") -> Iterator[None]:
+def _os_errors(
+    op: str, path: str | os.PathLike[str], after: str = "", *, exact: bool = False
+) -> Iterator[None]:
+    """OSError -> PersistIOError naming ``path`` (with ``exact``: the file the OS named, if any)."""
     try:
         yield
     except PersistkitError:
         raise
     except OSError as err:
-        raise _os_error(op, path, err, after) from err
+        named = err.filename if exact and isinstance(err.filename, str) else path
+        raise _os_error(op, named, err, after) from err
 
 
 # -- the one checker: verify() reports its problems, restore() refuses on them ----------------------

@@ -283,3 +283,19 @@ def test_a_prune_that_fails_after_create_names_the_archive_that_was_written(ws):
     assert new != old and arc.verify(new).ok
     assert f"{new} was written and verified" in str(info.value) and old.name in str(info.value)
     assert "permission denied" in str(info.value) and info.value.errno == errno.EACCES
+
+
+def test_an_unlistable_directory_is_named_exactly(ws):
+    from persistkit.io import use_fs
+    from persistkit.io.fs import DelegatingFS, LocalFS
+
+    class Unlistable(DelegatingFS):
+        def listdir(self, path):
+            if str(path).endswith("models"):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return super().listdir(path)
+
+    with use_fs(Unlistable(LocalFS())), pytest.raises(PersistIOError) as info:
+        Archiver(ws).create()
+    assert str(ws / "models") in str(info.value) and "permission" in str(info.value).lower()
+    assert Archiver(ws).list() == []
