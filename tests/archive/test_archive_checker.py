@@ -265,12 +265,16 @@ def test_many_small_bombs_are_bounded_by_the_archive_size(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_member_claiming_a_mode_no_archiver_writes_is_refused(tmp_path):
-    archive = craft(tmp_path / "dirmode.zip", [("d/", "dir", "")])
-    set_mode(archive, "d/", DIR)  # unchanged: sanity
+def test_a_well_formed_crafted_archive_restores(tmp_path):
+    """The crafting helper itself makes archives the checker accepts: the refusals above are real."""
+    archive = craft(
+        tmp_path / "fine.zip",
+        [("d/", "dir", ""), ("d/f.txt", "file", "hello"), ("d/link", "symlink", "f.txt")],
+    )
+    set_mode(archive, "d/", DIR)  # the mode it already has
     assert Archiver(tmp_path).verify(archive).ok
     restore(archive, tmp_path / "ok")
-    assert (tmp_path / "ok" / "d").is_dir()
+    assert (tmp_path / "ok" / "d" / "link").read_text() == "hello"
 
 
 def test_a_member_whose_name_changed_case_is_not_the_one_listed(made, tmp_path):
