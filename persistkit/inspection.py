@@ -68,6 +68,7 @@ _ZIP_DAMAGE: tuple[type[Exception], ...] = (
     NotImplementedError,
     zlib.error,
 )
+_ZIP_DAMAGE_OR_IO: tuple[type[Exception], ...] = (OSError, *_ZIP_DAMAGE)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def verify(
         try:
             with fs.open_read(source) as raw, zipfile.ZipFile(raw) as zf:
                 names = set(zf.namelist())
-        except (OSError, *_ZIP_DAMAGE):
+        except _ZIP_DAMAGE_OR_IO:
             names = {mf.MANIFEST_NAME}  # let the bundle reader say what is wrong, as it always has
         if mf.MANIFEST_NAME in names or mf.AUTH_NAME in names:
             return verify_bundle(source, password=password, key_file=key_file)
