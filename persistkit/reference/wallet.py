@@ -6,6 +6,8 @@
 one deposit with a unique id (the deposit count, saved with the balance in one
 file); ``save()`` writes the file atomically (temp file, fsync, rename, fsync of
 the directory) with a sha256 of its content, so damage is detected on load.
+It does its own file I/O on purpose, as user code does: the battery observes
+those writes, not persistkit's.
 """
 
 from __future__ import annotations
