@@ -512,7 +512,7 @@ class Battery:
 
     def check_sigkill(self) -> dict[str, Any]:
         where = self.dir("sigkill")
-        verify = self._verify_acks if self.target.kind != "plain app" else None
+        verify = self._verify_acks if self.target.kind != "plain app" else self._verify_unique
         try:
             report = self._lifecycle().subprocess(
                 state_dir=where, sigterm=False, verify=verify, **self._child()
@@ -575,6 +575,19 @@ class Battery:
             app.abandon()
         return out, full
 
+    @staticmethod
+    def _verify_unique(where: str, acks: list[Any]) -> None:
+        """Every acknowledged id was acknowledged once (a repeat within one run is no loss, but no id)."""
+        runs: dict[str, int] = {}
+        for ack in acks:
+            if ack.id in runs:
+                raise AssertionError(
+                    f"ids must be unique; id {ack.id} was acknowledged twice (by run #{runs[ack.id]}, and again "
+                    f"by run #{ack.run}). persistkit check tells lost work by repeated ids, so make each "
+                    "acknowledged id unique"
+                )
+            runs[ack.id] = ack.run
+
     def _verify_acks(self, where: str, acks: list[Any]) -> None:
         """After the storm, the store's journaled logs hold every ACK-ed id they have not evicted.
 
@@ -583,6 +596,7 @@ class Battery:
         pushed out of a full BoundedLog (by later records, acknowledged or not); in a log
         that is not full, every acknowledged id must be present.
         """
+        self._verify_unique(where, acks)
         logs, full = self._logged_ids(where)
         present = {i for ids in logs.values() for i in ids}
         if not present:

@@ -146,6 +146,17 @@ def test_storm_judgement_on_a_full_log(tmp_path, targets_on_path):
         battery._verify_acks(where, [*acks, Ack(2, "100", ())])
 
 
+def test_an_id_acknowledged_twice_in_one_run_is_named(tmp_path, targets_on_path):
+    from persistkit.testing.battery import Battery, Settings, Target
+    from persistkit.testing.lifecycle import Ack
+
+    where = str(tmp_path / "tape")
+    _tape_store(where, 10)
+    battery = Battery(Target("check_apps:make_full_tape"), Settings(), workdir=str(tmp_path / "work"))
+    with pytest.raises(AssertionError, match="ids must be unique; id 3 was acknowledged twice"):
+        battery._verify_acks(where, [Ack(1, "3", ()), Ack(1, "3", ())])
+
+
 def test_storm_judgement_on_a_log_that_is_not_full(tmp_path, targets_on_path):
     from persistkit.testing.battery import Battery, Settings, Target
     from persistkit.testing.lifecycle import Ack
