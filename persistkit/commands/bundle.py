@@ -60,7 +60,9 @@ def inspect_command(file: Path, as_json: bool) -> None:
     try:
         info = inspect(file)
     except PersistkitError as err:
-        click.echo(f"persistkit inspect: {err}", err=True)
+        from persistkit.cli import cli_advice
+
+        click.echo(f"persistkit inspect: {cli_advice(str(err))}", err=True)
         raise SystemExit(1) from None
     if as_json:
         click.echo(json.dumps(to_json(info), indent=2, default=str))

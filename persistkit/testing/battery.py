@@ -279,7 +279,11 @@ class Target:
             copy = tempfile.mkdtemp(prefix="persistkit-read-")
             shutil.rmtree(copy)
             shutil.copytree(where, copy, symlinks=True)
-            obj = self.make(copy, **kw)
+            try:
+                obj = self.make(copy, **kw)
+            except BaseException:
+                shutil.rmtree(copy, ignore_errors=True)
+                raise
             return App(obj, obj.store, False, cleanup=lambda: shutil.rmtree(copy, ignore_errors=True))
         obj = self.make(where, **({"readonly": True} if readonly else kw))
         return App(obj, obj.store, False)
