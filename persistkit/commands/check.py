@@ -142,6 +142,8 @@ def check_command(
             )
     if keep:
         console.print(f"state directories kept under {battery.workdir}")
+    elif not passed:
+        console.print("(the state directories named above are deleted; rerun with --keep to keep them)")
     verdict = "all checks passed" if passed else f"{sum(not r.passed for r in results)} check(s) failed"
     console.print(f"{verdict} in {total:.1f} s")
 

@@ -101,7 +101,7 @@ def test_check_fails_a_plain_app_that_writes_in_place(tmp_path, targets_on_path)
     assert result.exit_code == 1
     failed = {c["check"]: c["detail"] for c in report["checks"] if not c["passed"]}
     assert "crash points" in failed and "wallet.json" in failed["crash points"]
-    assert "disk faults" in failed
+    assert "disk faults" in failed and "rerun with --keep" in result.output
 
 
 def test_a_factory_of_no_known_shape_is_one_usage_error(tmp_path, targets_on_path):
