@@ -34,9 +34,10 @@ _LAZY: dict[str, str] = {
     "save_bundle": "persistkit.bundle",
     "load_bundle": "persistkit.bundle",
     "inspect": "persistkit.inspection",
-    "verify": "persistkit.bundle",
+    "verify": "persistkit.inspection",
     "Manifest": "persistkit.format.manifest",
     "VersionSkewWarning": "persistkit.bundle",
+    "InsecureKeyFileWarning": "persistkit.format.crypto",
     "ModelStore": "persistkit.model_store",
     # archives
     "Archiver": "persistkit.archive",
@@ -48,6 +49,13 @@ _LAZY: dict[str, str] = {
     "Persistent": "persistkit.state",
     "LoadReport": "persistkit.state",
     "Checkpoint": "persistkit.state",
+    "StateRecoveredWarning": "persistkit.state.store",
+    # retention policies (Archiver(keep=...), ModelStore.prune, dry runs)
+    "KeepLast": "persistkit.policy.retention",
+    "KeepDaily": "persistkit.policy.retention",
+    "KeepWeekly": "persistkit.policy.retention",
+    "KeepWithin": "persistkit.policy.retention",
+    "AnyOf": "persistkit.policy.retention",
 }
 
 __all__ = [
@@ -84,12 +92,19 @@ if TYPE_CHECKING:  # pragma: no cover - lets type checkers see the lazily resolv
     from persistkit.bundle import VersionSkewWarning as VersionSkewWarning
     from persistkit.bundle import load_bundle as load_bundle
     from persistkit.bundle import save_bundle as save_bundle
-    from persistkit.bundle import verify as verify
+    from persistkit.format.crypto import InsecureKeyFileWarning as InsecureKeyFileWarning
     from persistkit.format.manifest import Manifest as Manifest
     from persistkit.inspection import inspect as inspect
+    from persistkit.inspection import verify as verify
     from persistkit.model_store import ModelStore as ModelStore
+    from persistkit.policy.retention import AnyOf as AnyOf
+    from persistkit.policy.retention import KeepDaily as KeepDaily
+    from persistkit.policy.retention import KeepLast as KeepLast
+    from persistkit.policy.retention import KeepWeekly as KeepWeekly
+    from persistkit.policy.retention import KeepWithin as KeepWithin
     from persistkit.state import BoundedLog as BoundedLog
     from persistkit.state import Checkpoint as Checkpoint
     from persistkit.state import LoadReport as LoadReport
     from persistkit.state import Persistent as Persistent
     from persistkit.state import StateStore as StateStore
+    from persistkit.state.store import StateRecoveredWarning as StateRecoveredWarning

@@ -115,6 +115,11 @@ class Bundle:
     def keys(self) -> Any:
         return self.models.keys()
 
+    def __repr__(self) -> str:
+        models = ", ".join(f"{name}: {type(model).__name__}" for name, model in self.models.items())
+        encrypted = "encrypted" if self.manifest.encryption is not None else "plain"
+        return f"<Bundle {str(self.path)!r} ({encrypted}) models={{{models}}} metadata keys={sorted(self.metadata)}>"
+
 
 @dataclass(frozen=True)
 class MemberReport:

@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 a check failed (corruption, wrong key, unsafe archive), 2 us
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
 
 import click
@@ -64,6 +65,23 @@ def _not_yet(name: str, what: str) -> click.Command:
 @click.version_option(__version__, prog_name="persistkit")
 def cli() -> None:
     """persistkit: persistence you can prove."""
+
+
+_ARG = r"(?<![\w-]){name}=(?![\w'\"(])"
+
+
+def cli_advice(message: str, *, password_flag: str = "--password") -> str:  # noqa: S107
+    """Error text written for the Python API, with its keyword arguments named as CLI flags.
+
+    persistkit's errors say what to pass (``password=``, ``key_file=``); on the command line
+    the same advice is ``--password`` (or ``--password-env VAR``) and ``--key-file``.
+    """
+    message = message.replace(
+        "pass allow_unencrypted=True if plain files are expected here",
+        "leave out --key-file/--password if plain files are expected here",
+    )
+    message = re.sub(_ARG.format(name="password"), password_flag, message)
+    return re.sub(_ARG.format(name="key_file"), "--key-file", message)
 
 
 def main() -> None:

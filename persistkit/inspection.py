@@ -33,7 +33,7 @@ import os
 import stat
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -43,12 +43,13 @@ from persistkit.io.fs import PathLike, io_error
 
 if TYPE_CHECKING:  # the format and state modules load only when a file needs them
     from persistkit.archive import VerifyReport
+    from persistkit.bundle import Report
     from persistkit.format.envelope import Header
     from persistkit.format.manifest import Manifest
     from persistkit.state.inspection import JournalInfo, StoreInfo
     from persistkit.state.journal import Record
 
-__all__ = ["Info", "KeyFileInfo", "inspect", "to_json"]
+__all__ = ["FileReport", "Info", "KeyFileInfo", "inspect", "to_json", "verify"]
 
 # What persistkit files look like, for every "not a persistkit file" message.
 KINDS_HELP = (
@@ -67,6 +68,7 @@ _ZIP_DAMAGE: tuple[type[Exception], ...] = (
     NotImplementedError,
     zlib.error,
 )
+_ZIP_DAMAGE_OR_IO: tuple[type[Exception], ...] = (OSError, *_ZIP_DAMAGE)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,164 @@ class KeyFileInfo:
 
 
 Info: TypeAlias = "Manifest | StoreInfo | VerifyReport | Header | JournalInfo | KeyFileInfo"
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What ``verify`` checked in a persistkit file other than a bundle (which gets ``bundle.Report``).
+
+    ``kind``: "archive", "state store", "envelope", "journal" or "key file". ``authenticated``:
+    whether MACs were checked (False for plain files, and for encrypted ones verified without
+    a key). ``checked`` says in words what was read and checked; ``unchecked`` what was not.
+    """
+
+    path: Path
+    kind: str
+    authenticated: bool
+    checked: str
+    unchecked: str = ""
+    info: Any = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return True  # verify raises instead of returning a failed report
+
+
+def verify(
+    path: PathLike, *, password: str | None = None, key_file: PathLike | None = None
+) -> Report | FileReport:
+    """Read and check every byte of any persistkit file; raise the typed error of the first problem.
+
+    A bundle is checked by ``persistkit.bundle.verify`` and returns its ``Report``;
+    anything else ``inspect`` recognises returns a ``FileReport``: an archive's members
+    against their sha256, a state store's every committed generation (MACs too with
+    ``password``/``key_file``), an envelope's checksums (and GCM tags with a key), a
+    journal's every record, a key file's format. Damage raises ``IntegrityError``
+    naming the file; a key for a file that is not encrypted raises ``FormatError``.
+    """
+    from persistkit.bundle import verify as verify_bundle
+    from persistkit.format import manifest as mf
+
+    source = os.path.abspath(os.fspath(path))
+    fs = current_fs()
+    try:
+        is_dir = fs.is_dir(source)
+        head = b"" if is_dir else _head(source, 4)
+    except OSError as err:
+        raise io_error("verify", source, err) from err
+    if head.startswith(_ZIP_MAGICS):
+        try:
+            with fs.open_read(source) as raw, zipfile.ZipFile(raw) as zf:
+                names = set(zf.namelist())
+        except _ZIP_DAMAGE_OR_IO:
+            names = {mf.MANIFEST_NAME}  # let the bundle reader say what is wrong, as it always has
+        if mf.MANIFEST_NAME in names or mf.AUTH_NAME in names:
+            return verify_bundle(source, password=password, key_file=key_file)
+    try:
+        info = inspect(source)
+    except FormatError:
+        if not is_dir and (source.endswith(".models") or _has_zip_directory(source)):
+            # a damaged bundle: its own reader says what is wrong, as it always has
+            return verify_bundle(source, password=password, key_file=key_file)
+        raise
+    keyed = password is not None or key_file is not None
+    from persistkit.archive import VerifyReport
+    from persistkit.format.envelope import Header
+    from persistkit.state.inspection import JournalInfo, StoreInfo
+
+    if isinstance(info, VerifyReport):
+        _no_key_for_plain(source, "a training archive", keyed)
+        _raise_problems(source, info.problems)
+        return FileReport(
+            Path(source), "archive", False, f"{info.checked} files against MANIFEST.json", info=info
+        )
+    if isinstance(info, StoreInfo):
+        from persistkit.state.inspection import inspect_store
+
+        if not info.encrypted:
+            _no_key_for_plain(source, "a state store created without a password or key file", keyed)
+        full = inspect_store(source, verify=True, password=password, key_file=key_file)
+        _raise_problems(source, full.problems)
+        gens = sum(1 for g in full.generations if g.status in ("current", "previous"))
+        unchecked = ""
+        if full.encrypted and not keyed:
+            unchecked = "MACs (encrypted store, no password or key file given)"
+        return FileReport(
+            Path(source),
+            "state store",
+            full.encrypted and keyed,
+            f"{gens} committed generation(s)",
+            unchecked,
+            full,
+        )
+    if isinstance(info, Header):
+        return _verify_envelope(source, info, password=password, key_file=key_file)
+    if isinstance(info, JournalInfo):
+        _no_key_for_plain(source, "a journal on its own (its key is derived from its store's)", keyed)
+        _raise_problems(source, [info.problem] if info.problem else [])
+        return FileReport(Path(source), "journal", False, f"{info.records} records", info=info)
+    return FileReport(Path(source), "key file", False, "its format", info=info)
+
+
+def _has_zip_directory(source: str) -> bool:
+    """A zip central directory or end record in the last 64 KiB (where zip readers look)."""
+    try:
+        with current_fs().open_read(source) as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 65536, 0))
+            tail = bytes(f.read())
+    except OSError:
+        return False
+    return b"PK\x01\x02" in tail or b"PK\x05\x06" in tail
+
+
+def _head(source: str, n: int) -> bytes:
+    with current_fs().open_read(source) as f:
+        return bytes(f.read(n))
+
+
+def _no_key_for_plain(source: str, what: str, keyed: bool) -> None:
+    if keyed:
+        raise FormatError(
+            f"{source} is {what}, so there is no key to check: verify it without password=/key_file=. "
+            "(If it should be encrypted, its files were replaced with plain ones: restore it from a backup.)",
+            path=source,
+        )
+
+
+def _raise_problems(source: str, problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise IntegrityError(
+            f"{source}: damaged: {problems[0]}{more}. Restore it from a backup.", path=source
+        )
+
+
+def _verify_envelope(
+    source: str, header: Header, *, password: str | None, key_file: PathLike | None
+) -> FileReport:
+    from persistkit.format import envelope
+    from persistkit.format.crypto import read_key_file
+
+    keyed = password is not None or key_file is not None
+    if not header.encrypted:
+        _no_key_for_plain(source, "an envelope that is not encrypted", keyed)
+    data = current_fs().read_bytes(source)
+    if header.encrypted and not keyed:
+        return FileReport(
+            Path(source),
+            "envelope",
+            False,
+            "its header and length",
+            "the payload's checksums and GCM tags (encrypted, no password or key file given)",
+            header,
+        )
+    key = read_key_file(key_file) if key_file is not None else None
+    envelope.open_envelope(
+        data, key=key, password=password, source=source, allow_unencrypted=not header.encrypted
+    )
+    how = "checksums and GCM tags" if header.encrypted else "checksums"
+    return FileReport(Path(source), "envelope", header.encrypted, how, info=header)
 
 
 def inspect(path: PathLike) -> Info:

@@ -60,7 +60,9 @@ def inspect_command(file: Path, as_json: bool) -> None:
     try:
         info = inspect(file)
     except PersistkitError as err:
-        click.echo(f"persistkit inspect: {err}", err=True)
+        from persistkit.cli import cli_advice
+
+        click.echo(f"persistkit inspect: {cli_advice(str(err))}", err=True)
         raise SystemExit(1) from None
     if as_json:
         click.echo(json.dumps(to_json(info), indent=2, default=str))
@@ -183,7 +185,7 @@ def _print_manifest(file: Path, manifest: Manifest) -> None:
 
 
 @click.command("verify")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--key-file", type=click.Path(dir_okay=False, path_type=Path), help="Key file (default: FILE.key beside)."
 )
@@ -191,11 +193,15 @@ def _print_manifest(file: Path, manifest: Manifest) -> None:
     "--password-env", metavar="VAR", help="Name of the environment variable that holds the password."
 )
 def verify_command(files: tuple[Path, ...], key_file: Path | None, password_env: str | None) -> None:
-    """Read and check every byte of each bundle FILE: key, manifest MAC, members, digests.
+    """Read and check every byte of each persistkit FILE (bundle, archive, state store, envelope, journal).
 
+    A bundle: key, manifest MAC, members, digests. An archive: every member's sha256.
+    A state store: every committed generation (MACs too with --key-file/--password-env).
     Exits 0 when all are intact, 1 when any is damaged or the key is wrong.
     """
-    from persistkit.bundle import verify
+    from persistkit.bundle import Report
+    from persistkit.cli import cli_advice
+    from persistkit.inspection import verify
 
     if key_file is not None and password_env is not None:
         raise click.UsageError("pass --key-file or --password-env, not both")
@@ -204,6 +210,7 @@ def verify_command(files: tuple[Path, ...], key_file: Path | None, password_env:
         password = os.environ.get(password_env)
         if not password:
             raise click.UsageError(f"environment variable {password_env} is not set (or empty)")
+    flag = f"--password-env {password_env or 'VAR'}"
     failed = 0
     for file in files:
         try:
@@ -211,16 +218,25 @@ def verify_command(files: tuple[Path, ...], key_file: Path | None, password_env:
         except PersistkitError as err:
             failed += 1
             where = f" (member {err.member})" if err.member else ""
-            click.echo(f"FAILED {file}{where}: {err}", err=True)
+            click.echo(f"FAILED {file}{where}: {cli_advice(str(err), password_flag=flag)}", err=True)
             continue
         except OSError as err:
             failed += 1
             click.echo(f"FAILED {file}: {err}", err=True)
             continue
-        how = "authenticated" if report.authenticated else "digests only (unencrypted)"
-        click.echo(f"ok     {file}: {len(report.members)} members intact, {how}")
+        if isinstance(report, Report):
+            how = "authenticated" if report.authenticated else "digests only (unencrypted)"
+            click.echo(f"ok     {file}: {len(report.members)} members intact, {how}")
+            continue
+        how = ", authenticated" if report.authenticated else ""
+        click.echo(f"ok     {file}: {report.kind}, {report.checked} intact{how}")
+        if report.unchecked:
+            click.echo(
+                f"       not checked: {cli_advice(report.unchecked, password_flag=flag)}; pass --key-file or "
+                "--password-env to check them"
+            )
     if failed:
-        click.echo(f"{failed} of {len(files)} bundle(s) failed verification", err=True)
+        click.echo(f"{failed} of {len(files)} file(s) failed verification", err=True)
         raise SystemExit(1)
 
 

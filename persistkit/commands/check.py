@@ -9,11 +9,15 @@ figures. Exit code 0 when every check passes, 1 otherwise.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
+
+from persistkit.testing.battery import DEFAULT_KILLS
 
 __all__ = ["check_command"]
 
@@ -31,7 +35,11 @@ __all__ = ["check_command"]
     "--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Work steps per check."
 )
 @click.option(
-    "--kills", type=click.IntRange(min=0), default=25, show_default=True, help="SIGKILLs in the storm."
+    "--kills",
+    type=click.IntRange(min=0),
+    default=DEFAULT_KILLS,
+    show_default=True,
+    help="SIGKILLs in the storm (the same default as --persistkit-kills).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for kill timing and corruption sampling."
@@ -46,6 +54,12 @@ __all__ = ["check_command"]
     show_default=True,
     help="Budget: largest acceptable file.",
 )
+@click.option(
+    "--keep",
+    is_flag=True,
+    default=False,
+    help="Keep the scratch directory (every state dir a failure names) instead of deleting it.",
+)
 def check_command(
     target: str | None,
     json_path: Path | None,
@@ -54,30 +68,37 @@ def check_command(
     seed: int,
     max_save_seconds: float,
     max_bytes: int,
+    keep: bool,
 ) -> None:
     """Run the persistence battery against TARGET (module:factory; default: the reference bot).
 
-    TARGET's factory is called as factory(state_dir, readonly=False, **store_options) and
-    returns an app with a StateStore as .store (and step(), snapshot()), or takes no
-    arguments and returns a Persistent component.
+    \b
+    TARGET's factory has one of three shapes:
+      store app:  factory(state_dir, *, readonly=False, **store_kw) -> object with
+                  .store (a StateStore) and step()
+      plain app:  factory(state_dir) -> object with save(), step() and snapshot()
+      component:  factory() -> a Persistent (state_dict(), load_state_dict())
+    A step that returns a mapping with an "id" is acknowledged work: it must survive
+    any crash, and ids must be unique. The current directory is on sys.path, as in pytest.
     """
     from rich.console import Console
     from rich.table import Table
 
-    from persistkit.testing.battery import DEFAULT_TARGET, Battery, CheckResult, Settings, Target
+    from persistkit.testing.battery import DEFAULT_TARGET, Battery, CheckResult, Settings, Target, TargetError
 
     spec = target or DEFAULT_TARGET
+    _current_directory_importable()
     console = Console()
-    try:
-        resolved = Target(spec)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="TARGET") from None
     settings = Settings(
         steps=steps, kills=kills, seed=seed, max_save_seconds=max_save_seconds, max_bytes=max_bytes
     )
-    console.print(f"persistkit check: [bold]{spec}[/bold]")
+    try:
+        resolved = Target(spec)
+        battery = Battery(resolved, settings, keep=keep)
+    except TargetError as err:
+        raise click.BadParameter(str(err), param_hint="TARGET") from None
+    console.print(f"persistkit check: [bold]{spec}[/bold] ({resolved.kind})")
     start = time.perf_counter()
-    battery = Battery(resolved, settings)
 
     def progress(result: CheckResult) -> None:
         mark = "[green]pass[/green]" if result.passed else "[red]FAIL[/red]"
@@ -108,6 +129,21 @@ def check_command(
         if not r.passed:
             console.print(f"[red]{r.name}[/red]:", end=" ")
             console.print(r.detail, markup=False, highlight=False)
+    for r in results:
+        if r.warnings:
+            first = r.warnings[0]
+            more = f" (and {len(r.warnings) - 1} more)" if len(r.warnings) > 1 else ""
+            console.print(
+                f"{r.name}: persistkit logged {len(r.warnings)} warning(s) while faults were injected, "
+                f"e.g. {first}{more}",
+                markup=False,
+                highlight=False,
+                style="dim",
+            )
+    if keep:
+        console.print(f"state directories kept under {battery.workdir}")
+    elif not passed:
+        console.print("(the state directories named above are deleted; rerun with --keep to keep them)")
     verdict = "all checks passed" if passed else f"{sum(not r.passed for r in results)} check(s) failed"
     console.print(f"{verdict} in {total:.1f} s")
 
@@ -124,3 +160,13 @@ def check_command(
         atomic_write(json_path.resolve(), json.dumps(doc, indent=2, default=str).encode())
         console.print(f"report written to {json_path}")
     raise SystemExit(0 if passed else 1)
+
+
+def _current_directory_importable() -> None:
+    """Import TARGET as pytest would: the current directory first on sys.path, in children too."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *parts])

@@ -42,24 +42,38 @@ def inspect_command(
     Takes no lock and writes nothing, so it is safe while the bot runs.
     Exits 1 if something is damaged.
     """
+    from persistkit.cli import cli_advice
     from persistkit.state.inspection import inspect_store
 
     if password is not None and key_file is not None:
         raise click.UsageError("pass --password or --key-file, not both")
+    keyed = password is not None or key_file is not None
+    flag = "--password" if password is not None else "--key-file"
     try:
+        if keyed and not inspect_store(directory).encrypted:
+            # The store says it is plain: a flag mismatch, not tampering (a plain file in an
+            # encrypted store is still reported as possibly forged).
+            raise click.UsageError(
+                f"{directory.resolve()} is not encrypted (it was created without a password or key file), so "
+                f"{flag} has nothing to check: run `persistkit state inspect {directory} --verify` without it. "
+                "If this store should be encrypted, its files were replaced with plain ones: restore it from a "
+                "backup."
+            )
         info = inspect_store(directory, verify=verify, password=password, key_file=key_file)
     except PersistkitError as err:
-        click.echo(f"persistkit state inspect: {err}", err=True)
+        click.echo(f"persistkit state inspect: {cli_advice(str(err))}", err=True)
         raise SystemExit(1) from None
     if as_json:
-        click.echo(json.dumps(info.to_dict(), indent=2, default=str))
+        doc = info.to_dict()
+        doc["authenticated"] = verify and info.encrypted and keyed
+        click.echo(json.dumps(doc, indent=2, default=str))
     else:
-        _print_table(info)
+        _print_table(info, authenticated=keyed)
     if info.problems:
         raise SystemExit(1)
 
 
-def _print_table(info: StoreInfo) -> None:
+def _print_table(info: StoreInfo, *, authenticated: bool = False) -> None:
     current = f"gen-{info.current:06d}" if info.current is not None else "none (no checkpoint yet)"
     click.echo(f"state store {info.directory}")
     click.echo(
@@ -88,8 +102,14 @@ def _print_table(info: StoreInfo) -> None:
         click.echo(f"{len(info.problems)} problem(s):")
         for problem in info.problems:
             click.echo(f"  {problem}")
+    elif info.verified and info.encrypted and not authenticated:
+        click.echo(
+            "verified: every committed generation's checksums and manifests are intact; MACs NOT checked "
+            "(encrypted store, no --key-file or --password), so a forged file would not be noticed"
+        )
     elif info.verified:
-        click.echo("verified: every committed generation is intact")
+        how = ", MACs included" if info.encrypted else " (not encrypted: checksums, no MACs)"
+        click.echo(f"verified: every committed generation is intact{how}")
 
 
 def _size(n: int) -> str:

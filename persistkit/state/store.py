@@ -98,6 +98,10 @@ class LoadReport:
         parts = [f"{n}: {c.status}" for n, c in self.components.items()]
         return f"generation {self.generation}; " + ", ".join(parts)
 
+    def __repr__(self) -> str:
+        extra = f", {len(self.failures)} fallback(s)" if self.failures else ""
+        return f"<LoadReport {self.summary()}{extra}>"
+
 
 @dataclass(frozen=True)
 class Checkpoint:

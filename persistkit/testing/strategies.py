@@ -4,11 +4,14 @@ Names are plural; every argument is keyword-only with a default; sizes are
 ``min_size``/``max_size``; invalid arguments raise ``InvalidArgument`` when
 the strategy is first drawn from.
 
-Example::
+Example (``roundtrip`` is a function-scoped fixture: one instance serves every
+example, which is fine for it, so that health check is suppressed; each example
+writes and fsyncs a file, so there is no deadline)::
 
-    from hypothesis import given
+    from hypothesis import HealthCheck, given, settings
     from persistkit.testing import strategies as pks
 
+    @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(pks.state_values())
     def test_state_roundtrips(roundtrip, value):
         roundtrip(value, via="envelope")

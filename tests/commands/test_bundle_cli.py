@@ -75,7 +75,7 @@ def test_verify_names_file_and_member_and_exits_1(tmp_path):
     assert result.exit_code == 1
     assert f"ok     {good}" in result.output
     assert f"FAILED {spliced} (member q_table)" in result.output
-    assert "1 of 2 bundle(s) failed" in result.output
+    assert "1 of 2 file(s) failed" in result.output
 
 
 def test_verify_wrong_key_exits_1(bundles, tmp_path, monkeypatch):

@@ -217,7 +217,8 @@ def test_password_given_for_a_plain_store_is_refused(tmp_path):
     store_dir = tmp_path / "store"
     build_store(store_dir)
     result = inspect(store_dir, "--verify", "--password", "x")
-    assert result.exit_code == 1 and "created without a password" in result.output
+    # a flag mismatch is a usage error (exit 2), not damage
+    assert result.exit_code == 2 and "created without a password" in result.output
 
 
 def test_not_a_store_and_missing_directory(tmp_path):

@@ -1,0 +1,106 @@
+"""The public names of ``persistkit`` and ``persistkit.testing`` are a contract: pinned exactly."""
+
+from __future__ import annotations
+
+import warnings
+
+import persistkit as pk
+import persistkit.testing
+
+PERSISTKIT_ALL = [
+    "AnyOf",
+    "Archiver",
+    "BoundedLog",
+    "BudgetExceededError",
+    "Bundle",
+    "Checkpoint",
+    "FormatError",
+    "InsecureKeyFileWarning",
+    "IntegrityError",
+    "KeepDaily",
+    "KeepLast",
+    "KeepWeekly",
+    "KeepWithin",
+    "LoadReport",
+    "LockedError",
+    "Manifest",
+    "MigrationError",
+    "ModelStore",
+    "PersistIOError",
+    "Persistent",
+    "PersistkitError",
+    "Report",
+    "StateRecoveredWarning",
+    "StateStore",
+    "UnsafeArchiveError",
+    "UnsupportedTypeError",
+    "UntrustedTypeError",
+    "VersionSkewWarning",
+    "WrongKeyError",
+    "__version__",
+    "backup_before_overwrite",
+    "inspect",
+    "load_bundle",
+    "save_bundle",
+    "training_session",
+    "verify",
+]
+
+TESTING_ALL = [
+    "Budget",
+    "Corruption",
+    "Corruptions",
+    "CrashPoints",
+    "CrashReport",
+    "DiskFaults",
+    "FaultReport",
+    "Interceptor",
+    "Lifecycle",
+    "PersistenceMachine",
+    "Roundtrip",
+    "assert_same",
+    "assert_unique_nonces",
+    "first_difference",
+    "measure",
+    "roundtrip",
+]
+
+
+def test_persistkit_all_is_pinned():
+    assert sorted(pk.__all__) == PERSISTKIT_ALL
+
+
+def test_persistkit_testing_all_is_pinned():
+    assert sorted(persistkit.testing.__all__) == TESTING_ALL
+
+
+def test_retention_policies_and_warnings_are_exported():
+    from persistkit.format.crypto import InsecureKeyFileWarning
+    from persistkit.policy import retention
+    from persistkit.state.store import StateRecoveredWarning
+
+    assert pk.KeepLast is retention.KeepLast and pk.AnyOf is retention.AnyOf
+    assert pk.KeepDaily is retention.KeepDaily and pk.KeepWeekly is retention.KeepWeekly
+    assert pk.KeepWithin is retention.KeepWithin
+    assert pk.StateRecoveredWarning is StateRecoveredWarning
+    assert pk.InsecureKeyFileWarning is InsecureKeyFileWarning
+    for warning in (pk.StateRecoveredWarning, pk.InsecureKeyFileWarning, pk.VersionSkewWarning):
+        assert issubclass(warning, UserWarning)
+
+
+def test_bundle_repr_is_readable_and_holds_no_key_material(tmp_path):
+    path = pk.save_bundle(tmp_path / "x.models", {"weights": [1.0, 2.0]}, metadata={"run": 7}, password="pw")
+    bundle = pk.load_bundle(path, password="pw")
+    text = repr(bundle)
+    assert text.startswith("<Bundle ") and "(encrypted)" in text and "weights: list" in text
+    assert "run" in text and "salt" not in text and "b'" not in text and len(text) < 300
+
+
+def test_load_report_repr_is_a_summary(tmp_path):
+    store = pk.StateStore(tmp_path / "state", autosave_every=0)
+    store.register("log", pk.BoundedLog(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = store.load()
+    store.close()
+    assert repr(report) == "<LoadReport generation None; log: defaults>"

@@ -1,0 +1,160 @@
+"""Every code block in README.md runs as printed.
+
+The blocks are extracted from README.md, in order, and each one is claimed by a test here
+(the wallet example by tests/plugin/test_readme.py). Python blocks run as scripts in a temp
+directory, shell blocks through bash there, with ``persistkit`` on PATH meaning this checkout.
+The two install commands at the top are not run (they install packages); they are pinned,
+and the second must be exactly what CI runs (.ci/run).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+# (section heading, language) of every fenced block, in order; a new block needs a test below
+EXPECTED = [
+    ("persistkit", "bash"),  # install commands
+    ("Verify your own component", "python"),  # tests/plugin/test_readme.py
+    ("A state store in a long-running bot", "python"),
+    ("A state store in a long-running bot", "bash"),
+    ("Model bundles", "python"),
+    ("Training archives", "python"),
+    ("The reference bot and training script", "bash"),
+    ("Development", "bash"),
+]
+
+
+def blocks() -> list[tuple[str, str, str]]:
+    out = []
+    heading = ""
+    lines = README.read_text().splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        elif line.startswith("```"):
+            lang = line[3:].strip()
+            j = i + 1
+            while not lines[j].startswith("```"):
+                j += 1
+            out.append((heading, lang, "".join(lines[i + 1 : j])))
+            i = j
+        i += 1
+    return out
+
+
+def block(heading: str, lang: str) -> str:
+    found = [code for h, lg, code in blocks() if h == heading and lg == lang]
+    assert len(found) == 1, f"README section {heading!r} should have one {lang} block"
+    return found[0]
+
+
+@pytest.fixture
+def shell_env(tmp_path):
+    """``persistkit`` and ``python3`` on PATH mean this checkout's code."""
+    shim = tmp_path / "_bin"
+    shim.mkdir()
+    (shim / "persistkit").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m persistkit "$@"\n')
+    (shim / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    for name in ("persistkit", "python3"):
+        (shim / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONWARNINGS"] = "error"
+    return env
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> str:
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, (
+        f"{args[:2]} exited {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    )
+    return out.stdout
+
+
+def run_python(code: str, cwd: Path, env: dict[str, str], name: str = "example.py") -> str:
+    (cwd / name).write_text(code)
+    return run([sys.executable, name], cwd, env)
+
+
+def run_bash(code: str, cwd: Path, env: dict[str, str]) -> str:
+    return run(["bash", "-euo", "pipefail", "-c", code], cwd, env)
+
+
+def test_every_block_is_claimed_by_a_test():
+    assert [(h, lang) for h, lang, _ in blocks()] == EXPECTED
+
+
+def test_install_commands_are_pinned_and_the_second_is_ci():
+    code = block("persistkit", "bash")
+    commands = [ln for ln in code.splitlines() if ln and not ln.startswith("#")]
+    assert commands == [
+        "python3 -m pip install -c constraints.txt -e '.[all]' && persistkit check",
+        "python3 -m pip install -c constraints.txt -e '.[dev]' && python3 -m pytest -n 2",
+    ]
+    ci = [
+        ln
+        for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+        if ln and not ln.startswith(("#", "set ", "cd "))
+    ]
+    assert ci == [commands[1]]
+
+
+def test_state_store_block_runs_twice_and_the_inspect_commands_work(tmp_path, shell_env):
+    code = block("A state store in a long-running bot", "python")
+    assert run_python(code, tmp_path, shell_env, "bot.py") == "ACK 0 9987.50\n"
+    assert run_python(code, tmp_path, shell_env, "bot.py") == "ACK 1 9975.00\n"
+    out = run_bash(block("A state store in a long-running bot", "bash"), tmp_path, shell_env)
+    assert "risk" in out and "trades" in out and "intact" in out
+
+
+def test_state_store_block_reconciles_after_a_sigkill(tmp_path, shell_env):
+    """The durability paragraph: killed after the append but before any checkpoint, the next run
+    still counts the journaled trade in risk, and the next id does not repeat."""
+    code = block("A state store in a long-running bot", "python")
+    killed = code.replace("store.close()", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert killed != code
+    (tmp_path / "killed.py").write_text(killed)
+    out = subprocess.run(
+        [sys.executable, "killed.py"], cwd=tmp_path, env=shell_env, capture_output=True, text=True
+    )
+    assert out.returncode == -9 and out.stdout == "ACK 0 9987.50\n"
+    assert run_python(code, tmp_path, shell_env, "bot.py") == "ACK 1 9975.00\n"
+
+
+def test_bundle_block_runs_and_keeps_training(tmp_path, shell_env):
+    out = run_python(block("Model bundles", "python"), tmp_path, shell_env)
+    assert out.startswith("128 {'symbol': 'BTCUSDT'"), out
+    assert (tmp_path / "models" / "x.models").is_file() and (tmp_path / "models" / "x.models.key").is_file()
+
+
+def test_training_session_block_runs(tmp_path, shell_env):
+    out = run_python(block("Training archives", "python"), tmp_path, shell_env)
+    assert out.count("training_backup_") == 2  # the archive on entry and the final one
+    assert (tmp_path / "workspace" / "models" / "model.json").read_text() == '{"w": 1}'
+
+
+def test_reference_bot_and_training_block_runs(tmp_path, shell_env):
+    out = run_bash(block("The reference bot and training script", "bash"), tmp_path, shell_env)
+    assert re.search(r"^ACK \d+ ", out, flags=re.M) and re.search(r"^DONE ", out, flags=re.M)
+    assert list((tmp_path / "ws" / "models").rglob("*.models"))
+
+
+def test_development_block_names_real_nox_sessions():
+    """Not run here (each is the whole suite or the benchmarks); every session it names exists."""
+    code = block("Development", "bash")
+    named = {s for line in code.splitlines() for s in line.split("#")[0].split()[3:]}
+    named |= {line.split()[2] for line in code.splitlines() if line.startswith("nox -s")}
+    defined = set(re.findall(r"@nox\.session[^\n]*\ndef (\w+)", (ROOT / "noxfile.py").read_text()))
+    assert named and named <= defined, named - defined
