@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck``; ``nox -s bench``, ``nox -s slow``, ``nox -s demo``."""
+"""Developer sessions: ``nox -s tests lint typecheck``; ``nox -s bench``, ``nox -s slow``, ``nox -s fuzz``, ``nox -s demo``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,22 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Seeded, time-bounded mutation fuzzing of bundles, state stores and archives (tests/fuzz/harness.py).
+
+    Defaults to 60 s per kind, seed 1; any harness option overrides, e.g.
+    ``nox -s fuzz -- --kind state --seconds 600 --seed 7``. Fails on any finding.
+    """
+    session.install(*INSTALL)
+    args = list(session.posargs)
+    if "--seconds" not in args and "--cases" not in args:
+        args += ["--seconds", "60"]
+    if "--seed" not in args:
+        args += ["--seed", "1"]
+    session.run("python", "tests/fuzz/harness.py", *args)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "persistkit", "tests", "benchmarks")
@@ -43,8 +59,14 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against the tools a user would otherwise pick; writes benchmarks/RESULTS.md."""
     session.install(*INSTALL)
     session.run(
-        "pytest", "benchmarks", "--benchmark-enable", "--benchmark-only", "--benchmark-json=benchmarks/results.json",
-        "-p", "no:xdist", *session.posargs,
+        "pytest",
+        "benchmarks",
+        "--benchmark-enable",
+        "--benchmark-only",
+        "--benchmark-json=benchmarks/results.json",
+        "-p",
+        "no:xdist",
+        *session.posargs,
     )
     session.run("python", "benchmarks/report.py", "benchmarks/results.json", "benchmarks/RESULTS.md")
 
