@@ -59,14 +59,8 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against the tools a user would otherwise pick; writes benchmarks/RESULTS.md."""
     session.install(*INSTALL)
     session.run(
-        "pytest",
-        "benchmarks",
-        "--benchmark-enable",
-        "--benchmark-only",
-        "--benchmark-json=benchmarks/results.json",
-        "-p",
-        "no:xdist",
-        *session.posargs,
+        "pytest", "benchmarks", "--benchmark-enable", "--benchmark-only", "--benchmark-json=benchmarks/results.json",
+        "-p", "no:xdist", *session.posargs,
     )
     session.run("python", "benchmarks/report.py", "benchmarks/results.json", "benchmarks/RESULTS.md")
 
