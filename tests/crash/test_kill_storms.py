@@ -91,7 +91,10 @@ def model_store_storm(tmp_path: Path, kills: int) -> None:
             for path in versions:  # atomic: whatever is visible is whole, with its own content
                 bundle = pk.load_bundle(path)
                 seq = bundle.metadata["seq"]
-                assert acked.get(path, seq) == seq, f"{path.name} holds seq {seq}, acknowledged {acked[path]}"
+                assert acked.get(path, seq) == seq, (
+                    f"cycle {cycle}: the name {path.name} was reused: acknowledged with seq {acked[path]}, "
+                    f"now holds seq {seq} (a later save took the name of a pruned version)"
+                )
                 diff = first_difference(kids.models_for(seq), bundle.models)
                 assert diff is None, f"cycle {cycle}: {path.name}: {diff}"
             for path in acked:
@@ -107,6 +110,11 @@ def model_store_storm(tmp_path: Path, kills: int) -> None:
                 newest = max(acked, key=_version_key)
                 latest = store.load_latest(kids.SYMBOL, kids.AGENT, kids.TIMEFRAME)
                 assert latest.path == versions[-1]
+                newest_saved = max(pk.load_bundle(v).metadata["seq"] for v in versions)
+                assert latest.metadata["seq"] == newest_saved, (
+                    f"cycle {cycle}: load_latest() gave seq {latest.metadata['seq']} ({latest.path.name}), but "
+                    f"seq {newest_saved} was saved later: version names do not sort in save order"
+                )
                 if latest.path != newest:
                     assert _version_key(latest.path) > _version_key(newest), (
                         f"cycle {cycle}: load_latest() gave {latest.path.name}, older than acknowledged {newest.name}"

@@ -224,9 +224,13 @@ class BundleTarget:
         data = sample["bytes"]
         key = sample["key"]
         steps = []
+        forged = False  # re-sealed with valid digests: it claims other content, so only errors are judged
         for _ in range(_pick_count(rng)):
             roll = rng.random()
-            if roll < 0.2:
+            if variant == "plain" and roll < 0.3:
+                data, what = _forge_plain_bundle(data, rng)
+                forged = True
+            elif roll < 0.2:
                 data, what = _mutate_zip_structure(data, sample["donor"], rng)
             elif roll < 0.27 and key is not None:
                 key, what = _mutate_key(key, rng)
@@ -256,19 +260,116 @@ class BundleTarget:
                         raise
                     outcomes.append(type(err).__name__)
                     continue
-                if op == "load":
+                if op == "load" and not forged:
                     diff = first_difference(sample["models"], loaded.models, "models") or first_difference(
                         sample["metadata"], loaded.metadata, "metadata"
                     )
                     if diff:
                         raise Finding(f"load_bundle returned different data: {diff}")
                 outcomes.append("ok")
+        tag = "forged, " if forged else ""
         if outcomes[1] == "ok" and outcomes[2] != "ok":
             # verify passed, load refused: typed, but the two disagree; report it as detected
-            return "detected", f"verify ok, load {outcomes[2]}", mutation
+            return "detected", f"{tag}verify ok, load {outcomes[2]}", mutation
         if outcomes[2] == "ok":
-            return "ok", "", mutation
-        return "detected", outcomes[2], mutation
+            return "ok", tag.rstrip(", "), mutation
+        return "detected", f"{tag}{outcomes[2]}", mutation
+
+
+HOSTILE = (None, True, -1, 0, 2**63, 2**70, -(2**63), 1.5, float("inf"), "", "x", "../x", [], {}, [1, 2], {"a": 1})
+
+
+def _mutate_json(value: Any, rng: random.Random, depth: int = 0) -> Any:
+    """A copy of a JSON value with one node (chosen at random, usually a deep one) replaced or removed."""
+    if isinstance(value, dict) and value and (depth < 1 or rng.random() < 0.75):
+        out = dict(value)
+        key = rng.choice(sorted(out))
+        if rng.random() < 0.15:
+            del out[key]
+        else:
+            out[key] = _mutate_json(out[key], rng, depth + 1)
+        return out
+    if isinstance(value, list) and value and (depth < 1 or rng.random() < 0.75):
+        out_list = list(value)
+        i = rng.randrange(len(out_list))
+        roll = rng.random()
+        if roll < 0.1:
+            del out_list[i]
+        elif roll < 0.2:
+            out_list.insert(i, out_list[i])
+        else:
+            out_list[i] = _mutate_json(out_list[i], rng, depth + 1)
+        return out_list
+    if isinstance(value, str) and value and rng.random() < 0.5:
+        try:
+            inner = json.loads(value)
+        except ValueError:
+            inner = None
+        if isinstance(inner, (dict, list)):  # JSON inside a string (the numpy codec's header)
+            return json.dumps(_mutate_json(inner, rng, depth + 1))
+        chars = list(value)
+        chars[rng.randrange(len(chars))] = rng.choice("0-9'\"(),:[]{}x")
+        return "".join(chars)
+    if isinstance(value, int) and not isinstance(value, bool) and rng.random() < 0.5:
+        return value + rng.choice([-1, 1, -value - 1, 1 << 31, 1 << 40])
+    return rng.choice(HOSTILE)
+
+
+def _forge_plain_bundle(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    """Re-seal a plain bundle with one member's payload or header changed, or its manifest edited,
+    keeping every digest valid (what anyone can do to a bundle without a key)."""
+    from persistkit.format import manifest as mf
+    from persistkit.format.envelope import TRAILER, open_envelope, seal
+
+    try:
+        entries = _zip_entries(data)
+        by_name = {info.filename: i for i, (info, _) in enumerate(entries)}
+        doc = json.loads(entries[by_name[mf.MANIFEST_NAME]][1])
+        members = doc["members"]
+        m = rng.randrange(len(members))
+        member = members[m]
+        index = by_name[member["file"]]
+        opened = open_envelope(entries[index][1])
+    except Exception:
+        return mutate_bytes(data, rng)  # an earlier mutation broke it: stay byte-level
+    header = opened.header
+    payload = bytes(opened.payload)
+    meta = dict(header.meta)
+    op = rng.choice(["payload", "payload", "meta", "manifest"])
+    if op == "payload":
+        payload = mutate_bytes(payload, rng)[0] if payload else b"\x00"
+        what = f"forge {member['name']} payload"
+    elif op == "meta":
+        meta = _mutate_json(meta, rng)
+        what = f"forge {member['name']} header meta"
+    if op in ("payload", "meta"):
+        try:
+            sealed = seal(
+                payload,
+                kind=header.kind,
+                codec=header.codec,
+                schema=header.schema,
+                compression=header.compression,
+                meta=meta if isinstance(meta, dict) else {},
+            )
+        except Exception:  # the forger's tool refused (e.g. a meta value it cannot encode)
+            return data, f"forge {member['name']} refused by seal"
+        entries[index] = (_clone(entries[index][0]), sealed)
+        member.update(
+            plain_len=len(payload),
+            envelope_len=len(sealed),
+            digest=mf.digest(payload),
+            envelope_digest=sealed[-TRAILER:].hex(),
+        )
+    else:
+        doc = _mutate_json(doc, rng)
+        what = "forge manifest"
+    manifest_bytes = json.dumps(doc).encode()
+    entries[by_name[mf.MANIFEST_NAME]] = (_clone(entries[by_name[mf.MANIFEST_NAME]][0]), manifest_bytes)
+    if mf.AUTH_NAME in by_name:
+        auth = mf.auth_record(manifest_bytes)
+        entries[by_name[mf.AUTH_NAME]] = (_clone(entries[by_name[mf.AUTH_NAME]][0]), auth)
+    return _zip_build(entries), what
 
 
 def _mutate_key(key: bytes, rng: random.Random) -> tuple[bytes, str]:
