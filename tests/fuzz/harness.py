@@ -276,7 +276,24 @@ class BundleTarget:
         return "detected", f"{tag}{outcomes[2]}", mutation
 
 
-HOSTILE = (None, True, -1, 0, 2**63, 2**70, -(2**63), 1.5, float("inf"), "", "x", "../x", [], {}, [1, 2], {"a": 1})
+HOSTILE = (
+    None,
+    True,
+    -1,
+    0,
+    2**63,
+    2**70,
+    -(2**63),
+    1.5,
+    float("inf"),
+    "",
+    "x",
+    "../x",
+    [],
+    {},
+    [1, 2],
+    {"a": 1},
+)
 
 
 def _mutate_json(value: Any, rng: random.Random, depth: int = 0) -> Any:
@@ -439,6 +456,10 @@ def _mutate_zip_structure(data: bytes, donor: bytes, rng: random.Random) -> tupl
 # state stores
 
 
+class ComponentRejected(Exception):
+    """A harness component refused a malformed state (only a forged store may get that far)."""
+
+
 class Holder:
     """A plain component: a dict state."""
 
@@ -449,7 +470,10 @@ class Holder:
         return {"n": self.state["n"], "label": self.state["label"], "weights": list(self.state["weights"])}
 
     def load_state_dict(self, state: Any) -> None:
-        self.state = {"n": state["n"], "label": state["label"], "weights": list(state["weights"])}
+        try:
+            self.state = {"n": state["n"], "label": state["label"], "weights": list(state["weights"])}
+        except Exception as err:
+            raise ComponentRejected(f"holder: {type(err).__name__}: {err}") from err
 
 
 class ArrayHolder:
@@ -464,7 +488,11 @@ class ArrayHolder:
         return {"array": self.array.copy()}
 
     def load_state_dict(self, state: Any) -> None:
-        self.array = state["array"].copy()
+        try:
+            self.array = state["array"].copy()
+            self.array.tolist()
+        except Exception as err:
+            raise ComponentRejected(f"arrays: {type(err).__name__}: {err}") from err
 
 
 LOG_MAXLEN = 8  # small, so replay also exercises eviction
@@ -547,8 +575,15 @@ class StateTarget:
         other = self.samples["encrypted" if variant == "plain" else "plain"]["base"] / "store"
         steps = []
         anchor_lost = False
+        forged = (
+            False  # re-sealed with valid checksums: a plain store has no authenticity, only errors are judged
+        )
         for _ in range(_pick_count(rng)):
-            what, lost = _mutate_store(directory, other, sample["currents"], rng)
+            if variant == "plain" and rng.random() < 0.25:
+                what, lost = _forge_store(directory, rng), False
+                forged = True
+            else:
+                what, lost = _mutate_store(directory, other, sample["currents"], rng)
             anchor_lost |= lost
             steps.append(what)
         mutation = self.mutation = f"{variant}; " + "; ".join(steps)
@@ -566,16 +601,22 @@ class StateTarget:
                 except BaseException:
                     store._abandon()
                     raise
+            except ComponentRejected as err:
+                if not forged:
+                    raise Finding(f"garbage reached a component without a checksum error: {err}") from err
+                return "detected", "forged, rejected by the component", mutation
             except Exception as err:
                 if not _typed(err):
                     raise
-                return "detected", type(err).__name__, mutation
+                return "detected", ("forged, " if forged else "") + type(err).__name__, mutation
         reported = bool(report.failures) or any(c.torn_records for c in report.components.values())
         reported |= any("StateRecovered" in type(w.message).__name__ for w in caught)
         acks = sample["acks"]
         final = acks[-1][1]
         verdict = self._judge(loaded, acks, sample["commits"])
-        if verdict == "final":
+        if forged and verdict != "final":
+            outcome = "forged"  # whatever the forger wrote, loaded without an untyped error
+        elif verdict == "final":
             outcome = "ok"
         elif verdict == "older":
             if reported:
@@ -622,6 +663,105 @@ class StateTarget:
             if any(at >= index and first_difference(s[2], loaded[2]) is None for at, s in acks):
                 return "older"
         return "other"
+
+
+def _forge_store(directory: Path, rng: random.Random) -> str:
+    """Edit one file of a plain store and re-seal it, fixing up every digest that names it
+    (component -> MANIFEST -> CURRENT), as anyone with write access can: no key protects a plain store."""
+    import xxhash
+
+    from persistkit.format import envelope, tree
+    from persistkit.state import journal
+
+    files = [p for p in _store_files(directory) if p.name == "CURRENT" or p.suffix in (".pk", ".journal")]
+    files += list(directory.glob("gen-*/MANIFEST"))
+    if not files:
+        return "nothing to forge"
+    target = rng.choice(sorted(files))
+    rel = str(target.relative_to(directory))
+    data = target.read_bytes()
+
+    def edit(payload: bytes) -> tuple[bytes, str]:
+        if rng.random() < 0.4:
+            return mutate_bytes(payload, rng)[0], "raw"
+        try:
+            value = tree.decode(payload)
+            return tree.encode(_mutate_json(value, rng)), "value"
+        except Exception:
+            return mutate_bytes(payload, rng)[0], "raw"
+
+    if target.suffix == ".journal":
+        records, pos = [], 0
+        while pos + journal.RECORD.size <= len(data):
+            length, seq, op = journal.RECORD.unpack_from(data, pos)
+            end = pos + journal.RECORD.size + length + journal.CHECK
+            if end > len(data):
+                break
+            records.append([seq, op, data[pos + journal.RECORD.size : end - journal.CHECK]])
+            pos = end
+        if not records:
+            return f"forge {rel}: no records"
+        record = rng.choice(records)
+        what = rng.choice(["payload", "payload", "seq", "op"])
+        if what == "payload":
+            record[2], how = edit(record[2])
+            what = f"payload ({how})"
+        elif what == "seq":
+            record[0] = max(0, record[0] + rng.choice([-1, 1, 5, -(record[0])]))
+        else:
+            record[1] = rng.choice([0, 3, 255])
+        target.write_bytes(b"".join(journal.frame(*r) for r in records) + data[pos:])
+        return f"forge {rel} record {what}"
+
+    try:
+        opened = envelope.open_envelope(data)
+    except Exception:
+        return f"forge {rel}: not an envelope (already damaged)"
+    header = opened.header
+    payload, meta, schema = bytes(opened.payload), dict(header.meta), header.schema
+    roll = rng.random()
+    if roll < 0.7:
+        payload, how = edit(payload)
+        what = f"payload ({how})"
+    elif roll < 0.9:
+        meta = _mutate_json(meta, rng)
+        what = "header meta"
+    else:
+        schema = rng.choice([0, 2, 99, 2**31])
+        what = f"schema {schema}"
+
+    def reseal(path: Path, body: bytes, h: Any, m: Any, sch: int) -> bytes:
+        sealed = envelope.seal(body, kind=h.kind, codec=h.codec, schema=sch, compression=h.compression,
+                               meta=m if isinstance(m, dict) else {})  # fmt: skip
+        path.write_bytes(sealed)
+        return sealed
+
+    try:
+        sealed = reseal(target, payload, header, meta, schema)
+    except Exception:
+        return f"forge {rel} {what}: refused by seal"
+    # fix up the digests that name the forged file, so that only the content is wrong
+    try:
+        if target.suffix == ".pk":
+            mpath = target.parent / "MANIFEST"
+            mopened = envelope.open_envelope(mpath.read_bytes())
+            manifest = tree.decode(mopened.payload)
+            entry = manifest["components"][target.stem]
+            entry["digest"], entry["bytes"] = xxhash.xxh3_128_hexdigest(sealed), len(sealed)
+            target, sealed = (
+                mpath,
+                reseal(mpath, tree.encode(manifest), mopened.header, dict(mopened.header.meta), 1),
+            )
+        if target.name == "MANIFEST":
+            cpath = directory / "CURRENT"
+            copened = envelope.open_envelope(cpath.read_bytes())
+            current = tree.decode(copened.payload)
+            if current.get("generation") == int(target.parent.name.split("-")[1]):
+                current["manifest"] = xxhash.xxh3_128_hexdigest(sealed)
+                reseal(cpath, tree.encode(current), copened.header, dict(copened.header.meta), 1)
+    except Exception:
+        pass  # something on the way is already damaged: the forgery stays half-done
+    return f"forge {rel} {what}"
 
 
 def _store_files(directory: Path) -> list[Path]:
