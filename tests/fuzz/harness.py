@@ -91,7 +91,7 @@ def _typed(err: BaseException) -> bool:
     return isinstance(err, PersistkitError)
 
 
-def _tb(err: BaseException, limit: int = 12) -> str:
+def _tb(err: BaseException, limit: int = 20) -> str:
     return "".join(traceback.format_exception(type(err), err, err.__traceback__, limit=-limit))
 
 
@@ -1008,7 +1008,7 @@ def _craft_manifest(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     raw = entries[idx][1]
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = None
     files = doc.get("files") if isinstance(doc, dict) else None
     op = rng.choice(
@@ -1152,7 +1152,7 @@ TARGETS: dict[str, Callable[[Path], Any]] = {
 def run_case(target: Any, seed: int, scratch: Path) -> Outcome:
     case = scratch / f"case-{seed}"
     case.mkdir()
-    target.mutation = ""  # each run() records its mutation here first, so findings can name it
+    target.mutation = None  # each run() records its mutation here once mutating is done
     try:
         outcome, detail, mutation = target.run(seed, case)
         return Outcome(seed, target.kind, outcome, detail, mutation)
@@ -1161,6 +1161,9 @@ def run_case(target: Any, seed: int, scratch: Path) -> Outcome:
     except BaseException as err:  # an untyped exception is exactly what we look for
         if isinstance(err, KeyboardInterrupt):
             raise
+        if target.mutation is None:  # raised while mutating: the harness's own bug, not persistkit's
+            detail = f"harness error while mutating: {type(err).__name__}: {err}"[:300]
+            return Outcome(seed, target.kind, "harness_error", detail, "", _tb(err))
         detail = f"untyped {type(err).__name__}: {err}"[:300]
         return Outcome(seed, target.kind, "finding", detail, target.mutation, _tb(err))
     finally:
@@ -1330,6 +1333,8 @@ def _signature(f: Outcome) -> str:
             if "persistkit/" in line and line.strip().startswith("File"):
                 frame = line.strip().split("persistkit/", 1)[1]
         return f"{f.detail.split(':')[0]} at {frame or '?'}"
+    if f.outcome == "harness_error":
+        return "HARNESS ERROR (fix tests/fuzz/harness.py): " + f.detail.split(":")[1].strip()
     if f.detail.startswith("hang") or f.detail.startswith("worker"):
         return f.detail.split(" (")[0]
     return f.detail.split(":")[0][:90]
@@ -1375,7 +1380,7 @@ def fuzz(
                 worker = Worker(kind)
             summary.cases += 1
             summary.counts[result.outcome] += 1
-            if result.outcome == "finding":
+            if result.outcome in ("finding", "harness_error"):
                 summary.findings.append(result)
             elif result.detail:
                 summary.details[f"{result.outcome}: {result.detail}"] += 1
