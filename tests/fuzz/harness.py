@@ -1039,6 +1039,10 @@ def _craft_manifest(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         i = rng.randrange(len(files))
         entry = files[i]
         value = rng.choice([None, 1, -1, 2**70, 1.5, "x", [], {}, True, "../../etc/passwd", "/abs"])
+        if not isinstance(entry, dict) and op.startswith("entry_"):
+            op = "entry_not_dict"  # an earlier mutation already replaced it
+        if op in ("entry_drop_key", "entry_type") and not entry:
+            op = "entry_extra"
         if op == "files_not_list":
             doc["files"] = value
         elif op == "files_dict":
@@ -1059,7 +1063,7 @@ def _craft_manifest(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         elif op == "format":
             doc["format"] = value
         elif op == "duplicate_entry":
-            files.append(dict(entry))
+            files.append(json.loads(json.dumps(entry)))
         else:
             doc["files"] = []
         new = json.dumps(doc).encode()
