@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck``; ``nox -s bench``, ``nox -s slow``, ``nox -s demo``."""
+"""Developer sessions: ``nox -s tests lint typecheck``; ``nox -s bench``, ``nox -s slow``, ``nox -s fuzz``, ``nox -s demo``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,22 @@ def slow(session: nox.Session) -> None:
     """Long soaks: 1,000-kill storms, large crash-state enumerations."""
     session.install(*INSTALL)
     session.run("pytest", "-m", "slow", "--run-slow", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Seeded, time-bounded mutation fuzzing of bundles, state stores and archives (tests/fuzz/harness.py).
+
+    Defaults to 60 s per kind, seed 1; any harness option overrides, e.g.
+    ``nox -s fuzz -- --kind state --seconds 600 --seed 7``. Fails on any finding.
+    """
+    session.install(*INSTALL)
+    args = list(session.posargs)
+    if "--seconds" not in args and "--cases" not in args:
+        args += ["--seconds", "60"]
+    if "--seed" not in args:
+        args += ["--seed", "1"]
+    session.run("python", "tests/fuzz/harness.py", *args)
 
 
 @nox.session(python=PYTHON)
