@@ -20,8 +20,14 @@ prefix k, what the disk holds is weaker than what the process saw:
   in-order prefix plus every single omission (ALICE's ordering pass).
 
 Combinations that cannot happen (a rename whose source was never created) are
-skipped; identical states are reported once. ``Stats`` says how many states
-were explored and whether any dimension was sampled rather than exhausted.
+skipped and counted; identical states are reported once. ``Stats`` says how
+many states were explored, how many were infeasible, and whether any dimension
+was sampled rather than exhausted.
+
+Files made outside the root and then renamed or linked into it (a temp file in
+``/tmp``, say) are followed from their creation. What cannot be modelled (a
+file that existed outside the root before the save and is moved in, a write to
+a file the log never opened) is listed in ``unmodelled``, never guessed.
 """
 
 from __future__ import annotations
@@ -160,6 +166,10 @@ class Stats:
     sampled: bool = False
     prefixes: int = 0
 
+    def describe(self) -> str:
+        extra = f", {self.infeasible} infeasible combinations skipped" if self.infeasible else ""
+        return f"{self.states} distinct states{extra}{' (sampled)' if self.sampled else ''}"
+
 
 # -- the analysed log ---------------------------------------------------------
 
@@ -167,7 +177,7 @@ class Stats:
 @dataclass
 class _Meta:
     index: int
-    kind: str  # create, rename, unlink, mkdir, rmdir, symlink
+    kind: str  # create, rename, link, unlink, mkdir, rmdir, symlink
     path: str
     dst: str = ""
     inode: int = 0
@@ -191,6 +201,7 @@ class _Analysis:
     datas: list[_Data] = field(default_factory=list)
     fsyncs: dict[int, list[int]] = field(default_factory=dict)  # inode -> op indexes
     dir_syncs: dict[str, list[int]] = field(default_factory=dict)  # rel dir -> op indexes
+    sync_alls: list[int] = field(default_factory=list)  # sync()/syncfs(): everything durable
 
 
 def _parent(rel: str) -> str:
@@ -213,7 +224,8 @@ class CrashSimulator:
     ) -> None:
         self.before = before
         self.root = before.root
-        self.ops = [op for op in ops if self._inside(op.path) or (op.dst and self._inside(op.dst))]
+        self.unmodelled: list[str] = []
+        self.ops = self._relevant(ops)
         self.block_size = block_size
         self.max_tears = max_tears_per_write
         self.max_combinations = max_combinations
@@ -227,9 +239,32 @@ class CrashSimulator:
     def _rel(self, path: str) -> str:
         return os.path.normpath(os.path.relpath(path, self.root))
 
+    def _relevant(self, ops: Sequence[Op]) -> list[Op]:
+        """Ops under the root, plus those making a file outside it that is later moved or linked in."""
+        names: dict[str, set[int]] = {}  # outside path -> handles that opened it
+        needed: set[int] = set()
+        for op in ops:
+            if op.kind in ("create", "open_append", "open_existing") and op.handle is not None:
+                names.setdefault(op.path, set()).add(op.handle)
+            elif op.kind in ("replace", "link") and op.dst:
+                if not self._inside(op.path) and self._inside(op.dst):
+                    needed |= names.get(op.path, set())
+                if op.kind == "replace":
+                    for p in [p for p in names if p == op.path or p.startswith(op.path + os.sep)]:
+                        names.setdefault(op.dst + p[len(op.path) :], set()).update(names.pop(p))
+        return [
+            op
+            for op in ops
+            if self._inside(op.path)
+            or (op.dst is not None and op.kind != "symlink" and self._inside(op.dst))
+            or (op.handle is not None and op.handle in needed)
+            or op.kind == "sync_all"
+        ]
+
     # -- pass 1: what each operation did, in terms of inodes ----------------
     def _analyse(self) -> _Analysis:
         a = _Analysis()
+        self._outside_unknown: set[str] = set()
         ns: dict[str, int | str] = {}  # rel -> inode id (files) or "dir"/"symlink"
         inode_ids = itertools.count(1)
         for path, entry in self.before.entries.items():
@@ -245,18 +280,50 @@ class CrashSimulator:
                     if op.kind == "create" and op.truncate:
                         a.datas.append(_Data(pos, existing, "truncate", size=0))
                 else:
+                    if op.kind == "open_existing" and not (op.truncate or rel.startswith("..")):
+                        self.unmodelled.append(
+                            f"{rel}: reopened during the save, but it was not in the directory before the "
+                            "save and no recorded operation created it"
+                        )
+                    elif op.kind == "open_existing":
+                        self._outside_unknown.add(rel)
                     inode = next(inode_ids)
                     ns[rel] = inode
                     handles[op.handle or 0] = inode
                     a.metas.append(_Meta(pos, "create", rel, inode=inode, dirs=(_parent(rel),)))
+            elif op.kind in ("write", "truncate", "fsync") and (op.handle or 0) not in handles:
+                self.unmodelled.append(
+                    f"{rel}: {op.kind} through a file the recorded operations never opened"
+                )
             elif op.kind == "write":
                 a.datas.append(_Data(pos, handles[op.handle or 0], "write", offset=op.offset, data=op.data))
             elif op.kind == "truncate":
                 a.datas.append(_Data(pos, handles[op.handle or 0], "truncate", size=op.size))
             elif op.kind == "fsync":
                 a.fsyncs.setdefault(handles[op.handle or 0], []).append(pos)
+            elif op.kind == "sync_all":
+                a.sync_alls.append(pos)
+            elif op.kind == "link":
+                dst = self._rel(op.dst or "")
+                if rel not in ns and not rel.startswith("..") and not dst.startswith(".."):
+                    self.unmodelled.append(f"{dst}: linked from {rel}, which no recorded operation created")
+                elif (rel in self._outside_unknown or rel not in ns) and not dst.startswith(".."):
+                    self.unmodelled.append(
+                        f"{dst}: linked from {op.path}, a file outside the root that existed before the save "
+                        "(its contents then are unknown)"
+                    )
+                if rel in ns:
+                    ns[dst] = ns[rel]
+                a.metas.append(_Meta(pos, "link", rel, dst=dst, dirs=(_parent(dst),)))
             elif op.kind == "replace":
                 dst = self._rel(op.dst or "")
+                if rel not in ns and not rel.startswith("..") and not dst.startswith(".."):
+                    self.unmodelled.append(f"{dst}: renamed from {rel}, which no recorded operation created")
+                elif (rel in self._outside_unknown or rel not in ns) and not dst.startswith(".."):
+                    self.unmodelled.append(
+                        f"{dst}: renamed from {op.path}, a file outside the root that existed before the save "
+                        "(its contents then are unknown)"
+                    )
                 moved = {p: v for p, v in ns.items() if p == rel or p.startswith(rel + os.sep)}
                 for p in moved:
                     del ns[p]
@@ -301,11 +368,14 @@ class CrashSimulator:
                 yield state
 
     def _durable_meta(self, meta: _Meta, k: int) -> bool:
+        if any(meta.index < s < k for s in self._analysis.sync_alls):
+            return True
         return all(any(meta.index < s < k for s in self._analysis.dir_syncs.get(d, ())) for d in meta.dirs)
 
     def _sync_point(self, inode: int, k: int) -> int:
-        """Index of the last fsync of ``inode`` before k (-1 if none)."""
+        """Index of the last fsync of ``inode`` (or sync of everything) before k (-1 if none)."""
         syncs = [s for s in self._analysis.fsyncs.get(inode, ()) if s < k]
+        syncs += [s for s in self._analysis.sync_alls if s < k]
         return max(syncs) if syncs else -1
 
     def _meta_choices(self, pending: list[_Meta]) -> Iterator[tuple[frozenset[int], str]]:
@@ -431,6 +501,11 @@ class CrashSimulator:
                 ns[m.path] = Entry("dir")
             elif m.kind == "symlink":
                 ns[m.path] = Entry("symlink", target=m.target)
+            elif m.kind == "link":
+                if m.path not in ns:
+                    return None  # the link cannot persist without its source
+                if _is_dir(ns, _parent(m.dst)):
+                    ns[m.dst] = ns[m.path]
             elif m.kind in ("unlink", "rmdir"):
                 if m.path not in ns:
                     return None
@@ -451,11 +526,15 @@ class CrashSimulator:
                     ns[m.dst + p[len(m.path) :]] = v
         return ns
 
+    def final(self) -> Snapshot | None:
+        """The directory once every operation happened (the process model after the last op)."""
+        return self._build(len(self.ops), frozenset(m.index for m in self._analysis.metas), {})
+
     def _live_inodes(self, k: int, persisted: frozenset[int]) -> set[int] | None:
         ns = self._namespace(k, persisted)
         if ns is None:
             return None
-        return {v for v in ns.values() if isinstance(v, int)}
+        return {v for p, v in ns.items() if isinstance(v, int) and not p.startswith("..")}
 
     def _content(self, inode: int, k: int, choice: tuple[int, int, str] | None) -> bytes:
         base = b""
@@ -487,6 +566,8 @@ class CrashSimulator:
             return None
         entries: dict[str, Entry] = {}
         for path, v in ns.items():
+            if path.startswith(".."):
+                continue  # outside the root: followed only for what is moved in
             if isinstance(v, Entry):
                 entries[path] = v
             else:
@@ -495,12 +576,16 @@ class CrashSimulator:
 
 
 def _is_dir(ns: dict[str, int | Entry], rel: str) -> bool:
-    return rel == "." or ns.get(rel) == Entry("dir")
+    # Directories outside the root are taken to exist: only files moved in from them matter.
+    return rel == "." or rel.startswith("..") or ns.get(rel) == Entry("dir")
 
 
 def _apply(buf: bytearray, d: _Data, length: int) -> None:
     if d.kind == "truncate":
-        del buf[d.size :]
+        if d.size > len(buf):
+            buf.extend(b"\0" * (d.size - len(buf)))  # ftruncate/fallocate extend with zeros
+        else:
+            del buf[d.size :]
         return
     data = d.data[:length]
     end = d.offset + len(data)

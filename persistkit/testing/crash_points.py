@@ -6,9 +6,13 @@ each state the directory could be left in, ``load()`` must return the state
 before the save or the state after it, and only the state after once
 ``save()`` has returned.
 
-Both persistkit's own I/O (recorded by a ``RecordingFS``) and the user's plain
-``open()``/``os.*``/``pathlib``/``shutil``/``numpy.save`` writes (recorded by
-``persistkit.testing.intercept.Interceptor``) land in one ordered log.
+The save is observed at the system-call boundary (``observe="syscalls"``:
+strace attached to this process, so writes made by C extensions and child
+programs count too) or, where ptrace is unavailable, by Python interception
+(``observe="python"``); ``persistkit.testing.observe`` has the details. Either
+way, if the recorded operations do not reproduce the directory the save left,
+there is no verdict: the fixture fails as not judgeable and says why.
+``CrashPoints.subprocess`` judges any program the same way.
 
 ``CrashPoints.concurrent`` runs several saves at once, interleaved one file
 operation at a time in every "A runs k operations, then B runs, then A
@@ -32,6 +36,7 @@ from persistkit.io.crash import CrashSimulator, Snapshot
 from persistkit.io.recording import Op, RecordingFS
 from persistkit.testing.compare import first_difference
 from persistkit.testing.intercept import GuardFS, Interceptor
+from persistkit.testing.observe import Observation, check_explained, choose, observe_command, observe_save
 from persistkit.testing.report import RECORDER, Recorder
 
 __all__ = ["ConcurrencyReport", "CrashPoints", "CrashReport", "Outcome", "outcome", "record_save"]
@@ -101,10 +106,14 @@ class CrashReport:
     sampled: bool = False
     seconds: float = 0.0
     violations: list[Violation] = field(default_factory=list)
+    observer: str = "python"
+    infeasible: int = 0
 
     def summary(self) -> str:
+        skipped = f", {self.infeasible} infeasible combinations skipped" if self.infeasible else ""
         return (
-            f"{self.states} crash states ({self.model}) of a {len(self.operations)}-operation save: "
+            f"{self.states} crash states ({self.model}) of a {len(self.operations)}-operation save "
+            f"(observed by {self.observer}{skipped}{', sampled' if self.sampled else ''}): "
             f"{self.old_states} load the old state, {self.new_states} the new, {len(self.violations)} violations"
         )
 
@@ -152,6 +161,7 @@ class CrashPoints:
         after: Any = UNSET,
         root: str | os.PathLike[str] | None = None,
         max_states: int | None = None,
+        observe: str | None = None,
     ) -> CrashReport:
         """Enumerate the crash states of ``save()`` and ``load()`` each one.
 
@@ -160,10 +170,14 @@ class CrashPoints:
         exception type counts as "before"). ``after``: the value after (default: call
         ``load()`` once the save has returned). ``root``: the directory the save writes
         under (default: the test's ``tmp_path``). ``max_states`` caps the enumeration.
-        Raises AssertionError naming the first violating state and the operation log.
+        ``observe``: "auto" (default, or ``--persistkit-observe``), "syscalls" or "python".
+        Raises AssertionError naming the first violating state and the operation log, or
+        ``NotJudgeable`` (an AssertionError) when the observer did not see the whole save.
         """
+        __tracebackhide__ = True
         if model not in ("process", "power-loss"):
             raise ValueError(f"model must be 'process' or 'power-loss', not {model!r}")
+        observer = choose(observe)
         top = os.path.abspath(os.fspath(root)) if root is not None else self.root
         os.makedirs(top, exist_ok=True)
         start = time.perf_counter()
@@ -171,16 +185,74 @@ class CrashPoints:
         expected_before = outcome(load) if before is None else Outcome(value=before)
         if Snapshot.take(top).fingerprint() != initial.fingerprint():
             initial.materialize(top)  # the load tidied up; the save starts from the real initial state
-        _, ops = record_save(save, top)
+        _, error, obs = observe_save(save, top, observer)
+        if error is not None:
+            raise error
+        return self._judge(obs, initial, load, expected_before, after, model, max_states, top, start)
+
+    def subprocess(
+        self,
+        cmd: Sequence[str],
+        load: Callable[[], Any],
+        *,
+        model: Model = "power-loss",
+        before: Any = None,
+        after: Any = UNSET,
+        root: str | os.PathLike[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120.0,
+        max_states: int | None = None,
+    ) -> CrashReport:
+        """Run any program ``cmd`` (Python or not) under strace as the save, then judge it.
+
+        The program must exit 0; every file operation it (and its children) makes
+        under ``root`` is enumerated exactly as for an in-process save.
+        """
+        __tracebackhide__ = True
+        if model not in ("process", "power-loss"):
+            raise ValueError(f"model must be 'process' or 'power-loss', not {model!r}")
+        choose("syscalls")
+        top = os.path.abspath(os.fspath(root)) if root is not None else self.root
+        os.makedirs(top, exist_ok=True)
+        start = time.perf_counter()
+        initial = Snapshot.take(top)
+        expected_before = outcome(load) if before is None else Outcome(value=before)
+        if Snapshot.take(top).fingerprint() != initial.fingerprint():
+            initial.materialize(top)
+        code, stderr, obs = observe_command(
+            cmd, top, cwd=os.fspath(cwd) if cwd is not None else None, env=env, timeout=timeout
+        )
+        if code != 0:
+            raise AssertionError(
+                f"crash_points.subprocess: {list(cmd)} exited with status {code} without a crash, so there is "
+                f"no completed save to judge. Its stderr ends:\n{stderr[-2000:]}"
+            )
+        return self._judge(obs, initial, load, expected_before, after, model, max_states, top, start)
+
+    def _judge(
+        self,
+        obs: Observation,
+        initial: Snapshot,
+        load: Callable[[], Any],
+        expected_before: Outcome,
+        after: Any,
+        model: Model,
+        max_states: int | None,
+        top: str,
+        start: float,
+    ) -> CrashReport:
+        __tracebackhide__ = True
         final = Snapshot.take(top)
+        sim = CrashSimulator(initial, obs.ops)
+        check_explained("crash_points", obs, initial, final, sim)
         expected_after = outcome(load) if after is UNSET else Outcome(value=after)
         if expected_after.error is not None and after is UNSET:
             raise AssertionError(
                 f"crash_points: load() fails even after save() completed without a crash: "
                 f"{expected_after.describe()}. Fix the save or the load first."
             )
-        sim = CrashSimulator(initial, ops)
-        report = CrashReport(model, 0, [_rel(op.describe(), top) for op in sim.ops])
+        report = CrashReport(model, 0, [_rel(op.describe(), top) for op in sim.ops], observer=obs.observer)
         try:
             for state in sim.states(model):
                 if max_states is not None and report.states >= max_states:
@@ -206,6 +278,7 @@ class CrashPoints:
         finally:
             final.materialize(top)
         report.sampled = sim.stats.sampled or (max_states is not None and report.states >= max_states)
+        report.infeasible = sim.stats.infeasible
         report.seconds = time.perf_counter() - start
         self.reports.append(report)
         self.recorder.add_run(
@@ -230,7 +303,8 @@ class CrashPoints:
             f"  ({when})",
             f"  load() {first.got.describe()}",
             f"    {first.detail}",
-            f"Operations recorded during save() ({len(report.operations)}; paths relative to {top}):",
+            f"Operations recorded during save() by the {report.observer} observer ({len(report.operations)}; "
+            f"paths relative to {top}):",
         ]
         lines += [f"  {op}" for op in report.operations[:80]]
         if len(report.operations) > 80:

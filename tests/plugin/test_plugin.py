@@ -140,7 +140,7 @@ def test_fixtures_report_and_failure_messages(pytester):
             "*crash_points: 1 of 4 crash states (process model) load something that is neither*",
             "*First violation: process crash after #0 create m.json*",
             "*load() raised JSONDecodeError*",
-            "*Operations recorded during save() (3; paths relative to *",
+            "*Operations recorded during save() by the * observer (3; paths relative to *",
             "*  #0 create m.json",
             "*disk_faults: * injected faults were mishandled.*",
             "*error swallowed: save() returned normally, yet load() returned {'v': 1} instead of the new state*",

@@ -1,0 +1,252 @@
+"""Observe a save: which observer, what it saw, and whether that explains what changed.
+
+Two observers feed the crash and fault machinery the same operation log:
+
+``syscalls``
+    strace attached to this process (``persistkit.testing.strace``), decoded by
+    ``persistkit.testing.syscalls``. Sees every write the kernel sees: Python,
+    C/C++/Rust extensions (torch.save, sqlite3, h5py, pyarrow, safetensors),
+    other threads and child programs. Cannot see stores through a shared
+    ``mmap`` or ``io_uring`` submissions; those are reported, not guessed.
+``python``
+    The portable fallback: ``persistkit.io`` is recorded and ``open``/``os``/
+    ``pathlib``/``shutil``/``numpy.save`` are intercepted. Blind to native code.
+
+``auto`` picks ``syscalls`` where ptrace works and says once why it fell back
+otherwise. Whatever the observer, ``check_explained`` refuses to judge a save
+whose recorded operations do not reproduce the directory it left: a verdict
+is only ever given on what was observed.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from persistkit.io import current_fs, use_fs
+from persistkit.io.crash import CrashSimulator, Snapshot
+from persistkit.io.recording import Op, RecordingFS
+from persistkit.testing.intercept import GuardFS, Interceptor
+from persistkit.testing.strace import Injection, ObserverUnavailable, SelfTrace, ptrace_problem, trace_command
+from persistkit.testing.syscalls import Call, FaultPoint, SyscallLog, parse
+
+__all__ = [
+    "OBSERVERS",
+    "NotJudgeable",
+    "Observation",
+    "ObserverNotice",
+    "check_explained",
+    "choose",
+    "observe_command",
+    "observe_save",
+]
+
+Observer = Literal["auto", "syscalls", "python"]
+OBSERVERS = ("auto", "syscalls", "python")
+_DEFAULT: list[str] = ["auto"]  # set by the plugin's --persistkit-observe
+
+
+class ObserverNotice(UserWarning):
+    """``observe='auto'`` fell back to the Python observer; the message says why."""
+
+
+class NotJudgeable(AssertionError):
+    """The observer could not see enough of the save to give a verdict (never a pass)."""
+
+
+def set_default(observe: str) -> None:
+    if observe not in OBSERVERS:
+        raise ValueError(f"observe must be one of {OBSERVERS}, not {observe!r}")
+    _DEFAULT[0] = observe
+
+
+_noticed: set[str] = set()
+
+
+def choose(observe: str | None) -> str:
+    """The observer to use for ``observe`` ("auto" resolves here; one notice per reason)."""
+    want = observe or _DEFAULT[0]
+    if want not in OBSERVERS:
+        raise ValueError(f"observe must be one of {OBSERVERS}, not {want!r}")
+    if want == "python":
+        return "python"
+    problem = ptrace_problem()
+    if problem is None:
+        return "syscalls"
+    if want == "syscalls":
+        raise ObserverUnavailable(
+            f"observe='syscalls' cannot run: {problem}. Fix that, or pass observe='python' (blind to "
+            "writes made by C extensions and other programs)."
+        )
+    if problem not in _noticed:
+        _noticed.add(problem)
+        warnings.warn(
+            f"persistkit: observing saves with Python interception because {problem}. Writes made by "
+            "C extensions (torch.save, sqlite3, h5py, pyarrow) and other programs are not seen; "
+            "a save whose changes are not explained by what was seen fails as not judgeable.",
+            ObserverNotice,
+            stacklevel=3,
+        )
+    return "python"
+
+
+@dataclass
+class Observation:
+    """What one observed run of a save recorded."""
+
+    observer: str
+    ops: list[Op]
+    blind: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
+    points: list[FaultPoint] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    injected: list[Call] = field(default_factory=list)
+
+
+def _sizes(root: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            try:
+                out[full] = os.lstat(full).st_size
+            except OSError:
+                continue
+    return out
+
+
+def _outside_changes(log: SyscallLog) -> list[str]:
+    """Paths outside the root that the save left changed (transient and cache files aside)."""
+    out = []
+    for path in sorted(log.outside):
+        if "__pycache__" in path or path.endswith((".pyc", " (deleted)")):
+            continue
+        if os.path.lexists(path):
+            out.append(path)
+    created = {op.path for op in log.ops if op.kind in ("create", "mkdir", "symlink")}
+    for op in log.ops:
+        removed = op.kind in ("unlink", "rmdir") and not log.inside(op.path) and op.path not in created
+        if removed and "__pycache__" not in op.path and not os.path.lexists(op.path):
+            out.append(f"{op.path} (deleted)")
+    return sorted(set(out))
+
+
+def _from_trace(text: str, root: str, sizes: dict[str, int], cwd: str) -> Observation:
+    calls = parse(text)
+    log = SyscallLog(root, sizes, cwd).feed(calls)
+    return Observation(
+        "syscalls",
+        log.ops,
+        log.blind,
+        _outside_changes(log),
+        log.points,
+        calls,
+        [c for c in calls if c.injected],
+    )
+
+
+def observe_save(
+    save: Callable[[], Any],
+    root: str,
+    observer: str,
+    *,
+    injections: Sequence[Injection] = (),
+    before: Callable[[str, str], None] | None = None,
+) -> tuple[Any, BaseException | None, Observation]:
+    """Run ``save()`` under ``observer``; return its result, its exception, and what was seen."""
+    root = os.path.abspath(root)
+    if observer == "syscalls":
+        sizes = _sizes(root)
+        cwd = os.getcwd()
+        result: Any = None
+        error: BaseException | None = None
+        tracer = SelfTrace(injections)
+        with tracer:
+            try:
+                result = save()
+            except Exception as err:
+                error = err
+        return result, error, _from_trace(tracer.text, root, sizes, cwd)
+    rec = RecordingFS(current_fs())
+    result = None
+    error = None
+    with use_fs(GuardFS(rec, before=before)), Interceptor(root, log=rec, before=before):
+        try:
+            result = save()
+        except Exception as err:
+            error = err
+    return result, error, Observation("python", list(rec.ops))
+
+
+def observe_command(
+    cmd: Sequence[str],
+    root: str,
+    *,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = 120.0,
+    injections: Sequence[Injection] = (),
+) -> tuple[int, str, Observation]:
+    """Run any program under strace; return its exit code, its stderr, and what was seen."""
+    root = os.path.abspath(root)
+    sizes = _sizes(root)
+    result, text = trace_command(cmd, injections=injections, cwd=cwd, env=env, timeout=timeout)
+    obs = _from_trace(text, root, sizes, os.path.abspath(cwd or os.getcwd()))
+    return result.returncode, result.stderr.decode(errors="replace"), obs
+
+
+def check_explained(
+    fixture: str, obs: Observation, before: Snapshot, after: Snapshot, sim: CrashSimulator
+) -> None:
+    """Raise NotJudgeable unless the observed operations reproduce ``after`` from ``before``."""
+    root = before.root
+    problems: list[str] = []
+    problems += [f"cannot be judged: {b}" for b in obs.blind]
+    problems += [f"not modelled: {u}" for u in sim.unmodelled]
+    if obs.outside:
+        problems.append(
+            "save() also changed files outside the directory under test, which this fixture cannot judge: "
+            + ", ".join(obs.outside[:8])
+            + (" ..." if len(obs.outside) > 8 else "")
+            + f". Point root= at a directory that holds everything the save writes (now {root})."
+        )
+    diff = [] if problems else _unexplained(sim, after)
+    if diff:
+        seen = len(sim.ops)
+        if obs.observer == "python":
+            hint = (
+                "the writes come from code the python observer cannot see (C extensions such as "
+                "torch.save, sqlite3, h5py, pyarrow; other programs; references captured before "
+                "interception); use observe='syscalls'"
+            )
+        else:
+            hint = (
+                "the writes come from somewhere the tracer cannot see: a process that was not started by "
+                "the traced one, a shared mmap, or io_uring"
+            )
+        problems.append(
+            f"observed {seen} operation{'s' if seen != 1 else ''} under {root}, which do not explain how the "
+            f"directory changed ({'; '.join(diff[:6])}): {hint}"
+        )
+    if not problems and not sim.ops and before.fingerprint() == after.fingerprint():
+        problems.append(
+            f"save() changed nothing under {root} and no operation was observed, so there is nothing to "
+            "judge. Check that save() writes there (pass root= if it writes elsewhere)."
+        )
+    if problems:
+        raise NotJudgeable(
+            f"{fixture}: no verdict, because the {obs.observer} observer did not see the whole save.\n  - "
+            + "\n  - ".join(problems)
+        )
+
+
+def _unexplained(sim: CrashSimulator, after: Snapshot) -> list[str]:
+    final = sim.final()
+    if final is None:
+        return ["the recorded operations cannot be replayed in order"]
+    if final.fingerprint() == after.fingerprint():
+        return []
+    return final.diff(after)
