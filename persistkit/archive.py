@@ -55,6 +55,7 @@ from persistkit.errors import (
     describe_errno,
 )
 from persistkit.io import DirectoryLock, atomic_write, atomic_writer, current_fs
+from persistkit.io.atomic import pid_alive
 from persistkit.policy.retention import Decision, Item, KeepLast, Policy, decide
 
 __all__ = [
@@ -1233,22 +1234,12 @@ def cleanup_stale_restores(directory: str | os.PathLike[str]) -> builtins.list[s
         pid = int(match["pid"])
         with _RESTORING_LOCK:
             active = full in _ACTIVE_TEMPS
-        if active or (pid != me and _pid_alive(pid)):
+        if active or (pid != me and pid_alive(pid)):
             continue
         _remove_tree(Path(full))
         if not fs.exists(full):
             removed.append(name)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _remove_tree(path: Path) -> None:
@@ -1321,6 +1312,7 @@ def training_session(
         return
     archiver = Archiver(root_path, keep=keep, **archiver_kw)
     session = TrainingSession(root_path, archiver)
+    current_fs().makedirs(root_path)  # a new workspace starts empty (its first archive is empty too)
     session.initial_archive = archiver.create()
     session.moved_logs = archiver.prepare_workspace()
     previous = None

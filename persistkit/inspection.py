@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from persistkit.errors import FormatError, IntegrityError
 from persistkit.io import current_fs
-from persistkit.io.fs import PathLike, io_error
+from persistkit.io.fs import PathLike, describe_file_type, io_error
 
 if TYPE_CHECKING:  # the format and state modules load only when a file needs them
     from persistkit.archive import VerifyReport
@@ -127,7 +127,18 @@ def verify(
     source = os.path.abspath(os.fspath(path))
     fs = current_fs()
     try:
-        is_dir = fs.is_dir(source)
+        mode = fs.stat(source).st_mode
+    except OSError as err:
+        raise io_error("verify", source, err) from err
+    is_dir = stat.S_ISDIR(mode)
+    if not is_dir and not stat.S_ISREG(mode):
+        # A FIFO would block the read forever and /dev/zero would never end: refuse before opening.
+        raise FormatError(
+            f"{source} is not a persistkit file: it is {describe_file_type(mode)}, not a regular file or a "
+            "store directory. Pass the path of a bundle, archive, store or key file.",
+            path=source,
+        )
+    try:
         head = b"" if is_dir else _head(source, 4)
     except OSError as err:
         raise io_error("verify", source, err) from err

@@ -42,14 +42,24 @@ _active: set[str] = set()
 _active_lock = threading.Lock()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` can still be writing: it exists and is not a zombie.
+
+    A SIGKILLed writer whose parent has not reaped it yet is a zombie: it will never
+    write again, so its temp files are stale.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # not Linux, or it just went away: assume alive (never remove a live writer's temp)
+    return state not in (b"Z", b"X")
 
 
 def cleanup_stale_temps(directory: PathLike) -> list[str]:
@@ -73,7 +83,7 @@ def cleanup_stale_temps(directory: PathLike) -> list[str]:
         full = os.path.join(directory, name)
         with _active_lock:
             active = full in _active
-        if active or (pid != me and _pid_alive(pid)):
+        if active or (pid != me and pid_alive(pid)):
             continue
         try:
             fs.unlink(full)

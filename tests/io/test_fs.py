@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from persistkit.errors import PersistIOError
+from persistkit.errors import FormatError, PersistIOError
 from persistkit.io import LocalFS, current_fs, use_fs
 from persistkit.io.faults import Fault, FaultFS
 from persistkit.io.fs import io_error
@@ -152,8 +152,9 @@ def test_a_state_directory_that_is_a_file_says_a_file_is_in_the_way(tmp_path):
 
     where = tmp_path / "state"
     where.write_text("not a directory")
-    with pytest.raises(PersistIOError) as info, pk.StateStore(where) as store:
+    # The store refuses it up front, naming the path (not a free-space hint).
+    with pytest.raises(FormatError) as info, pk.StateStore(where) as store:
         store.register("a", {})
         store.save()
     text = str(info.value)
-    assert str(where) in text and "file is in the way" in text and "Free space" not in text
+    assert str(where) in text and "not a directory" in text and "free space" not in text.lower()
