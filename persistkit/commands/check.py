@@ -55,6 +55,14 @@ __all__ = ["check_command"]
     help="Budget: largest acceptable file.",
 )
 @click.option(
+    "--observe",
+    type=click.Choice(["auto", "syscalls", "python"]),
+    default="auto",
+    show_default=True,
+    help="How crash points and disk faults observe a save: syscalls (strace), python (interception) "
+    "or auto (syscalls where ptrace works). The same choice as --persistkit-observe.",
+)
+@click.option(
     "--keep",
     is_flag=True,
     default=False,
@@ -68,6 +76,7 @@ def check_command(
     seed: int,
     max_save_seconds: float,
     max_bytes: int,
+    observe: str,
     keep: bool,
 ) -> None:
     """Run the persistence battery against TARGET (module:factory; default: the reference bot).
@@ -90,7 +99,12 @@ def check_command(
     _current_directory_importable()
     console = Console()
     settings = Settings(
-        steps=steps, kills=kills, seed=seed, max_save_seconds=max_save_seconds, max_bytes=max_bytes
+        steps=steps,
+        kills=kills,
+        seed=seed,
+        max_save_seconds=max_save_seconds,
+        max_bytes=max_bytes,
+        observe=observe,
     )
     try:
         resolved = Target(spec)

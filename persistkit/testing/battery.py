@@ -297,6 +297,7 @@ class Settings:
     samples: int = 4
     max_save_seconds: float = 1.0
     max_bytes: int = 64 * 1024 * 1024
+    observe: str = "auto"  # crash points and disk faults: "auto", "syscalls" or "python"
 
 
 @dataclass
@@ -633,12 +634,13 @@ class Battery:
             for model in ("process", "power-loss"):
                 self._steps(app, max(self.settings.steps // 10, 1))
                 try:
-                    report = cp(app.save, self._reader(where), model=model)
+                    report = cp(app.save, self._reader(where), model=model, observe=self.settings.observe)
                 except AssertionError as err:
                     err.figures = figures  # type: ignore[attr-defined]
                     raise
                 figures[f"{model} states"] = report.states
             figures["operations"] = len(report.operations)
+            figures["observer"] = report.observer
         return figures
 
     def check_disk_faults(self) -> dict[str, Any]:
@@ -665,8 +667,14 @@ class Battery:
             setup=setup,
             teardown=lambda app: app.abandon(),
             rotate_errnos=True,
+            observe=self.settings.observe,
         )
-        return {"faults": report.fired, "operations": len(report.operations), "raised": report.raised}
+        return {
+            "faults": report.fired,
+            "operations": len(report.operations),
+            "raised": report.raised,
+            "observer": report.observer,
+        }
 
     def _saved_files(self, where: str) -> list[str]:
         if self.target.kind == "plain app":

@@ -15,7 +15,8 @@ asks for it. Fixtures:
 
 Marker: ``@pytest.mark.persist_budget(max_bytes=..., max_save_seconds=...)``.
 Options: ``--persistkit-report``, ``--persistkit-report-json=FILE``,
-``--persistkit-seed``, ``--persistkit-kills``, ``--persistkit-samples``.
+``--persistkit-seed``, ``--persistkit-kills``, ``--persistkit-samples``,
+``--persistkit-observe=auto|syscalls|python`` (how ``crash_points``/``disk_faults`` see a save).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ REPORT_JSON_OPTION = "--persistkit-report-json"
 SEED_OPTION = "--persistkit-seed"
 KILLS_OPTION = "--persistkit-kills"
 SAMPLES_OPTION = "--persistkit-samples"
+OBSERVE_OPTION = "--persistkit-observe"
 BUDGET_MARKER = "persist_budget"
 WORKSPACE_DIRS = ("models", "logs", "config", "archives")
 
@@ -87,6 +89,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="SIGKILLs per lifecycle.subprocess() storm (default 20).",
     )
     group.addoption(
+        OBSERVE_OPTION,
+        choices=("auto", "syscalls", "python"),
+        default="auto",
+        help="how crash_points/disk_faults observe a save: syscalls (strace; sees C extensions and child "
+        "programs), python (interception; the portable fallback), or auto (syscalls where ptrace works). "
+        "Default auto.",
+    )
+    group.addoption(
         SAMPLES_OPTION,
         type=parse_count,
         default=16,
@@ -96,6 +106,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    observe = config.getoption(OBSERVE_OPTION, default="auto")
+    if observe != "auto":
+        from persistkit.testing.observe import set_default
+
+        set_default(observe)
     config.addinivalue_line(
         "markers",
         f"{BUDGET_MARKER}(max_bytes=None, max_save_seconds=None): fail the test if a file persistkit writes "

@@ -142,7 +142,7 @@ def test_fixtures_report_and_failure_messages(pytester):
             "*load() raised JSONDecodeError*",
             "*Operations recorded during save() by the * observer (3; paths relative to *",
             "*  #0 create m.json",
-            "*disk_faults: * injected faults were mishandled.*",
+            "*disk_faults: * injected faults were mishandled (observed by *",
             "*error swallowed: save() returned normally, yet load() returned {'v': 1} instead of the new state*",
             "*roundtrip(via='state'): the loaded object differs from the saved one at value.weights?'layer'?: length 2 != 1",
             "*persist_budget exceeded (1):*",
