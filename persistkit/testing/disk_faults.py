@@ -477,7 +477,9 @@ class _Plan:
             return _Fired(error, False)
         first = obs.injected[0]
         if first.name != point.syscall or first.ordinal != point.ordinal:
-            return _Fired(error, True, misfired=f"{first.name} #{first.ordinal} instead of {target.describe()}")
+            return _Fired(
+                error, True, misfired=f"{first.name} #{first.ordinal} instead of {target.describe()}"
+            )
         return _Fired(error, True, target.describe(), target.kind)
 
     def _persistent_rest(self, point: FaultPoint, errno_name: str) -> list[Injection]:
