@@ -331,7 +331,10 @@ class CrashSimulator:
                     del ns[p]
                 for p, v in moved.items():
                     ns[dst + p[len(rel) :]] = v
-                a.metas.append(_Meta(pos, "rename", rel, dst=dst, dirs=(_parent(rel), _parent(dst))))
+                # A rename is one journal transaction on ext4/xfs: syncing the directory that gains
+                # the name makes the whole move durable (requiring both would fail correct saves
+                # that move a file in from a scratch directory and sync the target directory).
+                a.metas.append(_Meta(pos, "rename", rel, dst=dst, dirs=(_parent(dst),)))
             elif op.kind == "unlink":
                 ns.pop(rel, None)
                 a.metas.append(_Meta(pos, "unlink", rel, dirs=(_parent(rel),)))

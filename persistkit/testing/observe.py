@@ -134,9 +134,30 @@ def _outside_changes(log: SyscallLog) -> list[str]:
     return sorted(set(out))
 
 
-def _from_trace(text: str, root: str, sizes: dict[str, int], cwd: str) -> Observation:
+def _open_fds() -> dict[int, tuple[str, int, int]]:
+    """This process's descriptors before tracing: fd -> (path, position, open flags)."""
+    out: dict[int, tuple[str, int, int]] = {}
+    try:
+        names = os.listdir("/proc/self/fdinfo")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            fd = int(name)
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                info = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+            out[fd] = (path, int(info["pos"].strip()), int(info["flags"].strip(), 8))
+        except (OSError, ValueError, KeyError):
+            continue  # the descriptor listdir itself used, or one closed meanwhile
+    return out
+
+
+def _from_trace(
+    text: str, root: str, sizes: dict[str, int], cwd: str, fds: dict[int, tuple[str, int, int]] | None = None
+) -> Observation:
     calls = parse(text)
-    log = SyscallLog(root, sizes, cwd).feed(calls)
+    log = SyscallLog(root, sizes, cwd, fds or {}).feed(calls)
     return Observation(
         "syscalls",
         log.ops,
@@ -161,6 +182,7 @@ def observe_save(
     if observer == "syscalls":
         sizes = _sizes(root)
         cwd = os.getcwd()
+        fds = _open_fds()
         result: Any = None
         error: BaseException | None = None
         tracer = SelfTrace(injections)
@@ -169,7 +191,7 @@ def observe_save(
                 result = save()
             except Exception as err:
                 error = err
-        return result, error, _from_trace(tracer.text, root, sizes, cwd)
+        return result, error, _from_trace(tracer.text, root, sizes, cwd, fds)
     rec = RecordingFS(current_fs())
     result = None
     error = None

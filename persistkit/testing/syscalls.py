@@ -38,7 +38,6 @@ __all__ = ["Call", "FaultPoint", "SyscallLog", "parse"]
 
 _LINE = re.compile(r"^(\d+) +(.*)$")
 _CALL = re.compile(r"^([a-z0-9_]+)\((.*)\) += (.*)$", re.S)
-_HEX = re.compile(r"\\x([0-9a-f]{2})")
 
 
 @dataclass
@@ -61,27 +60,32 @@ class Call:
 
 
 def _unhex(text: str) -> bytes:
-    return bytes(int(h, 16) for h in _HEX.findall(text))
+    # With -xx every byte of a string is printed as \xNN, so stripping the escapes leaves hex.
+    return bytes.fromhex(text.strip('"').replace("\\x", ""))
 
 
 def _split_args(text: str) -> list[str]:
     """Split strace's argument list at top-level commas (strings are hex, so no quotes inside)."""
     out: list[str] = []
     depth = 0
-    quoted = False
     start = 0
-    for i, ch in enumerate(text):
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
         if ch == '"':
-            quoted = not quoted
-        elif quoted:
+            # jump over the whole (hex-only) string: a write's data can be megabytes long
+            end = text.find('"', i + 1)
+            i = n if end < 0 else end + 1
             continue
-        elif ch in "[{(<":
+        if ch in "[{(<":
             depth += 1
         elif ch in "]})>":
             depth -= 1
         elif ch == "," and depth == 0:
             out.append(text[start:i].strip())
             start = i + 1
+        i += 1
     tail = text[start:].strip()
     if tail:
         out.append(tail)
@@ -210,6 +214,7 @@ class SyscallLog:
     root: str
     sizes: dict[str, int]
     cwd: str
+    open_fds: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # fd -> (path, pos, flags)
     ops: list[Op] = field(default_factory=list)
     points: list[FaultPoint] = field(default_factory=list)
     blind: list[str] = field(default_factory=list)
@@ -246,6 +251,9 @@ class SyscallLog:
             self._procs[tid] = proc
             self._first_tids.add(tid)
         return proc
+
+    def _first_proc(self) -> _Proc | None:
+        return next(iter(self._procs.values()), None)
 
     def inside(self, path: str) -> bool:
         return path == self.root or path.startswith(self.root + os.sep)
@@ -287,10 +295,21 @@ class SyscallLog:
         if f is not None and path is not None and f.path != path and not path.endswith(" (deleted)"):
             f.path = path  # renamed since it was opened
         if f is None and path is not None:
-            # Opened before tracing started (a journal kept open, say): adopt it. Its position
-            # is unknown; only pwrite/append writes to it can be placed, others are reported.
+            # Opened before tracing started (a journal kept open, say): adopt it, with the
+            # position and flags /proc showed when tracing began. Without those, only
+            # pwrite/append writes to it can be placed; others are reported.
             self._handles += 1
-            f = _File(self._handles, path, append=False, writable=True, directory=os.path.isdir(path), pos=-1)
+            known = self.open_fds.get(fd) if proc is self._first_proc() else None
+            if known is not None and known[0] == path:
+                flags = known[2]
+                f = _File(
+                    self._handles, path, append=bool(flags & os.O_APPEND), writable=flags & os.O_ACCMODE != 0,
+                    directory=os.path.isdir(path), pos=known[1],
+                )  # fmt: skip
+            else:
+                f = _File(
+                    self._handles, path, append=False, writable=True, directory=os.path.isdir(path), pos=-1
+                )
             proc.fds[fd] = f
         return f
 
