@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -125,6 +126,40 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _rel(text: str, root: str) -> str:
     return text.replace(root + os.sep, "").replace(root, ".")
+
+
+_REVERTED = re.compile(r"reverted #\d+ (replace|unlink|create|mkdir|symlink|link|rmdir) (\S+)(?: -> (\S+))?")
+_DATA = re.compile(r"(?:lost |crash after )?#\d+ (?:write|truncate|create) (\S+)")
+
+
+def fix_hint(description: str, operations: Sequence[str]) -> str:
+    """One line saying what to change, read off the first violating state."""
+    m = _REVERTED.search(description)
+    if m is not None:
+        kind, path, dst = m.group(1), m.group(2), m.group(3)
+        if kind == "replace":
+            return (
+                f"fsync the directory holding {dst} after os.replace(): until then a power loss can undo "
+                "the rename"
+            )
+        if kind == "unlink":
+            return (
+                f"fsync the directory after deleting {path}: until then a power loss can bring it back "
+                "(for SQLite's rollback journal: PRAGMA synchronous=EXTRA)"
+            )
+        return f"fsync the directory after the {kind} of {path}: until then a power loss can undo it"
+    m = _DATA.search(description)
+    if m is not None:
+        path = m.group(1)
+        renamed = any(op.split(" ", 2)[1:2] == ["replace"] and f" {path} -> " in f" {op.split(' ', 2)[2]}"
+                      for op in operations if op.count(" ") >= 2)  # fmt: skip
+        if renamed:
+            return f"fsync {path} (flush and os.fsync its descriptor) before renaming it over the target"
+        return (
+            f"write {path} to a temp file in the same directory, fsync it, os.replace() it over the target, "
+            "then fsync the directory: a file rewritten in place can be left torn or empty"
+        )
+    return "make the save write a new file and publish it with one atomic, synced rename"
 
 
 def record_save(save: Callable[[], Any], root: str) -> tuple[Any, list[Op]]:
@@ -312,6 +347,7 @@ class CrashPoints:
         if len(report.violations) > 1:
             lines.append("Other violating states:")
             lines += [f"  {v.description}" for v in report.violations[1:6]]
+        lines.append(f"Fix: {fix_hint(first.description, report.operations)}")
         return "\n".join(lines)
 
     # -- concurrent writers --------------------------------------------------------------
