@@ -26,6 +26,7 @@ import contextlib
 import functools
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -85,6 +86,33 @@ def outcome(load: Callable[[], Any]) -> Outcome:
         return Outcome(value=load())
     except Exception as err:
         return Outcome(error=err)
+
+
+class _Progress:
+    """A one-line counter on the terminal (not in captured output) for runs longer than 2 s."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.start = time.monotonic()
+        self.last = 0.0
+        stream = sys.__stderr__
+        self.stream = stream if stream is not None and stream.isatty() else None
+        self.shown = False
+
+    def tick(self, states: int, violations: int) -> None:
+        now = time.monotonic()
+        if self.stream is None or now - self.start < 2.0 or now - self.last < 0.2:
+            return
+        self.last = now
+        self.shown = True
+        of = f"/{self.total}" if self.total is not None else ""
+        self.stream.write(f"\r  crash_points: {states}{of} states loaded, {violations} violations ")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.stream is not None and self.shown:
+            self.stream.write("\r" + " " * 72 + "\r")
+            self.stream.flush()
 
 
 @dataclass
@@ -288,11 +316,22 @@ class CrashPoints:
                 f"{expected_after.describe()}. Fix the save or the load first."
             )
         report = CrashReport(model, 0, [_rel(op.describe(), top) for op in sim.ops], observer=obs.observer)
+        chosen: set[int] | None = None
+        total: int | None = None
+        if max_states is not None:
+            # Sample evenly across the whole save instead of taking the first states only.
+            total = sum(1 for _ in sim.states(model))
+            if total > max_states:
+                # evenly spaced, first and last state included (the last is the completed save)
+                step = (total - 1) / max(max_states - 1, 1)
+                chosen = {round(i * step) for i in range(max_states)}
+        progress = _Progress(total)
         try:
-            for state in sim.states(model):
-                if max_states is not None and report.states >= max_states:
-                    break
+            for n, state in enumerate(sim.states(model)):
+                if chosen is not None and n not in chosen:
+                    continue
                 report.states += 1
+                progress.tick(report.states, len(report.violations))
                 state.materialize(top)
                 got = outcome(load)
                 if got.same_as(expected_after):
@@ -311,8 +350,9 @@ class CrashPoints:
                     )
                 report.violations.append(Violation(_rel(state.description, top), state.complete, got, detail))
         finally:
+            progress.done()
             final.materialize(top)
-        report.sampled = sim.stats.sampled or (max_states is not None and report.states >= max_states)
+        report.sampled = sim.stats.sampled or chosen is not None
         report.infeasible = sim.stats.infeasible
         report.seconds = time.perf_counter() - start
         self.reports.append(report)
@@ -347,6 +387,10 @@ class CrashPoints:
         if len(report.violations) > 1:
             lines.append("Other violating states:")
             lines += [f"  {v.description}" for v in report.violations[1:6]]
+        if report.sampled:
+            lines.append(
+                f"(sampled: {report.states} states were loaded, spread over the whole save; the rest were not)"
+            )
         lines.append(f"Fix: {fix_hint(first.description, report.operations)}")
         return "\n".join(lines)
 

@@ -140,3 +140,33 @@ def test_concurrent_shared_temp_name_is_caught(tmp_path):
 def test_concurrent_takes_exactly_two_values(tmp_path):
     with pytest.raises(ValueError, match="exactly two writers"):
         CrashPoints(tmp_path).concurrent(print, dict, values=[1, 2, 3])
+
+
+def test_max_states_samples_across_the_whole_save(tmp_path):
+    import os as _os
+
+    from persistkit.testing.crash_points import CrashPoints
+    from persistkit.testing.report import Recorder
+
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"a" * 40000)
+
+    def save():
+        tmp = tmp_path / "big.tmp"
+        with open(tmp, "wb") as f:
+            for _ in range(10):
+                f.write(b"b" * 4000)
+                f.flush()
+            _os.fsync(f.fileno())
+        _os.replace(tmp, path)
+        fd = _os.open(tmp_path, _os.O_RDONLY)
+        _os.fsync(fd)
+        _os.close(fd)
+
+    cp = CrashPoints(tmp_path, recorder=Recorder())
+    full = cp(save, path.read_bytes)
+    path.write_bytes(b"a" * 40000)
+    few = cp(save, path.read_bytes, max_states=7)
+    assert full.states > 7 and few.states == 7 and few.sampled and not full.sampled
+    # the sample reaches the end of the save: the state after the rename loads the new bytes
+    assert few.new_states >= 1 and few.old_states >= 1
