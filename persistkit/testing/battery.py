@@ -532,7 +532,7 @@ class Battery:
         }
 
     _REPEAT = re.compile(
-        r"acknowledged work lost: ACK (\S+) was printed by run #(\d+), and again by run #(\d+)"
+        r"ids must be unique; id (\S+) was acknowledged twice, by run #(\d+) and again by run #(\d+)"
     )
 
     def _explain_repeat(self, message: str, where: str) -> str:

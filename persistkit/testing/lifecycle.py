@@ -23,6 +23,13 @@ line protocol on stdout (the reference bot speaks it):
   every restart must reach ``READY``, the final ``restart_cmd`` must succeed,
   and ``verify(state_dir, acks)``, when given, must accept the final state.
 
+The minimum protocol is ``ACK <id>`` lines alone (``protocol="ack"``): an app
+that resumes from its state directory and never acknowledges an id twice. Then
+no ``READY`` is awaited (kills are timed from the start), SIGTERM only has to
+end the process within the grace period, and there is no restart command; the
+storm still catches every acknowledged id that a restart had to redo, and
+``verify`` can check the final state.
+
 A ``target="package.module:main"`` (called as ``main(argv)``) runs in a fork
 server that imports ``preload`` modules once, so hundreds of kills of a
 torch/sklearn app take seconds instead of minutes.
@@ -357,6 +364,7 @@ class Lifecycle:
         verify: Callable[[str, list[Ack]], Any] | None = None,
         sigterm: bool = True,
         env: dict[str, str] | None = None,
+        protocol: str = "full",
     ) -> SubprocessReport:
         """SIGTERM and a seeded SIGKILL storm against a child process; see the module docstring.
 
@@ -364,16 +372,22 @@ class Lifecycle:
         ``target="module:main"`` with ``argv``/``restart_argv`` and ``preload`` for a fork
         server. ``kill_window``: seconds after ``READY`` within which each kill lands. SIGTERM is
         sent after ``term_after_acks`` ACK lines, or ``term_wait`` seconds after ``READY``.
+        ``protocol``: "full" (READY/ACK/SAVED/DONE, with a restart command) or "ack" (ACK lines
+        only; see the module docstring).
         """
+        __tracebackhide__ = True
         where = os.path.abspath(os.fspath(state_dir))
+        if protocol not in ("full", "ack"):
+            raise ValueError(f"lifecycle.subprocess: protocol must be 'full' or 'ack', not {protocol!r}")
+        minimal = protocol == "ack"
         if (cmd is None) == (target is None):
             raise ValueError("lifecycle.subprocess: pass either cmd=[...] or target='module:main'")
-        if cmd is not None and restart_cmd is None:
+        if cmd is not None and restart_cmd is None and not minimal:
             raise ValueError(
                 "lifecycle.subprocess: pass restart_cmd=[...], a command that loads the state and exits printing "
                 "'DONE <digest>' (e.g. the same command with zero steps)"
             )
-        if target is not None and restart_argv is None:
+        if target is not None and restart_argv is None and not minimal:
             raise ValueError(
                 "lifecycle.subprocess: pass restart_argv=[...] (loads the state, prints 'DONE <digest>')"
             )
@@ -403,8 +417,13 @@ class Lifecycle:
                 first = acked.get(ack.id)
                 if first is not None and first != run:
                     report.violations.append(
-                        f"acknowledged work lost: ACK {ack.id} was printed by run #{first}, and again by run #{run} "
-                        "after a restart, so the state the restart loaded did not contain it"
+                        f"ids must be unique; id {ack.id} was acknowledged twice, by run #{first} and again by "
+                        f"run #{run} after a restart: the state that restart loaded did not hold the work "
+                        f"acknowledged as {ack.id} (lost), or the app hands out ids that are not unique"
+                    )
+                elif first is not None:
+                    report.violations.append(
+                        f"ids must be unique; id {ack.id} was acknowledged twice within run #{run}"
                     )
                 acked.setdefault(ack.id, run)
 
@@ -412,13 +431,23 @@ class Lifecycle:
         try:
             if sigterm:
                 run += 1
-                self._sigterm(start, run, report, take, term_after_acks, term_wait, grace, startup_timeout)
+                self._sigterm(
+                    start, run, report, take, term_after_acks, term_wait, grace, startup_timeout, minimal
+                )
             for _ in range(kills):
                 if report.violations:
                     break
                 run += 1
-                self._kill_once(start, run, report, take, rng.uniform(*kill_window), startup_timeout)
-            if not report.violations:
+                self._kill_once(start, run, report, take, rng.uniform(*kill_window), startup_timeout, minimal)
+            if not report.violations and minimal:
+                if verify is not None:
+                    try:
+                        verify(where, list(report.ack_log))
+                    except AssertionError as err:
+                        report.violations.append(
+                            f"verify() rejected the state after {report.kills} kills: {err}"
+                        )
+            elif not report.violations:
                 child = start(restart=True)
                 code, lines = self._drain(child, startup_timeout)
                 report.runs += 1
@@ -478,8 +507,10 @@ class Lifecycle:
         return code, lines
 
     @staticmethod
-    def _until_ready(child: _Child, timeout: float, lines: list[str]) -> float | None:
+    def _until_ready(child: _Child, timeout: float, lines: list[str], minimal: bool = False) -> float | None:
         """Wait for READY; returns seconds taken, or None if the child ended or timed out."""
+        if minimal:
+            return 0.0  # ACK-only apps announce nothing: time from the start
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             line = child.line(0.05)
@@ -504,11 +535,12 @@ class Lifecycle:
         wait: float,
         grace: float,
         timeout: float,
+        minimal: bool = False,
     ) -> None:
         child = start()
         report.runs += 1
         lines: list[str] = []
-        if self._until_ready(child, timeout, lines) is None:
+        if self._until_ready(child, timeout, lines, minimal) is None:
             _, rest = self._drain(child, 10)
             report.violations.append(f"run #{run} never printed READY" + _tail(lines + rest, child))
             return
@@ -536,6 +568,8 @@ class Lifecycle:
             rest.append(line)
         lines += rest
         take(run, lines)
+        if minimal:
+            return  # ACK-only: ending within the grace period is all SIGTERM asks
         saved = [ln for ln in lines if ln.startswith("SAVED")]
         if not saved:
             report.violations.append(
@@ -564,11 +598,12 @@ class Lifecycle:
         take: Callable[[int, list[str]], None],
         delay: float,
         timeout: float,
+        minimal: bool = False,
     ) -> None:
         child = start()
         report.runs += 1
         lines: list[str] = []
-        ready = self._until_ready(child, timeout, lines)
+        ready = self._until_ready(child, timeout, lines, minimal)
         if ready is None:
             _, rest = self._drain(child, 10)
             report.violations.append(

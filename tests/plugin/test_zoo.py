@@ -46,7 +46,7 @@ CASES = {
     "test_nonces[CounterNonceVault]": ("bug", "nonce reuse:"),
     "test_lifecycle_subprocess[good]": ("ok", ""),
     "test_lifecycle_subprocess[no-save-on-term]": ("bug", "lifecycle.subprocess: SIGTERM"),
-    "test_lifecycle_subprocess[ack-before-durable]": ("bug", "lifecycle.subprocess: acknowledged work lost"),
+    "test_lifecycle_subprocess[ack-before-durable]": ("bug", "lifecycle.subprocess: ids must be unique; id"),
     "test_lifecycle_in_process[Wallet]": ("ok", ""),
     "test_lifecycle_in_process[ForgetfulWallet]": ("bug", "lifecycle:"),
     "TestWalletMachine::runTest": ("ok", ""),

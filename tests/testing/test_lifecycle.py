@@ -70,3 +70,63 @@ def test_arguments_are_validated(tmp_path):
         lc.subprocess(state_dir=tmp_path)
     with pytest.raises(ValueError, match="pass restart_cmd"):
         lc.subprocess(["true"], state_dir=tmp_path)
+
+
+ACK_ONLY_APP = r"""
+import os, sys, time
+state = sys.argv[1]
+path = os.path.join(state, "next")
+n = int(open(path).read()) if os.path.exists(path) else 0
+while True:
+    n += 1
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(n)); f.flush(); os.fsync(f.fileno())
+    os.replace(tmp, path)
+    print(f"ACK {n}", flush=True)   # only after the id is durable
+    time.sleep(0.002)
+"""
+
+CARELESS_APP = ACK_ONLY_APP.replace(
+    '    print(f"ACK {n}", flush=True)   # only after the id is durable\n', ""
+).replace(
+    "    n += 1\n",
+    '    n += 1\n    print(f"ACK {n}", flush=True)   # acknowledged before it is durable\n    time.sleep(0.01)\n',
+)
+
+
+def test_an_app_that_prints_only_ack_lines_is_testable(tmp_path):
+    import sys
+
+    from persistkit.testing.lifecycle import Lifecycle
+    from persistkit.testing.report import Recorder
+
+    app = tmp_path / "app.py"
+    app.write_text(ACK_ONLY_APP)
+    state = tmp_path / "state"
+    state.mkdir()
+    lc = Lifecycle(tmp_path, kills=8, seed=3, recorder=Recorder())
+    report = lc.subprocess(
+        [sys.executable, str(app), "{state_dir}"], state_dir=state, protocol="ack", kill_window=(0.05, 0.2)
+    )
+    assert report.kills == 8 and report.acks > 8 and report.violations == []
+
+
+def test_an_ack_only_app_that_acknowledges_too_early_is_caught(tmp_path):
+    import sys
+
+    from persistkit.testing.lifecycle import Lifecycle
+    from persistkit.testing.report import Recorder
+
+    app = tmp_path / "app.py"
+    app.write_text(CARELESS_APP)
+    state = tmp_path / "state"
+    state.mkdir()
+    lc = Lifecycle(tmp_path, kills=30, seed=3, recorder=Recorder())
+    with pytest.raises(AssertionError, match=r"ids must be unique; id \d+ was acknowledged twice"):
+        lc.subprocess(
+            [sys.executable, str(app), "{state_dir}"],
+            state_dir=state,
+            protocol="ack",
+            kill_window=(0.05, 0.3),
+        )
