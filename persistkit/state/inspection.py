@@ -250,7 +250,8 @@ def _describe_generation(root: str, name: str, n: int, status: GenStatus) -> Gen
             if not header.encrypted:  # a plain manifest says where each journal starts
                 manifest = tree.decode(envelope.open_envelope(data, source=mpath).payload, source=mpath)
                 if isinstance(manifest, dict):
-                    for log, entry in dict(manifest.get("journals") or {}).items():
+                    listed = manifest.get("journals")
+                    for log, entry in (listed if isinstance(listed, dict) else {}).items():
                         if isinstance(entry, dict) and type(entry.get("first_seq")) is int:
                             first_seqs[str(log)] = entry["first_seq"]
         except (OSError, PersistkitError) as err:
