@@ -368,6 +368,19 @@ def _verify_generation(
             checked.torn_bytes,
             checked.problem,
         )
+    described = {j.name for j in gen.journals}
+    for log, entry in journals.items():
+        if log not in described:  # every checkpoint creates the journals its manifest lists
+            gen.journals.append(
+                JournalInfo(
+                    log,
+                    entry["file"],
+                    0,
+                    first_seq=entry["first_seq"],
+                    problem="missing, though the generation manifest lists it: the appends "
+                    "acknowledged after this checkpoint are gone",
+                )
+            )
 
 
 def _checksum_problem(path: str) -> str:
