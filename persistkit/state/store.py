@@ -1,7 +1,8 @@
 """StateStore: consistent checkpoints of every component of a long-running process.
 
 See ``persistkit.state.generations`` for the on-disk layout and commit
-protocol, and ``persistkit.state.journal`` for journaled appends.
+protocol, and ``persistkit.state.journal`` for journaled appends, including
+the one damage a load cannot detect: a journal cut exactly at a record boundary.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def test_store_recovers_without_restart_through_repeated_full_disk_episodes(stor
     append("a0")
     for episode in range(2):
         with use_fs(FaultFS(current_fs(), ENOSPC_WRITES)):
-            with pytest.raises(PersistIOError, match="(?i)free space"):
+            with pytest.raises(PersistIOError, match=r"(?i)free space"):
                 parts["log"].append(f"lost{episode}")
             with pytest.raises(PersistIOError):
                 parts["log"].append(f"lost{episode}-retry")  # still full: refused, not acknowledged
