@@ -368,9 +368,9 @@ def _verify_generation(
             checked.torn_bytes,
             checked.problem,
         )
-    described = {j.name for j in gen.journals}
+    on_disk = {j.name for j in gen.journals}
     for log, entry in journals.items():
-        if log not in described:  # every checkpoint creates the journals its manifest lists
+        if log not in on_disk:  # every checkpoint creates the journals its manifest lists
             gen.journals.append(
                 JournalInfo(
                     log,
