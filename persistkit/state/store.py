@@ -1059,7 +1059,7 @@ def _check_log_state(state: Any, generation: int, name: str, directory: str) -> 
     elif not isinstance(state.get("items"), (list, tuple)):
         problem = f"is {type(state.get('items')).__name__}, not a list of items"
     elif "seq" in state and (type(state["seq"]) is not int or state["seq"] < 0):
-        problem, field_name = f"is {state['seq']!r}, not a sequence number", "seq"
+        problem, field_name = f"is {gens.short_repr(state['seq'])}, not a sequence number", "seq"
     if problem:
         where = f"field {field_name!r}" if field_name else "the state"
         raise FormatError(
