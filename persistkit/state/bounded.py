@@ -7,6 +7,8 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, overload
 
+from persistkit.errors import FormatError
+
 if TYPE_CHECKING:
     from persistkit.state.store import StateStore
 
@@ -97,5 +99,19 @@ class BoundedLog:
             return {"maxlen": self.maxlen, "items": Records(self._items)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        items = state.get("items") if isinstance(state, Mapping) else None
+        if not isinstance(items, (list, tuple)):
+            raise FormatError(
+                f"BoundedLog {self._name or '(unregistered)'}: load_state_dict() needs a mapping with an "
+                f"'items' list, got {_describe(state)}. Pass what state_dict() returned.",
+                member=self._name or None,
+                field="items",
+            )
         with self._lock:
-            self._items = collections.deque(state["items"], self.maxlen)
+            self._items = collections.deque(items, self.maxlen)
+
+
+def _describe(state: object) -> str:
+    if isinstance(state, Mapping):
+        return f"'items' of type {type(state.get('items')).__name__}"
+    return f"a {type(state).__name__}"

@@ -83,6 +83,7 @@ CURRENT = "CURRENT"
 MANIFEST = "MANIFEST"
 _GEN_RE = re.compile(r"^gen-(\d{6,})$")
 _TMP_RE = re.compile(r"^gen-(\d{6,})\.(?:tmp|retired)-[0-9a-f]+$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")  # a component's name: also its file's
 
 
 def gen_name(n: int) -> str:
@@ -394,7 +395,8 @@ def check_generation(
     """The one check of a committed generation; loading raises, ``state inspect --verify`` collects.
 
     Rules: the MANIFEST opens (MAC with a key), names generation ``n`` (else rolled back or
-    moved) and this store, and is the one CURRENT committed (``manifest_digest``). Every
+    moved) and this store, is the one CURRENT committed (``manifest_digest``), and keeps to its
+    schema (``manifest_schema_problem``: a forged plain manifest is an error, never a crash). Every
     component it lists is there, matches its digest, opens as a component envelope, and names
     itself, ``n`` and the store (else spliced). ``WrongKeyError`` is always raised. Returns
     None when the manifest itself is unusable (collecting only).
@@ -422,9 +424,24 @@ def check_generation(
         return None
     if manifest_digest is not None and xxhash.xxh3_128_hexdigest(mdata) != manifest_digest:
         problems.found(mpath, "is not the one CURRENT committed (replaced)")
+    malformed = manifest_schema_problem(manifest)
+    if malformed is not None:
+        where, what = malformed
+        problems.found(
+            mpath,
+            f"field {where} {what}: a damaged or hand-edited manifest",
+            error=IntegrityError(
+                f"{mpath}: field {where} {what}, so this generation cannot be trusted (a damaged or "
+                "hand-edited manifest). persistkit falls back to an older generation if one is intact; "
+                "otherwise restore the store from a backup.",
+                path=mpath,
+                field=where,
+            ),
+        )
+        return None
     states: dict[str, tuple[int, object]] = {}
     sizes: dict[str, int] = {}
-    entries: dict[str, dict[str, Any]] = dict(manifest.get("components") or {})
+    entries: dict[str, dict[str, Any]] = dict(manifest["components"])
     for name, entry in entries.items():
         if wanted is not None and name not in wanted:
             continue
@@ -475,6 +492,59 @@ def check_generation(
     return LoadedGeneration(
         n, manifest["store"], states, dict(manifest.get("journals", {})), sizes, history, entries
     )
+
+
+def short_repr(value: object) -> str:
+    """A forged value, short enough for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _is_int(value: object, *, minimum: int = 0) -> bool:
+    return type(value) is int and value >= minimum
+
+
+def manifest_schema_problem(manifest: dict[Any, Any]) -> tuple[str, str] | None:
+    """(field, what is wrong) for the first field of a decoded MANIFEST that breaks its schema, else None.
+
+    The caller checks which generation and store the manifest names. A file name must be exactly
+    the one the entry's name gives (``<name>.pk``, ``<name>.journal``): nothing else is ever read.
+    """
+    if type(manifest.get("store")) is not str:
+        return "store", "is not a store id"
+    components = manifest.get("components")
+    if not isinstance(components, dict):
+        return "components", f"is {type(components).__name__}, not a table of components"
+    for name, entry in components.items():
+        where = f"components[{short_repr(name)}]"
+        if type(name) is not str or not NAME_RE.fullmatch(name):
+            return where, "is not a component name (letters, digits, '_', '.', '-')"
+        if not isinstance(entry, dict):
+            return where, f"is {type(entry).__name__}, not an entry"
+        if entry.get("file") != component_file(name):
+            return f"{where}.file", f"is {short_repr(entry.get('file'))}, not {component_file(name)!r}"
+        if not _is_int(entry.get("version"), minimum=1):
+            return f"{where}.version", f"is {short_repr(entry.get('version'))}, not a schema version"
+        if not _is_int(entry.get("bytes")):
+            return f"{where}.bytes", f"is {short_repr(entry.get('bytes'))}, not a size"
+        if type(entry.get("digest")) is not str:
+            return f"{where}.digest", f"is {short_repr(entry.get('digest'))}, not a digest"
+    journals = manifest.get("journals", {})
+    if not isinstance(journals, dict):
+        return "journals", f"is {type(journals).__name__}, not a table of journals"
+    for name, entry in journals.items():
+        where = f"journals[{short_repr(name)}]"
+        if type(name) is not str or not NAME_RE.fullmatch(name):
+            return where, "is not a component name (letters, digits, '_', '.', '-')"
+        if not isinstance(entry, dict):
+            return where, f"is {type(entry).__name__}, not an entry"
+        if entry.get("file") != journal_file(name):
+            return f"{where}.file", f"is {short_repr(entry.get('file'))}, not {journal_file(name)!r}"
+        if not _is_int(entry.get("first_seq")):
+            return f"{where}.first_seq", f"is {short_repr(entry.get('first_seq'))}, not a sequence number"
+        if entry.get("salt") is not None and type(entry.get("salt")) is not bytes:
+            return f"{where}.salt", f"is {type(entry.get('salt')).__name__}, not bytes"
+    return None
 
 
 def read_generation(

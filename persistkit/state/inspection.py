@@ -250,7 +250,8 @@ def _describe_generation(root: str, name: str, n: int, status: GenStatus) -> Gen
             if not header.encrypted:  # a plain manifest says where each journal starts
                 manifest = tree.decode(envelope.open_envelope(data, source=mpath).payload, source=mpath)
                 if isinstance(manifest, dict):
-                    for log, entry in dict(manifest.get("journals") or {}).items():
+                    listed = manifest.get("journals")
+                    for log, entry in (listed if isinstance(listed, dict) else {}).items():
                         if isinstance(entry, dict) and type(entry.get("first_seq")) is int:
                             first_seqs[str(log)] = entry["first_seq"]
         except (OSError, PersistkitError) as err:
@@ -367,6 +368,19 @@ def _verify_generation(
             checked.torn_bytes,
             checked.problem,
         )
+    on_disk = {j.name for j in gen.journals}
+    for log, entry in journals.items():
+        if log not in on_disk:  # every checkpoint creates the journals its manifest lists
+            gen.journals.append(
+                JournalInfo(
+                    log,
+                    entry["file"],
+                    0,
+                    first_seq=entry["first_seq"],
+                    problem="missing, though the generation manifest lists it: the appends "
+                    "acknowledged after this checkpoint are gone",
+                )
+            )
 
 
 def _checksum_problem(path: str) -> str:

@@ -19,7 +19,18 @@ record at the end of the file is a torn append that was never acknowledged,
 and is dropped and reported; a last record that is on disk in full but fails
 its checksum (or is out of sequence) is damage, reported loudly; a bad record
 followed by good ones is damage to acknowledged data and raises
-``IntegrityError``.
+``IntegrityError``. A journal that the generation's manifest lists but that is
+missing raises ``IntegrityError`` too (every checkpoint creates its journals).
+
+Limitation: a journal cut exactly at a record boundary, down to 0 bytes, is
+indistinguishable from one that took fewer appends, so the appends after the
+cut are lost without a report. Nothing outside the journal changes when an
+append is acknowledged, so detecting it would need extra metadata written per
+append (or, for the 0-byte case only, a journal header: a format change for
+every journal reader, including ``pk.inspect``'s content sniffing). Such a cut
+does not come from a crash (an append that never finished leaves a torn, short
+record, which is reported); it takes a tool that truncates the file. Keep
+backups of the store if that is in your threat model.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """StateStore: consistent checkpoints of every component of a long-running process.
 
 See ``persistkit.state.generations`` for the on-disk layout and commit
-protocol, and ``persistkit.state.journal`` for journaled appends.
+protocol, and ``persistkit.state.journal`` for journaled appends, including
+the one damage a load cannot detect: a journal cut exactly at a record boundary.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import contextlib
 import logging
 import os
 import random
-import re
 import threading
 import time
 import warnings
@@ -43,7 +43,7 @@ __all__ = ["Checkpoint", "ComponentReport", "LoadReport", "Persistent", "StateSt
 
 log = logging.getLogger("persistkit")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+_NAME_RE = gens.NAME_RE
 STORE_FILE = "STORE"
 
 
@@ -242,7 +242,7 @@ class StateStore:
         validate: Callable[[Any], Any] | None = None,
     ) -> Any:
         """Register ``component`` under ``name``; returns the component."""
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             raise ValueError(f"component name {name!r} must be letters, digits, '_', '.', '-' (max 100)")
         if name in self._components:
             raise ValueError(f"component {name!r} is already registered")
@@ -556,6 +556,8 @@ class StateStore:
                         f"{problem}",
                         member=name,
                     )
+            if reg.is_log:
+                _check_log_state(state, loaded.generation, name, self.directory)
             rep = ComponentReport(
                 name, "recovered" if recovered else status, loaded.generation, stored_version, reg.version
             )
@@ -568,7 +570,9 @@ class StateStore:
             state = prepared[name][0]
             first = state.get("seq", 0) if isinstance(state, dict) else 0
             try:
-                replays[name] = self._read_journals(name, loaded.generation, first)
+                replays[name] = self._read_journals(
+                    name, loaded.generation, first, listed=name in loaded.journals
+                )
             except PersistkitError as err:
                 raise _JournalDamaged(err) from err
         damage: list[str] = []
@@ -609,11 +613,12 @@ class StateStore:
             unregistered=unregistered,
         )
 
-    def _read_journals(self, name: str, generation: int, first: int) -> _Replay:
+    def _read_journals(self, name: str, generation: int, first: int, *, listed: bool) -> _Replay:
         """Replay the journal after ``generation`` and, after a fallback, every later one that chains on.
 
         Damage before the last record of the first journal raises: the appends after it were
-        acknowledged, and no older generation holds them.
+        acknowledged, and no older generation holds them. So does a missing first journal that
+        the generation's manifest lists (``listed``): every checkpoint creates its journals.
         """
         replay = _Replay()
         seq = first
@@ -623,6 +628,17 @@ class StateStore:
             path = gens.find_journal(self.directory, n, name)
             n += 1
             if path is None:
+                if n - 1 == generation and listed:
+                    missing = os.path.join(self.directory, gens.gen_name(generation), gens.journal_file(name))
+                    raise IntegrityError(
+                        f"{missing}: the journal of {name!r} is missing, though {gens.gen_name(generation)}"
+                        f"/{gens.MANIFEST} lists it (every checkpoint creates its journals): the appends "
+                        "acknowledged after that checkpoint are gone. Restore the file from a backup; to "
+                        "accept losing them, create an empty file at that path and load again.",
+                        path=missing,
+                        member=name,
+                        field=f"journals[{name!r}]",
+                    )
                 continue
             cipher = self._journal_cipher(name, n - 1)
             if n - 1 == generation:
@@ -1031,6 +1047,29 @@ class StateStore:
                 "journal_records": {n: w.records for n, w in self._writers.items()},
                 "last_error": repr(self.last_error) if self.last_error else None,
             }
+
+
+def _check_log_state(state: Any, generation: int, name: str, directory: str) -> None:
+    """What a ``BoundedLog`` gets on load: ``{"items": list, "seq": int >= 0, ...}``; else FormatError."""
+    path = os.path.join(directory, gens.gen_name(generation), gens.component_file(name))
+    problem = ""
+    field_name = "items"
+    if not isinstance(state, Mapping):
+        problem, field_name = f"is {type(state).__name__}, not a table", ""
+    elif not isinstance(state.get("items"), (list, tuple)):
+        problem = f"is {type(state.get('items')).__name__}, not a list of items"
+    elif "seq" in state and (type(state["seq"]) is not int or state["seq"] < 0):
+        problem, field_name = f"is {gens.short_repr(state['seq'])}, not a sequence number", "seq"
+    if problem:
+        where = f"field {field_name!r}" if field_name else "the state"
+        raise FormatError(
+            f"{path}: {where} of BoundedLog {name!r} {problem}: a damaged or hand-edited checkpoint. "
+            "persistkit falls back to an older generation if one is intact; otherwise restore the "
+            "store from a backup.",
+            path=path,
+            member=name,
+            field=field_name or None,
+        )
 
 
 def _has_state_api(component: Any) -> bool:

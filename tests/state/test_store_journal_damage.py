@@ -124,3 +124,26 @@ def test_a_writer_keeps_a_copy_of_a_journal_with_a_damaged_last_record(store_dir
 def open_bytes(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+def test_a_missing_journal_that_the_manifest_lists_is_an_error_and_nothing_is_committed(store_dir):
+    """Fuzz finding T1: `delete gen-N/log.journal` silently lost every append after gen-N."""
+    journal = store_with_journal(store_dir)
+    journal.unlink()
+    before = snapshot(store_dir)
+    for readonly in (True, False):
+        with pytest.raises(IntegrityError) as caught:
+            open_store(store_dir, readonly=readonly)
+        assert caught.value.path == str(journal) and caught.value.member == "log"
+        assert str(journal) in str(caught.value) and "missing" in str(caught.value)
+        assert "create an empty file" in str(caught.value)
+        assert snapshot(store_dir) == before  # no quarantine, no checkpoint over the lost appends
+
+    problems = inspect_store(store_dir, verify=True).problems
+    assert any("log.journal" in p and "missing" in p for p in problems), problems
+
+    # The advice works: an empty journal accepts the loss, and the checkpoint loads.
+    journal.write_bytes(b"")
+    _, parts, report = open_store(store_dir, readonly=True)
+    assert list(parts["log"]) == [] and parts["counter"].value == 2
+    assert gens.gen_name(report.generation) == journal.parent.name and not report.recovered
