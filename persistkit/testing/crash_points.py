@@ -241,13 +241,7 @@ class CrashPoints:
         if model not in ("process", "power-loss"):
             raise ValueError(f"model must be 'process' or 'power-loss', not {model!r}")
         observer = choose(observe)
-        top = os.path.abspath(os.fspath(root)) if root is not None else self.root
-        os.makedirs(top, exist_ok=True)
-        start = time.perf_counter()
-        initial = Snapshot.take(top)
-        expected_before = outcome(load) if before is None else Outcome(value=before)
-        if Snapshot.take(top).fingerprint() != initial.fingerprint():
-            initial.materialize(top)  # the load tidied up; the save starts from the real initial state
+        top, start, initial, expected_before = self._begin(root, load, before)
         _, error, obs = observe_save(save, top, observer)
         if error is not None:
             raise error
@@ -276,13 +270,7 @@ class CrashPoints:
         if model not in ("process", "power-loss"):
             raise ValueError(f"model must be 'process' or 'power-loss', not {model!r}")
         choose("syscalls")
-        top = os.path.abspath(os.fspath(root)) if root is not None else self.root
-        os.makedirs(top, exist_ok=True)
-        start = time.perf_counter()
-        initial = Snapshot.take(top)
-        expected_before = outcome(load) if before is None else Outcome(value=before)
-        if Snapshot.take(top).fingerprint() != initial.fingerprint():
-            initial.materialize(top)
+        top, start, initial, expected_before = self._begin(root, load, before)
         code, stderr, obs = observe_command(
             cmd, top, cwd=os.fspath(cwd) if cwd is not None else None, env=env, timeout=timeout
         )
@@ -292,6 +280,19 @@ class CrashPoints:
                 f"no completed save to judge. Its stderr ends:\n{stderr[-2000:]}"
             )
         return self._judge(obs, initial, load, expected_before, after, model, max_states, top, start)
+
+    def _begin(
+        self, root: str | os.PathLike[str] | None, load: Callable[[], Any], before: Any
+    ) -> tuple[str, float, Snapshot, Outcome]:
+        """The directory, the start time, its initial snapshot and what load() returns before the save."""
+        top = os.path.abspath(os.fspath(root)) if root is not None else self.root
+        os.makedirs(top, exist_ok=True)
+        start = time.perf_counter()
+        initial = Snapshot.take(top)
+        expected_before = outcome(load) if before is None else Outcome(value=before)
+        if Snapshot.take(top).fingerprint() != initial.fingerprint():
+            initial.materialize(top)  # the load tidied up; the save starts from the real initial state
+        return top, start, initial, expected_before
 
     def _judge(
         self,

@@ -439,31 +439,20 @@ class Lifecycle:
                     break
                 run += 1
                 self._kill_once(start, run, report, take, rng.uniform(*kill_window), startup_timeout, minimal)
-            if not report.violations and minimal:
-                if verify is not None:
-                    try:
-                        verify(where, list(report.ack_log))
-                    except AssertionError as err:
-                        report.violations.append(
-                            f"verify() rejected the state after {report.kills} kills: {err}"
-                        )
-            elif not report.violations:
+            if not report.violations and not minimal:
                 child = start(restart=True)
                 code, lines = self._drain(child, startup_timeout)
                 report.runs += 1
-                done = [ln for ln in lines if ln.startswith("DONE")]
-                if code != 0 or not done:
+                if code != 0 or not any(ln.startswith("DONE") for ln in lines):
                     report.violations.append(
                         f"the final restart failed after {report.kills} kills: exit {code}, no DONE line"
                         + _tail(lines, child)
                     )
-                elif verify is not None:
-                    try:
-                        verify(where, list(report.ack_log))
-                    except AssertionError as err:
-                        report.violations.append(
-                            f"verify() rejected the state after {report.kills} kills: {err}"
-                        )
+            if not report.violations and verify is not None:
+                try:
+                    verify(where, list(report.ack_log))
+                except AssertionError as err:
+                    report.violations.append(f"verify() rejected the state after {report.kills} kills: {err}")
         finally:
             self.recorder.add_run(
                 "lifecycle.subprocess",

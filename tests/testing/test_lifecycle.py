@@ -95,38 +95,27 @@ CARELESS_APP = ACK_ONLY_APP.replace(
 )
 
 
-def test_an_app_that_prints_only_ack_lines_is_testable(tmp_path):
+def _ack_storm(tmp_path, source, kills):
     import sys
 
     from persistkit.testing.lifecycle import Lifecycle
     from persistkit.testing.report import Recorder
 
     app = tmp_path / "app.py"
-    app.write_text(ACK_ONLY_APP)
+    app.write_text(source)
     state = tmp_path / "state"
     state.mkdir()
-    lc = Lifecycle(tmp_path, kills=8, seed=3, recorder=Recorder())
-    report = lc.subprocess(
-        [sys.executable, str(app), "{state_dir}"], state_dir=state, protocol="ack", kill_window=(0.05, 0.2)
+    lc = Lifecycle(tmp_path, kills=kills, seed=3, recorder=Recorder())
+    return lc.subprocess(
+        [sys.executable, str(app), "{state_dir}"], state_dir=state, protocol="ack", kill_window=(0.05, 0.3)
     )
+
+
+def test_an_app_that_prints_only_ack_lines_is_testable(tmp_path):
+    report = _ack_storm(tmp_path, ACK_ONLY_APP, kills=8)
     assert report.kills == 8 and report.acks > 8 and report.violations == []
 
 
 def test_an_ack_only_app_that_acknowledges_too_early_is_caught(tmp_path):
-    import sys
-
-    from persistkit.testing.lifecycle import Lifecycle
-    from persistkit.testing.report import Recorder
-
-    app = tmp_path / "app.py"
-    app.write_text(CARELESS_APP)
-    state = tmp_path / "state"
-    state.mkdir()
-    lc = Lifecycle(tmp_path, kills=30, seed=3, recorder=Recorder())
     with pytest.raises(AssertionError, match=r"ids must be unique; id \d+ was acknowledged twice"):
-        lc.subprocess(
-            [sys.executable, str(app), "{state_dir}"],
-            state_dir=state,
-            protocol="ack",
-            kill_window=(0.05, 0.3),
-        )
+        _ack_storm(tmp_path, CARELESS_APP, kills=30)
