@@ -225,6 +225,7 @@ class CrashPoints:
         root: str | os.PathLike[str] | None = None,
         max_states: int | None = None,
         observe: str | None = None,
+        allow_outside: Sequence[str] = (),
     ) -> CrashReport:
         """Enumerate the crash states of ``save()`` and ``load()`` each one.
 
@@ -234,6 +235,7 @@ class CrashPoints:
         ``load()`` once the save has returned). ``root``: the directory the save writes
         under (default: the test's ``tmp_path``). ``max_states`` caps the enumeration.
         ``observe``: "auto" (default, or ``--persistkit-observe``), "syscalls" or "python".
+        ``allow_outside``: glob patterns of files outside ``root`` the save may change unjudged.
         Raises AssertionError naming the first violating state and the operation log, or
         ``NotJudgeable`` (an AssertionError) when the observer did not see the whole save.
         """
@@ -245,7 +247,9 @@ class CrashPoints:
         _, error, obs = observe_save(save, top, observer)
         if error is not None:
             raise error
-        return self._judge(obs, initial, load, expected_before, after, model, max_states, top, start)
+        return self._judge(
+            obs, initial, load, expected_before, after, model, max_states, top, start, allow_outside
+        )
 
     def subprocess(
         self,
@@ -260,6 +264,7 @@ class CrashPoints:
         env: dict[str, str] | None = None,
         timeout: float = 120.0,
         max_states: int | None = None,
+        allow_outside: Sequence[str] = (),
     ) -> CrashReport:
         """Run any program ``cmd`` (Python or not) under strace as the save, then judge it.
 
@@ -279,7 +284,9 @@ class CrashPoints:
                 f"crash_points.subprocess: {list(cmd)} exited with status {code} without a crash, so there is "
                 f"no completed save to judge. Its stderr ends:\n{stderr[-2000:]}"
             )
-        return self._judge(obs, initial, load, expected_before, after, model, max_states, top, start)
+        return self._judge(
+            obs, initial, load, expected_before, after, model, max_states, top, start, allow_outside
+        )
 
     def _begin(
         self, root: str | os.PathLike[str] | None, load: Callable[[], Any], before: Any
@@ -305,11 +312,12 @@ class CrashPoints:
         max_states: int | None,
         top: str,
         start: float,
+        allow_outside: Sequence[str] = (),
     ) -> CrashReport:
         __tracebackhide__ = True
         final = Snapshot.take(top)
         sim = CrashSimulator(initial, obs.ops)
-        check_explained("crash_points", obs, initial, final, sim)
+        check_explained("crash_points", obs, initial, final, sim, allow_outside=allow_outside)
         expected_after = outcome(load) if after is UNSET else Outcome(value=after)
         if expected_after.error is not None and after is UNSET:
             raise AssertionError(

@@ -181,6 +181,7 @@ class DiskFaults:
         observe: str | None = None,
         timeout: float | None = 60.0,
         after_retry: Callable[[Any], bool] | None = None,
+        allow_outside: Sequence[str] = (),
     ) -> FaultReport:
         """Inject each fault in turn; raise AssertionError describing the first bad case.
 
@@ -217,7 +218,7 @@ class DiskFaults:
         top = os.path.abspath(os.fspath(root)) if root is not None else self.root
         os.makedirs(top, exist_ok=True)
         case_save = _Bound(save, setup, teardown)
-        plan = _Plan(self, case_save, load, top, litter, timeout, after_retry)
+        plan = _Plan(self, case_save, load, top, litter, timeout, after_retry, allow_outside=allow_outside)
         return plan.run(codes, mode_list, max_operations, rotate_errnos, observer)
 
     def subprocess(
@@ -338,6 +339,7 @@ class _Plan:
     timeout: float | None
     after_retry: Callable[[Any], bool] | None
     command: _Command | None = None
+    allow_outside: Sequence[str] = ()
     observer: str = "python"
     dry: Observation | None = None
     points: list[FaultPoint] = field(default_factory=list)
@@ -421,7 +423,9 @@ class _Plan:
         if error is not None:
             raise AssertionError(f"disk_faults: save() fails even without faults: {error}") from error
         sim = CrashSimulator(before, obs.ops)
-        check_explained("disk_faults", obs, before, Snapshot.take(self.top), sim)
+        check_explained(
+            "disk_faults", obs, before, Snapshot.take(self.top), sim, allow_outside=self.allow_outside
+        )
         self.dry = obs
         self.points = obs.points
         targets: list[int] = []

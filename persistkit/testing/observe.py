@@ -20,6 +20,7 @@ is only ever given on what was observed.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -221,19 +222,31 @@ def observe_command(
 
 
 def check_explained(
-    fixture: str, obs: Observation, before: Snapshot, after: Snapshot, sim: CrashSimulator
+    fixture: str,
+    obs: Observation,
+    before: Snapshot,
+    after: Snapshot,
+    sim: CrashSimulator,
+    *,
+    allow_outside: Sequence[str] = (),
 ) -> None:
-    """Raise NotJudgeable unless the observed operations reproduce ``after`` from ``before``."""
+    """Raise NotJudgeable unless the observed operations reproduce ``after`` from ``before``.
+
+    ``allow_outside``: glob patterns of paths outside the root that may change without being
+    judged (a log file the test process writes, say).
+    """
     root = before.root
     problems: list[str] = []
     problems += [f"cannot be judged: {b}" for b in obs.blind]
     problems += [f"not modelled: {u}" for u in sim.unmodelled]
-    if obs.outside:
+    outside = [p for p in obs.outside if not any(fnmatch.fnmatch(p, pat) for pat in allow_outside)]
+    if outside:
         problems.append(
             "save() also changed files outside the directory under test, which this fixture cannot judge: "
-            + ", ".join(obs.outside[:8])
-            + (" ..." if len(obs.outside) > 8 else "")
-            + f". Point root= at a directory that holds everything the save writes (now {root})."
+            + ", ".join(outside[:8])
+            + (" ..." if len(outside) > 8 else "")
+            + f". Point root= at a directory that holds everything the save writes (now {root}), or, for "
+            "files that are not part of the saved state (a log), pass allow_outside=['/path/*.log']."
         )
     diff = [] if problems else _unexplained(sim, after)
     if diff:

@@ -201,3 +201,29 @@ def test_the_mapper_reports_a_shared_writable_mapping_under_the_root(tmp_path):
 
 def _hex(text):
     return "".join(f"\\x{b:02x}" for b in text.encode())
+
+
+def test_writes_outside_the_root_get_no_verdict_unless_allowed(cp, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    log = tmp_path / "app.log"
+    target = root / "v.txt"
+    target.write_text("1")
+    cp = CrashPoints(root, recorder=Recorder())
+
+    def save():
+        with open(log, "a") as f:
+            f.write("saving\n")
+        tmp = root / "v.tmp"
+        with open(tmp, "w") as f:
+            f.write("2")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        fsync_dir(root)
+
+    with pytest.raises(NotJudgeable, match=r"outside the directory under test.*app\.log"):
+        cp(save, target.read_text, observe="syscalls")
+    target.write_text("1")
+    report = cp(save, target.read_text, observe="syscalls", allow_outside=[str(tmp_path / "*.log")])
+    assert report.violations == []
