@@ -13,6 +13,10 @@ asks for it. Fixtures:
 ``lifecycle``       startup/operate/shutdown/restart; ``.subprocess(...)`` with SIGTERM/SIGKILL
 ==================  =====================================================================
 
+Under Hypothesis' ``@given``, these function-scoped fixtures are reused across examples
+(each call starts from the directory as it is): add
+``@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])``.
+
 Marker: ``@pytest.mark.persist_budget(max_bytes=..., max_save_seconds=...)``.
 Options: ``--persistkit-report``, ``--persistkit-report-json=FILE``,
 ``--persistkit-seed``, ``--persistkit-kills``, ``--persistkit-samples``,

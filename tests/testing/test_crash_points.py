@@ -170,3 +170,29 @@ def test_max_states_samples_across_the_whole_save(tmp_path):
     assert full.states > 7 and few.states == 7 and few.sampled and not full.sampled
     # the sample reaches the end of the save: the state after the rename loads the new bytes
     assert few.new_states >= 1 and few.old_states >= 1
+
+
+def test_crash_points_works_under_given(pytester):
+    """Function-scoped fixtures under @given: suppress the health check, as the plugin docstring says."""
+    pytester.makepyfile(
+        """
+        import json, os
+        from hypothesis import HealthCheck, given, settings, strategies as st
+
+        def save(path, value):
+            tmp = str(path) + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(value, f); f.flush(); os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fd = os.open(os.path.dirname(path), os.O_RDONLY); os.fsync(fd); os.close(fd)
+
+        @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @given(st.integers())
+        def test_any_value(crash_points, tmp_path, n):
+            path = tmp_path / "v.json"
+            save(path, {"n": 0})
+            crash_points(lambda: save(path, {"n": n}), lambda: json.load(open(path)))
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore::ResourceWarning")
+    result.assert_outcomes(passed=1)
