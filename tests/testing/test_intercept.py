@@ -151,3 +151,39 @@ def test_a_reused_descriptor_is_not_mistaken_for_the_tracked_file(tmp_path, fd_g
             os.close(other)
             os.unlink(tmp_path.parent / "elsewhere-intercept-test")
     assert [op.kind for op in rec.ops] == ["create"]
+
+
+def test_os_functions_captured_under_another_name_are_recorded_too(tmp_path, fd_guard, monkeypatch):
+    # atomicwrites does `_proper_fsync = os.fsync` at import; an fsync the observer does not see
+    # would become a false power-loss violation, so module-level aliases are patched as well.
+    import sys
+    import types
+
+    lib = types.ModuleType("fake_captures_fsync")
+    lib.proper_fsync = os.fsync
+    lib.rename = os.rename
+    monkeypatch.setitem(sys.modules, lib.__name__, lib)
+
+    def save():
+        with open(tmp_path / "tmp", "w") as f:
+            f.write("new")
+            f.flush()
+            lib.proper_fsync(f.fileno())
+        lib.rename(tmp_path / "tmp", tmp_path / "f")
+
+    assert record(tmp_path, save) == ["#0 create tmp", "#1 write tmp [0:3]", "#2 fsync tmp", "#3 close tmp", "#4 replace tmp -> f"]
+    assert lib.proper_fsync is os.fsync  # restored afterwards
+
+
+def test_open_with_an_opener_under_the_root_records_its_writes(tmp_path, fd_guard):
+    # tempfile.NamedTemporaryFile opens with io.open(name, opener=...): its writes must be seen.
+    def save():
+        with tempfile.NamedTemporaryFile("w", dir=tmp_path, delete=False) as f:
+            f.write("new")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(f.name, tmp_path / "f")
+
+    ops = record(tmp_path, save)
+    assert [op.split(" ")[1] for op in ops] == ["create", "write", "fsync", "close", "replace"], ops
+    assert (tmp_path / "f").read_text() == "new"
