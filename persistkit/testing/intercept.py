@@ -612,13 +612,18 @@ class Interceptor:
             fd = self._open_fd(p, _flags_for(mode), 0o666)
             closefd = True
         raw = RecordedFile(self, fd, mode, name=file, closefd=closefd)
-        if "b" in mode:
-            if "a" in mode:
-                raw.seek(0, os.SEEK_END)
+        if "b" in mode and "a" in mode:
+            raw.seek(0, os.SEEK_END)
+        if "b" in mode and buffering == 0:
             return raw
+        # Buffered like the real open() (code checks isinstance(f, io.BufferedWriter): SB3's
+        # save_to_zip_file refuses anything else), so writes are recorded as flushed.
+        size = buffering if buffering > 1 else io.DEFAULT_BUFFER_SIZE
         buffered: io.BufferedRandom | io.BufferedWriter = (
-            io.BufferedRandom(raw) if "+" in mode else io.BufferedWriter(raw)
+            io.BufferedRandom(raw, size) if "+" in mode else io.BufferedWriter(raw, size)
         )
+        if "b" in mode:
+            return buffered
         text = io.TextIOWrapper(
             buffered, encoding=io.text_encoding(encoding), errors=errors, newline=newline, write_through=False
         )

@@ -187,3 +187,39 @@ def test_open_with_an_opener_under_the_root_records_its_writes(tmp_path, fd_guar
     ops = record(tmp_path, save)
     assert [op.split(" ")[1] for op in ops] == ["create", "write", "fsync", "close", "replace"], ops
     assert (tmp_path / "f").read_text() == "new"
+
+
+def test_binary_opens_are_buffered_like_the_real_open(tmp_path, fd_guard):
+    # stable-baselines3's save_to_zip_file refuses a file that is not an io.BufferedWriter/
+    # BufferedRandom; the observer must not change what open() returns, or the save breaks.
+    import io
+
+    kinds = {}
+
+    def save():
+        with open(tmp_path / "a", "wb") as f:
+            kinds["wb"] = f
+            f.write(b"ab")
+            f.write(b"cd")
+        with open(tmp_path / "a", "r+b") as f:
+            kinds["r+b"] = f
+            f.write(b"x")
+        with open(tmp_path / "b", "wb", buffering=0) as f:
+            kinds["raw"] = f
+            f.write(b"y")
+
+    ops = record(tmp_path, save)
+    assert isinstance(kinds["wb"], io.BufferedWriter) and isinstance(kinds["r+b"], io.BufferedRandom)
+    assert not isinstance(kinds["raw"], io.BufferedIOBase)
+    assert ops == [
+        "#0 create a",
+        "#1 write a [0:4]",
+        "#2 close a",
+        "#3 open_existing a",
+        "#4 write a [0:1]",
+        "#5 close a",
+        "#6 create b",
+        "#7 write b [0:1]",
+        "#8 close b",
+    ], ops
+    assert (tmp_path / "a").read_bytes() == b"xbcd"
