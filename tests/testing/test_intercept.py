@@ -171,7 +171,13 @@ def test_os_functions_captured_under_another_name_are_recorded_too(tmp_path, fd_
             lib.proper_fsync(f.fileno())
         lib.rename(tmp_path / "tmp", tmp_path / "f")
 
-    assert record(tmp_path, save) == ["#0 create tmp", "#1 write tmp [0:3]", "#2 fsync tmp", "#3 close tmp", "#4 replace tmp -> f"]
+    assert record(tmp_path, save) == [
+        "#0 create tmp",
+        "#1 write tmp [0:3]",
+        "#2 fsync tmp",
+        "#3 close tmp",
+        "#4 replace tmp -> f",
+    ]
     assert lib.proper_fsync is os.fsync  # restored afterwards
 
 
