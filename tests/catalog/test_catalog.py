@@ -153,11 +153,12 @@ entry(
     python_power_loss=Unjudgeable(),
 )(_sqlite("EXTRA"))
 
-# FULL (the default) omits that last directory sync. A hot journal rolls the database back, so a
-# process crash is always old-or-new; but "a transaction committed in WAL/DELETE mode with
-# synchronous=FULL might roll back following a power loss": the unlink is not durable, the
-# journal comes back, and the next open rolls the committed transaction back. The verdict must
-# name that state: after save() returned, the -journal's unlink reverted, load() gives the OLD row.
+# FULL (the default) omits that last directory sync: the pragma docs say EXTRA "provides
+# additional durability if the commit is followed closely by a power loss". A hot journal rolls
+# the database back, so a process crash is always old-or-new; but after a power loss the journal
+# unlink may not be on disk, the journal comes back, and the next open rolls the committed
+# transaction back. The verdict must name that state: after save() returned, the -journal's
+# unlink reverted, load() gives the OLD row.
 entry(
     "sqlite-FULL",
     syscalls_process=Pass(19),
@@ -173,8 +174,10 @@ entry(
 )(_sqlite("FULL"))
 
 # OFF: "SQLite continues without syncing as soon as it has handed data off to the operating
-# system"; the journal is still written and unlinked, so a process crash (the OS survives) is
-# old-or-new, but on power loss database pages can reach the disk before the journal does.
+# system. If the application running SQLite crashes, the data will be safe, but the database
+# might become corrupted if the operating system crashes or the computer loses power": the
+# journal is still written and unlinked, so a process crash is old-or-new; on power loss database
+# pages can reach the disk without the journal.
 entry(
     "sqlite-OFF",
     syscalls_process=Pass(14),
@@ -188,7 +191,7 @@ entry(
 
 # -- torch.save ----------------------------------------------------------------------------
 # torch/serialization.py: torch.save(obj, "path") opens the path itself (_open_zipfile_writer_file
-# -> torch._C.PyTorchFileWriter(name), a C++ ofstream/fopen with truncation) and writes the zip in
+# -> torch._C.PyTorchFileWriter(name) for an ASCII name: C++ opens it O_TRUNC) and writes the zip in
 # place; no temporary file, no fsync. A crash right after the truncation leaves an empty file.
 @entry(
     "torch.save",
