@@ -151,3 +151,81 @@ def test_a_reused_descriptor_is_not_mistaken_for_the_tracked_file(tmp_path, fd_g
             os.close(other)
             os.unlink(tmp_path.parent / "elsewhere-intercept-test")
     assert [op.kind for op in rec.ops] == ["create"]
+
+
+def test_os_functions_captured_under_another_name_are_recorded_too(tmp_path, fd_guard, monkeypatch):
+    # atomicwrites does `_proper_fsync = os.fsync` at import; an fsync the observer does not see
+    # would become a false power-loss violation, so module-level aliases are patched as well.
+    import sys
+    import types
+
+    lib = types.ModuleType("fake_captures_fsync")
+    lib.proper_fsync = os.fsync
+    lib.rename = os.rename
+    monkeypatch.setitem(sys.modules, lib.__name__, lib)
+
+    def save():
+        with open(tmp_path / "tmp", "w") as f:
+            f.write("new")
+            f.flush()
+            lib.proper_fsync(f.fileno())
+        lib.rename(tmp_path / "tmp", tmp_path / "f")
+
+    assert record(tmp_path, save) == [
+        "#0 create tmp",
+        "#1 write tmp [0:3]",
+        "#2 fsync tmp",
+        "#3 close tmp",
+        "#4 replace tmp -> f",
+    ]
+    assert lib.proper_fsync is os.fsync  # restored afterwards
+
+
+def test_open_with_an_opener_under_the_root_records_its_writes(tmp_path, fd_guard):
+    # tempfile.NamedTemporaryFile opens with io.open(name, opener=...): its writes must be seen.
+    def save():
+        with tempfile.NamedTemporaryFile("w", dir=tmp_path, delete=False) as f:
+            f.write("new")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(f.name, tmp_path / "f")
+
+    ops = record(tmp_path, save)
+    assert [op.split(" ")[1] for op in ops] == ["create", "write", "fsync", "close", "replace"], ops
+    assert (tmp_path / "f").read_text() == "new"
+
+
+def test_binary_opens_are_buffered_like_the_real_open(tmp_path, fd_guard):
+    # stable-baselines3's save_to_zip_file refuses a file that is not an io.BufferedWriter/
+    # BufferedRandom; the observer must not change what open() returns, or the save breaks.
+    import io
+
+    kinds = {}
+
+    def save():
+        with open(tmp_path / "a", "wb") as f:
+            kinds["wb"] = f
+            f.write(b"ab")
+            f.write(b"cd")
+        with open(tmp_path / "a", "r+b") as f:
+            kinds["r+b"] = f
+            f.write(b"x")
+        with open(tmp_path / "b", "wb", buffering=0) as f:
+            kinds["raw"] = f
+            f.write(b"y")
+
+    ops = record(tmp_path, save)
+    assert isinstance(kinds["wb"], io.BufferedWriter) and isinstance(kinds["r+b"], io.BufferedRandom)
+    assert not isinstance(kinds["raw"], io.BufferedIOBase)
+    assert ops == [
+        "#0 create a",
+        "#1 write a [0:4]",
+        "#2 close a",
+        "#3 open_existing a",
+        "#4 write a [0:1]",
+        "#5 close a",
+        "#6 create b",
+        "#7 write b [0:1]",
+        "#8 close b",
+    ], ops
+    assert (tmp_path / "a").read_bytes() == b"xbcd"
