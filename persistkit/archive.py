@@ -753,8 +753,11 @@ def _plan(zf: zipfile.ZipFile, src: Path, archive_size: int, limits: RestoreLimi
         plan.readable = False
         return plan
     spans = sorted(
-        (i.header_offset, i.header_offset + 30 + len(i.orig_filename.encode()) + i.compress_size, i)
-        for i in infos
+        (
+            (i.header_offset, i.header_offset + 30 + len(i.orig_filename.encode()) + i.compress_size, i)
+            for i in infos
+        ),
+        key=lambda span: span[:2],  # two members at one offset must not fall through to comparing ZipInfos
     )
     for (_, end_a, a), (start_b, _, b) in itertools.pairwise(spans):
         if start_b < end_a:

@@ -323,3 +323,26 @@ def test_a_flipped_data_byte_is_damage_not_an_attack(made, tmp_path):
     truncated.write_bytes(path.read_bytes()[:-30])
     with pytest.raises(IntegrityError, match="not a readable zip"):
         restore(truncated, tmp_path / "out")
+
+
+def test_two_members_at_one_offset_are_refused_not_raised(tmp_path):
+    """Found by `nox -s fuzz` (seeds 31036144, 31043295): equal spans made sorting compare ZipInfos."""
+    import struct
+    import zipfile
+
+    import persistkit as pk
+    from persistkit.errors import PersistkitError
+
+    path = tmp_path / "twins.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a.txt", b"x" * 10)
+        zf.writestr("b.txt", b"y" * 10)
+    data = bytearray(path.read_bytes())
+    first = data.find(b"PK\x01\x02")
+    second = data.find(b"PK\x01\x02", first + 4)
+    offset = struct.unpack_from("<I", data, first + 42)[0]
+    struct.pack_into("<I", data, second + 42, offset)  # b.txt's header is a.txt's
+    path.write_bytes(bytes(data))
+    with pytest.raises(PersistkitError):
+        pk.Archiver(tmp_path / "ws").restore(path, tmp_path / "out")
+    assert not pk.Archiver(tmp_path / "ws").verify(path).ok
