@@ -31,6 +31,7 @@ import contextlib
 import errno as _errno
 import hashlib
 import os
+import re
 import secrets
 import threading
 import time
@@ -45,6 +46,7 @@ __all__ = ["RemoteStore", "is_url", "remote_store", "sha256_file"]
 T = TypeVar("T")
 
 CHUNK = 8 * 2**20
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 PROBE_PREFIX = ".persistkit-probe"
 _TRANSIENT_ERRNOS = {
     _errno.EBUSY,  # s3fs: SlowDown / ServiceUnavailable (503)
@@ -73,7 +75,7 @@ _TRANSIENT_NAMES = (
 
 def is_url(root: object) -> bool:
     """True for ``s3://bucket/path`` and other fsspec URLs (not for local paths, not for ``file://``)."""
-    if not isinstance(root, str) or "://" not in root:
+    if not isinstance(root, str) or _SCHEME.match(root) is None:
         return False
     return not root.startswith("file://")
 
@@ -430,6 +432,11 @@ class RemoteStore:
     def check_conditional_writes(self) -> None:
         """Refuse a server that ignores If-None-Match / If-Match (it would silently overwrite)."""
         key = f"{PROBE_PREFIX}/{os.getpid()}-{secrets.token_hex(8)}"
+        if self.protocol not in ("s3", "s3a"):
+            raise self._unsupported(
+                "",
+                f"compare-and-swap (If-Match) is only implemented for s3:// in this version, not {self.protocol}://",
+            )
         try:
             if not self.put_new(key, b"1"):
                 raise self._unsupported(key, "a create-only PUT of a fresh random name was refused")
@@ -437,12 +444,10 @@ class RemoteStore:
                 raise self._unsupported(
                     key, "the server accepted a second create-only PUT (If-None-Match: *) of the same name"
                 )
-            if self.protocol in ("s3", "s3a"):
-                current = self.get(key)
-                if current.data != b"1":
-                    raise self._unsupported(key, "a create-only PUT overwrote an existing object")
-                if self.swap(key, b"3", '"persistkit-probe-wrong-etag"') is not None:
-                    raise self._unsupported(key, "the server accepted a PUT with a wrong If-Match etag")
+            if self.get(key).data != b"1":
+                raise self._unsupported(key, "a create-only PUT overwrote an existing object")
+            if self.swap(key, b"3", '"persistkit-probe-wrong-etag"') is not None:
+                raise self._unsupported(key, "the server accepted a PUT with a wrong If-Match etag")
         finally:
             with contextlib.suppress(PersistIOError):
                 self.delete(key)

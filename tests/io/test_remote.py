@@ -1,0 +1,149 @@
+"""RemoteStore against a real S3 server (moto's standalone server on 127.0.0.1, over HTTP)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import threading
+
+import pytest
+
+from persistkit.errors import IntegrityError, PersistIOError
+from persistkit.io.remote import RemoteStore, is_url
+
+
+@pytest.fixture
+def remote(s3_bucket):
+    server, bucket = s3_bucket
+    return RemoteStore(f"s3://{bucket}/root", storage_options=server.storage_options)
+
+
+def test_urls_are_told_from_local_paths():
+    assert is_url("s3://b/models") and is_url("gs://b/x")
+    assert not is_url("models") and not is_url("/tmp/s3://x")
+    assert not is_url("file:///tmp/models") and not is_url(42)
+
+
+def test_the_start_up_probe_passes_on_a_server_that_honours_conditions_and_leaves_nothing(s3_bucket):
+    server, bucket = s3_bucket
+    store = RemoteStore(f"s3://{bucket}/root", storage_options=server.storage_options)
+    assert store.requests == 5  # put, put again (refused), get, swap with a wrong etag (refused), delete
+    assert server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_a_server_that_ignores_if_none_match_is_refused(s3_bucket, monkeypatch):
+    """A server (or proxy) that drops the condition would silently overwrite: persistkit says so and stops."""
+    import s3fs
+
+    real = s3fs.S3FileSystem.pipe_file
+
+    def ignoring(self, path, value, mode="overwrite", **kw):
+        return real(self, path, value, **kw)  # what such a server does: overwrite
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "pipe_file", ignoring)
+    server, bucket = s3_bucket
+    with pytest.raises(PersistIOError, match="cannot keep its guarantees") as info:
+        RemoteStore(f"s3://{bucket}/root", storage_options=server.storage_options)
+    assert info.value.errno == errno.EOPNOTSUPP and "If-None-Match" in str(info.value)
+
+
+def test_a_backend_without_compare_and_swap_is_refused():
+    pytest.importorskip("fsspec")
+    with pytest.raises(PersistIOError, match="compare-and-swap"):
+        RemoteStore("memory://bucket/root")
+
+
+def test_create_only_put_gives_a_name_to_one_writer(remote):
+    assert remote.put_new("a/x", b"first") is True
+    assert remote.put_new("a/x", b"second") is False
+    assert remote.get("a/x").data == b"first"
+
+
+def test_create_only_put_is_unique_under_concurrency(remote):
+    winners = []
+
+    def race(n):
+        if remote.put_new("race", str(n).encode()):
+            winners.append(n)
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    assert remote.get("race").data == str(winners[0]).encode()
+
+
+def test_compare_and_swap(remote):
+    assert remote.swap("p", b"1", None) is not None
+    assert remote.swap("p", b"2", None) is None  # exists already
+    current = remote.get("p")
+    assert remote.swap("p", b"3", current.etag) is not None
+    assert remote.swap("p", b"4", current.etag) is None  # stale etag: someone else moved it
+    assert remote.get("p").data == b"3"
+
+
+def test_listing(remote):
+    remote.put_new("g/a", b"")
+    remote.put_new("g/b", b"")
+    remote.put_new("g/sub/c", b"")
+    assert sorted(remote.list("g")) == ["a", "b"]
+    assert remote.list_dirs("g") == ["sub"]
+    assert remote.list("nothing-here") == []
+
+
+def test_a_corrupted_object_is_detected_before_use(remote, s3_bucket, tmp_path):
+    server, bucket = s3_bucket
+    data = b"model bytes" * 100
+    remote.put_new("obj", data)
+    digest = hashlib.sha256(data).hexdigest()
+    assert remote.get_verified("obj", digest, len(data)) == data
+    flipped = bytearray(data)
+    flipped[10] ^= 1
+    server.client().put_object(Bucket=bucket, Key="root/obj", Body=bytes(flipped))
+    target = tmp_path / "copy"
+    with pytest.raises(IntegrityError, match=r"s3://.*/root/obj.*does not match") as info:
+        remote.download_verified("obj", str(target), digest, len(data))
+    assert info.value.path.endswith("/root/obj")
+    assert not target.exists()  # nothing parsed, nothing cached
+
+
+def test_a_missing_object_is_a_typed_error_naming_the_url(remote):
+    with pytest.raises(PersistIOError, match=r"s3://.*/root/nope.*No such object") as info:
+        remote.get("nope")
+    assert info.value.errno == errno.ENOENT and info.value.path.endswith("/root/nope")
+    assert remote.get_or_none("nope") is None
+
+
+def test_a_missing_bucket_is_a_typed_error_saying_so(s3_server):
+    with pytest.raises(PersistIOError, match=r"bucket 'pk-no-such-bucket' does not exist") as info:
+        RemoteStore("s3://pk-no-such-bucket/root", storage_options=s3_server.storage_options)
+    assert info.value.errno == errno.ENOENT
+
+
+def test_access_denied_and_throttling_map_to_advice(remote):
+    """The mapping itself (moto does not enforce IAM by default): an s3fs PermissionError and a 503."""
+    denied = remote.error("read", "obj", PermissionError("The provided token has expired"))
+    assert denied.errno == errno.EACCES and "expired" in str(denied) and "s3://" in str(denied)
+    slow = remote.error("read", "obj", OSError(errno.EBUSY, "SlowDown"), attempts=4)
+    assert "throttling" in str(slow) and "4 attempts" in str(slow)
+
+
+def test_an_unreachable_server_is_retried_then_a_typed_error_and_then_recovers(own_s3_server):
+    server = own_s3_server
+    bucket = server.new_bucket()
+    store = RemoteStore(
+        f"s3://{bucket}/root", storage_options=server.storage_options, retries=3, backoff=0.05
+    )
+    store.put_new("before", b"1")
+    server.stop()
+    with pytest.raises(PersistIOError, match=r"could not be reached.*3 attempts") as info:
+        store.get("before")
+    assert info.value.errno == errno.ECONNREFUSED and "s3://" in info.value.path
+    with pytest.raises(PersistIOError):
+        store.put_new("during", b"2")
+    server.start()  # same port, same objects
+    assert store.get("before").data == b"1"
+    assert store.get_or_none("during") is None  # the failed write left nothing
+    assert store.put_new("during", b"2") is True
