@@ -537,6 +537,7 @@ class RemoteModelStore(ModelStore):
             if not self.encrypted:  # create-only: the first writer sets it, and nobody can unset it by racing
                 doc = {"format": "persistkit.model-store", "version": 1, "encrypted": True}
                 self.remote.put_new(STORE_FILE, json.dumps(doc, indent=1).encode() + b"\n")
+                self._encrypted_seen = True
         elif self.encrypted:
             raise ValueError(
                 f"the model store {self.root} saves encrypted bundles ({self._store_path()}), so a plain "
