@@ -558,13 +558,14 @@ class RemoteModelStore(ModelStore):
             name, pointer = self._upload_new(group, staging, when)
             record = {"format": "persistkit.remote-version", "version": 1, "name": name, "sha256": digest,
                       "size": size, "encrypted": bool(encrypt), "config": config_doc}  # fmt: skip
-            if not self.remote.put_new(
-                f"{group}/{name}{RECORD_SUFFIX}", json.dumps(record, indent=1).encode()
-            ):
+            record_key = f"{group}/{name}{RECORD_SUFFIX}"
+            body = json.dumps(record, indent=1).encode()
+            # "taken" after a retry whose first attempt got through is our own record: fine
+            if not self.remote.put_new(record_key, body) and self.remote.get(record_key).data != body:
                 raise IntegrityError(
-                    f"{self.remote.url_of(f'{group}/{name}{RECORD_SUFFIX}')}: a record already exists for a name "
-                    "this writer just created; another tool writes into this store. Check the bucket.",
-                    path=self.remote.url_of(f"{group}/{name}{RECORD_SUFFIX}"),
+                    f"{self.remote.url_of(record_key)}: a record already exists for a name this writer just "
+                    "created; another tool writes into this store. Check the bucket.",
+                    path=self.remote.url_of(record_key),
                 )
             self._advance_latest(group, name, digest, size, pointer)
             try:  # the uploaded bytes are the cache's first entry

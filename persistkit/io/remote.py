@@ -138,7 +138,9 @@ class RemoteStore:
     go to ``fsspec.filesystem`` (for s3: ``endpoint_url=``, ``key=``,
     ``secret=``, ``client_kwargs=``...). ``retries`` bounds the attempts of
     each request on a transient failure; ``backoff`` is the first wait, doubled
-    each time.
+    each time. A retried create-only PUT whose first attempt reached the server
+    reads as "taken": callers treat that as a lost race (a name is skipped, never
+    reused). ``part_size``: uploads of two parts or more are multipart.
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class RemoteStore:
         retries: int = 4,
         backoff: float = 0.2,
         probe: bool = True,
+        part_size: int = 50 * 2**20,
     ) -> None:
         try:
             import fsspec
@@ -161,6 +164,7 @@ class RemoteStore:
         self.url = url.rstrip("/")
         self.protocol, _, rest = self.url.partition("://")
         self.retries = max(1, retries)
+        self.part_size = part_size  # files of two parts or more go up as a multipart upload
         self.backoff = backoff
         options = dict(storage_options or {})
         if self.protocol in ("s3", "s3a"):
@@ -294,13 +298,16 @@ class RemoteStore:
         the condition: nothing is visible until the last part is in.
         """
         try:
-            self._call("create-only upload", key, lambda: self.fs.put_file(local_path, self.path(key), mode="create"),
+            self._call("create-only upload", key, lambda: self.fs.put_file(local_path, self.path(key), mode="create", **self._put_options()),
                        answer=_taken)  # fmt: skip
         except Exception as err:
             if _taken(err):
                 return False
             raise
         return True
+
+    def _put_options(self) -> dict[str, Any]:
+        return {"chunksize": self.part_size} if self.protocol in ("s3", "s3a") else {}
 
     def swap(self, key: str, data: bytes, etag: str | None) -> str | None:
         """Replace ``key`` with ``data`` only if it still has ``etag`` (None: only if it does not exist).

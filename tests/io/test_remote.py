@@ -147,3 +147,61 @@ def test_an_unreachable_server_is_retried_then_a_typed_error_and_then_recovers(o
     assert store.get("before").data == b"1"
     assert store.get_or_none("during") is None  # the failed write left nothing
     assert store.put_new("during", b"2") is True
+
+
+def test_a_multipart_upload_is_create_only_too(s3_bucket, tmp_path):
+    server, bucket = s3_bucket
+    store = RemoteStore(f"s3://{bucket}/root", storage_options=server.storage_options, part_size=5 * 2**20)
+    big = tmp_path / "big"
+    big.write_bytes(b"a" * (12 * 2**20))
+    other = tmp_path / "other"
+    other.write_bytes(b"b" * (12 * 2**20))
+    assert store.put_file_new("big", str(big)) is True
+    assert store.get("big").etag.endswith('-3"')  # three parts: it really was a multipart upload
+    assert store.put_file_new("big", str(other)) is False  # the completion carried If-None-Match: *
+    data = store.get("big").data
+    assert len(data) == 12 * 2**20 and data[:1] == b"a" and data[-1:] == b"a"
+
+
+KILLED_UPLOAD = """
+import sys
+from persistkit.io.remote import RemoteStore
+endpoint, bucket, path = sys.argv[1:4]
+opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+store = RemoteStore(f"s3://{bucket}/root", storage_options=opts, part_size=5 * 2**20)
+print("UPLOADING", flush=True)
+store.put_file_new("big", path)
+print("DONE", flush=True)
+"""
+
+
+def test_sigkill_during_a_multipart_upload_leaves_no_visible_object(s3_bucket, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server, bucket = s3_bucket
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(60 * 2**20))  # 12 parts
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_UPLOAD, server.endpoint, bucket, str(big)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert child.stdout.readline() == "UPLOADING\n", child.stderr.read()
+    client = server.client()
+    deadline = time.monotonic() + 60
+    while not client.list_multipart_uploads(Bucket=bucket).get("Uploads"):  # parts are on their way
+        assert time.monotonic() < deadline and child.poll() is None
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    time.sleep(0.5)
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0  # nothing visible
+    assert client.list_multipart_uploads(Bucket=bucket)[
+        "Uploads"
+    ]  # invisible parts: a lifecycle rule aborts them
+    store = RemoteStore(f"s3://{bucket}/root", storage_options=server.storage_options, part_size=5 * 2**20)
+    assert store.put_file_new("big", str(big)) is True  # the name was never taken
