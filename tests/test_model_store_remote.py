@@ -302,3 +302,38 @@ def test_sigkill_between_record_and_pointer_leaves_the_pointer_on_a_valid_versio
     assert len(names) == 2 and store_at().latest(**WHERE) == first  # published, pointer not yet moved
     after = store_at().save({"w": np.ones(1)}, **WHERE)  # the next publisher moves it past both
     assert store_at().latest(**WHERE) == after and len(store_at().versions(**WHERE)) == 3
+
+
+@pytest.fixture
+def http_requests():
+    """Requests the in-process moto server answered (its werkzeug access log), counted as they come."""
+    import logging
+
+    seen = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("werkzeug")
+    handler, level = Count(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield seen
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_round_trips_per_publish_and_per_load_as_the_server_saw_them(store_at, http_requests):
+    store = store_at()
+    store.save({"q": np.zeros(1)}, **WHERE)
+    http_requests.clear()
+    store.save({"q": np.ones(1)}, **WHERE)
+    methods = [line.split('"')[1].split()[0] for line in http_requests]
+    assert methods == ["GET", "GET", "PUT", "PUT", "PUT"], http_requests  # list, pointer, data, record, swap
+    http_requests.clear()
+    store.load_latest(**WHERE)  # warm: the upload filled the cache
+    assert len(http_requests) == 2, http_requests  # pointer, record
+    http_requests.clear()
+    store_at(cache="cold").load_latest(**WHERE)  # another process: reads store.json once, then downloads
+    assert len(http_requests) == 5, http_requests  # pointer, store.json, record, HEAD and GET of the bundle

@@ -106,10 +106,7 @@ def _is_transient(err: BaseException) -> bool:
         return True
     if isinstance(err, TimeoutError):
         return True
-    return any(
-        type(cls).__name__ in _TRANSIENT_NAMES or cls.__name__ in _TRANSIENT_NAMES
-        for cls in type(err).__mro__
-    )
+    return any(cls.__name__ in _TRANSIENT_NAMES for cls in type(err).__mro__)
 
 
 def _server_code(err: BaseException) -> str | None:
@@ -365,19 +362,38 @@ class RemoteStore:
         return data
 
     def download_verified(self, key: str, local_path: str, sha256: str, size: int | None = None) -> None:
-        """Download ``key`` to ``local_path`` (atomically, through persistkit.io) after checking its sha256."""
-        from persistkit.io import atomic_write
+        """Stream ``key`` into ``local_path`` (atomically, through persistkit.io), checking its sha256.
 
-        data = self.get_verified(key, sha256, size)
-        atomic_write(local_path, data)
+        On a mismatch the temp file is dropped and ``local_path`` is left as it was: nothing unverified is
+        ever cached or parsed. Memory stays at one chunk, whatever the object's size.
+        """
+        from persistkit.errors import PersistkitError
+        from persistkit.io.atomic import atomic_writer
+
+        def fetch() -> None:
+            digest = hashlib.sha256()
+            length = 0
+            self.fs.invalidate_cache(self.path(key))  # size and etag from the server, not from a listing
+            with atomic_writer(local_path) as writer:
+                with self.fs.open(self.path(key), "rb", block_size=CHUNK) as source:
+                    while chunk := source.read(CHUNK):
+                        digest.update(chunk)
+                        length += len(chunk)
+                        writer.write(chunk)
+                self._check(key, digest.hexdigest(), length, sha256, size)
+
+        # local failures and the integrity verdict are persistkit errors already: not retried, not re-wrapped
+        self._call("download", key, fetch, answer=lambda err: isinstance(err, PersistkitError))
 
     def check_digest(self, key: str, data: bytes, sha256: str, size: int | None) -> None:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256 or (size is not None and len(data) != size):
+        self._check(key, hashlib.sha256(data).hexdigest(), len(data), sha256, size)
+
+    def _check(self, key: str, actual: str, length: int, sha256: str, size: int | None) -> None:
+        if actual != sha256 or (size is not None and length != size):
             url = self.url_of(key)
             raise IntegrityError(
                 f"{url}: the downloaded object does not match what persistkit uploaded (sha256 {actual[:16]}..., "
-                f"{len(data)} bytes; expected {sha256[:16]}..., {size} bytes): it was changed or damaged in the "
+                f"{length} bytes; expected {sha256[:16]}..., {size} bytes): it was changed or damaged in the "
                 "store. Nothing was parsed or cached. Restore the object from a backup or a bucket version, or "
                 "load an older version.",
                 path=url,
