@@ -24,6 +24,7 @@ and ended, so the store can say which version was live when
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from persistkit.errors import (
     IntegrityError,
     NotFoundError,
     NoVersionError,
+    PersistIOError,
     PersistkitError,
     UnsafeArchiveError,
 )
@@ -663,11 +665,9 @@ class RemoteModelStore(ModelStore):
         body = json.dumps({"format": "persistkit.latest", "version": 1, "name": name, "sha256": digest,
                            "size": size}).encode()  # fmt: skip
         key = f"{group}/{LATEST}"
-        first = True
-        while True:
-            if not first:
+        for attempt in range(_MAX_NAME_ATTEMPTS):
+            if attempt:
                 found = self.remote.get_or_none(key)
-            first = False
             if found is not None:
                 current = self._parse_pointer(group, found.data)
                 parsed = VERSIONS.parse(current["name"])
@@ -676,6 +676,13 @@ class RemoteModelStore(ModelStore):
             if self.remote.swap(key, body, None if found is None else found.etag) is not None:
                 return
             # another publisher moved the pointer since we read it: read it again
+        url = self.remote.url_of(key)
+        raise PersistkitError(
+            f"{url}: the latest pointer changed under every one of {_MAX_NAME_ATTEMPTS} compare-and-swap "
+            f"attempts; the version {name} is saved and listed, but the pointer was not moved to it. Check "
+            "what else writes there, then save again.",
+            path=url,
+        )
 
     # -- reading --
 
@@ -767,7 +774,11 @@ class RemoteModelStore(ModelStore):
         last: PersistkitError | None = None
         for url in candidates:
             try:
-                return load_bundle(self.fetch(url), **load_kw)
+                if url is newest:
+                    local = self._fetch_newest(newest, symbol, agent, timeframe)
+                else:
+                    local = self.fetch(url)
+                return load_bundle(local, **load_kw)
             except (IntegrityError, FormatError) as err:
                 if not fallback:
                     raise
@@ -775,6 +786,16 @@ class RemoteModelStore(ModelStore):
                 last = err
         assert last is not None
         raise last
+
+    def _fetch_newest(self, newest: str, symbol: str, agent: str, timeframe: str) -> str:
+        try:
+            return self.fetch(newest)
+        except PersistIOError as err:
+            # pruned by another machine between our reading the pointer and the record: read it again
+            again = self.latest(symbol, agent, timeframe) if err.errno == errno.ENOENT else None
+            if again is None or again == newest:
+                raise
+            return self.fetch(again)
 
     def load(self, alias_or_path: str | PathLike, **load_kw: Any) -> Any:
         """Load one version by URL (aliases are not supported on object storage yet)."""

@@ -337,3 +337,20 @@ def test_round_trips_per_publish_and_per_load_as_the_server_saw_them(store_at, h
     http_requests.clear()
     store_at(cache="cold").load_latest(**WHERE)  # another process: reads store.json once, then downloads
     assert len(http_requests) == 5, http_requests  # pointer, store.json, record, HEAD and GET of the bundle
+
+
+def test_a_version_pruned_under_a_reader_is_followed_to_the_new_latest(store_at, monkeypatch):
+    reader = store_at(cache="reader")
+    old = store_at().save({"q": np.zeros(1)}, **WHERE)
+    stale = reader.latest(**WHERE)
+    assert stale == old
+    new = store_at().save({"q": np.ones(1)}, **WHERE)
+    assert store_at().prune(keep=1) == [old]
+    answers = iter([stale, new])
+    monkeypatch.setattr(
+        reader, "latest", lambda *a: next(answers)
+    )  # the reader read the pointer before the prune
+    np.testing.assert_array_equal(reader.load_latest(**WHERE)["q"], np.ones(1))
+    with pytest.raises(PersistIOError, match="No such object") as info:
+        reader.load(old)  # asked for by URL: it is gone, and the error says which
+    assert info.value.errno == errno.ENOENT and info.value.path == old + ".json"
