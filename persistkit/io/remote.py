@@ -168,7 +168,7 @@ class RemoteStore:
             # persistkit retries itself (bounded, with backoff, knowing what is safe to retry); s3fs's and
             # botocore's own retry loops would multiply the wait (9 s for one refused connection).
             config = dict(options.get("config_kwargs") or {})
-            config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+            config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
             config.setdefault("connect_timeout", 5)
             config.setdefault("read_timeout", 60)
             options["config_kwargs"] = config

@@ -249,3 +249,96 @@ def test_unknown_or_expired_credentials_are_a_typed_error_with_advice(iam_enforc
     ) as info:
         RemoteStore("s3://some-bucket/root", storage_options=options)
     assert info.value.errno == errno.EACCES and info.value.path.startswith("s3://some-bucket/root/")
+
+
+class ThrottlingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of the S3 server that answers 503 SlowDown to the next
+    ``throttle`` requests, then forwards (so the client sees what S3 sends while it repartitions)."""
+
+    SLOW_DOWN = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        from urllib.parse import urlsplit
+
+        proxy = self
+        self.throttle = 0
+        self.throttled = 0
+        target = urlsplit(upstream)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if proxy.throttle > 0:
+                    proxy.throttle -= 1
+                    proxy.throttled += 1
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(proxy.SLOW_DOWN)))
+                    self.end_headers()
+                    self.wfile.write(proxy.SLOW_DOWN)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def throttled(s3_bucket):
+    server, bucket = s3_bucket
+    proxy = ThrottlingProxy(server.endpoint)
+    options = {
+        **server.storage_options,
+        "client_kwargs": {"endpoint_url": proxy.endpoint, "region_name": "us-east-1"},
+    }
+    store = RemoteStore(f"s3://{bucket}/root", storage_options=options, retries=4, backoff=0.01)
+    yield proxy, store
+    proxy.close()
+
+
+def test_throttling_is_retried_with_backoff(throttled):
+    proxy, store = throttled
+    proxy.throttle = 3
+    assert store.put_new("obj", b"data") is True  # the 4th attempt gets through
+    assert proxy.throttled == 3 and store.get("obj").data == b"data"
+
+
+def test_persistent_throttling_is_a_typed_error_saying_so(throttled):
+    proxy, store = throttled
+    proxy.throttle = 100
+    with pytest.raises(PersistIOError, match=r"throttling \(SlowDown/503\) after 4 attempts") as info:
+        store.get("obj")
+    assert info.value.errno == errno.EBUSY and proxy.throttled == 4
