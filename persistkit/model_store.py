@@ -457,6 +457,7 @@ class RemoteModelStore(ModelStore):
         self.root = url
         self.lock_timeout = lock_timeout
         self.remote = remote_store(url, storage_options=storage_options)
+        self._encrypted_seen = False  # once the store says it is encrypted, it always is: asked once
         self.cache_dir = (
             os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else default_cache_dir(url)
         )
@@ -488,7 +489,7 @@ class RemoteModelStore(ModelStore):
 
     @property
     def encrypted(self) -> bool:
-        if getattr(self, "_encrypted_seen", False):  # once encrypted, always: no need to ask again
+        if self._encrypted_seen:
             return True
         found = self.remote.get_or_none(STORE_FILE)
         if found is None:
