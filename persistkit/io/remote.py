@@ -184,7 +184,7 @@ class RemoteStore:
             self.fs.retries = 1  # s3fs's own loop (a class attribute, not a constructor argument)
         self.root = rest.strip("/")
         self.bucket = self.root.split("/", 1)[0]
-        self.requests = 0  # every request sent, retries included: for measurements and tests
+        self.requests = 0  # attempts made, retries included (a streamed download counts once): for tests
         self._count_lock = threading.Lock()
         if probe:
             self.check_conditional_writes()
