@@ -24,6 +24,7 @@ and ended, so the store can say which version was live when
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -38,14 +39,16 @@ from persistkit.errors import (
     IntegrityError,
     NotFoundError,
     NoVersionError,
+    PersistIOError,
     PersistkitError,
     UnsafeArchiveError,
 )
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import PathLike, io_error
+from persistkit.io.remote import Fetched
 from persistkit.naming import Stamped, allocate
 
-__all__ = ["AliasEvent", "ModelStore", "safe_component"]
+__all__ = ["AliasEvent", "ModelStore", "RemoteModelStore", "safe_component"]
 
 log = logging.getLogger("persistkit")
 
@@ -85,6 +88,14 @@ class AliasEvent:
 
 class ModelStore:
     """Versioned bundles under ``root``, with retention and aliases."""
+
+    def __new__(cls, root: PathLike = "models", **kwargs: Any) -> ModelStore:
+        # ModelStore("s3://bucket/models"): the same API over object storage (RemoteModelStore).
+        from persistkit.io.remote import is_url
+
+        if cls is ModelStore and is_url(root):
+            return super().__new__(RemoteModelStore)
+        return super().__new__(cls)
 
     def __init__(self, root: PathLike = "models", *, lock_timeout: float = 30.0) -> None:
         self.root = os.path.abspath(os.fspath(root))
@@ -388,4 +399,451 @@ class ModelStore:
                     fs.fsync_dir(directory)
                 except OSError as err:
                     raise io_error("fsync", directory, err) from err
+        return removed
+
+
+# -- object storage ----------------------------------------------------------------------
+
+LATEST = "LATEST.json"  # per group: {"name", "sha256", "size"} of the newest published version
+RECORD_SUFFIX = ".json"  # <version>.models.json: the version record; a version exists once it does
+_MAX_NAME_ATTEMPTS = 1000
+
+
+def default_cache_dir(url: str) -> str:
+    """``$XDG_CACHE_HOME/persistkit/<protocol>/<bucket>/<prefix>`` (``~/.cache`` without XDG)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    protocol, _, rest = url.partition("://")
+    return os.path.join(base, "persistkit", protocol, *[p for p in rest.split("/") if p])
+
+
+class RemoteModelStore(ModelStore):
+    """A ModelStore at an fsspec URL (``ModelStore("s3://bucket/models")`` returns one).
+
+    Same layout (``SYMBOL/AGENT/TIMEFRAME/<stamp>.models``) and the same
+    calls; paths are URLs (``str``). Publishing a version:
+
+    1. the bundle is written and encrypted locally (in ``cache_dir``), its sha256 taken;
+    2. it is uploaded create-only under the next free name (If-None-Match: *):
+       if another writer took that name first, the next one is tried, so names
+       are unique across machines and sort after every name seen;
+    3. its record ``<version>.models.json`` (sha256, size, config) is created:
+       from then on ``versions()`` lists it;
+    4. the group's ``LATEST.json`` pointer is moved to it with compare-and-swap
+       (If-Match), unless a later version is already there.
+
+    A publisher killed before 3 leaves an unlisted object (never a partial
+    one: an upload is invisible until complete); killed before 4, ``latest()``
+    still names the previous version, which exists. Every download is checked
+    against the recorded sha256 before it is parsed or cached.
+
+    Keys never leave this machine: bundles are encrypted before upload with
+    ``key_file`` (default ``<cache_dir>/store.key``, created on first save;
+    copy it to the other machines) or ``password=``. The bucket is not
+    trusted: an encrypted bundle is authenticated by its key when loaded.
+    """
+
+    def __init__(
+        self,
+        root: PathLike = "models",
+        *,
+        lock_timeout: float = 30.0,
+        cache_dir: PathLike | None = None,
+        key_file: PathLike | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        from persistkit.io.remote import remote_store
+
+        url = os.fspath(root).rstrip("/")
+        self.root = url
+        self.lock_timeout = lock_timeout
+        self.remote = remote_store(url, storage_options=storage_options)
+        self._encrypted_seen = False  # once the store says it is encrypted, it always is: asked once
+        self.cache_dir = (
+            os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else default_cache_dir(url)
+        )
+        self.key_file = (
+            os.path.abspath(os.fspath(key_file))
+            if key_file is not None
+            else os.path.join(self.cache_dir, "store.key")
+        )
+
+    # -- layout --
+
+    def group(self, symbol: str, agent: str, timeframe: str) -> str:
+        """The key prefix of one symbol/agent/timeframe: ``BTC-USDT/ppo/1h``."""
+        return "/".join(
+            (
+                safe_component(symbol, "symbol"),
+                safe_component(agent, "agent"),
+                safe_component(timeframe, "timeframe"),
+            )
+        )
+
+    def directory(self, symbol: str, agent: str, timeframe: str) -> str:
+        return self.remote.url_of(self.group(symbol, agent, timeframe))
+
+    def _cache_path(self, key: str) -> str:
+        return os.path.join(self.cache_dir, *key.split("/"))
+
+    # -- store settings --
+
+    @property
+    def encrypted(self) -> bool:
+        if self._encrypted_seen:
+            return True
+        found = self.remote.get_or_none(STORE_FILE)
+        if found is None:
+            return False
+        try:
+            doc = json.loads(found.data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as err:
+            url = self.remote.url_of(STORE_FILE)
+            raise IntegrityError(
+                f"{url}: the store settings are unreadable ({err}). Restore the object from a backup; if this "
+                'store saves encrypted bundles, it holds {"format": "persistkit.model-store", "version": 1, '
+                '"encrypted": true}.',
+                path=url,
+            ) from err
+        self._encrypted_seen = isinstance(doc, dict) and doc.get("encrypted") is True
+        return self._encrypted_seen
+
+    def _store_path(self) -> str:
+        return self.remote.url_of(STORE_FILE)
+
+    # -- writing --
+
+    def save(  # type: ignore[override]
+        self,
+        models: Mapping[str, Any],
+        *,
+        symbol: str,
+        agent: str,
+        timeframe: str,
+        metadata: Mapping[str, Any] | None = None,
+        config: Any = None,
+        when: dt.datetime | None = None,
+        **bundle_kw: Any,
+    ) -> str:
+        """Publish a new version (see the class docstring); return its URL."""
+        from persistkit.bundle import save_bundle
+        from persistkit.format.codecs.json import to_jsonable
+        from persistkit.io.remote import sha256_file
+
+        group = self.group(symbol, agent, timeframe)
+        meta = dict(metadata or {})
+        meta.setdefault("store", {"symbol": symbol, "agent": agent, "timeframe": timeframe})
+        config_doc = to_jsonable(config if config is not None else meta.get("config", {}), "config")
+        encrypt = bundle_kw.get("encrypt", True)
+        if encrypt and "password" not in bundle_kw and "key_file" not in bundle_kw:
+            bundle_kw["key_file"] = self.key_file
+        if encrypt:
+            if not self.encrypted:  # create-only: the first writer sets it, and nobody can unset it by racing
+                doc = {"format": "persistkit.model-store", "version": 1, "encrypted": True}
+                self.remote.put_new(STORE_FILE, json.dumps(doc, indent=1).encode() + b"\n")
+                self._encrypted_seen = True
+        elif self.encrypted:
+            raise ValueError(
+                f"the model store {self.root} saves encrypted bundles ({self._store_path()}), so a plain "
+                "version would be refused as a forged one when loaded; drop encrypt=False, or use another "
+                "store for unencrypted models."
+            )
+        local_dir = self._cache_path(group)
+        staging = self._staging_path()
+        fs = current_fs()
+        for directory in (local_dir, os.path.dirname(staging)):
+            try:
+                fs.makedirs(directory)
+            except OSError as err:
+                raise io_error("create directory", directory, err) from err
+        try:
+            save_bundle(staging, models, meta, config=config, **bundle_kw)
+            digest, size = sha256_file(staging)
+            name, pointer = self._upload_new(group, staging, when)
+            record = {"format": "persistkit.remote-version", "version": 1, "name": name, "sha256": digest,
+                      "size": size, "encrypted": bool(encrypt), "config": config_doc}  # fmt: skip
+            record_key = f"{group}/{name}{RECORD_SUFFIX}"
+            body = json.dumps(record, indent=1).encode()
+            # "taken" after a retry whose first attempt got through is our own record: fine
+            if not self.remote.put_new(record_key, body) and self.remote.get(record_key).data != body:
+                raise IntegrityError(
+                    f"{self.remote.url_of(record_key)}: a record already exists for a name this writer just "
+                    "created; another tool writes into this store. Check the bucket.",
+                    path=self.remote.url_of(record_key),
+                )
+            self._advance_latest(group, name, digest, size, pointer)
+            try:  # the uploaded bytes are the cache's first entry
+                fs.replace(staging, os.path.join(local_dir, name))
+            except OSError as err:
+                log.warning("could not keep %s in the cache: %s", name, err)
+        finally:
+            if fs.exists(staging):
+                try:
+                    fs.unlink(staging)
+                except OSError as err:
+                    log.warning("could not remove the staging file %s: %s", staging, err)
+        return self.remote.url_of(f"{group}/{name}")
+
+    def _staging_path(self) -> str:
+        """``<cache_dir>/.staging/<pid>-<random>.models``; files of publishers that died are removed first.
+
+        Not a persistkit temp name on purpose: ``cleanup_stale_temps`` would take a temp of this process
+        that no atomic write owns for debris, while another thread is uploading it.
+        """
+        import secrets
+
+        from persistkit.io.atomic import _pid_alive
+
+        directory = os.path.join(self.cache_dir, ".staging")
+        fs = current_fs()
+        if fs.is_dir(directory):
+            for name in fs.listdir(directory):
+                pid = name.split("-", 1)[0]
+                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                    try:
+                        fs.unlink(os.path.join(directory, name))
+                    except OSError as err:
+                        log.warning("could not remove the stale staging file %s: %s", name, err)
+        return os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(8)}{SUFFIX}")
+
+    def _upload_new(self, group: str, staging: str, when: dt.datetime | None) -> tuple[str, Fetched | None]:
+        """Upload ``staging`` create-only under the next free version name of ``group``.
+
+        Returns the name, and the latest pointer as read before (for the compare-and-swap after).
+        """
+        taken = [p for p in map(VERSIONS.parse, self.remote.list(group)) if p is not None]
+        found = self.remote.get_or_none(f"{group}/{LATEST}")
+        pointer = None if found is None else self._parse_pointer(group, found.data)
+        if pointer is not None and VERSIONS.parse(pointer["name"]) is not None:
+            taken.append(VERSIONS.sort_key(pointer["name"]))
+        highest = max(taken, default=None)
+        if when is None:
+            candidate = (VERSIONS.stamp(dt.datetime.now(dt.UTC)), 0)
+            if highest is not None and candidate <= highest:
+                candidate = (highest[0], highest[1] + 1)
+        else:
+            stamp = VERSIONS.stamp(when)
+            same = [n for s, n in taken if s == stamp]
+            candidate = (stamp, max(same) + 1 if same else 0)
+        for _ in range(_MAX_NAME_ATTEMPTS):
+            name = VERSIONS.name(*candidate)
+            if self.remote.put_file_new(f"{group}/{name}", staging):
+                return name, found
+            candidate = (candidate[0], candidate[1] + 1)  # another writer took it: the next one
+        raise PersistkitError(
+            f"{self.remote.url_of(group)}: {_MAX_NAME_ATTEMPTS} version names in a row were taken by other "
+            "writers; something else is writing there. Check the bucket.",
+            path=self.remote.url_of(group),
+        )
+
+    def _read_latest(self, group: str) -> dict[str, Any] | None:
+        found = self.remote.get_or_none(f"{group}/{LATEST}")
+        return None if found is None else self._parse_pointer(group, found.data)
+
+    def _parse_pointer(self, group: str, data: bytes) -> dict[str, Any]:
+        url = self.remote.url_of(f"{group}/{LATEST}")
+        try:
+            doc = json.loads(data.decode("utf-8"))
+            if not (
+                isinstance(doc, dict)
+                and isinstance(doc.get("name"), str)
+                and isinstance(doc.get("sha256"), str)
+            ):
+                raise ValueError("name and sha256 are missing")
+        except (UnicodeDecodeError, ValueError) as err:
+            raise IntegrityError(
+                f"{url}: the latest pointer is unreadable ({err}). Delete it: the next save writes a new one, "
+                "and versions() still lists every version.",
+                path=url,
+            ) from err
+        return doc
+
+    def _advance_latest(self, group: str, name: str, digest: str, size: int, found: Fetched | None) -> None:
+        """Point ``LATEST.json`` at ``name`` unless it already names a later version (compare-and-swap).
+
+        ``found`` is the pointer as read before the upload: when nobody moved it since, the swap succeeds
+        without reading it again.
+        """
+        body = json.dumps({"format": "persistkit.latest", "version": 1, "name": name, "sha256": digest,
+                           "size": size}).encode()  # fmt: skip
+        key = f"{group}/{LATEST}"
+        for attempt in range(_MAX_NAME_ATTEMPTS):
+            if attempt:
+                found = self.remote.get_or_none(key)
+            if found is not None:
+                current = self._parse_pointer(group, found.data)
+                parsed = VERSIONS.parse(current["name"])
+                if parsed is not None and parsed >= VERSIONS.sort_key(name):
+                    return  # a later version is already published: ours stays listed in versions()
+            if self.remote.swap(key, body, None if found is None else found.etag) is not None:
+                return
+            # another publisher moved the pointer since we read it: read it again
+        url = self.remote.url_of(key)
+        raise PersistkitError(
+            f"{url}: the latest pointer changed under every one of {_MAX_NAME_ATTEMPTS} compare-and-swap "
+            f"attempts; the version {name} is saved and listed, but the pointer was not moved to it. Check "
+            "what else writes there, then save again.",
+            path=url,
+        )
+
+    # -- reading --
+
+    def _records(self, group: str) -> list[str]:
+        """Names of the published versions of ``group`` (those with a record), oldest first."""
+        names = self.remote.list(group)
+        published = [n[: -len(RECORD_SUFFIX)] for n in names if n.endswith(SUFFIX + RECORD_SUFFIX)]
+        return sorted((n for n in published if VERSIONS.parse(n) is not None), key=VERSIONS.sort_key)
+
+    def _record(self, group: str, name: str) -> dict[str, Any]:
+        key = f"{group}/{name}{RECORD_SUFFIX}"
+        data = self.remote.get(key).data
+        try:
+            doc = json.loads(data.decode("utf-8"))
+            if not (
+                isinstance(doc, dict)
+                and isinstance(doc.get("sha256"), str)
+                and isinstance(doc.get("size"), int)
+            ):
+                raise ValueError("sha256 and size are missing")
+        except (UnicodeDecodeError, ValueError) as err:
+            url = self.remote.url_of(key)
+            raise IntegrityError(
+                f"{url}: the version record is unreadable ({err}); the version cannot be verified. Restore the "
+                "record from a backup, or delete the version.",
+                path=url,
+            ) from err
+        return doc
+
+    def versions(self, symbol: str, agent: str, timeframe: str) -> list[str]:  # type: ignore[override]
+        group = self.group(symbol, agent, timeframe)
+        return [self.remote.url_of(f"{group}/{n}") for n in self._records(group)]
+
+    def latest(self, symbol: str, agent: str, timeframe: str) -> str | None:  # type: ignore[override]
+        """The version the group's latest pointer names (one GET), or None."""
+        group = self.group(symbol, agent, timeframe)
+        pointer = self._read_latest(group)
+        if pointer is None:
+            found = self._records(group)  # versions saved, pointer not written yet (publisher died)
+            return self.remote.url_of(f"{group}/{found[-1]}") if found else None
+        return self.remote.url_of(f"{group}/{pointer['name']}")
+
+    def fetch(self, url_or_name: str) -> str:
+        """The local cached copy of a version (downloaded and sha256-checked if needed); its path."""
+        from persistkit.io.remote import sha256_file
+
+        prefix = self.remote.url + "/"
+        key = url_or_name[len(prefix) :] if url_or_name.startswith(prefix) else url_or_name
+        group, _, name = key.rpartition("/")
+        if VERSIONS.parse(name) is None or not group:
+            raise ValueError(f"{url_or_name!r} is not a version of the store {self.root}")
+        record = self._record(group, name)
+        local = self._cache_path(key)
+        fs = current_fs()
+        if fs.exists(local):
+            if sha256_file(local) == (record["sha256"], record["size"]):
+                return local
+            log.warning("cached copy %s does not match its record; downloading it again", local)
+        try:
+            fs.makedirs(os.path.dirname(local))
+        except OSError as err:
+            raise io_error("create directory", os.path.dirname(local), err) from err
+        self.remote.download_verified(key, local, record["sha256"], record["size"])
+        return local
+
+    def _load_kw(self, load_kw: dict[str, Any]) -> dict[str, Any]:
+        load_kw = super()._load_kw(load_kw)
+        if "password" not in load_kw and "key_file" not in load_kw and os.path.exists(self.key_file):
+            load_kw["key_file"] = self.key_file
+        return load_kw
+
+    def load_latest(
+        self, symbol: str, agent: str, timeframe: str, *, fallback: bool = False, **load_kw: Any
+    ) -> Any:
+        from persistkit.bundle import load_bundle
+
+        group = self.group(symbol, agent, timeframe)
+        newest = self.latest(symbol, agent, timeframe)
+        if newest is None:
+            raise NoVersionError(
+                f"no bundle versions under {self.remote.url_of(group)} (symbol={symbol!r}, agent={agent!r}, "
+                f"timeframe={timeframe!r}); save one with ModelStore.save(...) first, or check the names.",
+                path=self.remote.url_of(group),
+            )
+        candidates = [newest]
+        if fallback:
+            candidates += [u for u in reversed(self.versions(symbol, agent, timeframe)) if u != newest]
+        load_kw = self._load_kw(load_kw)
+        last: PersistkitError | None = None
+        for url in candidates:
+            try:
+                if url is newest:
+                    local = self._fetch_newest(newest, symbol, agent, timeframe)
+                else:
+                    local = self.fetch(url)
+                return load_bundle(local, **load_kw)
+            except (IntegrityError, FormatError) as err:
+                if not fallback:
+                    raise
+                log.warning("skipping damaged bundle %s (%s); trying the previous version", url, err)
+                last = err
+        assert last is not None
+        raise last
+
+    def _fetch_newest(self, newest: str, symbol: str, agent: str, timeframe: str) -> str:
+        try:
+            return self.fetch(newest)
+        except PersistIOError as err:
+            # pruned by another machine between our reading the pointer and the record: read it again
+            again = self.latest(symbol, agent, timeframe) if err.errno == errno.ENOENT else None
+            if again is None or again == newest:
+                raise
+            return self.fetch(again)
+
+    def load(self, alias_or_path: str | PathLike, **load_kw: Any) -> Any:
+        """Load one version by URL (aliases are not supported on object storage yet)."""
+        from persistkit.bundle import load_bundle
+
+        return load_bundle(self.fetch(os.fspath(alias_or_path)), **self._load_kw(load_kw))
+
+    def tag(self, path: PathLike, alias: str, *, when: dt.datetime | None = None) -> None:
+        raise NotImplementedError(f"{self.root}: aliases are not supported on object storage yet (issue 14)")
+
+    def aliases(self) -> dict[str, Path]:
+        return {}
+
+    # -- retention --
+
+    def _all_groups(self) -> list[str]:
+        groups = []
+        for symbol in self.remote.list_dirs(""):
+            if symbol.startswith("."):
+                continue
+            for agent in self.remote.list_dirs(symbol):
+                for timeframe in self.remote.list_dirs(f"{symbol}/{agent}"):
+                    groups.append(f"{symbol}/{agent}/{timeframe}")
+        return sorted(groups)
+
+    def prune(self, keep: int, *, dry_run: bool = False) -> list[str]:  # type: ignore[override]
+        """Keep the ``keep`` newest versions per group; never the one the latest pointer names.
+
+        Each victim's record goes first (it stops being listed), then its data object.
+        """
+        if type(keep) is not int or keep < 0:
+            raise ValueError("keep must be a non-negative int")
+        removed: list[str] = []
+        for group in self._all_groups():
+            found = self._records(group)
+            keepers = set(found[-keep:]) if keep else set()
+            if found:
+                keepers.add(found[-1])
+            pointer = self._read_latest(group)
+            if pointer is not None:
+                keepers.add(pointer["name"])
+            for name in found:
+                if name in keepers:
+                    continue
+                removed.append(self.remote.url_of(f"{group}/{name}"))
+                if dry_run:
+                    continue
+                self.remote.delete(f"{group}/{name}{RECORD_SUFFIX}")
+                self.remote.delete(f"{group}/{name}")
         return removed

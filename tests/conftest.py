@@ -32,3 +32,85 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# -- a real S3 server (moto's standalone server) on 127.0.0.1 -----------------------------
+
+
+class S3Server:
+    """moto's threaded S3 server on 127.0.0.1 at a free port; stop() and start() keep its objects."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._cls = ThreadedMotoServer
+        self.port = 0
+        self._server = None
+        self.start()
+
+    def start(self) -> None:
+        self._server = self._cls(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        host, self.port = self._server.get_host_and_port()
+        assert host == "127.0.0.1"
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def storage_options(self) -> dict:
+        return {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def new_bucket(self) -> str:
+        import uuid
+
+        name = f"pk-{uuid.uuid4().hex[:20]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto S3 server for the session (each test takes its own bucket)."""
+    pytest.importorskip("moto.server", reason="pip install 'moto[server]' (in persistkit[dev])")
+    pytest.importorskip("s3fs", reason="pip install s3fs (persistkit[remote])")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(name, None)  # only the test credentials, only the local server
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_s3_server():
+    """A server of this test's own, which it may stop and restart."""
+    pytest.importorskip("moto.server", reason="pip install 'moto[server]' (in persistkit[dev])")
+    pytest.importorskip("s3fs", reason="pip install s3fs (persistkit[remote])")
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh bucket on the session's server: (server, bucket name)."""
+    return s3_server, s3_server.new_bucket()

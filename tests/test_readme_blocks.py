@@ -30,6 +30,7 @@ EXPECTED = [
     ("Training archives", "python"),
     ("The reference bot and training script", "bash"),
     ("Development", "bash"),
+    ("Several machines", "python"),
 ]
 
 
@@ -158,3 +159,13 @@ def test_development_block_names_real_nox_sessions():
     named |= {line.split()[2] for line in code.splitlines() if line.startswith("nox -s")}
     defined = set(re.findall(r"@nox\.session[^\n]*\ndef (\w+)", (ROOT / "noxfile.py").read_text()))
     assert named and named <= defined, named - defined
+
+
+def test_several_machines_block_runs_against_a_local_s3_server(tmp_path, shell_env, own_s3_server):
+    own_s3_server.client().create_bucket(Bucket="models-bucket")
+    env = {k: v for k, v in shell_env.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=own_s3_server.endpoint, AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
+    out = run_python(block("Several machines", "python"), tmp_path, env)
+    assert out == "[0. 1. 2. 3.] {'lr': 0.0003}\n"
+    assert (tmp_path / "store.key").is_file() and list((tmp_path / "bot-cache").rglob("*.models"))

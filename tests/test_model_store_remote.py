@@ -1,0 +1,356 @@
+"""ModelStore("s3://...") against a real S3 server (moto's standalone server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import persistkit as pk
+from persistkit.errors import IntegrityError, NoVersionError, PersistIOError
+from persistkit.model_store import RemoteModelStore
+
+WHERE = {"symbol": "BTC/USDT", "agent": "ppo", "timeframe": "1h"}
+GROUP = "models/BTC-USDT/ppo/1h"
+T0 = dt.datetime(2024, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def store_at(s3_bucket, tmp_path):
+    server, bucket = s3_bucket
+
+    def make(cache="cache", **kw):
+        return pk.ModelStore(
+            f"s3://{bucket}/models",
+            cache_dir=tmp_path / cache,
+            key_file=tmp_path / "store.key",
+            storage_options=server.storage_options,
+            **kw,
+        )
+
+    make.server, make.bucket = server, bucket
+    return make
+
+
+def keys(server, bucket, prefix=""):
+    out = server.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for o in out.get("Contents", []))
+
+
+def check_consistent(server, bucket, group=GROUP):
+    """Every listed version is complete (its bytes match its record) and the pointer names one of them."""
+    client = server.client()
+    names = keys(server, bucket, group + "/")
+    records = [k for k in names if k.endswith(".models.json")]
+    for record_key in records:
+        record = json.loads(client.get_object(Bucket=bucket, Key=record_key)["Body"].read())
+        data = client.get_object(Bucket=bucket, Key=record_key[: -len(".json")])["Body"].read()
+        assert hashlib.sha256(data).hexdigest() == record["sha256"] and len(data) == record["size"]
+    if records:
+        pointer = json.loads(client.get_object(Bucket=bucket, Key=f"{group}/LATEST.json")["Body"].read())
+        assert f"{group}/{pointer['name']}.json" in records  # never a dangling pointer
+    return [k[len(group) + 1 : -len(".json")] for k in records]
+
+
+def test_the_url_gives_a_remote_store_with_the_same_api(store_at, tmp_path):
+    store = store_at()
+    assert isinstance(store, RemoteModelStore) and isinstance(store, pk.ModelStore)
+    url = store.save({"q": np.arange(4.0)}, **WHERE, when=T0, config={"lr": 0.1})
+    assert url == f"s3://{store_at.bucket}/models/BTC-USDT/ppo/1h/2024-03-01_120000.models"
+    assert store.versions(**WHERE) == [url] and store.latest(**WHERE) == url
+    bundle = store.load_latest(**WHERE)
+    np.testing.assert_array_equal(bundle["q"], np.arange(4.0))
+    assert bundle.metadata["config"] == {"lr": 0.1}
+    stored = keys(store_at.server, store_at.bucket)
+    assert stored == [
+        f"{GROUP}/2024-03-01_120000.models",
+        f"{GROUP}/2024-03-01_120000.models.json",
+        f"{GROUP}/LATEST.json",
+        "models/store.json",
+    ]
+    assert not any(k.endswith(".key") for k in stored)  # the key never leaves this machine
+    assert (tmp_path / "store.key").exists()
+
+
+def test_another_machine_with_the_key_loads_it_and_without_it_cannot(store_at):
+    store_at().save({"q": np.ones(3)}, **WHERE)
+    other = store_at(cache="other-cache")  # a second machine: empty cache, the copied key file
+    np.testing.assert_array_equal(other.load_latest(**WHERE)["q"], np.ones(3))
+    keyless = pk.ModelStore(
+        store_at().root, cache_dir=other.cache_dir + "3", key_file=other.cache_dir + "/nokey",
+        storage_options=store_at.server.storage_options,
+    )  # fmt: skip
+    with pytest.raises(pk.WrongKeyError):
+        keyless.load_latest(**WHERE)
+
+
+def test_names_are_unique_and_monotonic_and_prune_keeps_the_latest(store_at):
+    store = store_at()
+    urls = [store.save({"q": np.full(2, float(n))}, **WHERE, when=T0) for n in range(3)]
+    assert [u.rsplit("/", 1)[1] for u in urls] == [
+        "2024-03-01_120000.models", "2024-03-01_120000_1.models", "2024-03-01_120000_2.models"
+    ]  # fmt: skip
+    later = store.save({"q": np.zeros(1)}, **WHERE)  # now: sorts after all of them
+    assert store.versions(**WHERE) == [*urls, later] and store.latest(**WHERE) == later
+    other = store.save({"q": np.zeros(1)}, symbol="ETH", agent="dqn", timeframe="5m")
+    assert store.prune(keep=2, dry_run=True) == urls[:2]
+    assert store.versions(**WHERE) == [*urls, later]
+    assert store.prune(keep=2) == urls[:2]
+    assert store.versions(**WHERE) == [urls[2], later]
+    assert store.versions("ETH", "dqn", "5m") == [other]
+    assert store.prune(keep=0) == [urls[2]]  # never the version the pointer names
+    check_consistent(store_at.server, store_at.bucket)
+
+
+def test_the_cache_is_used_and_verified(store_at, tmp_path):
+    store = store_at()
+    url = store.save({"q": np.arange(3.0)}, **WHERE)
+    cached = tmp_path / "cache" / "BTC-USDT" / "ppo" / "1h" / url.rsplit("/", 1)[1]
+    assert cached.exists()  # the upload warmed it
+    before = store.remote.requests
+    store.load_latest(**WHERE)
+    assert store.remote.requests - before == 2  # the pointer and the record; no download
+    cached.write_bytes(cached.read_bytes()[:-10])  # a damaged cache entry is replaced, not used
+    np.testing.assert_array_equal(store.load_latest(**WHERE)["q"], np.arange(3.0))
+    record = json.loads(store.remote.get(f"BTC-USDT/ppo/1h/{cached.name}.json").data)
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == record["sha256"]
+
+
+def test_a_corrupted_remote_object_is_refused_before_parsing(store_at, tmp_path):
+    store = store_at(cache="c1")
+    url = store.save({"q": np.arange(3.0)}, **WHERE)
+    key = url.split("/", 3)[3]
+    client = store_at.server.client()
+    data = bytearray(client.get_object(Bucket=store_at.bucket, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x40
+    client.put_object(Bucket=store_at.bucket, Key=key, Body=bytes(data))
+    fresh = store_at(cache="c2")
+    with pytest.raises(IntegrityError, match="does not match what persistkit uploaded") as info:
+        fresh.load_latest(**WHERE)
+    assert info.value.path == url
+    assert not (tmp_path / "c2" / "BTC-USDT" / "ppo" / "1h" / key.rsplit("/", 1)[1]).exists()
+
+
+def test_fallback_skips_a_corrupted_newest_version(store_at):
+    store = store_at(cache="c1")
+    store.save({"q": np.zeros(2)}, **WHERE, when=T0)
+    url = store.save({"q": np.ones(2)}, **WHERE, when=T0)
+    store_at.server.client().put_object(Bucket=store_at.bucket, Key=url.split("/", 3)[3], Body=b"garbage")
+    np.testing.assert_array_equal(store_at(cache="c2").load_latest(**WHERE, fallback=True)["q"], np.zeros(2))
+
+
+def test_errors_are_typed_and_name_the_url(store_at, s3_server, tmp_path):
+    with pytest.raises(PersistIOError, match="bucket 'pk-missing-bucket' does not exist") as info:
+        pk.ModelStore(
+            "s3://pk-missing-bucket/models", cache_dir=tmp_path, storage_options=s3_server.storage_options
+        )
+    assert info.value.errno == errno.ENOENT
+    store = store_at()
+    with pytest.raises(NoVersionError, match=r"s3://.*/models/BTC-USDT/ppo/1h"):
+        store.load_latest(**WHERE)
+    with pytest.raises(PersistIOError, match="No such object") as info:
+        store.load(f"{store.root}/BTC-USDT/ppo/1h/2024-01-01_000000.models")
+    assert info.value.errno == errno.ENOENT
+    store.save({"q": np.ones(1)}, **WHERE)
+    with pytest.raises(ValueError, match="saves encrypted bundles"):
+        store.save({"q": np.ones(1)}, **WHERE, encrypt=False)
+
+
+def test_concurrent_publishing_threads_never_lose_a_version(store_at):
+    stores = [store_at(cache=f"c{n}") for n in range(4)]
+    published, failures = [], []
+
+    def publisher(n):
+        try:
+            for i in range(5):
+                published.append(stores[n].save({"q": np.full(2, n * 10.0 + i)}, **WHERE, when=T0))
+        except BaseException as err:
+            failures.append(err)
+
+    threads = [threading.Thread(target=publisher, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert len(set(published)) == 20
+    assert sorted(stores[0].versions(**WHERE)) == sorted(published)
+    names = check_consistent(store_at.server, store_at.bucket)
+    assert (
+        stores[0].latest(**WHERE)
+        == f"{stores[0].root}/BTC-USDT/ppo/1h/{max(names, key=pk.model_store.VERSIONS.sort_key)}"
+    )
+
+
+CHILD = """
+import sys, numpy as np, persistkit as pk
+url, cache, key, endpoint, n, size = sys.argv[1:7]
+opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+store = pk.ModelStore(url, cache_dir=cache, key_file=key, storage_options=opts)
+real = store.remote.put_file_new
+def announced(key, path):
+    print("UPLOADING", key, flush=True)
+    return real(key, path)
+store.remote.put_file_new = announced
+if len(sys.argv) > 8:  # stop between the record and the pointer, to be killed there
+    import time
+    def hang(*args):
+        print("POINTING", flush=True)
+        time.sleep(60)
+    store._advance_latest = hang
+rng = np.random.default_rng(int(n))
+for i in range(int(sys.argv[7])):
+    print("SAVED", store.save({"w": rng.random(int(size))}, symbol="BTC/USDT", agent="ppo", timeframe="1h"), flush=True)
+"""
+
+
+def run_child(store_at, tmp_path, n, *, size=100, count=1, hang=False):
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, f"s3://{store_at.bucket}/models", str(tmp_path / f"cache{n}"),
+         str(tmp_path / "store.key"), store_at.server.endpoint, str(n), str(size), str(count),
+         *(["hang"] if hang else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+
+
+def test_concurrent_publishing_processes_never_lose_a_version(store_at, tmp_path):
+    store_at().save({"w": np.zeros(1)}, **WHERE)  # creates the shared key file first
+    children = [run_child(store_at, tmp_path, n, count=4) for n in range(3)]
+    published = [store_at().versions(**WHERE)[0]]
+    for child in children:
+        out, err = child.communicate(timeout=240)
+        assert child.returncode == 0, err
+        published += [line.split()[1] for line in out.splitlines() if line.startswith("SAVED")]
+    assert len(set(published)) == 13
+    assert sorted(store_at().versions(**WHERE)) == sorted(published)
+    names = check_consistent(store_at.server, store_at.bucket)
+    assert store_at().latest(**WHERE).endswith(max(names, key=pk.model_store.VERSIONS.sort_key))
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
+def test_sigkill_of_a_publisher_mid_upload_leaves_nothing_partial_and_no_dangling_pointer(
+    store_at, tmp_path, delay
+):
+    first = store_at().save({"w": np.zeros(1)}, **WHERE)
+    child = run_child(store_at, tmp_path, 1, size=4_000_000)  # ~32 MB: the upload takes a while
+    line = child.stdout.readline()
+    assert line.startswith("UPLOADING"), child.stderr.read()
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    time.sleep(0.5)  # let the server finish whatever request it was handling
+    names = check_consistent(store_at.server, store_at.bucket)  # complete objects only, pointer valid
+    versions = store_at().versions(**WHERE)
+    assert versions[0] == first and len(versions) == len(names) <= 2
+    orphans = [k for k in keys(store_at.server, store_at.bucket, GROUP + "/") if k.endswith(".models")
+               and f"{GROUP}/{k.rsplit('/', 1)[1]}" not in [f"{GROUP}/{n}" for n in names]]  # fmt: skip
+    if delay == 0.0:
+        assert orphans == []  # killed mid-transfer: the server never made the object visible
+    assert len(orphans) <= 1  # killed after the upload: a whole object, never listed as a version
+    # an object that is visible is whole; a version without a record is not listed; the store goes on
+    after = store_at().save({"w": np.ones(1)}, **WHERE)
+    assert store_at().latest(**WHERE) == after
+    np.testing.assert_array_equal(store_at(cache="fresh").load_latest(**WHERE)["w"], np.ones(1))
+
+
+def test_a_server_stopped_mid_save_gives_a_typed_error_then_recovers(own_s3_server, tmp_path):
+    server = own_s3_server
+    bucket = server.new_bucket()
+    store = pk.ModelStore(f"s3://{bucket}/models", cache_dir=tmp_path / "c", key_file=tmp_path / "k",
+                          storage_options=server.storage_options)  # fmt: skip
+    first = store.save({"q": np.zeros(1)}, **WHERE)
+    store.remote.retries, store.remote.backoff = 2, 0.05
+    real = store.remote.put_file_new
+
+    def stop_then_upload(key, path):
+        server.stop()  # the listing and the pointer read went through; the upload does not
+        return real(key, path)
+
+    store.remote.put_file_new = stop_then_upload
+    with pytest.raises(PersistIOError, match="could not be reached") as info:
+        store.save({"q": np.ones(1)}, **WHERE)
+    assert info.value.path.startswith(f"s3://{bucket}/models/BTC-USDT/ppo/1h/")
+    store.remote.put_file_new = real
+    server.start()
+    assert store.versions(**WHERE) == [first] and store.latest(**WHERE) == first
+    assert not os.listdir(tmp_path / "c" / ".staging")  # no staging debris
+    second = store.save({"q": np.ones(1)}, **WHERE)
+    assert store.versions(**WHERE) == [first, second]
+    np.testing.assert_array_equal(store.load_latest(**WHERE)["q"], np.ones(1))
+    check_consistent(server, bucket)
+
+
+def test_sigkill_between_record_and_pointer_leaves_the_pointer_on_a_valid_version(store_at, tmp_path):
+    first = store_at().save({"w": np.zeros(1)}, **WHERE)
+    child = run_child(store_at, tmp_path, 1, hang=True)
+    assert child.stdout.readline().startswith("UPLOADING")
+    assert child.stdout.readline().startswith("POINTING"), child.stderr.read()
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    names = check_consistent(store_at.server, store_at.bucket)
+    assert len(names) == 2 and store_at().latest(**WHERE) == first  # published, pointer not yet moved
+    after = store_at().save({"w": np.ones(1)}, **WHERE)  # the next publisher moves it past both
+    assert store_at().latest(**WHERE) == after and len(store_at().versions(**WHERE)) == 3
+
+
+@pytest.fixture
+def http_requests():
+    """Requests the in-process moto server answered (its werkzeug access log), counted as they come."""
+    import logging
+
+    seen = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("werkzeug")
+    handler, level = Count(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield seen
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_round_trips_per_publish_and_per_load_as_the_server_saw_them(store_at, http_requests):
+    store = store_at()
+    store.save({"q": np.zeros(1)}, **WHERE)
+    http_requests.clear()
+    store.save({"q": np.ones(1)}, **WHERE)
+    methods = [line.split('"')[1].split()[0] for line in http_requests]
+    assert methods == ["GET", "GET", "PUT", "PUT", "PUT"], http_requests  # list, pointer, data, record, swap
+    http_requests.clear()
+    store.load_latest(**WHERE)  # warm: the upload filled the cache
+    assert len(http_requests) == 2, http_requests  # pointer, record
+    http_requests.clear()
+    store_at(cache="cold").load_latest(**WHERE)  # another process: reads store.json once, then downloads
+    assert len(http_requests) == 5, http_requests  # pointer, store.json, record, HEAD and GET of the bundle
+
+
+def test_a_version_pruned_under_a_reader_is_followed_to_the_new_latest(store_at, monkeypatch):
+    reader = store_at(cache="reader")
+    old = store_at().save({"q": np.zeros(1)}, **WHERE)
+    stale = reader.latest(**WHERE)
+    assert stale == old
+    new = store_at().save({"q": np.ones(1)}, **WHERE)
+    assert store_at().prune(keep=1) == [old]
+    answers = iter([stale, new])
+    monkeypatch.setattr(
+        reader, "latest", lambda *a: next(answers)
+    )  # the reader read the pointer before the prune
+    np.testing.assert_array_equal(reader.load_latest(**WHERE)["q"], np.ones(1))
+    with pytest.raises(PersistIOError, match="No such object") as info:
+        reader.load(old)  # asked for by URL: it is gone, and the error says which
+    assert info.value.errno == errno.ENOENT and info.value.path == old + ".json"
