@@ -591,14 +591,14 @@ class RemoteModelStore(ModelStore):
         """
         import secrets
 
-        from persistkit.io.atomic import _pid_alive
+        from persistkit.io.atomic import pid_alive
 
         directory = os.path.join(self.cache_dir, ".staging")
         fs = current_fs()
         if fs.is_dir(directory):
             for name in fs.listdir(directory):
                 pid = name.split("-", 1)[0]
-                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                     try:
                         fs.unlink(os.path.join(directory, name))
                     except OSError as err:
