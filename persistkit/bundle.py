@@ -34,7 +34,7 @@ import re
 import secrets
 import stat
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -736,8 +736,15 @@ def load_bundle(
     device: str = "cpu",
     members: Sequence[str] | None = None,
     require_encryption: bool | str = False,
+    modules: Mapping[str, Callable[[], Any]] | None = None,
+    as_state_dict: bool = False,
 ) -> Bundle:
     """Verify and load a bundle. ``members`` limits which models are rebuilt (all are verified).
+
+    A torch ``nn.Module`` member is rebuilt by ``modules={"name": MyNet}``
+    (the class or a zero-argument factory; weights go in with
+    ``load_state_dict(strict=True)``); without one it raises
+    ``UntrustedTypeError``, unless ``as_state_dict=True`` asks for the state dict.
 
     A bundle must be encrypted (a plain one is refused as a forged downgrade)
     when ``password=`` or ``key_file=`` is given, when its key file is beside
@@ -792,6 +799,9 @@ def load_bundle(
                         device=device,
                         meta=envelope.header.meta,
                         source=source,
+                        module=(modules or {}).get(entry.name),
+                        as_state_dict=as_state_dict,
+                        name=entry.name,
                     )
                 except PersistkitError as err:
                     err.member = entry.name  # codecs name it by source string; the bundle names the member

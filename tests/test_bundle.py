@@ -834,3 +834,61 @@ def test_a_missing_bundle_says_it_does_not_exist(tmp_path):
     text = str(info.value)
     assert info.value.errno == 2 and str(tmp_path / "missing.models") in text
     assert "does not exist" in text and "Free space" not in text and "previous copy" not in text
+
+
+def _tiny_net_class():
+    import torch
+
+    class TinyNet(torch.nn.Module):
+        def __init__(self, hidden: int = 4) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Linear(3, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+            )
+
+        def forward(self, x):
+            return self.body(x)
+
+    return TinyNet
+
+
+def test_a_torch_module_loads_as_a_module_when_the_caller_says_how_to_build_it(tmp_path):
+    import torch
+
+    TinyNet = _tiny_net_class()
+    torch.manual_seed(0)
+    net, seq = TinyNet(hidden=5), torch.nn.Sequential(torch.nn.Linear(2, 2))
+    path = pk.save_bundle(tmp_path / "n.models", {"net": net, "seq": seq})
+    bundle = pk.load_bundle(
+        path,
+        modules={"net": lambda: TinyNet(hidden=5), "seq": lambda: torch.nn.Sequential(torch.nn.Linear(2, 2))},
+    )
+    assert type(bundle["net"]) is TinyNet and type(bundle["seq"]) is torch.nn.Sequential
+    x = torch.randn(4, 3)
+    assert torch.equal(bundle["net"](x), net(x))
+    assert torch.equal(bundle["seq"][0].weight, seq[0].weight)
+
+
+def test_a_torch_module_without_a_factory_is_refused_by_name_unless_the_state_dict_is_asked_for(tmp_path):
+    import torch
+
+    TinyNet = _tiny_net_class()
+    net = TinyNet()
+    path = pk.save_bundle(tmp_path / "n.models", {"net": net})
+    with pytest.raises(
+        pk.UntrustedTypeError,
+        match=r"n\.models:net is a torch module of class .*TinyNet.*modules=\{'net': TinyNet\}.*as_state_dict=True",
+    ) as info:
+        pk.load_bundle(path)
+    assert info.value.member == "net" and info.value.types[0].endswith("TinyNet")
+    state = pk.load_bundle(path, as_state_dict=True)["net"]
+    assert set(state) == set(net.state_dict())
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+def test_a_factory_building_another_architecture_is_a_format_error_naming_the_member(tmp_path):
+    TinyNet = _tiny_net_class()
+    path = pk.save_bundle(tmp_path / "n.models", {"net": TinyNet(hidden=5)})
+    with pytest.raises(pk.FormatError, match=r"do not fit the module") as info:
+        pk.load_bundle(path, modules={"net": TinyNet})  # hidden=4 by default
+    assert info.value.member == "net"
