@@ -251,7 +251,7 @@ def test_embedded_model_in_a_tree_value_follows_the_trust_rule(tmp_path, scaler)
 # -- metadata, inspect, verify --------------------------------------------------------------
 
 
-def test_metadata_json_with_automatic_fields(tmp_path, models, monkeypatch):
+def test_metadata_with_automatic_fields(tmp_path, models, monkeypatch):
     repo = tmp_path / "repo"
     (repo / ".git" / "refs" / "heads").mkdir(parents=True)
     (repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
@@ -262,8 +262,9 @@ def test_metadata_json_with_automatic_fields(tmp_path, models, monkeypatch):
     path = pk.save_bundle(tmp_path / "x.models", models, metadata=meta, config={"lr": 1e-3})
     got = pk.load_bundle(path).metadata
     assert got["ensemble_weights"] == [0.6, 0.4]
-    assert got["calibration_temperature"] == 1.25 and type(got["calibration_temperature"]) is float
-    assert got["n"] == 3 and type(got["n"]) is int
+    # the tree codec keeps numpy numbers as they were (JSON-era bundles made them Python numbers)
+    assert got["calibration_temperature"] == 1.25 and type(got["calibration_temperature"]) is np.float32
+    assert got["n"] == 3 and type(got["n"]) is np.int64
     assert got["config"] == {"lr": 1e-3}
     assert got["git_commit"] == commit
     assert got["environment"]["numpy"] == np.__version__
@@ -286,8 +287,10 @@ def test_metadata_outside_a_repo_has_no_commit(tmp_path, models, monkeypatch):
     assert pk.load_bundle(pk.save_bundle(tmp_path / "y.models", models)).metadata["git_commit"] == "ab" * 20
 
 
-def test_metadata_that_is_not_json_is_refused_with_its_path(tmp_path, models):
-    with pytest.raises(UnsupportedTypeError, match=r"metadata\['bad'\]\[1\].*not JSON") as info:
+def test_metadata_that_is_not_a_plain_value_is_refused_with_its_path(tmp_path, models):
+    with pytest.raises(
+        UnsupportedTypeError, match=r"metadata\['bad'\]\[1\].*cannot be stored as metadata"
+    ) as info:
         pk.save_bundle(tmp_path / "x.models", models, metadata={"bad": [1, object()]})
     assert info.value.field == "metadata['bad'][1]"
     assert not (tmp_path / "x.models").exists()
@@ -892,3 +895,38 @@ def test_a_factory_building_another_architecture_is_a_format_error_naming_the_me
     with pytest.raises(pk.FormatError, match=r"do not fit the module") as info:
         pk.load_bundle(path, modules={"net": TinyNet})  # hidden=4 by default
     assert info.value.member == "net"
+
+
+def test_metadata_takes_what_state_takes_and_keeps_its_types(tmp_path, models):
+    import datetime as dt
+    import decimal
+    import uuid
+
+    when = dt.datetime(2026, 11, 24, 15, 0, tzinfo=dt.UTC)
+    metadata = {
+        "trained_until": when,
+        "window": dt.timedelta(days=30),
+        "fee": decimal.Decimal("0.001"),
+        "run": uuid.UUID(int=7),
+        "shape": (3, 4),
+        "sharpe": np.float32(1.25),
+        "thresholds": np.array([0.1, 0.2]),
+    }
+    got = pk.load_bundle(
+        pk.save_bundle(tmp_path / "x.models", models, metadata=metadata, config={"since": when})
+    ).metadata
+    for key, value in metadata.items():
+        assert_same(value, got[key], what=key)
+    assert got["config"] == {"since": when}
+    assert pk.inspect(tmp_path / "x.models").metadata_entry.codec == "tree"
+
+
+def test_a_model_in_metadata_is_refused_with_a_pointer_to_members(tmp_path, models):
+    from sklearn.preprocessing import StandardScaler
+
+    with pytest.raises(
+        UnsupportedTypeError, match=r"metadata\['scaler'\].*store models as bundle members"
+    ) as info:
+        pk.save_bundle(tmp_path / "x.models", models, metadata={"scaler": StandardScaler()})
+    assert info.value.field == "metadata['scaler']"
+    assert not (tmp_path / "x.models").exists()
