@@ -80,3 +80,36 @@ def test_fine_tune_refuses_a_non_sb3_member(tmp_path):
     with pytest.raises(NotFoundError, match="no member 'nope'") as info:
         fine_tune(parent, "nope", gym.make("CartPole-v1"), 10)
     assert isinstance(info.value, KeyError) and info.value.member == "nope" and info.value.path == str(parent)
+
+
+def test_fine_tuning_a_store_version_publishes_a_new_version_of_its_group(tmp_path):
+    store = pk.ModelStore(tmp_path / "models")
+    parent = store.save({"policy": ppo()}, symbol="BTC/USDT", agent="ppo", timeframe="1h", config={"lr": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        child = fine_tune(store.latest("BTC/USDT", "ppo", "1h"), "policy", gym.make("CartPole-v1"), 32)
+    assert store.versions("BTC/USDT", "ppo", "1h") == [parent, child]
+    assert store.latest("BTC/USDT", "ppo", "1h") == child
+    assert not list(tmp_path.rglob("*.ft*.models"))
+    loaded = store.load_latest("BTC/USDT", "ppo", "1h", env=gym.make("CartPole-v1"))
+    assert loaded["policy"].num_timesteps == 96
+    lineage = loaded.metadata["lineage"]
+    assert lineage["parent_version"] == parent.name and lineage["parent_path"] == str(parent)
+    assert lineage["parent_bundle_id"] == pk.inspect(parent).bundle_id
+    assert loaded.metadata["store"] == {"symbol": "BTC/USDT", "agent": "ppo", "timeframe": "1h"}
+    assert loaded.metadata["config"] == {"lr": 1}
+    assert (child.parent / (child.name + ".key")).exists()  # its own key, as every store version
+
+
+def test_fine_tune_publishes_into_the_store_it_is_given_and_needs_a_group_for_it(tmp_path):
+    other = pk.ModelStore(tmp_path / "staging")
+    parent = pk.ModelStore(tmp_path / "models").save(
+        {"policy": ppo()}, symbol="ETH", agent="ppo", timeframe="4h"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        child = fine_tune(parent, "policy", gym.make("CartPole-v1"), 32, store=other)
+    assert other.versions("ETH", "ppo", "4h") == [child]
+    loose = pk.save_bundle(tmp_path / "loose.models", {"policy": ppo()})
+    with pytest.raises(ValueError, match=r"no 'store' group.*save_to="):
+        fine_tune(loose, "policy", gym.make("CartPole-v1"), 32, store=other)
