@@ -745,6 +745,7 @@ def load_bundle(
     require_encryption: bool | str = False,
     modules: Mapping[str, Callable[[], Any]] | None = None,
     as_state_dict: bool = False,
+    custom_objects: Mapping[str, Any] | None = None,
 ) -> Bundle:
     """Verify and load a bundle. ``members`` limits which models are rebuilt (all are verified).
 
@@ -752,6 +753,9 @@ def load_bundle(
     (the class or a zero-argument factory; weights go in with
     ``load_state_dict(strict=True)``); without one it raises
     ``UntrustedTypeError``, unless ``as_state_dict=True`` asks for the state dict.
+    ``custom_objects`` replaces attributes of every SB3 member before it is
+    rebuilt, as in SB3's own ``load`` (``{"learning_rate": fn}`` brings back the
+    function a tabulated schedule was made from).
 
     A bundle must be encrypted (a plain one is refused as a forged downgrade)
     when ``password=`` or ``key_file=`` is given, when its key file is beside
@@ -812,6 +816,7 @@ def load_bundle(
                         module=(modules or {}).get(entry.name),
                         as_state_dict=as_state_dict,
                         name=entry.name,
+                        custom_objects=custom_objects,
                     )
                 except PersistkitError as err:
                     err.member = entry.name  # codecs name it by source string; the bundle names the member

@@ -113,3 +113,22 @@ def test_fine_tune_publishes_into_the_store_it_is_given_and_needs_a_group_for_it
     loose = pk.save_bundle(tmp_path / "loose.models", {"policy": ppo()})
     with pytest.raises(ValueError, match=r"no 'store' group.*save_to="):
         fine_tune(loose, "policy", gym.make("CartPole-v1"), 32, store=other)
+
+
+def test_a_lambda_learning_rate_survives_a_bundle_as_a_table_or_as_the_function_given_back(tmp_path):
+    def schedule(p):
+        return 3e-4 * p
+
+    model = ppo(learning_rate=lambda p: 3e-4 * p)
+    path = pk.save_bundle(tmp_path / "x.models", {"policy": model})
+    assert pk.inspect(path).member("policy").info["tabulated_schedules"] == ["learning_rate"]
+    tabled = pk.load_bundle(path, env=gym.make("CartPole-v1"))["policy"]
+    assert tabled.lr_schedule(0.37) == pytest.approx(3e-4 * 0.37, rel=1e-12)
+    exact = pk.load_bundle(path, env=gym.make("CartPole-v1"), custom_objects={"learning_rate": schedule})[
+        "policy"
+    ]
+    assert exact.learning_rate is schedule and exact.lr_schedule(0.37) == schedule(0.37)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exact.learn(32, reset_num_timesteps=False)
+    assert exact.num_timesteps == 96

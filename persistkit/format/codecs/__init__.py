@@ -244,6 +244,7 @@ def decode_member(
     module: Callable[[], Any] | None = None,
     as_state_dict: bool = True,
     name: str | None = None,
+    custom_objects: Mapping[str, Any] | None = None,
 ) -> object:
     """Rebuild a member or an embedded model; unknown codecs raise FormatError.
 
@@ -251,7 +252,8 @@ def decode_member(
     headers there). ``source`` names the member in errors. ``module`` and
     ``as_state_dict`` decide how a stored torch ``nn.Module`` comes back (see
     ``persistkit.format.codecs.torch``; ``name`` is the member's name for its
-    advice); embedded models always use the defaults.
+    advice); embedded models always use the defaults. ``custom_objects``
+    replaces attributes of an SB3 model before it is rebuilt.
     """
     if codec == "bytes":
         return bytes(payload)
@@ -268,6 +270,10 @@ def decode_member(
         )
     if codec in ("sklearn", "sklearn-trees"):
         return impl.decode(payload, trusted=trusted, source=source)
+    if codec == "sb3":
+        return impl.decode(
+            payload, trusted=trusted, env=env, device=device, source=source, custom_objects=custom_objects
+        )
     return impl.decode(payload, trusted=trusted, env=env, device=device, source=source)
 
 

@@ -30,7 +30,9 @@ are not plain data are embedded as tagged records, never as code:
   loads as a ``TabulatedSchedule``, the piecewise-linear interpolation of the
   table (exact for linear schedules; within 1.25e-7 x max|f''| otherwise;
   clamped outside [0, 1]). The member's ``info["tabulated_schedules"]``
-  (``pk.inspect``) names the attributes stored this way;
+  (``pk.inspect``) names the attributes stored this way; to get the function
+  itself back, pass it at load as SB3 does:
+  ``load_bundle(path, custom_objects={"learning_rate": fn})``;
 * gymnasium spaces (Box, Discrete, MultiDiscrete, MultiBinary, Dict, Tuple);
 * ``TrainFreq`` and Normal / Ornstein-Uhlenbeck action noise.
 
@@ -548,8 +550,13 @@ def decode(
     env: object = None,
     device: str = "cpu",
     source: str = "SB3 member",
+    custom_objects: Mapping[str, Any] | None = None,
 ) -> object:
-    """Rebuild the model, ready to ``learn()`` or ``predict()``; ``env`` is attached when given."""
+    """Rebuild the model, ready to ``learn()`` or ``predict()``; ``env`` is attached when given.
+
+    ``custom_objects`` replaces stored attributes before the model is rebuilt,
+    as SB3's ``load`` does (``{"learning_rate": fn}`` instead of a table).
+    """
     outer = _outer(payload, source)
     _check_trust(audit(payload, source=source), trusted, source)
     algorithm = _import(outer["algorithm"], source)
@@ -561,6 +568,7 @@ def decode(
     variables = join_tensors(*outer["variables"], source=source)
     if not isinstance(params, dict) or not isinstance(variables, dict):
         raise FormatError(f"{source}: malformed SB3 parameters.", member=source)
+    data.update(custom_objects or {})
     for needed in ("policy_class", "observation_space", "action_space"):
         if needed not in data:
             raise FormatError(f"{source}: the SB3 attributes lack {needed!r}.", member=source)
