@@ -26,14 +26,17 @@ def plain_kind(component: object) -> Kind | None:
         getattr(component, "load_state_dict", None)
     ):
         return None
+    if callable(getattr(type(component), "__setstate__", None)) and not _is_ndarray(component):
+        return None  # a subclass that chose __getstate__/__setstate__ keeps them
     if isinstance(component, dict):
         return "dict"
     if isinstance(component, list):
         return "list"
-    module = type(component).__module__
-    if module == "numpy" and type(component).__name__ == "ndarray":
-        return "ndarray"
-    return None
+    return "ndarray" if _is_ndarray(component) else None
+
+
+def _is_ndarray(component: object) -> bool:
+    return type(component).__module__ == "numpy" and type(component).__name__ == "ndarray"
 
 
 def plain_state(component: Any, kind: Kind) -> Any:

@@ -87,3 +87,24 @@ def test_other_objects_without_a_state_api_are_refused_with_what_to_register(tmp
     with pytest.raises(TypeError, match=r"a dict, a list or a numpy array"):
         store.register("s", {1, 2})
     store.close()
+
+
+def test_a_dict_subclass_with_its_own_setstate_keeps_using_it(tmp_path):
+    class Book(dict):
+        def __getstate__(self):
+            return {"items": dict(self)}
+
+        def __setstate__(self, state):
+            self.clear()
+            self.update(state["items"])
+            self.loaded_by_setstate = True
+
+    with _store(tmp_path) as store:
+        store.register("book", Book(a=1))
+        store.load()
+        store.save()
+    book = Book()
+    with _store(tmp_path) as store:
+        store.register("book", book)
+        store.load()
+    assert book == {"a": 1} and book.loaded_by_setstate
