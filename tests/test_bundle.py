@@ -880,7 +880,7 @@ def test_a_torch_module_without_a_factory_is_refused_by_name_unless_the_state_di
     path = pk.save_bundle(tmp_path / "n.models", {"net": net})
     with pytest.raises(
         pk.UntrustedTypeError,
-        match=r"n\.models:net is a torch module of class .*TinyNet.*modules=\{'net': TinyNet\}.*as_state_dict=True",
+        match=r"n\.models:net holds a torch module of class .*TinyNet.*modules=\{'net': TinyNet\}.*as_state_dict=True",
     ) as info:
         pk.load_bundle(path)
     assert info.value.member == "net" and info.value.types[0].endswith("TinyNet")
@@ -930,3 +930,17 @@ def test_a_model_in_metadata_is_refused_with_a_pointer_to_members(tmp_path, mode
         pk.save_bundle(tmp_path / "x.models", models, metadata={"scaler": StandardScaler()})
     assert info.value.field == "metadata['scaler']"
     assert not (tmp_path / "x.models").exists()
+
+
+def test_a_torch_module_inside_a_value_is_refused_unless_its_state_dict_is_asked_for(tmp_path):
+    import torch
+
+    net = torch.nn.Linear(2, 1)
+    path = pk.save_bundle(tmp_path / "n.models", {"parts": {"head": net, "n": 1}})
+    with pytest.raises(
+        pk.UntrustedTypeError, match=r"torch module .*Linear.*inside a value.*as_state_dict=True"
+    ) as info:
+        pk.load_bundle(path)
+    assert info.value.member == "parts"
+    parts = pk.load_bundle(path, as_state_dict=True)["parts"]
+    assert parts["n"] == 1 and torch.equal(parts["head"]["weight"], net.weight)

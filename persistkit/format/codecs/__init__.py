@@ -252,7 +252,7 @@ def decode_member(
     headers there). ``source`` names the member in errors. ``module`` and
     ``as_state_dict`` decide how a stored torch ``nn.Module`` comes back (see
     ``persistkit.format.codecs.torch``; ``name`` is the member's name for its
-    advice); embedded models always use the defaults. ``custom_objects``
+    advice; modules inside a tree value follow ``as_state_dict`` too). ``custom_objects``
     replaces attributes of an SB3 model before it is rebuilt.
     """
     if codec == "bytes":
@@ -261,7 +261,9 @@ def decode_member(
     if codec == "numpy":
         return impl.decode(payload, meta=meta, source=source)
     if codec == "tree":
-        return impl.decode(payload, trusted=trusted, env=env, device=device, source=source)
+        return impl.decode(
+            payload, trusted=trusted, env=env, device=device, source=source, as_state_dict=as_state_dict
+        )
     if codec == "json":
         return impl.decode(payload, source=source)
     if codec == "torch":

@@ -19,8 +19,9 @@ with no arguments, or any zero-argument factory such as
 ``load_state_dict(strict=True)``. Without a factory, loading raises
 ``UntrustedTypeError`` naming the member and the class and what to pass;
 ``as_state_dict=True`` returns the state dict (an ``OrderedDict`` of tensors)
-instead. Modules embedded inside a tree value (a dict member, a state store
-component) have no name to key a factory on and load as their state dict.
+instead. A module inside a tree value (a dict member) has no name to key a
+factory on: in a bundle it raises the same error unless ``as_state_dict=True``;
+in a state store component it loads as its state dict.
 """
 
 from __future__ import annotations
@@ -165,12 +166,20 @@ def decode(
         if as_state_dict:
             return value
         short = cls.rsplit(".", 1)[-1]
-        key = repr(name) if name is not None else "<member>"
+        if name is not None:
+            how = (
+                f"Pass modules={{{name!r}: {short}}} to load_bundle (the class, or a zero-argument factory such "
+                f"as lambda: {short}(...)) to rebuild it, or as_state_dict=True to get its state dict."
+            )
+        else:  # inside a value: no member name to key a factory on
+            how = (
+                "It sits inside a value, where it can only come back as its state dict: pass "
+                "as_state_dict=True to load_bundle for that, or save the module as a member of its own and "
+                f"load it with modules={{'<member>': {short}}}."
+            )
         raise UntrustedTypeError(
-            f"{source} is a torch module of class {cls}, stored as its weights; persistkit does not import "
-            f"classes named by a file. Pass modules={{{key}: {short}}} to load_bundle (the class, or a "
-            f"zero-argument factory such as lambda: {short}(...)) to rebuild it, or as_state_dict=True to get "
-            "its state dict.",
+            f"{source} holds a torch module of class {cls}, stored as its weights; persistkit does not import "
+            f"classes named by a file. {how}",
             types=[cls],
             member=source,
         )
