@@ -34,7 +34,7 @@ import re
 import secrets
 import stat
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,13 +271,15 @@ def check_member_name(name: object) -> str:
 def _metadata_doc(
     metadata: Mapping[str, Any] | None, config: Any, created: str, env: Mapping[str, str | None]
 ) -> dict[str, Any]:
-    from persistkit.format.codecs.json import to_jsonable
+    from persistkit.format.codecs import metadata as metac
 
     if metadata is not None and not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a mapping (a dict), not {type(metadata).__name__}")
-    doc: dict[str, Any] = to_jsonable(dict(metadata or {}), "metadata")
+    doc: dict[str, Any] = dict(metadata or {})
+    metac.encode(doc)  # refuse what cannot be stored before any key or file is made
     if config is not None:
-        doc["config"] = to_jsonable(config, "config")
+        metac.encode({"config": config}, root="config")
+        doc["config"] = config
     doc.setdefault("created", created)
     doc.setdefault("environment", dict(env))
     commit = _git_commit(os.getcwd())
@@ -388,7 +390,10 @@ def _write_bundle(
 
     def add(zw: ZipStreamWriter, index: int, name: str, role: str, obj: Any) -> None:
         if role == "metadata":
-            encoded = encode_member(obj, codec="json", name="metadata")
+            from persistkit.format.codecs import Encoded
+            from persistkit.format.codecs import metadata as metac
+
+            encoded = Encoded("tree", metac.encode(obj))
         else:
             encoded = encode_member(obj, name=name, save_replay_buffer=save_replay_buffer)
         comp = compression if encoded.compressible else "none"
@@ -576,7 +581,7 @@ class _Opened:
         from persistkit.format.codecs import CODECS
 
         for m in self.manifest.members:
-            if m.codec not in CODECS or (m.role == "metadata" and m.codec != "json"):
+            if m.codec not in CODECS or (m.role == "metadata" and m.codec not in ("json", "tree")):
                 raise FormatError(
                     f"{self.source}: member {m.name!r} uses codec {m.codec!r}, which this persistkit does not "
                     f"know (it knows {', '.join(sorted(CODECS))}). It may come from a newer persistkit: upgrade "
@@ -678,6 +683,8 @@ class _Opened:
 def _relevant_skew(manifest: mf.Manifest) -> list[tuple[str, str | None, str | None]]:
     packages: list[str] = []
     for m in manifest.members:
+        if m.role == "metadata":
+            continue  # plain values: no library version changes how they decode
         for name in _RELEVANT.get(m.codec, ()):
             if name not in packages:
                 packages.append(name)
@@ -736,8 +743,19 @@ def load_bundle(
     device: str = "cpu",
     members: Sequence[str] | None = None,
     require_encryption: bool | str = False,
+    modules: Mapping[str, Callable[[], Any]] | None = None,
+    as_state_dict: bool = False,
+    custom_objects: Mapping[str, Any] | None = None,
 ) -> Bundle:
     """Verify and load a bundle. ``members`` limits which models are rebuilt (all are verified).
+
+    A torch ``nn.Module`` member is rebuilt by ``modules={"name": MyNet}``
+    (the class or a zero-argument factory; weights go in with
+    ``load_state_dict(strict=True)``); without one it raises
+    ``UntrustedTypeError``, unless ``as_state_dict=True`` asks for the state dict.
+    ``custom_objects`` replaces attributes of every SB3 member before it is
+    rebuilt, as in SB3's own ``load`` (``{"learning_rate": fn}`` brings back the
+    function a tabulated schedule was made from).
 
     A bundle must be encrypted (a plain one is refused as a forged downgrade)
     when ``password=`` or ``key_file=`` is given, when its key file is beside
@@ -777,10 +795,13 @@ def load_bundle(
             envelope = opened.open_member(index, entry, master, plaintext_digest=False)
             source = f"{opened.source}:{entry.name}"
             if entry.role == "metadata":
-                doc = decode_member("json", envelope.view, source=source)
-                if not isinstance(doc, dict):
-                    raise FormatError(f"{source}: the metadata is not a JSON object.", path=opened.source)
-                metadata = doc
+                from persistkit.format.codecs import metadata as metac
+
+                try:
+                    metadata = metac.decode(entry.codec, envelope.view, source=source)
+                except PersistkitError as err:
+                    err.path, err.member = opened.source, entry.name
+                    raise
             elif wanted is None or entry.name in wanted:
                 trust = _trust_for(opened, entry, envelope.view, trusted, master is not None)
                 try:
@@ -792,6 +813,10 @@ def load_bundle(
                         device=device,
                         meta=envelope.header.meta,
                         source=source,
+                        module=(modules or {}).get(entry.name),
+                        as_state_dict=as_state_dict,
+                        name=entry.name,
+                        custom_objects=custom_objects,
                     )
                 except PersistkitError as err:
                     err.member = entry.name  # codecs name it by source string; the bundle names the member

@@ -8,11 +8,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persistkit.io import current_fs
 from persistkit.io.fs import PathLike, io_error
+
+if TYPE_CHECKING:
+    from persistkit.model_store import ModelStore
 
 __all__ = ["constant_schedule", "fine_tune", "linear_schedule"]
 
@@ -49,6 +53,34 @@ def _default_target(parent: str, timesteps: int) -> str:
     return f"{base}.ft{timesteps}.models"
 
 
+def _store_group(metadata: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(symbol, agent, timeframe) that ``ModelStore.save`` recorded in a version's metadata, or None."""
+    group = metadata.get("store")
+    if not isinstance(group, Mapping):
+        return None
+    values = tuple(group.get(k) for k in ("symbol", "agent", "timeframe"))
+    if not all(type(v) is str for v in values):
+        return None
+    return values  # type: ignore[return-value]
+
+
+def _home_store(parent: str, group: tuple[str, str, str] | None) -> ModelStore | None:
+    """The ModelStore ``parent`` is a version of (models/SYMBOL/AGENT/TIMEFRAME/<version>.models), or None."""
+    from persistkit.errors import PersistkitError
+    from persistkit.model_store import ModelStore
+
+    if group is None:
+        return None
+    root = parent
+    for _ in range(4):
+        root = os.path.dirname(root)
+    try:
+        store = ModelStore(root)
+        return store if os.path.abspath(parent) in map(str, store.versions(*group)) else None
+    except (PersistkitError, TypeError):  # names that are not a store's (unsafe components)
+        return None
+
+
 def fine_tune(
     bundle_path: PathLike,
     member: str,
@@ -56,6 +88,7 @@ def fine_tune(
     total_timesteps: int,
     *,
     save_to: PathLike | None = None,
+    store: ModelStore | PathLike | None = None,
     callback: Any = None,
     **load_kw: Any,
 ) -> Path:
@@ -65,19 +98,42 @@ def fine_tune(
     ``key_file``, ``trusted``, ``device``), trained for ``total_timesteps`` more
     steps without being re-created (``num_timesteps`` keeps counting), and
     saved with every other member and the metadata of the parent. The new
-    metadata records its lineage: the parent's SHA-256, path and bundle id,
-    the member, and the timesteps before and after. The new bundle is sealed
-    the same way as the parent (same password, key file, or a copy of the key
-    written beside the new bundle); ``save_to`` defaults to
-    ``<parent>.ft<timesteps>.models`` next to the parent.
+    metadata records its lineage: the parent's SHA-256, path, version name and
+    bundle id, the member, and the timesteps before and after.
+
+    Where it goes: a parent that is a ``ModelStore`` version (saved by
+    ``ModelStore.save``, still in its ``SYMBOL/AGENT/TIMEFRAME`` directory) is
+    fine-tuned *into its store*: a new version of the same group, published
+    with ``ModelStore.save`` (so ``versions()``/``latest()`` see it), with its
+    own key beside it unless a password or key file was given. ``store=``
+    names the store to publish into explicitly (the group is the parent's).
+    Otherwise the new bundle is sealed the same way as the parent (same
+    password, key file, or a copy of the key written beside the new bundle)
+    at ``save_to``, which defaults to ``<parent>.ft<timesteps>.models``.
     """
     from persistkit.bundle import load_bundle, save_bundle
     from persistkit.errors import NotFoundError
     from persistkit.keys import default_key_path, read_key_file, write_key_file
+    from persistkit.model_store import ModelStore
 
+    if save_to is not None and store is not None:
+        raise ValueError("pass save_to= (a bundle path) or store= (publish into a ModelStore), not both")
     parent = os.path.abspath(os.fspath(bundle_path))
     parent_hash = _sha256(parent)
     bundle = load_bundle(parent, env=env, **load_kw)
+    group = _store_group(bundle.metadata)
+    target_store: ModelStore | None = None
+    if store is not None:
+        target_store = store if isinstance(store, ModelStore) else ModelStore(store)
+        if group is None:
+            raise ValueError(
+                f"{parent} was not saved by ModelStore.save (its metadata has no 'store' group), so fine_tune "
+                "cannot tell which SYMBOL/AGENT/TIMEFRAME to publish into; call "
+                "ModelStore.save(load_bundle(...).models, symbol=..., agent=..., timeframe=...) yourself, or "
+                "pass save_to=."
+            )
+    elif save_to is None:
+        target_store = _home_store(parent, group)
     if member not in bundle.models:
         raise NotFoundError(
             f"{parent} has no member {member!r}; it has {', '.join(map(repr, sorted(bundle.models)))}. Pass "
@@ -92,20 +148,39 @@ def fine_tune(
     model.learn(total_timesteps, reset_num_timesteps=False, callback=callback)
     after = int(model.num_timesteps)
 
-    target = os.path.abspath(os.fspath(save_to)) if save_to is not None else _default_target(parent, after)
     metadata = {k: v for k, v in bundle.metadata.items() if k not in _AUTOMATIC}
     metadata["lineage"] = {
         "parent_sha256": parent_hash,
         "parent_path": parent,
+        "parent_version": os.path.basename(parent),
         "parent_bundle_id": bundle.manifest.bundle_id,
         "member": member,
         "timesteps_before": before,
         "timesteps_after": after,
         "fine_tuned": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    entry = bundle.manifest.member(member)
+    replay = bool(entry.info.get("replay_buffer", False))
+    info = bundle.manifest.encryption
+    if target_store is not None:
+        assert group is not None
+        publish_kw: dict[str, Any] = {"save_replay_buffer": replay}
+        if info is None:
+            publish_kw["encrypt"] = False
+        elif load_kw.get("password") is not None:
+            publish_kw["password"] = load_kw["password"]
+        elif load_kw.get("key_file") is not None:
+            publish_kw["key_file"] = load_kw["key_file"]
+        # else: a new key beside the new version, as for any ModelStore.save
+        metadata.pop("store", None)  # ModelStore.save records the group itself
+        symbol, agent, timeframe = group
+        return target_store.save(
+            bundle.models, symbol=symbol, agent=agent, timeframe=timeframe, metadata=metadata, **publish_kw
+        )
+
+    target = os.path.abspath(os.fspath(save_to)) if save_to is not None else _default_target(parent, after)
     save_kw: dict[str, Any] = {}
     copied_key: str | None = None
-    info = bundle.manifest.encryption
     if info is None:
         save_kw["encrypt"] = False
     elif load_kw.get("password") is not None:
@@ -119,8 +194,6 @@ def fine_tune(
             write_key_file(child_key, key)
             copied_key = child_key
         save_kw["key_file"] = child_key
-    entry = bundle.manifest.member(member)
-    replay = bool(entry.info.get("replay_buffer", False))
     try:
         return save_bundle(target, bundle.models, metadata, save_replay_buffer=replay, **save_kw)
     except BaseException:

@@ -251,7 +251,7 @@ def test_embedded_model_in_a_tree_value_follows_the_trust_rule(tmp_path, scaler)
 # -- metadata, inspect, verify --------------------------------------------------------------
 
 
-def test_metadata_json_with_automatic_fields(tmp_path, models, monkeypatch):
+def test_metadata_with_automatic_fields(tmp_path, models, monkeypatch):
     repo = tmp_path / "repo"
     (repo / ".git" / "refs" / "heads").mkdir(parents=True)
     (repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
@@ -262,8 +262,9 @@ def test_metadata_json_with_automatic_fields(tmp_path, models, monkeypatch):
     path = pk.save_bundle(tmp_path / "x.models", models, metadata=meta, config={"lr": 1e-3})
     got = pk.load_bundle(path).metadata
     assert got["ensemble_weights"] == [0.6, 0.4]
-    assert got["calibration_temperature"] == 1.25 and type(got["calibration_temperature"]) is float
-    assert got["n"] == 3 and type(got["n"]) is int
+    # the tree codec keeps numpy numbers as they were (JSON-era bundles made them Python numbers)
+    assert got["calibration_temperature"] == 1.25 and type(got["calibration_temperature"]) is np.float32
+    assert got["n"] == 3 and type(got["n"]) is np.int64
     assert got["config"] == {"lr": 1e-3}
     assert got["git_commit"] == commit
     assert got["environment"]["numpy"] == np.__version__
@@ -286,8 +287,10 @@ def test_metadata_outside_a_repo_has_no_commit(tmp_path, models, monkeypatch):
     assert pk.load_bundle(pk.save_bundle(tmp_path / "y.models", models)).metadata["git_commit"] == "ab" * 20
 
 
-def test_metadata_that_is_not_json_is_refused_with_its_path(tmp_path, models):
-    with pytest.raises(UnsupportedTypeError, match=r"metadata\['bad'\]\[1\].*not JSON") as info:
+def test_metadata_that_is_not_a_plain_value_is_refused_with_its_path(tmp_path, models):
+    with pytest.raises(
+        UnsupportedTypeError, match=r"metadata\['bad'\]\[1\].*cannot be stored as metadata"
+    ) as info:
         pk.save_bundle(tmp_path / "x.models", models, metadata={"bad": [1, object()]})
     assert info.value.field == "metadata['bad'][1]"
     assert not (tmp_path / "x.models").exists()
@@ -834,3 +837,110 @@ def test_a_missing_bundle_says_it_does_not_exist(tmp_path):
     text = str(info.value)
     assert info.value.errno == 2 and str(tmp_path / "missing.models") in text
     assert "does not exist" in text and "Free space" not in text and "previous copy" not in text
+
+
+def _tiny_net_class():
+    import torch
+
+    class TinyNet(torch.nn.Module):
+        def __init__(self, hidden: int = 4) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Linear(3, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+            )
+
+        def forward(self, x):
+            return self.body(x)
+
+    return TinyNet
+
+
+def test_a_torch_module_loads_as_a_module_when_the_caller_says_how_to_build_it(tmp_path):
+    import torch
+
+    TinyNet = _tiny_net_class()
+    torch.manual_seed(0)
+    net, seq = TinyNet(hidden=5), torch.nn.Sequential(torch.nn.Linear(2, 2))
+    path = pk.save_bundle(tmp_path / "n.models", {"net": net, "seq": seq})
+    bundle = pk.load_bundle(
+        path,
+        modules={"net": lambda: TinyNet(hidden=5), "seq": lambda: torch.nn.Sequential(torch.nn.Linear(2, 2))},
+    )
+    assert type(bundle["net"]) is TinyNet and type(bundle["seq"]) is torch.nn.Sequential
+    x = torch.randn(4, 3)
+    assert torch.equal(bundle["net"](x), net(x))
+    assert torch.equal(bundle["seq"][0].weight, seq[0].weight)
+
+
+def test_a_torch_module_without_a_factory_is_refused_by_name_unless_the_state_dict_is_asked_for(tmp_path):
+    import torch
+
+    TinyNet = _tiny_net_class()
+    net = TinyNet()
+    path = pk.save_bundle(tmp_path / "n.models", {"net": net})
+    with pytest.raises(
+        pk.UntrustedTypeError,
+        match=r"n\.models:net holds a torch module of class .*TinyNet.*modules=\{'net': TinyNet\}.*as_state_dict=True",
+    ) as info:
+        pk.load_bundle(path)
+    assert info.value.member == "net" and info.value.types[0].endswith("TinyNet")
+    state = pk.load_bundle(path, as_state_dict=True)["net"]
+    assert set(state) == set(net.state_dict())
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+def test_a_factory_building_another_architecture_is_a_format_error_naming_the_member(tmp_path):
+    TinyNet = _tiny_net_class()
+    path = pk.save_bundle(tmp_path / "n.models", {"net": TinyNet(hidden=5)})
+    with pytest.raises(pk.FormatError, match=r"do not fit the module") as info:
+        pk.load_bundle(path, modules={"net": TinyNet})  # hidden=4 by default
+    assert info.value.member == "net"
+
+
+def test_metadata_takes_what_state_takes_and_keeps_its_types(tmp_path, models):
+    import datetime as dt
+    import decimal
+    import uuid
+
+    when = dt.datetime(2026, 11, 24, 15, 0, tzinfo=dt.UTC)
+    metadata = {
+        "trained_until": when,
+        "window": dt.timedelta(days=30),
+        "fee": decimal.Decimal("0.001"),
+        "run": uuid.UUID(int=7),
+        "shape": (3, 4),
+        "sharpe": np.float32(1.25),
+        "thresholds": np.array([0.1, 0.2]),
+    }
+    got = pk.load_bundle(
+        pk.save_bundle(tmp_path / "x.models", models, metadata=metadata, config={"since": when})
+    ).metadata
+    for key, value in metadata.items():
+        assert_same(value, got[key], what=key)
+    assert got["config"] == {"since": when}
+    assert pk.inspect(tmp_path / "x.models").metadata_entry.codec == "tree"
+
+
+def test_a_model_in_metadata_is_refused_with_a_pointer_to_members(tmp_path, models):
+    from sklearn.preprocessing import StandardScaler
+
+    with pytest.raises(
+        UnsupportedTypeError, match=r"metadata\['scaler'\].*store models as bundle members"
+    ) as info:
+        pk.save_bundle(tmp_path / "x.models", models, metadata={"scaler": StandardScaler()})
+    assert info.value.field == "metadata['scaler']"
+    assert not (tmp_path / "x.models").exists()
+
+
+def test_a_torch_module_inside_a_value_is_refused_unless_its_state_dict_is_asked_for(tmp_path):
+    import torch
+
+    net = torch.nn.Linear(2, 1)
+    path = pk.save_bundle(tmp_path / "n.models", {"parts": {"head": net, "n": 1}})
+    with pytest.raises(
+        pk.UntrustedTypeError, match=r"torch module .*Linear.*inside a value.*as_state_dict=True"
+    ) as info:
+        pk.load_bundle(path)
+    assert info.value.member == "parts"
+    parts = pk.load_bundle(path, as_state_dict=True)["parts"]
+    assert parts["n"] == 1 and torch.equal(parts["head"]["weight"], net.weight)

@@ -80,3 +80,55 @@ def test_fine_tune_refuses_a_non_sb3_member(tmp_path):
     with pytest.raises(NotFoundError, match="no member 'nope'") as info:
         fine_tune(parent, "nope", gym.make("CartPole-v1"), 10)
     assert isinstance(info.value, KeyError) and info.value.member == "nope" and info.value.path == str(parent)
+
+
+def test_fine_tuning_a_store_version_publishes_a_new_version_of_its_group(tmp_path):
+    store = pk.ModelStore(tmp_path / "models")
+    parent = store.save({"policy": ppo()}, symbol="BTC/USDT", agent="ppo", timeframe="1h", config={"lr": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        child = fine_tune(store.latest("BTC/USDT", "ppo", "1h"), "policy", gym.make("CartPole-v1"), 32)
+    assert store.versions("BTC/USDT", "ppo", "1h") == [parent, child]
+    assert store.latest("BTC/USDT", "ppo", "1h") == child
+    assert not list(tmp_path.rglob("*.ft*.models"))
+    loaded = store.load_latest("BTC/USDT", "ppo", "1h", env=gym.make("CartPole-v1"))
+    assert loaded["policy"].num_timesteps == 96
+    lineage = loaded.metadata["lineage"]
+    assert lineage["parent_version"] == parent.name and lineage["parent_path"] == str(parent)
+    assert lineage["parent_bundle_id"] == pk.inspect(parent).bundle_id
+    assert loaded.metadata["store"] == {"symbol": "BTC/USDT", "agent": "ppo", "timeframe": "1h"}
+    assert loaded.metadata["config"] == {"lr": 1}
+    assert (child.parent / (child.name + ".key")).exists()  # its own key, as every store version
+
+
+def test_fine_tune_publishes_into_the_store_it_is_given_and_needs_a_group_for_it(tmp_path):
+    other = pk.ModelStore(tmp_path / "staging")
+    parent = pk.ModelStore(tmp_path / "models").save(
+        {"policy": ppo()}, symbol="ETH", agent="ppo", timeframe="4h"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        child = fine_tune(parent, "policy", gym.make("CartPole-v1"), 32, store=other)
+    assert other.versions("ETH", "ppo", "4h") == [child]
+    loose = pk.save_bundle(tmp_path / "loose.models", {"policy": ppo()})
+    with pytest.raises(ValueError, match=r"no 'store' group.*save_to="):
+        fine_tune(loose, "policy", gym.make("CartPole-v1"), 32, store=other)
+
+
+def test_a_lambda_learning_rate_survives_a_bundle_as_a_table_or_as_the_function_given_back(tmp_path):
+    def schedule(p):
+        return 3e-4 * p
+
+    model = ppo(learning_rate=lambda p: 3e-4 * p)
+    path = pk.save_bundle(tmp_path / "x.models", {"policy": model})
+    assert pk.inspect(path).member("policy").info["tabulated_schedules"] == ["learning_rate"]
+    tabled = pk.load_bundle(path, env=gym.make("CartPole-v1"))["policy"]
+    assert tabled.lr_schedule(0.37) == pytest.approx(3e-4 * 0.37, rel=1e-12)
+    exact = pk.load_bundle(path, env=gym.make("CartPole-v1"), custom_objects={"learning_rate": schedule})[
+        "policy"
+    ]
+    assert exact.learning_rate is schedule and exact.lr_schedule(0.37) == schedule(0.37)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exact.learn(32, reset_num_timesteps=False)
+    assert exact.num_timesteps == 96

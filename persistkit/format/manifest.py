@@ -3,7 +3,7 @@
 Bytes in, bytes out. A bundle is a stored ZIP whose entries are, in order::
 
     members/<name>.pke    one envelope per model (``persistkit.format.envelope``)
-    metadata.pke          the metadata, an envelope of its own (JSON inside)
+    metadata.pke          the metadata, an envelope of its own (a tree value inside; JSON in older bundles)
     manifest.json         this manifest, plain JSON: readable with ``unzip -p`` and without a key
     manifest.auth         {"digest": "xxh3-128:<hex>", "mac": "hmac-sha256:<hex>" | null}
 

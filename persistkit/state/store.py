@@ -38,6 +38,7 @@ from persistkit.policy.autosave import AutosaveCadence
 from persistkit.state import generations as gens
 from persistkit.state.bounded import BoundedLog
 from persistkit.state.journal import APPEND, CLEAR, JournalReader, JournalWriter, SyncPolicy
+from persistkit.state.plain import load_plain, plain_kind, plain_state
 
 __all__ = ["Checkpoint", "ComponentReport", "LoadReport", "Persistent", "StateStore"]
 
@@ -249,10 +250,10 @@ class StateStore:
         if type(version) is not int or version < 1:
             raise ValueError(f"version must be a positive int, not {version!r}")
         is_log = isinstance(component, BoundedLog)
-        if not is_log and not _has_state_api(component):
+        if not is_log and plain_kind(component) is None and not _has_state_api(component):
             raise TypeError(
                 f"component {name!r} ({type(component).__name__}) needs state_dict()/load_state_dict() or "
-                "__getstate__/__setstate__"
+                "__getstate__/__setstate__; a dict, a list or a numpy array can be registered as it is"
             )
         self._components[name] = _Registration(
             name, component, version, dict(migrations or {}), max_bytes, validate, is_log
@@ -829,6 +830,9 @@ class StateStore:
             state = comp.state_dict()
             state["seq"] = self._next_seq.get(reg.name, 0)
             return state
+        kind = plain_kind(comp)
+        if kind is not None:
+            return plain_state(comp, kind)
         if hasattr(comp, "state_dict"):
             return dict(comp.state_dict())
         return comp.__getstate__()
@@ -1084,6 +1088,10 @@ def _load_state(reg: _Registration, state: Any) -> None:
     comp = reg.component
     if reg.is_log:
         comp.load_state_dict(state)
+        return
+    kind = plain_kind(comp)
+    if kind is not None:
+        load_plain(comp, kind, state, reg.name)
         return
     if hasattr(comp, "load_state_dict"):
         comp.load_state_dict(state)

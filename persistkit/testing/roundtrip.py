@@ -17,6 +17,7 @@ the first difference.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import os
@@ -70,13 +71,21 @@ def _is_component(obj: Any) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
+def _is_torch_module(obj: Any) -> bool:
+    if type(obj).__module__.split(".")[0] != "torch" and not any(
+        c.__module__.startswith("torch.") for c in type(obj).__mro__[1:]
+    ):
+        return False
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
+
+
 def _rebuild_module(original: Any, loaded: Any) -> Any:
     """torch modules load as their state dict (persistkit never imports a class named by a file):
     put the loaded weights into a copy of the original module, so the comparison is tensor by tensor."""
     if type(original).__module__.split(".")[0] != "torch" or not isinstance(loaded, Mapping):
         return loaded
-    import copy
-
     import torch
 
     if not isinstance(original, torch.nn.Module):
@@ -202,7 +211,10 @@ class Roundtrip:
         # authenticated bundles load their models without extra trust arguments.
         key_file = None if password is not None else where + ".key"
         bundle.save_bundle(path, {"value": obj}, password=password, key_file=key_file)
-        loaded = bundle.load_bundle(path, password=password, key_file=key_file)
+        # A torch module comes back as a module when load_bundle is told how to build one: here, a copy
+        # of the saved module (the weights are then replaced by the loaded ones).
+        modules = {"value": lambda: copy.deepcopy(obj)} if _is_torch_module(obj) else None
+        loaded = bundle.load_bundle(path, password=password, key_file=key_file, modules=modules)
         return loaded["value"]
 
 

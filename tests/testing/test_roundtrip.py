@@ -57,6 +57,21 @@ def test_torch_modules_compare_their_weights(tmp_path):
     assert torch.equal(loaded[0].weight, net[0].weight) and loaded is not net
 
 
+def test_a_torch_module_comes_back_from_a_bundle_as_a_module_of_its_class(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+    net = Head()
+    loaded = Roundtrip(tmp_path)(net, via="bundle")
+    assert type(loaded) is Head and loaded is not net
+    assert loaded.lin.weight.data_ptr() != net.lin.weight.data_ptr()
+    assert torch.equal(loaded.lin.weight, net.lin.weight)
+
+
 class Forgetful:
     def __init__(self):
         self.balance = 0

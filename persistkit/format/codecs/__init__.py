@@ -7,7 +7,7 @@ numpy      an ndarray, or a dict of str -> ndarray      no
 tree       any tree value (``persistkit.format.tree``)  only embedded models
 json       JSON documents (bundle metadata)             no
 bytes      raw bytes                                    no
-torch      tensors, state dicts, ``nn.Module`` weights  no
+torch      tensors, state dicts, ``nn.Module`` s        only by caller factory
 sklearn    estimators and pipelines (skops)             yes: pinned list
 sklearn-   decision trees and tree forests, as node     yes: 8 classes + Tree
  trees     arrays (chosen over skops when it can)
@@ -31,7 +31,7 @@ decision (``persistkit.bundle``), not the codec's.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -241,26 +241,42 @@ def decode_member(
     device: str = "cpu",
     meta: Mapping[str, object] | None = None,
     source: str = "member",
+    module: Callable[[], Any] | None = None,
+    as_state_dict: bool = True,
+    name: str | None = None,
+    custom_objects: Mapping[str, Any] | None = None,
 ) -> object:
     """Rebuild a member or an embedded model; unknown codecs raise FormatError.
 
     ``meta`` is the member's envelope meta (the numpy codec keeps its npy
-    headers there). ``source`` names the member in errors.
+    headers there). ``source`` names the member in errors. ``module`` and
+    ``as_state_dict`` decide how a stored torch ``nn.Module`` comes back (see
+    ``persistkit.format.codecs.torch``; ``name`` is the member's name for its
+    advice; modules inside a tree value follow ``as_state_dict`` too). ``custom_objects``
+    replaces attributes of an SB3 model before it is rebuilt.
     """
     if codec == "bytes":
         return bytes(payload)
-    module: Any = _module(codec)
+    impl: Any = _module(codec)
     if codec == "numpy":
-        return module.decode(payload, meta=meta, source=source)
+        return impl.decode(payload, meta=meta, source=source)
     if codec == "tree":
-        return module.decode(payload, trusted=trusted, env=env, device=device, source=source)
+        return impl.decode(
+            payload, trusted=trusted, env=env, device=device, source=source, as_state_dict=as_state_dict
+        )
     if codec == "json":
-        return module.decode(payload, source=source)
+        return impl.decode(payload, source=source)
     if codec == "torch":
-        return module.decode(payload, device=device, source=source)
+        return impl.decode(
+            payload, device=device, source=source, module=module, as_state_dict=as_state_dict, name=name
+        )
     if codec in ("sklearn", "sklearn-trees"):
-        return module.decode(payload, trusted=trusted, source=source)
-    return module.decode(payload, trusted=trusted, env=env, device=device, source=source)
+        return impl.decode(payload, trusted=trusted, source=source)
+    if codec == "sb3":
+        return impl.decode(
+            payload, trusted=trusted, env=env, device=device, source=source, custom_objects=custom_objects
+        )
+    return impl.decode(payload, trusted=trusted, env=env, device=device, source=source)
 
 
 def audit_member(codec: str, payload: bytes | bytearray | memoryview, *, source: str = "member") -> list[str]:

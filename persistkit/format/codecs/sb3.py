@@ -23,12 +23,22 @@ are not plain data are embedded as tagged records, never as code:
   extractor, buffer classes) as qualified names. Loading imports only names
   on the allowlists below or in the caller's ``trusted=``;
 * schedules: ``FloatSchedule``, ``ConstantSchedule`` and ``LinearSchedule``
-  (learning rate, clip range, exploration) as their parameters;
+  (learning rate, clip range, exploration) as their parameters. A Python
+  function as a schedule (``learning_rate=lambda p: 3e-4 * p``; SB3 keeps it
+  through cloudpickle) is *tabulated*: evaluated at 1,001 evenly spaced values
+  of ``progress_remaining`` from 1.0 to 0.0 and stored as those numbers. It
+  loads as a ``TabulatedSchedule``, the piecewise-linear interpolation of the
+  table (exact for linear schedules; within 1.25e-7 x max|f''| otherwise;
+  clamped outside [0, 1]). The member's ``info["tabulated_schedules"]``
+  (``pk.inspect``) names the attributes stored this way; to get the function
+  itself back, pass it at load as SB3 does:
+  ``load_bundle(path, custom_objects={"learning_rate": fn})``;
 * gymnasium spaces (Box, Discrete, MultiDiscrete, MultiBinary, Dict, Tuple);
 * ``TrainFreq`` and Normal / Ornstein-Uhlenbeck action noise.
 
-Anything else (a lambda as learning rate, a custom space) fails at save time
-with ``UnsupportedTypeError`` naming the attribute.
+Anything else (a function elsewhere, a schedule that does not return a finite
+number, a custom space) fails at save time with ``UnsupportedTypeError``
+naming the attribute.
 """
 
 from __future__ import annotations
@@ -41,7 +51,17 @@ from persistkit.errors import FormatError, UnsupportedTypeError, UntrustedTypeEr
 from persistkit.format import tree
 from persistkit.format.codecs.torch import join_tensors, split_tensors
 
-__all__ = ["ALLOWED_CLASSES", "ALGORITHMS", "audit", "decode", "encode", "info", "is_sb3_model"]
+__all__ = [
+    "ALGORITHMS",
+    "ALLOWED_CLASSES",
+    "SCHEDULE_POINTS",
+    "TabulatedSchedule",
+    "audit",
+    "decode",
+    "encode",
+    "info",
+    "is_sb3_model",
+]
 
 FORMAT = 1
 
@@ -111,6 +131,52 @@ _CLASS, _SCHEDULE, _SPACE, _TRAIN_FREQ, _NOISE = (
 )
 
 
+# Attributes SB3 evaluates as schedules of progress_remaining: a function there is tabulated.
+SCHEDULE_ATTRS = frozenset({"learning_rate", "clip_range", "clip_range_vf", "exploration_schedule"})
+SCHEDULE_POINTS = 1001
+
+
+class TabulatedSchedule:
+    """A schedule stored as its values at ``len(values)`` evenly spaced ``progress_remaining`` points,
+    from 1.0 down to 0.0; called, it interpolates linearly between them (clamped outside [0, 1])."""
+
+    def __init__(self, values: Any, source: str = "") -> None:
+        import numpy as np
+
+        table = np.array(values, dtype=np.float64)
+        if table.ndim != 1 or table.size < 2 or not np.isfinite(table).all():
+            raise ValueError("a tabulated schedule needs at least 2 finite values")
+        self.values = table
+        self.source = source  # the qualified name of the function it was tabulated from
+        self._xp = np.linspace(0.0, 1.0, table.size)
+        self._fp = table[::-1].copy()
+
+    @classmethod
+    def of(cls, fn: Callable[[float], Any], points: int = SCHEDULE_POINTS) -> TabulatedSchedule:
+        import numpy as np
+
+        grid = np.linspace(1.0, 0.0, points)
+        name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+        return cls([float(fn(float(p))) for p in grid], name)
+
+    def __call__(self, progress_remaining: float) -> float:
+        import numpy as np
+
+        return float(np.interp(progress_remaining, self._xp, self._fp))
+
+    def __repr__(self) -> str:
+        return f"TabulatedSchedule({self.source or 'a function'}, {self.values.size} points)"
+
+
+def _is_function(obj: object) -> bool:
+    import functools
+    import types
+
+    return isinstance(
+        obj, types.FunctionType | types.BuiltinFunctionType | types.MethodType | functools.partial
+    )
+
+
 def is_sb3_model(obj: object) -> bool:
     if not type(obj).__module__.startswith("stable_baselines3."):
         return False
@@ -126,7 +192,18 @@ def _qualname(cls: type) -> str:
 # -- encoding ---------------------------------------------------------------------
 
 
-def _data_hook(obj: object) -> tuple[str, bytes] | None:
+def _schedule_hook(obj: object) -> tuple[str, bytes] | None:
+    """``_data_hook`` for schedule attributes: a Python function there is tabulated."""
+    if _is_function(obj):
+        try:
+            table = TabulatedSchedule.of(obj)  # type: ignore[arg-type]
+        except Exception:  # any failure: reported as "cannot be stored", naming the attribute
+            return None
+        return _SCHEDULE, tree.encode(["tabulated", table.values, table.source])
+    return _data_hook(obj, schedule=True)
+
+
+def _data_hook(obj: object, *, schedule: bool = False) -> tuple[str, bytes] | None:
     """Turn the non-data values SB3 keeps in its attributes into tagged records."""
     import gymnasium.spaces as spaces
     import numpy as np
@@ -138,8 +215,11 @@ def _data_hook(obj: object) -> tuple[str, bytes] | None:
         if "<locals>" in name or "." not in name:
             return None  # cannot be imported by name on load; reported with its attribute path
         return _CLASS, name.encode()
+    if isinstance(obj, TabulatedSchedule):
+        return _SCHEDULE, tree.encode(["tabulated", obj.values, obj.source])
     if isinstance(obj, utils.FloatSchedule):
-        return _SCHEDULE, tree.encode(["float", obj.value_schedule], model_hook=_data_hook)
+        inner = _schedule_hook if schedule else _data_hook
+        return _SCHEDULE, tree.encode(["float", obj.value_schedule], model_hook=inner)
     if isinstance(obj, utils.ConstantSchedule):
         return _SCHEDULE, tree.encode(["constant", obj.val], model_hook=_data_hook)
     if isinstance(obj, utils.LinearSchedule):
@@ -194,13 +274,17 @@ def _encode_data(data: Mapping[str, Any], member: str) -> bytes:
     encoded: dict[str, bytes] = {}
     for key, value in data.items():
         try:
-            encoded[key] = tree.encode(value, root=key, model_hook=_data_hook)
+            hook = _schedule_hook if key in SCHEDULE_ATTRS else _data_hook
+            encoded[key] = tree.encode(value, root=key, model_hook=hook)
         except UnsupportedTypeError as err:
             where = err.field or key
             what = err.message.split(" cannot be stored")[0].removeprefix(f"{where}: ")
             hint = (
-                " Use a float or stable_baselines3.common.utils.ConstantSchedule / LinearSchedule "
-                "(persistkit.sb3.linear_schedule builds one): a Python function cannot be stored without pickle."
+                " A function is stored only as a schedule (learning_rate, clip_range, clip_range_vf,"
+                " exploration_schedule) that returns a finite number for every progress_remaining in [0, 1],"
+                " tabulated; elsewhere use data (a float, or stable_baselines3.common.utils.ConstantSchedule /"
+                " LinearSchedule, which persistkit.sb3.linear_schedule builds): a Python function cannot be"
+                " stored without pickle."
                 if callable(value) and not isinstance(value, type)
                 else " persistkit stores classes defined at module level, schedules (constant, linear), the "
                 "common gymnasium spaces, TrainFreq and Normal/Ornstein-Uhlenbeck noise as data."
@@ -267,8 +351,19 @@ def encode(obj: object, *, save_replay_buffer: bool = False, member: str = "mode
 
 
 def info(obj: object) -> dict[str, object]:
+    from stable_baselines3.common.utils import FloatSchedule
+
     model: Any = obj
+    tabulated = []
+    for key in sorted(SCHEDULE_ATTRS):
+        value = getattr(model, key, None)
+        if isinstance(value, FloatSchedule):
+            value = value.value_schedule
+        if _is_function(value) or isinstance(value, TabulatedSchedule):
+            tabulated.append(key)
+    extra: dict[str, object] = {"tabulated_schedules": tabulated} if tabulated else {}
     return {
+        **extra,
         "algorithm": type(model).__name__,
         "policy": model.policy_class.__name__,
         "num_timesteps": int(model.num_timesteps),
@@ -399,6 +494,11 @@ def _schedule(spec: list[Any], source: str) -> object:
         return utils.ConstantSchedule(spec[1])
     if kind == "linear" and len(spec) == 4:
         return utils.LinearSchedule(spec[1], spec[2], spec[3])
+    if kind == "tabulated" and len(spec) == 3:
+        try:
+            return TabulatedSchedule(spec[1], str(spec[2]))
+        except (TypeError, ValueError) as err:
+            raise FormatError(f"{source}: malformed tabulated schedule ({err}).", member=source) from err
     raise FormatError(f"{source}: unknown schedule {kind!r}; upgrade persistkit.", member=source)
 
 
@@ -450,8 +550,13 @@ def decode(
     env: object = None,
     device: str = "cpu",
     source: str = "SB3 member",
+    custom_objects: Mapping[str, Any] | None = None,
 ) -> object:
-    """Rebuild the model, ready to ``learn()`` or ``predict()``; ``env`` is attached when given."""
+    """Rebuild the model, ready to ``learn()`` or ``predict()``; ``env`` is attached when given.
+
+    ``custom_objects`` replaces stored attributes before the model is rebuilt,
+    as SB3's ``load`` does (``{"learning_rate": fn}`` instead of a table).
+    """
     outer = _outer(payload, source)
     _check_trust(audit(payload, source=source), trusted, source)
     algorithm = _import(outer["algorithm"], source)
@@ -463,6 +568,7 @@ def decode(
     variables = join_tensors(*outer["variables"], source=source)
     if not isinstance(params, dict) or not isinstance(variables, dict):
         raise FormatError(f"{source}: malformed SB3 parameters.", member=source)
+    data.update(custom_objects or {})
     for needed in ("policy_class", "observation_space", "action_space"):
         if needed not in data:
             raise FormatError(f"{source}: the SB3 attributes lack {needed!r}.", member=source)

@@ -8,18 +8,28 @@ The payload is a tree value (``persistkit.format.tree``)::
 The structure keeps what safetensors cannot (nesting, optimizer state dicts
 with int keys and tuples, plain numbers), and every tensor is in the
 safetensors blob. Tensors sharing storage (tied weights) are stored once and
-come back as one tensor. An ``nn.Module`` is stored as its ``state_dict()``
-and loads as that state dict (an ``OrderedDict`` of tensors), because
-rebuilding the module would mean importing and calling a class named by the
-file; call ``module.load_state_dict(...)`` on your own instance.
+come back as one tensor.
+
+An ``nn.Module`` is stored as its ``state_dict()`` with its class path
+(``"class"``), and loads as a module again, never silently as something else.
+persistkit never imports a class named by the file, so the caller says how to
+build it: ``load_bundle(path, modules={"net": MyNet})`` (the class, called
+with no arguments, or any zero-argument factory such as
+``lambda: MyNet(hidden=64)``); the weights then go in through
+``load_state_dict(strict=True)``. Without a factory, loading raises
+``UntrustedTypeError`` naming the member and the class and what to pass;
+``as_state_dict=True`` returns the state dict (an ``OrderedDict`` of tensors)
+instead. A module inside a tree value (a dict member) has no name to key a
+factory on: in a bundle it raises the same error unless ``as_state_dict=True``;
+in a state store component it loads as its state dict.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from persistkit.errors import FormatError, UnsupportedTypeError
+from persistkit.errors import FormatError, UnsupportedTypeError, UntrustedTypeError
 from persistkit.format import tree
 
 __all__ = ["decode", "encode", "is_torch", "join_tensors", "split_tensors"]
@@ -123,8 +133,19 @@ def info(obj: object) -> dict[str, object]:
 
 
 def decode(
-    payload: bytes | bytearray | memoryview, *, device: str = "cpu", source: str = "torch member"
+    payload: bytes | bytearray | memoryview,
+    *,
+    device: str = "cpu",
+    source: str = "torch member",
+    module: Callable[[], Any] | None = None,
+    as_state_dict: bool = True,
+    name: str | None = None,
 ) -> object:
+    """The stored value; a stored ``nn.Module`` is rebuilt by ``module`` (see the module docstring).
+
+    With no ``module``, a stored module comes back as its state dict when
+    ``as_state_dict`` is true and raises ``UntrustedTypeError`` otherwise.
+    """
     outer = tree.decode(payload, source=source)
     if (
         not isinstance(outer, Mapping)
@@ -137,4 +158,55 @@ def decode(
             "is damaged; upgrade persistkit or restore the bundle from a backup.",
             member=source,
         )
-    return join_tensors(outer["tree"], outer["tensors"], device=device, source=source)
+    value = join_tensors(outer["tree"], outer["tensors"], device=device, source=source)
+    if outer.get("kind") != "module":
+        return value
+    cls = str(outer.get("class"))
+    if module is None:
+        if as_state_dict:
+            return value
+        short = cls.rsplit(".", 1)[-1]
+        if name is not None:
+            how = (
+                f"Pass modules={{{name!r}: {short}}} to load_bundle (the class, or a zero-argument factory such "
+                f"as lambda: {short}(...)) to rebuild it, or as_state_dict=True to get its state dict."
+            )
+        else:  # inside a value: no member name to key a factory on
+            how = (
+                "It sits inside a value, where it can only come back as its state dict: pass "
+                "as_state_dict=True to load_bundle for that, or save the module as a member of its own and "
+                f"load it with modules={{'<member>': {short}}}."
+            )
+        raise UntrustedTypeError(
+            f"{source} holds a torch module of class {cls}, stored as its weights; persistkit does not import "
+            f"classes named by a file. {how}",
+            types=[cls],
+            member=source,
+        )
+    return _rebuild_module(module, value, cls, device, source)
+
+
+def _rebuild_module(factory: Callable[[], Any], state: object, cls: str, device: str, source: str) -> object:
+    import torch
+
+    try:
+        built = factory()
+    except TypeError as err:
+        raise TypeError(
+            f"{source}: could not build the module from {factory!r} ({err}); pass a zero-argument factory, "
+            f"e.g. modules={{<member>: lambda: {cls.rsplit('.', 1)[-1]}(...)}}."
+        ) from err
+    if not isinstance(built, torch.nn.Module):
+        raise TypeError(
+            f"{source}: the factory for the module returned a {type(built).__name__}, not an nn.Module"
+        )
+    try:
+        built.load_state_dict(state, strict=True)  # type: ignore[arg-type]
+    except RuntimeError as err:
+        raise FormatError(
+            f"{source}: the stored weights of {cls} do not fit the module the factory built "
+            f"({type(built).__module__}.{type(built).__qualname__}): {err}. Build it with the same architecture "
+            "(layer sizes, options) as the saved one.",
+            member=source,
+        ) from err
+    return built.to(device) if device != "cpu" else built

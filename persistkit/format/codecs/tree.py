@@ -27,11 +27,15 @@ def decode(
     env: object = None,
     device: str = "cpu",
     source: str = "value",
+    as_state_dict: bool = True,
 ) -> object:
+    """``as_state_dict=False``: an embedded torch module raises instead of loading as its state dict."""
     from persistkit.format.codecs import decode_member
 
     def resolve(codec: str, inner: bytes) -> object:
-        return decode_member(codec, inner, trusted=trusted, env=env, device=device, source=source)
+        return decode_member(
+            codec, inner, trusted=trusted, env=env, device=device, source=source, as_state_dict=as_state_dict
+        )
 
     return tree.decode(payload, model_resolver=resolve, source=source)
 

@@ -114,11 +114,47 @@ def test_replay_buffer_only_when_asked():
         )
 
 
-def test_python_function_schedule_is_refused_at_save_naming_the_attribute():
-    model, _ = make("A2C", learning_rate=lambda progress: 1e-3 * progress)
-    with pytest.raises(UnsupportedTypeError, match=r"learning_rate.*LinearSchedule") as info:
+def test_a_function_schedule_is_tabulated_and_rebuilt_without_pickle():
+    model, env = make("PPO", learning_rate=lambda p: 3e-4 * p, clip_range=lambda p: 0.1 + 0.2 * p)
+    assert sb3c.info(model)["tabulated_schedules"] == ["clip_range", "learning_rate"]
+    payload = sb3c.encode(model, member="policy")
+    back = sb3c.decode(payload, env=env)
+    assert isinstance(back.learning_rate, sb3c.TabulatedSchedule)
+    assert "<lambda>" in repr(back.learning_rate) and back.learning_rate.values.size == sb3c.SCHEDULE_POINTS
+    grid = np.concatenate([np.linspace(0.0, 1.0, 37), np.random.default_rng(0).random(50)])
+    for p in grid:  # linear schedules are exact up to rounding
+        assert back.lr_schedule(p) == pytest.approx(model.lr_schedule(p), rel=1e-12, abs=1e-18)
+        assert back.clip_range(p) == pytest.approx(model.clip_range(p), rel=1e-12)
+    assert back.policy.optimizer.param_groups[0]["lr"] == pytest.approx(
+        model.policy.optimizer.param_groups[0]["lr"]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        back.learn(32, reset_num_timesteps=False)
+    # saved again, the table is kept as it is (not sampled a second time)
+    again = sb3c.decode(sb3c.encode(back), env=env)
+    assert np.array_equal(again.learning_rate.values, back.learning_rate.values)
+    assert b"cloudpickle" not in payload and b":serialized:" not in payload
+
+
+def test_a_curved_function_schedule_is_close_between_the_points():
+    model, env = make("A2C", learning_rate=lambda p: 1e-3 * p**3)
+    back = sb3c.decode(sb3c.encode(model), env=env)
+    for p in np.random.default_rng(1).random(200):
+        assert abs(back.lr_schedule(p) - 1e-3 * p**3) <= 1e-3 * 6 * (1 / 1000) ** 2 / 8 + 1e-18
+
+
+def test_a_schedule_that_fails_or_a_function_elsewhere_is_refused_at_save_naming_the_attribute():
+    model, _ = make("A2C")
+    model.learning_rate = lambda p: 1e-3 if p > 0.5 else float("nan")
+    with pytest.raises(UnsupportedTypeError, match=r"learning_rate.*finite number.*tabulated") as info:
         sb3c.encode(model, member="policy")
     assert info.value.member == "policy" and info.value.field == "learning_rate"
+    model.learning_rate = 1e-3
+    model.custom_hook = lambda x: x  # not a schedule: there is no way to store it as data
+    with pytest.raises(UnsupportedTypeError, match=r"custom_hook") as info:
+        sb3c.encode(model, member="policy")
+    assert info.value.field == "custom_hook"
 
 
 def test_classes_outside_the_allowlist_need_trusted():
