@@ -223,7 +223,7 @@ def _verify_envelope(
     source: str, header: Header, *, password: str | None, key_file: PathLike | None
 ) -> FileReport:
     from persistkit.format import envelope
-    from persistkit.format.crypto import read_key_file
+    from persistkit.keys import read_key_file
 
     keyed = password is not None or key_file is not None
     if not header.encrypted:
@@ -378,7 +378,7 @@ def _inspect_plain_file(source: str, head: bytes, st: os.stat_result) -> Header 
 
 
 def _key_file(source: str, st: os.stat_result) -> KeyFileInfo | None:
-    from persistkit.format.crypto import KEY_FILE_MAX_BYTES, read_key_file
+    from persistkit.keys import KEY_FILE_MAX_BYTES, read_key_file
 
     if st.st_size > KEY_FILE_MAX_BYTES:
         return None

@@ -244,7 +244,7 @@ def verify_command(files: tuple[Path, ...], key_file: Path | None, password_env:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def keygen_command(path: Path) -> None:
     """Create a new random key file at PATH (mode 0600) for save_bundle(key_file=...)."""
-    from persistkit.format.crypto import write_key_file
+    from persistkit.keys import write_key_file
 
     try:
         key = write_key_file(path)

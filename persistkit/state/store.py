@@ -31,9 +31,10 @@ from persistkit.errors import (
     WrongKeyError,
 )
 from persistkit.format import envelope, tree
-from persistkit.format.crypto import KdfParams, Key, RecordCipher, new_salt, read_key_file
+from persistkit.format.crypto import KdfParams, Key, RecordCipher, new_salt
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import io_error
+from persistkit.keys import read_key_file
 from persistkit.policy.autosave import AutosaveCadence
 from persistkit.state import generations as gens
 from persistkit.state.bounded import BoundedLog

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 import persistkit as pk
 from persistkit.commands.bundle import inspect_command, keygen_command, verify_command
-from persistkit.format.crypto import KdfParams, read_key_file
+from persistkit.format.crypto import KdfParams
+from persistkit.keys import read_key_file
 
 HOSTILE = Path(__file__).resolve().parents[2] / "fixtures" / "hostile"
 

@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from persistkit.commands.state import state_group
-from persistkit.format.crypto import KdfParams, write_key_file
+from persistkit.format.crypto import KdfParams
+from persistkit.keys import write_key_file
 from persistkit.state import BoundedLog, StateStore
 from persistkit.state.store import StateRecoveredWarning
 

@@ -520,7 +520,7 @@ class StateTarget:
     def __init__(self, work: Path) -> None:
         import numpy as np
 
-        from persistkit.format.crypto import write_key_file
+        from persistkit.keys import write_key_file
 
         self.work = work
         self.samples: dict[str, dict[str, Any]] = {}

@@ -19,9 +19,10 @@ from persistkit.errors import (
     UnsupportedTypeError,
     WrongKeyError,
 )
-from persistkit.format.crypto import KdfParams, write_key_file
+from persistkit.format.crypto import KdfParams
 from persistkit.io import use_fs
 from persistkit.io.recording import RecordingFS
+from persistkit.keys import write_key_file
 from persistkit.state import BoundedLog, StateStore
 from persistkit.state.store import StateRecoveredWarning
 

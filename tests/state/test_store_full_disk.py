@@ -19,9 +19,10 @@ import pytest
 from conftest import open_store
 
 from persistkit.errors import PersistIOError
-from persistkit.format.crypto import RecordCipher, write_key_file
+from persistkit.format.crypto import RecordCipher
 from persistkit.io import current_fs, use_fs
 from persistkit.io.faults import Fault, FaultFS
+from persistkit.keys import write_key_file
 from persistkit.state import generations as gens
 from persistkit.state import store as store_module
 from persistkit.state.journal import JournalReader
