@@ -416,7 +416,7 @@ def _first_record(source: str, head: bytes) -> Record | None:
                 data = f.read(span)
         except OSError as err:
             raise io_error("inspect", source, err) from err
-    return journal._parse(data, 0)[0]
+    return journal.parse_record(data, 0)[0]
 
 
 def _journal_info(source: str, *, first_seq: int) -> JournalInfo:

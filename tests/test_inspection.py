@@ -415,7 +415,7 @@ def test_an_encrypted_store_is_described_without_its_password(tmp_path):
     store.register("trades", trades)
     store.load()
     trades.append({"id": 1})
-    store._abandon()
+    store.abandon()
     info = pk.inspect(directory)
     assert isinstance(info, StoreInfo) and info.encrypted and info.problems == []
     component = pk.inspect(directory / "gen-000001" / "counter.pk")

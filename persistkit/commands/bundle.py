@@ -92,9 +92,9 @@ def _print_info(file: Path, info: Info) -> None:
     if isinstance(info, Manifest):
         _print_manifest(file, info)
     elif isinstance(info, StoreInfo):
-        from persistkit.commands.state import _print_table
+        from persistkit.commands.state import print_store_table
 
-        _print_table(info)
+        print_store_table(info)
     elif isinstance(info, VerifyReport):
         click.echo(f"{file}  persistkit training archive")
         click.echo(

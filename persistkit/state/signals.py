@@ -67,7 +67,7 @@ class SignalSaver:
         if self.received is not None:
             os._exit(128 + signum)  # second signal: exit now; the last checkpoint is consistent
         self.received = signum
-        self.store.stop_requested = signum
+        self.store.request_stop(signum)
         self.saver = threading.Thread(
             target=self._final_save, args=(signum,), name="persistkit-signal-save", daemon=True
         )
@@ -94,14 +94,8 @@ class SignalSaver:
 
     def _final_save(self, signum: int) -> None:
         store = self.store
-        with store._lock:
-            try:
-                checkpoint = store.save()
-                if store.on_final_save is not None:
-                    store.on_final_save(checkpoint)
-            except Exception as err:
-                store.last_error = err
-                log.error("persistkit: final save on signal %d failed: %s", signum, err)
+        with store.lock:
+            store.final_save(signum)
             if not self.exit_on_signal or self.previous.get(signum) == signal.SIG_IGN:
                 return
             # Re-deliver while still holding the lock, so no further work is done after

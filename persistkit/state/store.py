@@ -14,6 +14,7 @@ import random
 import re
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,9 +39,17 @@ from persistkit.keys import read_key_file
 from persistkit.policy.autosave import AutosaveCadence
 from persistkit.state import generations as gens
 from persistkit.state.bounded import BoundedLog
-from persistkit.state.journal import APPEND, CLEAR, JournalReader, JournalWriter, SyncPolicy
+from persistkit.state.journal import APPEND, CLEAR, JournalReader, JournalWriter, SyncPolicy, journal_cipher
 
-__all__ = ["Checkpoint", "ComponentReport", "LoadReport", "Persistent", "StateStore"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointObserver",
+    "ComponentReport",
+    "LoadReport",
+    "Persistent",
+    "StateStore",
+    "observe_checkpoints",
+]
 
 log = logging.getLogger("persistkit")
 
@@ -263,7 +272,8 @@ class StateStore:
         return component
 
     # -- keys -------------------------------------------------------------------
-    def _store_meta(self) -> dict[str, Any]:
+    def store_meta(self) -> dict[str, Any]:
+        """The store description (store id, KDF parameters); no key needed."""
         fs = current_fs()
         path = os.path.join(self.directory, STORE_FILE)
         try:
@@ -285,7 +295,8 @@ class StateStore:
             raise FormatError(f"{path}: malformed store description.", path=path)
         return value
 
-    def _resolve_key(self, meta: Mapping[str, Any]) -> Key | None:
+    def resolve_key(self, meta: Mapping[str, Any]) -> Key | None:
+        """The key this store was opened with (key_file= or password=), for ``meta``; None without one."""
         if self._key_file is not None:
             return read_key_file(self._key_file)
         if self._password is not None:
@@ -311,7 +322,7 @@ class StateStore:
             return self._load()
         except BaseException:
             if not self.readonly and not self._loaded:
-                self._abandon()
+                self.abandon()
             raise
 
     def _load(self) -> LoadReport:
@@ -322,9 +333,9 @@ class StateStore:
                 if self.readonly:
                     return self._all_defaults(None)
                 fs.makedirs(self.directory)
-            meta = self._store_meta()
+            meta = self.store_meta()
             self._store_id = meta.get("store")
-            self._key = self._resolve_key(meta)
+            self._key = self.resolve_key(meta)
             if not self.readonly:
                 _, tmps = gens.list_generations(self.directory)
                 for name in tmps:
@@ -584,9 +595,9 @@ class StateStore:
                     reg.component.load_state_dict({"items": []})
                 for op, value in replay.items:
                     if op == APPEND:
-                        reg.component._replay_append(value)
+                        reg.component.replay_append(value)
                     else:
-                        reg.component._replay_clear()
+                        reg.component.replay_clear()
                 rep.journal_records = replay.records
                 rep.torn_records, rep.torn_bytes = replay.torn_records, replay.torn_bytes
                 rep.damaged_records = len(replay.damage)
@@ -664,11 +675,7 @@ class StateStore:
         return replay
 
     def _journal_cipher(self, name: str, generation: int) -> RecordCipher | None:
-        if self._key is None:
-            return None
-        # A fresh salt per (store, log, generation); generation numbers are never reused.
-        salt = xxhash.xxh3_128_digest(f"{self._store_id}/{name}/{generation}".encode()) * 2
-        return RecordCipher(self._key, salt)
+        return journal_cipher(self._key, self._store_id, name, generation)
 
     def _migrate(self, reg: _Registration, stored: int, state: Any) -> tuple[Any, Status]:
         if stored > reg.version:
@@ -713,6 +720,21 @@ class StateStore:
             return self._save_locked(force=False)
 
     def _save_locked(self, *, force: bool) -> Checkpoint:
+        observers = tuple(_checkpoint_observers)
+        if not observers:
+            return self._checkpoint_locked(force=force)
+        for observer in observers:
+            observer.begin(self)
+        start = time.perf_counter()
+        checkpoint: Checkpoint | None = None
+        try:
+            checkpoint = self._checkpoint_locked(force=force)
+            return checkpoint
+        finally:
+            for observer in observers:
+                observer.end(self, checkpoint, time.perf_counter() - start)
+
+    def _checkpoint_locked(self, *, force: bool) -> Checkpoint:
         if self.readonly:
             raise PersistIOError(
                 f"{self.directory}: store opened read-only; cannot save.", path=self.directory
@@ -869,11 +891,18 @@ class StateStore:
         return not newer_orphan_left
 
     # -- journaling (called by BoundedLog) -------------------------------------------
-    def _journal_append(self, name: str, item: Any) -> None:
+    @property
+    def lock(self) -> threading.RLock:
+        """The store's lock: a checkpoint and a journaled append never interleave while it is held."""
+        return self._lock
+
+    def journal_append(self, name: str, item: Any) -> None:
+        """Make ``item`` durable in the journal of the registered log ``name`` (per ``sync=``)."""
         payload = tree.encode(item, root=f"{name}[-1]", model_hook=self._model_hook())
         self._journal(name, APPEND, payload)
 
-    def _journal_clear(self, name: str) -> None:
+    def journal_clear(self, name: str) -> None:
+        """Journal that the registered log ``name`` was cleared."""
         self._journal(name, CLEAR, b"")
 
     def _journal(self, name: str, op: int, payload: bytes) -> None:
@@ -999,7 +1028,29 @@ class StateStore:
             self._autosave.join(timeout=5)
         return checkpoint
 
-    def _abandon(self) -> None:
+    def request_stop(self, signum: int) -> None:
+        """Record that a stop signal arrived (the bot's loop can poll ``stop_requested``)."""
+        self.stop_requested = signum
+
+    def final_save(self, signum: int) -> Checkpoint | None:
+        """The save on a stop signal: commit, tell ``on_final_save``; a failure is logged and kept in ``last_error``."""
+        with self._lock:
+            try:
+                checkpoint = self.save()
+                if self.on_final_save is not None:
+                    self.on_final_save(checkpoint)
+                return checkpoint
+            except Exception as err:
+                self.last_error = err
+                log.error("persistkit: final save on signal %d failed: %s", signum, err)
+                return None
+
+    @property
+    def components(self) -> Mapping[str, Any]:
+        """The registered components by name (read-only view)."""
+        return types.MappingProxyType({name: reg.component for name, reg in self._components.items()})
+
+    def abandon(self) -> None:
         """Drop the store as a killed process would: no final save (tests and crash harnesses)."""
         self._stop.set()
         with self._lock:
@@ -1009,6 +1060,8 @@ class StateStore:
             self._closed = True
             if self._dir_lock is not None:
                 self._dir_lock.release()
+
+    _abandon = abandon  # the old private name, for callers on other branches not yet moved to abandon()
 
     def __enter__(self) -> StateStore:
         return self
@@ -1032,6 +1085,28 @@ class StateStore:
                 "journal_records": {n: w.records for n, w in self._writers.items()},
                 "last_error": repr(self.last_error) if self.last_error else None,
             }
+
+
+class CheckpointObserver(Protocol):
+    """Told around every checkpoint of every store (the verifier's budgets time them this way)."""
+
+    def begin(self, store: StateStore) -> None: ...
+
+    def end(self, store: StateStore, checkpoint: Checkpoint | None, seconds: float) -> None:
+        """``checkpoint`` is None when the checkpoint raised."""
+
+
+_checkpoint_observers: list[CheckpointObserver] = []
+
+
+@contextlib.contextmanager
+def observe_checkpoints(observer: CheckpointObserver) -> Iterator[None]:
+    """Call ``observer`` around every StateStore checkpoint while the block runs."""
+    _checkpoint_observers.append(observer)
+    try:
+        yield
+    finally:
+        _checkpoint_observers.remove(observer)
 
 
 def _has_state_api(component: Any) -> bool:

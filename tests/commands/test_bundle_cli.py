@@ -144,7 +144,7 @@ def kinds(tmp_path):
     counter.value = 3
     store.save()
     trades.append({"id": 1})
-    store._abandon()  # a crash: the appended record stays in the current generation's journal
+    store.abandon()  # a crash: the appended record stays in the current generation's journal
     (tmp_path / "ws" / "logs").mkdir(parents=True)
     (tmp_path / "ws" / "logs" / "events.gz").write_bytes(b"event-bytes" * 40)
     archive = pk.Archiver(tmp_path / "ws", sources=("logs",), root_patterns=()).create()

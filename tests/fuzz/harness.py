@@ -556,7 +556,7 @@ class StateTarget:
                 parts["trades"].append({"id": item, "px": 100.0 + item})
                 item += 1
                 acks.append((len(commits) - 1, (commits[-1][0], commits[-1][1], list(parts["trades"]))))
-            store._abandon()  # as a killed process: the round-4 component changes were never saved
+            store.abandon()  # as a killed process: the round-4 component changes were never saved
             self.samples[variant] = {
                 "base": base,
                 "key_file": key_file,
@@ -599,7 +599,7 @@ class StateTarget:
                     loaded = _snapshot(parts)
                     store.close()
                 except BaseException:
-                    store._abandon()
+                    store.abandon()
                     raise
             except ComponentRejected as err:
                 if not forged:
