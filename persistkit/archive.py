@@ -35,7 +35,6 @@ import re
 import secrets
 import signal
 import stat as _stat
-import struct
 import threading
 import zipfile
 import zlib
@@ -55,6 +54,7 @@ from persistkit.errors import (
     describe_errno,
 )
 from persistkit.io import DirectoryLock, atomic_write, atomic_writer, current_fs
+from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
 from persistkit.policy.retention import Decision, Item, KeepLast, Policy, decide
 
 __all__ = [
@@ -487,7 +487,7 @@ class Archiver:
                 if info.file_size > _MAX_MANIFEST_BYTES or info.flag_bits & 0x1:
                     return False
                 doc, problem = _parse_manifest(_read_capped(zf, info, _MAX_MANIFEST_BYTES))
-        except _ZIP_OR_OS:
+        except ZIP_DAMAGE_OR_IO:
             return False
         return not problem and isinstance(doc, dict) and doc.get("format") == FORMAT
 
@@ -620,21 +620,6 @@ def _os_errors(
 
 # -- the one checker: verify() reports its problems, restore() refuses on them ----------------------
 
-# What zipfile lets escape on damaged or hostile bytes (an encrypted flag: RuntimeError).
-_ZIP_DAMAGE: tuple[type[Exception], ...] = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    zlib.error,
-    EOFError,
-    ValueError,
-    NotImplementedError,
-    OverflowError,
-    struct.error,
-    IndexError,
-    KeyError,
-    RuntimeError,
-)
-_ZIP_OR_OS: tuple[type[Exception], ...] = (*_ZIP_DAMAGE, OSError)
 _MAX_MANIFEST_BYTES = 64 << 20  # ~250 bytes an entry: room for RestoreLimits.max_entries and more
 _MAX_LINK_BYTES = 4096  # PATH_MAX: a longer "link target" is not one
 _MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit
@@ -685,18 +670,10 @@ def _norm(name: str) -> str:
 
 def _check_name(name: str, seen: set[str]) -> str:
     """The normalised relative path of a member, or raise UnsafeArchiveError."""
-    if "\x00" in name:
-        raise UnsafeArchiveError(f"member name {name!r} contains a NUL byte", member=name)
-    if "\\" in name:
-        raise UnsafeArchiveError(f"member name {name!r} uses backslashes (a Windows path trick)", member=name)
-    if name.startswith("/") or _DRIVE.match(name):
-        raise UnsafeArchiveError(f"member name {name!r} is absolute", member=name)
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise UnsafeArchiveError(f"member name {name!r} climbs out with '..'", member=name)
-    norm = "/".join(parts)
-    if not norm:
-        raise UnsafeArchiveError(f"member name {name!r} is empty", member=name)
+    problem = naming.entry_path_problem(name)
+    if problem:
+        raise UnsafeArchiveError(f"member name {name!r} {problem}", member=name)
+    norm = _norm(name)
     key = norm.lower()
     if key in seen:
         raise UnsafeArchiveError(f"member name {name!r} appears twice (or differs only in case)", member=name)
@@ -820,7 +797,7 @@ def _plan_links(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
             if len(data) > _MAX_LINK_BYTES:
                 raise ValueError(f"a link target over {_MAX_LINK_BYTES} bytes")
             m.target = data.decode("utf-8", "strict")
-        except _ZIP_OR_OS as err:
+        except ZIP_DAMAGE_OR_IO as err:
             plan.unsafe(_read_problem(err, f"symlink member {name!r}", src), name)
             continue
         links[m.rel.lower()] = m
@@ -908,7 +885,7 @@ def _plan_manifest(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
         return
     try:
         data = _read_capped(zf, manifest.info, _MAX_MANIFEST_BYTES)
-    except _ZIP_OR_OS as err:
+    except ZIP_DAMAGE_OR_IO as err:
         plan.damaged(_read_problem(err, MANIFEST, src), MANIFEST)
         return
     if len(data) > _MAX_MANIFEST_BYTES:
@@ -1027,7 +1004,7 @@ def _check_content(
                     sink(chunk)
     except PersistkitError:
         raise  # the sink's own, typed, I/O errors
-    except _ZIP_OR_OS as err:
+    except ZIP_DAMAGE_OR_IO as err:
         # A method zipfile does not know is refused as unsafe; a bad CRC or stream is damage.
         error = UnsafeArchiveError if isinstance(err, NotImplementedError) else IntegrityError
         return _Problem(_read_problem(err, f"member {name!r}", src), name, error)
@@ -1052,7 +1029,7 @@ def _open_zip(src: Path, problems: builtins.list[_Problem]) -> Iterator[tuple[zi
             size = fs.stat(src).st_size
         try:
             zf = zipfile.ZipFile(raw)
-        except _ZIP_OR_OS as err:
+        except ZIP_DAMAGE_OR_IO as err:
             problems.append(
                 _Problem(
                     _read_problem(err, "the zip structure", src) + ": not a readable zip",

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persistkit import keys
+from persistkit import keys, naming
 from persistkit.errors import (
     FormatError,
     IntegrityError,
@@ -447,12 +447,9 @@ def _write_bundle(
 # -- reading ----------------------------------------------------------------------------
 
 
-_UNSAFE_ENTRY = re.compile(r"(^[/\\])|(^|[/\\])\.\.([/\\]|$)|^[A-Za-z]:|[\x00-\x1f]")
-
-
 def _entry_is_unsafe(name: str) -> bool:
     """Absolute paths, '..' segments, drive letters, control characters: zip-slip material."""
-    return _UNSAFE_ENTRY.search(name) is not None
+    return naming.entry_path_problem(name, control_characters=False) is not None
 
 
 class _Opened:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from persistkit.errors import FormatError, IntegrityError
 from persistkit.io import current_fs
 from persistkit.io.fs import PathLike, io_error
+from persistkit.io.zipio import ZIP_DAMAGE, ZIP_DAMAGE_OR_IO
 
 if TYPE_CHECKING:  # the format and state modules load only when a file needs them
     from persistkit.archive import VerifyReport
@@ -59,16 +59,6 @@ KINDS_HELP = (
     "key files (one line of base64)."
 )
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-# What zipfile raises on damaged input: an unknown method or version field
-# (NotImplementedError), a cut-off or corrupt deflate stream (EOFError, zlib.error), bad offsets.
-_ZIP_DAMAGE: tuple[type[Exception], ...] = (
-    zipfile.BadZipFile,
-    ValueError,
-    EOFError,
-    NotImplementedError,
-    zlib.error,
-)
-_ZIP_DAMAGE_OR_IO: tuple[type[Exception], ...] = (OSError, *_ZIP_DAMAGE)
 
 
 @dataclass(frozen=True)
@@ -135,7 +125,7 @@ def verify(
         try:
             with fs.open_read(source) as raw, zipfile.ZipFile(raw) as zf:
                 names = set(zf.namelist())
-        except _ZIP_DAMAGE_OR_IO:
+        except ZIP_DAMAGE_OR_IO:
             names = {mf.MANIFEST_NAME}  # let the bundle reader say what is wrong, as it always has
         if mf.MANIFEST_NAME in names or mf.AUTH_NAME in names:
             return verify_bundle(source, password=password, key_file=key_file)
@@ -316,7 +306,7 @@ def _inspect_zip(source: str) -> Manifest | VerifyReport:
             names = set(zf.namelist())
     except OSError as err:
         raise io_error("inspect", source, err) from err
-    except _ZIP_DAMAGE as err:
+    except ZIP_DAMAGE as err:
         raise _damaged_zip(source, err) from err
     if mf.MANIFEST_NAME in names or mf.AUTH_NAME in names:
         return inspect_bundle(source)  # checks the manifest digest; raises naming what is wrong
@@ -325,7 +315,7 @@ def _inspect_zip(source: str) -> Manifest | VerifyReport:
         try:
             made_by_persistkit = archiver._made_by_persistkit(Path(source))
             report = archiver.verify(source)
-        except _ZIP_DAMAGE as err:  # what the archive reader lets through (e.g. a mangled method field)
+        except ZIP_DAMAGE as err:  # what the archive reader lets through (e.g. a mangled method field)
             raise _damaged_zip(source, err) from err
         if not made_by_persistkit:
             raise _not_persistkit(

@@ -35,6 +35,7 @@ __all__ = [
     "TEMP_MARKER",
     "Stamped",
     "allocate",
+    "entry_path_problem",
     "fit_name",
     "is_temp_name",
     "temp_name_for",
@@ -206,3 +207,32 @@ def allocate(
                 os.path.join(target, HIGH_WATER_NAME), json.dumps(doc, sort_keys=True).encode() + b"\n"
             )
         return family.name(*candidate)
+
+
+# -- zip entry names: the one zip-slip rule (bundle reader, archive checker) --------------------
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def entry_path_problem(name: str, *, control_characters: bool = True) -> str | None:
+    """Why zip entry ``name`` could escape (or not name) a directory it is extracted into; None if safe.
+
+    Refused: a NUL byte, backslashes (a Windows path trick), absolute paths and drive letters,
+    ``..`` segments, and names that are empty once ``.`` and empty segments go. With
+    ``control_characters=False`` other control characters are refused too (bundles; a training
+    archive may hold a user's file whose name has a tab in it).
+    """
+    if "\x00" in name:
+        return "contains a NUL byte"
+    if not control_characters and any(ord(c) < 32 for c in name):
+        return "contains a control character"
+    if "\\" in name:
+        return "uses backslashes (a Windows path trick)"
+    if name.startswith("/") or _DRIVE.match(name):
+        return "is absolute"
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return "climbs out with '..'"
+    if not parts:
+        return "is empty"
+    return None
