@@ -44,7 +44,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
-from persistkit import naming
+from persistkit import naming, shutdown
 from persistkit.errors import (
     FormatError,
     IntegrityError,
@@ -1282,6 +1282,10 @@ class TrainingSession:
     moved_logs: Path | None = None
 
 
+def _unwind_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through training_session's finally
+
+
 @contextlib.contextmanager
 def training_session(
     root: str | os.PathLike[str] = ".", *, archive: bool = True, keep: int = 5, **archiver_kw: Any
@@ -1300,18 +1304,10 @@ def training_session(
     session = TrainingSession(root_path, archiver)
     session.initial_archive = archiver.create()
     session.moved_logs = archiver.prepare_workspace()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-
-        def on_sigterm(signum: int, frame: FrameType | None) -> None:
-            raise SystemExit(128 + signum)  # unwinds through the finally below
-
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        yield session
+        with shutdown.handling((signal.SIGTERM,), _unwind_on_signal):
+            yield session
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         for handler in logging.getLogger().handlers:
             with contextlib.suppress(Exception):
                 handler.flush()
