@@ -1261,15 +1261,17 @@ def backup_before_overwrite(path: str | os.PathLike[str], *, keep: int = 5) -> P
     backups = src.parent / "backups"
     family = naming.Stamped(f"{src.stem}_", src.suffix)
     target = backups / naming.allocate(backups, family)  # unique across processes, monotonic
-    mine = sorted(
-        (p for p in fs.listdir(backups) if family.parse(p) and p != target.name), key=family.sort_key
-    )
     with fs.open_read(src) as f, atomic_writer(target) as out:
         while chunk := f.read(CHUNK):
             out.write(chunk)
-    mine = sorted([*mine, target.name], key=family.sort_key)
-    for old in mine[: max(0, len(mine) - keep)]:
-        fs.unlink(backups / old)
+    items = []
+    for name in fs.listdir(backups):
+        when = family.time(name)
+        if when is not None:
+            items.append(Item(name, when, "the backup just made" if name == target.name else ""))
+    for decision in decide(KeepLast(keep), items):
+        if not decision.keep:
+            fs.unlink(backups / decision.item.id)
     return target
 
 

@@ -112,6 +112,14 @@ class Stamped:
             raise ValueError(f"{name!r} is not a {self.family} name")
         return parsed
 
+    def time(self, name: str) -> dt.datetime | None:
+        """When ``name`` was stamped (UTC), its counter added as microseconds so times sort as names do."""
+        parsed = self.parse(name)
+        if parsed is None:
+            return None
+        stamp, n = parsed
+        return dt.datetime.strptime(stamp, self.fmt).replace(tzinfo=dt.UTC) + dt.timedelta(microseconds=n)
+
     def name(self, stamp: str, n: int = 0) -> str:
         return f"{self.prefix}{stamp}{'' if n == 0 else f'_{n}'}{self.suffix}"
 

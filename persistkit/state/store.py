@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime as dt
 import logging
 import os
 import random
@@ -37,6 +38,7 @@ from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import io_error
 from persistkit.keys import read_key_file
 from persistkit.policy.autosave import AutosaveCadence
+from persistkit.policy.retention import Decision, Item, KeepLast, decide
 from persistkit.state import generations as gens
 from persistkit.state.bounded import BoundedLog
 from persistkit.state.journal import APPEND, CLEAR, JournalReader, JournalWriter, SyncPolicy, journal_cipher
@@ -861,6 +863,25 @@ class StateStore:
                     cipher=self._journal_cipher(name, self._generation),
                 )
 
+    def retention(self, *, now: dt.datetime | None = None) -> list[Decision]:
+        """Which committed generations in CURRENT's history pruning keeps, and why (the newest ``keep_generations``).
+
+        Any other generation directory (one never committed, e.g. left by a failed save) is removed.
+        """
+        epoch = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)  # generation numbers order them as time would
+        items = [
+            Item(
+                gens.gen_name(n), epoch + dt.timedelta(seconds=n), "in force" if n == self._generation else ""
+            )
+            for n in self._history
+        ]
+        return decide(KeepLast(self.keep_generations), items, now=now)
+
+    def generations_to_keep(self) -> set[int]:
+        """The generation numbers ``retention()`` keeps."""
+        number = {gens.gen_name(n): n for n in self._history}
+        return {number[d.item.id] for d in self.retention() if d.keep}
+
     def _prune(self) -> bool:
         """Retire every generation that is not among the newest ``keep_generations`` committed ones.
 
@@ -872,7 +893,7 @@ class StateStore:
         except OSError as err:
             log.warning("could not list %s to remove old generations: %s", self.directory, err)
             return False
-        keep = set(self._history[-self.keep_generations :])
+        keep = self.generations_to_keep()
         newer_orphan_left = False
         for n in committed:
             if n in keep:
