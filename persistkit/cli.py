@@ -17,8 +17,8 @@ from persistkit import __version__
 
 # command name -> "module:attribute" of a click.Command
 SUBCOMMANDS: dict[str, str] = {
-    "inspect": "persistkit.commands.bundle:inspect_command",
-    "verify": "persistkit.commands.bundle:verify_command",
+    "inspect": "persistkit.commands.inspect:inspect_command",
+    "verify": "persistkit.commands.inspect:verify_command",
     "keygen": "persistkit.commands.bundle:keygen_command",
     "state": "persistkit.commands.state:state_group",
     "archive": "persistkit.commands.archive:archive_group",

@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 import persistkit as pk
-from persistkit.commands.bundle import inspect_command, keygen_command, verify_command
+from persistkit.commands.bundle import keygen_command
+from persistkit.commands.inspect import inspect_command, verify_command
 from persistkit.format.crypto import KdfParams
 from persistkit.keys import read_key_file
 
