@@ -324,7 +324,7 @@ def test_verify_reports_every_member(tmp_path, models):
 
 
 def test_version_skew_warns_once_naming_versions(tmp_path, models, monkeypatch):
-    import persistkit.bundle as bundle_module
+    import persistkit.bundle.provenance as bundle_module
 
     path = pk.save_bundle(tmp_path / "x.models", models)
     real = bundle_module.environment()
