@@ -192,7 +192,6 @@ class StateStore:
         if password is not None and key_file is not None:
             raise ValueError("pass password= or key_file=, not both")
         self.directory = os.path.abspath(os.fspath(directory))
-        self.autosave_every = autosave_every
         self.cadence = AutosaveCadence.of(autosave_every)  # validates; None: no autosave thread
         self.keep_generations = keep_generations
         self.readonly = readonly
