@@ -1,7 +1,17 @@
 """StateStore: consistent checkpoints of every component of a long-running process.
 
 See ``persistkit.state.generations`` for the on-disk layout and commit
-protocol, and ``persistkit.state.journal`` for journaled appends.
+protocol, and ``persistkit.state.journal`` for journaled appends. Reports live in
+``state.reports``, how a component's state is read and put back in ``state.components``.
+
+Why this module is over 500 lines: ``StateStore`` is one lock and one set of
+fields (generation in force, history, open journal writers, spent journals) that
+recovery, commit and journaling all read and change; each of their invariants
+("a journal is never reopened after a failed append", "an orphan newer than the
+generation in force is removed before an append is acknowledged") spans all three.
+Splitting them into mixins would spread one invariant over several files; the
+pieces with their own seams (generations, journal, retention, components,
+reports, signals) are already modules of their own.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import xxhash
 
@@ -41,7 +51,14 @@ from persistkit.policy.autosave import AutosaveCadence
 from persistkit.policy.retention import Decision, Item, KeepLast, decide
 from persistkit.state import generations as gens
 from persistkit.state.bounded import BoundedLog
+from persistkit.state.components import Registration, has_state_api, load_state, run_validator
 from persistkit.state.journal import APPEND, CLEAR, JournalReader, JournalWriter, SyncPolicy, journal_cipher
+from persistkit.state.reports import Checkpoint as Checkpoint
+from persistkit.state.reports import ComponentReport as ComponentReport
+from persistkit.state.reports import LoadReport as LoadReport
+from persistkit.state.reports import Persistent as Persistent
+from persistkit.state.reports import StateRecoveredWarning as StateRecoveredWarning
+from persistkit.state.reports import Status
 
 __all__ = [
     "Checkpoint",
@@ -57,76 +74,6 @@ log = logging.getLogger("persistkit")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 STORE_FILE = "STORE"
-
-
-class StateRecoveredWarning(UserWarning):
-    """A state store fell back to an older checkpoint; the message names the file and generation."""
-
-
-@runtime_checkable
-class Persistent(Protocol):
-    """What a component implements to be stored (``__getstate__``/``__setstate__`` also work)."""
-
-    def state_dict(self) -> Mapping[str, Any]: ...
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-Status = Literal["loaded", "defaults", "migrated", "recovered"]
-
-
-@dataclass
-class ComponentReport:
-    name: str
-    status: Status
-    generation: int | None = None
-    stored_version: int | None = None
-    version: int = 1
-    journal_records: int = 0
-    torn_records: int = 0  # torn (never acknowledged) journal records dropped
-    detail: str = ""
-    torn_bytes: int = 0  # their size
-    damaged_records: int = 0  # complete but damaged last journal records dropped (reported as failures)
-
-
-@dataclass
-class LoadReport:
-    """What ``load()`` did, per component, plus any fallback it had to make."""
-
-    generation: int | None
-    components: dict[str, ComponentReport]
-    quarantined: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    unregistered: list[str] = field(default_factory=list)
-
-    def __getitem__(self, name: str) -> ComponentReport:
-        return self.components[name]
-
-    @property
-    def recovered(self) -> bool:
-        return bool(self.failures)
-
-    def summary(self) -> str:
-        parts = [f"{n}: {c.status}" for n, c in self.components.items()]
-        return f"generation {self.generation}; " + ", ".join(parts)
-
-    def __repr__(self) -> str:
-        extra = f", {len(self.failures)} fallback(s)" if self.failures else ""
-        return f"<LoadReport {self.summary()}{extra}>"
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A committed (or skipped, when nothing changed) checkpoint."""
-
-    generation: int
-    sizes: dict[str, int]
-    seconds: float
-    skipped: bool = False
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.sizes.values())
 
 
 @dataclass
@@ -147,17 +94,6 @@ class _JournalDamaged(Exception):
     def __init__(self, error: PersistkitError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-@dataclass
-class _Registration:
-    name: str
-    component: Any
-    version: int
-    migrations: dict[int, Callable[[Any], Any]]
-    max_bytes: int | None
-    validate: Callable[[Any], Any] | None
-    is_log: bool
 
 
 class StateStore:
@@ -207,7 +143,7 @@ class StateStore:
         self._kdf = kdf
         self._key: Key | None = None
         self._lock = threading.RLock()
-        self._components: dict[str, _Registration] = {}
+        self._components: dict[str, Registration] = {}
         self._writers: dict[str, JournalWriter] = {}
         self._next_seq: dict[str, int] = {}
         self._generation: int | None = None
@@ -260,12 +196,12 @@ class StateStore:
         if type(version) is not int or version < 1:
             raise ValueError(f"version must be a positive int, not {version!r}")
         is_log = isinstance(component, BoundedLog)
-        if not is_log and not _has_state_api(component):
+        if not is_log and not has_state_api(component):
             raise TypeError(
                 f"component {name!r} ({type(component).__name__}) needs state_dict()/load_state_dict() or "
                 "__getstate__/__setstate__"
             )
-        self._components[name] = _Registration(
+        self._components[name] = Registration(
             name, component, version, dict(migrations or {}), max_bytes, validate, is_log
         )
         if is_log:
@@ -562,7 +498,7 @@ class StateStore:
             stored_version, state = loaded.states[name]
             state, status = self._migrate(reg, stored_version, state)
             if reg.validate is not None:
-                problem = _run_validator(reg.validate, state)
+                problem = run_validator(reg.validate, state)
                 if problem:
                     raise IntegrityError(
                         f"{gens.gen_name(loaded.generation)}/{name}: stored state rejected by the validator: "
@@ -589,7 +525,7 @@ class StateStore:
         for name, (state, rep) in prepared.items():
             reg = self._components[name]
             if state is not None:
-                _load_state(reg, state)
+                load_state(reg, state)
             if reg.is_log:
                 replay = replays[name]
                 if state is None:
@@ -678,7 +614,7 @@ class StateStore:
     def _journal_cipher(self, name: str, generation: int) -> RecordCipher | None:
         return journal_cipher(self._key, self._store_id, name, generation)
 
-    def _migrate(self, reg: _Registration, stored: int, state: Any) -> tuple[Any, Status]:
+    def _migrate(self, reg: Registration, stored: int, state: Any) -> tuple[Any, Status]:
         if stored > reg.version:
             raise MigrationError(
                 f"component {reg.name!r}: stored state has schema version {stored}, newer than this code "
@@ -831,7 +767,7 @@ class StateStore:
         if self._generation is not None:
             self._open_writers()
 
-    def _state_of(self, reg: _Registration) -> Any:
+    def _state_of(self, reg: Registration) -> Any:
         comp = reg.component
         if reg.is_log:
             state = comp.state_dict()
@@ -1127,43 +1063,3 @@ def observe_checkpoints(observer: CheckpointObserver) -> Iterator[None]:
         yield
     finally:
         _checkpoint_observers.remove(observer)
-
-
-def _has_state_api(component: Any) -> bool:
-    if callable(getattr(component, "state_dict", None)) and callable(
-        getattr(component, "load_state_dict", None)
-    ):
-        return True
-    return callable(getattr(type(component), "__setstate__", None))
-
-
-def _load_state(reg: _Registration, state: Any) -> None:
-    comp = reg.component
-    if reg.is_log:
-        comp.load_state_dict(state)
-        return
-    if hasattr(comp, "load_state_dict"):
-        comp.load_state_dict(state)
-        after = comp.state_dict()
-        if isinstance(state, Mapping) and isinstance(after, Mapping):
-            dropped = sorted(set(map(str, state)) - set(map(str, after)))
-            if dropped:
-                raise MigrationError(
-                    f"component {reg.name!r}: stored fields {dropped} are not kept by load_state_dict(); "
-                    "bump the version and add a migration that handles them (fields are never dropped silently).",
-                    member=reg.name,
-                )
-    else:
-        comp.__setstate__(state)
-
-
-def _run_validator(validate: Callable[[Any], Any], state: Any) -> str:
-    try:
-        result = validate(state)
-    except (ValueError, TypeError, AssertionError, KeyError) as err:
-        return str(err) or type(err).__name__
-    if result is False:
-        return "validator returned False"
-    if isinstance(result, str):
-        return result
-    return ""
