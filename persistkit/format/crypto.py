@@ -1,5 +1,8 @@
 """Keys, key derivation and authenticated encryption. The only module importing ``cryptography``.
 
+Size: over 500 lines because this is the one module importing ``cryptography``; the
+cipher, the KDF and the record cipher share the derivations documented here.
+
 Cipher: AES-256-GCM in segments (the STREAM construction)
 ----------------------------------------------------------
 * Every sealed object gets its own **data key**,
