@@ -10,7 +10,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import re
 import stat as _stat
 import zipfile
 import zlib
@@ -73,7 +72,7 @@ class Archiver:
         self.progress = progress
         self.exclude = tuple(exclude)
         self.lock_timeout = lock_timeout
-        self._name_re = re.compile(rf"^{re.escape(prefix)}_(\d{{8}}_\d{{6}})(?:_(\d+))?\.zip$")
+        self._names = naming.Stamped(f"{prefix}_", ".zip")
         self.last_verified: Path | None = None
 
     # -- create -------------------------------------------------------------------
@@ -113,7 +112,7 @@ class Archiver:
 
     def _target(self) -> Path:
         # Unique across processes and monotonic, even after pruning (persistkit.naming).
-        return self.archive_dir / naming.allocate(self.archive_dir, naming.Stamped(f"{self.prefix}_", ".zip"))
+        return self.archive_dir / naming.allocate(self.archive_dir, self._names)
 
     def _entries(self, report: ArchiveReport) -> Iterator[tuple[str, Path, os.stat_result]]:
         """(archive name, source path, lstat) for everything to archive, never following symlinks."""
@@ -317,13 +316,8 @@ class Archiver:
         if not fs.is_dir(self.archive_dir):
             return []
         with _os_errors("list archives in", self.archive_dir):
-            names = [n for n in fs.listdir(self.archive_dir) if self._name_re.match(n)]
-        return [self.archive_dir / n for n in sorted(names, key=self._sort_key)]
-
-    def _sort_key(self, name: str) -> tuple[str, int]:
-        m = self._name_re.match(name)
-        assert m is not None
-        return m[1], int(m[2] or 0)
+            names = [n for n in fs.listdir(self.archive_dir) if self._names.parse(n)]
+        return [self.archive_dir / n for n in sorted(names, key=self._names.sort_key)]
 
     def verify(self, path: str | os.PathLike[str]) -> VerifyReport:
         """Check the archive the way ``restore`` does and report every problem instead of stopping.
@@ -352,7 +346,9 @@ class Archiver:
                 pinned = "being restored from"
             elif path == self.last_verified:
                 pinned = "the archive just verified"
-            items.append(Item(path.name, _archive_time(path, self._name_re), pinned))
+            when = self._names.time(path.name)
+            assert when is not None  # list() returns only names of this family
+            items.append(Item(path.name, when, pinned))
         decisions = decide(policy or self.policy, items)
         if not dry_run:
             fs = current_fs()
@@ -436,10 +432,3 @@ def _refuse_case_twins(names: builtins.list[str], root: Path) -> None:
                 path=root,
                 member=name,
             )
-
-
-def _archive_time(path: Path, name_re: re.Pattern[str]) -> dt.datetime:
-    m = name_re.match(path.name)
-    assert m is not None
-    t = dt.datetime.strptime(m[1], "%Y%m%d_%H%M%S").replace(tzinfo=dt.UTC)
-    return t + dt.timedelta(microseconds=int(m[2] or 0))
