@@ -18,6 +18,7 @@ from persistkit.errors import (
     describe_errno,
 )
 from persistkit.io import current_fs
+from persistkit.io.atomic import pid_alive
 
 log = logging.getLogger("persistkit")
 
@@ -117,10 +118,9 @@ def _is_restoring(path: Path) -> bool:
         return False
     try:
         pid = int(fs.read_bytes(marker).split()[0])
-        os.kill(pid, 0)
-    except (ValueError, IndexError, ProcessLookupError, OSError):
+    except (ValueError, IndexError, OSError):
         return False
-    return True
+    return pid_alive(pid)
 
 
 # -- errors with advice that fits ---------------------------------------------------------------

@@ -29,6 +29,7 @@ from persistkit.errors import (
     PersistIOError,
 )
 from persistkit.io import atomic_write, current_fs
+from persistkit.io.atomic import pid_alive
 
 _RESTORE_TEMP = re.compile(r"^\.(?P<into>.+)\.restore-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})$")
 _ACTIVE_TEMPS: set[str] = set()  # restore temp directories this process is filling right now
@@ -158,22 +159,12 @@ def cleanup_stale_restores(directory: str | os.PathLike[str]) -> builtins.list[s
         pid = int(match["pid"])
         with _RESTORING_LOCK:
             active = full in _ACTIVE_TEMPS
-        if active or (pid != me and _pid_alive(pid)):
+        if active or (pid != me and pid_alive(pid)):
             continue
         _remove_tree(Path(full))
         if not fs.exists(full):
             removed.append(name)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _remove_tree(path: Path) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "close_later",
     "is_temp_name",
     "keep_open",
+    "pid_alive",
     "temp_name_for",
 ]
 
@@ -42,7 +43,8 @@ _active: set[str] = set()
 _active_lock = threading.Lock()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one owned by another user counts): whose temp or marker is live."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -73,7 +75,7 @@ def cleanup_stale_temps(directory: PathLike) -> list[str]:
         full = os.path.join(directory, name)
         with _active_lock:
             active = full in _active
-        if active or (pid != me and _pid_alive(pid)):
+        if active or (pid != me and pid_alive(pid)):
             continue
         try:
             fs.unlink(full)
