@@ -39,6 +39,7 @@ __all__ = [
     "KEY_SUFFIX",
     "InsecureKeyFileWarning",
     "KeyChoice",
+    "check_one",
     "default_key_path",
     "for_load",
     "for_save",
@@ -144,7 +145,8 @@ def read_key_file(path: PathLike, *, on_insecure: OnInsecure = "warn") -> Key:
     return Key(material, source=f"key file {target}")
 
 
-def _check_one(password: str | None, key_file: PathLike | None) -> None:
+def check_one(password: str | None, key_file: PathLike | None) -> None:
+    """The rule every reader and writer shares: a password or a key file, never both."""
     if password is not None and key_file is not None:
         raise ValueError("pass password= or key_file=, not both")
 
@@ -208,7 +210,7 @@ def for_load(
     """
     from persistkit.io import current_fs
 
-    _check_one(password, key_file)
+    check_one(password, key_file)
     if password is not None:
         return KeyChoice(None, password, True, "password= was given")
     if key_file is not None:
@@ -230,7 +232,7 @@ def for_save(
     from persistkit.format.crypto import Key
     from persistkit.io import current_fs
 
-    _check_one(password, key_file)
+    check_one(password, key_file)
     if password is not None:
         return Key.from_password(password, params=kdf), None
     where = os.path.abspath(os.fspath(key_file)) if key_file is not None else default_key_path(path)

@@ -46,7 +46,7 @@ from persistkit.format import envelope, tree
 from persistkit.format.crypto import KdfParams, Key, RecordCipher, new_salt
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import io_error
-from persistkit.keys import read_key_file
+from persistkit.keys import check_one, read_key_file
 from persistkit.policy.autosave import AutosaveCadence
 from persistkit.policy.retention import Decision, Item, KeepLast, decide
 from persistkit.state import generations as gens
@@ -125,8 +125,7 @@ class StateStore:
             raise ValueError("keep_generations must be at least 1")
         if sync not in ("always", "batch", "none"):
             raise ValueError(f"sync must be 'always', 'batch' or 'none', not {sync!r}")
-        if password is not None and key_file is not None:
-            raise ValueError("pass password= or key_file=, not both")
+        check_one(password, key_file)
         self.directory = os.path.abspath(os.fspath(directory))
         self.cadence = AutosaveCadence.of(autosave_every)  # validates; None: no autosave thread
         self.keep_generations = keep_generations
