@@ -42,7 +42,7 @@ from persistkit.errors import (
     PersistkitError,
     WrongKeyError,
 )
-from persistkit.format import envelope, tree
+from persistkit.format import codecs, envelope, tree
 from persistkit.format.crypto import KdfParams, Key, RecordCipher, new_salt
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import io_error
@@ -466,23 +466,11 @@ class StateStore:
                 self._next_seq[name] = 0
         return {n: ComponentReport(n, "defaults", None, None, r.version) for n, r in self._components.items()}
 
-    def _model_resolver(self) -> tree.ModelResolver | None:
-        try:
-            from persistkit.format import codecs
-        except ImportError:  # pragma: no cover
-            return None
-        decode_member = getattr(codecs, "decode_member", None)
-        if decode_member is None:
-            return None
-        return lambda codec, payload: decode_member(codec, payload)
+    def _model_resolver(self) -> tree.ModelResolver:
+        return lambda codec, payload: codecs.decode_member(codec, payload)
 
-    def _model_hook(self) -> tree.ModelHook | None:
-        try:
-            from persistkit.format import codecs
-        except ImportError:  # pragma: no cover
-            return None
-        hook: tree.ModelHook | None = getattr(codecs, "model_hook", None)
-        return hook
+    def _model_hook(self) -> tree.ModelHook:
+        return codecs.model_hook
 
     def _apply(self, loaded: gens.LoadedGeneration, *, recovered: bool) -> LoadReport:
         """Migrate, validate and hand states to components; replay journals. Atomic per generation."""
