@@ -48,21 +48,19 @@ def bot_after_trades(tmp_path, full_size):
     start = bot.next_id
     for i in range(start, start + n):
         t = trade(i, rng)
-        bot.trades._replay_append(t)  # bulk fill without journaling: this measures the checkpoint
-        bot.equity._replay_append((t["closed"], 10_000 + i * 0.1))
+        bot.trades.replay_append(t)  # bulk fill without journaling: this measures the checkpoint
+        bot.equity.replay_append((t["closed"], 10_000 + i * 0.1))
         bot.risk.on_trade(t)
         bot.signal.examples.append(([rng.random() for _ in range(4)], rng.randint(0, 1)))
     bot.next_id = start + n
     yield bot
-    bot.store._abandon()
+    bot.store.abandon()
 
 
 def component_states(bot):
     return {
-        name: reg.component.state_dict()
-        if hasattr(reg.component, "state_dict")
-        else reg.component.__getstate__()
-        for name, reg in bot.store._components.items()
+        name: component.state_dict() if hasattr(component, "state_dict") else component.__getstate__()
+        for name, component in bot.store.components.items()
     }
 
 
@@ -263,7 +261,7 @@ def test_crash_states_per_second(benchmark, tmp_path):
     counter["n"] = 1
     with use_fs(rec):
         store.save()
-    store._abandon()
+    store.abandon()
     sim = CrashSimulator(before, rec.ops)
     states = benchmark.pedantic(lambda: sum(1 for _ in sim.states("power-loss")), rounds=5, iterations=1)
     tag(

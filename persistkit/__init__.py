@@ -37,7 +37,7 @@ _LAZY: dict[str, str] = {
     "verify": "persistkit.inspection",
     "Manifest": "persistkit.format.manifest",
     "VersionSkewWarning": "persistkit.bundle",
-    "InsecureKeyFileWarning": "persistkit.format.crypto",
+    "InsecureKeyFileWarning": "persistkit.keys",
     "ModelStore": "persistkit.model_store",
     # archives
     "Archiver": "persistkit.archive",
@@ -92,10 +92,10 @@ if TYPE_CHECKING:  # pragma: no cover - lets type checkers see the lazily resolv
     from persistkit.bundle import VersionSkewWarning as VersionSkewWarning
     from persistkit.bundle import load_bundle as load_bundle
     from persistkit.bundle import save_bundle as save_bundle
-    from persistkit.format.crypto import InsecureKeyFileWarning as InsecureKeyFileWarning
     from persistkit.format.manifest import Manifest as Manifest
     from persistkit.inspection import inspect as inspect
     from persistkit.inspection import verify as verify
+    from persistkit.keys import InsecureKeyFileWarning as InsecureKeyFileWarning
     from persistkit.model_store import ModelStore as ModelStore
     from persistkit.policy.retention import AnyOf as AnyOf
     from persistkit.policy.retention import KeepDaily as KeepDaily

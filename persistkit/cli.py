@@ -17,48 +17,30 @@ from persistkit import __version__
 
 # command name -> "module:attribute" of a click.Command
 SUBCOMMANDS: dict[str, str] = {
-    "inspect": "persistkit.commands.bundle:inspect_command",
-    "verify": "persistkit.commands.bundle:verify_command",
+    "inspect": "persistkit.commands.inspect:inspect_command",
+    "verify": "persistkit.commands.inspect:verify_command",
     "keygen": "persistkit.commands.bundle:keygen_command",
     "state": "persistkit.commands.state:state_group",
     "archive": "persistkit.commands.archive:archive_group",
     "check": "persistkit.commands.check:check_command",
 }
 
-# Commands of features still being built: they say so and exit 2 instead of failing to import.
-PLANNED: dict[str, str] = {}
-
 
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use (click docs pattern)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *SUBCOMMANDS, *PLANNED})
+        return sorted({*super().list_commands(ctx), *SUBCOMMANDS})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = SUBCOMMANDS.get(cmd_name)
         if target is None:
-            if cmd_name in PLANNED:
-                return _not_yet(cmd_name, PLANNED[cmd_name])
             return super().get_command(ctx, cmd_name)
         module_name, attr = target.split(":")
         command: Any = getattr(importlib.import_module(module_name), attr)
         if not isinstance(command, click.Command):  # pragma: no cover - programming error
             raise TypeError(f"{target} is not a click command")
         return command
-
-
-def _not_yet(name: str, what: str) -> click.Command:
-    @click.command(
-        name,
-        help=f"{what} (not yet available in this version).",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    )
-    def command() -> None:
-        click.echo(f"persistkit {name}: {what} is not yet available in persistkit {__version__}.", err=True)
-        raise SystemExit(2)
-
-    return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

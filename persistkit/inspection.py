@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from persistkit.errors import FormatError, IntegrityError
 from persistkit.io import current_fs
 from persistkit.io.fs import PathLike, describe_file_type, io_error
+from persistkit.io.zipio import ZIP_DAMAGE, ZIP_DAMAGE_OR_IO
 
 if TYPE_CHECKING:  # the format and state modules load only when a file needs them
     from persistkit.archive import VerifyReport
@@ -59,16 +59,6 @@ KINDS_HELP = (
     "key files (one line of base64)."
 )
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-# What zipfile raises on damaged input: an unknown method or version field
-# (NotImplementedError), a cut-off or corrupt deflate stream (EOFError, zlib.error), bad offsets.
-_ZIP_DAMAGE: tuple[type[Exception], ...] = (
-    zipfile.BadZipFile,
-    ValueError,
-    EOFError,
-    NotImplementedError,
-    zlib.error,
-)
-_ZIP_DAMAGE_OR_IO: tuple[type[Exception], ...] = (OSError, *_ZIP_DAMAGE)
 
 
 @dataclass(frozen=True)
@@ -146,7 +136,7 @@ def verify(
         try:
             with fs.open_read(source) as raw, zipfile.ZipFile(raw) as zf:
                 names = set(zf.namelist())
-        except _ZIP_DAMAGE_OR_IO:
+        except ZIP_DAMAGE_OR_IO:
             names = {mf.MANIFEST_NAME}  # let the bundle reader say what is wrong, as it always has
         if mf.MANIFEST_NAME in names or mf.AUTH_NAME in names:
             return verify_bundle(source, password=password, key_file=key_file)
@@ -234,7 +224,7 @@ def _verify_envelope(
     source: str, header: Header, *, password: str | None, key_file: PathLike | None
 ) -> FileReport:
     from persistkit.format import envelope
-    from persistkit.format.crypto import read_key_file
+    from persistkit.keys import read_key_file
 
     keyed = password is not None or key_file is not None
     if not header.encrypted:
@@ -327,7 +317,7 @@ def _inspect_zip(source: str) -> Manifest | VerifyReport:
             names = set(zf.namelist())
     except OSError as err:
         raise io_error("inspect", source, err) from err
-    except _ZIP_DAMAGE as err:
+    except ZIP_DAMAGE as err:
         raise _damaged_zip(source, err) from err
     if mf.MANIFEST_NAME in names or mf.AUTH_NAME in names:
         return inspect_bundle(source)  # checks the manifest digest; raises naming what is wrong
@@ -336,7 +326,7 @@ def _inspect_zip(source: str) -> Manifest | VerifyReport:
         try:
             made_by_persistkit = archiver._made_by_persistkit(Path(source))
             report = archiver.verify(source)
-        except _ZIP_DAMAGE as err:  # what the archive reader lets through (e.g. a mangled method field)
+        except ZIP_DAMAGE as err:  # what the archive reader lets through (e.g. a mangled method field)
             raise _damaged_zip(source, err) from err
         if not made_by_persistkit:
             raise _not_persistkit(
@@ -389,7 +379,7 @@ def _inspect_plain_file(source: str, head: bytes, st: os.stat_result) -> Header 
 
 
 def _key_file(source: str, st: os.stat_result) -> KeyFileInfo | None:
-    from persistkit.format.crypto import KEY_FILE_MAX_BYTES, read_key_file
+    from persistkit.keys import KEY_FILE_MAX_BYTES, read_key_file
 
     if st.st_size > KEY_FILE_MAX_BYTES:
         return None
@@ -427,7 +417,7 @@ def _first_record(source: str, head: bytes) -> Record | None:
                 data = f.read(span)
         except OSError as err:
             raise io_error("inspect", source, err) from err
-    return journal._parse(data, 0)[0]
+    return journal.parse_record(data, 0)[0]
 
 
 def _journal_info(source: str, *, first_seq: int) -> JournalInfo:

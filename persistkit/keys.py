@@ -20,18 +20,26 @@ removes a key file it created if the save fails.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import errno
 import os
+import stat
+import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from persistkit.errors import IntegrityError, WrongKeyError
+from persistkit.errors import FormatError, IntegrityError, PersistIOError, WrongKeyError
 
 if TYPE_CHECKING:
     from persistkit.format.crypto import KdfParams, Key
 
 __all__ = [
+    "KEY_FILE_MAX_BYTES",
     "KEY_SUFFIX",
+    "InsecureKeyFileWarning",
     "KeyChoice",
+    "check_one",
     "default_key_path",
     "for_load",
     "for_save",
@@ -43,6 +51,12 @@ __all__ = [
 KEY_SUFFIX = ".key"
 
 PathLike = str | os.PathLike[str]
+OnInsecure = Literal["warn", "error", "ignore"]
+KEY_FILE_MAX_BYTES = 1024
+
+
+class InsecureKeyFileWarning(UserWarning):
+    """A key file can be read or written by group or others."""
 
 
 def default_key_path(path: PathLike) -> str:
@@ -50,19 +64,89 @@ def default_key_path(path: PathLike) -> str:
     return os.path.abspath(os.fspath(path)) + KEY_SUFFIX
 
 
-def read_key_file(path: PathLike) -> Key:
-    from persistkit.format.crypto import read_key_file as read
-
-    return read(path)
-
-
 def write_key_file(path: PathLike, key: Key | None = None) -> Key:
-    from persistkit.format.crypto import write_key_file as write
+    """Create a key file (mode 0600) holding ``key`` or a new random key; never overwrite one.
 
-    return write(path, key)
+    The existence check and the atomic rename are two steps: two processes
+    creating the same key file at the same instant are not told apart.
+    """
+    from persistkit.format.crypto import Key
+    from persistkit.io import atomic_write, current_fs
+
+    key = key or Key.generate()
+    target = os.path.abspath(os.fspath(path))
+    if current_fs().exists(target):
+        raise PersistIOError(
+            f"key file {target!r} already exists; refusing to overwrite a key (files sealed with it "
+            "could no longer be opened). Delete it yourself if you are sure, or choose another path.",
+            errno=errno.EEXIST,
+            path=target,
+            operation="write key file",
+        )
+    atomic_write(target, base64.b64encode(key.material()) + b"\n", mode=0o600)
+    return Key(key.material(), source=f"key file {target}")
 
 
-def _check_one(password: str | None, key_file: PathLike | None) -> None:
+def read_key_file(path: PathLike, *, on_insecure: OnInsecure = "warn") -> Key:
+    """Read a key file; warn (or fail, or ignore) when group or others can access it."""
+    if on_insecure not in ("warn", "error", "ignore"):
+        raise ValueError("on_insecure must be 'warn', 'error' or 'ignore'")
+    from persistkit.format.crypto import KEY_BYTES, Key
+    from persistkit.io import current_fs
+
+    target = os.path.abspath(os.fspath(path))
+    fs = current_fs()
+    try:
+        st = fs.stat(target)
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"key file {target!r} is not a regular file.", path=target)
+        if st.st_size > KEY_FILE_MAX_BYTES:
+            raise FormatError(
+                f"{target!r} is not a persistkit key file: it is {st.st_size} bytes, a key file is "
+                f"{len(base64.b64encode(bytes(KEY_BYTES))) + 1}.",
+                path=target,
+            )
+        raw = fs.read_bytes(target)
+    except FileNotFoundError:
+        raise PersistIOError(
+            f"key file not found: looked for {target!r}. Pass key_file= pointing at the key saved with "
+            "this file, or password= if it was sealed with a password.",
+            errno=errno.ENOENT,
+            path=target,
+            operation="read key file",
+        ) from None
+    except OSError as err:
+        raise PersistIOError(
+            f"cannot read key file {target!r}: {err.strerror}. Fix its permissions or pass another key_file=.",
+            errno=err.errno,
+            path=target,
+            operation="read key file",
+        ) from err
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077 and on_insecure != "ignore":
+        message = (
+            f"key file {target!r} is readable by group or others (mode {mode:04o}); anyone who can read "
+            f"it can open your files. Run `chmod 600 {target}`."
+        )
+        if on_insecure == "error":
+            raise PersistIOError(message, errno=errno.EACCES, path=target, operation="read key file")
+        warnings.warn(message, InsecureKeyFileWarning, stacklevel=2)
+    try:
+        material = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        material = b""
+    if len(material) != KEY_BYTES:
+        # Never echo the content: a damaged key file is still mostly key.
+        raise FormatError(
+            f"{target!r} is not a persistkit key file (expected {KEY_BYTES} random bytes in base64 on one "
+            "line). Point key_file= at the right file, or create a new key with write_key_file().",
+            path=target,
+        )
+    return Key(material, source=f"key file {target}")
+
+
+def check_one(password: str | None, key_file: PathLike | None) -> None:
+    """The rule every reader and writer shares: a password or a key file, never both."""
     if password is not None and key_file is not None:
         raise ValueError("pass password= or key_file=, not both")
 
@@ -126,7 +210,7 @@ def for_load(
     """
     from persistkit.io import current_fs
 
-    _check_one(password, key_file)
+    check_one(password, key_file)
     if password is not None:
         return KeyChoice(None, password, True, "password= was given")
     if key_file is not None:
@@ -148,7 +232,7 @@ def for_save(
     from persistkit.format.crypto import Key
     from persistkit.io import current_fs
 
-    _check_one(password, key_file)
+    check_one(password, key_file)
     if password is not None:
         return Key.from_password(password, params=kdf), None
     where = os.path.abspath(os.fspath(key_file)) if key_file is not None else default_key_path(path)

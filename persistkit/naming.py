@@ -35,6 +35,7 @@ __all__ = [
     "TEMP_MARKER",
     "Stamped",
     "allocate",
+    "entry_path_problem",
     "fit_name",
     "is_temp_name",
     "temp_name_for",
@@ -110,6 +111,14 @@ class Stamped:
         if parsed is None:
             raise ValueError(f"{name!r} is not a {self.family} name")
         return parsed
+
+    def time(self, name: str) -> dt.datetime | None:
+        """When ``name`` was stamped (UTC), its counter added as microseconds so times sort as names do."""
+        parsed = self.parse(name)
+        if parsed is None:
+            return None
+        stamp, n = parsed
+        return dt.datetime.strptime(stamp, self.fmt).replace(tzinfo=dt.UTC) + dt.timedelta(microseconds=n)
 
     def name(self, stamp: str, n: int = 0) -> str:
         return f"{self.prefix}{stamp}{'' if n == 0 else f'_{n}'}{self.suffix}"
@@ -206,3 +215,32 @@ def allocate(
                 os.path.join(target, HIGH_WATER_NAME), json.dumps(doc, sort_keys=True).encode() + b"\n"
             )
         return family.name(*candidate)
+
+
+# -- zip entry names: the one zip-slip rule (bundle reader, archive checker) --------------------
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def entry_path_problem(name: str, *, control_characters: bool = True) -> str | None:
+    """Why zip entry ``name`` could escape (or not name) a directory it is extracted into; None if safe.
+
+    Refused: a NUL byte, backslashes (a Windows path trick), absolute paths and drive letters,
+    ``..`` segments, and names that are empty once ``.`` and empty segments go. With
+    ``control_characters=False`` other control characters are refused too (bundles; a training
+    archive may hold a user's file whose name has a tab in it).
+    """
+    if "\x00" in name:
+        return "contains a NUL byte"
+    if not control_characters and any(ord(c) < 32 for c in name):
+        return "contains a control character"
+    if "\\" in name:
+        return "uses backslashes (a Windows path trick)"
+    if name.startswith("/") or _DRIVE.match(name):
+        return "is absolute"
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return "climbs out with '..'"
+    if not parts:
+        return "is empty"
+    return None

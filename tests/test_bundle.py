@@ -28,10 +28,11 @@ from persistkit.errors import (
     UntrustedTypeError,
     WrongKeyError,
 )
-from persistkit.format.crypto import KdfParams, read_key_file, write_key_file
+from persistkit.format.crypto import KdfParams
 from persistkit.io import use_fs
 from persistkit.io.crash import CrashSimulator, Snapshot
 from persistkit.io.recording import RecordingFS
+from persistkit.keys import read_key_file, write_key_file
 from persistkit.testing.compare import assert_same
 from persistkit.testing.strategies import arrays, metadata, state_values
 
@@ -326,7 +327,7 @@ def test_verify_reports_every_member(tmp_path, models):
 
 
 def test_version_skew_warns_once_naming_versions(tmp_path, models, monkeypatch):
-    import persistkit.bundle as bundle_module
+    import persistkit.bundle.provenance as bundle_module
 
     path = pk.save_bundle(tmp_path / "x.models", models)
     real = bundle_module.environment()

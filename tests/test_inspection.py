@@ -21,11 +21,12 @@ from persistkit.archive import VerifyReport
 from persistkit.bundle import inspect as inspect_bundle
 from persistkit.errors import FormatError, IntegrityError, PersistIOError, PersistkitError
 from persistkit.format import envelope
-from persistkit.format.crypto import KdfParams, Key, write_key_file
+from persistkit.format.crypto import KdfParams, Key
 from persistkit.format.envelope import Header
 from persistkit.format.manifest import Manifest
 from persistkit.inspection import KeyFileInfo, inspect, to_json
 from persistkit.io.fs import DelegatingFS, current_fs, use_fs
+from persistkit.keys import write_key_file
 from persistkit.state import BoundedLog, StateStore
 from persistkit.state.inspection import JournalInfo, StoreInfo
 
@@ -414,7 +415,7 @@ def test_an_encrypted_store_is_described_without_its_password(tmp_path):
     store.register("trades", trades)
     store.load()
     trades.append({"id": 1})
-    store._abandon()
+    store.abandon()
     info = pk.inspect(directory)
     assert isinstance(info, StoreInfo) and info.encrypted and info.problems == []
     component = pk.inspect(directory / "gen-000001" / "counter.pk")

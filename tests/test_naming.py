@@ -177,3 +177,11 @@ def test_kill_storm_never_reuses_a_name_and_latest_is_the_newest(tmp_path):
             problems.append(f"cycle {cycle}: load_latest is older than the last save that returned")
     assert len(saved) >= 12  # the storm really saved and pruned, every cycle
     assert problems == []
+
+
+def test_backup_before_overwrite_keeps_the_newest_through_retention(tmp_path):
+    target = tmp_path / "model.pth"
+    target.write_bytes(b"v0")
+    made = [backup_before_overwrite(target, keep=2) for _ in range(4)]
+    left = sorted(p.name for p in (tmp_path / "backups").iterdir() if not p.name.startswith("."))
+    assert left == sorted(p.name for p in made[-2:])

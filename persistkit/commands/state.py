@@ -68,12 +68,12 @@ def inspect_command(
         doc["authenticated"] = verify and info.encrypted and keyed
         click.echo(json.dumps(doc, indent=2, default=str))
     else:
-        _print_table(info, authenticated=keyed)
+        print_store_table(info, authenticated=keyed)
     if info.problems:
         raise SystemExit(1)
 
 
-def _print_table(info: StoreInfo, *, authenticated: bool = False) -> None:
+def print_store_table(info: StoreInfo, *, authenticated: bool = False) -> None:
     current = f"gen-{info.current:06d}" if info.current is not None else "none (no checkpoint yet)"
     click.echo(f"state store {info.directory}")
     click.echo(

@@ -1,5 +1,8 @@
 """Keys, key derivation and authenticated encryption. The only module importing ``cryptography``.
 
+Size: over 500 lines because this is the one module importing ``cryptography``; the
+cipher, the KDF and the record cipher share the derivations documented here.
+
 Cipher: AES-256-GCM in segments (the STREAM construction)
 ----------------------------------------------------------
 * Every sealed object gets its own **data key**,
@@ -57,18 +60,12 @@ message; keys show a short HKDF-derived fingerprint instead.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import errno
 import hashlib
 import hmac
-import os
 import secrets
-import stat
 import struct
 import threading
 import unicodedata
-import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -80,15 +77,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from persistkit.errors import FormatError, IntegrityError, PersistIOError, WrongKeyError
-from persistkit.io import atomic_write, current_fs
+from persistkit.errors import FormatError, IntegrityError, WrongKeyError
 
 __all__ = [
     "ALGORITHM",
     "DEFAULT_SEGMENT",
     "Cipher",
     "Encryption",
-    "InsecureKeyFileWarning",
     "KdfParams",
     "Key",
     "RecordCipher",
@@ -96,8 +91,6 @@ __all__ = [
     "new_salt",
     "nonce",
     "open_encryption",
-    "read_key_file",
-    "write_key_file",
 ]
 
 ALGORITHM = "AES-256-GCM-STREAM"
@@ -108,7 +101,6 @@ TAG = 16
 KEY_BYTES = 32
 SALT_BYTES = 32
 CHECK_BYTES = 16
-KEY_FILE_MAX_BYTES = 1024
 
 _DATA_KEY_INFO = b"persistkit data key v1"
 _KEY_CHECK_INFO = b"persistkit key-check v1"
@@ -117,10 +109,6 @@ _JOURNAL_KEY_INFO = b"persistkit journal key v1"
 _NONCE = struct.Struct(">QI")
 
 KeySource = Literal["key", "password"]
-
-
-class InsecureKeyFileWarning(UserWarning):
-    """A key file can be read or written by group or others."""
 
 
 # -- key derivation ----------------------------------------------------------------
@@ -602,81 +590,21 @@ class RecordCipher:
             ) from None
 
 
-# -- key files -------------------------------------------------------------------
+# -- key files: moved to persistkit.keys (format/ does no I/O) ----------------------
 
-OnInsecure = Literal["warn", "error", "ignore"]
-
-
-def write_key_file(path: str | os.PathLike[str], key: Key | None = None) -> Key:
-    """Create a key file (mode 0600) holding ``key`` or a new random key; never overwrite one.
-
-    The existence check and the atomic rename are two steps: two processes
-    creating the same key file at the same instant are not told apart.
-    """
-    key = key or Key.generate()
-    target = os.path.abspath(os.fspath(path))
-    if current_fs().exists(target):
-        raise PersistIOError(
-            f"key file {target!r} already exists; refusing to overwrite a key (files sealed with it "
-            "could no longer be opened). Delete it yourself if you are sure, or choose another path.",
-            errno=errno.EEXIST,
-            path=target,
-            operation="write key file",
-        )
-    atomic_write(target, base64.b64encode(key.material()) + b"\n", mode=0o600)
-    return Key(key.material(), source=f"key file {target}")
+_MOVED_TO_KEYS = (
+    "InsecureKeyFileWarning",
+    "KEY_FILE_MAX_BYTES",
+    "OnInsecure",
+    "read_key_file",
+    "write_key_file",
+)
 
 
-def read_key_file(path: str | os.PathLike[str], *, on_insecure: OnInsecure = "warn") -> Key:
-    """Read a key file; warn (or fail, or ignore) when group or others can access it."""
-    if on_insecure not in ("warn", "error", "ignore"):
-        raise ValueError("on_insecure must be 'warn', 'error' or 'ignore'")
-    target = os.path.abspath(os.fspath(path))
-    fs = current_fs()
-    try:
-        st = fs.stat(target)
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError(f"key file {target!r} is not a regular file.", path=target)
-        if st.st_size > KEY_FILE_MAX_BYTES:
-            raise FormatError(
-                f"{target!r} is not a persistkit key file: it is {st.st_size} bytes, a key file is "
-                f"{len(base64.b64encode(bytes(KEY_BYTES))) + 1}.",
-                path=target,
-            )
-        raw = fs.read_bytes(target)
-    except FileNotFoundError:
-        raise PersistIOError(
-            f"key file not found: looked for {target!r}. Pass key_file= pointing at the key saved with "
-            "this file, or password= if it was sealed with a password.",
-            errno=errno.ENOENT,
-            path=target,
-            operation="read key file",
-        ) from None
-    except OSError as err:
-        raise PersistIOError(
-            f"cannot read key file {target!r}: {err.strerror}. Fix its permissions or pass another key_file=.",
-            errno=err.errno,
-            path=target,
-            operation="read key file",
-        ) from err
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077 and on_insecure != "ignore":
-        message = (
-            f"key file {target!r} is readable by group or others (mode {mode:04o}); anyone who can read "
-            f"it can open your files. Run `chmod 600 {target}`."
-        )
-        if on_insecure == "error":
-            raise PersistIOError(message, errno=errno.EACCES, path=target, operation="read key file")
-        warnings.warn(message, InsecureKeyFileWarning, stacklevel=2)
-    try:
-        material = base64.b64decode(raw.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        material = b""
-    if len(material) != KEY_BYTES:
-        # Never echo the content: a damaged key file is still mostly key.
-        raise FormatError(
-            f"{target!r} is not a persistkit key file (expected {KEY_BYTES} random bytes in base64 on one "
-            "line). Point key_file= at the right file, or create a new key with write_key_file().",
-            path=target,
-        )
-    return Key(material, source=f"key file {target}")
+def __getattr__(name: str) -> Any:
+    """Compatibility: key-file helpers used to live here; they read and write files, so they are in keys.py."""
+    if name in _MOVED_TO_KEYS:
+        import persistkit.keys
+
+        return getattr(persistkit.keys, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

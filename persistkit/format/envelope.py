@@ -1,5 +1,7 @@
 """The envelope: a self-describing, checksummed, optionally compressed and encrypted container.
 
+Size: one wire format in one file, over 500 lines by design (kept whole on purpose).
+
 Bytes in, bytes out; nothing here touches files. The layout is a storage
 contract. Integers are little-endian; digests are xxHash's canonical
 (big-endian) bytes::

@@ -178,10 +178,6 @@ class Manifest:
     def models(self) -> tuple[MemberEntry, ...]:
         return tuple(m for m in self.members if m.role == "model")
 
-    @property
-    def metadata_entry(self) -> MemberEntry | None:
-        return next((m for m in self.members if m.role == "metadata"), None)
-
     def member(self, name: str) -> MemberEntry:
         for m in self.members:
             if m.role == "model" and m.name == name:

@@ -1,5 +1,7 @@
 """A safe codec for state values: exact round trips, never pickle.
 
+Size: one wire format in one file, over 500 lines by design (kept whole on purpose).
+
 Stability: this is a storage contract. ``persistkit.state`` (``BoundedLog``
 checkpoints use ``Records``), the bundle codecs and the golden files in
 ``fixtures/`` depend on it. Extend it only by adding ext codes; every existing

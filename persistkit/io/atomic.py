@@ -34,6 +34,7 @@ __all__ = [
     "close_later",
     "is_temp_name",
     "keep_open",
+    "pid_alive",
     "temp_name_for",
 ]
 

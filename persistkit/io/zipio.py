@@ -30,7 +30,36 @@ from dataclasses import dataclass
 
 from persistkit.io.fs import PathLike, current_fs, io_error
 
-__all__ = ["MappedFile", "ZipEntry", "ZipStreamWriter", "ZipStructureError", "map_file", "read_entries"]
+__all__ = [
+    "ZIP_DAMAGE",
+    "ZIP_DAMAGE_OR_IO",
+    "MappedFile",
+    "ZipEntry",
+    "ZipStreamWriter",
+    "ZipStructureError",
+    "map_file",
+    "read_entries",
+]
+
+# What zipfile lets escape on damaged or hostile bytes: bad offsets and sizes (struct.error,
+# IndexError, OverflowError, ValueError, incl. UnicodeDecodeError), an unknown method or version
+# (NotImplementedError), a cut-off or corrupt deflate stream (EOFError, zlib.error), a member the
+# central directory names but cannot find (KeyError), an encrypted flag (RuntimeError).
+# The one list: every reader of zip files persistkit did not write catches this.
+ZIP_DAMAGE: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    OverflowError,
+    struct.error,
+    IndexError,
+    KeyError,
+    RuntimeError,
+)
+ZIP_DAMAGE_OR_IO: tuple[type[Exception], ...] = (*ZIP_DAMAGE, OSError)
 
 Buffer = bytes | bytearray | memoryview
 Sink = Callable[[Buffer], object]
@@ -284,8 +313,7 @@ def read_entries(view: memoryview) -> list[ZipEntry]:
     try:
         with zipfile.ZipFile(_ViewReader(view)) as archive:
             infos = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, struct.error, EOFError, ValueError, OverflowError,
-            NotImplementedError, UnicodeDecodeError, IndexError) as err:  # fmt: skip
+    except ZIP_DAMAGE as err:
         raise ZipStructureError(f"{type(err).__name__}: {err}", looks_like_zip=looks) from err
     entries: list[ZipEntry] = []
     for info in infos:

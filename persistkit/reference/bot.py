@@ -88,7 +88,7 @@ class Bot:
             if trade["id"] > self.risk.last_trade_id:
                 self.risk.on_trade(trade)
                 if not self.equity or self.equity[-1][0] < trade["closed"]:
-                    self.equity._replay_append((trade["closed"], self.risk.balance))
+                    self.equity.replay_append((trade["closed"], self.risk.balance))
                 self.next_id = max(self.next_id, trade["id"] + 1)
                 if self.position is not None and self.position["id"] <= trade["id"]:
                     self.position = None

@@ -41,12 +41,12 @@ class BoundedLog:
         self._name = name
         # One lock for the log and its store: a checkpoint and an append never interleave,
         # and there is no lock-order inversion between them.
-        self._lock = store._lock
+        self._lock = store.lock
 
     def append(self, item: Any) -> None:
         with self._lock:
             if self._store is not None:
-                self._store._journal_append(self._name, item)  # durable first, then visible
+                self._store.journal_append(self._name, item)  # durable first, then visible
             self._items.append(item)
 
     def extend(self, items: Iterable[Any]) -> None:
@@ -56,13 +56,15 @@ class BoundedLog:
     def clear(self) -> None:
         with self._lock:
             if self._store is not None:
-                self._store._journal_clear(self._name)
+                self._store.journal_clear(self._name)
             self._items.clear()
 
-    def _replay_append(self, item: Any) -> None:
+    def replay_append(self, item: Any) -> None:
+        """Append without journaling: for replay, or for entries re-derived from other journaled state."""
         self._items.append(item)
 
-    def _replay_clear(self) -> None:
+    def replay_clear(self) -> None:
+        """Clear without journaling (replay)."""
         self._items.clear()
 
     def __len__(self) -> int:

@@ -1,5 +1,8 @@
 """The on-disk layout of a state store, and the commit protocol. A storage contract::
 
+Size: just over 500 lines: the layout, the one generation checker and the commit
+protocol are one storage contract.
+
     store/
       .persistkit.lock                 writer lock (flock; released by the kernel if the writer dies)
       CURRENT                          envelope(kind="current"): {"generation": N, "store": id, "manifest": digest,

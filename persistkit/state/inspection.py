@@ -26,7 +26,7 @@ from persistkit.format.crypto import Key
 from persistkit.io import current_fs
 from persistkit.io.fs import io_error
 from persistkit.state import generations as gens
-from persistkit.state.journal import JournalReader, _parse
+from persistkit.state.journal import JournalReader, journal_cipher, parse_record
 from persistkit.state.store import STORE_FILE, StateStore
 
 __all__ = ["ComponentInfo", "GenerationInfo", "JournalInfo", "StoreInfo", "inspect_store"]
@@ -141,12 +141,11 @@ def inspect_store(
         )
     # A read-only store never locks or writes; it gives us the store id and the key.
     reader = StateStore(root, readonly=True, password=password, key_file=key_file, autosave_every=0)
-    meta = reader._store_meta()
+    meta = reader.store_meta()
     store_id = meta.get("store")
     key: Key | None = None
     if verify and (password is not None or key_file is not None):
-        key = reader._resolve_key(meta)
-        reader._store_id, reader._key = store_id, key
+        key = reader.resolve_key(meta)
     info = StoreInfo(root, store_id, _is_encrypted(root, names, meta), None, [], verified=verify)
     current_digest = _read_current(root, info, key=key if verify else None, check=verify)
 
@@ -175,7 +174,6 @@ def inspect_store(
             _verify_generation(
                 root,
                 gen,
-                reader,
                 key=key,
                 store_id=store_id,
                 check_digest=current_digest if n == info.current else None,
@@ -291,7 +289,7 @@ def _describe_journal(path: str, file: str, *, first_seq: int | None, cipher: ob
         return info
     info.bytes = len(data)
     if first_seq is None:  # without the manifest, the first intact record says where it starts
-        record, _ = _parse(data, 0)
+        record, _ = parse_record(data, 0)
         info.first_seq = first_seq = record.seq if record is not None else 0
     try:
         reader = JournalReader.read(path, cipher=cipher, first_seq=first_seq)
@@ -307,7 +305,6 @@ def _describe_journal(path: str, file: str, *, first_seq: int | None, cipher: ob
 def _verify_generation(
     root: str,
     gen: GenerationInfo,
-    reader: StateStore,
     *,
     key: Key | None,
     store_id: str | None,
@@ -358,7 +355,7 @@ def _verify_generation(
         if entry is None:
             j.problem = j.problem or "not listed in the generation manifest"
             continue
-        cipher = reader._journal_cipher(j.name, gen.number) if key is not None else None
+        cipher = journal_cipher(key, store_id, j.name, gen.number)
         checked = _describe_journal(
             os.path.join(gdir, j.file), j.file, first_seq=entry["first_seq"], cipher=cipher
         )

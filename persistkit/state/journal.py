@@ -41,14 +41,26 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import xxhash
 
 from persistkit.errors import IntegrityError, PersistIOError
 from persistkit.io.fs import FileHandle, current_fs, io_error
 
-__all__ = ["APPEND", "CLEAR", "JournalReader", "JournalWriter", "Record", "SyncPolicy"]
+if TYPE_CHECKING:
+    from persistkit.format.crypto import Key, RecordCipher
+
+__all__ = [
+    "APPEND",
+    "CLEAR",
+    "JournalReader",
+    "JournalWriter",
+    "Record",
+    "SyncPolicy",
+    "journal_cipher",
+    "parse_record",
+]
 
 log = logging.getLogger("persistkit")
 
@@ -272,7 +284,7 @@ class JournalReader:
         pos = 0
         expected = first_seq
         while pos < len(data):
-            record, end = _parse(data, pos)
+            record, end = parse_record(data, pos)
             if record is None or record.seq != expected:
                 if not _only_garbage_follows(data, pos):
                     raise IntegrityError(
@@ -310,7 +322,7 @@ def _tail_damage(data: bytes, pos: int, expected: int) -> str:
     return "is on disk in full but fails its checksum"
 
 
-def _parse(data: bytes, pos: int) -> tuple[Record | None, int]:
+def parse_record(data: bytes, pos: int) -> tuple[Record | None, int]:
     if len(data) - pos < RECORD.size + CHECK:
         return None, pos
     length, seq, op = RECORD.unpack_from(data, pos)
@@ -326,7 +338,20 @@ def _parse(data: bytes, pos: int) -> tuple[Record | None, int]:
 def _only_garbage_follows(data: bytes, pos: int) -> bool:
     """True if no valid record starts anywhere after ``pos`` (a torn or zero-filled tail)."""
     for start in range(pos + 1, len(data) - RECORD.size - CHECK + 1):
-        record, _ = _parse(data, start)
+        record, _ = parse_record(data, start)
         if record is not None:
             return False
     return True
+
+
+def journal_cipher(key: Key | None, store_id: str | None, name: str, generation: int) -> RecordCipher | None:
+    """The record cipher of log ``name`` in ``generation`` of store ``store_id``; None for a plain store.
+
+    A fresh salt per (store, log, generation); generation numbers are never reused.
+    """
+    if key is None:
+        return None
+    from persistkit.format.crypto import RecordCipher
+
+    salt = xxhash.xxh3_128_digest(f"{store_id}/{name}/{generation}".encode()) * 2
+    return RecordCipher(key, salt)

@@ -19,7 +19,9 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from persistkit.shutdown import SignalHandlers
 
 if TYPE_CHECKING:
     from persistkit.state.store import StateStore
@@ -42,32 +44,27 @@ class SignalSaver:
         self.grace = grace
         self.exit_on_signal = exit_on_signal
         self.signals = signals
-        self.previous: dict[int, Any] = {}
+        self.handlers = SignalHandlers(signals, self._handle)
+        self.previous = self.handlers.previous
         self.received: int | None = None
         self.chaining = False
         self.saver: threading.Thread | None = None
 
     def install(self) -> SignalSaver:
-        for sig in self.signals:
-            self.previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handle)
+        self.handlers.install()
         return self
 
     def uninstall(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig, prev in self.previous.items():
-            if signal.getsignal(sig) == self._handle:
-                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self.handlers.uninstall()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.chaining:
-            self._chain(signum, frame)
+            self.handlers.chain(signum, frame)
             return
         if self.received is not None:
             os._exit(128 + signum)  # second signal: exit now; the last checkpoint is consistent
         self.received = signum
-        self.store.stop_requested = signum
+        self.store.request_stop(signum)
         self.saver = threading.Thread(
             target=self._final_save, args=(signum,), name="persistkit-signal-save", daemon=True
         )
@@ -75,14 +72,6 @@ class SignalSaver:
         timer = threading.Timer(self.grace, self._deadline, args=(signum,))
         timer.daemon = True
         timer.start()
-
-    def _chain(self, signum: int, frame: FrameType | None) -> None:
-        prev = self.previous.get(signum, signal.SIG_DFL)
-        signal.signal(signum, prev if prev is not None else signal.SIG_DFL)
-        if prev in (signal.SIG_DFL, None):
-            os.kill(os.getpid(), signum)  # default action, e.g. terminate
-        elif callable(prev):
-            prev(signum, frame)
 
     def _deadline(self, signum: int) -> None:
         if self.saver is not None and self.saver.is_alive():
@@ -94,14 +83,8 @@ class SignalSaver:
 
     def _final_save(self, signum: int) -> None:
         store = self.store
-        with store._lock:
-            try:
-                checkpoint = store.save()
-                if store.on_final_save is not None:
-                    store.on_final_save(checkpoint)
-            except Exception as err:
-                store.last_error = err
-                log.error("persistkit: final save on signal %d failed: %s", signum, err)
+        with store.lock:
+            store.final_save(signum)
             if not self.exit_on_signal or self.previous.get(signum) == signal.SIG_IGN:
                 return
             # Re-deliver while still holding the lock, so no further work is done after

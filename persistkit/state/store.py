@@ -3,21 +3,33 @@
 See ``persistkit.state.generations`` for the on-disk layout and commit
 protocol, and ``persistkit.state.journal`` for journaled appends, including
 the one damage a load cannot detect: a journal cut exactly at a record boundary.
+Reports live in ``state.reports``, how a component's state is read and put back in
+``state.components``.
+Why this module is over 500 lines: ``StateStore`` is one lock and one set of
+fields (generation in force, history, open journal writers, spent journals) that
+recovery, commit and journaling all read and change; each of their invariants
+("a journal is never reopened after a failed append", "an orphan newer than the
+generation in force is removed before an append is acknowledged") spans all three.
+Splitting them into mixins would spread one invariant over several files; the
+pieces with their own seams (generations, journal, retention, components,
+reports, signals) are already modules of their own.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime as dt
 import logging
 import os
 import random
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import xxhash
 
@@ -30,92 +42,39 @@ from persistkit.errors import (
     PersistkitError,
     WrongKeyError,
 )
-from persistkit.format import envelope, tree
-from persistkit.format.crypto import KdfParams, Key, RecordCipher, new_salt, read_key_file
+from persistkit.format import codecs, envelope, tree
+from persistkit.format.crypto import KdfParams, Key, RecordCipher, new_salt
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import io_error
+from persistkit.keys import check_one, read_key_file
 from persistkit.policy.autosave import AutosaveCadence
+from persistkit.policy.retention import Decision, Item, KeepLast, decide
 from persistkit.state import generations as gens
 from persistkit.state.bounded import BoundedLog
-from persistkit.state.journal import APPEND, CLEAR, JournalReader, JournalWriter, SyncPolicy
-from persistkit.state.plain import load_plain, plain_kind, plain_state
+from persistkit.state.components import Registration, has_state_api, load_state, run_validator
+from persistkit.state.journal import APPEND, CLEAR, JournalReader, JournalWriter, SyncPolicy, journal_cipher
+from persistkit.state.plain import plain_kind, plain_state
+from persistkit.state.reports import Checkpoint as Checkpoint
+from persistkit.state.reports import ComponentReport as ComponentReport
+from persistkit.state.reports import LoadReport as LoadReport
+from persistkit.state.reports import Persistent as Persistent
+from persistkit.state.reports import StateRecoveredWarning as StateRecoveredWarning
+from persistkit.state.reports import Status
 
-__all__ = ["Checkpoint", "ComponentReport", "LoadReport", "Persistent", "StateStore"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointObserver",
+    "ComponentReport",
+    "LoadReport",
+    "Persistent",
+    "StateStore",
+    "observe_checkpoints",
+]
 
 log = logging.getLogger("persistkit")
 
 _NAME_RE = gens.NAME_RE
 STORE_FILE = "STORE"
-
-
-class StateRecoveredWarning(UserWarning):
-    """A state store fell back to an older checkpoint; the message names the file and generation."""
-
-
-@runtime_checkable
-class Persistent(Protocol):
-    """What a component implements to be stored (``__getstate__``/``__setstate__`` also work)."""
-
-    def state_dict(self) -> Mapping[str, Any]: ...
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-Status = Literal["loaded", "defaults", "migrated", "recovered"]
-
-
-@dataclass
-class ComponentReport:
-    name: str
-    status: Status
-    generation: int | None = None
-    stored_version: int | None = None
-    version: int = 1
-    journal_records: int = 0
-    torn_records: int = 0  # torn (never acknowledged) journal records dropped
-    detail: str = ""
-    torn_bytes: int = 0  # their size
-    damaged_records: int = 0  # complete but damaged last journal records dropped (reported as failures)
-
-
-@dataclass
-class LoadReport:
-    """What ``load()`` did, per component, plus any fallback it had to make."""
-
-    generation: int | None
-    components: dict[str, ComponentReport]
-    quarantined: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    unregistered: list[str] = field(default_factory=list)
-
-    def __getitem__(self, name: str) -> ComponentReport:
-        return self.components[name]
-
-    @property
-    def recovered(self) -> bool:
-        return bool(self.failures)
-
-    def summary(self) -> str:
-        parts = [f"{n}: {c.status}" for n, c in self.components.items()]
-        return f"generation {self.generation}; " + ", ".join(parts)
-
-    def __repr__(self) -> str:
-        extra = f", {len(self.failures)} fallback(s)" if self.failures else ""
-        return f"<LoadReport {self.summary()}{extra}>"
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A committed (or skipped, when nothing changed) checkpoint."""
-
-    generation: int
-    sizes: dict[str, int]
-    seconds: float
-    skipped: bool = False
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.sizes.values())
 
 
 @dataclass
@@ -136,17 +95,6 @@ class _JournalDamaged(Exception):
     def __init__(self, error: PersistkitError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-@dataclass
-class _Registration:
-    name: str
-    component: Any
-    version: int
-    migrations: dict[int, Callable[[Any], Any]]
-    max_bytes: int | None
-    validate: Callable[[Any], Any] | None
-    is_log: bool
 
 
 class StateStore:
@@ -178,10 +126,8 @@ class StateStore:
             raise ValueError("keep_generations must be at least 1")
         if sync not in ("always", "batch", "none"):
             raise ValueError(f"sync must be 'always', 'batch' or 'none', not {sync!r}")
-        if password is not None and key_file is not None:
-            raise ValueError("pass password= or key_file=, not both")
+        check_one(password, key_file)
         self.directory = os.path.abspath(os.fspath(directory))
-        self.autosave_every = autosave_every
         self.cadence = AutosaveCadence.of(autosave_every)  # validates; None: no autosave thread
         self.keep_generations = keep_generations
         self.readonly = readonly
@@ -197,7 +143,7 @@ class StateStore:
         self._kdf = kdf
         self._key: Key | None = None
         self._lock = threading.RLock()
-        self._components: dict[str, _Registration] = {}
+        self._components: dict[str, Registration] = {}
         self._writers: dict[str, JournalWriter] = {}
         self._next_seq: dict[str, int] = {}
         self._generation: int | None = None
@@ -250,12 +196,12 @@ class StateStore:
         if type(version) is not int or version < 1:
             raise ValueError(f"version must be a positive int, not {version!r}")
         is_log = isinstance(component, BoundedLog)
-        if not is_log and plain_kind(component) is None and not _has_state_api(component):
+        if not is_log and not has_state_api(component):
             raise TypeError(
                 f"component {name!r} ({type(component).__name__}) needs state_dict()/load_state_dict() or "
                 "__getstate__/__setstate__; a dict, a list or a numpy array can be registered as it is"
             )
-        self._components[name] = _Registration(
+        self._components[name] = Registration(
             name, component, version, dict(migrations or {}), max_bytes, validate, is_log
         )
         if is_log:
@@ -263,7 +209,8 @@ class StateStore:
         return component
 
     # -- keys -------------------------------------------------------------------
-    def _store_meta(self) -> dict[str, Any]:
+    def store_meta(self) -> dict[str, Any]:
+        """The store description (store id, KDF parameters); no key needed."""
         fs = current_fs()
         path = os.path.join(self.directory, STORE_FILE)
         try:
@@ -285,7 +232,8 @@ class StateStore:
             raise FormatError(f"{path}: malformed store description.", path=path)
         return value
 
-    def _resolve_key(self, meta: Mapping[str, Any]) -> Key | None:
+    def resolve_key(self, meta: Mapping[str, Any]) -> Key | None:
+        """The key this store was opened with (key_file= or password=), for ``meta``; None without one."""
         if self._key_file is not None:
             return read_key_file(self._key_file)
         if self._password is not None:
@@ -311,7 +259,7 @@ class StateStore:
             return self._load()
         except BaseException:
             if not self.readonly and not self._loaded:
-                self._abandon()
+                self.abandon()
             raise
 
     def _load(self) -> LoadReport:
@@ -322,9 +270,9 @@ class StateStore:
                 if self.readonly:
                     return self._all_defaults(None)
                 fs.makedirs(self.directory)
-            meta = self._store_meta()
+            meta = self.store_meta()
             self._store_id = meta.get("store")
-            self._key = self._resolve_key(meta)
+            self._key = self.resolve_key(meta)
             if not self.readonly:
                 _, tmps = gens.list_generations(self.directory)
                 for name in tmps:
@@ -519,23 +467,11 @@ class StateStore:
                 self._next_seq[name] = 0
         return {n: ComponentReport(n, "defaults", None, None, r.version) for n, r in self._components.items()}
 
-    def _model_resolver(self) -> tree.ModelResolver | None:
-        try:
-            from persistkit.format import codecs
-        except ImportError:  # pragma: no cover
-            return None
-        decode_member = getattr(codecs, "decode_member", None)
-        if decode_member is None:
-            return None
-        return lambda codec, payload: decode_member(codec, payload)
+    def _model_resolver(self) -> tree.ModelResolver:
+        return lambda codec, payload: codecs.decode_member(codec, payload)
 
-    def _model_hook(self) -> tree.ModelHook | None:
-        try:
-            from persistkit.format import codecs
-        except ImportError:  # pragma: no cover
-            return None
-        hook: tree.ModelHook | None = getattr(codecs, "model_hook", None)
-        return hook
+    def _model_hook(self) -> tree.ModelHook:
+        return codecs.model_hook
 
     def _apply(self, loaded: gens.LoadedGeneration, *, recovered: bool) -> LoadReport:
         """Migrate, validate and hand states to components; replay journals. Atomic per generation."""
@@ -550,7 +486,7 @@ class StateStore:
             stored_version, state = loaded.states[name]
             state, status = self._migrate(reg, stored_version, state)
             if reg.validate is not None:
-                problem = _run_validator(reg.validate, state)
+                problem = run_validator(reg.validate, state)
                 if problem:
                     raise IntegrityError(
                         f"{gens.gen_name(loaded.generation)}/{name}: stored state rejected by the validator: "
@@ -581,16 +517,16 @@ class StateStore:
         for name, (state, rep) in prepared.items():
             reg = self._components[name]
             if state is not None:
-                _load_state(reg, state)
+                load_state(reg, state)
             if reg.is_log:
                 replay = replays[name]
                 if state is None:
                     reg.component.load_state_dict({"items": []})
                 for op, value in replay.items:
                     if op == APPEND:
-                        reg.component._replay_append(value)
+                        reg.component.replay_append(value)
                     else:
-                        reg.component._replay_clear()
+                        reg.component.replay_clear()
                 rep.journal_records = replay.records
                 rep.torn_records, rep.torn_bytes = replay.torn_records, replay.torn_bytes
                 rep.damaged_records = len(replay.damage)
@@ -680,13 +616,9 @@ class StateStore:
         return replay
 
     def _journal_cipher(self, name: str, generation: int) -> RecordCipher | None:
-        if self._key is None:
-            return None
-        # A fresh salt per (store, log, generation); generation numbers are never reused.
-        salt = xxhash.xxh3_128_digest(f"{self._store_id}/{name}/{generation}".encode()) * 2
-        return RecordCipher(self._key, salt)
+        return journal_cipher(self._key, self._store_id, name, generation)
 
-    def _migrate(self, reg: _Registration, stored: int, state: Any) -> tuple[Any, Status]:
+    def _migrate(self, reg: Registration, stored: int, state: Any) -> tuple[Any, Status]:
         if stored > reg.version:
             raise MigrationError(
                 f"component {reg.name!r}: stored state has schema version {stored}, newer than this code "
@@ -729,6 +661,21 @@ class StateStore:
             return self._save_locked(force=False)
 
     def _save_locked(self, *, force: bool) -> Checkpoint:
+        observers = tuple(_checkpoint_observers)
+        if not observers:
+            return self._checkpoint_locked(force=force)
+        for observer in observers:
+            observer.begin(self)
+        start = time.perf_counter()
+        checkpoint: Checkpoint | None = None
+        try:
+            checkpoint = self._checkpoint_locked(force=force)
+            return checkpoint
+        finally:
+            for observer in observers:
+                observer.end(self, checkpoint, time.perf_counter() - start)
+
+    def _checkpoint_locked(self, *, force: bool) -> Checkpoint:
         if self.readonly:
             raise PersistIOError(
                 f"{self.directory}: store opened read-only; cannot save.", path=self.directory
@@ -824,7 +771,7 @@ class StateStore:
         if self._generation is not None:
             self._open_writers()
 
-    def _state_of(self, reg: _Registration) -> Any:
+    def _state_of(self, reg: Registration) -> Any:
         comp = reg.component
         if reg.is_log:
             state = comp.state_dict()
@@ -858,6 +805,25 @@ class StateStore:
                     cipher=self._journal_cipher(name, self._generation),
                 )
 
+    def retention(self, *, now: dt.datetime | None = None) -> list[Decision]:
+        """Which committed generations in CURRENT's history pruning keeps, and why (the newest ``keep_generations``).
+
+        Any other generation directory (one never committed, e.g. left by a failed save) is removed.
+        """
+        epoch = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)  # generation numbers order them as time would
+        items = [
+            Item(
+                gens.gen_name(n), epoch + dt.timedelta(seconds=n), "in force" if n == self._generation else ""
+            )
+            for n in self._history
+        ]
+        return decide(KeepLast(self.keep_generations), items, now=now)
+
+    def generations_to_keep(self) -> set[int]:
+        """The generation numbers ``retention()`` keeps."""
+        number = {gens.gen_name(n): n for n in self._history}
+        return {number[d.item.id] for d in self.retention() if d.keep}
+
     def _prune(self) -> bool:
         """Retire every generation that is not among the newest ``keep_generations`` committed ones.
 
@@ -869,7 +835,7 @@ class StateStore:
         except OSError as err:
             log.warning("could not list %s to remove old generations: %s", self.directory, err)
             return False
-        keep = set(self._history[-self.keep_generations :])
+        keep = self.generations_to_keep()
         newer_orphan_left = False
         for n in committed:
             if n in keep:
@@ -888,11 +854,18 @@ class StateStore:
         return not newer_orphan_left
 
     # -- journaling (called by BoundedLog) -------------------------------------------
-    def _journal_append(self, name: str, item: Any) -> None:
+    @property
+    def lock(self) -> threading.RLock:
+        """The store's lock: a checkpoint and a journaled append never interleave while it is held."""
+        return self._lock
+
+    def journal_append(self, name: str, item: Any) -> None:
+        """Make ``item`` durable in the journal of the registered log ``name`` (per ``sync=``)."""
         payload = tree.encode(item, root=f"{name}[-1]", model_hook=self._model_hook())
         self._journal(name, APPEND, payload)
 
-    def _journal_clear(self, name: str) -> None:
+    def journal_clear(self, name: str) -> None:
+        """Journal that the registered log ``name`` was cleared."""
         self._journal(name, CLEAR, b"")
 
     def _journal(self, name: str, op: int, payload: bytes) -> None:
@@ -1018,7 +991,29 @@ class StateStore:
             self._autosave.join(timeout=5)
         return checkpoint
 
-    def _abandon(self) -> None:
+    def request_stop(self, signum: int) -> None:
+        """Record that a stop signal arrived (the bot's loop can poll ``stop_requested``)."""
+        self.stop_requested = signum
+
+    def final_save(self, signum: int) -> Checkpoint | None:
+        """The save on a stop signal: commit, tell ``on_final_save``; a failure is logged and kept in ``last_error``."""
+        with self._lock:
+            try:
+                checkpoint = self.save()
+                if self.on_final_save is not None:
+                    self.on_final_save(checkpoint)
+                return checkpoint
+            except Exception as err:
+                self.last_error = err
+                log.error("persistkit: final save on signal %d failed: %s", signum, err)
+                return None
+
+    @property
+    def components(self) -> Mapping[str, Any]:
+        """The registered components by name (read-only view)."""
+        return types.MappingProxyType({name: reg.component for name, reg in self._components.items()})
+
+    def abandon(self) -> None:
         """Drop the store as a killed process would: no final save (tests and crash harnesses)."""
         self._stop.set()
         with self._lock:
@@ -1028,6 +1023,8 @@ class StateStore:
             self._closed = True
             if self._dir_lock is not None:
                 self._dir_lock.release()
+
+    _abandon = abandon  # the old private name, for callers on other branches not yet moved to abandon()
 
     def __enter__(self) -> StateStore:
         return self
@@ -1076,45 +1073,23 @@ def _check_log_state(state: Any, generation: int, name: str, directory: str) -> 
         )
 
 
-def _has_state_api(component: Any) -> bool:
-    if callable(getattr(component, "state_dict", None)) and callable(
-        getattr(component, "load_state_dict", None)
-    ):
-        return True
-    return callable(getattr(type(component), "__setstate__", None))
+class CheckpointObserver(Protocol):
+    """Told around every checkpoint of every store (the verifier's budgets time them this way)."""
+
+    def begin(self, store: StateStore) -> None: ...
+
+    def end(self, store: StateStore, checkpoint: Checkpoint | None, seconds: float) -> None:
+        """``checkpoint`` is None when the checkpoint raised."""
 
 
-def _load_state(reg: _Registration, state: Any) -> None:
-    comp = reg.component
-    if reg.is_log:
-        comp.load_state_dict(state)
-        return
-    kind = plain_kind(comp)
-    if kind is not None:
-        load_plain(comp, kind, state, reg.name)
-        return
-    if hasattr(comp, "load_state_dict"):
-        comp.load_state_dict(state)
-        after = comp.state_dict()
-        if isinstance(state, Mapping) and isinstance(after, Mapping):
-            dropped = sorted(set(map(str, state)) - set(map(str, after)))
-            if dropped:
-                raise MigrationError(
-                    f"component {reg.name!r}: stored fields {dropped} are not kept by load_state_dict(); "
-                    "bump the version and add a migration that handles them (fields are never dropped silently).",
-                    member=reg.name,
-                )
-    else:
-        comp.__setstate__(state)
+_checkpoint_observers: list[CheckpointObserver] = []
 
 
-def _run_validator(validate: Callable[[Any], Any], state: Any) -> str:
+@contextlib.contextmanager
+def observe_checkpoints(observer: CheckpointObserver) -> Iterator[None]:
+    """Call ``observer`` around every StateStore checkpoint while the block runs."""
+    _checkpoint_observers.append(observer)
     try:
-        result = validate(state)
-    except (ValueError, TypeError, AssertionError, KeyError) as err:
-        return str(err) or type(err).__name__
-    if result is False:
-        return "validator returned False"
-    if isinstance(result, str):
-        return result
-    return ""
+        yield
+    finally:
+        _checkpoint_observers.remove(observer)

@@ -122,7 +122,7 @@ class App:
         """Drop the app as a killed process would: no final save; locks released."""
         try:
             if self.store is not None:
-                self.store._abandon()
+                self.store.abandon()
             else:
                 self._release()
         finally:
@@ -164,7 +164,7 @@ class _Graceful:
 
 def components(store: Any) -> dict[str, Any]:
     """The components registered in a StateStore, by name."""
-    return {name: reg.component for name, reg in store._components.items()}
+    return dict(store.components)
 
 
 def _accepts(params: Mapping[str, inspect.Parameter], name: str) -> bool:
@@ -224,7 +224,12 @@ class Target:
         obj = self._call(where)
         try:
             store = getattr(obj, "store", None)
-            if store is not None and callable(getattr(store, "save", None)) and hasattr(store, "_components"):
+            if (
+                store is not None
+                and callable(getattr(store, "save", None))
+                and hasattr(store, "components")
+                and callable(getattr(store, "register", None))
+            ):
                 self.kind = "store app"
             elif all(callable(getattr(obj, m, None)) for m in ("save", "step", "snapshot")):
                 self.kind = "plain app"

@@ -169,41 +169,33 @@ def _is_temp(path: str) -> bool:
     return any(marker in part for part in path.split(os.sep) for marker in (".pk-tmp-", ".tmp-", ".retired-"))
 
 
+class _StoreSpans:
+    """Times whole StateStore checkpoints; the file saves inside one are not counted on their own."""
+
+    def __init__(self, fs: MeasuringFS) -> None:
+        self.fs = fs
+
+    def begin(self, store: Any) -> None:
+        _local.store_depth = getattr(_local, "store_depth", 0) + 1
+
+    def end(self, store: Any, checkpoint: Any, seconds: float) -> None:
+        _local.store_depth -= 1
+        if _local.store_depth == 0 and checkpoint is not None and not checkpoint.skipped:
+            with self.fs._lock:
+                self.fs.saves.append(
+                    Save(store.directory, seconds, checkpoint.total_bytes, "StateStore checkpoint")
+                )
+
+
 @contextlib.contextmanager
 def _store_spans(fs: MeasuringFS) -> Iterator[None]:
-    """Time whole StateStore checkpoints, when persistkit.state is in use."""
+    """Time whole StateStore checkpoints, when persistkit.state is in use (never imported for it)."""
     store_mod = sys.modules.get("persistkit.state.store")
     if store_mod is None:
         yield
         return
-    cls: Any = store_mod.StateStore
-    original = cls._save_locked
-
-    def timed(self: Any, *, force: bool) -> Any:
-        depth = getattr(_local, "store_depth", 0)
-        _local.store_depth = depth + 1
-        start = time.perf_counter()
-        try:
-            checkpoint = original(self, force=force)
-        finally:
-            _local.store_depth = depth
-        if depth == 0 and not checkpoint.skipped:
-            with fs._lock:
-                fs.saves.append(
-                    Save(
-                        self.directory,
-                        time.perf_counter() - start,
-                        checkpoint.total_bytes,
-                        "StateStore checkpoint",
-                    )
-                )
-        return checkpoint
-
-    cls._save_locked = timed
-    try:
+    with store_mod.observe_checkpoints(_StoreSpans(fs)):
         yield
-    finally:
-        cls._save_locked = original
 
 
 @contextlib.contextmanager

@@ -128,7 +128,7 @@ class _App:
         if self.own_store is not None:
             return live_state(self.obj)
         store = self.obj.store
-        return {name: live_state(reg.component) for name, reg in store._components.items()}
+        return {name: live_state(component) for name, component in store.components.items()}
 
     def shutdown(self) -> None:
         if self.own_store is not None:

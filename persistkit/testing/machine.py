@@ -96,7 +96,7 @@ class PersistenceMachine(RuleBasedStateMachine):
                 warnings.simplefilter("always")
                 report = store.load()
         except BaseException:
-            store._abandon()
+            store.abandon()
             raise
         self.store = store
         # load() may commit a checkpoint itself (first start, after a recovery)
@@ -123,7 +123,7 @@ class PersistenceMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         if self.store is not None:
-            self.store._abandon()
+            self.store.abandon()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- rules --------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ class PersistenceMachine(RuleBasedStateMachine):
         """Die like ``kill -9``: no final save; a journaled log keeps every append."""
         current = self.snapshot(self.component)
         expected = current if self._is_log() else self.latest
-        self.store._abandon()
+        self.store.abandon()
         self.store = None
         self._check_open(expected, "a crash and restart")
 

@@ -14,8 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 import persistkit as pk
-from persistkit.commands.bundle import inspect_command, keygen_command, verify_command
-from persistkit.format.crypto import KdfParams, read_key_file
+from persistkit.commands.bundle import keygen_command
+from persistkit.commands.inspect import inspect_command, verify_command
+from persistkit.format.crypto import KdfParams
+from persistkit.keys import read_key_file
 
 HOSTILE = Path(__file__).resolve().parents[2] / "fixtures" / "hostile"
 
@@ -143,7 +145,7 @@ def kinds(tmp_path):
     counter.value = 3
     store.save()
     trades.append({"id": 1})
-    store._abandon()  # a crash: the appended record stays in the current generation's journal
+    store.abandon()  # a crash: the appended record stays in the current generation's journal
     (tmp_path / "ws" / "logs").mkdir(parents=True)
     (tmp_path / "ws" / "logs" / "events.gz").write_bytes(b"event-bytes" * 40)
     archive = pk.Archiver(tmp_path / "ws", sources=("logs",), root_patterns=()).create()

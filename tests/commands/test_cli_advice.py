@@ -14,7 +14,8 @@ from test_state_cli import FAST, build_store, inspect
 
 import persistkit as pk
 from persistkit.cli import cli, cli_advice
-from persistkit.format.crypto import KdfParams, write_key_file
+from persistkit.format.crypto import KdfParams
+from persistkit.keys import write_key_file
 
 HOSTILE = Path(__file__).resolve().parents[2] / "fixtures" / "hostile"
 

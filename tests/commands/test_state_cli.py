@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from persistkit.commands.state import state_group
-from persistkit.format.crypto import KdfParams, write_key_file
+from persistkit.format.crypto import KdfParams
+from persistkit.keys import write_key_file
 from persistkit.state import BoundedLog, StateStore
 from persistkit.state.store import StateRecoveredWarning
 
@@ -48,7 +49,7 @@ def build_store(directory, *, appends_after_checkpoint=3, **kw):
     for i in range(5, 5 + appends_after_checkpoint):
         trades.append({"id": i, "pnl": 0.5})
     generation = store.generation
-    store._abandon()
+    store.abandon()
     return generation
 
 
@@ -236,7 +237,7 @@ def test_store_without_checkpoint_yet(tmp_path):
     store = StateStore(store_dir, autosave_every=0, readonly=False)
     store.register("risk", Risk())
     store.load()  # the first load commits an initial checkpoint
-    store._abandon()
+    store.abandon()
     result = inspect(store_dir)
     assert result.exit_code == 0 and "CURRENT -> gen-000001" in result.output
 

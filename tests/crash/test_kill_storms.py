@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 import persistkit as pk
+from persistkit import naming
 from persistkit.io.atomic import is_temp_name
 from persistkit.testing.compare import first_difference
 from persistkit.testing.forkserver import ForkServer, kill_cycle
@@ -173,7 +174,8 @@ def archive_storm(tmp_path: Path, kills: int) -> None:
                 assert report.ok, f"cycle {cycle}: {path.name} does not verify: {report.problems[:3]}"
             for path in acked:
                 if path not in present:
-                    newer = [p for p in present if archiver._sort_key(p.name) > archiver._sort_key(path.name)]
+                    order = naming.Stamped(f"{archiver.prefix}_", ".zip").sort_key
+                    newer = [p for p in present if order(p.name) > order(path.name)]
                     assert len(newer) >= kids.KEEP, (
                         f"cycle {cycle}: acknowledged {path.name} is gone, but only {len(newer)} newer archives exist"
                     )

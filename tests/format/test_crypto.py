@@ -11,12 +11,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from persistkit import keys
 from persistkit.errors import FormatError, IntegrityError, PersistIOError, PersistkitError, WrongKeyError
 from persistkit.format import crypto
-from persistkit.format.crypto import Cipher, Encryption, InsecureKeyFileWarning, KdfParams, Key
+from persistkit.format.crypto import Cipher, Encryption, KdfParams, Key
 from persistkit.format.envelope import open_envelope, read_header, seal
 from persistkit.io import LocalFS, use_fs
 from persistkit.io.recording import RecordingFS
+from persistkit.keys import InsecureKeyFileWarning
 
 FAST = KdfParams.floor()
 
@@ -244,20 +246,20 @@ def test_encryption_header_entry_roundtrips_and_rejects_junk():
 def test_key_file_is_created_0600_through_the_io_layer(tmp_path):
     path = tmp_path / "bot.key"
     with use_fs(RecordingFS()) as rec:
-        key = crypto.write_key_file(path)
+        key = keys.write_key_file(path)
     kinds = [op.kind for op in rec.ops]
     assert {"create", "write", "fsync", "replace", "fsync_dir"} <= set(kinds)
     assert (path.stat().st_mode & 0o777) == 0o600
     content = path.read_bytes()
     assert content.endswith(b"\n") and content.count(b"\n") == 1 and len(content) == 45
     assert base64.b64decode(content.rstrip(b"\n"), validate=True) == key.material()
-    assert crypto.read_key_file(path) == key
+    assert keys.read_key_file(path) == key
     assert "key file" in key.source and str(path) in key.source
 
 
 def test_key_file_is_read_through_the_io_layer(tmp_path):
     path = tmp_path / "bot.key"
-    crypto.write_key_file(path)
+    keys.write_key_file(path)
     seen = []
 
     class ReadLog(LocalFS):
@@ -270,42 +272,42 @@ def test_key_file_is_read_through_the_io_layer(tmp_path):
             return super().stat(p, follow_symlinks=follow_symlinks)
 
     with use_fs(ReadLog()):
-        crypto.read_key_file(path)
+        keys.read_key_file(path)
     assert ("read", str(path)) in seen and ("stat", str(path)) in seen
 
 
 def test_existing_key_file_is_never_overwritten(tmp_path):
     path = tmp_path / "k.key"
-    key = crypto.write_key_file(path)
+    key = keys.write_key_file(path)
     before = path.read_bytes()
     with pytest.raises(PersistIOError, match="refusing to overwrite") as info:
-        crypto.write_key_file(path, Key.generate())
+        keys.write_key_file(path, Key.generate())
     assert info.value.errno == errno.EEXIST
     assert "Delete it" in str(info.value) and "another path" in str(info.value)
-    assert path.read_bytes() == before and crypto.read_key_file(path) == key
+    assert path.read_bytes() == before and keys.read_key_file(path) == key
 
 
 def test_explicit_key_can_be_written(tmp_path):
     key = Key.generate()
-    assert crypto.write_key_file(tmp_path / "k.key", key) == key
+    assert keys.write_key_file(tmp_path / "k.key", key) == key
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
 def test_insecure_key_file_warns_fails_or_is_ignored(tmp_path, mode):
     path = tmp_path / "k.key"
-    key = crypto.write_key_file(path)
+    key = keys.write_key_file(path)
     os.chmod(path, mode)
     with pytest.warns(InsecureKeyFileWarning, match="chmod 600"):
-        assert crypto.read_key_file(path) == key
+        assert keys.read_key_file(path) == key
     with pytest.raises(PersistIOError, match="readable by group or others") as info:
-        crypto.read_key_file(path, on_insecure="error")
+        keys.read_key_file(path, on_insecure="error")
     assert str(path) in str(info.value)
-    assert crypto.read_key_file(path, on_insecure="ignore") == key  # and no warning (warnings are errors)
+    assert keys.read_key_file(path, on_insecure="ignore") == key  # and no warning (warnings are errors)
 
 
 def test_missing_key_file_names_the_path_looked_at(tmp_path):
     with pytest.raises(PersistIOError, match="looked for") as info:
-        crypto.read_key_file(tmp_path / "nope.key")
+        keys.read_key_file(tmp_path / "nope.key")
     assert str(tmp_path / "nope.key") in str(info.value)
     assert info.value.errno == errno.ENOENT and info.value.path == str(tmp_path / "nope.key")
 
@@ -326,13 +328,13 @@ def test_malformed_key_file_is_a_format_error_naming_the_file(tmp_path, content)
     path.write_bytes(content)
     os.chmod(path, 0o600)
     with pytest.raises(FormatError, match="not a persistkit key file") as info:
-        crypto.read_key_file(path)
+        keys.read_key_file(path)
     assert str(path) in str(info.value)
 
 
 def test_a_directory_is_not_a_key_file(tmp_path):
     with pytest.raises(FormatError, match="not a regular file"):
-        crypto.read_key_file(tmp_path)
+        keys.read_key_file(tmp_path)
 
 
 # -- secrets never leak --------------------------------------------------------------
@@ -368,12 +370,12 @@ def test_key_material_and_passwords_never_appear_in_errors(tmp_path):
     tampered = bytearray(sealed_key)
     tampered[-20] ^= 1
     key_path = tmp_path / "k.key"
-    crypto.write_key_file(key_path, key)
+    keys.write_key_file(key_path, key)
     near_key = tmp_path / "near.key"  # a damaged copy of the real key file
     near_key.write_bytes(base64.b64encode(key.material())[:-2] + b"!!\n")
     os.chmod(near_key, 0o600)
     loose = tmp_path / "loose.key"
-    crypto.write_key_file(loose, key)
+    keys.write_key_file(loose, key)
     os.chmod(loose, 0o644)
     attempts = [
         lambda: open_envelope(sealed_pw, key=key),
@@ -385,9 +387,9 @@ def test_key_material_and_passwords_never_appear_in_errors(tmp_path):
         lambda: open_envelope(sealed_key[:-1], key=key),
         lambda: open_envelope(bytes(tampered), key=key),
         lambda: open_envelope(forge_checksums(bytes(tampered)), key=key),
-        lambda: crypto.write_key_file(key_path, key),
-        lambda: crypto.read_key_file(near_key),
-        lambda: crypto.read_key_file(loose, on_insecure="error"),
+        lambda: keys.write_key_file(key_path, key),
+        lambda: keys.read_key_file(near_key),
+        lambda: keys.read_key_file(loose, on_insecure="error"),
     ]
     texts = [repr(key), repr(pw_key), repr(read_header(sealed_pw)), repr(open_envelope(sealed_key, key=key))]
     for attempt in attempts:
@@ -395,7 +397,7 @@ def test_key_material_and_passwords_never_appear_in_errors(tmp_path):
             attempt()
         texts.append(all_text(info.value))
     with pytest.warns(InsecureKeyFileWarning) as record:
-        crypto.read_key_file(loose)
+        keys.read_key_file(loose)
     texts += [str(w.message) for w in record]
     for text in texts:
         for secret in secret_forms(key, password) + secret_forms(pw_key):
@@ -407,3 +409,10 @@ def forge_checksums(data: bytes) -> bytes:
     import xxhash
 
     return data[:-16] + xxhash.xxh3_128_digest(data[:-16])
+
+
+def test_key_file_helpers_moved_to_keys_stay_importable_from_crypto():
+    for name in ("read_key_file", "write_key_file", "InsecureKeyFileWarning", "KEY_FILE_MAX_BYTES"):
+        assert getattr(crypto, name) is getattr(keys, name)
+    with pytest.raises(AttributeError):
+        crypto.no_such_name

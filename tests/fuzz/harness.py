@@ -525,7 +525,7 @@ class StateTarget:
     def __init__(self, work: Path) -> None:
         import numpy as np
 
-        from persistkit.format.crypto import write_key_file
+        from persistkit.keys import write_key_file
 
         self.work = work
         self.samples: dict[str, dict[str, Any]] = {}
@@ -561,7 +561,7 @@ class StateTarget:
                 parts["trades"].append({"id": item, "px": 100.0 + item})
                 item += 1
                 acks.append((len(commits) - 1, (commits[-1][0], commits[-1][1], list(parts["trades"]))))
-            store._abandon()  # as a killed process: the round-4 component changes were never saved
+            store.abandon()  # as a killed process: the round-4 component changes were never saved
             newest = max(p for p in directory.iterdir() if p.is_dir() and p.name.startswith("gen-"))
             journal = newest / "trades.journal"
             self.samples[variant] = {
@@ -607,7 +607,7 @@ class StateTarget:
                     loaded = _snapshot(parts)
                     store.close()
                 except BaseException:
-                    store._abandon()
+                    store.abandon()
                     raise
             except ComponentRejected as err:
                 if not forged:

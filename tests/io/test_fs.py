@@ -140,7 +140,7 @@ def test_io_error_advice_fits_the_errno_and_the_operation(tmp_path, op, code, sa
 
 
 def test_keygen_into_a_missing_directory_says_the_directory_does_not_exist(tmp_path):
-    from persistkit.format.crypto import write_key_file
+    from persistkit.keys import write_key_file
 
     with pytest.raises(PersistIOError) as info:
         write_key_file(tmp_path / "nope" / "k.key")

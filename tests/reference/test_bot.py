@@ -37,7 +37,7 @@ def test_restart_resumes_and_reconciles_journaled_trades(tmp_path):
     while bot.risk.total_trades < risk_at_checkpoint + 5:
         bot.step()
     expected = bot.risk.state_dict()
-    bot.store._abandon()  # dies without a final save: the risk manager's newest state is lost
+    bot.store.abandon()  # dies without a final save: the risk manager's newest state is lost
     again = make_bot(tmp_path / "bot", readonly=True)
     assert again.risk.state_dict()["total_trades"] == expected["total_trades"]
     assert again.risk.balance == pytest.approx(expected["balance"], abs=1e-9)

@@ -34,7 +34,7 @@ def test_save_is_all_or_nothing_in_every_crash_state(store_dir, model):
     with use_fs(rec):
         store.save()
     new = view(parts)
-    store._abandon()
+    store.abandon()
 
     sim = CrashSimulator(before, rec.ops)
     start = time.perf_counter()
@@ -61,7 +61,7 @@ def test_append_is_durable_in_every_crash_state_after_it_returns(store_dir):
     rec = RecordingFS()
     with use_fs(rec):
         parts["log"].append({"acked": True})
-    store._abandon()
+    store.abandon()
     for state in CrashSimulator(before, rec.ops).states("power-loss"):
         state.materialize(store_dir)
         _, loaded, _ = open_store(store_dir, readonly=True)

@@ -1,7 +1,7 @@
 """Model-based test: a StateStore against an in-memory model (Hypothesis RuleBasedStateMachine).
 
 Rules: mutate, append, save, autosave (a save from another thread, as the
-autosave thread does it), crash (the process dies: ``_abandon`` then reopen),
+autosave thread does it), crash (the process dies: ``abandon`` then reopen),
 restart (clean close then reopen), save or append under an injected I/O fault
 (then crash, or carry on once the fault clears), corrupt a file of the newest
 checkpoint, and a read-only observer.
@@ -178,7 +178,7 @@ class StoreMachine(RuleBasedStateMachine):
         event(f"io fault: append failed ({errno.errorcode[code]} at #{at})")
         if then_crash:
             in_force = self.in_force()
-            self.store._abandon()
+            self.store.abandon()
             self.live = copy.deepcopy(self.checkpoints[in_force])
             self.reopen()
         elif retry:  # the user retries at once, as the error message says, and space is back
@@ -204,7 +204,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def crash(self):
         in_force = self.in_force()
-        self.store._abandon()
+        self.store.abandon()
         self.live = copy.deepcopy(self.checkpoints[in_force])
         self.appends_refused = False
         self.reopen()
@@ -256,7 +256,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.leftovers[left[0]] = attempted
             event("io fault: failed save left its generation behind")
         if then_crash:
-            self.store._abandon()
+            self.store.abandon()
             self.live = copy.deepcopy(self.checkpoints[on_disk])
             self.reopen()
         else:
@@ -275,7 +275,7 @@ class StoreMachine(RuleBasedStateMachine):
             if checkpoint is not None:
                 self.commit(checkpoint)
         else:
-            self.store._abandon()
+            self.store.abandon()
         newest = self.in_force()
         self.live = copy.deepcopy(self.checkpoints[newest])
         path = os.path.join(self.dir, victim if victim == "CURRENT" else gens.gen_name(newest) + "/" + victim)
@@ -338,7 +338,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def teardown(self):
         if self.store is not None and not self.store._closed:
-            self.store._abandon()
+            self.store.abandon()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -19,9 +19,10 @@ from persistkit.errors import (
     UnsupportedTypeError,
     WrongKeyError,
 )
-from persistkit.format.crypto import KdfParams, write_key_file
+from persistkit.format.crypto import KdfParams
 from persistkit.io import use_fs
 from persistkit.io.recording import RecordingFS
+from persistkit.keys import write_key_file
 from persistkit.state import BoundedLog, StateStore
 from persistkit.state.store import StateRecoveredWarning
 
@@ -434,3 +435,18 @@ def test_failed_load_releases_the_lock_so_a_retry_can_choose_defaults(store_dir)
         retry, parts2, _ = open_store(store_dir, on_corrupt="defaults")  # no LockedError
     assert parts2["counter"].value == 0
     retry.close()
+
+
+def test_generation_pruning_goes_through_retention_with_reasons(store_dir):
+    store, parts, _ = open_store(store_dir, keep_generations=2)
+    for i in range(4):
+        parts["counter"].value = i + 1
+        store.save()
+    newest = store.generation
+    decisions = store.retention()
+    kept = [f"gen-{newest:06d}", f"gen-{newest - 1:06d}"]
+    assert [d.item.id for d in decisions] == kept
+    assert all(d.keep for d in decisions)
+    assert "pinned: in force" in decisions[0].reasons
+    assert sorted(n for n in os.listdir(store_dir) if n.startswith("gen-")) == sorted(kept)
+    store.close()

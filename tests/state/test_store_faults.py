@@ -29,7 +29,7 @@ def test_retry_after_journals_failed_to_reopen_restores_appends(store_dir):
     checkpoint = store.save()  # nothing changed, yet it reopens the journal
     assert checkpoint.skipped and checkpoint.generation == committed
     parts["log"].append("durable")
-    store._abandon()
+    store.abandon()
     _, loaded, _ = open_store(store_dir, readonly=True)
     assert list(loaded["log"]) == ["durable"] and loaded["counter"].value == 7
 
@@ -71,7 +71,7 @@ def test_a_failed_saves_leftover_is_never_adopted_when_current_is_damaged(store_
     corrupt_newest(victim='CURRENT'); autosave()
     """
     store, _, _ = open_store(store_dir)
-    store._abandon()
+    store.abandon()
     store, parts, _ = open_store(store_dir)
     assert store.generation == 1
     faulty = FaultFS(current_fs(), Fault(at=22, errno=errno.EIO, persistent=True))
@@ -89,7 +89,7 @@ def test_a_failed_saves_leftover_is_never_adopted_when_current_is_damaged(store_
         store.save()  # CURRENT switched to gen-000003, then its directory fsync failed
     assert faulty.log[27].startswith("#27 fsync_dir ")
     assert gens.read_current(str(store_dir), key=None)["history"] == [1, 3]
-    store._abandon()
+    store.abandon()
     _flip_middle_byte(store_dir / gens.CURRENT)
 
     store, parts, report = _reopen_after_damage(store_dir)
@@ -119,7 +119,7 @@ def test_no_append_is_acknowledged_beside_a_failed_saves_leftover(store_dir):
     assert gens.read_current(str(store_dir), key=None)["generation"] == 1
     with pytest.raises(PersistIOError, match=r"Call save\(\) to retry"):
         parts["log"].append("after")
-    store._abandon()
+    store.abandon()
     _flip_middle_byte(store_dir / gens.CURRENT)
 
     _, parts, report = _reopen_after_damage(store_dir)
@@ -161,7 +161,7 @@ def test_a_save_with_nothing_new_says_so_while_a_failed_saves_leftover_stays(sto
 def test_an_open_that_cannot_remove_a_leftover_refuses_appends_until_a_save(store_dir):
     store, parts, _ = open_store(store_dir)
     _leave_an_orphan(store, parts)
-    store._abandon()
+    store.abandon()
     stuck = FaultFS(current_fs(), Fault(at=0, errno=errno.EIO, persistent=True, kinds=frozenset({"replace"})))
     with use_fs(stuck):
         store, parts, report = open_store(store_dir)

@@ -19,11 +19,12 @@ import pytest
 from conftest import open_store
 
 from persistkit.errors import PersistIOError
-from persistkit.format.crypto import RecordCipher, write_key_file
+from persistkit.format import crypto
+from persistkit.format.crypto import RecordCipher
 from persistkit.io import current_fs, use_fs
 from persistkit.io.faults import Fault, FaultFS
+from persistkit.keys import write_key_file
 from persistkit.state import generations as gens
-from persistkit.state import store as store_module
 from persistkit.state.journal import JournalReader
 
 ENOSPC_WRITES = Fault(at=0, errno=errno.ENOSPC, persistent=True, short_write=True, kinds=frozenset({"write"}))
@@ -58,7 +59,7 @@ class NonceLog:
 @pytest.fixture
 def nonces(monkeypatch):
     log = NonceLog()
-    monkeypatch.setattr(store_module, "RecordCipher", log.cipher_class())
+    monkeypatch.setattr(crypto, "RecordCipher", log.cipher_class())  # journal_cipher() builds them
     return log
 
 
@@ -102,7 +103,7 @@ def test_full_disk_episode_keeps_every_acknowledged_append_and_never_reuses_a_no
     assert list(parts["log"]) == acknowledged  # the failed append is not visible either
     parts["log"].append("t3")  # space is back: acknowledged
     acknowledged.append("t3")
-    store._abandon()  # the process dies: no final save
+    store.abandon()  # the process dies: no final save
 
     reopened, loaded, report = open_store(store_dir, key_file=key)
     assert list(loaded["log"]) == acknowledged and loaded["counter"].value == 1
@@ -138,7 +139,7 @@ def test_store_recovers_without_restart_through_repeated_full_disk_episodes(stor
     with use_fs(FaultFS(current_fs(), ENOSPC_WRITES)), pytest.raises(PersistIOError):
         parts["log"].append("lost-last")
     append("after-retry")  # no save in between: the append itself recovers once space is back
-    store._abandon()
+    store.abandon()
 
     _, loaded, report = open_store(store_dir, key_file=key, readonly=True)
     assert list(loaded["log"]) == acknowledged[-5:]  # BoundedLog(5)
@@ -170,7 +171,7 @@ CHILD = textwrap.dedent(
     from persistkit.format.crypto import RecordCipher
     from persistkit.io import current_fs, use_fs
     from persistkit.io.faults import Fault, FaultFS
-    from persistkit.state import store as store_module
+    from persistkit.format import crypto
 
     used = []
 
@@ -183,7 +184,7 @@ CHILD = textwrap.dedent(
             used.append([self.salt.hex(), seq])
             return super().encrypt(seq, payload)
 
-    store_module.RecordCipher = Observed
+    crypto.RecordCipher = Observed
     store, parts, _ = open_store(sys.argv[1], key_file=sys.argv[2])
     def ack(item):
         parts["log"].append(item)
@@ -284,7 +285,7 @@ def test_a_really_full_disk_episode_on_tmpfs(tiny_disk, key, nonces):
     filler.unlink()  # space returns
     parts["log"].append("t3")
     acknowledged.append("t3")
-    store._abandon()
+    store.abandon()
 
     store, loaded, report = open_store(store_dir, key_file=key)
     assert list(loaded["log"]) == acknowledged[-5:] and loaded["counter"].value == 4
@@ -307,7 +308,7 @@ def test_a_failed_batch_flush_is_reported_and_the_next_append_recovers(store_dir
         assert journal.read_bytes() == durable
     parts["log"].append("d")  # space is back: checkpoints "c" (still in memory), then journals "d"
     store.flush()
-    store._abandon()
+    store.abandon()
     _, loaded, report = open_store(store_dir, key_file=key, readonly=True)
     assert list(loaded["log"]) == ["a", "b", "c", "d"] and not report.recovered
     assert nonces.repeats() == []

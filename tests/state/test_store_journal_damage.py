@@ -23,7 +23,7 @@ def store_with_journal(store_dir, items=("a", "b", "c", "d", "e")):
     newest = store.save().generation
     for item in items:
         parts["log"].append(item)
-    store._abandon()
+    store.abandon()
     return store_dir / gens.gen_name(newest) / gens.journal_file("log")
 
 

@@ -109,7 +109,7 @@ def test_state_store_checkpoints_pass(tmp_path, model):
         return c.value, list(lg)
 
     report = CrashPoints(tmp_path)(store.save, load, model=model)
-    store._abandon()
+    store.abandon()
     assert report.violations == [] and report.states > 5
 
 

@@ -112,7 +112,7 @@ def test_state_store_checkpoint_with_setup_and_teardown(tmp_path, fd_guard):
         return c.value
 
     report = DiskFaults(tmp_path)(
-        lambda s: s.save(), load, setup=setup, teardown=lambda s: s._abandon(), rotate_errnos=True, root=where
+        lambda s: s.save(), load, setup=setup, teardown=lambda s: s.abandon(), rotate_errnos=True, root=where
     )
     assert report.violations == [] and report.fired == 2 * report.points
 

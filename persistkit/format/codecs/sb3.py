@@ -1,5 +1,7 @@
 """stable-baselines3 models as data, with no cloudpickle anywhere.
 
+Size: over 500 lines because SB3's load sequence, replayed as data, is one decode path.
+
 SB3's own ``save`` writes a zip whose ``data`` member is JSON with
 cloudpickled fields, so loading one runs code from the file. This codec
 stores the same information as data and rebuilds the model the way

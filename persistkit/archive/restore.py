@@ -1,0 +1,184 @@
+"""Safe restore: refuse whatever the checker reports, extract into a temp directory, rename into place.
+
+Security-critical: keep it small and keep it here."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno as _errno
+import os
+import re
+import secrets
+import stat as _stat
+import zipfile
+from pathlib import Path
+
+from persistkit.archive.base import _RESTORING, _RESTORING_LOCK, MANIFEST, RestoreLimits, _os_errors
+from persistkit.archive.checker import (
+    _NOT_RESTORED,
+    _check_content,
+    _Member,
+    _open_zip,
+    _Plan,
+    _plan,
+    _Problem,
+    _refuse,
+)
+from persistkit.errors import (
+    PersistIOError,
+)
+from persistkit.io import atomic_write, current_fs
+from persistkit.io.atomic import pid_alive
+
+_RESTORE_TEMP = re.compile(r"^\.(?P<into>.+)\.restore-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})$")
+_ACTIVE_TEMPS: set[str] = set()  # restore temp directories this process is filling right now
+
+
+def restore(
+    path: str | os.PathLike[str], into: str | os.PathLike[str], *, limits: RestoreLimits | None = None
+) -> Path:
+    """Extract an archive safely into ``into`` (which must not exist yet); returns ``into``.
+
+    First the archive is checked exactly as ``Archiver.verify`` checks it (names, links resolved
+    together, special files, sizes and ratio, the manifest and every member's kind); any problem
+    refuses the restore. Then everything is extracted into a temp directory beside ``into``, each
+    member's sha256 is checked again as it streams, and the directory is renamed into place, so
+    nothing is ever written outside it and a refused archive leaves nothing. Temp directories of
+    restores whose process died are removed by the next restore into the same parent.
+    """
+    limits = limits or RestoreLimits()
+    src = Path(os.path.abspath(os.fspath(path)))
+    dest = Path(os.path.abspath(os.fspath(into)))
+    fs = current_fs()
+    with _os_errors("prepare restore target", dest, _NOT_RESTORED):
+        if fs.exists(dest):
+            raise PersistIOError(
+                f"restore target {dest} already exists; choose a new directory.",
+                errno=_errno.EEXIST,
+                path=dest,
+            )
+        fs.makedirs(dest.parent)
+    cleanup_stale_restores(dest.parent)
+    temp = dest.parent / f".{dest.name}.restore-{os.getpid()}-{secrets.token_hex(4)}"
+    marker = Path(f"{src}.restoring")
+    with _RESTORING_LOCK:
+        _RESTORING.add(str(src))
+        _ACTIVE_TEMPS.add(str(temp))
+    try:
+        with contextlib.suppress(OSError):
+            atomic_write(marker, f"{os.getpid()}\n".encode(), durable=False)
+        with _os_errors("create restore directory", temp, _NOT_RESTORED):
+            fs.mkdir(temp)
+        try:
+            _extract(src, temp, dest, limits)
+            with _os_errors("move the restored files into place at", dest, _NOT_RESTORED):
+                fs.fsync_dir(temp)
+                fs.replace(temp, dest)
+                fs.fsync_dir(dest.parent)
+        except BaseException:
+            _remove_tree(temp)
+            raise
+    finally:
+        with _RESTORING_LOCK:
+            _RESTORING.discard(str(src))
+            _ACTIVE_TEMPS.discard(str(temp))
+        with contextlib.suppress(OSError):
+            fs.unlink(marker)
+    return dest
+
+
+def _extract(src: Path, temp: Path, dest: Path, limits: RestoreLimits) -> None:
+    """Check, then extract into ``temp``; errors name where each member was going (under ``dest``)."""
+    fs = current_fs()
+    problems: builtins.list[_Problem] = []
+    with _open_zip(src, problems) as (zf, size):
+        if zf is None:
+            _refuse(problems, src)
+            return
+        plan = _plan(zf, src, size, limits)
+        _refuse(plan.problems, src)
+        # Directories, then files, then links last: no byte is ever written after a link exists.
+        for m in plan.members:
+            if m.kind == "dir":
+                with _os_errors("create directory", dest / m.rel, _NOT_RESTORED):
+                    fs.makedirs(temp / m.rel, durable=False)
+        for m in plan.members:
+            if m.kind == "file" and m.rel != MANIFEST:
+                problem = _extract_file(zf, m, plan, src, temp / m.rel, dest / m.rel, limits)
+                if problem:
+                    _refuse([problem], src)
+        for m in plan.members:
+            if m.kind == "symlink":
+                with _os_errors("create symlink", dest / m.rel, _NOT_RESTORED):
+                    fs.makedirs((temp / m.rel).parent, durable=False)
+                    fs.symlink(m.target, temp / m.rel)
+
+
+def _extract_file(
+    zf: zipfile.ZipFile, m: _Member, plan: _Plan, src: Path, target: Path, shown: Path, limits: RestoreLimits
+) -> _Problem | None:
+    fs = current_fs()
+    with _os_errors("create restored file", shown, _NOT_RESTORED):
+        fs.makedirs(target.parent, durable=False)
+        handle = fs.create(target, mode=0o644)
+    try:
+
+        def write(chunk: bytes) -> None:
+            with _os_errors("write restored file", shown, _NOT_RESTORED):
+                fs.write(handle, chunk)
+
+        problem = _check_content(zf, m, plan, src, limits, write)
+        if problem is None:
+            with _os_errors("fsync restored file", shown, _NOT_RESTORED):
+                fs.fsync(handle)
+        return problem
+    finally:
+        with contextlib.suppress(OSError):
+            fs.close(handle)
+
+
+def cleanup_stale_restores(directory: str | os.PathLike[str]) -> builtins.list[str]:
+    """Remove ``.<into>.restore-<pid>-*`` temp directories whose restoring process is gone; return their names.
+
+    Like ``cleanup_stale_temps`` for atomic writes: a restore killed mid-way leaves its temp
+    directory behind, and the next restore into the same parent directory removes it.
+    """
+    fs = current_fs()
+    try:
+        names = fs.listdir(directory)
+    except OSError:
+        return []
+    removed = []
+    me = os.getpid()
+    for name in names:
+        match = _RESTORE_TEMP.match(name)
+        if match is None:
+            continue
+        full = os.path.join(os.path.abspath(os.fspath(directory)), name)
+        pid = int(match["pid"])
+        with _RESTORING_LOCK:
+            active = full in _ACTIVE_TEMPS
+        if active or (pid != me and pid_alive(pid)):
+            continue
+        _remove_tree(Path(full))
+        if not fs.exists(full):
+            removed.append(name)
+    return removed
+
+
+def _remove_tree(path: Path) -> None:
+    fs = current_fs()
+    with contextlib.suppress(OSError):
+        for dirpath, dirnames, filenames in reversed(list(fs.walk(path))):
+            for name in filenames:
+                with contextlib.suppress(OSError):
+                    fs.unlink(os.path.join(dirpath, name))
+            for name in dirnames:
+                full = os.path.join(dirpath, name)
+                with contextlib.suppress(OSError):
+                    if _stat.S_ISLNK(fs.stat(full, follow_symlinks=False).st_mode):
+                        fs.unlink(full)  # a link to a directory: walk listed it as a directory
+                    else:
+                        fs.rmdir(full)
+        fs.rmdir(path)
