@@ -39,6 +39,7 @@ __all__ = ["Call", "FaultPoint", "SyscallLog", "parse"]
 _LINE = re.compile(r"^(\d+) +(.*)$")
 _CALL = re.compile(r"^([a-z0-9_]+)\((.*)\) += (.*)$", re.S)
 _HEX = re.compile(r"\\x([0-9a-f]{2})")
+_ARG_TOKEN = re.compile(r'"[^"]*"?|[\[{(<\]})>,]')
 
 
 @dataclass
@@ -61,6 +62,14 @@ class Call:
 
 
 def _unhex(text: str) -> bytes:
+    body = text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+    n, rest = divmod(len(body), 4)
+    if not rest and body[0::4] == "\\" * n and body[1::4] == "x" * n and body == body.lower():
+        # the usual case, all of a -xx string (a 1 MiB write is 4 MiB of text): decode in C
+        try:
+            return bytes.fromhex(body.replace("\\x", ""))
+        except ValueError:
+            pass
     return bytes(int(h, 16) for h in _HEX.findall(text))
 
 
@@ -68,20 +77,18 @@ def _split_args(text: str) -> list[str]:
     """Split strace's argument list at top-level commas (strings are hex, so no quotes inside)."""
     out: list[str] = []
     depth = 0
-    quoted = False
     start = 0
-    for i, ch in enumerate(text):
-        if ch == '"':
-            quoted = not quoted
-        elif quoted:
+    for m in _ARG_TOKEN.finditer(text):  # quoted strings are skipped whole, in C
+        ch = m.group()
+        if ch[0] == '"':
             continue
-        elif ch in "[{(<":
+        if ch in "[{(<":
             depth += 1
         elif ch in "]})>":
             depth -= 1
-        elif ch == "," and depth == 0:
-            out.append(text[start:i].strip())
-            start = i + 1
+        elif depth == 0:
+            out.append(text[start : m.start()].strip())
+            start = m.end()
     tail = text[start:].strip()
     if tail:
         out.append(tail)
