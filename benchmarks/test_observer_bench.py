@@ -114,7 +114,8 @@ def test_crash_points_sqlite_commit_syscalls(benchmark, tmp_path, full_size):
             with conn:
                 base = batch["n"] * rows
                 conn.executemany(
-                    "INSERT INTO trades VALUES (?, ?)", [(base + i, f"trade {base + i}" * 4) for i in range(rows)]
+                    "INSERT INTO trades VALUES (?, ?)",
+                    [(base + i, f"trade {base + i}" * 4) for i in range(rows)],
                 )
         finally:
             conn.close()
