@@ -40,6 +40,7 @@ _LINE = re.compile(r"^(\d+) +(.*)$")
 _CALL = re.compile(r"^([a-z0-9_]+)\((.*)\) += (.*)$", re.S)
 _HEX = re.compile(r"\\x([0-9a-f]{2})")
 _ARG_TOKEN = re.compile(r'"[^"]*"?|[\[{(<\]})>,]')
+_IOV_BASE = re.compile(r'iov_base=("[^"]*"(?:\.\.\.)?)')
 
 
 @dataclass
@@ -390,7 +391,8 @@ class SyscallLog:
             self._write(call, f, data, cut, _int(call.args[3]))
 
     def _iov(self, arg: str) -> tuple[bytes, bool]:
-        parts = re.findall(r'iov_base=("(?:\\x[0-9a-f]{2})*"(?:\.\.\.)?)', arg)
+        # strings are all \xHH under -xx; a repeated group per byte took 0.45 s on a 1 MiB writev
+        parts = _IOV_BASE.findall(arg)
         data = b""
         cut = False
         for p in parts:

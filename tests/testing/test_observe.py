@@ -294,3 +294,19 @@ def test_parse_decodes_a_large_write():
     (call,) = parse(line)
     assert call.name == "write" and call.ret == len(data) and len(call.args) == 3
     assert _unhex(call.args[1]) == data and call.args[0] == "3<\\x2f\\x74\\x2f\\x66>"
+
+
+def test_writev_iov_bases_decode_in_order():
+    from persistkit.testing.syscalls import SyscallLog
+
+    chunks = [os.urandom(n) for n in (0, 1, 300, 1 << 16)]
+    hexed = ['"' + "".join(f"\\x{b:02x}" for b in c) + '"' for c in chunks]
+    iov = (
+        "["
+        + ", ".join(f"{{iov_base={h}, iov_len={len(c)}}}" for h, c in zip(hexed, chunks, strict=True))
+        + "]"
+    )
+    log = SyscallLog("/nonexistent", {}, "/")
+    assert log._iov(iov) == (b"".join(chunks), False)
+    cut = iov.replace(hexed[-1], hexed[-1] + "...")
+    assert log._iov(cut) == (b"".join(chunks), True)
