@@ -112,6 +112,14 @@ def test_install_commands_are_pinned_and_the_second_is_ci():
     assert ci == [commands[1]]
 
 
+@pytest.fixture
+def pytester(pytester, monkeypatch):
+    """The child pytest inherits our environment: under `-n 2` it would think it is an xdist worker."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+    return pytester
+
+
 def run_as_pytest(pytester, code: str, *args: str):
     pytester.makepyfile(test_readme_block=code)
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
