@@ -83,6 +83,8 @@ def evaluate(rows: list[dict[str, Any]]) -> list[list[str]]:
                     {"extra_info": {"bytes": mine["extra_info"]["anchor_bytes"]}, "stats": {"median": 0}}
                 ]
             if match is None or (anchor_name and not anchors):
+                if "states" in mine["extra_info"] and pk:  # crash_points rows: states per second too
+                    shown += f" ({mine['extra_info']['states'] / pk:,.0f} states/s)"
                 others = [r for r in group if r["extra_info"]["role"] != "persistkit"]
                 note = ", ".join(f"{r['extra_info']['role']} {fmt_time(value(r, 'time'))}" for r in others)
                 table.append(

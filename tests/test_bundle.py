@@ -919,7 +919,8 @@ def test_metadata_takes_what_state_takes_and_keeps_its_types(tmp_path, models):
     for key, value in metadata.items():
         assert_same(value, got[key], what=key)
     assert got["config"] == {"since": when}
-    assert pk.inspect(tmp_path / "x.models").metadata_entry.codec == "tree"
+    manifest = pk.inspect(tmp_path / "x.models")
+    assert [m.codec for m in manifest.members if m.role == "metadata"] == ["tree"]
 
 
 def test_a_model_in_metadata_is_refused_with_a_pointer_to_members(tmp_path, models):

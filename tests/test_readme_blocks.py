@@ -24,6 +24,7 @@ README = ROOT / "README.md"
 EXPECTED = [
     ("persistkit", "bash"),  # install commands
     ("Verify your own component", "python"),  # tests/plugin/test_readme.py
+    ("What the observers see", "python"),
     ("A state store in a long-running bot", "python"),
     ("A state store in a long-running bot", "bash"),
     ("Model bundles", "python"),
@@ -110,6 +111,45 @@ def test_install_commands_are_pinned_and_the_second_is_ci():
         if ln and not ln.startswith(("#", "set ", "cd "))
     ]
     assert ci == [commands[1]]
+
+
+@pytest.fixture
+def pytester(pytester, monkeypatch):
+    """The child pytest inherits our environment: under `-n 2` it would think it is an xdist worker."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+    return pytester
+
+
+def run_as_pytest(pytester, code: str, *args: str):
+    pytester.makepyfile(test_readme_block=code)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+
+
+def test_observers_block_passes_as_printed_with_the_syscall_observer(pytester):
+    result = run_as_pytest(pytester, block("What the observers see", "python"), "-W", "error")
+    result.assert_outcomes(passed=1)
+
+
+def test_observers_block_fails_with_synchronous_full(pytester):
+    """The paragraph after the block: FULL loses the commit on power loss after save() returned."""
+    code = block("What the observers see", "python")
+    full = code.replace("synchronous=EXTRA", "synchronous=FULL")
+    assert full != code
+    result = run_as_pytest(pytester, full)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*crash_points: * crash states (power-loss model)*", "*unlink trades.db-journal*"]
+    )
+
+
+def test_observers_block_is_not_judgeable_with_the_python_observer(pytester):
+    code = block("What the observers see", "python")
+    python = code.replace('observe="syscalls"', 'observe="python"')
+    assert python != code
+    result = run_as_pytest(pytester, python)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*NotJudgeable*no verdict*", "*use observe='syscalls'*"])
 
 
 def test_state_store_block_runs_twice_and_the_inspect_commands_work(tmp_path, shell_env):
