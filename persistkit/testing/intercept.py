@@ -25,8 +25,9 @@ What is patched while an ``Interceptor`` is active (other paths pass straight th
   ``shutil.rmtree``, ``tempfile.mkstemp``);
 * references to those functions captured before interception began and held as
   module globals (``from os import fsync``, as atomicwrites does, or
-  ``_replace = os.replace``): every loaded module's globals are scanned on entry and
-  rebound while active; ``Interceptor.rebound`` lists them;
+  ``_replace = os.replace``): every loaded module's globals are scanned (once per
+  module: a global bound after its module was first scanned is missed) and rebound
+  while active; ``Interceptor.rebound`` lists them;
 * ``shutil.copyfile`` loses its ``sendfile`` fast path, and numpy's ``isfileobj``
   answers False for a recorded file, so their data goes through recorded writes.
 
@@ -99,6 +100,8 @@ real_open = builtins.open
 _SKIP_MODULES = ("persistkit.io", "filelock")
 _OWN = ("persistkit.testing",)
 _NEVER_REBIND = frozenset({"os", "posix", "builtins", "io", "_pyio"})
+_REAL_IDS = frozenset(id(f) for f in [*REAL.values(), real_open])
+_scanned: dict[str, tuple[Any, list[str]]] = {}  # module name -> (module, names bound to REAL functions)
 
 _local = threading.local()
 
@@ -329,9 +332,16 @@ class Interceptor:
                 namespace = vars(module)
             except TypeError:
                 continue
-            for name, value in list(namespace.items()):
-                replacement = replacements.get(id(value))
-                if replacement is not None and not name.startswith("__"):
+            cached = _scanned.get(modname)
+            if cached is None or cached[0] is not module:
+                # Scanned once per module (a full scan of every module costs ~50 ms per entry).
+                names = [
+                    n for n, v in list(namespace.items()) if id(v) in _REAL_IDS and not n.startswith("__")
+                ]
+                cached = _scanned[modname] = (module, names)
+            for name in cached[1]:
+                replacement = replacements.get(id(namespace.get(name)))
+                if replacement is not None:
                     found.append((module, name, replacement))
                     self.rebound.append(f"{modname}.{name}")
         return found
