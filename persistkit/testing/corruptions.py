@@ -202,6 +202,7 @@ class Corruptions:
     ) -> CorruptionSet:
         """Register ``path``; the result iterates its damaged copies (the file is not modified)
         and has ``.assert_detected(load)``."""
+        __tracebackhide__ = True
         for kind in kinds:
             if kind not in KINDS:
                 raise ValueError(f"unknown corruption kind {kind!r}; choose from {KINDS}")
