@@ -101,7 +101,8 @@ _SKIP_MODULES = ("persistkit.io", "filelock")
 _OWN = ("persistkit.testing",)
 _NEVER_REBIND = frozenset({"os", "posix", "builtins", "io", "_pyio"})
 _REAL_IDS = frozenset(id(f) for f in [*REAL.values(), real_open])
-_scanned: dict[str, tuple[Any, list[str]]] = {}  # module name -> (module, names bound to REAL functions)
+_scanned: dict[str, int] = {}  # module name -> id of the module object scanned (no reference kept)
+_captures: dict[str, list[str]] = {}  # module name -> its globals bound to REAL functions
 
 _local = threading.local()
 
@@ -332,14 +333,19 @@ class Interceptor:
                 namespace = vars(module)
             except TypeError:
                 continue
-            cached = _scanned.get(modname)
-            if cached is None or cached[0] is not module:
+            if _scanned.get(modname) == id(module):
+                names: list[str] = _captures.get(modname, [])
+            else:
                 # Scanned once per module (a full scan of every module costs ~50 ms per entry).
+                _scanned[modname] = id(module)
                 names = [
                     n for n, v in list(namespace.items()) if id(v) in _REAL_IDS and not n.startswith("__")
                 ]
-                cached = _scanned[modname] = (module, names)
-            for name in cached[1]:
+                if names:
+                    _captures[modname] = names
+                else:
+                    _captures.pop(modname, None)
+            for name in names:
                 replacement = replacements.get(id(namespace.get(name)))
                 if replacement is not None:
                     found.append((module, name, replacement))
