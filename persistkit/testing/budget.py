@@ -11,17 +11,28 @@ duration of a block. What counts as one save:
 
 Sizes are the largest each file reached (journals grow by appends, files are
 replaced whole); temp files count under the name they are renamed to.
+
+Bytes are counted for every file written during the block, not only
+persistkit's: a process-wide audit hook (``sys.addaudithook``, installed once,
+idle outside ``measure()``) notes every file opened for writing by Python code
+(``open``, ``pathlib``, ``os.open``, ``tempfile``, numpy...) and every rename,
+and those files' sizes are read when they are renamed and when the block ends.
+Writes made by C code without Python's ``open`` (``torch.save(path)``,
+safetensors, sqlite3) raise no audit event; ``measure(roots=[dir])`` also
+compares the sizes of every file under ``dir`` before and after, which catches
+those too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +40,8 @@ from persistkit.io import current_fs, use_fs
 from persistkit.io.fs import DelegatingFS, FileHandle, PathLike, PersistFS
 
 __all__ = ["Budget", "MeasuringFS", "Save", "check_budget", "measure"]
+
+_IGNORED = ("__pycache__", ".pytest_cache", ".hypothesis", ".benchmarks")
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,38 @@ class MeasuringFS(DelegatingFS):
         self._created: dict[str, float] = {}
         self._pending: dict[int, tuple[int, str, float]] = {}  # thread -> (save index, dir, start)
         self._lock = threading.Lock()
+        self.written: set[str] = set()  # files opened for writing by any Python code (audit hook)
+        self.roots: list[str] = []  # directories compared before/after as well
+
+    def _audited_open(self, path: str) -> None:
+        with self._lock:
+            self.written.add(path)
+
+    def _audited_rename(self, src: str, dst: str) -> None:
+        with self._lock:
+            if src not in self.written:
+                return
+            self.written.discard(src)
+            self.written.add(dst)
+            size = _size(src)
+            if size is not None and not _is_temp(dst):
+                self._grow_peak(dst, size)
+
+    def _grow_peak(self, path: str, size: int) -> None:
+        if size > self.peak.get(path, -1):
+            self.peak[path] = size
+
+    def _settle(self, before: dict[str, tuple[int, int]]) -> None:
+        """At the end of the block: the sizes of every file written, and of changed files under roots."""
+        with self._lock:
+            for path in self.written:
+                size = _size(path)
+                if size is not None:
+                    self._grow_peak(path, size)
+            after = _walk(self.roots) if self.roots else {}
+            for path, (size, mtime) in after.items():
+                if before.get(path) != (size, mtime):
+                    self._grow_peak(path, size)
 
     def _grow(self, path: str, size: int) -> None:
         self.sizes[path] = size
@@ -164,6 +209,74 @@ class MeasuringFS(DelegatingFS):
         }
 
 
+def _size(path: str) -> int | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _walk(roots: list[str]) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for root in roots:
+        for dirpath, dirs, names in os.walk(root):
+            dirs[:] = [d for d in dirs if d not in _IGNORED]
+            for name in names:
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(full)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    out[full] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+_watchers: list[MeasuringFS] = []
+_hook_installed = False
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if not _watchers or event not in ("open", "os.rename"):
+        return
+    try:
+        if event == "open":
+            path, mode, flags = args
+            if path is None or isinstance(path, int):
+                return
+            writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & _WRITE_FLAGS)
+            if not writing:
+                return
+            p = os.path.abspath(os.fsdecode(path))
+            if any(part in _IGNORED for part in p.split(os.sep)):
+                return
+            for w in list(_watchers):
+                w._audited_open(p)
+        else:
+            src, dst = args[0], args[1]
+            if (
+                isinstance(src, int)
+                or isinstance(dst, int)
+                or args[2] not in (None, -1)
+                or args[3] not in (None, -1)
+            ):
+                return
+            s, d = os.path.abspath(os.fsdecode(src)), os.path.abspath(os.fsdecode(dst))
+            for w in list(_watchers):
+                w._audited_rename(s, d)
+    except Exception:  # an audit hook must never break the code under test
+        return
+
+
+def _install_hook() -> None:
+    global _hook_installed
+    if not _hook_installed:
+        sys.addaudithook(_audit)
+        _hook_installed = True
+
+
 def _is_temp(path: str) -> bool:
     """persistkit's temp and retired names (atomic-write temps, generations being written or removed)."""
     return any(marker in part for part in path.split(os.sep) for marker in (".pk-tmp-", ".tmp-", ".retired-"))
@@ -199,18 +312,29 @@ def _store_spans(fs: MeasuringFS) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def measure(*, stores: bool = True) -> Iterator[MeasuringFS]:
-    """Measure persistkit's saves inside the block.
+def measure(*, stores: bool = True, roots: Iterable[str | os.PathLike[str]] = ()) -> Iterator[MeasuringFS]:
+    """Measure the saves and the files written inside the block.
+
+    ``roots``: directories whose files are also compared before and after (this
+    catches writes made by C code, which Python's audit hook does not see).
 
     Example::
 
-        with measure() as m:
+        with measure(roots=[tmp_path]) as m:
             store.save()
         print(m.saves, m.files())
     """
     fs = MeasuringFS(current_fs())
-    with use_fs(fs), _store_spans(fs) if stores else contextlib.nullcontext():
-        yield fs
+    fs.roots = [os.path.abspath(os.fspath(r)) for r in roots]
+    before = _walk(fs.roots) if fs.roots else {}
+    _install_hook()
+    _watchers.append(fs)
+    try:
+        with use_fs(fs), _store_spans(fs) if stores else contextlib.nullcontext():
+            yield fs
+    finally:
+        _watchers.remove(fs)
+        fs._settle(before)
 
 
 def check_budget(fs: MeasuringFS, budget: Budget) -> list[str]:

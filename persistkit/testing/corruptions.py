@@ -10,19 +10,27 @@ Kinds of damage (SQLite's malformed-file tests, LevelDB's corruption tests):
 * ``junk-appended``: one byte, a few random bytes, a 4 KiB block, or the file
   itself appended.
 
-``corruptions.assert_detected(load)`` writes each damaged copy in place of the
-original, calls ``load(path)``, and fails if a load returns data that differs
-from what the pristine file loads to without raising (or warning: a reported
-fallback to an older copy is an explicit, visible recovery). Loading equal data
-despite the damage (junk past the end that is ignored, say) is fine.
+``corruptions(path).assert_detected(load)`` (or ``corruptions.assert_detected(load)``
+for every registered path) writes each damaged copy in place of the original,
+calls ``load()`` (or ``load(path)``, when it takes an argument), and fails if a load
+returns data that differs from what the pristine file loads to without raising
+or reporting a recovery. A recovery counts only when it is announced with a
+persistkit recovery warning (``StateRecoveredWarning``) or a warning class the
+caller names with ``warns=``; any other warning is noise, not detection.
+Loading equal data despite the damage (junk past the end that is ignored, say)
+is fine. The pristine result is detached (arrays and tensors copied out of any
+``mmap``, as ``safetensors.load_file`` and ``numpy.load(mmap_mode=...)`` return)
+before the file is damaged, so the comparison never sees the damage on both sides.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
 import random
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +38,7 @@ from persistkit.testing.compare import first_difference
 from persistkit.testing.intercept import real_open
 from persistkit.testing.report import RECORDER, Recorder
 
-__all__ = ["KINDS", "Corruption", "Corruptions", "damaged_copies"]
+__all__ = ["KINDS", "Corruption", "CorruptionSet", "Corruptions", "damaged_copies"]
 
 KINDS = ("truncated", "bit-flipped", "sector-trashed", "junk-appended")
 SECTOR = 512
@@ -99,6 +107,77 @@ def damaged_copies(
             yield "junk-appended", f"{what} appended", data + junk
 
 
+WarningTypes = type[Warning] | tuple[type[Warning], ...]
+
+
+def _recovery_warnings() -> tuple[type[Warning], ...]:
+    from persistkit.state.store import StateRecoveredWarning
+
+    return (StateRecoveredWarning,)
+
+
+def _call_load(load: Callable[..., Any], path: str) -> Any:
+    """``load(path)`` when ``load`` takes an argument, else ``load()`` (like crash_points/disk_faults)."""
+    try:
+        sig = inspect.signature(load)
+    except (TypeError, ValueError):
+        return load(path)
+    try:
+        sig.bind(path)
+    except TypeError:
+        return load()
+    return load(path)
+
+
+def _detach(value: Any) -> Any:
+    """A deep copy that shares no memory with the file (mmap-backed arrays and tensors are copied)."""
+    module = type(value).__module__.split(".")[0]
+    if module == "numpy" and hasattr(value, "__array__") and hasattr(value, "shape"):
+        import numpy as np
+
+        return np.array(value, copy=True, subok=False)
+    if module == "torch" and hasattr(value, "clone") and hasattr(value, "detach"):
+        return value.detach().clone()
+    if type(value) is dict:
+        return {k: _detach(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_detach(v) for v in value)
+    return _copy(value)
+
+
+def _copy(value: Any) -> Any:
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # not copyable: compare against the object itself
+        return value
+
+
+class CorruptionSet:
+    """The damaged copies of one file: iterate them, or ``.assert_detected(load)``."""
+
+    def __init__(self, owner: Corruptions, path: str, kinds: tuple[str, ...], samples: int | None) -> None:
+        self.owner = owner
+        self.path = path
+        self.kinds = kinds
+        self.samples = samples
+
+    def __iter__(self) -> Iterator[Corruption]:
+        return self.owner._copies(self.path, self.kinds, self.samples)
+
+    def assert_detected(
+        self,
+        load: Callable[..., Any],
+        *,
+        raises: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        warns: WarningTypes = (),
+    ) -> int:
+        """``Corruptions.assert_detected`` for this file and these kinds."""
+        __tracebackhide__ = True
+        return self.owner.assert_detected(
+            load, paths=[self.path], raises=raises, kinds=self.kinds, warns=warns
+        )
+
+
 class Corruptions:
     """The ``corruptions`` fixture.
 
@@ -109,7 +188,7 @@ class Corruptions:
             save_state(path, {"balance": 100})
             for c in corruptions(path):          # iterate to inspect each damaged copy
                 assert c.data != path.read_bytes() or c.kind == "junk-appended"
-            corruptions.assert_detected(load_state)   # load_state(path) must raise or warn
+            corruptions(path).assert_detected(lambda: load_state(path))   # must raise
     """
 
     def __init__(self, *, samples: int = 16, seed: int = 0, recorder: Recorder = RECORDER) -> None:
@@ -120,14 +199,21 @@ class Corruptions:
 
     def __call__(
         self, path: str | os.PathLike[str], *, kinds: tuple[str, ...] = KINDS, samples: int | None = None
-    ) -> Iterator[Corruption]:
-        """Register ``path`` and yield its damaged copies (the file itself is not modified)."""
+    ) -> CorruptionSet:
+        """Register ``path``; the result iterates its damaged copies (the file is not modified)
+        and has ``.assert_detected(load)``."""
+        __tracebackhide__ = True
         for kind in kinds:
             if kind not in KINDS:
                 raise ValueError(f"unknown corruption kind {kind!r}; choose from {KINDS}")
         p = os.path.abspath(os.fspath(path))
         if p not in self.paths:
             self.paths.append(p)
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"corruptions: {p} is not a file; save it before corrupting it")
+        return CorruptionSet(self, p, kinds, samples)
+
+    def _copies(self, p: str, kinds: tuple[str, ...], samples: int | None) -> Iterator[Corruption]:
         with real_open(p, "rb") as f:
             data = f.read()
         return (
@@ -139,21 +225,25 @@ class Corruptions:
 
     def assert_detected(
         self,
-        load: Callable[[str], Any],
+        load: Callable[..., Any],
         *,
-        paths: list[str | os.PathLike[str]] | None = None,
+        paths: Iterable[str | os.PathLike[str]] | None = None,
         raises: type[BaseException] | tuple[type[BaseException], ...] = Exception,
         kinds: tuple[str, ...] = KINDS,
+        warns: WarningTypes = (),
     ) -> int:
         """Load every damaged copy; fail on the first that loads different data silently.
 
-        ``load(path)`` is called with the damaged file in place (the original is
-        restored afterwards). ``raises``: the exception types that count as
-        detection; any other exception fails the check (pass e.g.
-        ``persistkit.IntegrityError`` to insist on typed errors). A warning
-        (other than deprecation/resource warnings) during the load counts as a
-        reported fallback. Returns the number of damaged copies tried.
+        ``load()`` or ``load(path)`` is called with the damaged file in place (the
+        original is restored afterwards). ``raises``: the exception types that count
+        as detection; any other exception fails the check (pass e.g.
+        ``persistkit.IntegrityError`` to insist on typed errors). A warning counts
+        as a reported fallback only if it is a persistkit recovery warning
+        (``StateRecoveredWarning``) or one of ``warns``. Returns the number of
+        damaged copies tried.
         """
+        __tracebackhide__ = True
+        accepted = _recovery_warnings() + ((warns,) if isinstance(warns, type) else tuple(warns))
         targets = [os.path.abspath(os.fspath(p)) for p in paths] if paths is not None else list(self.paths)
         if not targets:
             raise ValueError("corruptions.assert_detected: call corruptions(path) first, or pass paths=[...]")
@@ -164,27 +254,21 @@ class Corruptions:
             for target in targets:
                 with real_open(target, "rb") as f:
                     pristine = f.read()
-                original = load(target)
+                original = _detach(_call_load(load, target))
                 try:
-                    for c in self(target, kinds=kinds):
+                    for c in self._copies(target, kinds, None):
                         tried += 1
                         c.apply()
                         with warnings.catch_warnings(record=True) as caught:
                             warnings.simplefilter("always")
                             try:
-                                got = load(target)
+                                got = _call_load(load, target)
                             except raises:
                                 continue
                             except Exception as err:
                                 wrong_type.append(f"{c.description}: {type(err).__name__}: {err}")
                                 continue
-                        reported = [
-                            w
-                            for w in caught
-                            if not issubclass(
-                                w.category, (DeprecationWarning, PendingDeprecationWarning, ResourceWarning)
-                            )
-                        ]
+                        reported = [w for w in caught if issubclass(w.category, accepted)]
                         if reported:
                             continue
                         problem = first_difference(original, got, "load()")

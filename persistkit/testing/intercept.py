@@ -12,17 +12,35 @@ The same hook lets ``disk_faults`` fail the Nth operation of either kind and
 What is patched while an ``Interceptor`` is active (other paths pass straight through):
 
 * ``builtins.open`` / ``io.open`` (hence ``pathlib.Path.open/write_bytes/write_text``,
-  ``os.fdopen``, ``tempfile``, ``numpy.save``, ``json.dump`` into a file, ...);
-  a write-mode open returns a file object that records each write's offset and
-  data, and ``os.fsync(f.fileno())`` on it is recorded too;
+  ``os.fdopen``, ``tempfile.NamedTemporaryFile``, ``numpy.save``, ``json.dump`` into a
+  file, ...), with or without ``opener=``. A write-mode open returns the genuine types
+  (``io.BufferedWriter``, ``io.BufferedRandom``, ``io.TextIOWrapper``; unbuffered: an
+  ``io.FileIO``) over a ``RecordedFileIO``, an ``io.FileIO`` subclass whose writes,
+  truncations and close are recorded, so libraries that type-check the file object
+  (stable-baselines3's ``model.save``) behave as they do untested;
+* ``io.FileIO(...)`` itself (``isinstance(x, io.FileIO)`` keeps working for files
+  opened before or outside interception);
 * ``os.open/write/pwrite/fsync/fdatasync/close/ftruncate/truncate/replace/rename/
-  unlink/remove/mkdir/rmdir/symlink`` (hence ``os.makedirs``, ``shutil.move``,
+  unlink/remove/mkdir/rmdir/symlink/link`` (hence ``os.makedirs``, ``shutil.move``,
   ``shutil.rmtree``, ``tempfile.mkstemp``);
-* ``shutil.copyfile`` loses its ``sendfile`` fast path, so its data is written
-  through the recorded file objects.
+* references to those functions captured before interception began and held as
+  module globals (``from os import fsync``, as atomicwrites does, or
+  ``_replace = os.replace``): every loaded module's globals are scanned (once per
+  module: a global bound after its module was first scanned is missed) and rebound
+  while active; ``Interceptor.rebound`` lists them;
+* ``shutil.copyfile`` loses its ``sendfile`` fast path, and numpy's ``isfileobj``
+  answers False for a recorded file, so their data goes through recorded writes.
 
-Not covered (document it in your test): writes made by C extensions directly
-(``torch.save(path)``, ``h5py``), ``mmap`` and ``os.sendfile``.
+Not covered: writes made by C extensions directly (``torch.save(path)``, ``h5py``,
+``safetensors``), ``ndarray.tofile`` on a file numpy opened itself, ``mmap``,
+``os.sendfile``, other processes, and references captured anywhere but a module's
+globals (closures, default arguments, class attributes, ``functools.partial``).
+Missed writes, renames and unlinks change the directory in ways the recorded
+operations do not reproduce, so ``observe.check_explained`` refuses a verdict.
+A missed ``fsync`` changes no bytes and cannot be detected that way; its effect is
+pessimistic: the crash simulator treats the data as never made durable and may
+report a lost write that a real fsync prevented, never the reverse. Use
+``observe="syscalls"`` for code of that kind.
 
 Calls made *by* ``persistkit.io`` are never recorded twice: the ``GuardFS``
 wrapper marks the thread as "inside persistkit io" for the duration of each
@@ -32,6 +50,7 @@ primitive, and calls whose caller frames belong to ``persistkit.io`` or to the
 
 from __future__ import annotations
 
+import abc
 import builtins
 import contextlib
 import io
@@ -72,12 +91,18 @@ REAL: dict[str, Any] = {
         "mkdir",
         "rmdir",
         "symlink",
+        "link",
         "lseek",
         "fstat",
     )
 }
 real_open = builtins.open
 _SKIP_MODULES = ("persistkit.io", "filelock")
+_OWN = ("persistkit.testing",)
+_NEVER_REBIND = frozenset({"os", "posix", "builtins", "io", "_pyio"})
+_REAL_IDS = frozenset(id(f) for f in [*REAL.values(), real_open])
+_scanned: dict[str, int] = {}  # module name -> id of the module object scanned (no reference kept)
+_captures: dict[str, list[str]] = {}  # module name -> its globals bound to REAL functions
 
 _local = threading.local()
 
@@ -268,6 +293,7 @@ class Interceptor:
         self._fds: dict[int, _Tracked] = {}
         self._lock = threading.Lock()
         self._saved: dict[tuple[Any, str], Any] = {}
+        self.rebound: list[str] = []
 
     # -- activation -------------------------------------------------------------------
     def __enter__(self) -> Interceptor:
@@ -294,7 +320,16 @@ class Interceptor:
             (os, "mkdir", self._os_mkdir),
             (os, "rmdir", self._os_rmdir),
             (os, "symlink", self._os_symlink),
+            (os, "link", self._os_link),
+            (io, "FileIO", _InterceptedFileIO),
         ]
+        numpy_format = sys.modules.get("numpy.lib._format_impl")
+        if numpy_format is not None and hasattr(numpy_format, "isfileobj"):
+            # numpy writes straight to the descriptor of a real file object (ndarray.tofile);
+            # make it use .write() on ours, where each write is recorded.
+            patches.append((numpy_format, "isfileobj", _numpy_isfileobj(numpy_format.isfileobj)))
+        replacements = {id(getattr(m, n)): v for m, n, v in patches if m in (os, builtins)}
+        patches += self._captured_references(replacements)
         if hasattr(shutil, "_USE_CP_SENDFILE"):
             patches.append((shutil, "_USE_CP_SENDFILE", False))
         patched = {(id(m), n) for m, n, _ in patches}
@@ -308,6 +343,41 @@ class Interceptor:
             setattr(module, name, value)
         self.active = True
         return self
+
+    def _captured_references(self, replacements: dict[int, Any]) -> list[tuple[Any, str, Any]]:
+        """Module globals bound to a real ``os``/``open`` function before interception began.
+
+        ``from os import fsync`` (atomicwrites does this) or ``_replace = os.replace`` at
+        import time would otherwise bypass the patches above; rebinding them while
+        active turns them into observed calls. Their names are kept in ``rebound``.
+        """
+        found: list[tuple[Any, str, Any]] = []
+        self.rebound = []
+        for modname, module in list(sys.modules.items()):
+            if module is None or modname in _NEVER_REBIND or modname.startswith(_SKIP_MODULES + _OWN):
+                continue
+            try:
+                namespace = vars(module)
+            except TypeError:
+                continue
+            if _scanned.get(modname) == id(module):
+                names: list[str] = _captures.get(modname, [])
+            else:
+                # Scanned once per module (a full scan of every module costs ~50 ms per entry).
+                _scanned[modname] = id(module)
+                names = [
+                    n for n, v in list(namespace.items()) if id(v) in _REAL_IDS and not n.startswith("__")
+                ]
+                if names:
+                    _captures[modname] = names
+                else:
+                    _captures.pop(modname, None)
+            for name in names:
+                replacement = replacements.get(id(namespace.get(name)))
+                if replacement is not None:
+                    found.append((module, name, replacement))
+                    self.rebound.append(f"{modname}.{name}")
+        return found
 
     def __exit__(self, *exc: object) -> None:
         global _active
@@ -573,6 +643,25 @@ class Interceptor:
         REAL["symlink"](src, dst, target_is_directory, dir_fd=dir_fd)
         self.log.record("symlink", p, dst=os.fsdecode(src))
 
+    def _os_link(
+        self,
+        src: Any,
+        dst: Any,
+        *,
+        src_dir_fd: int | None = None,
+        dst_dir_fd: int | None = None,
+        follow_symlinks: bool = True,
+    ) -> None:
+        s, d = self._resolve(src, src_dir_fd), self._resolve(dst, dst_dir_fd)
+        kw = {"src_dir_fd": src_dir_fd, "dst_dir_fd": dst_dir_fd, "follow_symlinks": follow_symlinks}
+        if not self._mine(d):
+            REAL["link"](src, dst, **kw)
+            return
+        assert s is not None and d is not None
+        self._before("link", d)
+        REAL["link"](src, dst, **kw)
+        self.log.record("link", s, dst=d)
+
     # -- open() ------------------------------------------------------------------------------
     def _open(
         self,
@@ -585,52 +674,77 @@ class Interceptor:
         closefd: bool = True,
         opener: Any = None,
     ) -> Any:
-        writing = any(c in mode for c in "wax+")
-        if not writing:
+        """``open()`` with the genuine result types, over a raw file that records its writes."""
+        if not any(c in mode for c in "wax+"):
             return real_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
-        if opener is not None:
-            # open() gets its fd from opener(name, flags) (tempfile.NamedTemporaryFile's does
-            # os.open); under the root, the writes through that fd are recorded too.
-            p = None if isinstance(file, int) else self._resolve(file)
-            if not self._mine(p):
+        if isinstance(file, int):
+            if self._tracked_fd(file)[1] is None:
                 return real_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
-            fd = opener(file, _flags_for(mode))
-            t = self._lookup(fd)
-            if t is None or t.is_dir:
-                return real_open(fd, mode, buffering, encoding, errors, newline, True)
-            closefd = True
-        elif isinstance(file, int):
-            t = self._lookup(file)
-            if t is None or t.is_dir:
-                return real_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
-            fd = file
-        else:
-            p = self._resolve(file)
-            if not self._mine(p):
-                return real_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
-            assert p is not None
-            fd = self._open_fd(p, _flags_for(mode), 0o666)
-            closefd = True
-        raw = RecordedFile(self, fd, mode, name=file, closefd=closefd)
-        if "b" in mode and "a" in mode:
-            raw.seek(0, os.SEEK_END)
-        if "b" in mode and buffering == 0:
-            return raw
-        # Buffered like the real open() (code checks isinstance(f, io.BufferedWriter): SB3's
-        # save_to_zip_file refuses anything else), so writes are recorded as flushed.
-        size = buffering if buffering > 1 else io.DEFAULT_BUFFER_SIZE
-        buffered: io.BufferedRandom | io.BufferedWriter = (
-            io.BufferedRandom(raw, size) if "+" in mode else io.BufferedWriter(raw, size)
+        elif opener is None and not self._mine(self._resolve(file)):
+            return real_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
+        return self._build(file, mode, buffering, encoding, errors, newline, closefd, opener)
+
+    def _opener(self, user_opener: Any) -> Callable[[str, int], int]:
+        def opener(path: str, flags: int) -> int:
+            if user_opener is None:
+                p = self._resolve(path)
+                assert p is not None
+                return self._open_fd(p, flags, 0o666)
+            fd = int(user_opener(path, flags))
+            self._tracked_fd(fd)  # learn it if the user's opener bypassed the patched os.open
+            return fd
+
+        return opener
+
+    def _build(
+        self,
+        file: Any,
+        mode: str,
+        buffering: int,
+        encoding: str | None,
+        errors: str | None,
+        newline: str | None,
+        closefd: bool,
+        opener: Any,
+    ) -> Any:
+        # The steps of io.open (see _pyio.open), with RecordedFileIO as the raw file.
+        if "b" in mode and (encoding is not None or errors is not None or newline is not None):
+            return real_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
+        binary = "b" in mode
+        raw_mode = mode.replace("t", "").replace("b", "")
+        raw = RecordedFileIO(
+            file, raw_mode, closefd, opener=None if isinstance(file, int) else self._opener(opener)
         )
-        if "b" in mode:
-            return buffered
-        text = io.TextIOWrapper(
-            buffered, encoding=io.text_encoding(encoding), errors=errors, newline=newline, write_through=False
-        )
-        text.mode = mode  # type: ignore[misc]
-        if "a" in mode:
-            text.seek(0, os.SEEK_END)
-        return text
+        raw._owner = self
+        result: Any = raw
+        try:
+            line_buffering = False
+            if buffering == 1 or (buffering < 0 and raw.isatty()):
+                buffering = -1
+                line_buffering = True
+            if buffering < 0:
+                buffering = io.DEFAULT_BUFFER_SIZE
+                with contextlib.suppress(OSError):
+                    blksize = REAL["fstat"](raw.fileno()).st_blksize
+                    if blksize > 1:
+                        buffering = blksize
+            if buffering == 0:
+                if binary:
+                    return result
+                raise ValueError("can't have unbuffered text I/O")
+            buffered: io.BufferedRandom | io.BufferedWriter = (
+                io.BufferedRandom(raw, buffering) if "+" in mode else io.BufferedWriter(raw, buffering)
+            )
+            result = buffered
+            if binary:
+                return result
+            text = io.TextIOWrapper(buffered, io.text_encoding(encoding), errors, newline, line_buffering)
+            result = text
+            text.mode = mode  # type: ignore[misc]
+            return result
+        except BaseException:
+            result.close()
+            raise
 
 
 def _flags_for(mode: str) -> int:
@@ -647,77 +761,94 @@ def _flags_for(mode: str) -> int:
     return flags | os.O_CLOEXEC
 
 
-class RecordedFile(io.RawIOBase):
-    """An unbuffered binary file whose every write is one recorded operation.
+class RecordedFileIO(io.FileIO):
+    """A real ``io.FileIO`` whose writes, truncations and close are recorded.
 
-    Deliberately not an ``io.FileIO``/``BufferedWriter``: libraries such as numpy
-    write straight to the descriptor when they see one of those, bypassing the log.
+    ``open()`` under the interceptor wraps one in the usual ``BufferedWriter`` /
+    ``BufferedRandom`` / ``TextIOWrapper``, so ``isinstance`` checks (stable-baselines3's
+    ``model.save``, numpy's) see the types they expect. Buffered writers call
+    ``raw.write`` as a method, so every flush is a recorded write.
     """
 
-    def __init__(self, owner: Interceptor, fd: int, mode: str, *, name: Any, closefd: bool) -> None:
-        super().__init__()
-        self._owner = owner
-        self._fd = fd
-        self._closefd = closefd
-        self.name = name
-        self.mode = mode.replace("t", "")
+    _owner: Interceptor | None = None
 
-    def fileno(self) -> int:
-        return self._fd
+    def _tracked(self) -> tuple[Interceptor, _Tracked] | None:
+        owner = self._owner
+        if owner is None or self.closed or not owner.active:
+            return None
+        t = owner._tracked_fd(self.fileno())[1]
+        return None if t is None or t.is_dir else (owner, t)
 
-    def readable(self) -> bool:
-        return "+" in self.mode or "r" in self.mode
+    def write(self, data: Any, /) -> int:
+        found = self._tracked()
+        if found is None:
+            return super().write(data)
+        owner, t = found
+        return owner._write_at(self.fileno(), t, data, None)
 
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
-
-    def readinto(self, buffer: Any) -> int:
-        data = REAL["read"](self._fd, len(buffer))
-        n = len(data)
-        memoryview(buffer).cast("B")[:n] = data
-        return n
-
-    def write(self, data: Any) -> int:
-        if self.closed:
-            raise ValueError("write to closed file")
-        view = memoryview(data).cast("B")
-        t = self._owner._lookup(self._fd)
-        if t is None:  # the interceptor has ended; behave like a plain file
-            total = 0
-            while total < view.nbytes:
-                total += int(REAL["write"](self._fd, view[total:]))
-            return total
-        total = 0
-        while total < view.nbytes:
-            n = self._owner._write_at(self._fd, t, view[total:], None)
-            if n <= 0:  # pragma: no cover - the kernel raises instead
-                break
-            total += n
-        return total
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        return int(REAL["lseek"](self._fd, pos, whence))
-
-    def tell(self) -> int:
-        return int(REAL["lseek"](self._fd, 0, os.SEEK_CUR))
-
-    def truncate(self, size: int | None = None) -> int:
+    def truncate(self, size: int | None = None, /) -> int:
+        found = self._tracked()
+        if found is None:
+            return super().truncate(size)
         if size is None:
             size = self.tell()
-        self._owner._os_ftruncate(self._fd, size)
+        found[0]._os_ftruncate(self.fileno(), size)
         return size
 
     def close(self) -> None:
-        if self.closed:
-            return
-        try:
+        found = None if not self.closefd else self._tracked()
+        if found is None:
             super().close()
-        finally:
-            if self._closefd:
-                self._owner._os_close(self._fd)
+            return
+        owner, t = found
+        fd = self.fileno()
+        owner._fds.pop(fd, None)
+        failure: OSError | None = None
+        try:
+            if t.hid is not None:
+                owner._before("close", t.path)
+        except OSError as err:
+            failure = err
+        super().close()
+        if t.hid is not None:
+            owner.log.record("close", t.path, handle=t.hid)
+        if failure is not None:
+            raise failure
+
+
+RecordedFile = RecordedFileIO  # the former name
+
+_REAL_FILEIO = io.FileIO
+
+
+class _FileIOType(abc.ABCMeta):
+    """``isinstance(x, io.FileIO)`` keeps its meaning while ``io.FileIO`` is patched."""
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, _REAL_FILEIO)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, _REAL_FILEIO)
+
+
+class _InterceptedFileIO(RecordedFileIO, metaclass=_FileIOType):
+    """What ``io.FileIO(...)`` makes while an Interceptor is active: a recorded raw file."""
+
+    def __init__(self, file: Any, mode: str = "r", closefd: bool = True, opener: Any = None) -> None:
+        owner = _active
+        if owner is not None and owner.active and any(c in mode for c in "wax+"):
+            if not isinstance(file, int) and (opener is not None or owner._mine(owner._resolve(file))):
+                opener = owner._opener(opener)
+            self._owner = owner
+        super().__init__(file, mode, closefd, opener=opener)
+
+
+def _numpy_isfileobj(original: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    def isfileobj(f: Any) -> bool:
+        raw = getattr(f, "raw", f)
+        raw = getattr(raw, "raw", raw)
+        if isinstance(raw, RecordedFileIO) and raw._tracked() is not None:
+            return False
+        return original(f)
+
+    return isfileobj

@@ -9,6 +9,12 @@ Three routes, each the real public path a user's data takes:
   ``state_dict`` forgets shows up as a difference;
 * ``via="envelope"``: the tree codec in a sealed envelope file.
 
+A Persistent object (``state_dict``/``load_state_dict``, and not a model a bundle
+codec stores as such: torch modules, sklearn estimators and SB3 models are) takes
+the ``state`` route when ``via`` is not given; through ``bundle`` or ``envelope``
+its ``state_dict()`` is stored and loaded into a fresh instance, so no route
+rejects it as a value that "cannot be stored without pickle".
+
 Dataclasses are stored as their fields and rebuilt as the original's type (the
 type comes from the object under test, never from the file). The comparison
 is ``persistkit.testing.compare.first_difference``; a failure names the path of
@@ -81,6 +87,26 @@ def _is_torch_module(obj: Any) -> bool:
     return isinstance(obj, torch.nn.Module)
 
 
+def _is_plain_persistent(obj: Any) -> bool:
+    """A Persistent that no model codec claims: stored as its state_dict, never as an object."""
+    if not _is_component(obj):
+        return False
+    from persistkit.format import codecs
+
+    return codecs._model_codec(obj) is None
+
+
+def _fresh(obj: Any, factory: Callable[[], Any] | None, via: str) -> Any:
+    make = factory if factory is not None else type(obj)
+    try:
+        return make()
+    except TypeError as err:
+        raise TypeError(
+            f"roundtrip(via={via!r}): cannot make a fresh {type(obj).__name__} to load into "
+            f"({err}); pass factory=lambda: {type(obj).__name__}(...)"
+        ) from err
+
+
 def _rebuild_module(original: Any, loaded: Any) -> Any:
     """torch modules load as their state dict (persistkit never imports a class named by a file):
     put the loaded weights into a copy of the original module, so the comparison is tensor by tensor."""
@@ -127,18 +153,29 @@ class Roundtrip:
         self,
         obj: Any,
         *,
-        via: Via = "bundle",
+        via: Via | None = None,
         factory: Callable[[], Any] | None = None,
         password: str | None = None,
     ) -> Any:
-        """Save ``obj`` through ``via``, load it back, assert equality, return the loaded object."""
+        """Save ``obj`` through ``via``, load it back, assert equality, return the loaded object.
+
+        ``via`` defaults to ``"state"`` for a Persistent object and ``"bundle"`` otherwise.
+        """
+        __tracebackhide__ = True
+        if via is None:
+            via = "state" if _is_plain_persistent(obj) else "bundle"
         if via not in _VIAS:
             raise ValueError(f"via must be one of {_VIAS}, not {via!r}")
         where = os.path.join(self.workdir, f"{via}-{next(self._n)}")
-        if via == "envelope":
-            loaded = self._envelope(obj, where, password)
-        elif via == "state":
+        if via == "state":
             loaded = self._state(obj, where, factory, password)
+        elif _is_plain_persistent(obj):
+            fresh = _fresh(obj, factory, via)
+            store = self._envelope if via == "envelope" else self._bundle
+            fresh.load_state_dict(store(dict(obj.state_dict()), where, password))
+            loaded = fresh
+        elif via == "envelope":
+            loaded = self._envelope(obj, where, password)
         else:
             loaded = self._bundle(obj, where, password)
         loaded = _rebuild_module(obj, loaded)
@@ -177,15 +214,7 @@ class Roundtrip:
         from persistkit.state import StateStore
 
         if _is_component(obj):
-            make = factory if factory is not None else type(obj)
-            try:
-                fresh = make()
-            except TypeError as err:
-                raise TypeError(
-                    f"roundtrip(via='state'): cannot make a fresh {type(obj).__name__} to load into "
-                    f"({err}); pass factory=lambda: {type(obj).__name__}(...)"
-                ) from err
-            component, target = obj, fresh
+            component, target = obj, _fresh(obj, factory, "state")
         else:
             component, target = _Holder(_lower(obj)), _Holder()
         with StateStore(where, autosave_every=0, password=password) as store:
@@ -218,6 +247,6 @@ class Roundtrip:
         return loaded["value"]
 
 
-def roundtrip(obj: Any, tmp_dir: str | os.PathLike[str], *, via: Via = "bundle", **kw: Any) -> Any:
+def roundtrip(obj: Any, tmp_dir: str | os.PathLike[str], *, via: Via | None = None, **kw: Any) -> Any:
     """The fixture as a function, for use outside pytest (e.g. in a notebook or script)."""
     return Roundtrip(tmp_dir)(obj, via=via, **kw)

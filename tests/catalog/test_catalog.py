@@ -391,14 +391,14 @@ def _tinydb(tmp: Path) -> tuple[Save, Load]:
 # safer/__init__.py: safer.open(path, "w") caches the text in memory; on a clean close it writes
 # it to tempfile.mkstemp(dir=parent) and os.replace()s it over the target (_FileRenameCloser).
 # The package never calls fsync: atomic against a process crash, not against power loss.
-# It writes through io.FileIO directly, which the python observer does not intercept, so that
-# observer must say it cannot judge (never pass it, never blame it).
+# It writes through io.FileIO directly, which the python observer intercepts too (io.FileIO is
+# patched while it runs), so both observers reach the same verdict.
 @entry(
     "safer",
     syscalls_process=Pass(6),
     syscalls_power_loss=renamed_without_fsync(6, "state.txt"),
-    python_process=Unjudgeable(),
-    python_power_loss=Unjudgeable(),
+    python_process=Pass(4),
+    python_power_loss=renamed_without_fsync(4, "state.txt"),
 )
 def _safer(tmp: Path) -> tuple[Save, Load]:
     import safer

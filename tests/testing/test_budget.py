@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from persistkit.io import atomic_write
@@ -63,3 +65,42 @@ def test_marker_arguments_are_validated(args, kwargs, message):
 @pytest.mark.persist_budget(max_bytes=4096, max_save_seconds=5.0)
 def test_the_marker_passes_within_budget(tmp_path):
     atomic_write(tmp_path / "small", b"x" * 100)
+
+
+def test_bytes_written_by_plain_python_count(tmp_path):
+    big = tmp_path / "big.txt"
+    with measure() as fs:
+        big.write_text("x" * 3_000_000)
+        with open(tmp_path / "tmp.part", "wb") as f:
+            f.write(b"y" * 300_000)
+        os.replace(tmp_path / "tmp.part", tmp_path / "renamed.bin")
+    assert fs.files()[str(big)] == 3_000_000
+    assert fs.files()[str(tmp_path / "renamed.bin")] == 300_000
+    problems = check_budget(fs, Budget(max_bytes=200_000))
+    assert problems[0] == f"{big} reached 3,000,000 bytes > max_bytes=200,000"
+
+
+def test_roots_catch_writes_that_raise_no_audit_event(tmp_path):
+    (tmp_path / "old").write_bytes(b"o" * 10)
+    with measure(roots=[tmp_path]) as fs:
+        fd = os.open(tmp_path / "native.bin", os.O_WRONLY | os.O_CREAT, 0o644)  # seen by the hook too
+        os.write(fd, b"n" * 5000)
+        os.close(fd)
+    assert fs.files() == {str(tmp_path / "native.bin"): 5000}  # the untouched file is not counted
+
+
+def test_the_marker_fails_a_test_that_writes_too_much_with_pathlib(pytester):
+    pytester.makepyfile(
+        test_big="""
+import os
+
+import pytest
+
+@pytest.mark.persist_budget(max_bytes=200_000)
+def test_big(tmp_path):
+    (tmp_path / "model.json").write_text("x" * 3_000_000)
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*model.json reached 3,000,000 bytes > max_bytes=200,000*"])

@@ -75,12 +75,59 @@ def test_a_reported_fallback_counts_as_detected(tmp_path):
         try:
             return json.loads(Path(p).read_text())
         except ValueError:
-            warnings.warn(f"{p} is damaged; using the backup", UserWarning, stacklevel=2)
+            warnings.warn(f"{p} is damaged; using the backup", FallbackWarning, stacklevel=2)
             return {"balance": 4}
 
     corruptions = Corruptions()
     corruptions(path, kinds=("truncated",))
-    assert corruptions.assert_detected(load_with_fallback, kinds=("truncated",)) > 0
+    assert corruptions.assert_detected(load_with_fallback, kinds=("truncated",), warns=FallbackWarning) > 0
+
+
+class FallbackWarning(UserWarning):
+    pass
+
+
+def test_an_unrelated_warning_is_not_detection(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"balance": 5}))
+
+    def load_noisily():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            warnings.warn("some unrelated library notice", UserWarning, stacklevel=2)
+            return {"balance": 0}  # silently wrong
+
+    with pytest.raises(AssertionError, match="silent corruption"):
+        Corruptions()(path, kinds=("truncated",)).assert_detected(load_noisily)
+
+
+def test_the_returned_set_chains_iterates_and_takes_a_zero_arg_load(tmp_path):
+    path = tmp_path / "state.pk"
+    path.write_bytes(envelope.seal(b"payload" * 50, kind="blob", codec="bytes"))
+    damaged = Corruptions()(path, kinds=("bit-flipped",))
+    assert all(c.kind == "bit-flipped" for c in damaged) and len(list(damaged)) > 2
+    assert damaged.assert_detected(lambda: envelope.open_envelope(path.read_bytes()).payload) > 2
+
+
+def test_an_mmap_backed_baseline_is_detached_before_the_file_is_damaged(tmp_path):
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "w.npy"
+    np.save(path, np.arange(64, dtype=np.float64))
+
+    # np.load(mmap_mode="r") aliases the file: without a detached baseline, the damaged
+    # data would show on both sides of the comparison and the damage would pass as equal.
+    with pytest.raises(AssertionError, match="silent corruption"):
+        Corruptions()(path, kinds=("sector-trashed",)).assert_detected(lambda: np.load(path, mmap_mode="r"))
+
+
+def test_safetensors_loads_are_compared_against_a_detached_copy(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "w.safetensors"
+    st.save_file({"w": np.arange(256, dtype=np.float32)}, str(path))
+    with pytest.raises(AssertionError, match="silent corruption"):
+        Corruptions()(path, kinds=("bit-flipped",)).assert_detected(lambda: st.load_file(str(path)))
 
 
 def test_nothing_registered_is_an_error():

@@ -123,3 +123,31 @@ def test_sb3_models_compare_parameters_and_deterministic_actions(tmp_path):
         loaded is not model
         and loaded.predict(obs, deterministic=True)[0] == model.predict(obs, deterministic=True)[0]
     )
+
+
+class Wallet:
+    def __init__(self):
+        self.balance = 0
+        self.history = []
+
+    def state_dict(self):
+        return {"balance": self.balance, "history": list(self.history)}
+
+    def load_state_dict(self, state):
+        self.balance, self.history = state["balance"], list(state["history"])
+
+
+@pytest.mark.parametrize("via", [None, "bundle", "envelope", "state"])
+def test_persistent_objects_take_the_state_dict_route_on_every_route(tmp_path, via):
+    wallet = Wallet()
+    wallet.balance, wallet.history = 7, [3, 4]
+    loaded = Roundtrip(tmp_path)(wallet, **({} if via is None else {"via": via}))
+    assert isinstance(loaded, Wallet) and loaded is not wallet
+    assert (loaded.balance, loaded.history) == (7, [3, 4])
+
+
+def test_a_persistent_that_forgets_a_field_is_named_without_via(tmp_path):
+    wallet = Forgetful()
+    wallet.balance, wallet.history = 5, [5]
+    with pytest.raises(AssertionError, match=r"roundtrip\(via='state'\): .* at value.history"):
+        Roundtrip(tmp_path)(wallet)
