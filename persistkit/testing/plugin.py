@@ -128,6 +128,7 @@ def _reporting(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    __tracebackhide__ = True
     RECORDER.test = item.nodeid
     marker = item.get_closest_marker(BUDGET_MARKER)
     if marker is None and not _reporting(item.config):
@@ -135,7 +136,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     from persistkit.testing.budget import Budget, check_budget, measure
 
     budget = Budget.from_marker(marker.args, dict(marker.kwargs)) if marker is not None else None
-    with measure() as fs:
+    funcargs = getattr(item, "funcargs", {})
+    roots = [funcargs["tmp_path"]] if "tmp_path" in funcargs else []  # catches C writers (torch.save) too
+    with measure(roots=roots) as fs:
         result = yield
     for path, size in fs.files().items():
         RECORDER.add_file(path, size)

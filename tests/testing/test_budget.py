@@ -104,3 +104,18 @@ def test_big(tmp_path):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*model.json reached 3,000,000 bytes > max_bytes=200,000*"])
+
+
+def test_the_marker_counts_bytes_written_by_c_code(pytester):
+    pytester.makepyfile(
+        """
+        import pytest, torch
+
+        @pytest.mark.persist_budget(max_bytes=100_000)
+        def test_big(tmp_path):
+            torch.save({"w": torch.zeros(200_000)}, tmp_path / "m.pt")   # ~800 KB, written by C++
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*persist_budget exceeded (1):*", "*m.pt reached 8* bytes > max_bytes=100,000*"])
