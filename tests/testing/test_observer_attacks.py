@@ -1,0 +1,413 @@
+"""Adversarial tests of the syscall observer: each asserts the TRUE verdict for a save."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from persistkit.testing.observe import NotJudgeable
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def atomic(path, data, *, flags=0, sync=True):
+    tmp = str(path) + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags, 0o644)
+    try:
+        os.write(fd, data)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(str(path)))
+
+
+# --- durability the observer must credit (else: false FAIL) -------------------------------
+
+
+def test_o_sync_writes_are_durable_on_return(crash_points, tmp_path):
+    """write(2) on an O_SYNC/O_DSYNC descriptor returns only once data (and the metadata
+    needed to read it) is on stable storage (open(2), O_SYNC): no fsync is needed."""
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    for flag in (os.O_SYNC, os.O_DSYNC):
+        crash_points(lambda: atomic(path, b"new", flags=flag, sync=False), lambda: read(path),
+                     observe="syscalls")
+        path.write_bytes(b"old")
+
+
+def test_pwritev2_rwf_dsync_is_durable_on_return(crash_points, tmp_path):
+    """pwritev2(..., RWF_DSYNC) is a per-write O_DSYNC (pwritev2(2))."""
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+
+    def save():
+        tmp = str(path) + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.pwritev(fd, [b"new"], 0, os.RWF_DSYNC)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(tmp_path)
+
+    crash_points(save, lambda: read(path), observe="syscalls")
+
+
+# --- durability the observer must NOT credit (else: false PASS) ---------------------------
+
+
+def test_syncfs_of_another_file_system_does_not_sync_the_root(crash_points, tmp_path):
+    """syncfs(fd) syncs only the file system that holds fd (syncfs(2)); a tmpfs fd says
+    nothing about the disk under tmp_path. The save below is an unsynced rename: FAIL."""
+    if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another file system")
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+
+    def save():
+        tmp = str(path) + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, b"new")
+        os.close(fd)
+        d = os.open("/dev/shm", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert libc.syncfs(d) == 0  # the "barrier" before the rename: wrong file system
+        finally:
+            os.close(d)
+        os.replace(tmp, path)
+        fsync_dir(tmp_path)
+
+    with pytest.raises(AssertionError, match="neither|lost|zeros"):
+        crash_points(save, lambda: read(path), observe="syscalls")
+
+
+# --- correct saves done in unusual ways must pass -----------------------------------------
+
+
+def test_pwrite_on_o_append_descriptor_appends(crash_points, tmp_path):
+    """Linux ignores pwrite's offset on an O_APPEND descriptor (pwrite(2), BUGS)."""
+    path = tmp_path / "log"
+    path.write_bytes(b"a")
+
+    def save():
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.pwrite(fd, b"b", 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    assert_judged(crash_points, save, lambda: read(path)[:1], model="process")
+    assert read(path) == b"ab"
+
+
+def assert_judged(crash_points, save, load, **kw):
+    try:
+        return crash_points(save, load, observe="syscalls", **kw)
+    except NotJudgeable as err:
+        pytest.fail(f"a fully observable save was refused a verdict: {err}")
+
+
+def test_dup_then_close_original(crash_points, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+
+    def save():
+        tmp = str(path) + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd2 = os.dup(fd)
+        fd3 = 50
+        os.dup2(fd, fd3)
+        os.close(fd)
+        os.write(fd2, b"ne")
+        os.close(fd2)
+        os.write(fd3, b"w")
+        os.fsync(fd3)
+        os.close(fd3)
+        os.replace(tmp, path)
+        fsync_dir(tmp_path)
+
+    assert_judged(crash_points, save, lambda: read(path))
+
+
+def test_forked_child_writes(crash_points, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+
+    def save():
+        pid = os.fork()
+        if pid == 0:
+            try:
+                atomic(path, b"new")
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
+    assert_judged(crash_points, save, lambda: read(path))
+
+
+@pytest.mark.parametrize("how", ["sh", "dd", "python", "cp"])
+def test_subprocess_writes(crash_points, tmp_path, how):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    src = tmp_path.parent / (tmp_path.name + "-src")
+    src.write_bytes(b"new")
+    tmp = f"{path}.tmp"
+    cmd = {
+        "sh": f"printf new > {tmp} && sync {tmp} && mv {tmp} {path} && sync {tmp_path}",
+        "dd": f"dd if={src} of={tmp} conv=fsync status=none && mv {tmp} {path} && sync {tmp_path}",
+        "python": f"{sys.executable} -c \"import os; fd=os.open('{tmp}', os.O_WRONLY|os.O_CREAT|os.O_TRUNC); "
+        f"os.write(fd, b'new'); os.fsync(fd); os.close(fd); os.rename('{tmp}', '{path}'); "
+        f"d=os.open('{tmp_path}', os.O_RDONLY); os.fsync(d)\"",
+        "cp": f"cp {src} {tmp} && sync {tmp} && mv {tmp} {path} && sync {tmp_path}",
+    }[how]
+    assert_judged(crash_points, lambda: subprocess.run(["sh", "-c", cmd], check=True), lambda: read(path))
+
+
+def test_proc_self_fd_paths(crash_points, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+
+    def save():
+        tmp = str(path) + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd2 = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)
+        os.write(fd2, b"new")
+        os.fsync(fd2)
+        os.close(fd2)
+        os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(tmp_path)
+
+    assert_judged(crash_points, save, lambda: read(path))
+
+
+def test_o_tmpfile_linked_via_proc(crash_points, tmp_path):
+    path = tmp_path / "f"
+
+    def save():
+        fd = os.open(tmp_path, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, b"new")
+            os.fsync(fd)
+            assert libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, str(path).encode(), 0x400) == 0
+        finally:
+            os.close(fd)
+        fsync_dir(tmp_path)
+
+    try:
+        crash_points(save, lambda: read(path), observe="syscalls")
+    except NotJudgeable:
+        pass  # honest refusal is acceptable; a wrong verdict is not
+
+
+def test_o_tmpfile_linked_via_proc_unsynced_is_not_passed(crash_points, tmp_path):
+    path = tmp_path / "f"
+
+    def save():
+        fd = os.open(tmp_path, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, b"new")
+            assert libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, str(path).encode(), 0x400) == 0
+        finally:
+            os.close(fd)
+        fsync_dir(tmp_path)
+
+    with pytest.raises(AssertionError):  # FAIL or NotJudgeable, never PASS
+        crash_points(save, lambda: read(path), observe="syscalls")
+
+
+def test_renameat2_noreplace(crash_points, tmp_path):
+    path = tmp_path / "f"
+
+    def save():
+        tmp = str(path) + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, b"new")
+        os.fsync(fd)
+        os.close(fd)
+        r = libc.renameat2(-100, tmp.encode(), -100, str(path).encode(), 1)  # RENAME_NOREPLACE
+        assert r == 0, ctypes.get_errno()
+        fsync_dir(tmp_path)
+
+    assert_judged(crash_points, save, lambda: read(path))
+
+
+def test_relative_paths_after_chdir_and_dir_fd(crash_points, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    (tmp_path / "sub").mkdir()
+
+    def save():
+        old = os.getcwd()
+        os.chdir(tmp_path / "sub")
+        try:
+            d = os.open("..", os.O_RDONLY | os.O_DIRECTORY)
+            fd = os.open("f.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=d)
+            os.write(fd, b"new")
+            os.fsync(fd)
+            os.close(fd)
+            os.rename("f.tmp", "../f", src_dir_fd=d)
+            os.fsync(d)
+            os.close(d)
+        finally:
+            os.chdir(old)
+
+    assert_judged(crash_points, save, lambda: read(path))
+
+
+def test_writev_many_iovecs_and_pwritev(crash_points, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    data = [bytes([65 + i % 26]) * (i % 7 + 1) for i in range(1000)]
+
+    def save():
+        tmp = str(path) + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.writev(fd, data)
+        os.pwritev(fd, [b"X", b"YZ"], 2)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(tmp_path)
+
+    assert_judged(crash_points, save, lambda: read(path))
+
+
+def test_truncate_by_path_and_extend(crash_points, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old-contents")
+
+    def save():
+        tmp = str(path) + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, b"new-contents-long")
+        os.close(fd)
+        os.truncate(tmp, 3)
+        fd = os.open(tmp, os.O_WRONLY)
+        os.ftruncate(fd, 10)
+        os.posix_fallocate(fd, 0, 20)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(tmp_path)
+
+    assert_judged(crash_points, save, lambda: read(path))
+
+
+def test_delete_and_recreate_same_name(crash_points, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+
+    def save():
+        tmp = str(path) + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(b"junk")
+        os.unlink(tmp)
+        atomic(path, b"new")
+
+    assert_judged(crash_points, save, lambda: read(path))
+
+
+def test_write_through_symlinked_directory(crash_points, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    path = tmp_path / "link" / "f"
+    path.write_bytes(b"old")
+    assert_judged(crash_points, lambda: atomic(path, b"new"), lambda: read(path))
+
+
+def test_root_reached_through_a_symlink(crash_points, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    root = tmp_path / "link"
+    path = root / "f"
+    path.write_bytes(b"old")
+    assert_judged(crash_points, lambda: atomic(path, b"new"), lambda: read(path), root=root)
+
+
+def test_save_that_only_deletes(crash_points, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+
+    def save():
+        os.unlink(path)
+        fsync_dir(tmp_path)
+
+    assert_judged(crash_points, save, lambda: path.exists())
+
+
+def test_fdatasync_and_sync(crash_points, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+
+    def save():
+        tmp = str(path) + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, b"new")
+        os.fdatasync(fd)
+        os.close(fd)
+        os.replace(tmp, path)
+        os.sync()
+
+    assert_judged(crash_points, save, lambda: read(path))
+
+
+def test_dir_fd_opened_before_tracing(crash_points, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    d = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+
+        def save():
+            tmp = str(path) + ".tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, b"new")
+            os.fsync(fd)
+            os.close(fd)
+            os.replace(tmp, path)
+            os.fsync(d)
+
+        assert_judged(crash_points, save, lambda: read(path))
+    finally:
+        os.close(d)
+
+
+def test_shutil_copy2_and_move(crash_points, tmp_path):
+    import shutil
+
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    src = tmp_path.parent / (tmp_path.name + "-src2")
+    src.write_bytes(b"new")
+
+    def save():
+        tmp = str(path) + ".tmp"
+        shutil.copy2(src, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        shutil.move(tmp, path)
+        fsync_dir(tmp_path)
+
+    assert_judged(crash_points, save, lambda: read(path))
