@@ -182,6 +182,7 @@ class _File:
     directory: bool
     pos: int = 0
     announced: bool = False
+    sync: bool = False  # O_SYNC/O_DSYNC: every write is durable when it returns (open(2))
 
 
 @dataclass
@@ -304,7 +305,7 @@ class SyscallLog:
                 flags = known[2]
                 f = _File(
                     self._handles, path, append=bool(flags & os.O_APPEND), writable=flags & os.O_ACCMODE != 0,
-                    directory=os.path.isdir(path), pos=known[1],
+                    directory=os.path.isdir(path), pos=known[1], sync=bool(flags & (os.O_SYNC | os.O_DSYNC)),
                 )  # fmt: skip
             else:
                 f = _File(
@@ -318,13 +319,18 @@ class SyscallLog:
             f.announced = True
             self._emit(call, "open_existing", f.path, handle=f.handle)
 
-    def _write(self, call: Call, f: _File, data: bytes, cut: bool, offset: int | None) -> None:
+    def _write(
+        self, call: Call, f: _File, data: bytes, cut: bool, offset: int | None, rwf: str = ""
+    ) -> None:
         n = call.ret or 0
         if n <= 0:
             return
         if cut and len(data) < n:
             self.blind.append(f"{f.path}: a {n}-byte write is longer than strace's string limit")
-        if offset is None:
+        if (f.append and "RWF_NOAPPEND" not in rwf) or "RWF_APPEND" in rwf:
+            # On Linux pwrite/pwritev ignore the offset of an O_APPEND descriptor (pwrite(2), BUGS)
+            offset = self._size.get(f.path, 0)
+        elif offset is None:
             if f.append:
                 offset = self._size.get(f.path, 0)
             elif f.pos < 0:
@@ -338,6 +344,8 @@ class SyscallLog:
         self._announce(call, f)
         self._size[f.path] = max(self._size.get(f.path, 0), offset + n)
         self._emit(call, "write", f.path, handle=f.handle, offset=offset, data=data[:n])
+        if f.sync or "RWF_SYNC" in rwf or "RWF_DSYNC" in rwf:
+            self._emit(call, "fsync", f.path, handle=f.handle)
 
     # -- the calls --------------------------------------------------------------------
     def feed(self, calls: list[Call]) -> SyscallLog:
@@ -364,6 +372,7 @@ class SyscallLog:
         directory = "O_DIRECTORY" in flags or (not writable and os.path.isdir(path))
         self._handles += 1
         f = _File(self._handles, path, "O_APPEND" in flags, writable, directory)
+        f.sync = "O_SYNC" in flags or "O_DSYNC" in flags
         proc.fds[call.ret] = f
         if "O_TMPFILE" in flags:
             f.path += " (deleted)"
@@ -422,7 +431,8 @@ class SyscallLog:
         if f is not None:
             data, cut = self._iov(call.args[1])
             offset = _int(call.args[3])
-            self._write(call, f, data, cut, None if offset == -1 else offset)
+            rwf = call.args[4] if len(call.args) > 4 else ""
+            self._write(call, f, data, cut, None if offset == -1 else offset, rwf)
 
     _on_pwritev2 = _on_pwritev
 
@@ -488,7 +498,17 @@ class SyscallLog:
     def _on_sync(self, call: Call, proc: _Proc) -> None:
         self._emit(call, "sync_all", self.root)
 
-    _on_syncfs = _on_sync
+    def _on_syncfs(self, call: Call, proc: _Proc) -> None:
+        # syncfs(fd) syncs only the file system holding fd (syncfs(2)): another one's says nothing
+        _, path = _fd_arg(call.args[0])
+        f = proc.fds.get(_fd_arg(call.args[0])[0])
+        where = path or (f.path if f is not None else None)
+        try:
+            same = where is not None and os.stat(where).st_dev == os.stat(self.root).st_dev
+        except OSError:
+            same = False
+        if same:
+            self._emit(call, "sync_all", self.root)
 
     def _on_close(self, call: Call, proc: _Proc) -> None:
         fd, _ = _fd_arg(call.args[0])
