@@ -229,9 +229,23 @@ class SyscallLog:
 
     def __post_init__(self) -> None:
         self.root = os.path.abspath(self.root)
+        # strace's -y decorations are paths with every symlink resolved; path arguments are not.
+        # Everything is kept resolved internally and shown under ``root`` as the caller spelled it.
+        self._real = os.path.realpath(self.root)
         self._size = {
-            os.path.join(self.root, p) if not os.path.isabs(p) else p: n for p, n in self.sizes.items()
+            self._canon(os.path.join(self.root, p) if not os.path.isabs(p) else p): n
+            for p, n in self.sizes.items()
         }
+
+    def _canon(self, path: str) -> str:
+        """``path`` with the symlinks of its directory resolved (its last component kept as is)."""
+        head, tail = os.path.split(os.path.normpath(path))
+        return os.path.join(os.path.realpath(head), tail) if tail else os.path.realpath(head)
+
+    def _shown(self, path: str) -> str:
+        if path == self._real or path.startswith(self._real + os.sep):
+            return self.root + path[len(self._real) :]
+        return path
 
     # -- bookkeeping ------------------------------------------------------------------
     def _proc(self, tid: int) -> _Proc:
@@ -257,7 +271,7 @@ class SyscallLog:
         return next(iter(self._procs.values()), None)
 
     def inside(self, path: str) -> bool:
-        return path == self.root or path.startswith(self.root + os.sep)
+        return any(path == r or path.startswith(r + os.sep) for r in (self.root, self._real))
 
     def _interesting(self, path: str) -> bool:
         """A path whose changes matter: a regular location, not a pipe, socket or /proc."""
@@ -265,7 +279,7 @@ class SyscallLog:
 
     def _resolve(self, proc: _Proc, dirfd_arg: str | None, path: str) -> str:
         if os.path.isabs(path):
-            return os.path.normpath(path)
+            return self._canon(path)
         base = proc.cwd[0]
         if dirfd_arg is not None:
             fd, decorated = _fd_arg(dirfd_arg)
@@ -273,13 +287,16 @@ class SyscallLog:
                 base = decorated
             elif fd != -100 and fd in proc.fds:
                 base = proc.fds[fd].path
-        return os.path.normpath(os.path.join(base, path))
+        return self._canon(os.path.join(base, path))
 
     def _emit(self, call: Call, kind: str, path: str, **kw: object) -> None:
         if not self._interesting(path) and not (kw.get("dst") and self._interesting(str(kw["dst"]))):
             return
         if path.endswith(" (deleted)"):
             return  # an anonymous or already-unlinked file: nothing anyone can load
+        path = self._shown(path)
+        if isinstance(kw.get("dst"), str) and kind != "symlink":
+            kw["dst"] = self._shown(str(kw["dst"]))
         for p in (path, kw.get("dst")):
             changed = kind not in ("close", "fsync") and (kind != "symlink" or p == path)
             if changed and isinstance(p, str) and p.startswith("/") and not self.inside(p):
