@@ -482,6 +482,11 @@ class _Plan:
             return _Fired(
                 error, True, misfired=f"{first.name} #{first.ordinal} instead of {target.describe()}"
             )
+        if not persistent and len(obs.injected) > 1:
+            # strace counts when=N per thread: the N-th call of every thread failed, not one call
+            return _Fired(
+                error, True, misfired=f"{len(obs.injected)} calls failed instead of {target.describe()} alone"
+            )
         return _Fired(error, True, target.describe(), target.kind)
 
     def _persistent_rest(self, point: FaultPoint, errno_name: str) -> list[Injection]:

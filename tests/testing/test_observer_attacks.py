@@ -411,3 +411,45 @@ def test_shutil_copy2_and_move(crash_points, tmp_path):
         fsync_dir(tmp_path)
 
     assert_judged(crash_points, save, lambda: read(path))
+
+
+# --- disk_faults ------------------------------------------------------------------------
+
+
+def test_a_once_fault_is_one_failed_call_even_with_two_writer_threads(disk_faults, tmp_path):
+    """strace's ``inject=write:when=N`` counts per thread, so it fails the N-th write of EVERY
+    thread. A case reported as one fault ("ENOSPC at write a.tmp (once)") must not silently
+    be two; such a run is a misfire (no verdict), not a judged case."""
+    import threading
+
+    seen: list[int] = []
+
+    def cache(errors):  # best effort, not durable: its failures are ignored
+        tmp = tmp_path / "cache.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(b"cache")
+            os.replace(tmp, tmp_path / "cache")
+        except OSError:
+            errors.append("cache")
+            tmp.unlink(missing_ok=True)
+
+    def save():
+        errors: list[str] = []
+        t = threading.Thread(target=cache, args=(errors,))
+        t.start()
+        try:
+            atomic(tmp_path / "a", b"new")
+        except OSError:
+            errors.append("a")
+            (tmp_path / "a.tmp").unlink(missing_ok=True)
+            raise
+        finally:
+            t.join()
+            seen.append(len(errors))
+
+    (tmp_path / "a").write_bytes(b"old")
+    report = disk_faults(save, lambda: read(tmp_path / "a"), errnos=["ENOSPC"], modes=["once"],
+                         observe="syscalls", litter=None)
+    doubled = sum(1 for n in seen if n >= 2)
+    assert doubled <= report.misfired, (seen, report.summary())
