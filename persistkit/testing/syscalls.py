@@ -226,6 +226,7 @@ class SyscallLog:
     _first_tids: set[int] = field(default_factory=set)
     _size: dict[str, int] = field(default_factory=dict)
     _spawned: dict[int, tuple[int, str]] = field(default_factory=dict)
+    _dirs: set[str] = field(default_factory=set)  # directories the save made (and where they moved)
 
     def __post_init__(self) -> None:
         self.root = os.path.abspath(self.root)
@@ -386,7 +387,8 @@ class SyscallLog:
             return
         path = call.ret_path or self._resolve(proc, dirfd, _path_arg(path_arg))
         writable = "O_WRONLY" in flags or "O_RDWR" in flags
-        directory = "O_DIRECTORY" in flags or (not writable and os.path.isdir(path))
+        # A directory the save made may be gone (renamed, removed) by the time the trace is read.
+        directory = "O_DIRECTORY" in flags or (not writable and (path in self._dirs or os.path.isdir(path)))
         self._handles += 1
         f = _File(self._handles, path, "O_APPEND" in flags, writable, directory)
         f.sync = "O_SYNC" in flags or "O_DSYNC" in flags
@@ -566,6 +568,9 @@ class SyscallLog:
                     f.path = dst + f.path[len(src) :]
         if src in self._size:
             self._size[dst] = self._size.pop(src)
+        for d in [d for d in self._dirs if d == src or d.startswith(src + os.sep)]:
+            self._dirs.discard(d)
+            self._dirs.add(dst + d[len(src) :])
         self._emit(call, "replace", src, dst=dst)
 
     def _on_rename(self, call: Call, proc: _Proc) -> None:
@@ -611,16 +616,23 @@ class SyscallLog:
         path = self._resolve(proc, call.args[0], _path_arg(call.args[1]))
         kind = "rmdir" if "AT_REMOVEDIR" in (call.args[2] if len(call.args) > 2 else "") else "unlink"
         self._size.pop(path, None)
+        self._dirs.discard(path)
         self._emit(call, kind, path)
 
     def _on_rmdir(self, call: Call, proc: _Proc) -> None:
-        self._emit(call, "rmdir", self._resolve(proc, None, _path_arg(call.args[0])))
+        path = self._resolve(proc, None, _path_arg(call.args[0]))
+        self._dirs.discard(path)
+        self._emit(call, "rmdir", path)
 
     def _on_mkdir(self, call: Call, proc: _Proc) -> None:
-        self._emit(call, "mkdir", self._resolve(proc, None, _path_arg(call.args[0])))
+        path = self._resolve(proc, None, _path_arg(call.args[0]))
+        self._dirs.add(path)
+        self._emit(call, "mkdir", path)
 
     def _on_mkdirat(self, call: Call, proc: _Proc) -> None:
-        self._emit(call, "mkdir", self._resolve(proc, call.args[0], _path_arg(call.args[1])))
+        path = self._resolve(proc, call.args[0], _path_arg(call.args[1]))
+        self._dirs.add(path)
+        self._emit(call, "mkdir", path)
 
     def _on_symlink(self, call: Call, proc: _Proc) -> None:
         target = _path_arg(call.args[0])

@@ -453,3 +453,42 @@ def test_a_once_fault_is_one_failed_call_even_with_two_writer_threads(disk_fault
                          observe="syscalls", litter=None)
     doubled = sum(1 for n in seen if n >= 2)
     assert doubled <= report.misfired, (seen, report.summary())
+
+
+def test_a_directory_built_then_renamed_is_fsynced_through_a_plain_o_rdonly_fd(crash_points, tmp_path):
+    """The checkpoint-directory pattern: build ckpt.tmp/, fsync its files and itself (opened
+    with a plain O_RDONLY, as most fsync_dir helpers do), rename it into place, fsync the
+    parent. The directory no longer exists under its old name when the trace is decoded."""
+    import shutil
+
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "w").write_bytes(b"old")
+
+    def plain_fsync_dir(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def save():
+        tmp = tmp_path / "ckpt.tmp"
+        tmp.mkdir()
+        fd = os.open(tmp / "w", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, b"new")
+        os.fsync(fd)
+        os.close(fd)
+        plain_fsync_dir(tmp)
+        old = tmp_path / "ckpt.old"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        plain_fsync_dir(tmp_path)
+        shutil.rmtree(old)
+        plain_fsync_dir(tmp_path)
+
+    def load():
+        p = final / "w"
+        return read(p) if p.exists() else read(tmp_path / "ckpt.old" / "w")
+
+    assert_judged(crash_points, save, load)
