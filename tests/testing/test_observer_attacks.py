@@ -492,3 +492,68 @@ def test_a_directory_built_then_renamed_is_fsynced_through_a_plain_o_rdonly_fd(c
         return read(p) if p.exists() else read(tmp_path / "ckpt.old" / "w")
 
     assert_judged(crash_points, save, load)
+
+
+def _sqlite_put(db, value, wal=False, sync="FULL"):
+    import sqlite3
+
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        if wal:
+            con.execute("PRAGMA journal_mode=WAL")
+        con.execute(f"PRAGMA synchronous={sync}")
+        con.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT)")
+        con.execute("INSERT OR REPLACE INTO kv VALUES ('k', ?)", (value,))
+    finally:
+        con.close()
+
+
+def _sqlite_get(db):
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT v FROM kv WHERE k='k'").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_sqlite_rollback_journal_full_is_atomic_but_not_durable(crash_points, tmp_path):
+    """SQLite's docs: synchronous=FULL in DELETE mode may lose the last commit to a power loss
+    (the journal's unlink is not synced); EXTRA syncs the directory after it. TRUE verdicts:
+    FULL fails only "after save() returned" (durability), EXTRA passes."""
+    db = str(tmp_path / "s.db")
+    _sqlite_put(db, "old")
+    with pytest.raises(AssertionError, match=r"(?s)1 of .*after save\(\) returned.*synchronous=EXTRA"):
+        crash_points(lambda: _sqlite_put(db, "new"), lambda: _sqlite_get(db), observe="syscalls")
+    assert_judged(crash_points, lambda: _sqlite_put(db, "new", sync="EXTRA"), lambda: _sqlite_get(db))
+
+
+def test_sqlite_rollback_journal_full_disk_faults(disk_faults, tmp_path):
+    db = str(tmp_path / "s.db")
+    _sqlite_put(db, "old")
+    # SQLite (os_unix.c unixSync) ignores a failed fsync of the journal's directory: the only
+    # TRUE findings are those; every other injected fault is handled.
+    with pytest.raises(AssertionError) as info:
+        disk_faults(lambda: _sqlite_put(db, "new"), lambda: _sqlite_get(db), observe="syscalls",
+                    errnos=["ENOSPC", "EIO"], litter=None)
+    msg = str(info.value)
+    assert "2 of" in msg and "fsync_dir ." in msg and "Also failing (1): EIO at #13 fsync_dir" in msg, msg
+
+
+def test_sqlite_wal(crash_points, tmp_path):
+    """WAL mode maps the -shm index MAP_SHARED: honest refusal or a verdict, never a wrong one."""
+    db = str(tmp_path / "s.db")
+    _sqlite_put(db, "old", wal=True)
+    try:
+        crash_points(lambda: _sqlite_put(db, "new", wal=True), lambda: _sqlite_get(db), observe="syscalls",
+                     max_states=400)
+    except NotJudgeable as err:
+        assert "mmap" in str(err) or "mapped" in str(err)
+
+
+def test_sqlite_synchronous_off_is_not_passed(crash_points, tmp_path):
+    db = str(tmp_path / "s.db")
+    _sqlite_put(db, "old")
+    with pytest.raises(AssertionError):
+        crash_points(lambda: _sqlite_put(db, "new", sync="OFF"), lambda: _sqlite_get(db), observe="syscalls")
