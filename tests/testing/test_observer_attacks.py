@@ -605,3 +605,56 @@ def test_a_fault_meant_for_the_file_that_lands_on_a_log_write_is_not_a_verdict(d
     finally:
         os.close(log)
         print(info.value)
+
+
+def test_a_shared_mapping_made_writable_by_mprotect_is_not_passed(crash_points, tmp_path):
+    """mmap(PROT_READ, MAP_SHARED) then mprotect(PROT_WRITE): stores reach the file with no
+    system call the tracer decodes. The in-place update below can tear: never a PASS."""
+    path = tmp_path / "f"
+    path.write_bytes(b"A" * 8192)
+
+    def save():
+        fd = os.open(path, os.O_RDWR)
+        try:
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_long]
+            p = libc.mmap(None, 8192, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+            assert p not in (None, ctypes.c_void_p(-1).value)
+            assert libc.mprotect(ctypes.c_void_p(p), 8192, 3) == 0  # PROT_READ|PROT_WRITE
+            ctypes.memset(p, ord("B"), 8192)
+            libc.msync(ctypes.c_void_p(p), 8192, 4)  # MS_SYNC
+            libc.munmap(ctypes.c_void_p(p), 8192)
+        finally:
+            os.close(fd)
+
+    with pytest.raises(AssertionError):
+        crash_points(save, lambda: read(path), observe="syscalls")
+    assert read(path) == b"B" * 8192
+
+
+def test_a_logging_thread_writing_outside_the_root(crash_points, tmp_path):
+    """An unrelated handler appending to a log outside root while a correct save runs."""
+    import threading
+
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    logfile = tmp_path.parent / (tmp_path.name + ".log")
+    stop = threading.Event()
+
+    def logger():
+        with open(logfile, "a") as f:
+            while not stop.is_set():
+                f.write("tick\n")
+                f.flush()
+                stop.wait(0.001)
+
+    t = threading.Thread(target=logger)
+    t.start()
+    try:
+        crash_points(lambda: atomic(path, b"new"), lambda: read(path), observe="syscalls")
+    except NotJudgeable as err:
+        pytest.xfail(f"refused: {str(err)[:300]}")
+    finally:
+        stop.set()
+        t.join()
