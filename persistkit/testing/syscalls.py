@@ -568,6 +568,8 @@ class SyscallLog:
                     f.path = dst + f.path[len(src) :]
         if src in self._size:
             self._size[dst] = self._size.pop(src)
+        else:
+            self._size.pop(dst, None)
         for d in [d for d in self._dirs if d == src or d.startswith(src + os.sep)]:
             self._dirs.discard(d)
             self._dirs.add(dst + d[len(src) :])
@@ -610,7 +612,9 @@ class SyscallLog:
         self._emit(call, "link", src, dst=dst)
 
     def _on_unlink(self, call: Call, proc: _Proc) -> None:
-        self._emit(call, "unlink", self._resolve(proc, None, _path_arg(call.args[0])))
+        path = self._resolve(proc, None, _path_arg(call.args[0]))
+        self._size.pop(path, None)  # a file made again under this name starts empty
+        self._emit(call, "unlink", path)
 
     def _on_unlinkat(self, call: Call, proc: _Proc) -> None:
         path = self._resolve(proc, call.args[0], _path_arg(call.args[1]))

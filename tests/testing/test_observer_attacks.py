@@ -658,3 +658,23 @@ def test_a_logging_thread_writing_outside_the_root(crash_points, tmp_path):
     finally:
         stop.set()
         t.join()
+
+
+def test_a_journal_deleted_and_recreated_for_append(crash_points, tmp_path):
+    """unlink(2) (not unlinkat) of a log, then O_CREAT|O_APPEND writes: they land at 0."""
+    path = tmp_path / "log"
+    path.write_bytes(b"old-old-old")
+
+    def save():
+        os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(fd, b"new")
+        os.fsync(fd)
+        os.close(fd)
+        fsync_dir(tmp_path)
+
+    with pytest.raises(AssertionError, match="neither|not exist|No such"):  # deleted, then recreated: a gap
+        try:
+            crash_points(save, lambda: read(path), observe="syscalls")
+        except NotJudgeable as err:
+            pytest.fail(f"refused: {err}")
