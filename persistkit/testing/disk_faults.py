@@ -393,6 +393,7 @@ class _Plan:
                         )
                         report.cases += 1
                         if case is None:
+                            unjudged.setdefault(index, "the faulted run never made that call")
                             continue
                         if isinstance(case, str):
                             report.misfired += 1

@@ -678,3 +678,41 @@ def test_a_journal_deleted_and_recreated_for_append(crash_points, tmp_path):
             crash_points(save, lambda: read(path), observe="syscalls")
         except NotJudgeable as err:
             pytest.fail(f"refused: {err}")
+
+
+def test_a_fault_planned_for_a_call_the_faulted_run_never_makes_is_not_a_pass(disk_faults, tmp_path):
+    """The dry run flushed a log line (one more write than later runs make), so ``when=N`` for
+    the file's last write counts past it and never fires; that operation was never faulted.
+    The save swallows its write errors (the true verdict is FAIL): never a silent pass."""
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    log = os.open(os.devnull, os.O_WRONLY)
+    calls = [0]
+
+    def save():
+        calls[0] += 1
+        if calls[0] == 1:
+            os.write(log, b"first save\n")
+        tmp = str(path) + ".tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                try:
+                    os.write(fd, b"new")
+                except OSError:
+                    pass  # the bug
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        fsync_dir(tmp_path)
+
+    try:
+        with pytest.raises(AssertionError):
+            disk_faults(save, lambda: read(path), errnos=["ENOSPC"], modes=["once"], observe="syscalls")
+    finally:
+        os.close(log)
