@@ -36,6 +36,9 @@ from persistkit.io.recording import Op
 
 __all__ = ["Call", "FaultPoint", "SyscallLog", "parse"]
 
+# Where anonymous (O_TMPFILE) files are followed: a name no file system has.
+_ANONYMOUS = "/.persistkit-anonymous-file"
+
 _LINE = re.compile(r"^(\d+) +(.*)$")
 _CALL = re.compile(r"^([a-z0-9_]+)\((.*)\) += (.*)$", re.S)
 
@@ -394,7 +397,14 @@ class SyscallLog:
         f.sync = "O_SYNC" in flags or "O_DSYNC" in flags
         proc.fds[call.ret] = f
         if "O_TMPFILE" in flags:
-            f.path += " (deleted)"
+            if not writable:
+                f.path += " (deleted)"
+                return
+            # An anonymous file: followed under a name that exists nowhere (outside the root, so
+            # only what linkat() later publishes under the root is replayed).
+            f.path = path = f"{_ANONYMOUS}/{f.handle}"
+            f.announced = True
+            self._emit(call, "create", path, handle=f.handle, truncate=True)
             return
         if writable and ("O_CREAT" in flags or "O_TRUNC" in flags):
             f.announced = True
@@ -595,10 +605,15 @@ class SyscallLog:
 
     def _on_linkat(self, call: Call, proc: _Proc) -> None:
         flags = call.args[4] if len(call.args) > 4 else ""
+        magic = re.match(r"^/proc/(self|thread-self|\d+)/fd/(\d+)$", _path_arg(call.args[1]))
+        owner = proc if magic is None or not magic.group(1).isdigit() else self._procs.get(int(magic.group(1)))
         if "AT_EMPTY_PATH" in flags:
             fd, path = _fd_arg(call.args[0])
             f = proc.fds.get(fd)
             src = f.path if f is not None else (path or "")
+        elif magic is not None and "AT_SYMLINK_FOLLOW" in flags and owner is not None and int(magic.group(2)) in owner.fds:
+            # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW): open(2)'s way to publish O_TMPFILE
+            src = owner.fds[int(magic.group(2))].path
         else:
             src = self._resolve(proc, call.args[0], _path_arg(call.args[1]))
         self._link(call, src, self._resolve(proc, call.args[2], _path_arg(call.args[3])))
