@@ -737,3 +737,36 @@ def test_a_fault_planned_for_a_call_the_faulted_run_never_makes_is_not_a_pass(di
             disk_faults(save, lambda: read(path), errnos=["ENOSPC"], modes=["once"], observe="syscalls")
     finally:
         os.close(log)
+
+
+def test_a_save_that_keeps_a_checksum_in_an_xattr(crash_points, tmp_path):
+    """setxattr(2) is not a traced call, and snapshots do not carry xattrs: a correct save whose
+    load checks an xattr must not be FAILED for states the crash model rebuilt without it."""
+    import hashlib
+
+    path = tmp_path / "f"
+
+    def put(data):
+        tmp = str(path) + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.setxattr(fd, "user.sha", hashlib.sha256(data).digest())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(tmp_path)
+
+    try:
+        put(b"old")
+    except OSError as err:
+        pytest.skip(f"no user xattrs here: {err}")
+
+    def load():
+        data = read(path)
+        assert os.getxattr(path, "user.sha") == hashlib.sha256(data).digest(), "checksum"
+        return data
+
+    with pytest.raises(NotJudgeable, match="extended attributes"):  # honest: xattrs are not modelled
+        crash_points(lambda: put(b"new"), load, observe="syscalls")
