@@ -770,3 +770,27 @@ def test_a_save_that_keeps_a_checksum_in_an_xattr(crash_points, tmp_path):
 
     with pytest.raises(NotJudgeable, match="extended attributes"):  # honest: xattrs are not modelled
         crash_points(lambda: put(b"new"), load, observe="syscalls")
+
+
+@pytest.mark.xfail(strict=True, reason="UNFIXED: Snapshot/materialize drop file modes (and fifos, hard links, "
+                   "mtimes): a load that depends on them fails in states the save never produced")
+def test_a_save_whose_load_needs_the_mode_it_set(crash_points, tmp_path):
+    """A launcher script published atomically with mode 0755; load runs it. Every state the
+    crash model rebuilds has mode 0644, so even "after the save" fails: a false FAIL."""
+    path = tmp_path / "run.sh"
+
+    def put(text):
+        tmp = str(path) + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+        try:
+            os.write(fd, f"#!/bin/sh\necho {text}\n".encode())
+            os.fchmod(fd, 0o755)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(tmp_path)
+
+    put("old")
+    load = lambda: subprocess.run([str(path)], capture_output=True, check=True).stdout  # noqa: E731
+    crash_points(lambda: put("new"), load, observe="syscalls")
