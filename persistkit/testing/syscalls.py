@@ -567,6 +567,10 @@ class SyscallLog:
     def _on_fcntl(self, call: Call, proc: _Proc) -> None:
         if len(call.args) > 1 and call.args[1].startswith("F_DUPFD"):
             self._dup_to(proc, call.args[0], call.ret)
+        elif len(call.args) > 2 and call.args[1] == "F_SETFL":
+            f = proc.fds.get(_fd_arg(call.args[0])[0])
+            if f is not None:
+                f.append = "O_APPEND" in call.args[2]  # F_SETFL can switch O_APPEND (fcntl(2))
 
     def _rename(self, call: Call, proc: _Proc, src: str, dst: str, flags: str = "") -> None:
         if "RENAME_EXCHANGE" in flags:

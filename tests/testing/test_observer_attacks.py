@@ -794,3 +794,23 @@ def test_a_save_whose_load_needs_the_mode_it_set(crash_points, tmp_path):
     put("old")
     load = lambda: subprocess.run([str(path)], capture_output=True, check=True).stdout  # noqa: E731
     crash_points(lambda: put("new"), load, observe="syscalls")
+
+
+def test_o_append_switched_on_with_fcntl(crash_points, tmp_path):
+    """fcntl(F_SETFL, O_APPEND) makes later writes land at the end of the file (fcntl(2))."""
+    import fcntl
+
+    path = tmp_path / "log"
+    path.write_bytes(b"rec0\n")
+
+    def save():
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)
+            os.write(fd, b"rec1\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    assert_judged(crash_points, save, lambda: read(path).splitlines()[0], model="process")
+    assert read(path) == b"rec0\nrec1\n"
