@@ -419,7 +419,9 @@ class _Plan:
                 "disk_faults: no verdict, because no fault planned for these operations landed on them "
                 "(strace counts calls per thread, and this save made a different number of them on the "
                 "faulted run):\n  - "
-                + "\n  - ".join(f"{_rel(operations[targets[i]], top)}: {why}" for i, why in sorted(never.items()))
+                + "\n  - ".join(
+                    f"{_rel(operations[targets[i]], top)}: {why}" for i, why in sorted(never.items())
+                )
             )
         return report
 

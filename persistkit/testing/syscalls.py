@@ -340,9 +340,7 @@ class SyscallLog:
             f.announced = True
             self._emit(call, "open_existing", f.path, handle=f.handle)
 
-    def _write(
-        self, call: Call, f: _File, data: bytes, cut: bool, offset: int | None, rwf: str = ""
-    ) -> None:
+    def _write(self, call: Call, f: _File, data: bytes, cut: bool, offset: int | None, rwf: str = "") -> None:
         n = call.ret or 0
         if n <= 0:
             return
@@ -610,12 +608,19 @@ class SyscallLog:
     def _on_linkat(self, call: Call, proc: _Proc) -> None:
         flags = call.args[4] if len(call.args) > 4 else ""
         magic = re.match(r"^/proc/(self|thread-self|\d+)/fd/(\d+)$", _path_arg(call.args[1]))
-        owner = proc if magic is None or not magic.group(1).isdigit() else self._procs.get(int(magic.group(1)))
+        owner = (
+            proc if magic is None or not magic.group(1).isdigit() else self._procs.get(int(magic.group(1)))
+        )
         if "AT_EMPTY_PATH" in flags:
             fd, path = _fd_arg(call.args[0])
             f = proc.fds.get(fd)
             src = f.path if f is not None else (path or "")
-        elif magic is not None and "AT_SYMLINK_FOLLOW" in flags and owner is not None and int(magic.group(2)) in owner.fds:
+        elif (
+            magic is not None
+            and "AT_SYMLINK_FOLLOW" in flags
+            and owner is not None
+            and int(magic.group(2)) in owner.fds
+        ):
             # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW): open(2)'s way to publish O_TMPFILE
             src = owner.fds[int(magic.group(2))].path
         else:
