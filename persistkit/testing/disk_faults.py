@@ -504,7 +504,11 @@ class _Plan:
              if c.tid == point.tid and c.name == point.syscall and c.ordinal == point.ordinal),
             None,
         )  # fmt: skip
-        if planned is not None and _lands_inside(planned, self.top) != _lands_inside(first, self.top):
+        where = (
+            _lands_inside(planned, self.top) if planned is not None else None,
+            _lands_inside(first, self.top),
+        )
+        if None not in where and where[0] != where[1]:
             # when=N counts every call of the thread: an extra one elsewhere (a log flush) took the fault
             return _Fired(
                 error, True, misfired=f"{first.describe()} took the fault instead of {target.describe()}"
