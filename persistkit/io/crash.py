@@ -312,9 +312,13 @@ class CrashSimulator:
                         f"{dst}: linked from {op.path}, a file outside the root that existed before the save "
                         "(its contents then are unknown)"
                     )
+                linked = ns.get(rel)
                 if rel in ns:
                     ns[dst] = ns[rel]
-                a.metas.append(_Meta(pos, "link", rel, dst=dst, dirs=(_parent(dst),)))
+                a.metas.append(
+                    _Meta(pos, "link", rel, dst=dst, inode=linked if isinstance(linked, int) else 0,
+                          dirs=(_parent(dst),))
+                )  # fmt: skip
             elif op.kind == "replace":
                 dst = self._rel(op.dst or "")
                 if rel not in ns and not rel.startswith("..") and not dst.startswith(".."):
@@ -324,6 +328,7 @@ class CrashSimulator:
                         f"{dst}: renamed from {op.path}, a file outside the root that existed before the save "
                         "(its contents then are unknown)"
                     )
+                source = ns.get(rel)
                 moved = {p: v for p, v in ns.items() if p == rel or p.startswith(rel + os.sep)}
                 for p in moved:
                     del ns[p]
@@ -334,7 +339,10 @@ class CrashSimulator:
                 # A rename is one journal transaction on ext4/xfs: syncing the directory that gains
                 # the name makes the whole move durable (requiring both would fail correct saves
                 # that move a file in from a scratch directory and sync the target directory).
-                a.metas.append(_Meta(pos, "rename", rel, dst=dst, dirs=(_parent(dst),)))
+                a.metas.append(
+                    _Meta(pos, "rename", rel, dst=dst, inode=source if isinstance(source, int) else 0,
+                          dirs=(_parent(dst),))
+                )  # fmt: skip
             elif op.kind == "unlink":
                 ns.pop(rel, None)
                 a.metas.append(_Meta(pos, "unlink", rel, dirs=(_parent(rel),)))
@@ -505,7 +513,7 @@ class CrashSimulator:
             elif m.kind == "symlink":
                 ns[m.path] = Entry("symlink", target=m.target)
             elif m.kind == "link":
-                if m.path not in ns:
+                if m.path not in ns or (m.inode and ns[m.path] != m.inode):
                     return None  # the link cannot persist without its source
                 if _is_dir(ns, _parent(m.dst)):
                     ns[m.dst] = ns[m.path]
@@ -516,8 +524,10 @@ class CrashSimulator:
                     return None
                 del ns[m.path]
             elif m.kind == "rename":
-                if m.path not in ns:
-                    return None  # the rename cannot persist without its source's creation
+                if m.path not in ns or (m.inode and ns[m.path] != m.inode):
+                    # the rename cannot persist without its source's creation: a name that still
+                    # points at another file (an unlink and re-create of it reverted) is not the source
+                    return None
                 moved = {p: v for p, v in ns.items() if p == m.path or p.startswith(m.path + os.sep)}
                 for p in moved:
                     del ns[p]

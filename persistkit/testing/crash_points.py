@@ -38,7 +38,14 @@ from persistkit.io.crash import CrashSimulator, Snapshot
 from persistkit.io.recording import Op, RecordingFS
 from persistkit.testing.compare import first_difference
 from persistkit.testing.intercept import GuardFS, Interceptor
-from persistkit.testing.observe import Observation, check_explained, choose, observe_command, observe_save
+from persistkit.testing.observe import (
+    NotJudgeable,
+    Observation,
+    check_explained,
+    choose,
+    observe_command,
+    observe_save,
+)
 from persistkit.testing.report import RECORDER, Recorder
 
 __all__ = ["ConcurrencyReport", "CrashPoints", "CrashReport", "Outcome", "outcome", "record_save"]
@@ -343,6 +350,13 @@ class CrashPoints:
                 progress.tick(report.states, len(report.violations))
                 state.materialize(top)
                 got = outcome(load)
+                if state.after == 0 and got.same_as(expected_after) and not got.same_as(expected_before):
+                    # The state before the first operation is the initial directory itself.
+                    raise NotJudgeable(
+                        "crash_points: no verdict, because load() returned the new state from the directory "
+                        "as it was before the save: it does not read what the save wrote (an in-process "
+                        "cache? a path outside root?), so no crash state can be judged by it."
+                    )
                 if got.same_as(expected_after):
                     report.new_states += 1
                     continue

@@ -57,7 +57,7 @@ from persistkit.testing.intercept import GuardFS, Interceptor
 from persistkit.testing.observe import Observation, check_explained, choose, observe_command, observe_save
 from persistkit.testing.report import RECORDER, Recorder
 from persistkit.testing.strace import Injection
-from persistkit.testing.syscalls import FaultPoint
+from persistkit.testing.syscalls import Call, FaultPoint, _fd_arg, _path_arg
 
 __all__ = ["DEFAULT_LITTER", "DiskFaults", "FaultReport", "open_fds"]
 
@@ -377,6 +377,8 @@ class _Plan:
         if max_operations is not None and len(indexes) > max_operations:
             step = (len(indexes) - 1) / max(max_operations - 1, 1)
             indexes = sorted({round(i * step) for i in range(max_operations)})
+        judged: set[int] = set()
+        unjudged: dict[int, str] = {}  # operation index -> why its faults all landed elsewhere
         try:
             for index in indexes:
                 for name, code in [codes[index % len(codes)]] if rotate_errnos else codes:
@@ -393,10 +395,13 @@ class _Plan:
                         )
                         report.cases += 1
                         if case is None:
+                            unjudged.setdefault(index, "the faulted run never made that call")
                             continue
                         if isinstance(case, str):
                             report.misfired += 1
+                            unjudged.setdefault(index, case)
                             continue
+                        judged.add(index)
                         report.fired += 1
                         report.raised += int(case.raised is not None)
                         if case.problems:
@@ -408,6 +413,18 @@ class _Plan:
         self.owner.recorder.add_run("disk_faults", faults=report.fired, violations=len(report.violations))
         if report.violations:
             raise AssertionError(self.owner._message(report, top))
+        never = {i: why for i, why in unjudged.items() if i not in judged}
+        if never:
+            from persistkit.testing.observe import NotJudgeable
+
+            raise NotJudgeable(
+                "disk_faults: no verdict, because no fault planned for these operations landed on them "
+                "(strace counts calls per thread, and this save made a different number of them on the "
+                "faulted run):\n  - "
+                + "\n  - ".join(
+                    f"{_rel(operations[targets[i]], top)}: {why}" for i, why in sorted(never.items())
+                )
+            )
         return report
 
     def _dry_run(self, before: Snapshot) -> tuple[list[str], list[int]]:
@@ -485,6 +502,25 @@ class _Plan:
         if first.name != point.syscall or first.ordinal != point.ordinal:
             return _Fired(
                 error, True, misfired=f"{first.name} #{first.ordinal} instead of {target.describe()}"
+            )
+        planned = next(
+            (c for c in self.dry.calls
+             if c.tid == point.tid and c.name == point.syscall and c.ordinal == point.ordinal),
+            None,
+        )  # fmt: skip
+        where = (
+            _lands_inside(planned, self.top) if planned is not None else None,
+            _lands_inside(first, self.top),
+        )
+        if None not in where and where[0] != where[1]:
+            # when=N counts every call of the thread: an extra one elsewhere (a log flush) took the fault
+            return _Fired(
+                error, True, misfired=f"{first.describe()} took the fault instead of {target.describe()}"
+            )
+        if not persistent and len(obs.injected) > 1:
+            # strace counts when=N per thread: the N-th call of every thread failed, not one call
+            return _Fired(
+                error, True, misfired=f"{len(obs.injected)} calls failed instead of {target.describe()} alone"
             )
         return _Fired(error, True, target.describe(), target.kind)
 
@@ -593,6 +629,27 @@ class _Plan:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ResourceWarning)
                     gc.collect()
+
+
+def _call_target(call: Call) -> str | None:
+    """The file a call acts on, from its arguments (None: not known)."""
+    a = call.args
+    if not a:
+        return None
+    if a[0].startswith('"'):
+        return os.path.abspath(_path_arg(a[0]))
+    fd, path = _fd_arg(a[0])
+    if len(a) > 1 and a[1].startswith('"') and (fd == -100 or call.name.endswith(("at", "at2"))):
+        p = _path_arg(a[1])
+        return p if os.path.isabs(p) else os.path.join(path or os.getcwd(), p)
+    return path
+
+
+def _lands_inside(call: Call, top: str) -> bool | None:
+    target = _call_target(call)
+    if target is None:
+        return None
+    return _under(os.path.realpath(target), os.path.realpath(top))
 
 
 def _under(path: str, top: str) -> bool:

@@ -248,6 +248,15 @@ def check_explained(
             + f". Point root= at a directory that holds everything the save writes (now {root}), or, for "
             "files that are not part of the saved state (a log), pass allow_outside=['/path/*.log']."
         )
+    tagged = _user_xattrs(root)
+    if tagged:
+        problems.append(
+            "files under the root carry extended attributes ("
+            + ", ".join(tagged[:4])
+            + (" ..." if len(tagged) > 4 else "")
+            + "), which crash states are rebuilt without (and setxattr is not observed): a load that "
+            "reads them would fail in every state"
+        )
     diff = [] if problems else _unexplained(sim, after)
     if diff:
         seen = len(sim.ops)
@@ -276,6 +285,23 @@ def check_explained(
             f"{fixture}: no verdict, because the {obs.observer} observer did not see the whole save.\n  - "
             + "\n  - ".join(problems)
         )
+
+
+def _user_xattrs(root: str) -> list[str]:
+    """Paths under ``root`` with user.* extended attributes (snapshots do not carry them)."""
+    out: list[str] = []
+    if not hasattr(os, "listxattr"):
+        return out
+    for dirpath, dirs, files in os.walk(root):
+        for name in files + dirs:
+            full = os.path.join(dirpath, name)
+            try:
+                names = os.listxattr(full, follow_symlinks=False)
+            except OSError:
+                continue
+            if any(n.startswith("user.") for n in names):
+                out.append(os.path.relpath(full, root))
+    return sorted(out)
 
 
 def _unexplained(sim: CrashSimulator, after: Snapshot) -> list[str]:

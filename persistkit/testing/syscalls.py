@@ -36,6 +36,9 @@ from persistkit.io.recording import Op
 
 __all__ = ["Call", "FaultPoint", "SyscallLog", "parse"]
 
+# Where anonymous (O_TMPFILE) files are followed: a name no file system has.
+_ANONYMOUS = "/.persistkit-anonymous-file"
+
 _LINE = re.compile(r"^(\d+) +(.*)$")
 _CALL = re.compile(r"^([a-z0-9_]+)\((.*)\) += (.*)$", re.S)
 _HEX = re.compile(r"\\x([0-9a-f]{2})")
@@ -186,6 +189,7 @@ class _File:
     directory: bool
     pos: int = 0
     announced: bool = False
+    sync: bool = False  # O_SYNC/O_DSYNC: every write is durable when it returns (open(2))
 
 
 @dataclass
@@ -229,12 +233,27 @@ class SyscallLog:
     _first_tids: set[int] = field(default_factory=set)
     _size: dict[str, int] = field(default_factory=dict)
     _spawned: dict[int, tuple[int, str]] = field(default_factory=dict)
+    _dirs: set[str] = field(default_factory=set)  # directories the save made (and where they moved)
 
     def __post_init__(self) -> None:
         self.root = os.path.abspath(self.root)
+        # strace's -y decorations are paths with every symlink resolved; path arguments are not.
+        # Everything is kept resolved internally and shown under ``root`` as the caller spelled it.
+        self._real = os.path.realpath(self.root)
         self._size = {
-            os.path.join(self.root, p) if not os.path.isabs(p) else p: n for p, n in self.sizes.items()
+            self._canon(os.path.join(self.root, p) if not os.path.isabs(p) else p): n
+            for p, n in self.sizes.items()
         }
+
+    def _canon(self, path: str) -> str:
+        """``path`` with the symlinks of its directory resolved (its last component kept as is)."""
+        head, tail = os.path.split(os.path.normpath(path))
+        return os.path.join(os.path.realpath(head), tail) if tail else os.path.realpath(head)
+
+    def _shown(self, path: str) -> str:
+        if path == self._real or path.startswith(self._real + os.sep):
+            return self.root + path[len(self._real) :]
+        return path
 
     # -- bookkeeping ------------------------------------------------------------------
     def _proc(self, tid: int) -> _Proc:
@@ -260,7 +279,7 @@ class SyscallLog:
         return next(iter(self._procs.values()), None)
 
     def inside(self, path: str) -> bool:
-        return path == self.root or path.startswith(self.root + os.sep)
+        return any(path == r or path.startswith(r + os.sep) for r in (self.root, self._real))
 
     def _interesting(self, path: str) -> bool:
         """A path whose changes matter: a regular location, not a pipe, socket or /proc."""
@@ -268,7 +287,7 @@ class SyscallLog:
 
     def _resolve(self, proc: _Proc, dirfd_arg: str | None, path: str) -> str:
         if os.path.isabs(path):
-            return os.path.normpath(path)
+            return self._canon(path)
         base = proc.cwd[0]
         if dirfd_arg is not None:
             fd, decorated = _fd_arg(dirfd_arg)
@@ -276,13 +295,16 @@ class SyscallLog:
                 base = decorated
             elif fd != -100 and fd in proc.fds:
                 base = proc.fds[fd].path
-        return os.path.normpath(os.path.join(base, path))
+        return self._canon(os.path.join(base, path))
 
     def _emit(self, call: Call, kind: str, path: str, **kw: object) -> None:
         if not self._interesting(path) and not (kw.get("dst") and self._interesting(str(kw["dst"]))):
             return
         if path.endswith(" (deleted)"):
             return  # an anonymous or already-unlinked file: nothing anyone can load
+        path = self._shown(path)
+        if isinstance(kw.get("dst"), str) and kind != "symlink":
+            kw["dst"] = self._shown(str(kw["dst"]))
         for p in (path, kw.get("dst")):
             changed = kind not in ("close", "fsync") and (kind != "symlink" or p == path)
             if changed and isinstance(p, str) and p.startswith("/") and not self.inside(p):
@@ -308,7 +330,7 @@ class SyscallLog:
                 flags = known[2]
                 f = _File(
                     self._handles, path, append=bool(flags & os.O_APPEND), writable=flags & os.O_ACCMODE != 0,
-                    directory=os.path.isdir(path), pos=known[1],
+                    directory=os.path.isdir(path), pos=known[1], sync=bool(flags & (os.O_SYNC | os.O_DSYNC)),
                 )  # fmt: skip
             else:
                 f = _File(
@@ -322,13 +344,16 @@ class SyscallLog:
             f.announced = True
             self._emit(call, "open_existing", f.path, handle=f.handle)
 
-    def _write(self, call: Call, f: _File, data: bytes, cut: bool, offset: int | None) -> None:
+    def _write(self, call: Call, f: _File, data: bytes, cut: bool, offset: int | None, rwf: str = "") -> None:
         n = call.ret or 0
         if n <= 0:
             return
         if cut and len(data) < n:
             self.blind.append(f"{f.path}: a {n}-byte write is longer than strace's string limit")
-        if offset is None:
+        if (f.append and "RWF_NOAPPEND" not in rwf) or "RWF_APPEND" in rwf:
+            # On Linux pwrite/pwritev ignore the offset of an O_APPEND descriptor (pwrite(2), BUGS)
+            offset = self._size.get(f.path, 0)
+        elif offset is None:
             if f.append:
                 offset = self._size.get(f.path, 0)
             elif f.pos < 0:
@@ -342,6 +367,8 @@ class SyscallLog:
         self._announce(call, f)
         self._size[f.path] = max(self._size.get(f.path, 0), offset + n)
         self._emit(call, "write", f.path, handle=f.handle, offset=offset, data=data[:n])
+        if f.sync or "RWF_SYNC" in rwf or "RWF_DSYNC" in rwf:
+            self._emit(call, "fsync", f.path, handle=f.handle)
 
     # -- the calls --------------------------------------------------------------------
     def feed(self, calls: list[Call]) -> SyscallLog:
@@ -365,12 +392,21 @@ class SyscallLog:
             return
         path = call.ret_path or self._resolve(proc, dirfd, _path_arg(path_arg))
         writable = "O_WRONLY" in flags or "O_RDWR" in flags
-        directory = "O_DIRECTORY" in flags or (not writable and os.path.isdir(path))
+        # A directory the save made may be gone (renamed, removed) by the time the trace is read.
+        directory = "O_DIRECTORY" in flags or (not writable and (path in self._dirs or os.path.isdir(path)))
         self._handles += 1
         f = _File(self._handles, path, "O_APPEND" in flags, writable, directory)
+        f.sync = "O_SYNC" in flags or "O_DSYNC" in flags
         proc.fds[call.ret] = f
         if "O_TMPFILE" in flags:
-            f.path += " (deleted)"
+            if not writable:
+                f.path += " (deleted)"
+                return
+            # An anonymous file: followed under a name that exists nowhere (outside the root, so
+            # only what linkat() later publishes under the root is replayed).
+            f.path = path = f"{_ANONYMOUS}/{f.handle}"
+            f.announced = True
+            self._emit(call, "create", path, handle=f.handle, truncate=True)
             return
         if writable and ("O_CREAT" in flags or "O_TRUNC" in flags):
             f.announced = True
@@ -427,7 +463,8 @@ class SyscallLog:
         if f is not None:
             data, cut = self._iov(call.args[1])
             offset = _int(call.args[3])
-            self._write(call, f, data, cut, None if offset == -1 else offset)
+            rwf = call.args[4] if len(call.args) > 4 else ""
+            self._write(call, f, data, cut, None if offset == -1 else offset, rwf)
 
     _on_pwritev2 = _on_pwritev
 
@@ -493,7 +530,17 @@ class SyscallLog:
     def _on_sync(self, call: Call, proc: _Proc) -> None:
         self._emit(call, "sync_all", self.root)
 
-    _on_syncfs = _on_sync
+    def _on_syncfs(self, call: Call, proc: _Proc) -> None:
+        # syncfs(fd) syncs only the file system holding fd (syncfs(2)): another one's says nothing
+        _, path = _fd_arg(call.args[0])
+        f = proc.fds.get(_fd_arg(call.args[0])[0])
+        where = path or (f.path if f is not None else None)
+        try:
+            same = where is not None and os.stat(where).st_dev == os.stat(self.root).st_dev
+        except OSError:
+            same = False
+        if same:
+            self._emit(call, "sync_all", self.root)
 
     def _on_close(self, call: Call, proc: _Proc) -> None:
         fd, _ = _fd_arg(call.args[0])
@@ -523,6 +570,10 @@ class SyscallLog:
     def _on_fcntl(self, call: Call, proc: _Proc) -> None:
         if len(call.args) > 1 and call.args[1].startswith("F_DUPFD"):
             self._dup_to(proc, call.args[0], call.ret)
+        elif len(call.args) > 2 and call.args[1] == "F_SETFL":
+            f = proc.fds.get(_fd_arg(call.args[0])[0])
+            if f is not None:
+                f.append = "O_APPEND" in call.args[2]  # F_SETFL can switch O_APPEND (fcntl(2))
 
     def _rename(self, call: Call, proc: _Proc, src: str, dst: str, flags: str = "") -> None:
         if "RENAME_EXCHANGE" in flags:
@@ -534,6 +585,11 @@ class SyscallLog:
                     f.path = dst + f.path[len(src) :]
         if src in self._size:
             self._size[dst] = self._size.pop(src)
+        else:
+            self._size.pop(dst, None)
+        for d in [d for d in self._dirs if d == src or d.startswith(src + os.sep)]:
+            self._dirs.discard(d)
+            self._dirs.add(dst + d[len(src) :])
         self._emit(call, "replace", src, dst=dst)
 
     def _on_rename(self, call: Call, proc: _Proc) -> None:
@@ -556,10 +612,22 @@ class SyscallLog:
 
     def _on_linkat(self, call: Call, proc: _Proc) -> None:
         flags = call.args[4] if len(call.args) > 4 else ""
+        magic = re.match(r"^/proc/(self|thread-self|\d+)/fd/(\d+)$", _path_arg(call.args[1]))
+        owner = (
+            proc if magic is None or not magic.group(1).isdigit() else self._procs.get(int(magic.group(1)))
+        )
         if "AT_EMPTY_PATH" in flags:
             fd, path = _fd_arg(call.args[0])
             f = proc.fds.get(fd)
             src = f.path if f is not None else (path or "")
+        elif (
+            magic is not None
+            and "AT_SYMLINK_FOLLOW" in flags
+            and owner is not None
+            and int(magic.group(2)) in owner.fds
+        ):
+            # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW): open(2)'s way to publish O_TMPFILE
+            src = owner.fds[int(magic.group(2))].path
         else:
             src = self._resolve(proc, call.args[0], _path_arg(call.args[1]))
         self._link(call, src, self._resolve(proc, call.args[2], _path_arg(call.args[3])))
@@ -573,22 +641,31 @@ class SyscallLog:
         self._emit(call, "link", src, dst=dst)
 
     def _on_unlink(self, call: Call, proc: _Proc) -> None:
-        self._emit(call, "unlink", self._resolve(proc, None, _path_arg(call.args[0])))
+        path = self._resolve(proc, None, _path_arg(call.args[0]))
+        self._size.pop(path, None)  # a file made again under this name starts empty
+        self._emit(call, "unlink", path)
 
     def _on_unlinkat(self, call: Call, proc: _Proc) -> None:
         path = self._resolve(proc, call.args[0], _path_arg(call.args[1]))
         kind = "rmdir" if "AT_REMOVEDIR" in (call.args[2] if len(call.args) > 2 else "") else "unlink"
         self._size.pop(path, None)
+        self._dirs.discard(path)
         self._emit(call, kind, path)
 
     def _on_rmdir(self, call: Call, proc: _Proc) -> None:
-        self._emit(call, "rmdir", self._resolve(proc, None, _path_arg(call.args[0])))
+        path = self._resolve(proc, None, _path_arg(call.args[0]))
+        self._dirs.discard(path)
+        self._emit(call, "rmdir", path)
 
     def _on_mkdir(self, call: Call, proc: _Proc) -> None:
-        self._emit(call, "mkdir", self._resolve(proc, None, _path_arg(call.args[0])))
+        path = self._resolve(proc, None, _path_arg(call.args[0]))
+        self._dirs.add(path)
+        self._emit(call, "mkdir", path)
 
     def _on_mkdirat(self, call: Call, proc: _Proc) -> None:
-        self._emit(call, "mkdir", self._resolve(proc, call.args[0], _path_arg(call.args[1])))
+        path = self._resolve(proc, call.args[0], _path_arg(call.args[1]))
+        self._dirs.add(path)
+        self._emit(call, "mkdir", path)
 
     def _on_symlink(self, call: Call, proc: _Proc) -> None:
         target = _path_arg(call.args[0])
