@@ -104,3 +104,22 @@ def test_load_report_repr_is_a_summary(tmp_path):
         report = store.load()
     store.close()
     assert repr(report) == "<LoadReport generation None; log: defaults>"
+
+
+def test_register_keeps_the_component_type(tmp_path):
+    """mypy sees BoundedLog[T] come back from StateStore.register (checked with mypy itself)."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "typed.py"
+    src.write_text(
+        "import datetime as dt\n"
+        "import persistkit as pk\n"
+        "store = pk.StateStore('s')\n"
+        "trades = store.register('trades', pk.BoundedLog[dt.datetime](10))\n"
+        "reveal_type(trades)\n"
+        "trades.append(1)\n"
+    )
+    out = subprocess.run([sys.executable, "-m", "mypy", "--strict", str(src)], capture_output=True, text=True)
+    assert 'Revealed type is "persistkit.state.bounded.BoundedLog[datetime.datetime]"' in out.stdout
+    assert 'incompatible type "int"; expected "datetime"' in out.stdout  # the element type is enforced

@@ -45,8 +45,8 @@ class Bot:
     def __init__(self, store: StateStore, *, seed: int = 0, deep_every: int = 25) -> None:
         self.store = store
         self.feed = PriceFeed(seed)
-        self.trades = BoundedLog(HISTORY)
-        self.equity = BoundedLog(HISTORY)
+        self.trades: BoundedLog[dict[str, Any]] = BoundedLog(HISTORY)
+        self.equity: BoundedLog[tuple[dt.datetime, float]] = BoundedLog(HISTORY)
         self.risk = RiskManager()
         self.signal = SignalModel(seed)
         self.deep = DeepSignalModel(seed)

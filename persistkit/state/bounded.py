@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from persistkit.errors import FormatError
 
@@ -14,20 +14,23 @@ if TYPE_CHECKING:
 
 __all__ = ["BoundedLog"]
 
+T = TypeVar("T")
 
-class BoundedLog:
+
+class BoundedLog(Generic[T]):
     """Keeps the newest ``maxlen`` items (trade history, equity curve).
 
     Unregistered, it is an in-memory bounded list. Registered with a
     ``StateStore``, every ``append``/``extend``/``clear`` is written to the
     store's journal first, so with ``sync="always"`` an item is durable when
-    ``append`` returns. Replay on load respects ``maxlen``.
+    ``append`` returns. Replay on load respects ``maxlen``. ``BoundedLog[Trade](1000)``
+    keeps its item type through ``StateStore.register``.
     """
 
-    def __init__(self, maxlen: int, items: Iterable[Any] = ()) -> None:
+    def __init__(self, maxlen: int, items: Iterable[T] = ()) -> None:
         if type(maxlen) is not int or maxlen <= 0:
             raise ValueError(f"maxlen must be a positive int, not {maxlen!r}")
-        self._items: collections.deque[Any] = collections.deque(items, maxlen)
+        self._items: collections.deque[T] = collections.deque(items, maxlen)
         self._store: StateStore | None = None
         self._name = ""
         self._lock = threading.RLock()
@@ -43,13 +46,13 @@ class BoundedLog:
         # and there is no lock-order inversion between them.
         self._lock = store.lock
 
-    def append(self, item: Any) -> None:
+    def append(self, item: T) -> None:
         with self._lock:
             if self._store is not None:
                 self._store.journal_append(self._name, item)  # durable first, then visible
             self._items.append(item)
 
-    def extend(self, items: Iterable[Any]) -> None:
+    def extend(self, items: Iterable[T]) -> None:
         for item in items:
             self.append(item)
 
@@ -59,7 +62,7 @@ class BoundedLog:
                 self._store.journal_clear(self._name)
             self._items.clear()
 
-    def replay_append(self, item: Any) -> None:
+    def replay_append(self, item: T) -> None:
         """Append without journaling: for replay, or for entries re-derived from other journaled state."""
         self._items.append(item)
 
@@ -70,14 +73,14 @@ class BoundedLog:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         return iter(list(self._items))
 
     @overload
-    def __getitem__(self, index: int) -> Any: ...
+    def __getitem__(self, index: int) -> T: ...
     @overload
-    def __getitem__(self, index: slice) -> list[Any]: ...
-    def __getitem__(self, index: int | slice) -> Any:
+    def __getitem__(self, index: slice) -> list[T]: ...
+    def __getitem__(self, index: int | slice) -> T | list[T]:
         if isinstance(index, slice):
             return list(self._items)[index]
         return self._items[index]

@@ -29,7 +29,7 @@ import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import xxhash
 
@@ -72,6 +72,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("persistkit")
+_C = TypeVar("_C")
 
 _NAME_RE = gens.NAME_RE
 STORE_FILE = "STORE"
@@ -181,14 +182,15 @@ class StateStore:
     def register(
         self,
         name: str,
-        component: Any,
+        component: _C,
         *,
         version: int = 1,
         migrations: Mapping[int, Callable[[Any], Any]] | None = None,
         max_bytes: int | None = None,
         validate: Callable[[Any], Any] | None = None,
-    ) -> Any:
-        """Register ``component`` under ``name``; returns the component."""
+    ) -> _C:
+        """Register ``component`` under ``name``; returns the component, with its type (a
+        ``BoundedLog[Trade]`` stays one)."""
         if not _NAME_RE.fullmatch(name):
             raise ValueError(f"component name {name!r} must be letters, digits, '_', '.', '-' (max 100)")
         if name in self._components:
@@ -204,7 +206,7 @@ class StateStore:
         self._components[name] = Registration(
             name, component, version, dict(migrations or {}), max_bytes, validate, is_log
         )
-        if is_log:
+        if isinstance(component, BoundedLog):
             component._attach(self, name)
         return component
 
