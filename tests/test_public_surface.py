@@ -123,3 +123,11 @@ def test_register_keeps_the_component_type(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mypy", "--strict", str(src)], capture_output=True, text=True)
     assert 'Revealed type is "persistkit.state.bounded.BoundedLog[datetime.datetime]"' in out.stdout
     assert 'incompatible type "int"; expected "datetime"' in out.stdout  # the element type is enforced
+
+
+def test_sizes_print_one_way():
+    from persistkit.units import size
+
+    assert [size(n) for n in (0, 812, 1024, 1772, 3 * 1024**2, 5 * 1024**4)] == [
+        "0 B", "812 B", "1.0 KiB", "1.7 KiB", "3.0 MiB", "5.0 TiB",
+    ]  # fmt: skip

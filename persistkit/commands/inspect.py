@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from persistkit.errors import PersistkitError
+from persistkit.units import size
 
 if TYPE_CHECKING:
     from persistkit.format.envelope import Header
@@ -24,15 +25,6 @@ if TYPE_CHECKING:
     from persistkit.inspection import Info
 
 __all__ = ["inspect_command", "verify_command"]
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def _summary(info: dict[str, Any]) -> str:
@@ -110,7 +102,7 @@ def _print_info(file: Path, info: Info) -> None:
     elif isinstance(info, JournalInfo):
         click.echo(f"{file}  persistkit journal")
         click.echo(f"  records     {info.records} (from sequence {info.first_seq})")
-        click.echo(f"  size        {_size(info.bytes)}")
+        click.echo(f"  size        {size(info.bytes)}")
         if info.torn_bytes:
             click.echo(
                 f"  torn tail   {info.torn_bytes} bytes (an append never acknowledged; dropped on load)"
@@ -138,8 +130,8 @@ def _print_header(file: Path, header: Header) -> None:
     else:
         click.echo(f"  encrypted   {enc.alg}, key file")
     click.echo(
-        f"  size        {_size(header.plain_len)} plain, {_size(header.stored_len)} stored, "
-        f"{_size(header.total_len)} file"
+        f"  size        {size(header.plain_len)} plain, {size(header.stored_len)} stored, "
+        f"{size(header.total_len)} file"
     )
     for name, value in header.meta.items():
         click.echo(f"  meta        {name} = {value}")
@@ -179,8 +171,8 @@ def _print_manifest(file: Path, manifest: Manifest) -> None:
             m.role,
             m.codec,
             m.compression,
-            _size(m.plain_len),
-            _size(m.envelope_len),
+            size(m.plain_len),
+            size(m.envelope_len),
             m.digest[:16] + "…",
             _summary(dict(m.info)),
         )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from persistkit.errors import PersistkitError
+from persistkit.units import size
 
 if TYPE_CHECKING:  # the store modules load only when a command runs
     from persistkit.state.inspection import StoreInfo
@@ -83,7 +84,7 @@ def print_store_table(info: StoreInfo, *, authenticated: bool = False) -> None:
         click.echo("  no generations")
     for gen in info.generations:
         click.echo("")
-        click.echo(f"  {gen.directory}  {gen.status}  {gen.created}  {_size(gen.bytes)}")
+        click.echo(f"  {gen.directory}  {gen.status}  {gen.created}  {size(gen.bytes)}")
         if gen.components:
             width = max(len(c.name) for c in gen.components)
             click.echo(f"    {'component'.ljust(width)}  schema  {'bytes':>10}")
@@ -110,14 +111,3 @@ def print_store_table(info: StoreInfo, *, authenticated: bool = False) -> None:
     elif info.verified:
         how = ", MACs included" if info.encrypted else " (not encrypted: checksums, no MACs)"
         click.echo(f"verified: every committed generation is intact{how}")
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    size = float(n)
-    for unit in ("KiB", "MiB", "GiB"):
-        size /= 1024
-        if size < 1024 or unit == "GiB":
-            break
-    return f"{size:.1f} {unit}"

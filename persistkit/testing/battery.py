@@ -42,6 +42,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from persistkit.units import size
+
 __all__ = [
     "DEFAULT_KILLS",
     "DEFAULT_TARGET",
@@ -463,7 +465,7 @@ class Battery:
             problem = first_difference(expected, self._reader(where)(), "snapshot()")
             if problem is not None:
                 raise AssertionError(f"saved, then opened again: {problem}")
-            return {"bytes": self._bytes(where)}
+            return {"bytes": size(self._bytes(where))}
         rt = Roundtrip(self.dir("roundtrip-files"))
         with self._app(where) as app:
             self._steps(app, self.settings.steps)
@@ -474,7 +476,7 @@ class Battery:
                     rt(_state_of(comp), via="envelope")
                 except AssertionError as err:
                     raise AssertionError(f"component {name!r}: {err}") from None
-        return {"components": len(comps), "bytes": checkpoint.total_bytes}
+        return {"components": len(comps), "bytes": size(checkpoint.total_bytes)}
 
     def check_lifecycle(self) -> dict[str, Any]:
         from persistkit.testing.lifecycle import Lifecycle
@@ -729,8 +731,8 @@ class Battery:
             "saves": len(secs),
             "save median": f"{statistics.median(secs) * 1000:.1f} ms" if secs else "-",
             "save max": f"{max(secs) * 1000:.1f} ms" if secs else "-",
-            "largest file": f"{max(files.values()):,} B" if files else "-",
-            "bytes": sum(files.values()),
+            "largest file": size(max(files.values())) if files else "-",
+            "bytes": size(sum(files.values())),
         }
         problems = check_budget(fs, Budget(self.settings.max_bytes, self.settings.max_save_seconds))
         if problems:
@@ -752,8 +754,8 @@ class Battery:
             "saves": len(secs),
             "save median": f"{statistics.median(secs) * 1000:.1f} ms",
             "save max": f"{max(secs) * 1000:.1f} ms",
-            "largest file": f"{max(sizes.values()):,} B" if sizes else "-",
-            "bytes": sum(sizes.values()),
+            "largest file": size(max(sizes.values())) if sizes else "-",
+            "bytes": size(sum(sizes.values())),
         }
         problems = [
             f"{os.path.relpath(p, where)} reached {n:,} bytes > max_bytes={self.settings.max_bytes:,}"

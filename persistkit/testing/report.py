@@ -13,6 +13,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from persistkit.units import size
+
 __all__ = ["RECORDER", "Recorder", "render_table"]
 
 
@@ -80,14 +82,6 @@ class Recorder:
 RECORDER = Recorder()
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)  # pragma: no cover
-
-
 def render_table(rec: Recorder, *, max_files: int = 20) -> list[str]:
     """The terminal summary, as plain lines (no rich: this runs inside pytest's reporter)."""
     lines: list[str] = []
@@ -96,9 +90,9 @@ def render_table(rec: Recorder, *, max_files: int = 20) -> list[str]:
     lines.append(f"files written: {len(files)}")
     if files:
         width = min(max(len(p) for p, _ in files[:max_files]), 90)
-        for path, size in files[:max_files]:
+        for path, nbytes in files[:max_files]:
             shown = path if len(path) <= width else "..." + path[-(width - 3) :]
-            lines.append(f"  {shown:<{width}}  {_size(size):>10}")
+            lines.append(f"  {shown:<{width}}  {size(nbytes):>10}")
         if len(files) > max_files:
             lines.append(f"  ... and {len(files) - max_files} more")
     saves = data["saves"]
