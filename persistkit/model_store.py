@@ -135,12 +135,9 @@ class ModelStore:
     ) -> Path:
         """Save a new version (``bundle_kw`` goes to ``save_bundle``) and its config JSON; return its path."""
         from persistkit.bundle import save_bundle
-        from persistkit.format.codecs.json import to_jsonable
 
         directory = self.directory(symbol, agent, timeframe)
-        meta = dict(metadata or {})
-        meta.setdefault("store", {"symbol": symbol, "agent": agent, "timeframe": timeframe})
-        config_doc = to_jsonable(config if config is not None else meta.get("config", {}), "config")
+        meta, config_doc = _version_docs(metadata, config, symbol, agent, timeframe)
         encrypt = bundle_kw.get("encrypt", True)
         with self._lock():
             if encrypt and not self.encrypted:
@@ -526,13 +523,10 @@ class RemoteModelStore(ModelStore):
     ) -> str:
         """Publish a new version (see the class docstring); return its URL."""
         from persistkit.bundle import save_bundle
-        from persistkit.format.codecs.json import to_jsonable
         from persistkit.io.remote import sha256_file
 
         group = self.group(symbol, agent, timeframe)
-        meta = dict(metadata or {})
-        meta.setdefault("store", {"symbol": symbol, "agent": agent, "timeframe": timeframe})
-        config_doc = to_jsonable(config if config is not None else meta.get("config", {}), "config")
+        meta, config_doc = _version_docs(metadata, config, symbol, agent, timeframe)
         encrypt = bundle_kw.get("encrypt", True)
         if encrypt and "password" not in bundle_kw and "key_file" not in bundle_kw:
             bundle_kw["key_file"] = self.key_file
@@ -847,3 +841,14 @@ class RemoteModelStore(ModelStore):
                 self.remote.delete(f"{group}/{name}{RECORD_SUFFIX}")
                 self.remote.delete(f"{group}/{name}")
         return removed
+
+
+def _version_docs(
+    metadata: Mapping[str, Any] | None, config: Any, symbol: str, agent: str, timeframe: str
+) -> tuple[dict[str, Any], Any]:
+    """A version's bundle metadata (naming its group) and its config document, local or remote."""
+    from persistkit.format.codecs.json import to_jsonable
+
+    meta = dict(metadata or {})
+    meta.setdefault("store", {"symbol": symbol, "agent": agent, "timeframe": timeframe})
+    return meta, to_jsonable(config if config is not None else meta.get("config", {}), "config")

@@ -507,6 +507,24 @@ def _is_int(value: object, *, minimum: int = 0) -> bool:
     return type(value) is int and value >= minimum
 
 
+def _component_entry_problem(entry: dict[Any, Any]) -> tuple[str, str] | None:
+    if not _is_int(entry.get("version"), minimum=1):
+        return "version", f"is {short_repr(entry.get('version'))}, not a schema version"
+    if not _is_int(entry.get("bytes")):
+        return "bytes", f"is {short_repr(entry.get('bytes'))}, not a size"
+    if type(entry.get("digest")) is not str:
+        return "digest", f"is {short_repr(entry.get('digest'))}, not a digest"
+    return None
+
+
+def _journal_entry_problem(entry: dict[Any, Any]) -> tuple[str, str] | None:
+    if not _is_int(entry.get("first_seq")):
+        return "first_seq", f"is {short_repr(entry.get('first_seq'))}, not a sequence number"
+    if entry.get("salt") is not None and type(entry.get("salt")) is not bytes:
+        return "salt", f"is {type(entry.get('salt')).__name__}, not bytes"
+    return None
+
+
 def manifest_schema_problem(manifest: dict[Any, Any]) -> tuple[str, str] | None:
     """(field, what is wrong) for the first field of a decoded MANIFEST that breaks its schema, else None.
 
@@ -515,38 +533,22 @@ def manifest_schema_problem(manifest: dict[Any, Any]) -> tuple[str, str] | None:
     """
     if type(manifest.get("store")) is not str:
         return "store", "is not a store id"
-    components = manifest.get("components")
-    if not isinstance(components, dict):
-        return "components", f"is {type(components).__name__}, not a table of components"
-    for name, entry in components.items():
-        where = f"components[{short_repr(name)}]"
-        if type(name) is not str or not NAME_RE.fullmatch(name):
-            return where, "is not a component name (letters, digits, '_', '.', '-')"
-        if not isinstance(entry, dict):
-            return where, f"is {type(entry).__name__}, not an entry"
-        if entry.get("file") != component_file(name):
-            return f"{where}.file", f"is {short_repr(entry.get('file'))}, not {component_file(name)!r}"
-        if not _is_int(entry.get("version"), minimum=1):
-            return f"{where}.version", f"is {short_repr(entry.get('version'))}, not a schema version"
-        if not _is_int(entry.get("bytes")):
-            return f"{where}.bytes", f"is {short_repr(entry.get('bytes'))}, not a size"
-        if type(entry.get("digest")) is not str:
-            return f"{where}.digest", f"is {short_repr(entry.get('digest'))}, not a digest"
-    journals = manifest.get("journals", {})
-    if not isinstance(journals, dict):
-        return "journals", f"is {type(journals).__name__}, not a table of journals"
-    for name, entry in journals.items():
-        where = f"journals[{short_repr(name)}]"
-        if type(name) is not str or not NAME_RE.fullmatch(name):
-            return where, "is not a component name (letters, digits, '_', '.', '-')"
-        if not isinstance(entry, dict):
-            return where, f"is {type(entry).__name__}, not an entry"
-        if entry.get("file") != journal_file(name):
-            return f"{where}.file", f"is {short_repr(entry.get('file'))}, not {journal_file(name)!r}"
-        if not _is_int(entry.get("first_seq")):
-            return f"{where}.first_seq", f"is {short_repr(entry.get('first_seq'))}, not a sequence number"
-        if entry.get("salt") is not None and type(entry.get("salt")) is not bytes:
-            return f"{where}.salt", f"is {type(entry.get('salt')).__name__}, not bytes"
+    for table, file_of, check in (("components", component_file, _component_entry_problem),
+                                  ("journals", journal_file, _journal_entry_problem)):  # fmt: skip
+        entries = manifest.get(table, {} if table == "journals" else None)
+        if not isinstance(entries, dict):
+            return table, f"is {type(entries).__name__}, not a table of {table}"
+        for name, entry in entries.items():
+            where = f"{table}[{short_repr(name)}]"
+            if type(name) is not str or not NAME_RE.fullmatch(name):
+                return where, "is not a component name (letters, digits, '_', '.', '-')"
+            if not isinstance(entry, dict):
+                return where, f"is {type(entry).__name__}, not an entry"
+            if entry.get("file") != file_of(name):
+                return f"{where}.file", f"is {short_repr(entry.get('file'))}, not {file_of(name)!r}"
+            problem = check(entry)
+            if problem is not None:
+                return f"{where}.{problem[0]}", problem[1]
     return None
 
 
