@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persistkit.errors import (
     FormatError,
@@ -49,6 +49,9 @@ from persistkit.io.remote import Fetched
 from persistkit.naming import Stamped, allocate
 
 __all__ = ["AliasEvent", "ModelStore", "RemoteModelStore", "safe_component"]
+
+if TYPE_CHECKING:  # the bundle package loads only when a version is read
+    from persistkit.bundle import Bundle
 
 log = logging.getLogger("persistkit")
 
@@ -232,7 +235,7 @@ class ModelStore:
 
     def load_latest(
         self, symbol: str, agent: str, timeframe: str, *, fallback: bool = False, **load_kw: Any
-    ) -> Any:
+    ) -> Bundle:
         """Load the newest version. With ``fallback``, a damaged newest version is skipped for the next older
         one, with a warning on the ``persistkit`` logger naming what was skipped and why; wrong keys still raise.
         """
@@ -259,7 +262,7 @@ class ModelStore:
         assert last is not None
         raise last
 
-    def load(self, alias_or_path: str | PathLike, **load_kw: Any) -> Any:
+    def load(self, alias_or_path: str | PathLike, **load_kw: Any) -> Bundle:
         """Load a bundle by alias (``"production"``) or path."""
         from persistkit.bundle import load_bundle
 
@@ -751,7 +754,7 @@ class RemoteModelStore(ModelStore):
 
     def load_latest(
         self, symbol: str, agent: str, timeframe: str, *, fallback: bool = False, **load_kw: Any
-    ) -> Any:
+    ) -> Bundle:
         from persistkit.bundle import load_bundle
 
         group = self.group(symbol, agent, timeframe)
@@ -792,7 +795,7 @@ class RemoteModelStore(ModelStore):
                 raise
             return self.fetch(again)
 
-    def load(self, alias_or_path: str | PathLike, **load_kw: Any) -> Any:
+    def load(self, alias_or_path: str | PathLike, **load_kw: Any) -> Bundle:
         """Load one version by URL (aliases are not supported on object storage yet)."""
         from persistkit.bundle import load_bundle
 
