@@ -46,7 +46,7 @@ from persistkit.errors import (
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import PathLike, io_error
 from persistkit.io.remote import Fetched
-from persistkit.naming import Stamped, allocate
+from persistkit.naming import Stamped, allocate, next_candidate
 
 __all__ = ["AliasEvent", "ModelStore", "RemoteModelStore", "safe_component"]
 
@@ -612,15 +612,7 @@ class RemoteModelStore(ModelStore):
         pointer = None if found is None else self._parse_pointer(group, found.data)
         if pointer is not None and VERSIONS.parse(pointer["name"]) is not None:
             taken.append(VERSIONS.sort_key(pointer["name"]))
-        highest = max(taken, default=None)
-        if when is None:
-            candidate = (VERSIONS.stamp(dt.datetime.now(dt.UTC)), 0)
-            if highest is not None and candidate <= highest:
-                candidate = (highest[0], highest[1] + 1)
-        else:
-            stamp = VERSIONS.stamp(when)
-            same = [n for s, n in taken if s == stamp]
-            candidate = (stamp, max(same) + 1 if same else 0)
+        candidate = next_candidate(VERSIONS, taken, when)
         for _ in range(_MAX_NAME_ATTEMPTS):
             name = VERSIONS.name(*candidate)
             if self.remote.put_file_new(f"{group}/{name}", staging):

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -38,6 +39,7 @@ __all__ = [
     "entry_path_problem",
     "fit_name",
     "is_temp_name",
+    "next_candidate",
     "temp_name_for",
 ]
 
@@ -169,6 +171,25 @@ def _taken(target: str, family: Stamped, marks: dict[str, list[object]]) -> list
     return taken
 
 
+def next_candidate(
+    family: Stamped, taken: Sequence[tuple[str, int]], when: dt.datetime | None
+) -> tuple[str, int]:
+    """The (stamp, counter) to try next after every name in ``taken`` (local directory or bucket).
+
+    Now: past the highest name even if the clock stepped back. A given ``when`` (a backfill)
+    keeps its timestamp and is only made unique within that second.
+    """
+    highest = max(taken, default=None)
+    if when is None:
+        candidate = (family.stamp(dt.datetime.now(dt.UTC)), 0)
+        if highest is not None and candidate <= highest:
+            candidate = (highest[0], highest[1] + 1)
+        return candidate
+    stamp = family.stamp(when)
+    same = [n for s, n in taken if s == stamp]
+    return (stamp, max(same) + 1 if same else 0)
+
+
 def allocate(
     directory: str | os.PathLike[str],
     family: Stamped,
@@ -198,14 +219,7 @@ def allocate(
         marks = _read_marks(target)
         taken = _taken(target, family, marks)
         highest = max(taken, default=None)
-        if when is None:
-            candidate = (family.stamp(dt.datetime.now(dt.UTC)), 0)
-            if highest is not None and candidate <= highest:
-                candidate = (highest[0], highest[1] + 1)
-        else:
-            stamp = family.stamp(when)
-            same = [n for s, n in taken if s == stamp]
-            candidate = (stamp, max(same) + 1 if same else 0)
+        candidate = next_candidate(family, taken, when)
         if highest is None or candidate > highest:
             # The reservation: written before the name is returned, so no other allocator (another
             # process, or this one after the file was pruned) can hand it out again.
