@@ -279,14 +279,7 @@ class RemoteStore:
 
         True when this call created it; False when the name was already taken.
         """
-        try:
-            self._call("create-only upload", key, lambda: self.fs.pipe_file(self.path(key), data, mode="create"),
-                       answer=_taken)  # fmt: skip
-        except Exception as err:
-            if _taken(err):
-                return False
-            raise
-        return True
+        return self._create_only(key, lambda: self.fs.pipe_file(self.path(key), data, mode="create"))
 
     def put_file_new(self, key: str, local_path: str) -> bool:
         """Upload the local file ``local_path`` to ``key``, create-only; False if the name was taken.
@@ -294,9 +287,14 @@ class RemoteStore:
         A large file goes up as a multipart upload, whose completion carries
         the condition: nothing is visible until the last part is in.
         """
+        return self._create_only(
+            key, lambda: self.fs.put_file(local_path, self.path(key), mode="create", **self._put_options())
+        )
+
+    def _create_only(self, key: str, upload: Callable[[], object]) -> bool:
+        """Run a create-only ``upload`` of ``key``: True if it made the object, False if the name was taken."""
         try:
-            self._call("create-only upload", key, lambda: self.fs.put_file(local_path, self.path(key), mode="create", **self._put_options()),
-                       answer=_taken)  # fmt: skip
+            self._call("create-only upload", key, upload, answer=_taken)
         except Exception as err:
             if _taken(err):
                 return False
