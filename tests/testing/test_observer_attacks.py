@@ -8,23 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from fsutil import fsync_dir, read
 
 from persistkit.testing.observe import NotJudgeable
 
 libc = ctypes.CDLL(None, use_errno=True)
-
-
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def atomic(path, data, *, flags=0, sync=True):
@@ -49,8 +37,9 @@ def test_o_sync_writes_are_durable_on_return(crash_points, tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"old")
     for flag in (os.O_SYNC, os.O_DSYNC):
-        crash_points(lambda: atomic(path, b"new", flags=flag, sync=False), lambda: read(path),
-                     observe="syscalls")
+        crash_points(
+            lambda: atomic(path, b"new", flags=flag, sync=False), lambda: read(path), observe="syscalls"
+        )
         path.write_bytes(b"old")
 
 
@@ -470,8 +459,14 @@ def test_a_once_fault_is_one_failed_call_even_with_two_writer_threads(disk_fault
 
     (tmp_path / "a").write_bytes(b"old")
     try:
-        report = disk_faults(save, lambda: read(tmp_path / "a"), errnos=["ENOSPC"], modes=["once"],
-                             observe="syscalls", litter=None)
+        report = disk_faults(
+            save,
+            lambda: read(tmp_path / "a"),
+            errnos=["ENOSPC"],
+            modes=["once"],
+            observe="syscalls",
+            litter=None,
+        )
     except NotJudgeable as err:
         assert "calls failed instead of" in str(err)  # honest: no point was faulted alone
         return
@@ -559,8 +554,13 @@ def test_sqlite_rollback_journal_full_disk_faults(disk_faults, tmp_path):
     # SQLite (os_unix.c unixSync) ignores a failed fsync of the journal's directory: the only
     # TRUE findings are those; every other injected fault is handled.
     with pytest.raises(AssertionError) as info:
-        disk_faults(lambda: _sqlite_put(db, "new"), lambda: _sqlite_get(db), observe="syscalls",
-                    errnos=["ENOSPC", "EIO"], litter=None)
+        disk_faults(
+            lambda: _sqlite_put(db, "new"),
+            lambda: _sqlite_get(db),
+            observe="syscalls",
+            errnos=["ENOSPC", "EIO"],
+            litter=None,
+        )
     msg = str(info.value)
     assert "2 of" in msg and "fsync_dir ." in msg and "Also failing (1): EIO at #13 fsync_dir" in msg, msg
 
@@ -570,8 +570,12 @@ def test_sqlite_wal(crash_points, tmp_path):
     db = str(tmp_path / "s.db")
     _sqlite_put(db, "old", wal=True)
     try:
-        crash_points(lambda: _sqlite_put(db, "new", wal=True), lambda: _sqlite_get(db), observe="syscalls",
-                     max_states=400)
+        crash_points(
+            lambda: _sqlite_put(db, "new", wal=True),
+            lambda: _sqlite_get(db),
+            observe="syscalls",
+            max_states=400,
+        )
     except NotJudgeable as err:
         assert "mmap" in str(err) or "mapped" in str(err)
 
@@ -637,8 +641,14 @@ def test_a_shared_mapping_made_writable_by_mprotect_is_not_passed(crash_points, 
         fd = os.open(path, os.O_RDWR)
         try:
             libc.mmap.restype = ctypes.c_void_p
-            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                  ctypes.c_long]
+            libc.mmap.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_size_t,
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.c_long,
+            ]
             p = libc.mmap(None, 8192, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
             assert p not in (None, ctypes.c_void_p(-1).value)
             assert libc.mprotect(ctypes.c_void_p(p), 8192, 3) == 0  # PROT_READ|PROT_WRITE
@@ -771,8 +781,11 @@ def test_a_save_that_keeps_a_checksum_in_an_xattr(crash_points, tmp_path):
         crash_points(lambda: put(b"new"), load, observe="syscalls")
 
 
-@pytest.mark.xfail(strict=True, reason="UNFIXED: Snapshot/materialize drop file modes (and fifos, hard links, "
-                   "mtimes): a load that depends on them fails in states the save never produced")
+@pytest.mark.xfail(
+    strict=True,
+    reason="UNFIXED: Snapshot/materialize drop file modes (and fifos, hard links, "
+    "mtimes): a load that depends on them fails in states the save never produced",
+)
 def test_a_save_whose_load_needs_the_mode_it_set(crash_points, tmp_path):
     """A launcher script published atomically with mode 0755; load runs it. Every state the
     crash model rebuilds has mode 0644, so even "after the save" fails: a false FAIL."""
@@ -836,8 +849,11 @@ def test_a_load_that_answers_from_a_cache_is_not_passed(crash_points, tmp_path):
         crash_points(save, load, observe="syscalls")
 
 
-@pytest.mark.xfail(strict=True, reason="UNFIXED (policy in disk_faults._case): any save that returns after a "
-                   "failed fsync is failed, even one that rewrote every byte into a fresh file and fsynced it")
+@pytest.mark.xfail(
+    strict=True,
+    reason="UNFIXED (policy in disk_faults._case): any save that returns after a "
+    "failed fsync is failed, even one that rewrote every byte into a fresh file and fsynced it",
+)
 def test_a_save_that_rewrites_a_fresh_file_after_a_failed_fsync(disk_faults, tmp_path):
     """fsyncgate is about retrying fsync on pages the kernel already dropped. This save instead
     discards the temp file and writes ALL the data again into a new inode; when that fsync

@@ -9,24 +9,12 @@ import tempfile
 import threading
 
 import pytest
+from fsutil import fsync_dir, read
 
 from persistkit.testing.crash_points import CrashPoints
 from persistkit.testing.observe import NotJudgeable
 from persistkit.testing.report import Recorder
 from persistkit.testing.syscalls import SyscallLog, parse
-
-
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 @pytest.fixture
