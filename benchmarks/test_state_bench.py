@@ -13,10 +13,10 @@ import pytest
 from pkbench import tag
 
 from persistkit.io import use_fs
-from persistkit.io.crash import CrashSimulator, Snapshot
-from persistkit.io.recording import RecordingFS
 from persistkit.reference.bot import make_bot
 from persistkit.state import BoundedLog, StateStore
+from persistkit.testing.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.recordfs import RecordingFS
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -30,10 +30,10 @@ from persistkit.errors import (
 )
 from persistkit.format.crypto import KdfParams
 from persistkit.io import use_fs
-from persistkit.io.crash import CrashSimulator, Snapshot
-from persistkit.io.recording import RecordingFS
 from persistkit.keys import read_key_file, write_key_file
 from persistkit.testing.compare import assert_same
+from persistkit.testing.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.recordfs import RecordingFS
 from persistkit.testing.strategies import arrays, metadata, state_values
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "persistkit"
 
 FORBIDDEN = {
     "format": ("persistkit.io",),
-    "io": ("persistkit.format", "persistkit.state", "persistkit.bundle", "persistkit.archive"),
+    # io holds production code only: the test file systems wrap it from persistkit.testing
+    "io": (
+        "persistkit.format",
+        "persistkit.state",
+        "persistkit.bundle",
+        "persistkit.archive",
+        "persistkit.testing",
+    ),
     "policy": (
         "persistkit.io",
         "persistkit.format",

@@ -152,8 +152,8 @@ def io_error(op: str, path: PathLike, err: OSError) -> PersistIOError:
 class PersistFS:
     """Every file operation persistkit performs.
 
-    Subclasses override the primitive operations; ``persistkit.io.recording``
-    and ``persistkit.io.faults`` wrap another PersistFS. Primitives raise plain
+    Subclasses override the primitive operations; ``persistkit.testing.recordfs``
+    and ``persistkit.testing.faultfs`` wrap another PersistFS. Primitives raise plain
     ``OSError`` with its errno; the callers in this package (``atomic_write``
     and friends) wrap that into ``PersistIOError`` with the path and what to do.
     """

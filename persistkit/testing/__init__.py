@@ -33,6 +33,13 @@ _LAZY: dict[str, str] = {
     "Interceptor": "persistkit.testing.intercept",
     "measure": "persistkit.testing.budget",
     "Budget": "persistkit.testing.budget",
+    # the test file systems, on one mutation hook (wrap persistkit.io's PersistFS via use_fs)
+    "HookedFS": "persistkit.testing.testfs",
+    "RecordingFS": "persistkit.testing.recordfs",
+    "FaultFS": "persistkit.testing.faultfs",
+    "Fault": "persistkit.testing.faultfs",
+    "CrashSimulator": "persistkit.testing.crashsim",
+    "Snapshot": "persistkit.testing.crashsim",
 }
 
 __all__ = sorted(_LAZY)

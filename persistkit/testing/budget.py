@@ -32,12 +32,15 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from persistkit.io import current_fs, use_fs
-from persistkit.io.fs import DelegatingFS, FileHandle, PathLike, PersistFS
+from persistkit.io.fs import FileHandle, PersistFS
+from persistkit.testing.testfs import HookedFS, Mutation
+
+T = TypeVar("T")
 
 __all__ = ["Budget", "MeasuringFS", "Save", "check_budget", "measure"]
 
@@ -84,8 +87,8 @@ class Budget:
 _local = threading.local()
 
 
-class MeasuringFS(DelegatingFS):
-    """Wraps ``inner``; records file sizes and save latencies."""
+class MeasuringFS(HookedFS):
+    """Wraps ``inner``; records file sizes and save latencies from the mutations that pass it."""
 
     def __init__(self, inner: PersistFS) -> None:
         super().__init__(inner)
@@ -133,34 +136,37 @@ class MeasuringFS(DelegatingFS):
         if size > self.peak.get(path, -1):
             self.peak[path] = size
 
-    def create(self, path: PathLike, *, mode: int = 0o644, exclusive: bool = True) -> FileHandle:
-        handle = self.inner.create(path, mode=mode, exclusive=exclusive)
-        with self._lock:
-            self._created[handle.path] = time.perf_counter()
-            self.sizes[handle.path] = 0
-        return handle
-
-    def open_append(self, path: PathLike, *, mode: int = 0o644) -> FileHandle:
-        handle = self.inner.open_append(path, mode=mode)
-        with self._lock:
-            self._grow(handle.path, handle.offset)
-        return handle
-
-    def write(self, handle: FileHandle, data: bytes | bytearray | memoryview) -> None:
-        try:
-            self.inner.write(handle, data)
-        finally:
+    def on_mutation(self, m: Mutation, call: Callable[[], T]) -> T:
+        if m.op == "write" and m.handle is not None:
+            handle = m.handle
+            try:
+                return call()
+            finally:
+                with self._lock:
+                    self._grow(handle.path, max(self.sizes.get(handle.path, 0), handle.offset))
+        result = call()
+        if isinstance(result, FileHandle):  # create, open_append
+            self._opened(m.op, result)
+        elif m.op == "truncate":
             with self._lock:
-                self._grow(handle.path, max(self.sizes.get(handle.path, 0), handle.offset))
+                self.sizes[m.path] = m.size
+        elif m.op == "replace" and m.dst is not None:
+            self._replaced(m.path, m.dst)
+        elif m.op == "fsync_dir":
+            self._dir_synced(m.path)
+        elif m.op == "unlink":
+            self._unlinked(m.path)
+        return result
 
-    def truncate(self, handle: FileHandle, size: int) -> None:
-        self.inner.truncate(handle, size)
+    def _opened(self, op: str, handle: FileHandle) -> None:
         with self._lock:
-            self.sizes[handle.path] = size
+            if op == "create":
+                self._created[handle.path] = time.perf_counter()
+                self.sizes[handle.path] = 0
+            else:
+                self._grow(handle.path, handle.offset)
 
-    def replace(self, src: PathLike, dst: PathLike) -> None:
-        self.inner.replace(src, dst)
-        s, d = os.path.abspath(os.fspath(src)), os.path.abspath(os.fspath(dst))
+    def _replaced(self, s: str, d: str) -> None:
         now = time.perf_counter()
         with self._lock:
             moved = [p for p in self.sizes if p == s or p.startswith(s + os.sep)]
@@ -175,9 +181,7 @@ class MeasuringFS(DelegatingFS):
                 self.saves.append(Save(d, now - created, self.sizes.get(d, 0)))
                 self._pending[threading.get_ident()] = (len(self.saves) - 1, os.path.dirname(d), created)
 
-    def fsync_dir(self, path: PathLike) -> None:
-        self.inner.fsync_dir(path)
-        p = os.path.abspath(os.fspath(path))
+    def _dir_synced(self, p: str) -> None:
         with self._lock:
             pending = self._pending.pop(threading.get_ident(), None)
             if pending is not None and pending[1] == p:
@@ -185,9 +189,7 @@ class MeasuringFS(DelegatingFS):
                 old = self.saves[index]
                 self.saves[index] = Save(old.target, time.perf_counter() - start, old.bytes, old.kind)
 
-    def unlink(self, path: PathLike) -> None:
-        self.inner.unlink(path)
-        p = os.path.abspath(os.fspath(path))
+    def _unlinked(self, p: str) -> None:
         with self._lock:
             self.sizes.pop(p, None)
             self._created.pop(p, None)

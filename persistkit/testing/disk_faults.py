@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from persistkit.io import current_fs, use_fs
-from persistkit.io.crash import CrashSimulator, Snapshot
-from persistkit.io.faults import FAULT_ERRNOS, Fault, FaultFS, InjectedFault
 from persistkit.testing.crash_points import Outcome, outcome
+from persistkit.testing.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.faultfs import FAULT_ERRNOS, Fault, FaultFS
 from persistkit.testing.intercept import GuardFS, Interceptor
 from persistkit.testing.observe import Observation, check_explained, choose, observe_command, observe_save
 from persistkit.testing.report import RECORDER, Recorder
@@ -185,7 +185,7 @@ class DiskFaults:
     ) -> FaultReport:
         """Inject each fault in turn; raise AssertionError describing the first bad case.
 
-        ``errnos``: names from ``persistkit.io.faults.FAULT_ERRNOS``. ``modes``: "once"
+        ``errnos``: names from ``persistkit.testing.faultfs.FAULT_ERRNOS``. ``modes``: "once"
         and/or "persistent". ``litter``: a regex for names that must not be left behind
         (None: do not check). ``max_operations`` samples that many operation indexes
         evenly instead of all of them.
@@ -459,13 +459,8 @@ class _Plan:
 
     # -- running one save ---------------------------------------------------------------
     def _python(self, ffs: FaultFS) -> tuple[BaseException | None, None]:
-        def hook(kind: str, path: str) -> None:
-            code = ffs._check(kind, path)
-            if code is not None:
-                raise InjectedFault(code, os.strerror(code), path)
-
         try:
-            with use_fs(GuardFS(ffs)), Interceptor(self.top, before=hook), _deadline(self.timeout):
+            with use_fs(GuardFS(ffs)), Interceptor(self.top, before=ffs.check), _deadline(self.timeout):
                 self.save()
         except Exception as err:
             return err, None

@@ -4,7 +4,7 @@ persistkit's own writes go through ``persistkit.io`` and are recorded by a
 ``RecordingFS``. User code writes with ``open()``, ``os.*``, ``pathlib``,
 ``shutil`` or ``numpy.save``; the ``Interceptor`` patches those at the
 Python level, *only for paths under one directory*, and appends what they
-did to the same ordered log (the ``persistkit.io.recording.Op`` format), so
+did to the same ordered log (the ``persistkit.testing.recordfs.Op`` format), so
 ``CrashSimulator`` replays persistkit's and the user's operations together.
 The same hook lets ``disk_faults`` fail the Nth operation of either kind and
 ``crash_points.concurrent`` interleave writers one operation at a time.
@@ -63,10 +63,11 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, BinaryIO
+from typing import Any, TypeVar
 
-from persistkit.io.fs import FileHandle, PathLike, PersistFS
-from persistkit.io.recording import RecordingFS
+from persistkit.io.fs import PathLike, PersistFS
+from persistkit.testing.recordfs import RecordingFS
+from persistkit.testing.testfs import HookedFS, Mutation
 
 __all__ = ["REAL", "GuardFS", "Interceptor", "inside_persistkit_io", "real_open"]
 
@@ -107,6 +108,7 @@ _captures: dict[str, list[str]] = {}  # module name -> its globals bound to REAL
 _local = threading.local()
 
 Hook = Callable[[str, str], None]
+T = TypeVar("T")
 
 
 def inside_persistkit_io() -> bool:
@@ -122,100 +124,26 @@ def _guarded() -> Iterator[None]:
         _local.depth -= 1
 
 
-class GuardFS(PersistFS):
+class GuardFS(HookedFS):
     """Delegates to ``inner``, marking the thread as inside persistkit io meanwhile.
 
     ``before(kind, path)``, when given, runs before every mutating primitive (the
-    scheduling hook of ``crash_points.concurrent``).
+    scheduling hook of ``crash_points.concurrent``), the ``start_writeback`` hint included.
     """
 
     def __init__(self, inner: PersistFS, *, before: Hook | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.before = before
 
-    def _pre(self, kind: str, path: PathLike) -> None:
+    def on_mutation(self, m: Mutation, call: Callable[[], T]) -> T:
         if self.before is not None:
-            self.before(kind, os.path.abspath(os.fspath(path)))
-
-    def create(self, path: PathLike, *, mode: int = 0o644, exclusive: bool = True) -> FileHandle:
-        self._pre("create", path)
+            self.before(m.op, m.target)
         with _guarded():
-            return self.inner.create(path, mode=mode, exclusive=exclusive)
+            return call()
 
-    def open_append(self, path: PathLike, *, mode: int = 0o644) -> FileHandle:
-        self._pre("open_append", path)
+    def on_read(self, op: str, path: str, call: Callable[[], T]) -> T:
         with _guarded():
-            return self.inner.open_append(path, mode=mode)
-
-    def write(self, handle: FileHandle, data: bytes | bytearray | memoryview) -> None:
-        self._pre("write", handle.path)
-        with _guarded():
-            self.inner.write(handle, data)
-
-    def fsync(self, handle: FileHandle) -> None:
-        self._pre("fsync", handle.path)
-        with _guarded():
-            self.inner.fsync(handle)
-
-    def close(self, handle: FileHandle) -> None:
-        self._pre("close", handle.path)
-        with _guarded():
-            self.inner.close(handle)
-
-    def truncate(self, handle: FileHandle, size: int) -> None:
-        self._pre("truncate", handle.path)
-        with _guarded():
-            self.inner.truncate(handle, size)
-
-    def replace(self, src: PathLike, dst: PathLike) -> None:
-        self._pre("replace", dst)
-        with _guarded():
-            self.inner.replace(src, dst)
-
-    def unlink(self, path: PathLike) -> None:
-        self._pre("unlink", path)
-        with _guarded():
-            self.inner.unlink(path)
-
-    def mkdir(self, path: PathLike, *, mode: int = 0o755) -> None:
-        self._pre("mkdir", path)
-        with _guarded():
-            self.inner.mkdir(path, mode=mode)
-
-    def rmdir(self, path: PathLike) -> None:
-        self._pre("rmdir", path)
-        with _guarded():
-            self.inner.rmdir(path)
-
-    def symlink(self, target: str, path: PathLike) -> None:
-        self._pre("symlink", path)
-        with _guarded():
-            self.inner.symlink(target, path)
-
-    def fsync_dir(self, path: PathLike) -> None:
-        self._pre("fsync_dir", path)
-        with _guarded():
-            self.inner.fsync_dir(path)
-
-    def read_bytes(self, path: PathLike) -> bytes:
-        with _guarded():
-            return self.inner.read_bytes(path)
-
-    def open_read(self, path: PathLike) -> BinaryIO:
-        with _guarded():
-            return self.inner.open_read(path)
-
-    def listdir(self, path: PathLike) -> list[str]:
-        with _guarded():
-            return self.inner.listdir(path)
-
-    def stat(self, path: PathLike, *, follow_symlinks: bool = True) -> os.stat_result:
-        with _guarded():
-            return self.inner.stat(path, follow_symlinks=follow_symlinks)
-
-    def readlink(self, path: PathLike) -> str:
-        with _guarded():
-            return self.inner.readlink(path)
+            return call()
 
 
 @dataclass
@@ -239,7 +167,7 @@ class _OpLog:
 
     def record(self, kind: str, path: str, **kw: Any) -> None:
         if self.rec is not None:
-            self.rec._log(kind, path, **kw)
+            self.rec.record(kind, path, **kw)
 
 
 _active: Interceptor | None = None

@@ -40,8 +40,8 @@ from typing import Any, ClassVar
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
-from persistkit.io.crash import Snapshot
 from persistkit.testing.compare import first_difference, live_state
+from persistkit.testing.crashsim import Snapshot
 
 __all__ = ["PersistenceMachine"]
 

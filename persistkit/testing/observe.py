@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from persistkit.io import current_fs, use_fs
-from persistkit.io.crash import CrashSimulator, Snapshot
-from persistkit.io.recording import Op, RecordingFS
+from persistkit.testing.crashsim import CrashSimulator, Snapshot
 from persistkit.testing.intercept import GuardFS, Interceptor
+from persistkit.testing.recordfs import Op, RecordingFS
 from persistkit.testing.strace import Injection, ObserverUnavailable, SelfTrace, ptrace_problem, trace_command
 from persistkit.testing.syscalls import Call, FaultPoint, SyscallLog, parse
 

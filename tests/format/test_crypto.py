@@ -17,8 +17,8 @@ from persistkit.format import crypto
 from persistkit.format.crypto import Cipher, Encryption, KdfParams, Key
 from persistkit.format.envelope import open_envelope, read_header, seal
 from persistkit.io import LocalFS, use_fs
-from persistkit.io.recording import RecordingFS
 from persistkit.keys import InsecureKeyFileWarning
+from persistkit.testing.recordfs import RecordingFS
 
 FAST = KdfParams.floor()
 

@@ -7,9 +7,9 @@ import pytest
 
 from persistkit.errors import FormatError, PersistIOError
 from persistkit.io import LocalFS, current_fs, use_fs
-from persistkit.io.faults import Fault, FaultFS
 from persistkit.io.fs import io_error
-from persistkit.io.recording import RecordingFS
+from persistkit.testing.faultfs import Fault, FaultFS
+from persistkit.testing.recordfs import RecordingFS
 
 
 def test_local_fs_primitives(tmp_path, fd_guard):

@@ -8,8 +8,8 @@ import zipfile
 import pytest
 
 from persistkit.io import use_fs
-from persistkit.io.recording import RecordingFS
 from persistkit.io.zipio import ZipStreamWriter, ZipStructureError, map_file, read_entries
+from persistkit.testing.recordfs import RecordingFS
 
 
 def build(entries, **kw) -> bytes:

@@ -8,8 +8,8 @@ import pytest
 from conftest import open_store
 
 from persistkit.io import use_fs
-from persistkit.io.crash import CrashSimulator, Snapshot
-from persistkit.io.recording import RecordingFS
+from persistkit.testing.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.recordfs import RecordingFS
 
 
 def view(parts):

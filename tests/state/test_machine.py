@@ -40,10 +40,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from persistkit.errors import IntegrityError, PersistIOError
 from persistkit.io import current_fs, use_fs
-from persistkit.io.faults import Fault, FaultFS
 from persistkit.state import BoundedLog, StateStore
 from persistkit.state import generations as gens
 from persistkit.state.store import StateRecoveredWarning
+from persistkit.testing.faultfs import Fault, FaultFS
 
 MAXLEN = 5  # conftest.open_store registers BoundedLog(5)
 items = st.one_of(

@@ -21,10 +21,10 @@ from persistkit.errors import (
 )
 from persistkit.format.crypto import KdfParams
 from persistkit.io import use_fs
-from persistkit.io.recording import RecordingFS
 from persistkit.keys import write_key_file
 from persistkit.state import BoundedLog, StateStore
 from persistkit.state.store import StateRecoveredWarning
+from persistkit.testing.recordfs import RecordingFS
 
 FAST = KdfParams(n=2**15)
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from persistkit.io import atomic_write, use_fs
-from persistkit.io.crash import CrashSimulator, Snapshot
-from persistkit.io.recording import RecordingFS
+from persistkit.testing.crashsim import CrashSimulator, Snapshot
 from persistkit.testing.intercept import GuardFS, Interceptor
+from persistkit.testing.recordfs import RecordingFS
 
 
 def record(root, fn):

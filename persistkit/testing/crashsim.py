@@ -28,6 +28,10 @@ Files made outside the root and then renamed or linked into it (a temp file in
 ``/tmp``, say) are followed from their creation. What cannot be modelled (a
 file that existed outside the root before the save and is moved in, a write to
 a file the log never opened) is listed in ``unmodelled``, never guessed.
+
+One module (over 500 lines) on purpose: the analysis pass and the enumeration
+share one model of inodes, pending operations and durability points, and
+splitting them would spread that model over private names of two modules.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from persistkit.io.recording import Op
+from persistkit.testing.recordfs import Op
 
 __all__ = ["CrashSimulator", "CrashState", "Entry", "Snapshot", "Stats"]
 
