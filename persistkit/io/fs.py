@@ -152,8 +152,8 @@ def io_error(op: str, path: PathLike, err: OSError) -> PersistIOError:
 class PersistFS:
     """Every file operation persistkit performs.
 
-    Subclasses override the primitive operations; ``persistkit.testing.recordfs``
-    and ``persistkit.testing.faultfs`` wrap another PersistFS. Primitives raise plain
+    Subclasses override the primitive operations; the test file systems in
+    ``persistkit.testing`` (``testfs.HookedFS`` and its subclasses) wrap another PersistFS. Primitives raise plain
     ``OSError`` with its errno; the callers in this package (``atomic_write``
     and friends) wrap that into ``PersistIOError`` with the path and what to do.
     """
@@ -378,7 +378,11 @@ def _sync(call: Callable[[int], None], handle: FileHandle) -> None:
 
 
 class DelegatingFS(PersistFS):
-    """Forwards every operation to ``inner``; wrappers (recording, faults, budgets) override a few."""
+    """Forwards every operation to ``inner``.
+
+    The verifier's wrappers (recording, faults, guards, budgets) derive from
+    ``persistkit.testing.testfs.HookedFS``, which routes every mutation through one hook.
+    """
 
     def __init__(self, inner: PersistFS) -> None:
         self.inner = inner
