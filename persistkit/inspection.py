@@ -8,11 +8,11 @@ how it is recognised, and what ``inspect`` returns:
 - training archive (``Archiver.create``): a zip holding a persistkit ``MANIFEST.json``
   -> ``persistkit.archive.VerifyReport``;
 - state-store directory: a ``STORE`` file or ``gen-*`` directories
-  -> ``persistkit.state.inspection.StoreInfo``;
+  -> ``persistkit.state.audit.StoreInfo``;
 - envelope file (``STORE``, ``CURRENT``, ``MANIFEST``, ``*.pk`` components): the envelope magic
   -> ``persistkit.format.envelope.Header``;
 - journal (``*.journal``): its first record's framing and checksum
-  -> ``persistkit.state.inspection.JournalInfo``;
+  -> ``persistkit.state.audit.JournalInfo``;
 - key file: one line of base64 holding 32 bytes -> ``KeyFileInfo`` (fingerprint and mode, never the key).
 
 Only what files say about themselves is read: a bundle's manifest (its
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # the format and state modules load only when a file needs th
     from persistkit.bundle import Report
     from persistkit.format.envelope import Header
     from persistkit.format.manifest import Manifest
-    from persistkit.state.inspection import JournalInfo, StoreInfo
+    from persistkit.state.audit import JournalInfo, StoreInfo
     from persistkit.state.journal import Record
 
 __all__ = ["FileReport", "Info", "KeyFileInfo", "inspect", "to_json", "verify"]
@@ -150,7 +150,7 @@ def verify(
     keyed = password is not None or key_file is not None
     from persistkit.archive import VerifyReport
     from persistkit.format.envelope import Header
-    from persistkit.state.inspection import JournalInfo, StoreInfo
+    from persistkit.state.audit import JournalInfo, StoreInfo
 
     if isinstance(info, VerifyReport):
         _no_key_for_plain(source, "a training archive", keyed)
@@ -159,7 +159,7 @@ def verify(
             Path(source), "archive", False, f"{info.checked} files against MANIFEST.json", info=info
         )
     if isinstance(info, StoreInfo):
-        from persistkit.state.inspection import inspect_store
+        from persistkit.state.audit import inspect_store
 
         if not info.encrypted:
             _no_key_for_plain(source, "a state store created without a password or key file", keyed)
@@ -292,7 +292,7 @@ def _not_persistkit(source: str, why: str, hint: str = "") -> FormatError:
 
 
 def _inspect_directory(source: str) -> StoreInfo:
-    from persistkit.state.inspection import inspect_store
+    from persistkit.state.audit import inspect_store
     from persistkit.state.store import STORE_FILE
 
     try:
@@ -421,10 +421,10 @@ def _first_record(source: str, head: bytes) -> Record | None:
 
 
 def _journal_info(source: str, *, first_seq: int) -> JournalInfo:
-    from persistkit.state.inspection import _describe_journal
+    from persistkit.state.audit import describe_journal
 
-    info = _describe_journal(source, os.path.basename(source), first_seq=first_seq)
-    # _describe_journal names a journal inside a generation; standalone, the file may be named anything.
+    info = describe_journal(source, os.path.basename(source), first_seq=first_seq)
+    # describe_journal names a journal inside a generation; standalone, the file may be named anything.
     info.name = os.path.basename(source).removesuffix(".journal")
     info.file = source
     return info
@@ -437,7 +437,7 @@ def to_json(info: Info) -> dict[str, Any]:
     from persistkit.archive import VerifyReport
     from persistkit.format.envelope import Header
     from persistkit.format.manifest import Manifest
-    from persistkit.state.inspection import JournalInfo, StoreInfo
+    from persistkit.state.audit import JournalInfo, StoreInfo
 
     if isinstance(info, Manifest):
         return info.to_json()

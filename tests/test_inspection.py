@@ -28,7 +28,7 @@ from persistkit.inspection import KeyFileInfo, inspect, to_json
 from persistkit.io.fs import DelegatingFS, current_fs, use_fs
 from persistkit.keys import write_key_file
 from persistkit.state import BoundedLog, StateStore
-from persistkit.state.inspection import JournalInfo, StoreInfo
+from persistkit.state.audit import JournalInfo, StoreInfo
 
 
 class Counter:

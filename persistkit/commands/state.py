@@ -12,7 +12,7 @@ from persistkit.errors import PersistkitError
 from persistkit.units import size
 
 if TYPE_CHECKING:  # the store modules load only when a command runs
-    from persistkit.state.inspection import StoreInfo
+    from persistkit.state.audit import StoreInfo
 
 __all__ = ["state_group"]
 
@@ -44,7 +44,7 @@ def inspect_command(
     Exits 1 if something is damaged.
     """
     from persistkit.cli import cli_advice
-    from persistkit.state.inspection import inspect_store
+    from persistkit.state.audit import inspect_store
 
     if password is not None and key_file is not None:
         raise click.UsageError("pass --password or --key-file, not both")

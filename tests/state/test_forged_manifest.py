@@ -19,7 +19,7 @@ from persistkit.errors import FormatError, IntegrityError
 from persistkit.format import envelope, tree
 from persistkit.state import BoundedLog
 from persistkit.state import generations as gens
-from persistkit.state.inspection import inspect_store
+from persistkit.state.audit import inspect_store
 from persistkit.state.store import StateRecoveredWarning
 
 

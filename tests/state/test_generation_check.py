@@ -14,7 +14,7 @@ from conftest import open_store
 
 from persistkit.format import envelope, tree
 from persistkit.state import generations as gens
-from persistkit.state.inspection import inspect_store
+from persistkit.state.audit import inspect_store
 from persistkit.state.store import StateRecoveredWarning
 
 

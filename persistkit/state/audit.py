@@ -1,4 +1,4 @@
-"""A read-only description of a state store directory (``persistkit state inspect``).
+"""Audit a state store directory, read-only: ``persistkit state inspect [--verify]``, ``pk.inspect``.
 
 It never takes the writer lock and never writes, so it is safe next to a
 running bot. Without a key it reads only what files say about themselves:
@@ -29,7 +29,7 @@ from persistkit.state import generations as gens
 from persistkit.state.journal import JournalReader, journal_cipher, parse_record
 from persistkit.state.store import STORE_FILE, StateStore
 
-__all__ = ["ComponentInfo", "GenerationInfo", "JournalInfo", "StoreInfo", "inspect_store"]
+__all__ = ["ComponentInfo", "GenerationInfo", "JournalInfo", "StoreInfo", "describe_journal", "inspect_store"]
 
 GenStatus = Literal["current", "previous", "orphan", "uncommitted", "quarantined", "unfinished", "retired"]
 # Only these are ever loaded, so only these are judged; the rest are listed for the record.
@@ -262,7 +262,7 @@ def _describe_generation(root: str, name: str, n: int, status: GenStatus) -> Gen
             gen.components.append(_describe_component(path, file))
         elif file.endswith(".journal"):
             first = first_seqs.get(file[: -len(".journal")])
-            gen.journals.append(_describe_journal(path, file, first_seq=first))
+            gen.journals.append(describe_journal(path, file, first_seq=first))
     return gen
 
 
@@ -280,7 +280,8 @@ def _describe_component(path: str, file: str) -> ComponentInfo:
     return info
 
 
-def _describe_journal(path: str, file: str, *, first_seq: int | None, cipher: object = None) -> JournalInfo:
+def describe_journal(path: str, file: str, *, first_seq: int | None, cipher: object = None) -> JournalInfo:
+    """Count the records of the journal at ``path`` and name any damage to an acknowledged append."""
     info = JournalInfo(file[: -len(".journal")], file, 0, first_seq=first_seq)
     try:
         data = current_fs().read_bytes(path)
@@ -356,7 +357,7 @@ def _verify_generation(
             j.problem = j.problem or "not listed in the generation manifest"
             continue
         cipher = journal_cipher(key, store_id, j.name, gen.number)
-        checked = _describe_journal(
+        checked = describe_journal(
             os.path.join(gdir, j.file), j.file, first_seq=entry["first_seq"], cipher=cipher
         )
         j.records, j.first_seq, j.torn_bytes, j.problem = (
