@@ -137,8 +137,8 @@ def verify(
             with fs.open_read(source) as raw, zipfile.ZipFile(raw) as zf:
                 names = set(zf.namelist())
         except ZIP_DAMAGE_OR_IO:
-            names = {mf.MANIFEST_NAME}  # let the bundle reader say what is wrong, as it always has
-        if mf.MANIFEST_NAME in names or mf.AUTH_NAME in names:
+            names = {mf.BUNDLE_MANIFEST}  # let the bundle reader say what is wrong, as it always has
+        if mf.BUNDLE_MANIFEST in names or mf.BUNDLE_AUTH in names:
             return verify_bundle(source, password=password, key_file=key_file)
     try:
         info = inspect(source)
@@ -308,7 +308,7 @@ def _inspect_directory(source: str) -> StoreInfo:
 
 
 def _inspect_zip(source: str) -> Manifest | VerifyReport:
-    from persistkit.archive import MANIFEST, Archiver
+    from persistkit.archive import ARCHIVE_MANIFEST, Archiver
     from persistkit.bundle import inspect as inspect_bundle
     from persistkit.format import manifest as mf
 
@@ -319,10 +319,10 @@ def _inspect_zip(source: str) -> Manifest | VerifyReport:
         raise io_error("inspect", source, err) from err
     except ZIP_DAMAGE as err:
         raise _damaged_zip(source, err) from err
-    if mf.MANIFEST_NAME in names or mf.AUTH_NAME in names:
+    if mf.BUNDLE_MANIFEST in names or mf.BUNDLE_AUTH in names:
         return inspect_bundle(source)  # checks the manifest digest; raises naming what is wrong
     archiver = Archiver(os.path.dirname(source))
-    if MANIFEST in names:
+    if ARCHIVE_MANIFEST in names:
         try:
             made_by_persistkit = archiver._made_by_persistkit(Path(source))
             report = archiver.verify(source)
@@ -331,7 +331,7 @@ def _inspect_zip(source: str) -> Manifest | VerifyReport:
         if not made_by_persistkit:
             raise _not_persistkit(
                 source,
-                f"a zip whose {MANIFEST} is not a persistkit archive manifest (damaged, or written by "
+                f"a zip whose {ARCHIVE_MANIFEST} is not a persistkit archive manifest (damaged, or written by "
                 "another tool)",
             )
         return report

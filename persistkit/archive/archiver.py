@@ -19,10 +19,10 @@ from typing import Any
 
 from persistkit import naming
 from persistkit.archive.base import (
+    ARCHIVE_MANIFEST,
     CHUNK,
     DEFAULT_EXCLUDE,
     FORMAT,
-    MANIFEST,
     STORED_SUFFIXES,
     ArchiveReport,
     RestoreLimits,
@@ -190,7 +190,7 @@ class Archiver:
                 "excluded": report.excluded,
                 "files": files,
             }
-            zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+            zf.writestr(ARCHIVE_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
         verified = self.verify(target)
         if not verified.ok:
             raise IntegrityError(
@@ -376,7 +376,7 @@ class Archiver:
         """Whether ``path`` holds a persistkit manifest; never raises, whatever the file holds."""
         try:
             with current_fs().open_read(path) as raw, zipfile.ZipFile(raw) as zf:
-                info = zf.getinfo(MANIFEST)
+                info = zf.getinfo(ARCHIVE_MANIFEST)
                 if info.file_size > _MAX_MANIFEST_BYTES or info.flag_bits & 0x1:
                     return False
                 doc, problem = _parse_manifest(_read_capped(zf, info, _MAX_MANIFEST_BYTES))

@@ -22,7 +22,8 @@ from persistkit.io.atomic import pid_alive
 
 log = logging.getLogger("persistkit")
 
-MANIFEST = "MANIFEST.json"
+# A training archive's manifest (not a bundle's manifest.json, nor a state generation's MANIFEST).
+ARCHIVE_MANIFEST = "MANIFEST.json"
 FORMAT = "persistkit-archive/1"
 CHUNK = 1 << 20
 # Already-compressed formats are stored as they are: deflating them costs time and saves nothing.

@@ -14,7 +14,7 @@ import stat as _stat
 import zipfile
 from pathlib import Path
 
-from persistkit.archive.base import _RESTORING, _RESTORING_LOCK, MANIFEST, RestoreLimits, _os_errors
+from persistkit.archive.base import _RESTORING, _RESTORING_LOCK, ARCHIVE_MANIFEST, RestoreLimits, _os_errors
 from persistkit.archive.checker import (
     _NOT_RESTORED,
     _check_content,
@@ -104,7 +104,7 @@ def _extract(src: Path, temp: Path, dest: Path, limits: RestoreLimits) -> None:
                 with _os_errors("create directory", dest / m.rel, _NOT_RESTORED):
                     fs.makedirs(temp / m.rel, durable=False)
         for m in plan.members:
-            if m.kind == "file" and m.rel != MANIFEST:
+            if m.kind == "file" and m.rel != ARCHIVE_MANIFEST:
                 problem = _extract_file(zf, m, plan, src, temp / m.rel, dest / m.rel, limits)
                 if problem:
                     _refuse([problem], src)

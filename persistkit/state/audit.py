@@ -238,8 +238,8 @@ def _describe_generation(root: str, name: str, n: int, status: GenStatus) -> Gen
         gen.problem = f"cannot list ({err.strerror})"
         return gen
     first_seqs: dict[str, int] = {}
-    if gens.MANIFEST in files:
-        mpath = os.path.join(gdir, gens.MANIFEST)
+    if gens.GENERATION_MANIFEST in files:
+        mpath = os.path.join(gdir, gens.GENERATION_MANIFEST)
         try:
             data = fs.read_bytes(mpath)
             gen.manifest_bytes = len(data)
@@ -313,7 +313,7 @@ def _verify_generation(
 ) -> None:
     """Check every file of a committed generation against its manifest (and MACs, given the key)."""
     gdir = os.path.join(root, gen.directory)
-    mpath = os.path.join(gdir, gens.MANIFEST)
+    mpath = os.path.join(gdir, gens.GENERATION_MANIFEST)
     encrypted = any(c.encrypted for c in gen.components)
     if encrypted and key is None:
         # Checksums can still be checked; the manifest itself cannot be read.

@@ -69,6 +69,7 @@ from persistkit.io.fs import io_error
 
 __all__ = [
     "CURRENT",
+    "GENERATION_MANIFEST",
     "GenerationFiles",
     "GenerationProblems",
     "LoadedGeneration",
@@ -83,7 +84,8 @@ __all__ = [
 ]
 
 CURRENT = "CURRENT"
-MANIFEST = "MANIFEST"
+# A generation's manifest (not a bundle's manifest.json, nor a training archive's MANIFEST.json).
+GENERATION_MANIFEST = "MANIFEST"
 _GEN_RE = re.compile(r"^gen-(\d{6,})$")
 _TMP_RE = re.compile(r"^gen-(\d{6,})\.(?:tmp|retired)-[0-9a-f]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")  # a component's name: also its file's
@@ -163,7 +165,7 @@ def commit_generation(directory: str, files: GenerationFiles, *, key: Key | None
             meta={"generation": n, "store": files.store_id},
             key=key,
         )
-        _write_synced(os.path.join(tmp, MANIFEST), sealed_manifest)
+        _write_synced(os.path.join(tmp, GENERATION_MANIFEST), sealed_manifest)
         fs.fsync_dir(tmp)
         fs.replace(tmp, final)
         fs.fsync_dir(directory)
@@ -406,7 +408,7 @@ def check_generation(
     """
     fs = current_fs()
     gdir = os.path.join(directory, gen_name(n))
-    mpath = os.path.join(gdir, MANIFEST)
+    mpath = os.path.join(gdir, GENERATION_MANIFEST)
     try:
         mdata = fs.read_bytes(mpath)
         manifest = tree.decode(_open(mdata, key=key, source=mpath, kind="manifest").payload, source=mpath)

@@ -571,7 +571,7 @@ class StateStore:
                     missing = os.path.join(self.directory, gens.gen_name(generation), gens.journal_file(name))
                     raise IntegrityError(
                         f"{missing}: the journal of {name!r} is missing, though {gens.gen_name(generation)}"
-                        f"/{gens.MANIFEST} lists it (every checkpoint creates its journals): the appends "
+                        f"/{gens.GENERATION_MANIFEST} lists it (every checkpoint creates its journals): the appends "
                         "acknowledged after that checkpoint are gone. Restore the file from a backup; to "
                         "accept losing them, create an empty file at that path and load again.",
                         path=missing,
