@@ -28,8 +28,6 @@ from persistkit.archive.base import (
     FORMAT,
     RestoreLimits,
     VerifyReport,
-    _os_error,
-    _os_errors,
 )
 from persistkit.errors import (
     FormatError,
@@ -39,6 +37,7 @@ from persistkit.errors import (
 )
 from persistkit.format.manifest import BUNDLE_AUTH, BUNDLE_MANIFEST
 from persistkit.io import current_fs
+from persistkit.io.fs import io_error, io_errors
 from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
 
 _MAX_MANIFEST_BYTES = 64 << 20  # ~250 bytes an entry: room for RestoreLimits.max_entries and more
@@ -137,7 +136,7 @@ def _read_problem(err: BaseException, what: str, src: Path) -> str:
     """The problem text for an exception raised while reading member data, or re-raise a real I/O error."""
     # EINVAL: zipfile seeking to a negative offset, from damaged headers; other errnos are the disk's
     if isinstance(err, OSError) and not isinstance(err, PersistkitError) and err.errno != _errno.EINVAL:
-        raise _os_error("read archive", src, err) from err
+        raise io_error("read archive", src, err) from err
     return f"{what} is damaged ({type(err).__name__}: {err})"
 
 
@@ -454,7 +453,7 @@ def _check_content(
 def _open_zip(src: Path, problems: builtins.list[_Problem]) -> Iterator[tuple[zipfile.ZipFile | None, int]]:
     """The archive opened as a zip, with its size; (None, size) and a problem if it is not a readable zip."""
     fs = current_fs()
-    with _os_errors("open archive", src):
+    with io_errors("open archive", src):
         raw: BinaryIO = fs.open_read(src)
     with raw:
         try:

@@ -14,7 +14,7 @@ import stat as _stat
 import zipfile
 from pathlib import Path
 
-from persistkit.archive.base import _RESTORING, _RESTORING_LOCK, ARCHIVE_MANIFEST, RestoreLimits, _os_errors
+from persistkit.archive.base import _RESTORING, _RESTORING_LOCK, ARCHIVE_MANIFEST, RestoreLimits
 from persistkit.archive.checker import (
     _NOT_RESTORED,
     _check_content,
@@ -30,6 +30,7 @@ from persistkit.errors import (
 )
 from persistkit.io import atomic_write, current_fs
 from persistkit.io.atomic import pid_alive
+from persistkit.io.fs import io_errors
 
 _RESTORE_TEMP = re.compile(r"^\.(?P<into>.+)\.restore-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})$")
 _ACTIVE_TEMPS: set[str] = set()  # restore temp directories this process is filling right now
@@ -51,7 +52,7 @@ def restore(
     src = Path(os.path.abspath(os.fspath(path)))
     dest = Path(os.path.abspath(os.fspath(into)))
     fs = current_fs()
-    with _os_errors("prepare restore target", dest, _NOT_RESTORED):
+    with io_errors("prepare restore target", dest, _NOT_RESTORED):
         if fs.exists(dest):
             raise PersistIOError(
                 f"restore target {dest} already exists; choose a new directory.",
@@ -68,11 +69,11 @@ def restore(
     try:
         with contextlib.suppress(OSError):
             atomic_write(marker, f"{os.getpid()}\n".encode(), durable=False)
-        with _os_errors("create restore directory", temp, _NOT_RESTORED):
+        with io_errors("create restore directory", temp, _NOT_RESTORED):
             fs.mkdir(temp)
         try:
             _extract(src, temp, dest, limits)
-            with _os_errors("move the restored files into place at", dest, _NOT_RESTORED):
+            with io_errors("move the restored files into place at", dest, _NOT_RESTORED):
                 fs.fsync_dir(temp)
                 fs.replace(temp, dest)
                 fs.fsync_dir(dest.parent)
@@ -101,7 +102,7 @@ def _extract(src: Path, temp: Path, dest: Path, limits: RestoreLimits) -> None:
         # Directories, then files, then links last: no byte is ever written after a link exists.
         for m in plan.members:
             if m.kind == "dir":
-                with _os_errors("create directory", dest / m.rel, _NOT_RESTORED):
+                with io_errors("create directory", dest / m.rel, _NOT_RESTORED):
                     fs.makedirs(temp / m.rel, durable=False)
         for m in plan.members:
             if m.kind == "file" and m.rel != ARCHIVE_MANIFEST:
@@ -110,7 +111,7 @@ def _extract(src: Path, temp: Path, dest: Path, limits: RestoreLimits) -> None:
                     _refuse([problem], src)
         for m in plan.members:
             if m.kind == "symlink":
-                with _os_errors("create symlink", dest / m.rel, _NOT_RESTORED):
+                with io_errors("create symlink", dest / m.rel, _NOT_RESTORED):
                     fs.makedirs((temp / m.rel).parent, durable=False)
                     fs.symlink(m.target, temp / m.rel)
 
@@ -119,18 +120,18 @@ def _extract_file(
     zf: zipfile.ZipFile, m: _Member, plan: _Plan, src: Path, target: Path, shown: Path, limits: RestoreLimits
 ) -> _Problem | None:
     fs = current_fs()
-    with _os_errors("create restored file", shown, _NOT_RESTORED):
+    with io_errors("create restored file", shown, _NOT_RESTORED):
         fs.makedirs(target.parent, durable=False)
         handle = fs.create(target, mode=0o644)
     try:
 
         def write(chunk: bytes) -> None:
-            with _os_errors("write restored file", shown, _NOT_RESTORED):
+            with io_errors("write restored file", shown, _NOT_RESTORED):
                 fs.write(handle, chunk)
 
         problem = _check_content(zf, m, plan, src, limits, write)
         if problem is None:
-            with _os_errors("fsync restored file", shown, _NOT_RESTORED):
+            with io_errors("fsync restored file", shown, _NOT_RESTORED):
                 fs.fsync(handle)
         return problem
     finally:
