@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from persistkit import naming
 from persistkit.errors import FormatError, IntegrityError
 from persistkit.io import current_fs
 from persistkit.io.fs import PathLike, describe_file_type, io_error
@@ -271,7 +272,7 @@ def inspect(path: PathLike) -> Info:
     if not stat.S_ISREG(st.st_mode):
         raise _not_persistkit(source, "it is not a regular file or a directory")
     if st.st_size == 0:
-        if source.endswith(".journal") and os.path.basename(os.path.dirname(source)).startswith("gen-"):
+        if source.endswith(".journal") and naming.parse_generation(os.path.basename(os.path.dirname(source))):
             # A checkpoint starts every journal empty; with no bytes to sniff, only the place can tell.
             return _journal_info(source, first_seq=0)
         raise _not_persistkit(source, "it is empty (0 bytes); if it should be one, it was truncated")
@@ -299,9 +300,9 @@ def _inspect_directory(source: str) -> StoreInfo:
         names = current_fs().listdir(source)
     except OSError as err:
         raise io_error("inspect", source, err) from err
-    if STORE_FILE not in names and not any(n.startswith("gen-") for n in names):
+    if STORE_FILE not in names and not any(naming.parse_generation(n) for n in names):
         hint = ""
-        if os.path.basename(source).startswith("gen-"):
+        if naming.parse_generation(os.path.basename(source)):
             hint = " It looks like one generation of a state store: inspect its parent directory."
         raise _not_persistkit(source, "a directory without a STORE file or gen-* directories", hint)
     return inspect_store(source)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from persistkit import naming
 from persistkit.archive import backup_before_overwrite
 from persistkit.model_store import ModelStore
 from persistkit.naming import (
@@ -185,3 +186,88 @@ def test_backup_before_overwrite_keeps_the_newest_through_retention(tmp_path):
     made = [backup_before_overwrite(target, keep=2) for _ in range(4)]
     left = sorted(p.name for p in (tmp_path / "backups").iterdir() if not p.name.startswith("."))
     assert left == sorted(p.name for p in made[-2:])
+
+
+# -- generation, quarantine and restore names: one rule that writers and readers share ------------------
+
+
+@pytest.mark.parametrize("n", [1, 7, 999_999, 1_000_000])
+def test_every_generation_name_persistkit_makes_parses_back(n):
+    made = {
+        "committed": naming.gen_name(n),
+        "tmp": naming.gen_temp_name(n),
+        "retired": naming.gen_retired_name(n),
+        "corrupt": naming.quarantine_name(naming.gen_name(n)),
+    }
+    for state, name in made.items():
+        assert naming.parse_generation(name) == naming.GenerationName(n, state), name
+        assert naming.generation_state(name) == state and naming.generation_number(name) == n
+    assert naming.gen_temp_name(n) != naming.gen_temp_name(n)  # two writers never share a temp directory
+    copy = naming.quarantine_name(f"{naming.gen_name(n)}.trades.journal")
+    assert naming.is_quarantined(copy) and naming.generation_number(copy) == n
+    assert naming.parse_generation(copy) is None  # a quarantined file is not a generation directory
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["gen-1", "gen-00001", "gen-000001.tmp-XYZ", "gen-000001.tmp-", "gen-000001.old", "xgen-000001", ""],
+)
+def test_names_that_are_not_generations(name):
+    assert naming.parse_generation(name) is None and naming.generation_state(name) is None
+
+
+def test_quarantine_names_sort_by_when_they_were_made():
+    early = naming.quarantine_name("CURRENT", dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC))
+    late = naming.quarantine_name("CURRENT", dt.datetime(2024, 1, 2, 3, 4, 5, 7, tzinfo=dt.UTC))
+    assert early < late and early.startswith("CURRENT.corrupt-") and naming.is_quarantined(early)
+
+
+def test_the_names_a_real_store_writes_are_the_ones_naming_reads(tmp_path):
+    import persistkit as pk
+    from persistkit.state import generations as gens
+
+    class Counter:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def state_dict(self):
+            return {"n": self.n}
+
+        def load_state_dict(self, state):
+            self.n = state["n"]
+
+    where = tmp_path / "store"
+    with pk.StateStore(where, autosave_every=0, keep_generations=2) as store:
+        counter = store.register("counter", Counter())
+        store.load()
+        for _ in range(4):
+            counter.n += 1
+            store.save()
+    names = os.listdir(where)
+    committed, leftovers = gens.list_generations(str(where))
+    assert leftovers == [] and len(committed) == 2
+    assert sorted(n for n in names if naming.generation_state(n) == "committed") == [
+        naming.gen_name(x) for x in committed
+    ]
+    newest = where / naming.gen_name(committed[-1])
+    (newest / "counter.pk").write_bytes(b"damaged")  # the next load quarantines it, never deletes it
+    with pytest.warns(pk.StateRecoveredWarning), pk.StateStore(where, autosave_every=0) as store:
+        counter = store.register("counter", Counter())
+        store.load()
+    corrupt = [n for n in os.listdir(where) if naming.generation_state(n) == "corrupt"]
+    assert [naming.generation_number(n) for n in corrupt] == [committed[-1]] and counter.n == 3
+    after, _ = gens.list_generations(
+        str(where)
+    )  # closing saved again: under a new number, never the quarantined one
+    assert (
+        committed[-1] not in after
+        and gens.highest_generation_number(str(where)) == max(after) > committed[-1]
+    )
+
+
+def test_restore_temp_names_carry_the_target_and_the_pid():
+    name = naming.restore_temp_name("restored")
+    assert naming.parse_restore_temp(name) == ("restored", os.getpid())
+    assert naming.parse_restore_temp("restored") is None
+    assert naming.parse_restore_temp(".restored.restore-12-zz") is None
+    assert naming.restoring_marker(Path("a/b.zip")) == "a/b.zip.restoring"

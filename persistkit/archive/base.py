@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from persistkit import naming
 from persistkit.io import current_fs
 from persistkit.io.atomic import pid_alive
 
@@ -108,7 +109,7 @@ def _is_restoring(path: Path) -> bool:
     with _RESTORING_LOCK:
         if str(path) in _RESTORING:
             return True
-    marker = Path(f"{path}.restoring")
+    marker = Path(naming.restoring_marker(path))
     fs = current_fs()
     if not fs.exists(marker):
         return False

@@ -8,12 +8,11 @@ import builtins
 import contextlib
 import errno as _errno
 import os
-import re
-import secrets
 import stat as _stat
 import zipfile
 from pathlib import Path
 
+from persistkit import naming
 from persistkit.archive.base import _RESTORING, _RESTORING_LOCK, ARCHIVE_MANIFEST, RestoreLimits
 from persistkit.archive.checker import (
     _NOT_RESTORED,
@@ -32,7 +31,6 @@ from persistkit.io import atomic_write, current_fs
 from persistkit.io.atomic import pid_alive
 from persistkit.io.fs import io_errors
 
-_RESTORE_TEMP = re.compile(r"^\.(?P<into>.+)\.restore-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})$")
 _ACTIVE_TEMPS: set[str] = set()  # restore temp directories this process is filling right now
 
 
@@ -61,8 +59,8 @@ def restore(
             )
         fs.makedirs(dest.parent)
     cleanup_stale_restores(dest.parent)
-    temp = dest.parent / f".{dest.name}.restore-{os.getpid()}-{secrets.token_hex(4)}"
-    marker = Path(f"{src}.restoring")
+    temp = dest.parent / naming.restore_temp_name(dest.name)
+    marker = Path(naming.restoring_marker(src))
     with _RESTORING_LOCK:
         _RESTORING.add(str(src))
         _ACTIVE_TEMPS.add(str(temp))
@@ -153,11 +151,11 @@ def cleanup_stale_restores(directory: str | os.PathLike[str]) -> builtins.list[s
     removed = []
     me = os.getpid()
     for name in names:
-        match = _RESTORE_TEMP.match(name)
-        if match is None:
+        parsed = naming.parse_restore_temp(name)
+        if parsed is None:
             continue
         full = os.path.join(os.path.abspath(os.fspath(directory)), name)
-        pid = int(match["pid"])
+        pid = parsed[1]
         with _RESTORING_LOCK:
             active = full in _ACTIVE_TEMPS
         if active or (pid != me and pid_alive(pid)):

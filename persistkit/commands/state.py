@@ -75,7 +75,9 @@ def inspect_command(
 
 
 def print_store_table(info: StoreInfo, *, authenticated: bool = False) -> None:
-    current = f"gen-{info.current:06d}" if info.current is not None else "none (no checkpoint yet)"
+    from persistkit.naming import gen_name
+
+    current = gen_name(info.current) if info.current is not None else "none (no checkpoint yet)"
     click.echo(f"state store {info.directory}")
     click.echo(
         f"  id {info.store_id or '?'}   encrypted: {'yes' if info.encrypted else 'no'}   CURRENT -> {current}"

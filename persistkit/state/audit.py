@@ -16,10 +16,10 @@ last one: its full length is on disk, so it was written, and probably acknowledg
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from persistkit import naming
 from persistkit.errors import FormatError, PersistkitError, WrongKeyError
 from persistkit.format import envelope, tree
 from persistkit.format.crypto import Key
@@ -34,8 +34,7 @@ __all__ = ["ComponentInfo", "GenerationInfo", "JournalInfo", "StoreInfo", "descr
 GenStatus = Literal["current", "previous", "orphan", "uncommitted", "quarantined", "unfinished", "retired"]
 # Only these are ever loaded, so only these are judged; the rest are listed for the record.
 JUDGED: tuple[GenStatus, ...] = ("current", "previous")
-_SUFFIX_STATUS: dict[str, GenStatus] = {"tmp": "unfinished", "corrupt": "quarantined", "retired": "retired"}
-_DIR_RE = re.compile(r"^gen-(\d{6,})(?:\.(tmp|corrupt|retired)-.+)?$")
+_STATE_STATUS: dict[str, GenStatus] = {"tmp": "unfinished", "corrupt": "quarantined", "retired": "retired"}
 
 
 @dataclass
@@ -133,7 +132,7 @@ def inspect_store(
         names = sorted(fs.listdir(root))
     except OSError as err:
         raise io_error("list state store", root, err) from err
-    if STORE_FILE not in names and not any(_DIR_RE.match(n) for n in names):
+    if STORE_FILE not in names and not any(naming.parse_generation(n) for n in names):
         raise FormatError(
             f"{root}: not a persistkit state store (no {STORE_FILE} file and no gen-* directories). "
             "Point at the directory given to StateStore(...).",
@@ -150,15 +149,15 @@ def inspect_store(
     current_digest = _read_current(root, info, key=key if verify else None, check=verify)
 
     for name in names:
-        m = _DIR_RE.match(name)
-        if ".corrupt-" in name and not fs.is_dir(os.path.join(root, name)):
+        parsed = naming.parse_generation(name)
+        if naming.is_quarantined(name) and not fs.is_dir(os.path.join(root, name)):
             info.quarantined_files.append(name)  # CURRENT, or a copy of a damaged journal
-        if m is None or not fs.is_dir(os.path.join(root, name)):
+        if parsed is None or not fs.is_dir(os.path.join(root, name)):
             continue
-        n = int(m[1])
+        n = parsed.number
         status: GenStatus
-        if m[2] is not None:
-            status = _SUFFIX_STATUS[m[2]]
+        if parsed.state != "committed":
+            status = _STATE_STATUS[parsed.state]
         elif info.current is None:
             status = "previous"  # without CURRENT a load tries every generation, newest first
         elif n == info.current:

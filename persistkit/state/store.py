@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import xxhash
 
+from persistkit import naming
 from persistkit.errors import (
     BudgetExceededError,
     FormatError,
@@ -850,7 +851,7 @@ class StateStore:
                     "could not remove old generation %s (retried at the next save): %s", gens.gen_name(n), err
                 )
         for name in leftovers:
-            if ".retired-" in name:
+            if naming.generation_state(name) == "retired":
                 with contextlib.suppress(OSError):
                     gens.remove_generation(os.path.join(self.directory, name))
         return not newer_orphan_left
