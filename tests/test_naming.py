@@ -226,22 +226,12 @@ def test_the_names_a_real_store_writes_are_the_ones_naming_reads(tmp_path):
     import persistkit as pk
     from persistkit.state import generations as gens
 
-    class Counter:
-        def __init__(self) -> None:
-            self.n = 0
-
-        def state_dict(self):
-            return {"n": self.n}
-
-        def load_state_dict(self, state):
-            self.n = state["n"]
-
     where = tmp_path / "store"
     with pk.StateStore(where, autosave_every=0, keep_generations=2) as store:
-        counter = store.register("counter", Counter())
+        counter = store.register("counter", {"n": 0})  # a plain dict is its own state
         store.load()
         for _ in range(4):
-            counter.n += 1
+            counter["n"] += 1
             store.save()
     names = os.listdir(where)
     committed, leftovers = gens.list_generations(str(where))
@@ -252,10 +242,10 @@ def test_the_names_a_real_store_writes_are_the_ones_naming_reads(tmp_path):
     newest = where / naming.gen_name(committed[-1])
     (newest / "counter.pk").write_bytes(b"damaged")  # the next load quarantines it, never deletes it
     with pytest.warns(pk.StateRecoveredWarning), pk.StateStore(where, autosave_every=0) as store:
-        counter = store.register("counter", Counter())
+        counter = store.register("counter", {"n": 0})
         store.load()
     corrupt = [n for n in os.listdir(where) if naming.generation_state(n) == "corrupt"]
-    assert [naming.generation_number(n) for n in corrupt] == [committed[-1]] and counter.n == 3
+    assert [naming.generation_number(n) for n in corrupt] == [committed[-1]] and counter["n"] == 3
     after, _ = gens.list_generations(
         str(where)
     )  # closing saved again: under a new number, never the quarantined one

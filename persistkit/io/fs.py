@@ -87,6 +87,35 @@ def _kind(op: str) -> str:
     return "other"
 
 
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4096
+
+# Advice that depends on the errno alone; ENOENT, EEXIST/ENOTDIR and EACCES/EPERM also depend on the
+# kind of operation (see _advice).
+_ERRNO_ADVICE = {
+    _errno.EISDIR: "It is a directory: pass the path of a file.",
+    _errno.ENAMETOOLONG: (
+        f"The name is too long for the filesystem (at most {NAME_MAX_BYTES} bytes per name, "
+        f"{PATH_MAX_BYTES} per path): choose a shorter name or directory."
+    ),
+    _errno.EROFS: "The filesystem is read-only: remount it read-write, or choose another location.",
+    _errno.ENOSPC: "The disk is full: free space on that filesystem (or use one with room), then retry.",
+    _errno.EDQUOT: "Your disk quota is used up: free space or raise the quota, then retry.",
+    _errno.EFBIG: "The file is larger than this filesystem or process allows (ulimit -f): use another location.",
+    _errno.ELOOP: (
+        "A symbolic link is in the way (persistkit does not follow links here), or the path loops "
+        "through links: point at the real file."
+    ),
+    _errno.EIO: "The device reported an I/O error: check the disk (dmesg, SMART) before trusting it again.",
+    _errno.EAGAIN: "The operation was interrupted or would block: retry.",
+    _errno.EINTR: "The operation was interrupted or would block: retry.",
+    _errno.EMFILE: "The process has too many open files: close some, or raise the limit (ulimit -n), then retry.",
+    _errno.ENFILE: "The system has too many open files: retry later, or raise fs.file-max.",
+    _errno.EXDEV: "The paths are on different filesystems: choose a target on the same filesystem.",
+    _errno.ENOTEMPTY: "The directory is not empty: choose a new directory, or empty it first.",
+}
+
+
 def _advice(op: str, path: str, code: int | None) -> str:
     """What to do about ``code`` during ``op`` on ``path``: one sentence per errno and kind of operation."""
     kind = _kind(op)
@@ -104,42 +133,10 @@ def _advice(op: str, path: str, code: int | None) -> str:
             "A file is in the way where a directory is needed (the path or one of its parents is a file): "
             "move that file away, or choose another path."
         )
-    if code == _errno.EISDIR:
-        return "It is a directory: pass the path of a file."
-    if code == _errno.ENAMETOOLONG:
-        return (
-            f"The name is too long for the filesystem (at most {NAME_MAX_BYTES} bytes per name, "
-            f"{PATH_MAX_BYTES} per path): choose a shorter name or directory."
-        )
     if code in (_errno.EACCES, _errno.EPERM):
         where = "it" if kind == "look" else f"{parent!r}"
         return f"Permission denied: give this user access to {where} (chmod/chown), or choose another path."
-    if code == _errno.EROFS:
-        return "The filesystem is read-only: remount it read-write, or choose another location."
-    if code == _errno.ENOSPC:
-        return "The disk is full: free space on that filesystem (or use one with room), then retry."
-    if code == _errno.EDQUOT:
-        return "Your disk quota is used up: free space or raise the quota, then retry."
-    if code == _errno.EFBIG:
-        return "The file is larger than this filesystem or process allows (ulimit -f): use another location."
-    if code == _errno.ELOOP:
-        return (
-            "A symbolic link is in the way (persistkit does not follow links here), or the path loops "
-            "through links: point at the real file."
-        )
-    if code == _errno.EIO:
-        return "The device reported an I/O error: check the disk (dmesg, SMART) before trusting it again."
-    if code in (_errno.EAGAIN, _errno.EWOULDBLOCK, _errno.EINTR):
-        return "The operation was interrupted or would block: retry."
-    if code == _errno.EMFILE:
-        return "The process has too many open files: close some, or raise the limit (ulimit -n), then retry."
-    if code == _errno.ENFILE:
-        return "The system has too many open files: retry later, or raise fs.file-max."
-    if code == _errno.EXDEV:
-        return "The paths are on different filesystems: choose a target on the same filesystem."
-    if code == _errno.ENOTEMPTY:
-        return "The directory is not empty: choose a new directory, or empty it first."
-    return "Fix the cause above, then retry."
+    return _ERRNO_ADVICE.get(code or -1, "Fix the cause above, then retry.")
 
 
 _CONSEQUENCE = {
@@ -149,8 +146,6 @@ _CONSEQUENCE = {
     "delete": "Nothing else was deleted.",
     "other": "",
 }
-NAME_MAX_BYTES = 255
-PATH_MAX_BYTES = 4096
 
 
 def io_error(op: str, path: PathLike, err: OSError, after: str = "") -> PersistIOError:
