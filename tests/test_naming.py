@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import run_workers
 
 from persistkit import naming
 from persistkit.archive import backup_before_overwrite
@@ -65,13 +66,8 @@ def test_concurrent_savers_that_prune_never_reuse_a_name(tmp_path):
     """A kill-storm-like churn: 4 real processes save and prune one group as fast as they can."""
     workers, saves = 4, 12
     results = ctx.Queue()
-    procs = [ctx.Process(target=_save_and_prune, args=(tmp_path, w, saves, results)) for w in range(workers)]
-    for p in procs:
-        p.start()
-    got = dict(results.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    arguments = [(tmp_path, w, saves, results) for w in range(workers)]
+    got = dict(run_workers(ctx, _save_and_prune, arguments, results, timeout=300))
     every = [path for paths in got.values() for path in paths]
     assert len(set(every)) == workers * saves, "a name was handed out twice"
     family = Stamped("", ".models", "%Y-%m-%d_%H%M%S")

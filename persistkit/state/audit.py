@@ -221,9 +221,7 @@ def _read_current(root: str, info: StoreInfo, *, key: Key | None, check: bool) -
     except WrongKeyError:
         raise
     except (OSError, PersistkitError) as err:
-        info.problem = (
-            f"CURRENT is unreadable ({_why(err)}); the next load falls back to the newest generation"
-        )
+        info.problem = f"CURRENT is unreadable ({gens.problem_reason(err)}); the next load falls back to the newest generation"
     return None
 
 
@@ -252,7 +250,7 @@ def _describe_generation(root: str, name: str, n: int, status: GenStatus) -> Gen
                         if isinstance(entry, dict) and type(entry.get("first_seq")) is int:
                             first_seqs[str(log)] = entry["first_seq"]
         except (OSError, PersistkitError) as err:
-            gen.problem = f"MANIFEST: {_why(err)}"
+            gen.problem = f"MANIFEST: {gens.problem_reason(err)}"
     elif status in JUDGED:
         gen.problem = "no MANIFEST"
     for file in files:
@@ -273,7 +271,7 @@ def _describe_component(path: str, file: str) -> ComponentInfo:
         info.bytes = len(data)
         header = envelope.read_header(data, source=path)
     except (OSError, PersistkitError) as err:
-        info.problem = _why(err)
+        info.problem = gens.problem_reason(err)
         return info
     info.schema, info.codec, info.encrypted = header.schema, header.codec, header.encrypted
     return info
@@ -294,7 +292,7 @@ def describe_journal(path: str, file: str, *, first_seq: int | None, cipher: obj
     try:
         reader = JournalReader.read(path, cipher=cipher, first_seq=first_seq)
     except PersistkitError as err:
-        info.problem = _why(err)
+        info.problem = gens.problem_reason(err)
         return info
     info.records, info.torn_bytes = len(reader.records), reader.torn_bytes
     if reader.damage:
@@ -389,11 +387,5 @@ def _checksum_problem(path: str) -> str:
     except WrongKeyError:
         return ""  # the checksum held (it is checked first); only the key to check the MAC is missing
     except PersistkitError as err:
-        return _why(err)
+        return gens.problem_reason(err)
     return ""
-
-
-def _why(err: BaseException) -> str:
-    if isinstance(err, OSError) and not isinstance(err, PersistkitError):
-        return f"unreadable ({err.strerror})"
-    return f"{type(err).__name__}: {err}"

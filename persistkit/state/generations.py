@@ -78,6 +78,7 @@ __all__ = [
     "commit_generation",
     "gen_name",
     "list_generations",
+    "problem_reason",
     "quarantine",
     "read_current",
     "read_generation",
@@ -368,7 +369,8 @@ class GenerationProblems:
             self.components.setdefault(component, reason)
 
 
-def _why(err: BaseException) -> str:
+def problem_reason(err: BaseException) -> str:
+    """A short reason for a collected problem: the OS error's text, or the typed error with its message."""
     if isinstance(err, OSError) and not isinstance(err, PersistkitError):
         return f"unreadable ({err.strerror})"
     return f"{type(err).__name__}: {err}"
@@ -407,7 +409,7 @@ def check_generation(
         problems.found(mpath, f"cannot be read ({err.strerror})", cause=err)
         return None
     except PersistkitError as err:
-        problems.found(mpath, _why(err), error=err)
+        problems.found(mpath, problem_reason(err), error=err)
         return None
     named = manifest.get("generation") if isinstance(manifest, dict) else "?"
     if not isinstance(manifest, dict) or named != n:
@@ -458,7 +460,7 @@ def check_generation(
         except WrongKeyError:
             raise
         except PersistkitError as err:
-            problems.found(path, _why(err), component=name, error=err)
+            problems.found(path, problem_reason(err), component=name, error=err)
             continue
         meta = opened.header.meta
         if (
