@@ -44,10 +44,13 @@ def inspect_command(
     Exits 1 if something is damaged.
     """
     from persistkit.cli import cli_advice
+    from persistkit.keys import check_one
     from persistkit.state.audit import inspect_store
 
-    if password is not None and key_file is not None:
-        raise click.UsageError("pass --password or --key-file, not both")
+    try:
+        check_one(password, key_file)  # the one rule, its advice named as flags
+    except ValueError as err:
+        raise click.UsageError(cli_advice(str(err))) from None
     keyed = password is not None or key_file is not None
     flag = "--password" if password is not None else "--key-file"
     try:
