@@ -8,11 +8,11 @@ how it is recognised, and what ``inspect`` returns:
 - training archive (``Archiver.create``): a zip holding a persistkit ``MANIFEST.json``
   -> ``persistkit.archive.VerifyReport``;
 - state-store directory: a ``STORE`` file or ``gen-*`` directories
-  -> ``persistkit.state.inspection.StoreInfo``;
+  -> ``persistkit.state.audit.StoreInfo``;
 - envelope file (``STORE``, ``CURRENT``, ``MANIFEST``, ``*.pk`` components): the envelope magic
   -> ``persistkit.format.envelope.Header``;
 - journal (``*.journal``): its first record's framing and checksum
-  -> ``persistkit.state.inspection.JournalInfo``;
+  -> ``persistkit.state.audit.JournalInfo``;
 - key file: one line of base64 holding 32 bytes -> ``KeyFileInfo`` (fingerprint and mode, never the key).
 
 Only what files say about themselves is read: a bundle's manifest (its
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from persistkit import naming
 from persistkit.errors import FormatError, IntegrityError
 from persistkit.io import current_fs
 from persistkit.io.fs import PathLike, describe_file_type, io_error
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # the format and state modules load only when a file needs th
     from persistkit.bundle import Report
     from persistkit.format.envelope import Header
     from persistkit.format.manifest import Manifest
-    from persistkit.state.inspection import JournalInfo, StoreInfo
+    from persistkit.state.audit import JournalInfo, StoreInfo
     from persistkit.state.journal import Record
 
 __all__ = ["FileReport", "Info", "KeyFileInfo", "inspect", "to_json", "verify"]
@@ -137,8 +138,8 @@ def verify(
             with fs.open_read(source) as raw, zipfile.ZipFile(raw) as zf:
                 names = set(zf.namelist())
         except ZIP_DAMAGE_OR_IO:
-            names = {mf.MANIFEST_NAME}  # let the bundle reader say what is wrong, as it always has
-        if mf.MANIFEST_NAME in names or mf.AUTH_NAME in names:
+            names = {mf.BUNDLE_MANIFEST}  # let the bundle reader say what is wrong, as it always has
+        if mf.BUNDLE_MANIFEST in names or mf.BUNDLE_AUTH in names:
             return verify_bundle(source, password=password, key_file=key_file)
     try:
         info = inspect(source)
@@ -150,7 +151,7 @@ def verify(
     keyed = password is not None or key_file is not None
     from persistkit.archive import VerifyReport
     from persistkit.format.envelope import Header
-    from persistkit.state.inspection import JournalInfo, StoreInfo
+    from persistkit.state.audit import JournalInfo, StoreInfo
 
     if isinstance(info, VerifyReport):
         _no_key_for_plain(source, "a training archive", keyed)
@@ -159,7 +160,7 @@ def verify(
             Path(source), "archive", False, f"{info.checked} files against MANIFEST.json", info=info
         )
     if isinstance(info, StoreInfo):
-        from persistkit.state.inspection import inspect_store
+        from persistkit.state.audit import inspect_store
 
         if not info.encrypted:
             _no_key_for_plain(source, "a state store created without a password or key file", keyed)
@@ -271,7 +272,7 @@ def inspect(path: PathLike) -> Info:
     if not stat.S_ISREG(st.st_mode):
         raise _not_persistkit(source, "it is not a regular file or a directory")
     if st.st_size == 0:
-        if source.endswith(".journal") and os.path.basename(os.path.dirname(source)).startswith("gen-"):
+        if source.endswith(".journal") and naming.parse_generation(os.path.basename(os.path.dirname(source))):
             # A checkpoint starts every journal empty; with no bytes to sniff, only the place can tell.
             return _journal_info(source, first_seq=0)
         raise _not_persistkit(source, "it is empty (0 bytes); if it should be one, it was truncated")
@@ -292,23 +293,23 @@ def _not_persistkit(source: str, why: str, hint: str = "") -> FormatError:
 
 
 def _inspect_directory(source: str) -> StoreInfo:
-    from persistkit.state.inspection import inspect_store
+    from persistkit.state.audit import inspect_store
     from persistkit.state.store import STORE_FILE
 
     try:
         names = current_fs().listdir(source)
     except OSError as err:
         raise io_error("inspect", source, err) from err
-    if STORE_FILE not in names and not any(n.startswith("gen-") for n in names):
+    if STORE_FILE not in names and not any(naming.parse_generation(n) for n in names):
         hint = ""
-        if os.path.basename(source).startswith("gen-"):
+        if naming.parse_generation(os.path.basename(source)):
             hint = " It looks like one generation of a state store: inspect its parent directory."
         raise _not_persistkit(source, "a directory without a STORE file or gen-* directories", hint)
     return inspect_store(source)
 
 
 def _inspect_zip(source: str) -> Manifest | VerifyReport:
-    from persistkit.archive import MANIFEST, Archiver
+    from persistkit.archive import ARCHIVE_MANIFEST, Archiver
     from persistkit.bundle import inspect as inspect_bundle
     from persistkit.format import manifest as mf
 
@@ -319,10 +320,10 @@ def _inspect_zip(source: str) -> Manifest | VerifyReport:
         raise io_error("inspect", source, err) from err
     except ZIP_DAMAGE as err:
         raise _damaged_zip(source, err) from err
-    if mf.MANIFEST_NAME in names or mf.AUTH_NAME in names:
+    if mf.BUNDLE_MANIFEST in names or mf.BUNDLE_AUTH in names:
         return inspect_bundle(source)  # checks the manifest digest; raises naming what is wrong
     archiver = Archiver(os.path.dirname(source))
-    if MANIFEST in names:
+    if ARCHIVE_MANIFEST in names:
         try:
             made_by_persistkit = archiver._made_by_persistkit(Path(source))
             report = archiver.verify(source)
@@ -331,7 +332,7 @@ def _inspect_zip(source: str) -> Manifest | VerifyReport:
         if not made_by_persistkit:
             raise _not_persistkit(
                 source,
-                f"a zip whose {MANIFEST} is not a persistkit archive manifest (damaged, or written by "
+                f"a zip whose {ARCHIVE_MANIFEST} is not a persistkit archive manifest (damaged, or written by "
                 "another tool)",
             )
         return report
@@ -421,10 +422,10 @@ def _first_record(source: str, head: bytes) -> Record | None:
 
 
 def _journal_info(source: str, *, first_seq: int) -> JournalInfo:
-    from persistkit.state.inspection import _describe_journal
+    from persistkit.state.audit import describe_journal
 
-    info = _describe_journal(source, os.path.basename(source), first_seq=first_seq)
-    # _describe_journal names a journal inside a generation; standalone, the file may be named anything.
+    info = describe_journal(source, os.path.basename(source), first_seq=first_seq)
+    # describe_journal names a journal inside a generation; standalone, the file may be named anything.
     info.name = os.path.basename(source).removesuffix(".journal")
     info.file = source
     return info
@@ -437,7 +438,7 @@ def to_json(info: Info) -> dict[str, Any]:
     from persistkit.archive import VerifyReport
     from persistkit.format.envelope import Header
     from persistkit.format.manifest import Manifest
-    from persistkit.state.inspection import JournalInfo, StoreInfo
+    from persistkit.state.audit import JournalInfo, StoreInfo
 
     if isinstance(info, Manifest):
         return info.to_json()

@@ -1,4 +1,5 @@
-"""Every file-name rule in one place: stamped monotonic names, temp names.
+"""Every file-name rule in one place: stamped monotonic names, temp names, state-store
+generation names (committed, unfinished, retired, quarantined) and restore temp directories.
 
 Stamped names (``ModelStore`` versions, training archives, ``backup_before_overwrite``
 copies) look like ``<prefix><stamp><suffix>`` or, for the second and later name
@@ -33,13 +34,26 @@ from functools import cached_property
 __all__ = [
     "HIGH_WATER_NAME",
     "NAME_MAX",
+    "QUARANTINE_MARKER",
     "TEMP_MARKER",
+    "GenerationName",
     "Stamped",
     "allocate",
     "entry_path_problem",
     "fit_name",
+    "gen_name",
+    "gen_retired_name",
+    "gen_temp_name",
+    "generation_number",
+    "generation_state",
+    "is_quarantined",
     "is_temp_name",
     "next_candidate",
+    "parse_generation",
+    "parse_restore_temp",
+    "quarantine_name",
+    "restore_temp_name",
+    "restoring_marker",
     "temp_name_for",
 ]
 
@@ -71,6 +85,98 @@ def temp_pid(name: str) -> int | None:
     """The writer pid recorded in a temp name, or None if ``name`` is not a temp name."""
     match = _TEMP_RE.match(name)
     return int(match["pid"]) if match else None
+
+
+# -- state-store generations ---------------------------------------------------------------
+#
+#   gen-000007                   a committed checkpoint
+#   gen-000008.tmp-<hex>         one being written (never read; removed on open)
+#   gen-000005.retired-<hex>     one being deleted (never read; removed on open)
+#   gen-000006.corrupt-<stamp>   a quarantined one (never read, never deleted by persistkit)
+#   <name>.corrupt-<stamp>       any other quarantined file: CURRENT, or a copy of a damaged journal
+#                                (gen-000006.log.journal.corrupt-<stamp>)
+
+GENERATION_PREFIX = "gen-"
+QUARANTINE_MARKER = ".corrupt-"
+_QUARANTINE_STAMP = "%Y%m%dT%H%M%S%fZ"
+_GENERATION_RE = re.compile(
+    r"^gen-(?P<n>\d{6,})(?:\.(?:(?P<work>tmp|retired)-[0-9a-f]+|(?P<corrupt>corrupt)-.+))?$", re.S
+)
+_ANY_GENERATION_RE = re.compile(r"^gen-(?P<n>\d{6,})(?:$|\.)")
+
+
+@dataclass(frozen=True)
+class GenerationName:
+    """What a ``gen-*`` directory name says: its number, and ``committed``/``tmp``/``retired``/``corrupt``."""
+
+    number: int
+    state: str
+
+
+def gen_name(n: int) -> str:
+    return f"{GENERATION_PREFIX}{n:06d}"
+
+
+def gen_temp_name(n: int) -> str:
+    """Where generation ``n`` is written before it is renamed to ``gen_name(n)``."""
+    return f"{gen_name(n)}.tmp-{secrets.token_hex(4)}"
+
+
+def gen_retired_name(n: int) -> str:
+    """What generation ``n`` is renamed to (one atomic step) before it is deleted."""
+    return f"{gen_name(n)}.retired-{secrets.token_hex(4)}"
+
+
+def parse_generation(name: str) -> GenerationName | None:
+    """The generation directory ``name`` stands for, or None if it is not one."""
+    match = _GENERATION_RE.match(name)
+    if match is None:
+        return None
+    state = match["work"] or match["corrupt"] or "committed"
+    return GenerationName(int(match["n"]), state)
+
+
+def generation_state(name: str) -> str | None:
+    """``committed``, ``tmp``, ``retired`` or ``corrupt`` for a generation directory name, else None."""
+    parsed = parse_generation(name)
+    return parsed.state if parsed else None
+
+
+def generation_number(name: str) -> int | None:
+    """The number of any name persistkit derives from a generation (directories, quarantined copies)."""
+    match = _ANY_GENERATION_RE.match(name)
+    return int(match["n"]) if match else None
+
+
+def quarantine_name(name: str, when: dt.datetime | None = None) -> str:
+    """``<name>.corrupt-<UTC timestamp>``: where a damaged file or generation is kept (never deleted)."""
+    stamp = (when or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).strftime(_QUARANTINE_STAMP)
+    return f"{name}{QUARANTINE_MARKER}{stamp}"
+
+
+def is_quarantined(name: str) -> bool:
+    return QUARANTINE_MARKER in name
+
+
+# -- archive restores -----------------------------------------------------------------------
+
+_RESTORE_TEMP_RE = re.compile(r"^\.(?P<into>.+)\.restore-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})$", re.S)
+
+
+def restore_temp_name(into: str) -> str:
+    """``.<into>.restore-<pid>-<hex>``: the directory a restore fills before renaming it to ``into``."""
+    return f".{into}.restore-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def parse_restore_temp(name: str) -> tuple[str, int] | None:
+    """(target name, pid of the restoring process) of a restore temp directory, or None."""
+    match = _RESTORE_TEMP_RE.match(name)
+    return (match["into"], int(match["pid"])) if match else None
+
+
+def restoring_marker(archive: str | os.PathLike[str]) -> str:
+    """``<archive>.restoring``: says (with the pid inside) that ``archive`` is being restored."""
+    return f"{os.fspath(archive)}.restoring"
 
 
 # -- stamped monotonic names -------------------------------------------------------------

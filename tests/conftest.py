@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +23,25 @@ def fd_guard():
     # listdir itself may transiently hold one fd that is gone by now; anything left is a leak.
     leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
     assert not leaked, f"leaked file descriptors: {sorted(leaked)}"
+
+
+@contextlib.contextmanager
+def _mounted_tmpfs(where: Path, *options: str, size: str = "1m") -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    opts = ",".join((f"size={size}", *options))
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode(errors='replace').strip()})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=False)
+
+
+@pytest.fixture
+def tmpfs():
+    """``with tmpfs(where, "ro", size="256k") as mounted:`` a real small filesystem (needs root; else skips)."""
+    return _mounted_tmpfs
 
 
 def pytest_addoption(parser):

@@ -704,18 +704,16 @@ def _save_same_new_path(path, value, barrier, results):
 def test_concurrent_saves_to_the_same_new_path_publish_a_key_that_opens_the_bundle(tmp_path):
     import multiprocessing
 
+    from processes import run_workers
+
     ctx = multiprocessing.get_context("fork")
     trials, problems = 40, []
     for trial in range(trials):
         path = tmp_path / f"t{trial}" / "m.models"
         barrier, results = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=_save_same_new_path, args=(path, v, barrier, results)) for v in (1, 2)]
-        for p in procs:
-            p.start()
-        outcomes = sorted(results.get(timeout=60) for _ in procs)
-        for p in procs:
-            p.join(timeout=60)
-            assert p.exitcode == 0
+        outcomes = sorted(
+            run_workers(ctx, _save_same_new_path, [(path, v, barrier, results) for v in (1, 2)], results)
+        )
         if outcomes != [(1, "ok"), (2, "ok")]:
             problems.append(f"trial {trial}: a save failed: {outcomes}")
             continue

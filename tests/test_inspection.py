@@ -28,18 +28,7 @@ from persistkit.inspection import KeyFileInfo, inspect, to_json
 from persistkit.io.fs import DelegatingFS, current_fs, use_fs
 from persistkit.keys import write_key_file
 from persistkit.state import BoundedLog, StateStore
-from persistkit.state.inspection import JournalInfo, StoreInfo
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def state_dict(self):
-        return {"value": self.value}
-
-    def load_state_dict(self, state):
-        self.value = state["value"]
+from persistkit.state.audit import JournalInfo, StoreInfo
 
 
 @pytest.fixture
@@ -47,11 +36,11 @@ def store_dir(tmp_path):
     """A real store: three checkpoints; gen-000002's journal holds two appends, the others are empty."""
     directory = tmp_path / "store"
     store = StateStore(directory, autosave_every=0)
-    counter, trades = Counter(), BoundedLog(10)
+    counter, trades = {"value": 0}, BoundedLog(10)  # a plain dict is its own state
     store.register("counter", counter)
     store.register("trades", trades)
     store.load()
-    counter.value = 7
+    counter["value"] = 7
     store.save()
     trades.append({"id": 1})
     trades.append({"id": 2})
@@ -410,7 +399,7 @@ def test_cut_and_bit_flipped_files_only_ever_raise_typed_errors(bundle, archive,
 def test_an_encrypted_store_is_described_without_its_password(tmp_path):
     directory = tmp_path / "secret-store"
     store = StateStore(directory, autosave_every=0, password="s3cret", kdf=KdfParams.floor())
-    counter, trades = Counter(), BoundedLog(5)
+    counter, trades = {"value": 0}, BoundedLog(5)
     store.register("counter", counter)
     store.register("trades", trades)
     store.load()

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import run_workers
 
+from persistkit import naming
 from persistkit.archive import backup_before_overwrite
 from persistkit.model_store import ModelStore
 from persistkit.naming import (
@@ -64,13 +66,8 @@ def test_concurrent_savers_that_prune_never_reuse_a_name(tmp_path):
     """A kill-storm-like churn: 4 real processes save and prune one group as fast as they can."""
     workers, saves = 4, 12
     results = ctx.Queue()
-    procs = [ctx.Process(target=_save_and_prune, args=(tmp_path, w, saves, results)) for w in range(workers)]
-    for p in procs:
-        p.start()
-    got = dict(results.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    arguments = [(tmp_path, w, saves, results) for w in range(workers)]
+    got = dict(run_workers(ctx, _save_and_prune, arguments, results, timeout=300))
     every = [path for paths in got.values() for path in paths]
     assert len(set(every)) == workers * saves, "a name was handed out twice"
     family = Stamped("", ".models", "%Y-%m-%d_%H%M%S")
@@ -185,3 +182,78 @@ def test_backup_before_overwrite_keeps_the_newest_through_retention(tmp_path):
     made = [backup_before_overwrite(target, keep=2) for _ in range(4)]
     left = sorted(p.name for p in (tmp_path / "backups").iterdir() if not p.name.startswith("."))
     assert left == sorted(p.name for p in made[-2:])
+
+
+# -- generation, quarantine and restore names: one rule that writers and readers share ------------------
+
+
+@pytest.mark.parametrize("n", [1, 7, 999_999, 1_000_000])
+def test_every_generation_name_persistkit_makes_parses_back(n):
+    made = {
+        "committed": naming.gen_name(n),
+        "tmp": naming.gen_temp_name(n),
+        "retired": naming.gen_retired_name(n),
+        "corrupt": naming.quarantine_name(naming.gen_name(n)),
+    }
+    for state, name in made.items():
+        assert naming.parse_generation(name) == naming.GenerationName(n, state), name
+        assert naming.generation_state(name) == state and naming.generation_number(name) == n
+    assert naming.gen_temp_name(n) != naming.gen_temp_name(n)  # two writers never share a temp directory
+    copy = naming.quarantine_name(f"{naming.gen_name(n)}.trades.journal")
+    assert naming.is_quarantined(copy) and naming.generation_number(copy) == n
+    assert naming.parse_generation(copy) is None  # a quarantined file is not a generation directory
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["gen-1", "gen-00001", "gen-000001.tmp-XYZ", "gen-000001.tmp-", "gen-000001.old", "xgen-000001", ""],
+)
+def test_names_that_are_not_generations(name):
+    assert naming.parse_generation(name) is None and naming.generation_state(name) is None
+
+
+def test_quarantine_names_sort_by_when_they_were_made():
+    early = naming.quarantine_name("CURRENT", dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC))
+    late = naming.quarantine_name("CURRENT", dt.datetime(2024, 1, 2, 3, 4, 5, 7, tzinfo=dt.UTC))
+    assert early < late and early.startswith("CURRENT.corrupt-") and naming.is_quarantined(early)
+
+
+def test_the_names_a_real_store_writes_are_the_ones_naming_reads(tmp_path):
+    import persistkit as pk
+    from persistkit.state import generations as gens
+
+    where = tmp_path / "store"
+    with pk.StateStore(where, autosave_every=0, keep_generations=2) as store:
+        counter = store.register("counter", {"n": 0})  # a plain dict is its own state
+        store.load()
+        for _ in range(4):
+            counter["n"] += 1
+            store.save()
+    names = os.listdir(where)
+    committed, leftovers = gens.list_generations(str(where))
+    assert leftovers == [] and len(committed) == 2
+    assert sorted(n for n in names if naming.generation_state(n) == "committed") == [
+        naming.gen_name(x) for x in committed
+    ]
+    newest = where / naming.gen_name(committed[-1])
+    (newest / "counter.pk").write_bytes(b"damaged")  # the next load quarantines it, never deletes it
+    with pytest.warns(pk.StateRecoveredWarning), pk.StateStore(where, autosave_every=0) as store:
+        counter = store.register("counter", {"n": 0})
+        store.load()
+    corrupt = [n for n in os.listdir(where) if naming.generation_state(n) == "corrupt"]
+    assert [naming.generation_number(n) for n in corrupt] == [committed[-1]] and counter["n"] == 3
+    after, _ = gens.list_generations(
+        str(where)
+    )  # closing saved again: under a new number, never the quarantined one
+    assert (
+        committed[-1] not in after
+        and gens.highest_generation_number(str(where)) == max(after) > committed[-1]
+    )
+
+
+def test_restore_temp_names_carry_the_target_and_the_pid():
+    name = naming.restore_temp_name("restored")
+    assert naming.parse_restore_temp(name) == ("restored", os.getpid())
+    assert naming.parse_restore_temp("restored") is None
+    assert naming.parse_restore_temp(".restored.restore-12-zz") is None
+    assert naming.restoring_marker(Path("a/b.zip")) == "a/b.zip.restoring"

@@ -30,6 +30,7 @@ WATCHED = {
     "_replay_append",
     "_replay_clear",
     "_print_table",
+    "_describe_journal",
 }
 
 

@@ -25,10 +25,10 @@ advice), ``archiver`` (``Archiver``), ``checker`` (the one checker), ``restore``
 
 from persistkit.archive.archiver import Archiver as Archiver
 from persistkit.archive.backups import backup_before_overwrite as backup_before_overwrite
+from persistkit.archive.base import ARCHIVE_MANIFEST as ARCHIVE_MANIFEST
 from persistkit.archive.base import CHUNK as CHUNK
 from persistkit.archive.base import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE
 from persistkit.archive.base import FORMAT as FORMAT
-from persistkit.archive.base import MANIFEST as MANIFEST
 from persistkit.archive.base import STORED_SUFFIXES as STORED_SUFFIXES
 from persistkit.archive.base import ArchiveReport as ArchiveReport
 from persistkit.archive.base import RestoreLimits as RestoreLimits

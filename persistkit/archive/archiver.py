@@ -19,18 +19,16 @@ from typing import Any
 
 from persistkit import naming
 from persistkit.archive.base import (
+    ARCHIVE_MANIFEST,
     CHUNK,
     DEFAULT_EXCLUDE,
     FORMAT,
-    MANIFEST,
     STORED_SUFFIXES,
     ArchiveReport,
     RestoreLimits,
     VerifyReport,
     _is_restoring,
     _is_tty,
-    _os_error,
-    _os_errors,
     _utcnow,
     log,
 )
@@ -43,6 +41,7 @@ from persistkit.errors import (
     UnsafeArchiveError,
 )
 from persistkit.io import DirectoryLock, atomic_writer, current_fs
+from persistkit.io.fs import io_error, io_errors
 from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
 from persistkit.policy.retention import Decision, Item, KeepLast, Policy, decide
 
@@ -79,7 +78,7 @@ class Archiver:
     def _check_root(self) -> None:
         fs = current_fs()
         after = "Check the workspace root you gave; nothing was archived."
-        with _os_errors("archive workspace", self.root, after):
+        with io_errors("archive workspace", self.root, after):
             st = fs.stat(self.root)
         if not _stat.S_ISDIR(st.st_mode):
             raise PersistIOError(
@@ -92,7 +91,7 @@ class Archiver:
     @contextlib.contextmanager
     def _writer(self, after: str) -> Iterator[None]:
         """The archive directory's writer lock (the one state stores use), held across create/prune."""
-        with _os_errors("create archive directory", self.archive_dir, after):
+        with io_errors("create archive directory", self.archive_dir, after):
             current_fs().makedirs(self.archive_dir)
         lock = DirectoryLock(self.archive_dir, timeout=self.lock_timeout)
         try:
@@ -100,7 +99,7 @@ class Archiver:
         except PersistIOError as err:
             cause = err.__cause__
             if isinstance(cause, OSError) and not isinstance(cause, PersistkitError):
-                raise _os_error("lock archive directory", self.archive_dir, cause, after) from cause
+                raise io_error("lock archive directory", self.archive_dir, cause, after) from cause
             raise
         try:
             yield
@@ -151,7 +150,7 @@ class Archiver:
         self._check_root()
         after = "Nothing was archived; older archives are untouched."
         with self._writer(after):
-            with _os_errors("create archive in", self.archive_dir, after):
+            with io_errors("create archive in", self.archive_dir, after):
                 target = self._target()
             try:
                 return self._create_locked(target)
@@ -162,14 +161,14 @@ class Archiver:
                     and isinstance(cause, OSError)
                     and not isinstance(cause, PersistkitError)
                 ):
-                    raise _os_error("write archive", target, cause, after) from cause
+                    raise io_error("write archive", target, cause, after) from cause
                 raise
 
     def _create_locked(self, target: Path) -> ArchiveReport:
         report = ArchiveReport(target)
         files: list[dict[str, Any]] = []
         after = "Nothing was archived; older archives are untouched."
-        with _os_errors("read workspace", self.root, after, exact=True):
+        with io_errors("read workspace", self.root, after, exact=True):
             entries = list(self._entries(report))
         _refuse_case_twins([name for name, _, _ in entries], self.root)
         total = sum(st.st_size for _, _, st in entries if _stat.S_ISREG(st.st_mode))
@@ -190,7 +189,7 @@ class Archiver:
                 "excluded": report.excluded,
                 "files": files,
             }
-            zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+            zf.writestr(ARCHIVE_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
         verified = self.verify(target)
         if not verified.ok:
             raise IntegrityError(
@@ -244,7 +243,7 @@ class Archiver:
             report.directories += 1
             return {"path": name, "kind": "dir"}
         if _stat.S_ISLNK(st.st_mode):
-            with _os_errors("read for archiving", path, "No partial archive was left behind."):
+            with io_errors("read for archiving", path, "No partial archive was left behind."):
                 target = fs.readlink(path)
             resolved = os.path.normpath(os.path.join(os.path.dirname(name), target))
             if os.path.isabs(target) or resolved.startswith(".."):
@@ -263,7 +262,7 @@ class Archiver:
         info = zipfile.ZipInfo(name, date_time)
         info.external_attr = (st.st_mode & 0o777 | 0o100000) << 16
         info.file_size = st.st_size
-        with _os_errors("read for archiving", path, "No partial archive was left behind."):
+        with io_errors("read for archiving", path, "No partial archive was left behind."):
             info.compress_type = self._compression(path, st)
         if info.compress_type == zipfile.ZIP_DEFLATED:
             info._compresslevel = 1  # type: ignore[attr-defined]  # fast: archives are about safety, not ratio
@@ -287,8 +286,8 @@ class Archiver:
                 operation="archive",
             ) from err
         except OSError as err:
-            raise _os_error("read for archiving", path, err, "No partial archive was left behind.") from err
-        with _os_errors("read for archiving", path, "No partial archive was left behind."):
+            raise io_error("read for archiving", path, err, "No partial archive was left behind.") from err
+        with io_errors("read for archiving", path, "No partial archive was left behind."):
             after = fs.stat(path, follow_symlinks=False)
         changed = after.st_size != size or after.st_mtime_ns != st.st_mtime_ns
         if changed:
@@ -315,7 +314,7 @@ class Archiver:
         fs = current_fs()
         if not fs.is_dir(self.archive_dir):
             return []
-        with _os_errors("list archives in", self.archive_dir):
+        with io_errors("list archives in", self.archive_dir):
             names = [n for n in fs.listdir(self.archive_dir) if self._names.parse(n)]
         return [self.archive_dir / n for n in sorted(names, key=self._names.sort_key)]
 
@@ -364,10 +363,10 @@ class Archiver:
                 except FileNotFoundError:
                     continue  # already gone: what pruning wanted
                 except OSError as err:
-                    raise _os_error(
+                    raise io_error(
                         "remove old archive", target, err, "Newer archives are untouched."
                     ) from err
-            with _os_errors("fsync archive directory", self.archive_dir):
+            with io_errors("fsync archive directory", self.archive_dir):
                 if fs.is_dir(self.archive_dir):
                     fs.fsync_dir(self.archive_dir)
         return decisions
@@ -376,7 +375,7 @@ class Archiver:
         """Whether ``path`` holds a persistkit manifest; never raises, whatever the file holds."""
         try:
             with current_fs().open_read(path) as raw, zipfile.ZipFile(raw) as zf:
-                info = zf.getinfo(MANIFEST)
+                info = zf.getinfo(ARCHIVE_MANIFEST)
                 if info.file_size > _MAX_MANIFEST_BYTES or info.flag_bits & 0x1:
                     return False
                 doc, problem = _parse_manifest(_read_capped(zf, info, _MAX_MANIFEST_BYTES))
@@ -409,7 +408,7 @@ class Archiver:
         fs = current_fs()
         moved = None
         logs = self.root / "logs"
-        with _os_errors("prepare workspace", self.root, "The verified archive is intact."):
+        with io_errors("prepare workspace", self.root, "The verified archive is intact."):
             if fs.is_dir(logs) and fs.listdir(logs):
                 moved = self.root / f"logs_backup_{_utcnow().strftime('%Y%m%d_%H%M%S_%f')}"
                 fs.replace(logs, moved)

@@ -1,28 +1,25 @@
-"""What every archive module shares: the format's names and limits, the reports, and OS errors with advice."""
+"""What every archive module shares: the format's names and limits, and the reports.
+
+OS errors become ``PersistIOError`` through ``persistkit.io.fs.io_error``/``io_errors`` (the one place
+for advice that fits the errno), with an ``after=`` sentence saying what the archive step left behind.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import errno as _errno
 import logging
-import os
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from persistkit.errors import (
-    PersistIOError,
-    PersistkitError,
-    describe_errno,
-)
+from persistkit import naming
 from persistkit.io import current_fs
 from persistkit.io.atomic import pid_alive
 
 log = logging.getLogger("persistkit")
 
-MANIFEST = "MANIFEST.json"
+# A training archive's manifest (not a bundle's manifest.json, nor a state generation's MANIFEST).
+ARCHIVE_MANIFEST = "MANIFEST.json"
 FORMAT = "persistkit-archive/1"
 CHUNK = 1 << 20
 # Already-compressed formats are stored as they are: deflating them costs time and saves nothing.
@@ -112,7 +109,7 @@ def _is_restoring(path: Path) -> bool:
     with _RESTORING_LOCK:
         if str(path) in _RESTORING:
             return True
-    marker = Path(f"{path}.restoring")
+    marker = Path(naming.restoring_marker(path))
     fs = current_fs()
     if not fs.exists(marker):
         return False
@@ -121,51 +118,3 @@ def _is_restoring(path: Path) -> bool:
     except (ValueError, IndexError, OSError):
         return False
     return pid_alive(pid)
-
-
-# -- errors with advice that fits ---------------------------------------------------------------
-
-_ADVICE = {
-    _errno.ENOSPC: "the disk is full: free space on that filesystem (or use one with room), then retry",
-    _errno.EDQUOT: "your disk quota is used up: free space or raise the quota, then retry",
-    _errno.ENOENT: "it does not exist: check the path",
-    _errno.ENOTDIR: "part of that path is a file, not a directory: check the path",
-    _errno.EISDIR: "it is a directory where a file was expected: check the path",
-    _errno.EEXIST: "something already exists there: choose another path",
-    _errno.EACCES: "permission denied: fix the permissions, or run as a user who may write there",
-    _errno.EPERM: "the operation is not permitted there: fix the permissions or choose another path",
-    _errno.EROFS: "the filesystem is mounted read-only: remount it read-write or choose another location",
-    _errno.EIO: "the device reported an I/O error: check the disk (dmesg, SMART) before retrying",
-    _errno.ENAMETOOLONG: "a name in that path is too long for the filesystem: choose a shorter path",
-    _errno.ELOOP: "that path loops through symlinks: check the path",
-    _errno.EMFILE: "the process has too many open files: close some or raise the limit (ulimit -n)",
-    _errno.ENFILE: "the system has too many open files: retry later or raise fs.file-max",
-    _errno.EXDEV: "the paths are on different filesystems: choose a target on the same filesystem",
-    _errno.ENOTEMPTY: "the directory is not empty: choose a new directory",
-    _errno.EFBIG: "the file is larger than this filesystem or process allows (ulimit -f): use another location",
-}
-
-
-def _os_error(op: str, path: str | os.PathLike[str], err: OSError, after: str = "") -> PersistIOError:
-    """A PersistIOError naming ``path`` with advice chosen by the errno, not one-size-fits-all."""
-    advice = _ADVICE.get(err.errno or -1, "see the error above and retry once it is fixed")
-    message = f"{op} failed on {os.fspath(path)!r}: {describe_errno(err.errno)}; {advice}."
-    if after:
-        message += f" {after}"
-    wrapped = PersistIOError(message, errno=err.errno, path=path, operation=op)
-    wrapped.__cause__ = err
-    return wrapped
-
-
-@contextlib.contextmanager
-def _os_errors(
-    op: str, path: str | os.PathLike[str], after: str = "", *, exact: bool = False
-) -> Iterator[None]:
-    """OSError -> PersistIOError naming ``path`` (with ``exact``: the file the OS named, if any)."""
-    try:
-        yield
-    except PersistkitError:
-        raise
-    except OSError as err:
-        named = err.filename if exact and isinstance(err.filename, str) else path
-        raise _os_error(op, named, err, after) from err

@@ -23,13 +23,11 @@ from typing import Any, BinaryIO
 
 from persistkit import naming
 from persistkit.archive.base import (
+    ARCHIVE_MANIFEST,
     CHUNK,
     FORMAT,
-    MANIFEST,
     RestoreLimits,
     VerifyReport,
-    _os_error,
-    _os_errors,
 )
 from persistkit.errors import (
     FormatError,
@@ -37,7 +35,9 @@ from persistkit.errors import (
     PersistkitError,
     UnsafeArchiveError,
 )
+from persistkit.format.manifest import BUNDLE_AUTH, BUNDLE_MANIFEST
 from persistkit.io import current_fs
+from persistkit.io.fs import io_error, io_errors
 from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
 
 _MAX_MANIFEST_BYTES = 64 << 20  # ~250 bytes an entry: room for RestoreLimits.max_entries and more
@@ -136,7 +136,7 @@ def _read_problem(err: BaseException, what: str, src: Path) -> str:
     """The problem text for an exception raised while reading member data, or re-raise a real I/O error."""
     # EINVAL: zipfile seeking to a negative offset, from damaged headers; other errnos are the disk's
     if isinstance(err, OSError) and not isinstance(err, PersistkitError) and err.errno != _errno.EINVAL:
-        raise _os_error("read archive", src, err) from err
+        raise io_error("read archive", src, err) from err
     return f"{what} is damaged ({type(err).__name__}: {err})"
 
 
@@ -280,10 +280,10 @@ def _escapes(rel: str, target: str, links: dict[str, str], *, fold: bool) -> str
 
 def _plan_manifest(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
     by_rel = {m.rel: m for m in plan.members}
-    manifest = by_rel.get(MANIFEST)
+    manifest = by_rel.get(ARCHIVE_MANIFEST)
     if manifest is None:
         names = {m.rel for m in plan.members}
-        if "manifest.json" in names and "manifest.auth" in names:
+        if BUNDLE_MANIFEST in names and BUNDLE_AUTH in names:
             plan.problems.append(
                 _Problem(
                     "this is a persistkit model bundle, not a training archive; open it with "
@@ -293,15 +293,20 @@ def _plan_manifest(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
             )
         else:
             plan.damaged(
-                f"{MANIFEST} is missing: the archive is damaged or was not made by persistkit", MANIFEST
+                f"{ARCHIVE_MANIFEST} is missing: the archive is damaged or was not made by persistkit",
+                ARCHIVE_MANIFEST,
             )
         return
     if manifest.kind != "file":
-        plan.damaged(f"{MANIFEST}: stored as a {manifest.kind}, not a file (a changed mode byte)", MANIFEST)
+        plan.damaged(
+            f"{ARCHIVE_MANIFEST}: stored as a {manifest.kind}, not a file (a changed mode byte)",
+            ARCHIVE_MANIFEST,
+        )
         return
     if manifest.info.file_size > _MAX_MANIFEST_BYTES:
         plan.unsafe(
-            f"{MANIFEST} claims {manifest.info.file_size} bytes (over {_MAX_MANIFEST_BYTES})", MANIFEST
+            f"{ARCHIVE_MANIFEST} claims {manifest.info.file_size} bytes (over {_MAX_MANIFEST_BYTES})",
+            ARCHIVE_MANIFEST,
         )
         return
     if not plan.readable:
@@ -309,14 +314,14 @@ def _plan_manifest(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
     try:
         data = _read_capped(zf, manifest.info, _MAX_MANIFEST_BYTES)
     except ZIP_DAMAGE_OR_IO as err:
-        plan.damaged(_read_problem(err, MANIFEST, src), MANIFEST)
+        plan.damaged(_read_problem(err, ARCHIVE_MANIFEST, src), ARCHIVE_MANIFEST)
         return
     if len(data) > _MAX_MANIFEST_BYTES:
-        plan.unsafe(f"{MANIFEST} is over {_MAX_MANIFEST_BYTES} bytes", MANIFEST)
+        plan.unsafe(f"{ARCHIVE_MANIFEST} is over {_MAX_MANIFEST_BYTES} bytes", ARCHIVE_MANIFEST)
         return
     doc, problem = _parse_manifest(data)
     if problem:
-        plan.damaged(problem, MANIFEST)
+        plan.damaged(problem, ARCHIVE_MANIFEST)
         return
     entries = _manifest_entries(doc, plan)
     if entries is None:
@@ -351,30 +356,35 @@ def _parse_manifest(data: bytes) -> tuple[Any, str]:
     try:
         return json.loads(data.decode("utf-8", "strict")), ""
     except (ValueError, RecursionError) as err:  # RecursionError: absurdly deep nesting
-        return None, f"{MANIFEST} is not valid JSON ({type(err).__name__}): damaged or not persistkit's"
+        return (
+            None,
+            f"{ARCHIVE_MANIFEST} is not valid JSON ({type(err).__name__}): damaged or not persistkit's",
+        )
 
 
 def _manifest_entries(doc: Any, plan: _Plan) -> dict[str, dict[str, Any]] | None:
     """The manifest's entries by normalised path; None if it is not a manifest at all."""
     if not isinstance(doc, dict):
-        plan.damaged(f"{MANIFEST} is not a JSON object but {type(doc).__name__}", MANIFEST)
+        plan.damaged(f"{ARCHIVE_MANIFEST} is not a JSON object but {type(doc).__name__}", ARCHIVE_MANIFEST)
         return None
     if doc.get("format") != FORMAT:
-        plan.damaged(f"{MANIFEST} has format {_short(doc.get('format'))}, not {FORMAT!r}", MANIFEST)
+        plan.damaged(
+            f"{ARCHIVE_MANIFEST} has format {_short(doc.get('format'))}, not {FORMAT!r}", ARCHIVE_MANIFEST
+        )
         return None
     files = doc.get("files")
     if not isinstance(files, builtins.list):
-        plan.damaged(f"{MANIFEST}: 'files' is {type(files).__name__}, not a list", MANIFEST)
+        plan.damaged(f"{ARCHIVE_MANIFEST}: 'files' is {type(files).__name__}, not a list", ARCHIVE_MANIFEST)
         return None
     entries: dict[str, dict[str, Any]] = {}
     for i, entry in enumerate(files):
-        where = f"{MANIFEST} files[{i}]"
+        where = f"{ARCHIVE_MANIFEST} files[{i}]"
         if not isinstance(entry, dict):
-            plan.damaged(f"{where} is {type(entry).__name__}, not an object", MANIFEST)
+            plan.damaged(f"{where} is {type(entry).__name__}, not an object", ARCHIVE_MANIFEST)
             continue
         path, kind = entry.get("path"), entry.get("kind")
         if not isinstance(path, str) or not _norm(path):
-            plan.damaged(f"{where}: 'path' is {_short(path)}, not a member name", MANIFEST)
+            plan.damaged(f"{where}: 'path' is {_short(path)}, not a member name", ARCHIVE_MANIFEST)
             continue
         if not isinstance(kind, str) or kind not in _KINDS:
             plan.damaged(f"{path}: the manifest gives it kind {_short(kind)}", path)
@@ -443,7 +453,7 @@ def _check_content(
 def _open_zip(src: Path, problems: builtins.list[_Problem]) -> Iterator[tuple[zipfile.ZipFile | None, int]]:
     """The archive opened as a zip, with its size; (None, size) and a problem if it is not a readable zip."""
     fs = current_fs()
-    with _os_errors("open archive", src):
+    with io_errors("open archive", src):
         raw: BinaryIO = fs.open_read(src)
     with raw:
         try:
@@ -475,7 +485,7 @@ def _verify(path: Path, limits: RestoreLimits) -> VerifyReport:
             for m in plan.members:
                 if m.kind == "symlink" and m.rel in plan.entries:
                     checked += 1
-                if m.kind != "file" or m.rel == MANIFEST or not plan.readable:
+                if m.kind != "file" or m.rel == ARCHIVE_MANIFEST or not plan.readable:
                     continue
                 checked += 1
                 problem = _check_content(zf, m, plan, path, limits)

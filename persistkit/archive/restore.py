@@ -8,13 +8,12 @@ import builtins
 import contextlib
 import errno as _errno
 import os
-import re
-import secrets
 import stat as _stat
 import zipfile
 from pathlib import Path
 
-from persistkit.archive.base import _RESTORING, _RESTORING_LOCK, MANIFEST, RestoreLimits, _os_errors
+from persistkit import naming
+from persistkit.archive.base import _RESTORING, _RESTORING_LOCK, ARCHIVE_MANIFEST, RestoreLimits
 from persistkit.archive.checker import (
     _NOT_RESTORED,
     _check_content,
@@ -30,8 +29,8 @@ from persistkit.errors import (
 )
 from persistkit.io import atomic_write, current_fs
 from persistkit.io.atomic import pid_alive
+from persistkit.io.fs import io_errors
 
-_RESTORE_TEMP = re.compile(r"^\.(?P<into>.+)\.restore-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})$")
 _ACTIVE_TEMPS: set[str] = set()  # restore temp directories this process is filling right now
 
 
@@ -51,7 +50,7 @@ def restore(
     src = Path(os.path.abspath(os.fspath(path)))
     dest = Path(os.path.abspath(os.fspath(into)))
     fs = current_fs()
-    with _os_errors("prepare restore target", dest, _NOT_RESTORED):
+    with io_errors("prepare restore target", dest, _NOT_RESTORED):
         if fs.exists(dest):
             raise PersistIOError(
                 f"restore target {dest} already exists; choose a new directory.",
@@ -60,19 +59,19 @@ def restore(
             )
         fs.makedirs(dest.parent)
     cleanup_stale_restores(dest.parent)
-    temp = dest.parent / f".{dest.name}.restore-{os.getpid()}-{secrets.token_hex(4)}"
-    marker = Path(f"{src}.restoring")
+    temp = dest.parent / naming.restore_temp_name(dest.name)
+    marker = Path(naming.restoring_marker(src))
     with _RESTORING_LOCK:
         _RESTORING.add(str(src))
         _ACTIVE_TEMPS.add(str(temp))
     try:
         with contextlib.suppress(OSError):
             atomic_write(marker, f"{os.getpid()}\n".encode(), durable=False)
-        with _os_errors("create restore directory", temp, _NOT_RESTORED):
+        with io_errors("create restore directory", temp, _NOT_RESTORED):
             fs.mkdir(temp)
         try:
             _extract(src, temp, dest, limits)
-            with _os_errors("move the restored files into place at", dest, _NOT_RESTORED):
+            with io_errors("move the restored files into place at", dest, _NOT_RESTORED):
                 fs.fsync_dir(temp)
                 fs.replace(temp, dest)
                 fs.fsync_dir(dest.parent)
@@ -101,16 +100,16 @@ def _extract(src: Path, temp: Path, dest: Path, limits: RestoreLimits) -> None:
         # Directories, then files, then links last: no byte is ever written after a link exists.
         for m in plan.members:
             if m.kind == "dir":
-                with _os_errors("create directory", dest / m.rel, _NOT_RESTORED):
+                with io_errors("create directory", dest / m.rel, _NOT_RESTORED):
                     fs.makedirs(temp / m.rel, durable=False)
         for m in plan.members:
-            if m.kind == "file" and m.rel != MANIFEST:
+            if m.kind == "file" and m.rel != ARCHIVE_MANIFEST:
                 problem = _extract_file(zf, m, plan, src, temp / m.rel, dest / m.rel, limits)
                 if problem:
                     _refuse([problem], src)
         for m in plan.members:
             if m.kind == "symlink":
-                with _os_errors("create symlink", dest / m.rel, _NOT_RESTORED):
+                with io_errors("create symlink", dest / m.rel, _NOT_RESTORED):
                     fs.makedirs((temp / m.rel).parent, durable=False)
                     fs.symlink(m.target, temp / m.rel)
 
@@ -119,18 +118,18 @@ def _extract_file(
     zf: zipfile.ZipFile, m: _Member, plan: _Plan, src: Path, target: Path, shown: Path, limits: RestoreLimits
 ) -> _Problem | None:
     fs = current_fs()
-    with _os_errors("create restored file", shown, _NOT_RESTORED):
+    with io_errors("create restored file", shown, _NOT_RESTORED):
         fs.makedirs(target.parent, durable=False)
         handle = fs.create(target, mode=0o644)
     try:
 
         def write(chunk: bytes) -> None:
-            with _os_errors("write restored file", shown, _NOT_RESTORED):
+            with io_errors("write restored file", shown, _NOT_RESTORED):
                 fs.write(handle, chunk)
 
         problem = _check_content(zf, m, plan, src, limits, write)
         if problem is None:
-            with _os_errors("fsync restored file", shown, _NOT_RESTORED):
+            with io_errors("fsync restored file", shown, _NOT_RESTORED):
                 fs.fsync(handle)
         return problem
     finally:
@@ -152,11 +151,11 @@ def cleanup_stale_restores(directory: str | os.PathLike[str]) -> builtins.list[s
     removed = []
     me = os.getpid()
     for name in names:
-        match = _RESTORE_TEMP.match(name)
-        if match is None:
+        parsed = naming.parse_restore_temp(name)
+        if parsed is None:
             continue
         full = os.path.join(os.path.abspath(os.fspath(directory)), name)
-        pid = int(match["pid"])
+        pid = parsed[1]
         with _RESTORING_LOCK:
             active = full in _ACTIVE_TEMPS
         if active or (pid != me and pid_alive(pid)):

@@ -98,9 +98,9 @@ class OpenedBundle:
                     )
             self.entries = entries
             by_name = {e.name: e for e in entries}
-            if mf.MANIFEST_NAME not in by_name or mf.AUTH_NAME not in by_name:
+            if mf.BUNDLE_MANIFEST not in by_name or mf.BUNDLE_AUTH not in by_name:
                 raise self._not_bundle(view, "it has no manifest.json / manifest.auth")
-            for special in (mf.MANIFEST_NAME, mf.AUTH_NAME):
+            for special in (mf.BUNDLE_MANIFEST, mf.BUNDLE_AUTH):
                 if sum(e.name == special for e in entries) != 1:
                     raise IntegrityError(
                         f"{self.source}: {special} appears more than once: the bundle was tampered with. Restore "
@@ -108,7 +108,7 @@ class OpenedBundle:
                         path=self.source,
                         member="manifest",
                     )
-            m_entry, a_entry = by_name[mf.MANIFEST_NAME], by_name[mf.AUTH_NAME]
+            m_entry, a_entry = by_name[mf.BUNDLE_MANIFEST], by_name[mf.BUNDLE_AUTH]
             if m_entry.size > mf.MAX_MANIFEST or a_entry.size > 4096:
                 raise IntegrityError(
                     f"{self.source}: the manifest is implausibly large; the bundle is damaged.",
@@ -191,7 +191,7 @@ class OpenedBundle:
                     path=self.source,
                     member=m.name,
                 )
-        expected = [m.file for m in self.manifest.members] + [mf.MANIFEST_NAME, mf.AUTH_NAME]
+        expected = [m.file for m in self.manifest.members] + [mf.BUNDLE_MANIFEST, mf.BUNDLE_AUTH]
         actual = [e.name for e in self.entries]
         if actual == expected:
             return

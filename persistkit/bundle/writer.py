@@ -232,8 +232,8 @@ def _write_bundle(
             add(zw, len(names), "metadata", "metadata", doc)
             manifest = mf.Manifest(bundle_id, created, env, key_info, tuple(entries))
             manifest_bytes = mf.encode(manifest)
-            zw.add(mf.MANIFEST_NAME, [manifest_bytes])
-            zw.add(mf.AUTH_NAME, [mf.auth_record(manifest_bytes, master=master, info=key_info)])
+            zw.add(mf.BUNDLE_MANIFEST, [manifest_bytes])
+            zw.add(mf.BUNDLE_AUTH, [mf.auth_record(manifest_bytes, master=master, info=key_info)])
             zw.finish()
     finally:
         close_later(replaced)

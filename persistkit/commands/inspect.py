@@ -69,7 +69,7 @@ def inspect_command(file: Path, as_json: bool) -> None:
 
 def _problems(info: Info) -> list[str]:
     from persistkit.archive import VerifyReport
-    from persistkit.state.inspection import JournalInfo, StoreInfo
+    from persistkit.state.audit import JournalInfo, StoreInfo
 
     if isinstance(info, StoreInfo | VerifyReport):
         return list(info.problems)
@@ -82,7 +82,7 @@ def _print_info(file: Path, info: Info) -> None:
     from persistkit.archive import VerifyReport
     from persistkit.format.envelope import Header
     from persistkit.format.manifest import Manifest
-    from persistkit.state.inspection import JournalInfo, StoreInfo
+    from persistkit.state.audit import JournalInfo, StoreInfo
 
     if isinstance(info, Manifest):
         _print_manifest(file, info)

@@ -12,7 +12,7 @@ from persistkit.errors import PersistkitError
 from persistkit.units import size
 
 if TYPE_CHECKING:  # the store modules load only when a command runs
-    from persistkit.state.inspection import StoreInfo
+    from persistkit.state.audit import StoreInfo
 
 __all__ = ["state_group"]
 
@@ -44,10 +44,13 @@ def inspect_command(
     Exits 1 if something is damaged.
     """
     from persistkit.cli import cli_advice
-    from persistkit.state.inspection import inspect_store
+    from persistkit.keys import check_one
+    from persistkit.state.audit import inspect_store
 
-    if password is not None and key_file is not None:
-        raise click.UsageError("pass --password or --key-file, not both")
+    try:
+        check_one(password, key_file)  # the one rule, its advice named as flags
+    except ValueError as err:
+        raise click.UsageError(cli_advice(str(err))) from None
     keyed = password is not None or key_file is not None
     flag = "--password" if password is not None else "--key-file"
     try:
@@ -75,7 +78,9 @@ def inspect_command(
 
 
 def print_store_table(info: StoreInfo, *, authenticated: bool = False) -> None:
-    current = f"gen-{info.current:06d}" if info.current is not None else "none (no checkpoint yet)"
+    from persistkit.naming import gen_name
+
+    current = gen_name(info.current) if info.current is not None else "none (no checkpoint yet)"
     click.echo(f"state store {info.directory}")
     click.echo(
         f"  id {info.store_id or '?'}   encrypted: {'yes' if info.encrypted else 'no'}   CURRENT -> {current}"

@@ -60,9 +60,9 @@ import xxhash
 from persistkit.errors import FormatError, IntegrityError
 
 __all__ = [
-    "AUTH_NAME",
+    "BUNDLE_AUTH",
+    "BUNDLE_MANIFEST",
     "FORMAT",
-    "MANIFEST_NAME",
     "METADATA_FILE",
     "VERSION",
     "KeyInfo",
@@ -80,8 +80,9 @@ __all__ = [
 
 FORMAT = "persistkit.bundle"
 VERSION = 1
-MANIFEST_NAME = "manifest.json"
-AUTH_NAME = "manifest.auth"
+# A bundle's own file names (not a training archive's MANIFEST.json, nor a state generation's MANIFEST).
+BUNDLE_MANIFEST = "manifest.json"
+BUNDLE_AUTH = "manifest.auth"
 METADATA_FILE = "metadata.pke"
 DIGEST = "xxh3-128"
 MAX_MANIFEST = 16 * 1024 * 1024
@@ -389,9 +390,9 @@ def check_digest(manifest_bytes: bytes, auth_bytes: bytes, *, source: str) -> st
     try:
         record = json.loads(auth_bytes.decode("ascii"))
     except (UnicodeDecodeError, ValueError) as err:
-        raise _damaged(source, f"{AUTH_NAME} does not parse") from err
+        raise _damaged(source, f"{BUNDLE_AUTH} does not parse") from err
     if not isinstance(record, dict) or set(record) != {"digest", "mac"}:
-        raise _damaged(source, f"{AUTH_NAME} has unexpected fields")
+        raise _damaged(source, f"{BUNDLE_AUTH} has unexpected fields")
     if record["digest"] != f"{DIGEST}:{digest(manifest_bytes)}":
         raise _damaged(source, "digest mismatch")
     mac = record["mac"]

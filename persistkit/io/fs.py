@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from persistkit.errors import PersistIOError, describe_errno
+from persistkit.errors import PersistIOError, PersistkitError, describe_errno
 
 __all__ = [
     "DelegatingFS",
@@ -32,6 +32,7 @@ __all__ = [
     "current_fs",
     "describe_file_type",
     "io_error",
+    "io_errors",
     "use_fs",
 ]
 
@@ -67,7 +68,7 @@ def describe_file_type(mode: int) -> str:
 
 
 # Operations that only look: a failure there changed nothing.
-_LOOKS = ("open", "read", "inspect", "list", "stat", "archive (read)")
+_LOOKS = ("open", "read", "inspect", "list", "stat", "archive (read)", "archive workspace")
 # Steps of an atomic replacement before the rename: the target is still the previous copy.
 _REPLACES = ("create temp file for", "write", "fsync", "close", "replace", "write checkpoint")
 
@@ -77,11 +78,42 @@ def _kind(op: str) -> str:
         return "look"
     if op in _REPLACES:
         return "replace"
-    if op.startswith(("create directory", "lock")):
+    if op.startswith(("create directory", "lock")) or (
+        op.startswith("create ") and op.endswith(" directory")
+    ):
         return "prepare"
     if op.startswith(("delete", "remove", "quarantine")):
         return "delete"
     return "other"
+
+
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4096
+
+# Advice that depends on the errno alone; ENOENT, EEXIST/ENOTDIR and EACCES/EPERM also depend on the
+# kind of operation (see _advice).
+_ERRNO_ADVICE = {
+    _errno.EISDIR: "It is a directory: pass the path of a file.",
+    _errno.ENAMETOOLONG: (
+        f"The name is too long for the filesystem (at most {NAME_MAX_BYTES} bytes per name, "
+        f"{PATH_MAX_BYTES} per path): choose a shorter name or directory."
+    ),
+    _errno.EROFS: "The filesystem is read-only: remount it read-write, or choose another location.",
+    _errno.ENOSPC: "The disk is full: free space on that filesystem (or use one with room), then retry.",
+    _errno.EDQUOT: "Your disk quota is used up: free space or raise the quota, then retry.",
+    _errno.EFBIG: "The file is larger than this filesystem or process allows (ulimit -f): use another location.",
+    _errno.ELOOP: (
+        "A symbolic link is in the way (persistkit does not follow links here), or the path loops "
+        "through links: point at the real file."
+    ),
+    _errno.EIO: "The device reported an I/O error: check the disk (dmesg, SMART) before trusting it again.",
+    _errno.EAGAIN: "The operation was interrupted or would block: retry.",
+    _errno.EINTR: "The operation was interrupted or would block: retry.",
+    _errno.EMFILE: "The process has too many open files: close some, or raise the limit (ulimit -n), then retry.",
+    _errno.ENFILE: "The system has too many open files: retry later, or raise fs.file-max.",
+    _errno.EXDEV: "The paths are on different filesystems: choose a target on the same filesystem.",
+    _errno.ENOTEMPTY: "The directory is not empty: choose a new directory, or empty it first.",
+}
 
 
 def _advice(op: str, path: str, code: int | None) -> str:
@@ -94,34 +126,17 @@ def _advice(op: str, path: str, code: int | None) -> str:
         if kind == "delete":
             return "It is already gone."
         return f"The directory {parent!r} does not exist: create it first, or fix the path."
-    if code in (_errno.EEXIST, _errno.ENOTDIR):
+    if code == _errno.EEXIST and kind != "prepare":  # an exclusive create, mkdir or symlink
+        return "Something already exists there: move it away, or choose another path."
+    if code in (_errno.EEXIST, _errno.ENOTDIR):  # makedirs says EEXIST when a file is in the way
         return (
             "A file is in the way where a directory is needed (the path or one of its parents is a file): "
             "move that file away, or choose another path."
         )
-    if code == _errno.EISDIR:
-        return "It is a directory: pass the path of a file."
-    if code == _errno.ENAMETOOLONG:
-        return (
-            f"The name is too long for the filesystem (at most {NAME_MAX_BYTES} bytes per name, "
-            f"{PATH_MAX_BYTES} per path): choose a shorter name or directory."
-        )
     if code in (_errno.EACCES, _errno.EPERM):
         where = "it" if kind == "look" else f"{parent!r}"
         return f"Permission denied: give this user access to {where} (chmod/chown), or choose another path."
-    if code == _errno.EROFS:
-        return "The filesystem is read-only: remount it read-write, or choose another location."
-    if code in (_errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG):
-        return "The filesystem is full (or a quota or file-size limit was hit): free space, then retry."
-    if code == _errno.ELOOP:
-        return "It is a symbolic link, which persistkit does not follow here: point at the real file."
-    if code == _errno.EIO:
-        return "The device reported an I/O error: check the disk (dmesg, SMART) before trusting it again."
-    if code in (_errno.EAGAIN, _errno.EWOULDBLOCK, _errno.EINTR):
-        return "The operation was interrupted or would block: retry."
-    if code == _errno.EMFILE or code == _errno.ENFILE:
-        return "Too many open files: close some, or raise the limit (ulimit -n), then retry."
-    return "Fix the cause above, then retry."
+    return _ERRNO_ADVICE.get(code or -1, "Fix the cause above, then retry.")
 
 
 _CONSEQUENCE = {
@@ -131,15 +146,17 @@ _CONSEQUENCE = {
     "delete": "Nothing else was deleted.",
     "other": "",
 }
-NAME_MAX_BYTES = 255
-PATH_MAX_BYTES = 4096
 
 
-def io_error(op: str, path: PathLike, err: OSError) -> PersistIOError:
-    """Wrap an OSError into a PersistIOError naming the path and errno, with advice that fits both."""
+def io_error(op: str, path: PathLike, err: OSError, after: str = "") -> PersistIOError:
+    """Wrap an OSError into a PersistIOError naming the path and errno, with advice that fits both.
+
+    ``after`` says what the failure left behind, where the caller knows better than the kind of
+    operation does ("Nothing was restored."); it replaces the default consequence sentence.
+    """
     where = os.fspath(path)
-    consequence = _CONSEQUENCE[_kind(op)]
-    if op == "create temp file for":  # the target may not exist yet: there may be no previous copy
+    consequence = after or _CONSEQUENCE[_kind(op)]
+    if op == "create temp file for" and not after:  # the target may not exist yet: no previous copy
         consequence = "Nothing was written; a previous copy, if any, is untouched."
     message = f"{op} failed on {where!r}: {describe_errno(err.errno)}. {_advice(op, where, err.errno)}"
     if consequence:
@@ -147,6 +164,22 @@ def io_error(op: str, path: PathLike, err: OSError) -> PersistIOError:
     wrapped = PersistIOError(message, errno=err.errno, path=path, operation=op)
     wrapped.__cause__ = err
     return wrapped
+
+
+@contextlib.contextmanager
+def io_errors(op: str, path: PathLike, after: str = "", *, exact: bool = False) -> Iterator[None]:
+    """Turn an OSError raised inside the block into ``io_error(op, path, err, after)``.
+
+    With ``exact``, the error names the file the OS named (``err.filename``) when there is one,
+    e.g. the one unreadable file below a directory being walked. Typed persistkit errors pass.
+    """
+    try:
+        yield
+    except PersistkitError:
+        raise
+    except OSError as err:
+        named = err.filename if exact and isinstance(err.filename, str) else path
+        raise io_error(op, named, err, after) from err
 
 
 class PersistFS:

@@ -7,7 +7,7 @@ protocol are one storage contract.
       .persistkit.lock                 writer lock (flock; released by the kernel if the writer dies)
       CURRENT                          envelope(kind="current"): {"generation": N, "store": id, "manifest": digest,
                                        "history": the committed generations kept, oldest first}
-      gen-000007/                      one directory per committed checkpoint
+      gen-000007/                      one directory per committed checkpoint (names: persistkit.naming)
         MANIFEST                       envelope(kind="manifest"): generation, store id, created, the
                                        history CURRENT will list once it commits, and for each
                                        component: file, schema version, size, xxh3 digest; for each
@@ -55,20 +55,22 @@ import contextlib
 import datetime as dt
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 import xxhash
 
+from persistkit import naming
 from persistkit.errors import FormatError, IntegrityError, PersistkitError, WrongKeyError
 from persistkit.format import envelope, tree
 from persistkit.format.crypto import Key
 from persistkit.io import atomic_write, current_fs
 from persistkit.io.fs import io_error
+from persistkit.naming import gen_name
 
 __all__ = [
     "CURRENT",
+    "GENERATION_MANIFEST",
     "GenerationFiles",
     "GenerationProblems",
     "LoadedGeneration",
@@ -76,6 +78,7 @@ __all__ = [
     "commit_generation",
     "gen_name",
     "list_generations",
+    "problem_reason",
     "quarantine",
     "read_current",
     "read_generation",
@@ -83,14 +86,9 @@ __all__ = [
 ]
 
 CURRENT = "CURRENT"
-MANIFEST = "MANIFEST"
-_GEN_RE = re.compile(r"^gen-(\d{6,})$")
-_TMP_RE = re.compile(r"^gen-(\d{6,})\.(?:tmp|retired)-[0-9a-f]+$")
+# A generation's manifest (not a bundle's manifest.json, nor a training archive's MANIFEST.json).
+GENERATION_MANIFEST = "MANIFEST"
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")  # a component's name: also its file's
-
-
-def gen_name(n: int) -> str:
-    return f"gen-{n:06d}"
 
 
 def component_file(name: str) -> str:
@@ -124,7 +122,7 @@ def commit_generation(directory: str, files: GenerationFiles, *, key: Key | None
     fs = current_fs()
     n = files.generation
     final = os.path.join(directory, gen_name(n))
-    tmp = os.path.join(directory, f"{gen_name(n)}.tmp-{secrets.token_hex(4)}")
+    tmp = os.path.join(directory, naming.gen_temp_name(n))
     sizes: dict[str, int] = {}
     entries: dict[str, Any] = {}
     try:
@@ -163,7 +161,7 @@ def commit_generation(directory: str, files: GenerationFiles, *, key: Key | None
             meta={"generation": n, "store": files.store_id},
             key=key,
         )
-        _write_synced(os.path.join(tmp, MANIFEST), sealed_manifest)
+        _write_synced(os.path.join(tmp, GENERATION_MANIFEST), sealed_manifest)
         fs.fsync_dir(tmp)
         fs.replace(tmp, final)
         fs.fsync_dir(directory)
@@ -220,7 +218,7 @@ def retire_generation(directory: str, n: int) -> None:
     that could pass for a checkpoint; leftovers are removed on the next open.
     """
     fs = current_fs()
-    retired = os.path.join(directory, f"{gen_name(n)}.retired-{secrets.token_hex(4)}")
+    retired = os.path.join(directory, naming.gen_retired_name(n))
     fs.replace(os.path.join(directory, gen_name(n)), retired)
     # The rename retired it; a failed deletion only leaves a leftover that the next writer removes.
     _remove_tree_quietly(retired)
@@ -235,27 +233,21 @@ def remove_generation(path: str) -> None:
     fs.rmdir(path)
 
 
-_ANY_GEN_RE = re.compile(r"^gen-(\d{6,})(?:$|\.)")
-
-
 def highest_generation_number(directory: str) -> int:
     """The highest number any generation ever used here, including quarantined and unfinished ones.
 
     New generations never reuse a number: journal keys are derived from it.
     """
-    best = 0
-    for name in current_fs().listdir(directory):
-        m = _ANY_GEN_RE.match(name)
-        if m:
-            best = max(best, int(m[1]))
-    return best
+    numbers = (naming.generation_number(name) for name in current_fs().listdir(directory))
+    return max((n for n in numbers if n is not None), default=0)
 
 
 def find_journal(directory: str, n: int, log: str) -> str | None:
     """The journal of ``log`` written after generation ``n``, also inside a quarantined directory."""
     fs = current_fs()
     for name in sorted(fs.listdir(directory)):
-        if name == gen_name(n) or name.startswith(gen_name(n) + ".corrupt-"):
+        parsed = naming.parse_generation(name)
+        if parsed is not None and parsed.number == n and parsed.state in ("committed", "corrupt"):
             path = os.path.join(directory, name, journal_file(log))
             if fs.exists(path):
                 return path
@@ -267,10 +259,12 @@ def list_generations(directory: str) -> tuple[list[int], list[str]]:
     fs = current_fs()
     gens, tmps = [], []
     for name in fs.listdir(directory):
-        m = _GEN_RE.match(name)
-        if m and fs.is_dir(os.path.join(directory, name)):
-            gens.append(int(m[1]))
-        elif _TMP_RE.match(name):
+        parsed = naming.parse_generation(name)
+        if parsed is None:
+            continue
+        if parsed.state == "committed" and fs.is_dir(os.path.join(directory, name)):
+            gens.append(parsed.number)
+        elif parsed.state in ("tmp", "retired"):
             tmps.append(name)
     return sorted(gens), tmps
 
@@ -278,8 +272,7 @@ def list_generations(directory: str) -> tuple[list[int], list[str]]:
 def quarantine(directory: str, name: str) -> str:
     """Rename ``name`` to ``name.corrupt-<UTC timestamp>``; never delete it. Returns the new path."""
     fs = current_fs()
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    target = os.path.join(directory, f"{name}.corrupt-{stamp}")
+    target = os.path.join(directory, naming.quarantine_name(name))
     try:
         fs.replace(os.path.join(directory, name), target)
         fs.fsync_dir(directory)
@@ -294,9 +287,8 @@ def quarantine_copy(directory: str, source: str) -> str:
     For damaged files of a generation that stays in use (and is later pruned): the copy sits beside
     the store, is never read and never deleted by persistkit. Returns its path.
     """
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     relative = os.path.relpath(source, directory).replace(os.sep, ".")
-    target = os.path.join(directory, f"{relative}.corrupt-{stamp}")
+    target = os.path.join(directory, naming.quarantine_name(relative))
     try:
         atomic_write(target, current_fs().read_bytes(source))
     except OSError as err:
@@ -377,7 +369,8 @@ class GenerationProblems:
             self.components.setdefault(component, reason)
 
 
-def _why(err: BaseException) -> str:
+def problem_reason(err: BaseException) -> str:
+    """A short reason for a collected problem: the OS error's text, or the typed error with its message."""
     if isinstance(err, OSError) and not isinstance(err, PersistkitError):
         return f"unreadable ({err.strerror})"
     return f"{type(err).__name__}: {err}"
@@ -406,7 +399,7 @@ def check_generation(
     """
     fs = current_fs()
     gdir = os.path.join(directory, gen_name(n))
-    mpath = os.path.join(gdir, MANIFEST)
+    mpath = os.path.join(gdir, GENERATION_MANIFEST)
     try:
         mdata = fs.read_bytes(mpath)
         manifest = tree.decode(_open(mdata, key=key, source=mpath, kind="manifest").payload, source=mpath)
@@ -416,7 +409,7 @@ def check_generation(
         problems.found(mpath, f"cannot be read ({err.strerror})", cause=err)
         return None
     except PersistkitError as err:
-        problems.found(mpath, _why(err), error=err)
+        problems.found(mpath, problem_reason(err), error=err)
         return None
     named = manifest.get("generation") if isinstance(manifest, dict) else "?"
     if not isinstance(manifest, dict) or named != n:
@@ -467,7 +460,7 @@ def check_generation(
         except WrongKeyError:
             raise
         except PersistkitError as err:
-            problems.found(path, _why(err), component=name, error=err)
+            problems.found(path, problem_reason(err), component=name, error=err)
             continue
         meta = opened.header.meta
         if (

@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import xxhash
 
+from persistkit import naming
 from persistkit.errors import (
     BudgetExceededError,
     FormatError,
@@ -571,7 +572,7 @@ class StateStore:
                     missing = os.path.join(self.directory, gens.gen_name(generation), gens.journal_file(name))
                     raise IntegrityError(
                         f"{missing}: the journal of {name!r} is missing, though {gens.gen_name(generation)}"
-                        f"/{gens.MANIFEST} lists it (every checkpoint creates its journals): the appends "
+                        f"/{gens.GENERATION_MANIFEST} lists it (every checkpoint creates its journals): the appends "
                         "acknowledged after that checkpoint are gone. Restore the file from a backup; to "
                         "accept losing them, create an empty file at that path and load again.",
                         path=missing,
@@ -850,7 +851,7 @@ class StateStore:
                     "could not remove old generation %s (retried at the next save): %s", gens.gen_name(n), err
                 )
         for name in leftovers:
-            if ".retired-" in name:
+            if naming.generation_state(name) == "retired":
                 with contextlib.suppress(OSError):
                     gens.remove_generation(os.path.join(self.directory, name))
         return not newer_orphan_left

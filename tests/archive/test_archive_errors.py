@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -32,26 +31,13 @@ def ws(tmp_path):
     return root
 
 
-@contextlib.contextmanager
-def mounted_tmpfs(where: Path, *options: str):
-    where.mkdir(parents=True, exist_ok=True)
-    opts = ",".join(("size=1m", *options))
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 # -- a full disk -----------------------------------------------------------------------------------
 
 
-def test_restore_onto_a_full_disk_names_the_file_and_says_free_space(ws, tmp_path):
+def test_restore_onto_a_full_disk_names_the_file_and_says_free_space(ws, tmp_path, tmpfs):
     (ws / "models" / "weights.bin").write_bytes(os.urandom(2 << 20))  # more than the 1 MiB tmpfs
     path = Archiver(ws).create()
-    with mounted_tmpfs(tmp_path / "small") as small:
+    with tmpfs(tmp_path / "small") as small:
         with pytest.raises(PersistIOError) as info:
             restore(path, small / "restored")
         err = info.value
@@ -61,10 +47,10 @@ def test_restore_onto_a_full_disk_names_the_file_and_says_free_space(ws, tmp_pat
         assert os.listdir(small) == [], "a partial restore was left behind"
 
 
-def test_cli_restore_onto_a_full_disk_prints_one_line_not_a_traceback(ws, tmp_path):
+def test_cli_restore_onto_a_full_disk_prints_one_line_not_a_traceback(ws, tmp_path, tmpfs):
     (ws / "models" / "weights.bin").write_bytes(os.urandom(2 << 20))
     path = Archiver(ws).create()
-    with mounted_tmpfs(tmp_path / "small") as small:
+    with tmpfs(tmp_path / "small") as small:
         done = subprocess.run(
             [sys.executable, "-m", "persistkit", "archive", "restore", str(path), str(small / "out")],
             capture_output=True,
@@ -75,8 +61,8 @@ def test_cli_restore_onto_a_full_disk_prints_one_line_not_a_traceback(ws, tmp_pa
     assert "Traceback" not in done.stderr and "ENOSPC" in done.stderr, done.stderr
 
 
-def test_create_onto_a_full_disk_keeps_older_archives(ws, tmp_path):
-    with mounted_tmpfs(tmp_path / "small") as small:
+def test_create_onto_a_full_disk_keeps_older_archives(ws, tmp_path, tmpfs):
+    with tmpfs(tmp_path / "small") as small:
         arc = Archiver(ws, archive_dir=str(small / "archives"))
         (ws / "models" / "weights.bin").write_bytes(os.urandom(2 << 20))
         with pytest.raises(PersistIOError) as info:
@@ -99,7 +85,8 @@ def test_an_archive_dir_below_a_file(ws):
     (ws / "blocker").write_text("a file")
     with pytest.raises(PersistIOError, match="blocker") as info:
         Archiver(ws, archive_dir="blocker/archives").create()
-    assert info.value.errno == errno.ENOTDIR and "not a directory" in str(info.value)
+    assert info.value.errno == errno.ENOTDIR and "not a directory" in str(info.value).lower()
+    assert "file is in the way" in str(info.value) and "free space" not in str(info.value).lower()
 
 
 @pytest.mark.parametrize("kind", ["missing", "file"])
@@ -129,9 +116,9 @@ def test_restore_of_a_missing_archive_is_not_about_free_space(tmp_path):
     assert "does not exist" in str(info.value) and "space" not in str(info.value)
 
 
-def test_a_read_only_filesystem(ws, tmp_path):
+def test_a_read_only_filesystem(ws, tmp_path, tmpfs):
     path = Archiver(ws).create()
-    with mounted_tmpfs(tmp_path / "ro", "ro") as ro:
+    with tmpfs(tmp_path / "ro", "ro") as ro:
         with pytest.raises(PersistIOError) as info:
             restore(path, ro / "out")
         assert info.value.errno == errno.EROFS and "read-only" in str(info.value)
@@ -282,7 +269,7 @@ def test_a_prune_that_fails_after_create_names_the_archive_that_was_written(ws):
     new = arc.list()[-1]
     assert new != old and arc.verify(new).ok
     assert f"{new} was written and verified" in str(info.value) and old.name in str(info.value)
-    assert "permission denied" in str(info.value) and info.value.errno == errno.EACCES
+    assert "permission denied" in str(info.value).lower() and info.value.errno == errno.EACCES
 
 
 def test_an_unlistable_directory_is_named_exactly(ws):

@@ -123,26 +123,15 @@ def test_the_real_cli_runs_verify(bundles):
 # -- inspect: every kind of persistkit file ------------------------------------------------------------
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def state_dict(self):
-        return {"value": self.value}
-
-    def load_state_dict(self, state):
-        self.value = state["value"]
-
-
 @pytest.fixture
 def kinds(tmp_path):
     """One real file of each kind: a state store (with a journal), an archive and a key file."""
     store = pk.StateStore(tmp_path / "store", autosave_every=0)
-    counter, trades = _Counter(), pk.BoundedLog(10)
+    counter, trades = {"value": 0}, pk.BoundedLog(10)  # a plain dict is its own state
     store.register("counter", counter)
     store.register("trades", trades)
     store.load()
-    counter.value = 3
+    counter["value"] = 3
     store.save()
     trades.append({"id": 1})
     store.abandon()  # a crash: the appended record stays in the current generation's journal

@@ -135,3 +135,26 @@ def test_verify_of_a_non_persistkit_file_is_a_format_error(tmp_path):
     other.write_text("hello")
     with pytest.raises(pk.FormatError, match="not a persistkit file"):
         pk.verify(other)
+
+
+def test_archive_cli_os_errors_carry_advice_for_their_errno(tmp_path):
+    """One advice table (io.fs) for the archive CLI too: a file in the way is not a full disk."""
+    ws = tmp_path / "ws"
+    (ws / "logs").mkdir(parents=True)
+    (ws / "logs" / "train.log").write_text("step 1\n")
+    (ws / "archives").write_text("a file where the archive directory goes")
+    blocked = run("archive", "create", "--root", ws)
+    assert blocked.exit_code == 1 and "Traceback" not in blocked.output
+    assert str(ws / "archives") in blocked.output and "file is in the way" in blocked.output
+    assert "disk is full" not in blocked.output and "Nothing was archived" in blocked.output
+
+    (ws / "archives").unlink()  # recover: the same command now works
+    made = run("archive", "create", "--root", ws)
+    assert made.exit_code == 0, made.output
+    archive = next((ws / "archives").glob("*.zip"))
+
+    (tmp_path / "blocker").write_text("a file")  # fail again, for another reason
+    refused = run("archive", "restore", archive, tmp_path / "blocker" / "out")
+    assert refused.exit_code == 1 and "blocker" in refused.output
+    assert "ENOTDIR" in refused.output and "file is in the way" in refused.output
+    assert "Nothing was restored" in refused.output and "disk is full" not in refused.output

@@ -212,6 +212,11 @@ def test_key_file_store_verifies_with_its_key(tmp_path):
     write_key_file(other)
     wrong = inspect(store_dir, "--verify", "--key-file", other)
     assert wrong.exit_code == 1 and "key" in wrong.output.lower()
+    both = inspect(store_dir, "--verify", "--key-file", key_file, "--password", "x")
+    assert both.exit_code == 2 and "pass --password or --key-file, not both" in both.output
+    assert "key_file=" not in both.output  # the rule keys.check_one states, named as flags
+    again = inspect(store_dir, "--verify", "--key-file", key_file)  # one of them is enough again
+    assert again.exit_code == 0, again.output
 
 
 def test_password_given_for_a_plain_store_is_refused(tmp_path):

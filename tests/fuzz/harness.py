@@ -346,7 +346,7 @@ def _forge_plain_bundle(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     try:
         entries = _zip_entries(data)
         by_name = {info.filename: i for i, (info, _) in enumerate(entries)}
-        doc = json.loads(entries[by_name[mf.MANIFEST_NAME]][1])
+        doc = json.loads(entries[by_name[mf.BUNDLE_MANIFEST]][1])
         members = doc["members"]
         m = rng.randrange(len(members))
         member = members[m]
@@ -387,10 +387,10 @@ def _forge_plain_bundle(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         doc = _mutate_json(doc, rng)
         what = "forge manifest"
     manifest_bytes = json.dumps(doc).encode()
-    entries[by_name[mf.MANIFEST_NAME]] = (_clone(entries[by_name[mf.MANIFEST_NAME]][0]), manifest_bytes)
-    if mf.AUTH_NAME in by_name:
+    entries[by_name[mf.BUNDLE_MANIFEST]] = (_clone(entries[by_name[mf.BUNDLE_MANIFEST]][0]), manifest_bytes)
+    if mf.BUNDLE_AUTH in by_name:
         auth = mf.auth_record(manifest_bytes)
-        entries[by_name[mf.AUTH_NAME]] = (_clone(entries[by_name[mf.AUTH_NAME]][0]), auth)
+        entries[by_name[mf.BUNDLE_AUTH]] = (_clone(entries[by_name[mf.BUNDLE_AUTH]][0]), auth)
     return _zip_build(entries), what
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from persistkit.errors import FormatError, PersistIOError
 from persistkit.io import LocalFS, current_fs, use_fs
-from persistkit.io.fs import io_error
+from persistkit.io.fs import io_error, io_errors
 from persistkit.testing.faultfs import Fault, FaultFS
 from persistkit.testing.recordfs import RecordingFS
 
@@ -123,20 +123,80 @@ def test_io_error_message_names_path_errno_and_remedy(tmp_path):
         ("write", errno.ENOSPC, "free space"),
         ("write", errno.EROFS, "read-only"),
         ("fsync", errno.EIO, "check the disk"),
+        ("write archive", errno.ENOSPC, "The disk is full"),
+        ("write", errno.EDQUOT, "quota is used up"),
+        ("write", errno.EFBIG, "ulimit -f"),
+        ("replace", errno.EXDEV, "different filesystems"),
+        ("create symlink", errno.EEXIST, "already exists there"),
+        ("move the restored files into place at", errno.ENOTEMPTY, "not empty"),
+        ("open", errno.EMFILE, "ulimit -n"),
+        ("open", errno.ENFILE, "fs.file-max"),
+        ("open", errno.ELOOP, "symbolic link"),
     ],
 )
 def test_io_error_advice_fits_the_errno_and_the_operation(tmp_path, op, code, says):
     err = io_error(op, tmp_path / "x", OSError(code, os.strerror(code)))
     text = str(err)
     assert says in text and str(tmp_path / "x") in text and errno.errorcode[code] in text
-    if code != errno.ENOSPC:
-        assert "Free space" not in text and "free space" not in text
+    if code not in (errno.ENOSPC, errno.EDQUOT):
+        assert "free space" not in text.lower() and "disk is full" not in text
     if op in ("read", "open"):
         assert "previous copy" not in text and "Nothing was changed" in text
     if op in ("write", "fsync"):
         assert "previous copy is untouched" in text
     if op == "create temp file for":
         assert "Nothing was written" in text
+
+
+def test_after_replaces_the_default_consequence(tmp_path):
+    err = io_error("write", tmp_path / "x", OSError(errno.ENOSPC, "No space left"), "Nothing was restored.")
+    text = str(err)
+    assert text.endswith("Nothing was restored.") and "previous copy" not in text
+    assert "disk is full" in text and err.errno == errno.ENOSPC and err.operation == "write"
+
+
+def test_io_errors_wraps_real_os_errors_with_advice_for_their_errno(tmp_path):
+    fs = current_fs()
+    missing = tmp_path / "gone.zip"
+    with pytest.raises(PersistIOError) as info, io_errors("read archive", missing, "Nothing was restored."):
+        fs.read_bytes(missing)
+    text = str(info.value)
+    assert info.value.errno == errno.ENOENT and str(missing) in text and "does not exist" in text
+    assert "free space" not in text.lower() and text.endswith("Nothing was restored.")
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+
+    (tmp_path / "blocker").write_text("a file")
+    with (
+        pytest.raises(PersistIOError) as info,
+        io_errors("create archive directory", tmp_path / "blocker" / "a"),
+    ):
+        fs.makedirs(tmp_path / "blocker" / "a")
+    assert info.value.errno == errno.ENOTDIR and "file is in the way" in str(info.value)
+
+    # The block works again once the cause is gone, then fails again with the advice for the new errno.
+    (tmp_path / "blocker").unlink()
+    with io_errors("create archive directory", tmp_path / "blocker" / "a"):
+        fs.makedirs(tmp_path / "blocker" / "a")
+    with pytest.raises(PersistIOError) as info, io_errors("create symlink", tmp_path / "blocker" / "a"):
+        os.symlink("target", tmp_path / "blocker" / "a")
+    assert info.value.errno == errno.EEXIST and "already exists there" in str(info.value)
+    assert "a directory is needed" not in str(info.value)
+
+
+def test_io_errors_exact_names_the_file_the_os_named_and_passes_typed_errors(tmp_path):
+    where = tmp_path / "ws"
+    where.mkdir()
+    inner = where / "sub" / "missing.bin"
+    with pytest.raises(PersistIOError) as info, io_errors("read workspace", where, exact=True):
+        current_fs().read_bytes(inner)
+    assert info.value.path == str(inner) and str(inner) in str(info.value)
+    with pytest.raises(PersistIOError) as info, io_errors("read workspace", where):
+        current_fs().read_bytes(inner)
+    assert info.value.path == str(where)
+    typed = FormatError("already typed", path=str(where))
+    with pytest.raises(FormatError) as passed, io_errors("read workspace", where):
+        raise typed
+    assert passed.value is typed
 
 
 def test_keygen_into_a_missing_directory_says_the_directory_does_not_exist(tmp_path):

@@ -19,7 +19,7 @@ from persistkit.errors import FormatError, IntegrityError
 from persistkit.format import envelope, tree
 from persistkit.state import BoundedLog
 from persistkit.state import generations as gens
-from persistkit.state.inspection import inspect_store
+from persistkit.state.audit import inspect_store
 from persistkit.state.store import StateRecoveredWarning
 
 
@@ -71,7 +71,7 @@ def test_a_forged_manifest_is_a_typed_error_naming_file_and_field(store_dir, for
     newest = build(store_dir)
     gdir = store_dir / gens.gen_name(newest)
     recommit_current(store_dir, reseal_manifest(gdir, change))
-    mpath = str(gdir / gens.MANIFEST)
+    mpath = str(gdir / gens.GENERATION_MANIFEST)
 
     with pytest.raises(IntegrityError) as caught:
         gens.read_generation(str(store_dir), newest, key=None, store_id=None)

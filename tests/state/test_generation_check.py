@@ -14,7 +14,7 @@ from conftest import open_store
 
 from persistkit.format import envelope, tree
 from persistkit.state import generations as gens
-from persistkit.state.inspection import inspect_store
+from persistkit.state.audit import inspect_store
 from persistkit.state.store import StateRecoveredWarning
 
 
@@ -29,7 +29,7 @@ def build(store_dir):
 
 
 def reseal_manifest(gdir, change):
-    path = gdir / gens.MANIFEST
+    path = gdir / gens.GENERATION_MANIFEST
     opened = envelope.open_envelope(path.read_bytes())
     manifest = tree.decode(opened.payload)
     change(manifest)
@@ -76,7 +76,8 @@ def damaged_component(store_dir, n):
 
 def moved_manifest(store_dir, n):
     shutil.copy(
-        store_dir / gens.gen_name(n - 1) / gens.MANIFEST, store_dir / gens.gen_name(n) / gens.MANIFEST
+        store_dir / gens.gen_name(n - 1) / gens.GENERATION_MANIFEST,
+        store_dir / gens.gen_name(n) / gens.GENERATION_MANIFEST,
     )
     return f"names generation {n - 1}, not {n}: a rolled-back or moved generation"
 

@@ -9,7 +9,7 @@ from conftest import open_store
 
 from persistkit.errors import IntegrityError
 from persistkit.state import generations as gens
-from persistkit.state.inspection import inspect_store
+from persistkit.state.audit import inspect_store
 from persistkit.state.journal import APPEND, JournalReader, frame
 from persistkit.state.store import StateRecoveredWarning
 

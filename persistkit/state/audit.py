@@ -1,4 +1,4 @@
-"""A read-only description of a state store directory (``persistkit state inspect``).
+"""Audit a state store directory, read-only: ``persistkit state inspect [--verify]``, ``pk.inspect``.
 
 It never takes the writer lock and never writes, so it is safe next to a
 running bot. Without a key it reads only what files say about themselves:
@@ -16,10 +16,10 @@ last one: its full length is on disk, so it was written, and probably acknowledg
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from persistkit import naming
 from persistkit.errors import FormatError, PersistkitError, WrongKeyError
 from persistkit.format import envelope, tree
 from persistkit.format.crypto import Key
@@ -29,13 +29,12 @@ from persistkit.state import generations as gens
 from persistkit.state.journal import JournalReader, journal_cipher, parse_record
 from persistkit.state.store import STORE_FILE, StateStore
 
-__all__ = ["ComponentInfo", "GenerationInfo", "JournalInfo", "StoreInfo", "inspect_store"]
+__all__ = ["ComponentInfo", "GenerationInfo", "JournalInfo", "StoreInfo", "describe_journal", "inspect_store"]
 
 GenStatus = Literal["current", "previous", "orphan", "uncommitted", "quarantined", "unfinished", "retired"]
 # Only these are ever loaded, so only these are judged; the rest are listed for the record.
 JUDGED: tuple[GenStatus, ...] = ("current", "previous")
-_SUFFIX_STATUS: dict[str, GenStatus] = {"tmp": "unfinished", "corrupt": "quarantined", "retired": "retired"}
-_DIR_RE = re.compile(r"^gen-(\d{6,})(?:\.(tmp|corrupt|retired)-.+)?$")
+_STATE_STATUS: dict[str, GenStatus] = {"tmp": "unfinished", "corrupt": "quarantined", "retired": "retired"}
 
 
 @dataclass
@@ -133,7 +132,7 @@ def inspect_store(
         names = sorted(fs.listdir(root))
     except OSError as err:
         raise io_error("list state store", root, err) from err
-    if STORE_FILE not in names and not any(_DIR_RE.match(n) for n in names):
+    if STORE_FILE not in names and not any(naming.parse_generation(n) for n in names):
         raise FormatError(
             f"{root}: not a persistkit state store (no {STORE_FILE} file and no gen-* directories). "
             "Point at the directory given to StateStore(...).",
@@ -150,15 +149,15 @@ def inspect_store(
     current_digest = _read_current(root, info, key=key if verify else None, check=verify)
 
     for name in names:
-        m = _DIR_RE.match(name)
-        if ".corrupt-" in name and not fs.is_dir(os.path.join(root, name)):
+        parsed = naming.parse_generation(name)
+        if naming.is_quarantined(name) and not fs.is_dir(os.path.join(root, name)):
             info.quarantined_files.append(name)  # CURRENT, or a copy of a damaged journal
-        if m is None or not fs.is_dir(os.path.join(root, name)):
+        if parsed is None or not fs.is_dir(os.path.join(root, name)):
             continue
-        n = int(m[1])
+        n = parsed.number
         status: GenStatus
-        if m[2] is not None:
-            status = _SUFFIX_STATUS[m[2]]
+        if parsed.state != "committed":
+            status = _STATE_STATUS[parsed.state]
         elif info.current is None:
             status = "previous"  # without CURRENT a load tries every generation, newest first
         elif n == info.current:
@@ -222,9 +221,7 @@ def _read_current(root: str, info: StoreInfo, *, key: Key | None, check: bool) -
     except WrongKeyError:
         raise
     except (OSError, PersistkitError) as err:
-        info.problem = (
-            f"CURRENT is unreadable ({_why(err)}); the next load falls back to the newest generation"
-        )
+        info.problem = f"CURRENT is unreadable ({gens.problem_reason(err)}); the next load falls back to the newest generation"
     return None
 
 
@@ -238,8 +235,8 @@ def _describe_generation(root: str, name: str, n: int, status: GenStatus) -> Gen
         gen.problem = f"cannot list ({err.strerror})"
         return gen
     first_seqs: dict[str, int] = {}
-    if gens.MANIFEST in files:
-        mpath = os.path.join(gdir, gens.MANIFEST)
+    if gens.GENERATION_MANIFEST in files:
+        mpath = os.path.join(gdir, gens.GENERATION_MANIFEST)
         try:
             data = fs.read_bytes(mpath)
             gen.manifest_bytes = len(data)
@@ -253,7 +250,7 @@ def _describe_generation(root: str, name: str, n: int, status: GenStatus) -> Gen
                         if isinstance(entry, dict) and type(entry.get("first_seq")) is int:
                             first_seqs[str(log)] = entry["first_seq"]
         except (OSError, PersistkitError) as err:
-            gen.problem = f"MANIFEST: {_why(err)}"
+            gen.problem = f"MANIFEST: {gens.problem_reason(err)}"
     elif status in JUDGED:
         gen.problem = "no MANIFEST"
     for file in files:
@@ -262,7 +259,7 @@ def _describe_generation(root: str, name: str, n: int, status: GenStatus) -> Gen
             gen.components.append(_describe_component(path, file))
         elif file.endswith(".journal"):
             first = first_seqs.get(file[: -len(".journal")])
-            gen.journals.append(_describe_journal(path, file, first_seq=first))
+            gen.journals.append(describe_journal(path, file, first_seq=first))
     return gen
 
 
@@ -274,13 +271,14 @@ def _describe_component(path: str, file: str) -> ComponentInfo:
         info.bytes = len(data)
         header = envelope.read_header(data, source=path)
     except (OSError, PersistkitError) as err:
-        info.problem = _why(err)
+        info.problem = gens.problem_reason(err)
         return info
     info.schema, info.codec, info.encrypted = header.schema, header.codec, header.encrypted
     return info
 
 
-def _describe_journal(path: str, file: str, *, first_seq: int | None, cipher: object = None) -> JournalInfo:
+def describe_journal(path: str, file: str, *, first_seq: int | None, cipher: object = None) -> JournalInfo:
+    """Count the records of the journal at ``path`` and name any damage to an acknowledged append."""
     info = JournalInfo(file[: -len(".journal")], file, 0, first_seq=first_seq)
     try:
         data = current_fs().read_bytes(path)
@@ -294,7 +292,7 @@ def _describe_journal(path: str, file: str, *, first_seq: int | None, cipher: ob
     try:
         reader = JournalReader.read(path, cipher=cipher, first_seq=first_seq)
     except PersistkitError as err:
-        info.problem = _why(err)
+        info.problem = gens.problem_reason(err)
         return info
     info.records, info.torn_bytes = len(reader.records), reader.torn_bytes
     if reader.damage:
@@ -312,7 +310,7 @@ def _verify_generation(
 ) -> None:
     """Check every file of a committed generation against its manifest (and MACs, given the key)."""
     gdir = os.path.join(root, gen.directory)
-    mpath = os.path.join(gdir, gens.MANIFEST)
+    mpath = os.path.join(gdir, gens.GENERATION_MANIFEST)
     encrypted = any(c.encrypted for c in gen.components)
     if encrypted and key is None:
         # Checksums can still be checked; the manifest itself cannot be read.
@@ -356,7 +354,7 @@ def _verify_generation(
             j.problem = j.problem or "not listed in the generation manifest"
             continue
         cipher = journal_cipher(key, store_id, j.name, gen.number)
-        checked = _describe_journal(
+        checked = describe_journal(
             os.path.join(gdir, j.file), j.file, first_seq=entry["first_seq"], cipher=cipher
         )
         j.records, j.first_seq, j.torn_bytes, j.problem = (
@@ -389,11 +387,5 @@ def _checksum_problem(path: str) -> str:
     except WrongKeyError:
         return ""  # the checksum held (it is checked first); only the key to check the MAC is missing
     except PersistkitError as err:
-        return _why(err)
+        return gens.problem_reason(err)
     return ""
-
-
-def _why(err: BaseException) -> str:
-    if isinstance(err, OSError) and not isinstance(err, PersistkitError):
-        return f"unreadable ({err.strerror})"
-    return f"{type(err).__name__}: {err}"
