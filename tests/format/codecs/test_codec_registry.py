@@ -11,7 +11,15 @@ import pytest
 
 from persistkit.errors import FormatError, UnsupportedTypeError
 from persistkit.format import tree
-from persistkit.format.codecs import audit_member, codec_for, decode_member, encode_member, model_hook
+from persistkit.format.codecs import (
+    DecodeContext,
+    EncodeContext,
+    audit_member,
+    codec_for,
+    decode_member,
+    encode_member,
+    model_hook,
+)
 from persistkit.testing.compare import assert_same
 
 
@@ -19,9 +27,9 @@ def test_importing_the_registry_and_encoding_data_imports_no_framework():
     script = (
         "import json, sys\n"
         "import numpy as np\n"
-        "from persistkit.format.codecs import encode_member, decode_member, codec_for, model_hook\n"
+        "from persistkit.format.codecs import DecodeContext, encode_member, decode_member, codec_for, model_hook\n"
         "e = encode_member({'q': np.ones(3)})\n"
-        "decode_member(e.codec, bytes(e.payload), meta=e.meta)\n"
+        "decode_member(e.codec, bytes(e.payload), DecodeContext(meta=e.meta))\n"
         "encode_member({'a': [1, 2]}); model_hook(3)\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
@@ -73,7 +81,7 @@ def test_codec_choice(value, codec):
     assert codec_for(value) == codec
     encoded = encode_member(value)
     assert encoded.codec == codec
-    assert_same(value, decode_member(codec, bytes(encoded.payload), meta=encoded.meta))
+    assert_same(value, decode_member(codec, bytes(encoded.payload), DecodeContext(meta=encoded.meta)))
 
 
 def test_float_arrays_are_marked_incompressible():
@@ -90,7 +98,7 @@ def test_unknown_codec_is_a_format_error():
 
 def test_unsupported_values_name_the_member():
     with pytest.raises(UnsupportedTypeError, match="thing"):
-        encode_member({"x": object()}, name="thing")
+        encode_member({"x": object()}, EncodeContext(name="thing"))
 
 
 def test_audit_lists_embedded_models_only():
