@@ -73,8 +73,9 @@ class CodecRegistry:
                 f"codec name {codec.name!r} is not valid: use 1-64 lowercase letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit (it is written into every file the codec stores)."
             )
+        taken = self.names()  # loads the built-in codecs first (outside the lock, which that takes)
         with self._lock:
-            if codec.name in self.names():
+            if codec.name in taken or any(c.name == codec.name for c in self._extra):
                 raise ValueError(
                     f"a codec named {codec.name!r} is already registered; codec names are written into files, "
                     "so each must name one codec. Pick another name."
@@ -160,7 +161,9 @@ class CodecRegistry:
         what = f"{type(obj).__module__}.{type(obj).__qualname__}"
         reason = f" ({declined})" if declined is not None else ""
         raise UnsupportedTypeError(
-            f"{ctx.name}: no codec can store this {what}{reason}.", field=ctx.name
+            f"{ctx.name}: no codec can store this {what}{reason}. Convert it to a type persistkit stores "
+            "(see persistkit.format.codecs), or register a codec for it.",
+            field=ctx.name,
         ) from declined
 
     def decode(self, name: str, payload: Payload, ctx: DecodeContext) -> object:

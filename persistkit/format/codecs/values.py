@@ -53,7 +53,11 @@ class ValueCodec(Codec):
     constructs_types = True  # only the models embedded in the value; audit lists them
 
     def handles(self, obj: object) -> bool:
-        return True  # the last resort: tree.encode names what it cannot store
+        # The last resort for values (tree.encode names what it cannot store). A model object is a
+        # member of its own: when its codecs decline it, a tree around it would only decline again.
+        from persistkit.format.codecs import REGISTRY
+
+        return REGISTRY.model_codec(obj) is None
 
     def encode(self, obj: object, ctx: EncodeContext) -> Encoded:
         return Encoded(self.name, encode(obj, root=ctx.name), info={"type": type_name(obj)})

@@ -229,8 +229,7 @@ def test_bit_flips_and_truncations_give_typed_errors_or_a_safe_tree():
 
 
 def test_forests_embedded_in_tree_values_use_the_tree_codec():
-    from persistkit.format.codecs import audit_member
-    from persistkit.format.codecs import values
+    from persistkit.format.codecs import audit_member, values
 
     rf = RandomForestClassifier(3, random_state=0).fit(XC, YC)
     payload = values.encode({"model": rf, "step": 7})
