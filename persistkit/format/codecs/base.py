@@ -30,6 +30,7 @@ go to skops, numpy dicts with too many arrays to the tree codec).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,4 +187,14 @@ def derives_from(obj: object, base: str) -> bool:
     """
     if type_family(obj) in _PLAIN_FAMILIES:
         return False
-    return any(f"{cls.__module__}.{cls.__qualname__}" == base for cls in type(obj).__mro__[1:])
+    cls: Any = type(obj)  # typeshed does not call types Hashable
+    try:
+        return base in _base_names(cls)
+    except TypeError:  # a metaclass that makes its classes unhashable
+        return any(f"{cls.__module__}.{cls.__qualname__}" == base for cls in type(obj).__mro__[1:])
+
+
+@functools.lru_cache(maxsize=1024)
+def _base_names(cls: type) -> frozenset[str]:
+    """Qualified names of the base classes (cached: choosing a codec asks for every unknown object)."""
+    return frozenset(f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__[1:])

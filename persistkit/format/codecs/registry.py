@@ -14,7 +14,6 @@ codec, which takes anything a tree value can hold).
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import re
 import threading
@@ -42,21 +41,31 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 class CodecRegistry:
     def __init__(self, builtin: tuple[str, ...] = BUILTIN) -> None:
         self._builtin_modules = builtin
-        self._builtin: list[Codec] | None = None
-        self._extra: list[Codec] = []
+        self._builtin: tuple[Codec, ...] | None = None
+        self._extra: tuple[Codec, ...] = ()
+        # Derived views, rebuilt whenever membership changes (dispatch runs per member and per
+        # embedded model, so it only reads these).
+        self._all: tuple[Codec, ...] = ()
+        self._models: tuple[Codec, ...] = ()
+        self._by_name: dict[str, Codec] = {}
         self._lock = threading.Lock()
 
     # -- membership --
 
-    def _codecs(self) -> list[Codec]:
-        builtin = self._builtin
-        if builtin is None:
+    def _codecs(self) -> tuple[Codec, ...]:
+        if self._builtin is None:
             with self._lock:
                 if self._builtin is None:
                     loaded = [importlib.import_module(m).CODEC for m in self._builtin_modules]
-                    self._builtin = [c for c in loaded if isinstance(c, Codec)]
-                builtin = self._builtin
-        return [*self._extra, *builtin]
+                    self._builtin = tuple(c for c in loaded if isinstance(c, Codec))
+                    self._rebuild()
+        return self._all
+
+    def _rebuild(self) -> None:  # under self._lock
+        codecs = (*self._extra, *(self._builtin or ()))
+        self._by_name = {c.name: c for c in codecs}
+        self._models = tuple(c for c in codecs if c.embeds_in_values)
+        self._all = codecs
 
     def __iter__(self) -> Iterator[Codec]:
         return iter(self._codecs())
@@ -73,26 +82,29 @@ class CodecRegistry:
                 f"codec name {codec.name!r} is not valid: use 1-64 lowercase letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit (it is written into every file the codec stores)."
             )
-        taken = self.names()  # loads the built-in codecs first (outside the lock, which that takes)
+        self._codecs()  # the built-in codecs are loaded first, so their names are taken
         with self._lock:
-            if codec.name in taken or any(c.name == codec.name for c in self._extra):
+            if codec.name in self._by_name:
                 raise ValueError(
                     f"a codec named {codec.name!r} is already registered; codec names are written into files, "
                     "so each must name one codec. Pick another name."
                 )
-            self._extra.append(codec)
+            self._extra = (*self._extra, codec)
+            self._rebuild()
         return codec
 
     def unregister(self, name: str) -> None:
         """Remove a third-party codec (built-in codecs stay)."""
         with self._lock:
-            kept = [c for c in self._extra if c.name != name]
+            kept = tuple(c for c in self._extra if c.name != name)
             if len(kept) == len(self._extra):
                 raise KeyError(f"no third-party codec named {name!r} is registered")
             self._extra = kept
+            self._rebuild()
 
     def find(self, name: str) -> Codec | None:
-        return next((c for c in self._codecs() if c.name == name), None)
+        self._codecs()
+        return self._by_name.get(name)
 
     def get(self, name: str) -> Codec:
         """The codec called ``name``; FormatError (field "codec") when this persistkit knows none."""
@@ -123,7 +135,11 @@ class CodecRegistry:
 
     def model_codec(self, obj: object) -> Codec | None:
         """The codec for a model object (one a tree value embeds rather than holds), else None."""
-        return next((c for c in self._codecs() if c.embeds_in_values and c.handles(obj)), None)
+        self._codecs()
+        for codec in self._models:
+            if codec.handles(obj):
+                return codec
+        return None
 
     # -- encoding, decoding, auditing --
 
@@ -140,18 +156,20 @@ class CodecRegistry:
 
     def encode_model(self, obj: object, ctx: EncodeContext) -> Encoded | None:
         """Encode a model object with the codecs that embed in values; None when none handles it."""
-        candidates = [c for c in self._codecs() if c.embeds_in_values and c.handles(obj)]
+        self._codecs()
+        candidates = [c for c in self._models if c.handles(obj)]
         return self._encode_first(obj, ctx, candidates) if candidates else None
 
     def _encode_first(self, obj: object, ctx: EncodeContext, candidates: list[Codec]) -> Encoded:
         declined: Declined | None = None
         for candidate in candidates:
             try:
-                with _install_advice(candidate, ctx.name):
-                    encoded = candidate.encode(obj, ctx)
+                encoded = candidate.encode(obj, ctx)
             except Declined as why:
                 declined = why
                 continue
+            except ModuleNotFoundError as err:
+                raise _install_advice(candidate, ctx.name, err) from err
             if encoded.codec != candidate.name:
                 raise TypeError(
                     f"codec {candidate.name!r} returned a member labelled {encoded.codec!r}; a codec labels "
@@ -168,32 +186,31 @@ class CodecRegistry:
 
     def decode(self, name: str, payload: Payload, ctx: DecodeContext) -> object:
         codec = self.get(name)
-        with _install_advice(codec, ctx.source):
+        try:
             return codec.decode(payload, ctx)
+        except ModuleNotFoundError as err:
+            raise _install_advice(codec, ctx.source, err) from err
 
     def audit(self, name: str, payload: Payload, ctx: DecodeContext) -> list[str]:
         codec = self.get(name)
-        with _install_advice(codec, ctx.source):
+        try:
             return codec.audit(payload, ctx)
+        except ModuleNotFoundError as err:
+            raise _install_advice(codec, ctx.source, err) from err
 
 
-@contextlib.contextmanager
-def _install_advice(codec: Codec, where: str) -> Iterator[None]:
-    """Turn a library the codec needs but cannot import into an ImportError that says what to install."""
-    try:
-        yield
-    except ModuleNotFoundError as err:
-        if getattr(err, "persistkit_advice", False) or not (codec.extra or codec.packages):
-            raise
-        how = (
-            f"pip install 'persistkit[{codec.extra}]'"
-            if codec.extra
-            else f"pip install {' '.join(codec.packages)}"
-        )
-        advice = ModuleNotFoundError(
-            f"{where}: the {codec.name!r} codec needs the module {err.name or '?'!r}, which is not installed; "
-            f"{how}.",
-            name=err.name,
-        )
-        advice.persistkit_advice = True  # type: ignore[attr-defined]  # a nested codec's advice stays as it is
-        raise advice from err
+def _install_advice(codec: Codec, where: str, err: ModuleNotFoundError) -> ModuleNotFoundError:
+    """A library the codec needs but cannot import, as an ImportError that says what to install."""
+    if getattr(err, "persistkit_advice", False) or not (codec.extra or codec.packages):
+        return err  # a nested codec's advice stays as it is
+    how = (
+        f"pip install 'persistkit[{codec.extra}]'"
+        if codec.extra
+        else f"pip install {' '.join(codec.packages)}"
+    )
+    advice = ModuleNotFoundError(
+        f"{where}: the {codec.name!r} codec needs the module {err.name or '?'!r}, which is not installed; {how}.",
+        name=err.name,
+    )
+    advice.persistkit_advice = True  # type: ignore[attr-defined]
+    return advice

@@ -29,14 +29,14 @@ def encode(obj: object, *, root: str = "value") -> bytes:
 def decode(payload: Payload, ctx: DecodeContext | None = None) -> object:
     """The value; embedded models are rebuilt with ``ctx.embedded()`` (no member name: torch modules
     inside a value load as state dicts only with ``as_state_dict``)."""
-    from persistkit.format.codecs import decode_member
+    outer = ctx or DecodeContext(source="value")
 
-    inner_ctx = (ctx or DecodeContext(source="value")).embedded()
+    def resolve(codec: str, inner: bytes) -> object:  # only values that embed models call it
+        from persistkit.format.codecs import decode_member
 
-    def resolve(codec: str, inner: bytes) -> object:
-        return decode_member(codec, inner, inner_ctx)
+        return decode_member(codec, inner, outer.embedded())
 
-    return tree.decode(payload, model_resolver=resolve, source=inner_ctx.source)
+    return tree.decode(payload, model_resolver=resolve, source=outer.source)
 
 
 def embedded(payload: Payload, *, source: str = "value") -> list[tuple[str, bytes]]:
