@@ -390,8 +390,8 @@ def load_bundle(
                     raise
             elif wanted is None or entry.name in wanted:
                 ctx = load_ctx.for_member(entry.name, source=source, meta=envelope.header.meta)
-                _check_trust(opened, entry, envelope.view, ctx, master is not None)
                 try:
+                    _check_trust(opened, entry, envelope.view, ctx, master is not None)
                     models[entry.name] = decode_member(entry.codec, envelope.view, ctx)
                 except PersistkitError as err:
                     err.member = entry.name  # codecs name it by source string; the bundle names the member

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from persistkit import keys
 from persistkit.bundle.reader import OpenedBundle
+from persistkit.errors import PersistkitError
 from persistkit.io.fs import PathLike
 
 
@@ -80,7 +81,11 @@ def verify(
             types: list[str] = []
             if entry.role == "model":
                 ctx = DecodeContext(name=entry.name, source=f"{opened.source}:{entry.name}")
-                types = audit_member(entry.codec, envelope.view, ctx)
+                try:
+                    types = audit_member(entry.codec, envelope.view, ctx)
+                except PersistkitError as err:
+                    err.path, err.member = opened.source, entry.name  # the bundle names the member
+                    raise
             reports.append(MemberReport(entry.name, entry.role, entry.codec, entry.plain_len, tuple(types)))
             del envelope
         return Report(Path(opened.path), master is not None, master is not None, tuple(reports))

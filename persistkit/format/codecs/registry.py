@@ -106,13 +106,19 @@ class CodecRegistry:
         self._codecs()
         return self._by_name.get(name)
 
-    def get(self, name: str) -> Codec:
-        """The codec called ``name``; FormatError (field "codec") when this persistkit knows none."""
+    def get(self, name: str, *, source: str | None = None) -> Codec:
+        """The codec called ``name``; FormatError (field "codec") when this persistkit knows none.
+
+        ``source`` names the member (or the value embedding a model) in the error.
+        """
         codec = self.find(name)
         if codec is None:
+            where = f"{source}: " if source else ""
             raise FormatError(
-                f"unknown member codec {name!r}; it may come from a newer persistkit (this one knows "
-                f"{', '.join(sorted(self.names()))}). Upgrade persistkit to read it.",
+                f"{where}unknown member codec {name!r}; it may come from a newer persistkit (this one knows "
+                f"{', '.join(sorted(self.names()))}), or from a codec this program has not registered. "
+                "Upgrade persistkit (or register the codec) to read it.",
+                member=source,
                 field="codec",
             )
         return codec
@@ -185,14 +191,14 @@ class CodecRegistry:
         ) from declined
 
     def decode(self, name: str, payload: Payload, ctx: DecodeContext) -> object:
-        codec = self.get(name)
+        codec = self.get(name, source=ctx.source)
         try:
             return codec.decode(payload, ctx)
         except ModuleNotFoundError as err:
             raise _install_advice(codec, ctx.source, err) from err
 
     def audit(self, name: str, payload: Payload, ctx: DecodeContext) -> list[str]:
-        codec = self.get(name)
+        codec = self.get(name, source=ctx.source)
         try:
             return codec.audit(payload, ctx)
         except ModuleNotFoundError as err:

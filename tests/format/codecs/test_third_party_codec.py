@@ -278,3 +278,22 @@ def test_register_refuses_names_that_would_be_ambiguous_on_disk(widget_codec, co
     assert get_codec("sklearn").name == "sklearn" and get_codec("widget") is widget_codec
     with pytest.raises(KeyError, match="no third-party codec named 'sklearn'"):
         unregister("sklearn")  # built-ins stay
+
+
+def test_a_value_embedding_an_unregistered_codec_is_a_typed_error_naming_the_member(tmp_path):
+    register(WidgetCodec())
+    try:
+        sealed = pk.save_bundle(tmp_path / "sealed.models", {"mixed": MODELS["mixed"]})
+        plain = pk.save_bundle(tmp_path / "plain.models", {"mixed": MODELS["mixed"]}, encrypt=False)
+    finally:
+        unregister("widget")
+    assert pk.inspect(sealed).member("mixed").codec == "tree"  # the member's own codec is known
+    for path, kw in ((sealed, {}), (plain, {"trusted": True}), (plain, {})):
+        with pytest.raises(FormatError, match=r"unknown member codec 'widget'.*Upgrade persistkit") as info:
+            pk.load_bundle(path, **kw)
+        assert info.value.member == "mixed" and info.value.path == str(path)
+        assert f"{path}:mixed: unknown member codec" in str(info.value)
+    for path in (sealed, plain):
+        with pytest.raises(FormatError, match="unknown member codec 'widget'") as info:
+            pk.verify(path)
+        assert info.value.member == "mixed" and info.value.path == str(path)
