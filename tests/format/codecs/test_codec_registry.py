@@ -109,3 +109,66 @@ def test_audit_lists_embedded_models_only():
     assert audit_member("tree", encoded.payload) == ["sklearn.preprocessing._data.StandardScaler"]
     assert audit_member("tree", encode_member({"q": np.ones(2), "n": 1}).payload) == []
     assert audit_member("numpy", b"") == []
+
+
+def test_bundle_code_keeps_no_codec_knowledge():
+    """Codec ids and the packages codecs depend on are asked of the codec objects, never spelled out in
+    persistkit/bundle/ (adding a codec must not touch it)."""
+    import ast
+    from pathlib import Path
+
+    from persistkit.format.codecs import REGISTRY
+
+    words = set(REGISTRY.names()) | set(REGISTRY.packages())
+    bundle = Path(__file__).resolve().parents[3] / "persistkit" / "bundle"
+    found = [
+        f"{path.name}:{node.lineno} {node.value!r}"
+        for path in sorted(bundle.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and node.value in words
+    ]
+    assert found == []
+
+
+def test_codec_objects_describe_themselves():
+    from persistkit.bundle import environment
+    from persistkit.format.codecs import REGISTRY, get_codec
+
+    assert REGISTRY.names() == ["sklearn-trees", "sklearn", "torch", "sb3", "bytes", "numpy", "json", "tree"]
+    constructing = {c.name for c in REGISTRY if c.constructs_types}
+    assert constructing == {"sklearn-trees", "sklearn", "sb3", "tree"}
+    assert {c.name for c in REGISTRY if c.embeds_in_values} == {"sklearn-trees", "sklearn", "torch", "sb3"}
+    assert get_codec("sb3").packages == ("stable-baselines3", "torch", "gymnasium")
+    assert set(REGISTRY.packages()) <= set(environment())  # every codec's packages are recorded at save
+
+
+def test_model_codec_is_the_public_seam_for_telling_models_from_values():
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    from persistkit.format.codecs import model_codec
+
+    assert model_codec(StandardScaler()) == "sklearn"
+    assert model_codec(RandomForestClassifier(2)) == "sklearn-trees"
+    assert model_codec({"a": 1}) is None and model_codec(np.ones(2)) is None and model_codec(b"x") is None
+    # A forest whose state holds a RandomState is declined by the forest codec and stored by skops.
+    rf = RandomForestClassifier(2, random_state=np.random.RandomState(0)).fit(np.eye(4), [0, 1, 0, 1])
+    assert codec_for(rf) == "sklearn-trees" and encode_member(rf).codec == "sklearn"
+
+
+def test_a_numpy_dict_too_large_for_the_header_goes_to_the_tree_codec():
+    many = {f"k{i}": np.ones(1) for i in range(2000)}
+    assert codec_for(many) == "numpy"
+    encoded = encode_member(many)
+    assert encoded.codec == "tree"
+    assert_same(many, decode_member("tree", encoded.payload))
+
+
+def test_embedded_unknown_codecs_are_format_errors_naming_the_value():
+    payload = tree.encode({"m": object()}, model_hook=lambda obj: ("pickle", b"\x80\x04K\x01."))
+    ctx = DecodeContext(source="x.models:m")
+    with pytest.raises(FormatError, match=r"x\.models:m: unknown member codec 'pickle'") as info:
+        decode_member("tree", payload, ctx)
+    assert info.value.field == "codec"
+    with pytest.raises(FormatError, match=r"x\.models:m: unknown member codec 'pickle'"):
+        audit_member("tree", payload, ctx)
