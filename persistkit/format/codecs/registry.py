@@ -82,6 +82,11 @@ class CodecRegistry:
                 f"codec name {codec.name!r} is not valid: use 1-64 lowercase letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit (it is written into every file the codec stores)."
             )
+        if not (isinstance(codec.packages, tuple) and all(type(p) is str for p in codec.packages)):
+            raise TypeError(
+                f"codec {codec.name!r}: packages must be a tuple of distribution names (their versions are "
+                f"recorded in every bundle), not {codec.packages!r}"
+            )
         self._codecs()  # the built-in codecs are loaded first, so their names are taken
         with self._lock:
             if codec.name in self._by_name:

@@ -266,6 +266,7 @@ def test_a_missing_library_says_what_to_install(tmp_path):
         (type("Bad", (WidgetCodec,), {"name": "Has Space"})(), ValueError, "not valid"),
         (type("Empty", (WidgetCodec,), {"name": ""})(), ValueError, "not valid"),
         (object(), TypeError, "takes a persistkit.format.codecs.Codec"),
+        (type("Loose", (WidgetCodec,), {"name": "loose", "packages": "msgpack"})(), TypeError, "tuple"),
     ],
 )
 def test_register_refuses_names_that_would_be_ambiguous_on_disk(widget_codec, codec, error, match):
