@@ -31,6 +31,8 @@ def test_importing_the_registry_and_encoding_data_imports_no_framework():
         "e = encode_member({'q': np.ones(3)})\n"
         "decode_member(e.codec, bytes(e.payload), DecodeContext(meta=e.meta))\n"
         "encode_member({'a': [1, 2]}); model_hook(3)\n"
+        "from persistkit.format.codecs import REGISTRY\n"
+        "assert len(REGISTRY.names()) == 8  # every built-in codec module is loaded by now\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
