@@ -108,21 +108,10 @@ class DecodeContext:
     meta: Mapping[str, object] = field(default_factory=dict)
 
     def for_member(
-        self,
-        name: str | None,
-        *,
-        source: str,
-        meta: Mapping[str, object] | None = None,
-        trusted: Sequence[str] | bool | None = None,
+        self, name: str | None, *, source: str, meta: Mapping[str, object] | None = None
     ) -> DecodeContext:
-        """This context for one member (its name, source, envelope meta and, if given, its trust)."""
-        return dataclasses.replace(
-            self,
-            name=name,
-            source=source,
-            meta=meta if meta is not None else {},
-            trusted=self.trusted if trusted is None else trusted,
-        )
+        """This context for one member: its name, the source naming it in errors, its envelope meta."""
+        return dataclasses.replace(self, name=name, source=source, meta=meta if meta is not None else {})
 
     def embedded(self) -> DecodeContext:
         """The context for a model embedded in a value: no member name, no meta, no SB3 overrides."""
