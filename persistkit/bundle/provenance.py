@@ -14,15 +14,6 @@ from persistkit.format import manifest as mf
 from persistkit.io import current_fs
 
 log = logging.getLogger("persistkit")
-_RELEVANT = {
-    "numpy": ("numpy",),
-    "tree": ("numpy",),
-    "sklearn": ("scikit-learn", "skops", "numpy"),
-    "sklearn-trees": ("scikit-learn", "numpy"),
-    "torch": ("torch", "safetensors"),
-    "sb3": ("stable-baselines3", "torch", "gymnasium"),
-}
-_ENV_PACKAGES = ("numpy", "scikit-learn", "skops", "stable-baselines3", "gymnasium", "torch", "safetensors")
 
 
 class VersionSkewWarning(UserWarning):
@@ -43,9 +34,10 @@ def _version(package: str) -> str | None:
 def environment() -> dict[str, str | None]:
     """Versions recorded in every bundle (read from package metadata; nothing heavy is imported)."""
     from persistkit import __version__
+    from persistkit.format.codecs import REGISTRY
 
     env: dict[str, str | None] = {"persistkit": __version__, "python": platform.python_version()}
-    env.update({name: _version(name) for name in _ENV_PACKAGES})
+    env.update({name: _version(name) for name in REGISTRY.packages()})  # what any codec depends on
     return env
 
 
@@ -121,11 +113,14 @@ def git_commit(start: str) -> str | None:
 
 
 def _relevant_skew(manifest: mf.Manifest) -> list[tuple[str, str | None, str | None]]:
+    from persistkit.format.codecs import REGISTRY
+
     packages: list[str] = []
     for m in manifest.members:
         if m.role == "metadata":
             continue  # plain values: no library version changes how they decode
-        for name in _RELEVANT.get(m.codec, ()):
+        codec = REGISTRY.find(m.codec)
+        for name in codec.packages if codec is not None else ():
             if name not in packages:
                 packages.append(name)
     now = environment()

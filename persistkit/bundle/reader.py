@@ -7,7 +7,7 @@ import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persistkit import keys, naming
 from persistkit.bundle.provenance import warn_skew
@@ -22,6 +22,9 @@ from persistkit.errors import (
 from persistkit.format import manifest as mf
 from persistkit.io import current_fs
 from persistkit.io.fs import PathLike, describe_file_type, io_error
+
+if TYPE_CHECKING:
+    from persistkit.format.codecs import DecodeContext
 
 
 @dataclass(frozen=True)
@@ -180,13 +183,15 @@ class OpenedBundle:
     def check_layout(self) -> None:
         """The zip entries are exactly the manifest's members, in order, then manifest and auth;
         every codec is one this persistkit knows."""
-        from persistkit.format.codecs import CODECS
+        from persistkit.format.codecs import REGISTRY
+        from persistkit.format.codecs import metadata as metac
 
         for m in self.manifest.members:
-            if m.codec not in CODECS or (m.role == "metadata" and m.codec not in ("json", "tree")):
+            known = metac.CODECS if m.role == "metadata" else REGISTRY.names()
+            if m.codec not in known:
                 raise FormatError(
                     f"{self.source}: member {m.name!r} uses codec {m.codec!r}, which this persistkit does not "
-                    f"know (it knows {', '.join(sorted(CODECS))}). It may come from a newer persistkit: upgrade "
+                    f"know (it knows {', '.join(sorted(known))}). It may come from a newer persistkit: upgrade "
                     "to read it. persistkit never falls back to pickle.",
                     path=self.source,
                     member=m.name,
@@ -282,19 +287,21 @@ class OpenedBundle:
         return opened
 
 
-def _trust_for(
-    opened: OpenedBundle, entry: mf.MemberEntry, payload: Any, trusted: Sequence[str] | bool, encrypted: bool
-) -> Sequence[str] | bool:
+def _check_trust(
+    opened: OpenedBundle, entry: mf.MemberEntry, payload: Any, ctx: DecodeContext, encrypted: bool
+) -> None:
+    """Refuse a member of an unencrypted bundle that would construct types, unless the caller trusts it."""
     from persistkit.errors import UntrustedTypeError
-    from persistkit.format.codecs import CONSTRUCTING, audit_member
+    from persistkit.format.codecs import audit_member, get_codec
 
+    trusted = ctx.trusted
     if encrypted or trusted is True or (not isinstance(trusted, bool) and len(trusted) > 0):
-        return trusted
-    if entry.codec not in CONSTRUCTING and entry.codec != "tree":
-        return trusted
-    types = audit_member(entry.codec, payload, source=f"{opened.source}:{entry.name}")
+        return
+    if not get_codec(entry.codec).constructs_types:
+        return
+    types = audit_member(entry.codec, payload, ctx)
     if not types:
-        return trusted
+        return
     raise UntrustedTypeError(
         f"{opened.source}: member {entry.name!r} would construct {', '.join(types)}, and the bundle is not "
         "encrypted, so nothing proves who wrote it. If you trust its origin, pass trusted=True (persistkit's "
@@ -339,7 +346,8 @@ def load_bundle(
     names the member), FormatError (not a bundle, unknown codec, newer format),
     UntrustedTypeError (see the module docstring), UnsafeArchiveError.
     """
-    from persistkit.format.codecs import decode_member
+    from persistkit.format.codecs import DecodeContext, decode_member
+    from persistkit.format.codecs import metadata as metac
 
     if trusted is not True and trusted is not False and isinstance(trusted, str):
         raise TypeError("trusted= takes True/False or a list of type names, not a single string")
@@ -361,35 +369,30 @@ def load_bundle(
                     member=sorted(unknown)[0],
                 )
         warn_skew(manifest, opened.source)
+        load_ctx = DecodeContext(
+            trusted=trusted,
+            env=env,
+            device=device,
+            modules=modules or {},
+            as_state_dict=as_state_dict,
+            custom_objects=custom_objects,
+        )
         models: dict[str, Any] = {}
         metadata: dict[str, Any] = {}
         for index, entry in enumerate(manifest.members):
             envelope = opened.open_member(index, entry, master, plaintext_digest=False)
             source = f"{opened.source}:{entry.name}"
             if entry.role == "metadata":
-                from persistkit.format.codecs import metadata as metac
-
                 try:
                     metadata = metac.decode(entry.codec, envelope.view, source=source)
                 except PersistkitError as err:
                     err.path, err.member = opened.source, entry.name
                     raise
             elif wanted is None or entry.name in wanted:
-                trust = _trust_for(opened, entry, envelope.view, trusted, master is not None)
+                ctx = load_ctx.for_member(entry.name, source=source, meta=envelope.header.meta)
                 try:
-                    models[entry.name] = decode_member(
-                        entry.codec,
-                        envelope.view,
-                        trusted=trust,
-                        env=env,
-                        device=device,
-                        meta=envelope.header.meta,
-                        source=source,
-                        module=(modules or {}).get(entry.name),
-                        as_state_dict=as_state_dict,
-                        name=entry.name,
-                        custom_objects=custom_objects,
-                    )
+                    _check_trust(opened, entry, envelope.view, ctx, master is not None)
+                    models[entry.name] = decode_member(entry.codec, envelope.view, ctx)
                 except PersistkitError as err:
                     err.member = entry.name  # codecs name it by source string; the bundle names the member
                     if err.path is None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from persistkit import keys
 from persistkit.bundle.reader import OpenedBundle
+from persistkit.errors import PersistkitError
 from persistkit.io.fs import PathLike
 
 
@@ -16,7 +17,7 @@ class MemberReport:
     role: str
     codec: str
     plain_len: int
-    types: tuple[str, ...] = ()  # what loading would construct (sklearn / SB3 / embedded models)
+    types: tuple[str, ...] = ()  # what loading would construct (the member codec's audit)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def verify(
     returns a ``Report`` when the bundle is intact. Members are not rebuilt;
     the types they would construct are listed in the report.
     """
-    from persistkit.format.codecs import audit_member
+    from persistkit.format.codecs import DecodeContext, audit_member
 
     reports: list[MemberReport] = []
     with OpenedBundle(path) as opened:
@@ -79,7 +80,12 @@ def verify(
             envelope = opened.open_member(index, entry, master)
             types: list[str] = []
             if entry.role == "model":
-                types = audit_member(entry.codec, envelope.view, source=f"{opened.source}:{entry.name}")
+                ctx = DecodeContext(name=entry.name, source=f"{opened.source}:{entry.name}")
+                try:
+                    types = audit_member(entry.codec, envelope.view, ctx)
+                except PersistkitError as err:
+                    err.path, err.member = opened.source, entry.name  # the bundle names the member
+                    raise
             reports.append(MemberReport(entry.name, entry.role, entry.codec, entry.plain_len, tuple(types)))
             del envelope
         return Report(Path(opened.path), master is not None, master is not None, tuple(reports))

@@ -170,7 +170,8 @@ def _write_bundle(
     save_replay_buffer: bool,
     level: int,
 ) -> None:
-    from persistkit.format.codecs import encode_member
+    from persistkit.format.codecs import EncodeContext, encode_member
+    from persistkit.format.codecs import metadata as metac
     from persistkit.format.envelope import seal_parts, seal_stream
     from persistkit.io.zipio import ZipStreamWriter
 
@@ -180,12 +181,9 @@ def _write_bundle(
 
     def add(zw: ZipStreamWriter, index: int, name: str, role: str, obj: Any) -> None:
         if role == "metadata":
-            from persistkit.format.codecs import Encoded
-            from persistkit.format.codecs import metadata as metac
-
-            encoded = Encoded("tree", metac.encode(obj))
+            encoded = metac.encode_member(obj)
         else:
-            encoded = encode_member(obj, name=name, save_replay_buffer=save_replay_buffer)
+            encoded = encode_member(obj, EncodeContext(name=name, save_replay_buffer=save_replay_buffer))
         comp = compression if encoded.compressible else "none"
         meta = {**encoded.meta, "bundle": bundle_id, "member": name, "index": index}
         file = mf.METADATA_FILE if role == "metadata" else mf.member_file(name)

@@ -30,6 +30,10 @@ from dataclasses import dataclass
 
 from persistkit.io.fs import PathLike, current_fs, io_error
 
+# The one list of zip-damage exceptions lives in persistkit.zipdamage (format/ needs it too); re-exported.
+from persistkit.zipdamage import ZIP_DAMAGE as ZIP_DAMAGE
+from persistkit.zipdamage import ZIP_DAMAGE_OR_IO as ZIP_DAMAGE_OR_IO
+
 __all__ = [
     "ZIP_DAMAGE",
     "ZIP_DAMAGE_OR_IO",
@@ -40,26 +44,6 @@ __all__ = [
     "map_file",
     "read_entries",
 ]
-
-# What zipfile lets escape on damaged or hostile bytes: bad offsets and sizes (struct.error,
-# IndexError, OverflowError, ValueError, incl. UnicodeDecodeError), an unknown method or version
-# (NotImplementedError), a cut-off or corrupt deflate stream (EOFError, zlib.error), a member the
-# central directory names but cannot find (KeyError), an encrypted flag (RuntimeError).
-# The one list: every reader of zip files persistkit did not write catches this.
-ZIP_DAMAGE: tuple[type[Exception], ...] = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    zlib.error,
-    EOFError,
-    ValueError,
-    NotImplementedError,
-    OverflowError,
-    struct.error,
-    IndexError,
-    KeyError,
-    RuntimeError,
-)
-ZIP_DAMAGE_OR_IO: tuple[type[Exception], ...] = (*ZIP_DAMAGE, OSError)
 
 Buffer = bytes | bytearray | memoryview
 Sink = Callable[[Buffer], object]

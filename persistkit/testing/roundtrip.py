@@ -93,7 +93,7 @@ def _is_plain_persistent(obj: Any) -> bool:
         return False
     from persistkit.format import codecs
 
-    return codecs._model_codec(obj) is None
+    return codecs.model_codec(obj) is None
 
 
 def _fresh(obj: Any, factory: Callable[[], Any] | None, via: str) -> Any:

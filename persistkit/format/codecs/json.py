@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from persistkit.errors import FormatError, UnsupportedTypeError
+from persistkit.format.codecs.base import Codec, DecodeContext, EncodeContext, Encoded, Payload
 
-__all__ = ["decode", "encode", "to_jsonable"]
+__all__ = ["CODEC", "JsonCodec", "decode", "encode", "to_jsonable"]
 
 
 def to_jsonable(value: object, path: str = "metadata") -> Any:
@@ -60,3 +61,18 @@ def decode(payload: bytes | bytearray | memoryview, *, source: str = "metadata")
             f"{source} is not valid JSON ({type(err).__name__}). Restore the bundle from a backup.",
             member=source,
         ) from err
+
+
+class JsonCodec(Codec):
+    """Chosen only by name (``encode_member(doc, codec="json")``): a tree value keeps more types exactly."""
+
+    name = "json"
+
+    def encode(self, obj: object, ctx: EncodeContext) -> Encoded:
+        return Encoded(self.name, encode(obj, root=ctx.name))
+
+    def decode(self, payload: Payload, ctx: DecodeContext) -> object:
+        return decode(payload, source=ctx.source)
+
+
+CODEC = JsonCodec()

@@ -14,8 +14,9 @@ from typing import Any
 
 from persistkit.errors import FormatError, UnsupportedTypeError
 from persistkit.format import tree
+from persistkit.format.codecs.base import Encoded, Payload
 
-__all__ = ["CODECS", "decode", "encode"]
+__all__ = ["CODECS", "decode", "encode", "encode_member"]
 
 CODECS = ("tree", "json")  # what a metadata member may use: now, and before
 
@@ -34,9 +35,12 @@ def encode(doc: Mapping[str, Any], *, root: str = "metadata") -> bytes:
         ) from err
 
 
-def decode(
-    codec: str, payload: bytes | bytearray | memoryview, *, source: str = "metadata"
-) -> dict[str, Any]:
+def encode_member(doc: Mapping[str, Any]) -> Encoded:
+    """The bundle's metadata member, ready to seal (codec ``tree``)."""
+    return Encoded("tree", encode(doc))
+
+
+def decode(codec: str, payload: Payload, *, source: str = "metadata") -> dict[str, Any]:
     if codec == "json":
         from persistkit.format.codecs import json as jsonc
 

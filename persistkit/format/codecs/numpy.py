@@ -23,8 +23,17 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from persistkit.errors import FormatError, UnsupportedTypeError
+from persistkit.format.codecs.base import (
+    Codec,
+    Declined,
+    DecodeContext,
+    EncodeContext,
+    Encoded,
+    Payload,
+    type_family,
+)
 
-__all__ = ["ALIGN", "MAX_INDEX_CHARS", "decode", "encode", "is_array_dict", "to_npy"]
+__all__ = ["ALIGN", "CODEC", "MAX_INDEX_CHARS", "NumpyCodec", "decode", "encode", "is_array_dict", "to_npy"]
 
 ALIGN = 64  # arrays inside a dict payload start at multiples of this
 MAX_INDEX_CHARS = 48 * 1024  # beyond this the caller stores the dict with the tree codec instead
@@ -208,3 +217,43 @@ def to_npy(
             np.lib.format.write_array_header_1_0(out, header)
             return out.getvalue() + bytes(view[start : start + nbytes])
     raise KeyError(key)
+
+
+def _is_float_data(obj: object) -> bool:
+    import numpy as np
+
+    arrays = obj.values() if isinstance(obj, Mapping) else [obj]
+    return all(isinstance(a, np.ndarray) and a.dtype.kind in "fc" for a in arrays)
+
+
+def _info(obj: object) -> dict[str, object]:
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return {"dtype": str(obj.dtype), "shape": list(obj.shape)}
+    assert isinstance(obj, Mapping)
+    return {"arrays": {k: f"{v.dtype}{list(v.shape)}" for k, v in obj.items()}}
+
+
+class NumpyCodec(Codec):
+    """An ndarray or a dict of arrays. Numpy scalars and mixed dicts go to the tree codec."""
+
+    name = "numpy"
+    packages = ("numpy",)
+
+    def handles(self, obj: object) -> bool:
+        if type_family(obj) == "numpy":
+            return type(obj).__name__ == "ndarray"
+        return isinstance(obj, Mapping) and is_array_dict(obj)
+
+    def encode(self, obj: object, ctx: EncodeContext) -> Encoded:
+        payload, meta = encode(obj)
+        if len(meta["npy"]) > MAX_INDEX_CHARS:
+            raise Declined("too many arrays for the member header")  # the tree codec stores them exactly
+        return Encoded(self.name, payload, meta, _info(obj), compressible=not _is_float_data(obj))
+
+    def decode(self, payload: Payload, ctx: DecodeContext) -> object:
+        return decode(payload, meta=ctx.meta, source=ctx.source)
+
+
+CODEC = NumpyCodec()

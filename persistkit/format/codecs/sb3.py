@@ -51,11 +51,22 @@ from typing import Any
 
 from persistkit.errors import FormatError, UnsupportedTypeError, UntrustedTypeError
 from persistkit.format import tree
+from persistkit.format.codecs.base import (
+    Codec,
+    DecodeContext,
+    EncodeContext,
+    Encoded,
+    Payload,
+    derives_from,
+    type_family,
+)
 from persistkit.format.codecs.torch import join_tensors, split_tensors
 
 __all__ = [
     "ALGORITHMS",
     "ALLOWED_CLASSES",
+    "CODEC",
+    "SB3Codec",
     "SCHEDULE_POINTS",
     "TabulatedSchedule",
     "audit",
@@ -649,3 +660,42 @@ def _restore_buffer(model: Any, raw: bytes, source: str) -> None:
             dst[: len(src)] = src
     buffer.pos = int(state["pos"])
     buffer.full = bool(state["full"])
+
+
+class SB3Codec(Codec):
+    """stable-baselines3 algorithms (and user subclasses of ``BaseAlgorithm``), rebuilt as SB3's load does."""
+
+    name = "sb3"
+    packages = ("stable-baselines3", "torch", "gymnasium")
+    extra = "sb3"
+    constructs_types = True
+    embeds_in_values = True
+
+    def handles(self, obj: object) -> bool:
+        if type_family(obj) == "stable_baselines3":
+            return is_sb3_model(obj)
+        return derives_from(obj, "stable_baselines3.common.base_class.BaseAlgorithm")
+
+    def encode(self, obj: object, ctx: EncodeContext) -> Encoded:
+        return Encoded(
+            self.name,
+            encode(obj, save_replay_buffer=ctx.save_replay_buffer, member=ctx.name),
+            info={**info(obj), "replay_buffer": ctx.save_replay_buffer},
+            compressible=False,
+        )
+
+    def decode(self, payload: Payload, ctx: DecodeContext) -> object:
+        return decode(
+            payload,
+            trusted=ctx.trusted,
+            env=ctx.env,
+            device=ctx.device,
+            source=ctx.source,
+            custom_objects=ctx.custom_objects,
+        )
+
+    def audit(self, payload: Payload, ctx: DecodeContext) -> list[str]:
+        return audit(payload, source=ctx.source)
+
+
+CODEC = SB3Codec()

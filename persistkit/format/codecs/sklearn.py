@@ -26,8 +26,19 @@ import functools
 from collections.abc import Sequence
 
 from persistkit.errors import FormatError, UntrustedTypeError
+from persistkit.format.codecs.base import (
+    Codec,
+    DecodeContext,
+    EncodeContext,
+    Encoded,
+    Payload,
+    derives_from,
+    type_family,
+    type_name,
+)
+from persistkit.zipdamage import ZIP_DAMAGE
 
-__all__ = ["audit", "decode", "default_trusted_types", "encode"]
+__all__ = ["CODEC", "SklearnCodec", "audit", "decode", "default_trusted_types", "encode"]
 
 _HELPER_TYPES: tuple[str, ...] = (
     # builtins / stdlib / numpy / scipy
@@ -215,6 +226,8 @@ def _named(node: object, out: set[str]) -> None:
             _named(value, out)
 
 
+# A damaged skops zip, or a schema.json nested too deep to parse.
+_SCHEMA_DAMAGE: tuple[type[Exception], ...] = (*ZIP_DAMAGE, RecursionError)
 _PLAIN_TYPES = frozenset(
     f"builtins.{t}"
     for t in ("str", "int", "float", "bool", "bytes", "complex", "list", "dict", "tuple", "NoneType")
@@ -239,7 +252,7 @@ def audit(payload: bytes | bytearray | memoryview, *, source: str = "scikit-lear
             if info.file_size > 64 * 1024 * 1024:
                 raise ValueError("schema.json is implausibly large")
             _named(json.loads(archive.read(info)), names)
-    except (zipfile.BadZipFile, KeyError, ValueError, RecursionError) as err:
+    except _SCHEMA_DAMAGE as err:
         raise FormatError(
             f"{source} does not parse as a skops file ({type(err).__name__}: {err}). "
             "It is damaged or not a scikit-learn member; restore the bundle from a backup.",
@@ -277,3 +290,28 @@ def decode(
             "scikit-learn or skops; the recorded versions are in the bundle manifest.",
             member=source,
         ) from err
+
+
+class SklearnCodec(Codec):
+    """Any scikit-learn object (and user estimators deriving from ``BaseEstimator``) through skops."""
+
+    name = "sklearn"
+    packages = ("scikit-learn", "skops", "numpy")
+    extra = "sklearn"
+    constructs_types = True
+    embeds_in_values = True
+
+    def handles(self, obj: object) -> bool:
+        return type_family(obj) == "sklearn" or derives_from(obj, "sklearn.base.BaseEstimator")
+
+    def encode(self, obj: object, ctx: EncodeContext) -> Encoded:
+        return Encoded(self.name, encode(obj), info={"class": type_name(obj)})
+
+    def decode(self, payload: Payload, ctx: DecodeContext) -> object:
+        return decode(payload, trusted=ctx.trusted, source=ctx.source)
+
+    def audit(self, payload: Payload, ctx: DecodeContext) -> list[str]:
+        return audit(payload, source=ctx.source)
+
+
+CODEC = SklearnCodec()

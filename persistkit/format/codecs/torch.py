@@ -31,8 +31,17 @@ from typing import Any
 
 from persistkit.errors import FormatError, UnsupportedTypeError, UntrustedTypeError
 from persistkit.format import tree
+from persistkit.format.codecs.base import (
+    Codec,
+    DecodeContext,
+    EncodeContext,
+    Encoded,
+    Payload,
+    derives_from,
+    type_family,
+)
 
-__all__ = ["decode", "encode", "is_torch", "join_tensors", "split_tensors"]
+__all__ = ["CODEC", "TorchCodec", "decode", "encode", "is_torch", "join_tensors", "split_tensors"]
 
 _TENSOR_REF = "torch.tensor"
 
@@ -210,3 +219,31 @@ def _rebuild_module(factory: Callable[[], Any], state: object, cls: str, device:
             member=source,
         ) from err
     return built.to(device) if device != "cpu" else built
+
+
+class TorchCodec(Codec):
+    """Tensors, state dicts and ``nn.Module`` weights; a module is rebuilt only by the caller's factory."""
+
+    name = "torch"
+    packages = ("torch", "safetensors")
+    extra = "torch"
+    embeds_in_values = True
+
+    def handles(self, obj: object) -> bool:
+        return type_family(obj) == "torch" or derives_from(obj, "torch.nn.modules.module.Module")
+
+    def encode(self, obj: object, ctx: EncodeContext) -> Encoded:
+        return Encoded(self.name, encode(obj), info=info(obj), compressible=False)
+
+    def decode(self, payload: Payload, ctx: DecodeContext) -> object:
+        return decode(
+            payload,
+            device=ctx.device,
+            source=ctx.source,
+            module=ctx.module,
+            as_state_dict=ctx.as_state_dict,
+            name=ctx.name,
+        )
+
+
+CODEC = TorchCodec()

@@ -11,7 +11,15 @@ import pytest
 
 from persistkit.errors import FormatError, UnsupportedTypeError
 from persistkit.format import tree
-from persistkit.format.codecs import audit_member, codec_for, decode_member, encode_member, model_hook
+from persistkit.format.codecs import (
+    DecodeContext,
+    EncodeContext,
+    audit_member,
+    codec_for,
+    decode_member,
+    encode_member,
+    model_hook,
+)
 from persistkit.testing.compare import assert_same
 
 
@@ -19,10 +27,12 @@ def test_importing_the_registry_and_encoding_data_imports_no_framework():
     script = (
         "import json, sys\n"
         "import numpy as np\n"
-        "from persistkit.format.codecs import encode_member, decode_member, codec_for, model_hook\n"
+        "from persistkit.format.codecs import DecodeContext, encode_member, decode_member, codec_for, model_hook\n"
         "e = encode_member({'q': np.ones(3)})\n"
-        "decode_member(e.codec, bytes(e.payload), meta=e.meta)\n"
+        "decode_member(e.codec, bytes(e.payload), DecodeContext(meta=e.meta))\n"
         "encode_member({'a': [1, 2]}); model_hook(3)\n"
+        "from persistkit.format.codecs import REGISTRY\n"
+        "assert len(REGISTRY.names()) == 8  # every built-in codec module is loaded by now\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -73,7 +83,7 @@ def test_codec_choice(value, codec):
     assert codec_for(value) == codec
     encoded = encode_member(value)
     assert encoded.codec == codec
-    assert_same(value, decode_member(codec, bytes(encoded.payload), meta=encoded.meta))
+    assert_same(value, decode_member(codec, bytes(encoded.payload), DecodeContext(meta=encoded.meta)))
 
 
 def test_float_arrays_are_marked_incompressible():
@@ -90,7 +100,7 @@ def test_unknown_codec_is_a_format_error():
 
 def test_unsupported_values_name_the_member():
     with pytest.raises(UnsupportedTypeError, match="thing"):
-        encode_member({"x": object()}, name="thing")
+        encode_member({"x": object()}, EncodeContext(name="thing"))
 
 
 def test_audit_lists_embedded_models_only():
@@ -101,3 +111,66 @@ def test_audit_lists_embedded_models_only():
     assert audit_member("tree", encoded.payload) == ["sklearn.preprocessing._data.StandardScaler"]
     assert audit_member("tree", encode_member({"q": np.ones(2), "n": 1}).payload) == []
     assert audit_member("numpy", b"") == []
+
+
+def test_bundle_code_keeps_no_codec_knowledge():
+    """Codec ids and the packages codecs depend on are asked of the codec objects, never spelled out in
+    persistkit/bundle/ (adding a codec must not touch it)."""
+    import ast
+    from pathlib import Path
+
+    from persistkit.format.codecs import REGISTRY
+
+    words = set(REGISTRY.names()) | set(REGISTRY.packages())
+    bundle = Path(__file__).resolve().parents[3] / "persistkit" / "bundle"
+    found = [
+        f"{path.name}:{node.lineno} {node.value!r}"
+        for path in sorted(bundle.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and node.value in words
+    ]
+    assert found == []
+
+
+def test_codec_objects_describe_themselves():
+    from persistkit.bundle import environment
+    from persistkit.format.codecs import REGISTRY, get_codec
+
+    assert REGISTRY.names() == ["sklearn-trees", "sklearn", "torch", "sb3", "bytes", "numpy", "json", "tree"]
+    constructing = {c.name for c in REGISTRY if c.constructs_types}
+    assert constructing == {"sklearn-trees", "sklearn", "sb3", "tree"}
+    assert {c.name for c in REGISTRY if c.embeds_in_values} == {"sklearn-trees", "sklearn", "torch", "sb3"}
+    assert get_codec("sb3").packages == ("stable-baselines3", "torch", "gymnasium")
+    assert set(REGISTRY.packages()) <= set(environment())  # every codec's packages are recorded at save
+
+
+def test_model_codec_is_the_public_seam_for_telling_models_from_values():
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    from persistkit.format.codecs import model_codec
+
+    assert model_codec(StandardScaler()) == "sklearn"
+    assert model_codec(RandomForestClassifier(2)) == "sklearn-trees"
+    assert model_codec({"a": 1}) is None and model_codec(np.ones(2)) is None and model_codec(b"x") is None
+    # A forest whose state holds a RandomState is declined by the forest codec and stored by skops.
+    rf = RandomForestClassifier(2, random_state=np.random.RandomState(0)).fit(np.eye(4), [0, 1, 0, 1])
+    assert codec_for(rf) == "sklearn-trees" and encode_member(rf).codec == "sklearn"
+
+
+def test_a_numpy_dict_too_large_for_the_header_goes_to_the_tree_codec():
+    many = {f"k{i}": np.ones(1) for i in range(2000)}
+    assert codec_for(many) == "numpy"
+    encoded = encode_member(many)
+    assert encoded.codec == "tree"
+    assert_same(many, decode_member("tree", encoded.payload))
+
+
+def test_embedded_unknown_codecs_are_format_errors_naming_the_value():
+    payload = tree.encode({"m": object()}, model_hook=lambda obj: ("pickle", b"\x80\x04K\x01."))
+    ctx = DecodeContext(source="x.models:m")
+    with pytest.raises(FormatError, match=r"x\.models:m: unknown member codec 'pickle'") as info:
+        decode_member("tree", payload, ctx)
+    assert info.value.field == "codec"
+    with pytest.raises(FormatError, match=r"x\.models:m: unknown member codec 'pickle'"):
+        audit_member("tree", payload, ctx)

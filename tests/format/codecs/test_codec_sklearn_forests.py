@@ -25,8 +25,8 @@ from sklearn.tree import (
 import persistkit as pk
 from persistkit.errors import FormatError, PersistkitError, UnsupportedTypeError, UntrustedTypeError
 from persistkit.format import tree as treefmt
-from persistkit.format.codecs import decode_member, encode_member
-from persistkit.format.codecs import sklearn_trees as skt
+from persistkit.format.codecs import EncodeContext, decode_member, encode_member
+from persistkit.format.codecs import sklearn_forests as skf
 from persistkit.testing.compare import first_difference
 
 XC, YC = make_classification(300, 6, n_informative=4, n_classes=3, random_state=0)
@@ -60,7 +60,7 @@ def outputs(est, x):
 @pytest.mark.parametrize("label, make, x", CASES, ids=[c[0] for c in CASES])
 def test_round_trip_is_exact(label, make, x):
     est = make()
-    encoded = encode_member(est, name="model")
+    encoded = encode_member(est, EncodeContext(name="model"))
     assert encoded.codec == "sklearn-trees"
     back = decode_member(encoded.codec, encoded.payload)
     assert type(back) is type(est)
@@ -79,7 +79,7 @@ def test_bundle_uses_the_tree_codec_and_needs_trust_only_when_unencrypted(tmp_pa
     assert pk.inspect(plain).members[0].codec == "sklearn-trees"
     with pytest.raises(UntrustedTypeError) as info:
         pk.load_bundle(plain)
-    assert set(info.value.types) == {skt.TREE_TYPE, "sklearn.ensemble._forest.RandomForestClassifier",
+    assert set(info.value.types) == {skf.TREE_TYPE, "sklearn.ensemble._forest.RandomForestClassifier",
                                      "sklearn.tree._classes.DecisionTreeClassifier"}  # fmt: skip
     np.testing.assert_array_equal(
         pk.load_bundle(plain, trusted=True)["rf"].predict_proba(XC), rf.predict_proba(XC)
@@ -91,8 +91,8 @@ def test_bundle_uses_the_tree_codec_and_needs_trust_only_when_unencrypted(tmp_pa
 def test_state_beyond_plain_data_falls_back_to_skops():
     rf = RandomForestClassifier(3, random_state=np.random.RandomState(0)).fit(XC, YC)
     with pytest.raises(UnsupportedTypeError):
-        skt.encode(rf)
-    encoded = encode_member(rf, name="model")
+        skf.encode(rf)
+    encoded = encode_member(rf, EncodeContext(name="model"))
     assert encoded.codec == "sklearn"
     np.testing.assert_array_equal(decode_member("sklearn", encoded.payload).predict(XC), rf.predict(XC))
 
@@ -101,15 +101,15 @@ def test_subclasses_are_not_taken():
     class MyForest(RandomForestClassifier):
         pass
 
-    assert not skt.handles(MyForest())
+    assert not skf.handles(MyForest())
     with pytest.raises(UnsupportedTypeError, match="not a decision tree"):
-        skt.encode(MyForest())
+        skf.encode(MyForest())
 
 
 def test_audit_lists_classes_and_the_tree_type():
-    payload = skt.encode(RandomForestRegressor(2, random_state=0).fit(XR, YR))
-    assert skt.audit(payload) == ["sklearn.ensemble._forest.RandomForestRegressor",
-                                  "sklearn.tree._classes.DecisionTreeRegressor", skt.TREE_TYPE]  # fmt: skip
+    payload = skf.encode(RandomForestRegressor(2, random_state=0).fit(XR, YR))
+    assert skf.audit(payload) == ["sklearn.ensemble._forest.RandomForestRegressor",
+                                  "sklearn.tree._classes.DecisionTreeRegressor", skf.TREE_TYPE]  # fmt: skip
 
 
 # -- hostile payloads -------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def _set(field, index, value):
 )
 def test_hostile_trees_are_refused_before_scikit_learn_sees_them(edit, why):
     with pytest.raises(FormatError, match=why):
-        skt.decode(forged(edit_tree=edit), source="bundle.models:model")
+        skf.decode(forged(edit_tree=edit), source="bundle.models:model")
 
 
 def test_two_parents_for_one_node_are_refused():
@@ -179,35 +179,35 @@ def test_two_parents_for_one_node_are_refused():
         nodes["right_child"][inner[1]] = nodes["left_child"][inner[1]]
 
     with pytest.raises(FormatError, match="two parents"):
-        skt.decode(forged(edit_tree=share))
+        skf.decode(forged(edit_tree=share))
 
 
 def test_feature_count_mismatch_is_refused():
     with pytest.raises(FormatError, match="disagree on the number of features"):
-        skt.decode(forged(edit_state=lambda s: s.update(n_features_in_=2)))
+        skf.decode(forged(edit_state=lambda s: s.update(n_features_in_=2)))
 
 
 def test_forged_class_names_and_versions():
     with pytest.raises(UntrustedTypeError, match=r"os\.system") as info:
-        skt.decode(forged(name="os.system"))
+        skf.decode(forged(name="os.system"))
     assert info.value.types == ["os.system"]
     with pytest.raises(FormatError, match="newer persistkit"):
-        skt.decode(forged(version=2))
+        skf.decode(forged(version=2))
     with pytest.raises(FormatError, match="unknown format version"):
-        skt.decode(forged(version="1"))
+        skf.decode(forged(version="1"))
     with pytest.raises(FormatError, match="unknown embedded object kind 'torch'"):
-        skt.decode(forged(edit_state=lambda s: s.update(tree_=_Marker("torch", b"x"))))
+        skf.decode(forged(edit_state=lambda s: s.update(tree_=_Marker("torch", b"x"))))
 
 
 def test_bit_flips_and_truncations_give_typed_errors_or_a_safe_tree():
     """Every damaged payload raises a persistkit error, or decodes to a tree that predicts without crashing."""
     est = DecisionTreeClassifier(max_depth=3, random_state=0).fit(XC, YC)
-    payload = bytearray(skt.encode(est))
+    payload = bytearray(skf.encode(est))
     rng = random.Random(7)
     outcomes = {"typed error": 0, "decoded": 0}
     for cut in range(0, len(payload), max(1, len(payload) // 150)):
         with pytest.raises(PersistkitError):
-            skt.decode(bytes(payload[:cut]))
+            skf.decode(bytes(payload[:cut]))
     for _ in range(600):
         damaged = bytearray(payload)
         bit = rng.randrange(len(damaged) * 8)
@@ -215,7 +215,7 @@ def test_bit_flips_and_truncations_give_typed_errors_or_a_safe_tree():
         try:
             with warnings.catch_warnings():  # a flip in "_sklearn_version" makes scikit-learn warn of a skew
                 warnings.simplefilter("ignore", InconsistentVersionWarning)
-                back = skt.decode(bytes(damaged))
+                back = skf.decode(bytes(damaged))
         except PersistkitError:
             outcomes["typed error"] += 1
             continue
@@ -229,14 +229,13 @@ def test_bit_flips_and_truncations_give_typed_errors_or_a_safe_tree():
 
 
 def test_forests_embedded_in_tree_values_use_the_tree_codec():
-    from persistkit.format.codecs import audit_member
-    from persistkit.format.codecs import tree as treec
+    from persistkit.format.codecs import audit_member, values
 
     rf = RandomForestClassifier(3, random_state=0).fit(XC, YC)
-    payload = treec.encode({"model": rf, "step": 7})
-    assert [codec for codec, _ in treec.embedded(payload)] == ["sklearn-trees"]
-    assert skt.TREE_TYPE in audit_member("tree", payload)
-    back = treec.decode(payload)
+    payload = values.encode({"model": rf, "step": 7})
+    assert [codec for codec, _ in values.embedded(payload)] == ["sklearn-trees"]
+    assert skf.TREE_TYPE in audit_member("tree", payload)
+    back = values.decode(payload)
     assert back["step"] == 7 and first_difference(rf, back["model"]) is None
 
 
@@ -270,7 +269,7 @@ def test_node_fields_are_checked_as_scikit_learn_reads_them(edit):
     """A reordered dtype passes a by-name check, then sklearn casts by position (a write out of bounds
     in feature_importances_ before this was caught). The check runs on the built Tree instead."""
     with pytest.raises(FormatError, match="points outside the tree or at a feature"):
-        skt.decode(forged(edit_tree=edit))
+        skf.decode(forged(edit_tree=edit))
 
 
 def test_byte_swapped_nodes_decode_to_the_same_tree():
@@ -279,7 +278,7 @@ def test_byte_swapped_nodes_decode_to_the_same_tree():
     def swap(doc):
         doc[3]["nodes"] = doc[3]["nodes"].astype(doc[3]["nodes"].dtype.newbyteorder(">"))
 
-    back = skt.decode(forged(edit_tree=swap))
+    back = skf.decode(forged(edit_tree=swap))
     np.testing.assert_array_equal(back.predict(XC), est.predict(XC))
 
 
@@ -294,7 +293,7 @@ def test_byte_swapped_nodes_decode_to_the_same_tree():
 )
 def test_estimator_attributes_must_agree_with_the_tree(edit, why):
     with pytest.raises(FormatError, match=why):
-        skt.decode(forged(edit_state=edit))
+        skf.decode(forged(edit_state=edit))
 
 
 def test_forests_must_hold_fitted_trees_of_their_kind():
@@ -307,7 +306,7 @@ def test_forests_must_hold_fitted_trees_of_their_kind():
         bad = RandomForestClassifier(3, random_state=0).fit(XC, YC)
         bad.estimators_ = estimators
         with pytest.raises(FormatError, match=why):
-            skt.decode(skt.encode(bad))
+            skf.decode(skf.encode(bad))
 
 
 @pytest.mark.parametrize(
