@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
@@ -189,7 +188,7 @@ def test_with_a_key_nothing_leaves_the_machine_in_plaintext(s3_bucket, tmp_path)
         assert MARKER.encode() not in data, name
         assert MARKER.encode("utf-16-le") not in data, name
     # the local store holds the marker only encrypted too; and a restore with the key gets it back
-    report, _, (got_trades, got_book) = restore_and_load(url, server, tmp_path / "b", key_file=key)
+    _, _, (got_trades, got_book) = restore_and_load(url, server, tmp_path / "b", key_file=key)
     assert got_book["note"] == MARKER and [t["note"] for t in got_trades] == [MARKER] * 10
     # without the key, or with another one, nothing is restored
     for kw in ({}, {"key_file": write_key_file(tmp_path / "other.key") and tmp_path / "other.key"}):
@@ -439,7 +438,7 @@ def test_another_store_or_a_newer_generation_at_the_url_is_never_overwritten(s3_
         first.save()
     first.backup.backup_now()
     before = pointer(server, bucket, "bots/shared")
-    other, trades2, book2 = open_bot(tmp_path / "b", url=url, server=server, every=3600)
+    other, _, _ = open_bot(tmp_path / "b", url=url, server=server, every=3600)
     other.load()
     with pytest.raises(PersistkitError) as caught:
         other.backup.backup_now()
