@@ -122,7 +122,7 @@ from persistkit.state.store import STORE_FILE, StateStore
 
 if TYPE_CHECKING:
     from persistkit.format.crypto import Key
-    from persistkit.io.remote import RemoteStore
+    from persistkit.io.objects import ObjectStore
 
 __all__ = ["POINTER", "BackupStatus", "RestoreReport", "StoreBackup", "restore"]
 
@@ -367,15 +367,16 @@ class StoreBackup:
         store: StateStore,
         url: str,
         *,
-        every: float | AutosaveCadence = 60.0,
+        every: float | AutosaveCadence | None = 60.0,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if not is_url(url):
             raise ValueError(
                 f"backup_to must be an object-store URL such as 's3://bucket/bots/NAME', not {url!r}"
             )
-        if isinstance(every, AutosaveCadence):
-            cadence = every
+        cadence: AutosaveCadence | None
+        if every is None or isinstance(every, AutosaveCadence):
+            cadence = every  # None: no thread; rounds run on backup_now() and close() only
         elif isinstance(every, bool) or not isinstance(every, int | float) or not every > 0:
             raise ValueError(
                 f"backup_every must be a positive number of seconds or an AutosaveCadence, not {every!r}"
@@ -386,7 +387,7 @@ class StoreBackup:
         self.url = url.rstrip("/")
         self.cadence = cadence
         self.storage_options = dict(storage_options or {})
-        self._remote: RemoteStore | None = None
+        self._remote: ObjectStore | None = None
         self._key: Key | None = None
         self._key_ready = False
         self._pointer: _Pointer | None = None  # as last read or written by this process
@@ -407,7 +408,7 @@ class StoreBackup:
 
     def start(self) -> None:
         """Start the background thread (``StateStore.load`` does it)."""
-        if self._thread is None and not self._stop.is_set():
+        if self._thread is None and not self._stop.is_set() and self.cadence is not None:
             self._thread = threading.Thread(target=self._loop, name="persistkit-backup", daemon=True)
             self._thread.start()
 
@@ -453,6 +454,7 @@ class StoreBackup:
         return status
 
     def _loop(self) -> None:
+        assert self.cadence is not None
         while not self._stop.is_set():
             delay = self.cadence.delay(failures=self._failures, rand=random.random())  # jitter: no crypto
             self._wake.wait(delay)
@@ -545,7 +547,7 @@ class StoreBackup:
                 self._last_success = time.time()
         return self.status()
 
-    def _remote_store(self) -> RemoteStore:
+    def _remote_store(self) -> ObjectStore:
         if self._remote is None:
             from persistkit.io.remote import remote_store
 
@@ -784,14 +786,16 @@ def restore(
     storage_options: Mapping[str, Any] | None = None,
 ) -> RestoreReport:
     """``StateStore.restore_from``: see the module docstring."""
+    from persistkit.io.objects import wrap_store
     from persistkit.io.remote import RemoteStore
     from persistkit.keys import check_one
 
     check_one(password, key_file)
     target = os.path.abspath(os.fspath(into))
     _check_target(target)
-    # no probe: a restore only reads, and may run with read-only credentials
-    remote = RemoteStore(url, storage_options=storage_options, probe=False)
+    # no probe: a restore only reads, and may run with read-only credentials; through the
+    # use_object_store hooks like every remote store (recorded, fault-injected, served from memory in tests)
+    remote = wrap_store(RemoteStore(url, storage_options=storage_options, probe=False))
     pointer_url = remote.url_of(POINTER)
     for attempt in range(RESTORE_ATTEMPTS):
         found = remote.get_or_none(POINTER)
@@ -817,7 +821,7 @@ def restore(
 
 
 def _restore_pointer(
-    remote: RemoteStore,
+    remote: ObjectStore,
     pointer: _Pointer,
     target: str,
     *,

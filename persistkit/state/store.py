@@ -109,6 +109,10 @@ class StateStore:
     ``sync`` is the journal policy of registered ``BoundedLog`` components.
     ``on_corrupt="defaults"`` lets a store whose every generation is damaged
     start from defaults instead of raising ``IntegrityError``.
+    ``backup_to="s3://bucket/bots/NAME"`` keeps an off-site copy, updated every
+    ``backup_every`` seconds (None: only on ``backup.backup_now()`` and ``close()``)
+    from a background thread that never blocks ``append()`` or ``save()``;
+    ``restore_from`` brings it back. See ``persistkit.state.backup``.
     """
 
     def __init__(
@@ -126,7 +130,7 @@ class StateStore:
         grace: float = 10.0,
         kdf: KdfParams | None = None,
         backup_to: str | None = None,
-        backup_every: float | AutosaveCadence = 60.0,
+        backup_every: float | AutosaveCadence | None = 60.0,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if keep_generations < 1:
