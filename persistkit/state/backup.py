@@ -453,6 +453,22 @@ class StoreBackup:
             )
         return status
 
+    def final_round(self) -> None:
+        """On a stop signal: one last round in the saving thread, which holds the store's lock.
+
+        The final checkpoint is already durable locally; the signal's grace deadline bounds this round.
+        A round of the background thread waits for the store's lock at most ``LOCK_WAIT`` seconds, so
+        this one never waits on it for longer.
+        """
+        self.stop()
+        if self._round.acquire(timeout=2 * self.LOCK_WAIT):
+            self._round.release()
+            self._try_round()
+        else:
+            log.warning(
+                "persistkit: no final backup round of %s: another round is under way", self.store.directory
+            )
+
     def _loop(self) -> None:
         assert self.cadence is not None
         while not self._stop.is_set():
@@ -560,14 +576,27 @@ class StoreBackup:
             self._key_ready = True
         return self._key
 
+    LOCK_WAIT = 1.0
+
     def _snapshot(self) -> _Snapshot | None:
         store = self.store
-        with store.lock:  # no network I/O under the lock: a read of CURRENT and a few integers
+        # no network I/O under the lock: a read of CURRENT and a few integers. Waits for it a bounded
+        # time: a thread that holds it (a long atomic() block, the final save on a signal) may be
+        # waiting for this round to finish.
+        if not store.lock.acquire(timeout=self.LOCK_WAIT):
+            raise PersistkitError(
+                f"{store.directory}: the store's lock was held for over {self.LOCK_WAIT:g} s (a long atomic() "
+                "block?); this backup round was skipped and is retried.",
+                path=store.directory,
+            )
+        try:
             generation = store.generation
             if generation is None:
                 return None
             current = gens.current_token(store.directory)
             positions = store.journal_positions()
+        finally:
+            store.lock.release()
         if current is None:
             return None
         return _Snapshot(generation, current, positions, time.time())

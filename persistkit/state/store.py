@@ -997,23 +997,25 @@ class StateStore:
             return None
         self._stop.set()
         checkpoint = None
-        with self._lock:
-            try:
-                if not self.readonly and self._loaded:
-                    checkpoint = self._save_locked(force=False)
-            finally:
-                for writer in self._writers.values():
-                    writer.close()
-                self._writers = {}
-                self._closed = True
-                if self._signals is not None:
-                    self._signals.uninstall()
-                if self._dir_lock is not None:
-                    self._dir_lock.release()
-        if self._autosave is not None and self._autosave is not threading.current_thread():
-            self._autosave.join(timeout=5)
-        if self._backup is not None:
-            self._backup.close(timeout=self.grace)  # a bounded last round; logs what it left behind
+        try:
+            with self._lock:
+                try:
+                    if not self.readonly and self._loaded:
+                        checkpoint = self._save_locked(force=False)
+                finally:
+                    for writer in self._writers.values():
+                        writer.close()
+                    self._writers = {}
+                    self._closed = True
+                    if self._signals is not None:
+                        self._signals.uninstall()
+                    if self._dir_lock is not None:
+                        self._dir_lock.release()
+        finally:
+            if self._autosave is not None and self._autosave is not threading.current_thread():
+                self._autosave.join(timeout=5)
+            if self._backup is not None:  # also after a failed final save: the last committed generation
+                self._backup.close(timeout=self.grace)  # a bounded last round; logs what it left behind
         return checkpoint
 
     def request_stop(self, signum: int) -> None:
@@ -1027,6 +1029,8 @@ class StateStore:
                 checkpoint = self.save()
                 if self.on_final_save is not None:
                     self.on_final_save(checkpoint)
+                if self._backup is not None:  # the bot is stopping: take its final checkpoint off-site now
+                    self._backup.final_round()
                 return checkpoint
             except Exception as err:
                 self.last_error = err

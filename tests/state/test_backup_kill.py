@@ -200,3 +200,36 @@ def test_sigkill_during_a_restore_leaves_no_half_store(s3_bucket, tmp_path):
     # the temp directories of killed restores are hidden siblings, never the store
     assert all(p.name.startswith((".", "into-", "src", "restore.py")) for p in tmp_path.iterdir())
     assert outcomes  # each kill left one of the two; which ones depends on timing
+
+
+def test_sigterm_takes_the_final_checkpoint_off_site_before_the_bot_exits(s3_bucket, tmp_path):
+    server, bucket = s3_bucket
+    url = f"s3://{bucket}/bots/stopped"
+    script = tmp_path / "bot.py"
+    # rounds only at the end: what the restore holds came from the signal's final round
+    script.write_text(
+        BOT.replace("backup_every=0.01", "backup_every=None").replace("store.load()", "store.start()")
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "state"), url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(server),
+    )
+    try:
+        acked = read_acks(proc, 40, after=lambda: True)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    acked = max([acked, *(int(line.split()[1]) for line in rest.splitlines() if line.startswith("ACK "))])
+    report = pk.StateStore.restore_from(url, tmp_path / "restored", storage_options=server.storage_options)
+    ids, book = load_restored(tmp_path / "restored")
+    assert ids == list(range(acked + 1))  # every acknowledged trade
+    assert book["last_id"] == acked and report.journal_records == {"trades": 0}  # all in the final checkpoint
