@@ -65,8 +65,12 @@ with the outage, and ``stats()["backup"]`` shows it (``pending_records``,
 **The network never stops the bot.** Rounds run on their own thread. A failed
 round is retried with exponential backoff (``retry_after`` doubling, at most
 ``every``; each request is itself retried a bounded number of times by
-``persistkit.io.remote``); ``append()`` and ``save()`` never wait for it.
-``close()`` gives a final round ``grace`` seconds and logs what was left.
+``persistkit.io.remote``); ``append()`` and ``save()`` never wait for it (a
+round holds the store's lock only to note the snapshot of step 1, and waits for
+it at most ``LOCK_WAIT`` seconds). ``close()`` gives a final round ``grace``
+seconds and logs what was left; on SIGTERM/SIGINT the final checkpoint goes up
+in the saving thread, within the signal's ``grace`` deadline. ``backup_every=None``
+runs no thread: rounds happen on ``store.backup.backup_now()`` and at close.
 
 **Encryption.** With ``password=``/``key_file=`` every component, MANIFEST and
 CURRENT is an encrypted envelope and every journal record payload is encrypted
