@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -515,3 +516,46 @@ def test_batch_sync_ships_only_records_that_are_on_disk(s3_bucket, tmp_path):
     store.abandon()
     _, _, (got, _) = restore_and_load(url, server, tmp_path / "b")
     assert [t["id"] for t in got] == list(range(40))
+
+
+def test_a_generation_still_being_committed_is_never_uploaded(s3_bucket, tmp_path):
+    """Paused between renaming gen-N into place and switching CURRENT: gen-N exists, but is not committed."""
+    import threading
+
+    from persistkit.io.fs import DelegatingFS, current_fs, use_fs
+
+    class PauseBeforeCurrent(DelegatingFS):
+        def __init__(self, inner):
+            super().__init__(inner)
+            self.armed, self.paused, self.go = False, threading.Event(), threading.Event()
+
+        def replace(self, src, dst):
+            if self.armed and os.path.basename(os.fspath(dst)) == "CURRENT":
+                self.paused.set()
+                assert self.go.wait(30)
+            self.inner.replace(src, dst)
+
+    server, bucket = s3_bucket
+    url = f"s3://{bucket}/bots/midcommit"
+    store, trades, book = open_bot(tmp_path / "a", url=url, server=server, every=None)
+    store.load()
+    trade(store, trades, book, 0)
+    store.backup.backup_now()
+    before = pointer(server, bucket, "bots/midcommit")
+    pausing = PauseBeforeCurrent(current_fs())
+    with use_fs(pausing):
+        pausing.armed = True
+        saver = threading.Thread(target=store.save)
+        saver.start()
+        assert pausing.paused.wait(30)
+        n = before["generation"] + 1
+        assert (tmp_path / "a" / f"gen-{n:06d}").is_dir()  # renamed into place, CURRENT not switched yet
+        with pytest.raises(PersistkitError, match="lock was held"):
+            store.backup.backup_now()
+        assert pointer(server, bucket, "bots/midcommit") == before
+        assert not any(f"objects/g{n:06d}-" in k for k in objects(server, bucket))
+        pausing.go.set()
+        saver.join(30)
+    store.backup.backup_now()
+    assert pointer(server, bucket, "bots/midcommit")["generation"] == n == store.generation
+    store.close()
