@@ -118,7 +118,7 @@ from persistkit.format import envelope, tree
 from persistkit.io import atomic_write, current_fs
 from persistkit.io.fs import io_error
 from persistkit.io.remote import is_url
-from persistkit.naming import temp_name_for
+from persistkit.naming import temp_name_for, temp_pid
 from persistkit.policy.autosave import AutosaveCadence
 from persistkit.state import generations as gens
 from persistkit.state.journal import JournalReader, journal_cipher, parse_record
@@ -810,6 +810,20 @@ def _remove_tree(path: str) -> None:
         fs.rmdir(path)
 
 
+def _remove_dead_stagings(parent: str, name: str) -> None:
+    """Remove the temp directories of restores into ``name`` whose process died (killed mid-restore)."""
+    from persistkit.io.atomic import pid_alive
+
+    fs = current_fs()
+    for entry in fs.listdir(parent):
+        pid = temp_pid(entry)
+        if pid is None or not entry.startswith(f".{name}.") or pid == os.getpid() or pid_alive(pid):
+            continue
+        path = os.path.join(parent, entry)
+        if fs.is_dir(path):
+            _remove_tree(path)
+
+
 def restore(
     url: str,
     into: str | os.PathLike[str],
@@ -867,6 +881,7 @@ def _restore_pointer(
         fs.makedirs(parent)
     except OSError as err:
         raise io_error("create directory", parent, err) from err
+    _remove_dead_stagings(parent, os.path.basename(target))
     staging = os.path.join(parent, temp_name_for(os.path.basename(target)))
     n = pointer.generation
     gdir = os.path.join(staging, gens.gen_name(n))

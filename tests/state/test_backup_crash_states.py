@@ -193,3 +193,42 @@ def test_a_backup_that_publishes_the_pointer_first_is_caught(s3_bucket, tmp_path
 
     with pytest.raises(AssertionError, match="First violating crash state"):
         object_crash_points(save, judge, url=url, storage_options=options)
+
+
+@pytest.mark.parametrize("model", ["process", "power-loss"])
+def test_every_local_crash_state_of_a_restore_leaves_no_store_or_the_whole_one(s3_bucket, tmp_path, model):
+    """The restore's own file operations, recorded and crashed at every point (persistkit.io.crash)."""
+    from persistkit.io import use_fs
+    from persistkit.io.crash import CrashSimulator, Snapshot
+    from persistkit.io.recording import RecordingFS
+
+    server, bucket = s3_bucket
+    url, options = f"s3://{bucket}/bots/restore", server.storage_options
+    bot = Bot(tmp_path / "bot", url, options)
+    bot.trade(6)
+    bot.store.save()
+    bot.trade(4)
+    bot.store.backup.backup_now()  # a generation and a segment
+    bot.store.abandon()
+    root = tmp_path / "machine-b"
+    root.mkdir()
+    before = Snapshot.take(root)
+    rec = RecordingFS()
+    with use_fs(rec):
+        pk.StateStore.restore_from(url, root / "store", storage_options=options)
+    assert load(root / "store")[0] == list(range(10))
+    sim = CrashSimulator(before, rec.ops)
+    outcomes = {"absent": 0, "whole": 0}
+    for state in sim.states(model):
+        state.materialize(root)
+        names = [p.name for p in root.iterdir()]
+        assert all(n == "store" or n.startswith(".store.pk-tmp-") for n in names), names
+        if "store" not in names:
+            assert not state.complete, f"{state.description}: the restore returned, but no store is there"
+            outcomes["absent"] += 1
+            continue
+        ids, book = load(root / "store")  # warnings are errors: a fallback or a dropped record fails
+        assert ids == list(range(10)) and book["last_id"] == 5, state.description
+        outcomes["whole"] += 1
+    assert outcomes["absent"] and outcomes["whole"]
+    print(f"\n{model}: {sim.stats.states} crash states of a restore ({len(rec.ops)} operations): {outcomes}")
