@@ -1069,7 +1069,7 @@ class StateStore:
         return self._generation
 
     def stats(self) -> dict[str, Any]:
-        """Bytes per component, last save latency, generation, journal lengths."""
+        """Bytes per component, last save latency, generation, journal lengths, backup lag (``backup``)."""
         with self._lock:
             return {
                 "generation": self._generation,
