@@ -12,6 +12,7 @@ import collections
 import datetime as dt
 import errno
 import itertools
+import threading
 
 import numpy as np
 import pytest
@@ -148,6 +149,43 @@ def test_prune_every_crash_state(bucket_store, record_property, capsys):
     assert (
         report.violations == [] and report.states == report.mutations + 1 == 5
     )  # 2 versions x (record, data)
+
+
+def test_two_concurrent_publishers_every_crash_state(bucket_store, record_property, capsys):
+    """Two trainers publish at once (threads): in every prefix of their interleaved PUTs, no version is lost
+    and the pointer never names a missing one."""
+    url, opts, make = bucket_store
+    first = make("writer").save(model(1), **WHERE, when=T0)
+    made: dict[int, str] = {}
+    barrier = threading.Barrier(2)
+
+    def publish(i: int) -> None:
+        store = make(f"writer-{i}")
+        barrier.wait()
+        made[i] = store.save(model(i), **WHERE, when=T0 + dt.timedelta(hours=1))  # the same stamp: a race
+
+    def save():
+        threads = [threading.Thread(target=publish, args=(i,)) for i in (2, 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(made) == [2, 3] and made[2] != made[3]
+
+    seen: collections.Counter = collections.Counter()
+
+    def check():
+        values = {first: model(1)["m"], made[2]: model(2)["m"], made[3]: model(3)["m"]}
+        judge(make, {first: 1, made[2]: 2, made[3]: 3}, values, seen)
+
+    report = object_crash_points(save, check, url=url, storage_options=opts)
+    record_property("crash_states", report.states)
+    with capsys.disabled():
+        print(f"\n  two concurrent publishers: {report.summary()}")
+    assert report.violations == [] and report.mutations >= 6
+    final = make()
+    assert final.versions(**WHERE) == [first, *sorted(made.values())]  # no version lost
+    assert final.latest(**WHERE) == max(made.values())
 
 
 # -- the simulator catches bad publishers (in memory: no server needed) ---------------
