@@ -36,12 +36,12 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from persistkit.errors import IntegrityError, PersistIOError, describe_errno
+from persistkit.io.objects import Fetched, ObjectStore, delegates_to, has_object_store_hooks, wrap_store
 
-__all__ = ["RemoteStore", "is_url", "remote_store", "sha256_file"]
+__all__ = ["Fetched", "RemoteStore", "is_url", "remote_store", "sha256_file"]
 
 T = TypeVar("T")
 
@@ -93,12 +93,6 @@ def sha256_file(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-@dataclass(frozen=True)
-class Fetched:
-    data: bytes
-    etag: str | None
-
-
 def _is_transient(err: BaseException) -> bool:
     if isinstance(err, (FileNotFoundError, PermissionError, FileExistsError)):
         return False
@@ -128,7 +122,7 @@ def _condition(err: BaseException) -> str | None:
     return None
 
 
-class RemoteStore:
+class RemoteStore(ObjectStore):
     """Objects under one fsspec URL (``s3://bucket/prefix``): create-only PUT, CAS PUT, verified GET.
 
     Keys are '/'-separated and relative to the root URL. ``storage_options``
@@ -506,14 +500,25 @@ _probed: set[tuple[str, str]] = set()
 _probed_lock = threading.Lock()
 
 
-def remote_store(url: str, *, storage_options: Mapping[str, Any] | None = None) -> RemoteStore:
-    """A RemoteStore for ``url``; the server's conditional writes are probed once per bucket and process."""
+def remote_store(url: str, *, storage_options: Mapping[str, Any] | None = None) -> ObjectStore:
+    """The ObjectStore for ``url``: a RemoteStore, passed through the ``use_object_store`` hooks.
+
+    The server's conditional writes are probed once per bucket and process, on the real store (never
+    through a wrapper, so a recording does not see the probe) and only when the store in use reaches the
+    real one (an in-memory replacement never touches the network).
+    """
     options = dict(storage_options or {})
     protocol, _, rest = url.partition("://")
     ident = (f"{protocol}://{rest.strip('/').split('/', 1)[0]}", repr(sorted(options.items())))
     with _probed_lock:
         probed = ident in _probed
-    store = RemoteStore(url, storage_options=options, probe=not probed)
+    hooked = has_object_store_hooks()
+    real = RemoteStore(url, storage_options=options, probe=not probed and not hooked)
+    store = wrap_store(real) if hooked else real
+    if hooked and not probed:
+        if not delegates_to(store, real):
+            return store  # replaced (e.g. served from memory): the real server was not used
+        real.check_conditional_writes()
     with _probed_lock:
         _probed.add(ident)
     return store

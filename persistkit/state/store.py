@@ -29,7 +29,7 @@ import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import xxhash
 
@@ -61,6 +61,9 @@ from persistkit.state.reports import LoadReport as LoadReport
 from persistkit.state.reports import Persistent as Persistent
 from persistkit.state.reports import StateRecoveredWarning as StateRecoveredWarning
 from persistkit.state.reports import Status
+
+if TYPE_CHECKING:
+    from persistkit.state.backup import RestoreReport, StoreBackup
 
 __all__ = [
     "Checkpoint",
@@ -107,6 +110,10 @@ class StateStore:
     ``sync`` is the journal policy of registered ``BoundedLog`` components.
     ``on_corrupt="defaults"`` lets a store whose every generation is damaged
     start from defaults instead of raising ``IntegrityError``.
+    ``backup_to="s3://bucket/bots/NAME"`` keeps an off-site copy, updated every
+    ``backup_every`` seconds (None: only on ``backup.backup_now()`` and ``close()``)
+    from a background thread that never blocks ``append()`` or ``save()``;
+    ``restore_from`` brings it back. See ``persistkit.state.backup``.
     """
 
     def __init__(
@@ -123,6 +130,9 @@ class StateStore:
         on_corrupt: Literal["raise", "defaults"] = "raise",
         grace: float = 10.0,
         kdf: KdfParams | None = None,
+        backup_to: str | None = None,
+        backup_every: float | AutosaveCadence | None = 60.0,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if keep_generations < 1:
             raise ValueError("keep_generations must be at least 1")
@@ -166,6 +176,13 @@ class StateStore:
         self._signals: Any = None
         self._atexit_registered = False
         self._dir_lock: DirectoryLock | None = None
+        self._backup: StoreBackup | None = None
+        if backup_to is not None:  # off-site copies: persistkit.state.backup (no network I/O here)
+            if readonly:
+                raise ValueError("backup_to= needs a writable store (readonly=False)")
+            from persistkit.state.backup import StoreBackup
+
+            self._backup = StoreBackup(self, backup_to, every=backup_every, storage_options=storage_options)
         self._check_not_a_file()
         if not readonly:
             self._dir_lock = DirectoryLock(self.directory).acquire()
@@ -297,6 +314,8 @@ class StateStore:
                     self._save_locked(force=True)
                 elif not self._orphan_left:  # else appends are refused until save() removes it
                     self._open_writers()
+                if self._backup is not None:
+                    self._backup.start()
             return report
 
     READER_ATTEMPTS = 50
@@ -740,6 +759,8 @@ class StateStore:
         self._spent_journals.clear()
         self._open_writers()
         self._prune()
+        if self._backup is not None:
+            self._backup.committed()
         elapsed = time.perf_counter() - start
         self._stats.update(saves=self._stats["saves"] + 1, last_save_seconds=elapsed, bytes=sizes)
         return Checkpoint(n, sizes, elapsed)
@@ -977,21 +998,25 @@ class StateStore:
             return None
         self._stop.set()
         checkpoint = None
-        with self._lock:
-            try:
-                if not self.readonly and self._loaded:
-                    checkpoint = self._save_locked(force=False)
-            finally:
-                for writer in self._writers.values():
-                    writer.close()
-                self._writers = {}
-                self._closed = True
-                if self._signals is not None:
-                    self._signals.uninstall()
-                if self._dir_lock is not None:
-                    self._dir_lock.release()
-        if self._autosave is not None and self._autosave is not threading.current_thread():
-            self._autosave.join(timeout=5)
+        try:
+            with self._lock:
+                try:
+                    if not self.readonly and self._loaded:
+                        checkpoint = self._save_locked(force=False)
+                finally:
+                    for writer in self._writers.values():
+                        writer.close()
+                    self._writers = {}
+                    self._closed = True
+                    if self._signals is not None:
+                        self._signals.uninstall()
+                    if self._dir_lock is not None:
+                        self._dir_lock.release()
+        finally:
+            if self._autosave is not None and self._autosave is not threading.current_thread():
+                self._autosave.join(timeout=5)
+            if self._backup is not None:  # also after a failed final save: the last committed generation
+                self._backup.close(timeout=self.grace)  # a bounded last round; logs what it left behind
         return checkpoint
 
     def request_stop(self, signum: int) -> None:
@@ -1005,6 +1030,8 @@ class StateStore:
                 checkpoint = self.save()
                 if self.on_final_save is not None:
                     self.on_final_save(checkpoint)
+                if self._backup is not None:  # the bot is stopping: take its final checkpoint off-site now
+                    self._backup.final_round()
                 return checkpoint
             except Exception as err:
                 self.last_error = err
@@ -1019,6 +1046,8 @@ class StateStore:
     def abandon(self) -> None:
         """Drop the store as a killed process would: no final save (tests and crash harnesses)."""
         self._stop.set()
+        if self._backup is not None:
+            self._backup.stop()
         with self._lock:
             for writer in self._writers.values():
                 writer.close()
@@ -1041,7 +1070,7 @@ class StateStore:
         return self._generation
 
     def stats(self) -> dict[str, Any]:
-        """Bytes per component, last save latency, generation, journal lengths."""
+        """Bytes per component, last save latency, generation, journal lengths, backup lag (``backup``)."""
         with self._lock:
             return {
                 "generation": self._generation,
@@ -1050,7 +1079,37 @@ class StateStore:
                 "bytes": dict(self._stats["bytes"]),
                 "journal_records": {n: w.records for n, w in self._writers.items()},
                 "last_error": repr(self.last_error) if self.last_error else None,
+                "backup": self._backup.status().as_dict() if self._backup is not None else None,
             }
+
+    def journal_positions(self) -> dict[str, int]:
+        """Per open journal, the next sequence number: every record below it was acknowledged (backups)."""
+        with self._lock:
+            return {n: w.next_seq for n, w in self._writers.items() if not w.failed}
+
+    @property
+    def backup(self) -> StoreBackup | None:
+        """The off-site copy (``backup_to=``): ``backup_now()``, ``status()``; None without one."""
+        return self._backup
+
+    @classmethod
+    def restore_from(
+        cls,
+        url: str,
+        into: str | os.PathLike[str],
+        *,
+        password: str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> RestoreReport:
+        """Bring a store backed up with ``backup_to=url`` back into the new or empty directory ``into``.
+
+        Every object is checked against its recorded sha256 before it is parsed, the generation with
+        the store's own checker; the store appears in ``into`` all at once. See ``state.backup``.
+        """
+        from persistkit.state.backup import restore
+
+        return restore(url, into, password=password, key_file=key_file, storage_options=storage_options)
 
 
 def _check_log_state(state: Any, generation: int, name: str, directory: str) -> None:

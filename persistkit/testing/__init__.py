@@ -40,6 +40,21 @@ _LAZY: dict[str, str] = {
     "Fault": "persistkit.testing.faultfs",
     "CrashSimulator": "persistkit.testing.crashsim",
     "Snapshot": "persistkit.testing.crashsim",
+    "FaultObjectStore": "persistkit.testing.objects",
+    "MemoryObjectStore": "persistkit.testing.objects",
+    "ObjectCrashReport": "persistkit.testing.objects",
+    "ObjectCrashState": "persistkit.testing.objects",
+    "ObjectFault": "persistkit.testing.objects",
+    "ObjectLog": "persistkit.testing.objects",
+    "ObjectOp": "persistkit.testing.objects",
+    "ObjectSpace": "persistkit.testing.objects",
+    "RecordingObjectStore": "persistkit.testing.objects",
+    "SimulatedCrash": "persistkit.testing.objects",
+    "object_crash_points": "persistkit.testing.objects",
+    "object_crash_states": "persistkit.testing.objects",
+    "record_objects": "persistkit.testing.objects",
+    "serve_objects": "persistkit.testing.objects",
+    "snapshot_objects": "persistkit.testing.objects",
 }
 
 __all__ = sorted(_LAZY)

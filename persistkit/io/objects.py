@@ -1,0 +1,250 @@
+"""STORAGE: the object-store contract, and the one hook every object store passes through.
+
+``ObjectStore`` is what persistkit asks of a bucket: create-only PUT
+(``put_new``/``put_file_new``), compare-and-swap PUT (``swap``), ``delete``,
+verified GETs and listings. ``persistkit.io.remote.RemoteStore`` implements it
+over fsspec; the test wrappers in ``persistkit.testing.objects`` (recording,
+fault injection, an in-memory store for replaying crash states) wrap or
+replace it.
+
+Every store that ``persistkit.io.remote.remote_store()`` makes passes through
+``wrap_store()``, which applies the functions installed with
+``use_object_store()``. That is the object-store counterpart of ``use_fs``: the
+one place where remote operations can be recorded, fault-injected or served
+from memory, so crash states can be enumerated the way they are locally.
+
+This module imports nothing heavy (no fsspec): ``import persistkit`` stays light.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from persistkit.errors import IntegrityError, PersistIOError
+
+__all__ = [
+    "DelegatingObjectStore",
+    "Fetched",
+    "ObjectStore",
+    "delegates_to",
+    "digest_mismatch",
+    "has_object_store_hooks",
+    "use_object_store",
+    "wrap_store",
+]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One GET: the object's bytes and the etag of exactly those bytes (for a later ``swap``)."""
+
+    data: bytes
+    etag: str | None
+
+
+class ObjectStore(abc.ABC):
+    """Objects under one URL (``s3://bucket/prefix``); keys are '/'-separated and relative to it.
+
+    The guarantees callers build on: an object becomes visible whole or not at
+    all (a PUT or multipart upload that did not complete is invisible); a
+    create-only PUT never replaces an object; a ``swap`` replaces only the
+    object whose etag the caller read; reads see every completed write.
+    """
+
+    url: str  # the root URL, no trailing '/'
+    bucket: str
+
+    def url_of(self, key: str) -> str:
+        return f"{self.url}/{key}" if key else self.url
+
+    # -- writing -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if no object has that name; False when the name was taken."""
+
+    @abc.abstractmethod
+    def put_file_new(self, key: str, local_path: str) -> bool:
+        """Upload a local file to ``key``, create-only; False when the name was taken."""
+
+    @abc.abstractmethod
+    def swap(self, key: str, data: bytes, etag: str | None) -> str | None:
+        """Replace ``key`` only if it still has ``etag`` (None: only if absent); the new etag, or None."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete ``key``; an object already gone is fine."""
+
+    # -- reading -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get(self, key: str) -> Fetched:
+        """The object's bytes and etag; a missing object raises PersistIOError (ENOENT)."""
+
+    @abc.abstractmethod
+    def get_or_none(self, key: str) -> Fetched | None:
+        """Like ``get``, but None when there is no such object (a missing bucket still raises)."""
+
+    @abc.abstractmethod
+    def get_verified(self, key: str, sha256: str, size: int | None = None) -> bytes:
+        """The object's bytes, checked against the sha256 recorded when persistkit wrote it."""
+
+    @abc.abstractmethod
+    def download_verified(self, key: str, local_path: str, sha256: str, size: int | None = None) -> None:
+        """Stream ``key`` into ``local_path`` atomically, checking its sha256 (nothing unverified is kept)."""
+
+    @abc.abstractmethod
+    def check_digest(self, key: str, data: bytes, sha256: str, size: int | None) -> None:
+        """Raise IntegrityError naming ``key`` unless ``data`` has this sha256 (and size)."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> builtins.list[str]:
+        """Names of the objects directly under ``prefix`` (no '/' in them); [] if there is none."""
+
+    @abc.abstractmethod
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
+        """Names of the 'directories' (common prefixes) directly under ``prefix``."""
+
+    # -- errors and the start-up check ---------------------------------------
+
+    @abc.abstractmethod
+    def error(self, op: str, key: str, err: BaseException, *, attempts: int = 1) -> PersistIOError:
+        """The PersistIOError for a failed ``op`` on ``key``: the URL, the cause, and what to do."""
+
+    @abc.abstractmethod
+    def check_conditional_writes(self) -> None:
+        """Refuse a server that ignores If-None-Match / If-Match (it would silently overwrite)."""
+
+    # -- conveniences built on the contract ----------------------------------
+
+    def walk(self, prefix: str = "") -> Iterator[str]:
+        """Every object key under ``prefix``, depth first, sorted at each level."""
+        base = f"{prefix.rstrip('/')}/" if prefix else ""
+        for name in sorted(self.list(prefix)):
+            yield base + name
+        for directory in sorted(self.list_dirs(prefix)):
+            yield from self.walk(base + directory)
+
+
+def digest_mismatch(
+    url: str, actual: str, length: int, sha256: str, size: int | None
+) -> IntegrityError | None:
+    """The IntegrityError for bytes at ``url`` that do not match the recorded sha256/size, or None."""
+    if actual == sha256 and (size is None or length == size):
+        return None
+    return IntegrityError(
+        f"{url}: the downloaded object does not match what persistkit uploaded (sha256 {actual[:16]}..., "
+        f"{length} bytes; expected {sha256[:16]}..., {size} bytes): it was changed or damaged in the "
+        "store. Nothing was parsed or cached. Restore the object from a backup or a bucket version, or "
+        "load an older version.",
+        path=url,
+    )
+
+
+class DelegatingObjectStore(ObjectStore):
+    """Forwards every operation to ``inner``; wrappers (recording, faults) override a few."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.bucket = inner.bucket
+
+    def url_of(self, key: str) -> str:
+        return self.inner.url_of(key)
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        return self.inner.put_new(key, data)
+
+    def put_file_new(self, key: str, local_path: str) -> bool:
+        return self.inner.put_file_new(key, local_path)
+
+    def swap(self, key: str, data: bytes, etag: str | None) -> str | None:
+        return self.inner.swap(key, data, etag)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def get(self, key: str) -> Fetched:
+        return self.inner.get(key)
+
+    def get_or_none(self, key: str) -> Fetched | None:
+        return self.inner.get_or_none(key)
+
+    def get_verified(self, key: str, sha256: str, size: int | None = None) -> bytes:
+        return self.inner.get_verified(key, sha256, size)
+
+    def download_verified(self, key: str, local_path: str, sha256: str, size: int | None = None) -> None:
+        self.inner.download_verified(key, local_path, sha256, size)
+
+    def check_digest(self, key: str, data: bytes, sha256: str, size: int | None) -> None:
+        self.inner.check_digest(key, data, sha256, size)
+
+    def list(self, prefix: str = "") -> builtins.list[str]:
+        return self.inner.list(prefix)
+
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
+        return self.inner.list_dirs(prefix)
+
+    def error(self, op: str, key: str, err: BaseException, *, attempts: int = 1) -> PersistIOError:
+        return self.inner.error(op, key, err, attempts=attempts)
+
+    def check_conditional_writes(self) -> None:
+        self.inner.check_conditional_writes()
+
+
+def delegates_to(store: ObjectStore, target: ObjectStore) -> bool:
+    """True if ``store`` is ``target`` or wraps it (through ``DelegatingObjectStore.inner``)."""
+    seen: ObjectStore | None = store
+    while seen is not None:
+        if seen is target:
+            return True
+        seen = seen.inner if isinstance(seen, DelegatingObjectStore) else None
+    return False
+
+
+# -- the hook ------------------------------------------------------------------------
+
+Wrap = Callable[[ObjectStore], ObjectStore]
+_wraps: builtins.list[Wrap] = []
+_wraps_lock = threading.Lock()
+
+
+def has_object_store_hooks() -> bool:
+    return bool(_wraps)
+
+
+def wrap_store(store: ObjectStore) -> ObjectStore:
+    """``store`` passed through every function installed with ``use_object_store``, outermost block first.
+
+    Process-global rather than a context variable on purpose, like ``use_fs``:
+    uploads made on other threads (state-store backups, parallel publishers)
+    must pass through the same wrappers as the test's own thread.
+    """
+    with _wraps_lock:
+        wraps = builtins.list(_wraps)
+    for wrap in wraps:
+        store = wrap(store)
+    return store
+
+
+@contextlib.contextmanager
+def use_object_store(wrap: Wrap) -> Iterator[Wrap]:
+    """Pass every object store created inside the block (by ``remote_store``) through ``wrap``.
+
+    ``wrap`` takes the store persistkit would use and returns the one to use
+    instead: a wrapper around it (recording, faults) or a replacement (an
+    in-memory store). Stores created before the block are not affected.
+    Nested blocks compose: the innermost block's function wraps last (outermost).
+    """
+    with _wraps_lock:
+        _wraps.append(wrap)
+    try:
+        yield wrap
+    finally:
+        with _wraps_lock:
+            _wraps.remove(wrap)
