@@ -291,7 +291,7 @@ def parse_pointer(data: bytes, url: str) -> _Pointer:
         if not isinstance(doc.get(name), int | float) or isinstance(doc.get(name), bool):
             raise _bad_pointer(url, name, "is not a time")
     files = doc.get("files")
-    if not isinstance(files, dict) or not {STORE_FILE, gens.CURRENT, gens.MANIFEST} <= set(files):
+    if not isinstance(files, dict) or not {STORE_FILE, gens.CURRENT, gens.GENERATION_MANIFEST} <= set(files):
         raise _bad_pointer(url, "files", "does not list STORE, CURRENT and MANIFEST")
     for name, value in files.items():
         if not isinstance(name, str) or not gens.NAME_RE.fullmatch(name):
@@ -703,7 +703,7 @@ class StoreBackup:
         directory = self.store.directory
         n = snap.generation
         gdir = os.path.join(directory, gens.gen_name(n))
-        mpath = os.path.join(gdir, gens.MANIFEST)
+        mpath = os.path.join(gdir, gens.GENERATION_MANIFEST)
         manifest_bytes = self._read_local(mpath)
         current = self._open(snap.current, "current", os.path.join(directory, gens.CURRENT))
         manifest = self._open(manifest_bytes, "manifest", mpath)
@@ -716,7 +716,7 @@ class StoreBackup:
         ):
             raise _Moved()  # CURRENT moved on between the snapshot and this read
         files = {STORE_FILE: self._read_local(os.path.join(directory, STORE_FILE)), gens.CURRENT: snap.current,
-                 gens.MANIFEST: manifest_bytes}  # fmt: skip
+                 gens.GENERATION_MANIFEST: manifest_bytes}  # fmt: skip
         for name, entry in manifest["components"].items():
             path = os.path.join(gdir, entry["file"])
             data = self._read_local(path)
