@@ -45,8 +45,9 @@ from persistkit.errors import (
 )
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import PathLike, io_error
-from persistkit.io.remote import Fetched
+from persistkit.io.remote import Uploaded
 from persistkit.naming import Stamped, allocate, next_candidate
+from persistkit.progress import transfer
 
 __all__ = ["AliasEvent", "ModelStore", "RemoteModelStore", "safe_component"]
 
@@ -407,6 +408,9 @@ class ModelStore:
 LATEST = "LATEST.json"  # per group: {"name", "sha256", "size"} of the newest published version
 RECORD_SUFFIX = ".json"  # <version>.models.json: the version record; a version exists once it does
 _MAX_NAME_ATTEMPTS = 1000
+# A publish lists the names stamped since this long ago: enough for any clock the writers share,
+# few enough that the listing is one request whatever the group's history (see _upload_new).
+NAME_WINDOW = dt.timedelta(hours=1)
 
 
 def default_cache_dir(url: str) -> str:
@@ -450,6 +454,7 @@ class RemoteModelStore(ModelStore):
         cache_dir: PathLike | None = None,
         key_file: PathLike | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        progress: bool | None = None,
     ) -> None:
         from persistkit.io.remote import remote_store
 
@@ -457,6 +462,7 @@ class RemoteModelStore(ModelStore):
         self.root = url
         self.lock_timeout = lock_timeout
         self.remote = remote_store(url, storage_options=storage_options)
+        self.progress = progress  # None: a bar for large transfers on a terminal (persistkit.progress)
         self._encrypted_seen = False  # once the store says it is encrypted, it always is: asked once
         self.cache_dir = (
             os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else default_cache_dir(url)
@@ -526,7 +532,6 @@ class RemoteModelStore(ModelStore):
     ) -> str:
         """Publish a new version (see the class docstring); return its URL."""
         from persistkit.bundle import save_bundle
-        from persistkit.io.remote import sha256_file
 
         group = self.group(symbol, agent, timeframe)
         meta, config_doc = _version_docs(metadata, config, symbol, agent, timeframe)
@@ -554,8 +559,8 @@ class RemoteModelStore(ModelStore):
                 raise io_error("create directory", directory, err) from err
         try:
             save_bundle(staging, models, meta, config=config, **bundle_kw)
-            digest, size = sha256_file(staging)
-            name, pointer = self._upload_new(group, staging, when)
+            name, uploaded, pointer_etag, newest = self._upload_new(group, staging, when)
+            digest, size = uploaded.sha256, uploaded.size
             record = {"format": "persistkit.remote-version", "version": 1, "name": name, "sha256": digest,
                       "size": size, "encrypted": bool(encrypt), "config": config_doc}  # fmt: skip
             record_key = f"{group}/{name}{RECORD_SUFFIX}"
@@ -567,7 +572,7 @@ class RemoteModelStore(ModelStore):
                     "created; another tool writes into this store. Check the bucket.",
                     path=self.remote.url_of(record_key),
                 )
-            self._advance_latest(group, name, digest, size, pointer)
+            self._advance_latest(group, name, digest, size, pointer_etag, newest=newest)
             try:  # the uploaded bytes are the cache's first entry
                 fs.replace(staging, os.path.join(local_dir, name))
             except OSError as err:
@@ -602,22 +607,36 @@ class RemoteModelStore(ModelStore):
                         log.warning("could not remove the stale staging file %s: %s", name, err)
         return os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(8)}{SUFFIX}")
 
-    def _upload_new(self, group: str, staging: str, when: dt.datetime | None) -> tuple[str, Fetched | None]:
+    def _upload_new(
+        self, group: str, staging: str, when: dt.datetime | None
+    ) -> tuple[str, Uploaded, str | None, bool]:
         """Upload ``staging`` create-only under the next free version name of ``group``.
 
-        Returns the name, and the latest pointer as read before (for the compare-and-swap after).
+        One LIST names the candidates: the group's objects whose names sort after the start of
+        ``NAME_WINDOW`` ago (or the backfilled second), which are all that can collide with a name
+        stamped now, and ``LATEST.json`` (it sorts after every stamp) with its etag. A name stamped
+        now sorts after every name listed, hence after every name in the group, the pointer's
+        included: the pointer can then be swapped on the listed etag without being read.
+
+        Returns the name, what was uploaded, the pointer's etag as listed (None: no pointer yet) and
+        whether the name is known to sort after the pointer's.
         """
-        taken = [p for p in map(VERSIONS.parse, self.remote.list(group)) if p is not None]
-        found = self.remote.get_or_none(f"{group}/{LATEST}")
-        pointer = None if found is None else self._parse_pointer(group, found.data)
-        if pointer is not None and VERSIONS.parse(pointer["name"]) is not None:
-            taken.append(VERSIONS.sort_key(pointer["name"]))
+        now = dt.datetime.now(dt.UTC)
+        after = VERSIONS.stamp(when if when is not None else now - NAME_WINDOW)
+        listed = self.remote.list_objects(group, start_after=after)
+        taken = [p for p in (VERSIONS.parse(o.name) for o in listed) if p is not None]
+        pointer_etag = next((o.etag for o in listed if o.name == LATEST), None)
         candidate = next_candidate(VERSIONS, taken, when)
-        for _ in range(_MAX_NAME_ATTEMPTS):
-            name = VERSIONS.name(*candidate)
-            if self.remote.put_file_new(f"{group}/{name}", staging):
-                return name, found
-            candidate = (candidate[0], candidate[1] + 1)  # another writer took it: the next one
+        # every name not listed sorts before ``after``: above the listed ones is above them all
+        newest = not taken or candidate > max(taken)
+        total = current_fs().stat(staging).st_size
+        with transfer(f"uploading {group}", total, show=self.progress) as advance:
+            for _ in range(_MAX_NAME_ATTEMPTS):
+                name = VERSIONS.name(*candidate)
+                uploaded = self.remote.upload_new(f"{group}/{name}", staging, progress=advance)
+                if uploaded is not None:
+                    return name, uploaded, pointer_etag, newest
+                candidate = (candidate[0], candidate[1] + 1)  # another writer took it: the next one
         raise PersistkitError(
             f"{self.remote.url_of(group)}: {_MAX_NAME_ATTEMPTS} version names in a row were taken by other "
             "writers; something else is writing there. Check the bucket.",
@@ -646,24 +665,28 @@ class RemoteModelStore(ModelStore):
             ) from err
         return doc
 
-    def _advance_latest(self, group: str, name: str, digest: str, size: int, found: Fetched | None) -> None:
+    def _advance_latest(
+        self, group: str, name: str, digest: str, size: int, etag: str | None, *, newest: bool
+    ) -> None:
         """Point ``LATEST.json`` at ``name`` unless it already names a later version (compare-and-swap).
 
-        ``found`` is the pointer as read before the upload: when nobody moved it since, the swap succeeds
-        without reading it again.
+        ``newest``: ``name`` sorts after the pointer as it was when ``etag`` was listed, so the first
+        swap goes out on that etag without reading the pointer; if the pointer moved since, it is read
+        and compared before every further attempt.
         """
         body = json.dumps({"format": "persistkit.latest", "version": 1, "name": name, "sha256": digest,
                            "size": size}).encode()  # fmt: skip
         key = f"{group}/{LATEST}"
         for attempt in range(_MAX_NAME_ATTEMPTS):
-            if attempt:
+            if attempt or not newest:
                 found = self.remote.get_or_none(key)
-            if found is not None:
-                current = self._parse_pointer(group, found.data)
-                parsed = VERSIONS.parse(current["name"])
-                if parsed is not None and parsed >= VERSIONS.sort_key(name):
-                    return  # a later version is already published: ours stays listed in versions()
-            if self.remote.swap(key, body, None if found is None else found.etag) is not None:
+                etag = None if found is None else found.etag
+                if found is not None:
+                    current = self._parse_pointer(group, found.data)
+                    parsed = VERSIONS.parse(current["name"])
+                    if parsed is not None and parsed >= VERSIONS.sort_key(name):
+                        return  # a later version is already published: ours stays listed in versions()
+            if self.remote.swap(key, body, etag) is not None:
                 return
             # another publisher moved the pointer since we read it: read it again
         url = self.remote.url_of(key)
@@ -735,7 +758,8 @@ class RemoteModelStore(ModelStore):
             fs.makedirs(os.path.dirname(local))
         except OSError as err:
             raise io_error("create directory", os.path.dirname(local), err) from err
-        self.remote.download_verified(key, local, record["sha256"], record["size"])
+        with transfer(f"downloading {key}", record["size"], show=self.progress) as advance:
+            self.remote.download_verified(key, local, record["sha256"], record["size"], progress=advance)
         return local
 
     def _load_kw(self, load_kw: dict[str, Any]) -> dict[str, Any]:

@@ -197,14 +197,14 @@ import sys, numpy as np, persistkit as pk
 url, cache, key, endpoint, n, size = sys.argv[1:7]
 opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
 store = pk.ModelStore(url, cache_dir=cache, key_file=key, storage_options=opts)
-real = store.remote.put_file_new
-def announced(key, path):
+real = store.remote.upload_new
+def announced(key, path, **kw):
     print("UPLOADING", key, flush=True)
-    return real(key, path)
-store.remote.put_file_new = announced
+    return real(key, path, **kw)
+store.remote.upload_new = announced
 if len(sys.argv) > 8:  # stop between the record and the pointer, to be killed there
     import time
-    def hang(*args):
+    def hang(*args, **kw):
         print("POINTING", flush=True)
         time.sleep(60)
     store._advance_latest = hang
@@ -264,30 +264,119 @@ def test_sigkill_of_a_publisher_mid_upload_leaves_nothing_partial_and_no_danglin
     np.testing.assert_array_equal(store_at(cache="fresh").load_latest(**WHERE)["w"], np.ones(1))
 
 
-def test_a_server_stopped_mid_save_gives_a_typed_error_then_recovers(own_s3_server, tmp_path):
+def stop_when(server, ready, *, timeout=120):
+    """Stop ``server`` from another thread as soon as ``ready()`` says a transfer is under way."""
+    stopped = threading.Event()
+
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    server.stop()
+                    stopped.set()
+                    return
+            except Exception:  # the transfer has not started yet
+                pass
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, stopped
+
+
+@pytest.fixture
+def own_store(own_s3_server, tmp_path):
     server = own_s3_server
     bucket = server.new_bucket()
-    store = pk.ModelStore(f"s3://{bucket}/models", cache_dir=tmp_path / "c", key_file=tmp_path / "k",
-                          storage_options=server.storage_options)  # fmt: skip
+
+    def make(cache="c"):
+        store = pk.ModelStore(f"s3://{bucket}/models", cache_dir=tmp_path / cache, key_file=tmp_path / "k",
+                              storage_options=server.storage_options)  # fmt: skip
+        store.remote.part_size = 5 * 2**20  # many parts, so the server can go away between two of them
+        store.remote.retries, store.remote.backoff = 3, 0.05
+        return store
+
+    make.server, make.bucket = server, bucket
+    return make
+
+
+BIG = 6_000_000  # float64s: ~48 MB, ten parts of 5 MiB
+
+
+def test_a_server_stopped_during_an_upload_gives_a_typed_error_then_the_same_save_succeeds(
+    own_store, tmp_path
+):
+    server, bucket = own_store.server, own_store.bucket
+    store = own_store()
     first = store.save({"q": np.zeros(1)}, **WHERE)
-    store.remote.retries, store.remote.backoff = 2, 0.05
-    real = store.remote.put_file_new
+    client = server.client()
 
-    def stop_then_upload(key, path):
-        server.stop()  # the listing and the pointer read went through; the upload does not
-        return real(key, path)
+    def parts_arriving():  # watched from outside, as the server sees it: a multipart upload with parts in
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return any(
+            client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts")
+            for u in uploads
+        )
 
-    store.remote.put_file_new = stop_then_upload
-    with pytest.raises(PersistIOError, match="could not be reached") as info:
-        store.save({"q": np.ones(1)}, **WHERE)
+    weights = np.random.default_rng(0).random(BIG)
+    watcher, stopped = stop_when(server, parts_arriving)
+    with pytest.raises(PersistIOError, match=r"could not be reached.*3 attempts") as info:
+        store.save({"w": weights}, **WHERE)
+    watcher.join()
+    assert stopped.is_set()  # the server went away in the middle of the upload, not before it
     assert info.value.path.startswith(f"s3://{bucket}/models/BTC-USDT/ppo/1h/")
-    store.remote.put_file_new = real
-    server.start()
-    assert store.versions(**WHERE) == [first] and store.latest(**WHERE) == first
+    assert "retry" in str(info.value)
     assert not os.listdir(tmp_path / "c" / ".staging")  # no staging debris
-    second = store.save({"q": np.ones(1)}, **WHERE)
-    assert store.versions(**WHERE) == [first, second]
-    np.testing.assert_array_equal(store.load_latest(**WHERE)["q"], np.ones(1))
+    server.start()
+    assert store.versions(**WHERE) == [first] and store.latest(**WHERE) == first  # nothing partial visible
+    check_consistent(server, bucket)
+    second = store.save({"w": weights}, **WHERE)  # the same save, once the server is back
+    assert store.versions(**WHERE) == [first, second] and store.latest(**WHERE) == second
+    np.testing.assert_array_equal(own_store(cache="fresh").load_latest(**WHERE)["w"], weights)
+    check_consistent(server, bucket)
+
+
+def test_a_server_stopped_during_a_download_gives_a_typed_error_then_the_same_load_succeeds(
+    own_store, tmp_path
+):
+    server = own_store.server
+    weights = np.random.default_rng(1).random(BIG)
+    url = own_store().save({"w": weights}, **WHERE)
+    reader = own_store(cache="reader")
+    cache = tmp_path / "reader"
+
+    def bytes_arriving():  # the download's temp file in the cache has started to fill
+        return any(f.stat().st_size > 0 for f in cache.rglob("*") if f.is_file() and f.name != "store.key")
+
+    watcher, stopped = stop_when(server, bytes_arriving)
+    with pytest.raises(PersistIOError, match=r"could not be reached.*3 attempts") as info:
+        reader.load_latest(**WHERE)
+    watcher.join()
+    assert stopped.is_set()
+    assert info.value.path == url and info.value.operation == "download"
+    assert not [f for f in cache.rglob("*") if f.is_file()]  # nothing partial cached
+    server.start()
+    np.testing.assert_array_equal(reader.load_latest(**WHERE)["w"], weights)  # the same load, now whole
+    assert reader.fetch(url) == str(cache / "BTC-USDT" / "ppo" / "1h" / url.rsplit("/", 1)[1])
+
+
+def test_a_server_that_goes_away_again_and_again_never_leaves_a_dangling_pointer(own_store):
+    """fail, recover, fail again: every state in between is consistent and the store keeps working."""
+    server, bucket = own_store.server, own_store.bucket
+    store = own_store()
+    saved = [store.save({"q": np.zeros(1)}, **WHERE)]
+    for round_ in range(2):
+        server.stop()
+        with pytest.raises(PersistIOError):
+            store.save({"q": np.full(1, float(round_))}, **WHERE)
+        with pytest.raises(PersistIOError):
+            store.latest(**WHERE)
+        server.start()
+        assert store.versions(**WHERE) == saved
+        check_consistent(server, bucket)
+        saved.append(store.save({"q": np.full(1, float(round_))}, **WHERE))
+        assert store.latest(**WHERE) == saved[-1]
     check_consistent(server, bucket)
 
 
@@ -330,13 +419,14 @@ def test_round_trips_per_publish_and_per_load_as_the_server_saw_them(store_at, h
     http_requests.clear()
     store.save({"q": np.ones(1)}, **WHERE)
     methods = [line.split('"')[1].split()[0] for line in http_requests]
-    assert methods == ["GET", "GET", "PUT", "PUT", "PUT"], http_requests  # list, pointer, data, record, swap
+    assert methods == ["GET", "PUT", "PUT", "PUT"], http_requests  # list, data, record, swap
+    assert "list-type=2" in http_requests[0] and "start-after=" in http_requests[0]
     http_requests.clear()
     store.load_latest(**WHERE)  # warm: the upload filled the cache
     assert len(http_requests) == 2, http_requests  # pointer, record
     http_requests.clear()
     store_at(cache="cold").load_latest(**WHERE)  # another process: reads store.json once, then downloads
-    assert len(http_requests) == 5, http_requests  # pointer, store.json, record, HEAD and GET of the bundle
+    assert len(http_requests) == 4, http_requests  # pointer, store.json, record, GET of the bundle
 
 
 def test_a_version_pruned_under_a_reader_is_followed_to_the_new_latest(store_at, monkeypatch):

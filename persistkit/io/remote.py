@@ -26,24 +26,28 @@ exponential backoff first.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
+import datetime as dt
 import errno as _errno
+import functools
 import hashlib
 import os
 import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from persistkit.errors import IntegrityError, PersistIOError, describe_errno
 
-__all__ = ["RemoteStore", "is_url", "remote_store", "sha256_file"]
+__all__ = ["Listed", "RemoteStore", "Uploaded", "is_url", "remote_store", "sha256_file"]
 
 T = TypeVar("T")
+Progress = Callable[[int], None]  # called with the number of bytes just transferred
 
 CHUNK = 8 * 2**20
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -99,6 +103,24 @@ class Fetched:
     etag: str | None
 
 
+@dataclass(frozen=True)
+class Uploaded:
+    """What a create-only upload made: the sha256 and size of the bytes sent (hashed as they were read)."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One object of a listing: its name (relative to the listed prefix), etag, size and last change."""
+
+    name: str
+    etag: str
+    size: int
+    modified: dt.datetime
+
+
 def _is_transient(err: BaseException) -> bool:
     if isinstance(err, (FileNotFoundError, PermissionError, FileExistsError)):
         return False
@@ -137,7 +159,11 @@ class RemoteStore:
     each request on a transient failure; ``backoff`` is the first wait, doubled
     each time. A retried create-only PUT whose first attempt reached the server
     reads as "taken": callers treat that as a lost race (a name is skipped, never
-    reused). ``part_size``: uploads of two parts or more are multipart.
+    reused). ``part_size``: files of two parts or more go up as a multipart
+    upload and come down as ranged GETs, ``concurrency`` parts at a time, each
+    part retried on its own (a dropped connection costs one part, not the file).
+    Every request has a timeout (botocore's connect and read timeouts), so a
+    bounded number of attempts is a bounded wait.
     """
 
     def __init__(
@@ -148,7 +174,8 @@ class RemoteStore:
         retries: int = 4,
         backoff: float = 0.2,
         probe: bool = True,
-        part_size: int = 50 * 2**20,
+        part_size: int = 16 * 2**20,
+        concurrency: int = 4,
     ) -> None:
         try:
             import fsspec
@@ -161,7 +188,10 @@ class RemoteStore:
         self.url = url.rstrip("/")
         self.protocol, _, rest = self.url.partition("://")
         self.retries = max(1, retries)
-        self.part_size = part_size  # files of two parts or more go up as a multipart upload
+        if part_size < 5 * 2**20:
+            raise ValueError("part_size must be at least 5 MiB (the S3 minimum for a multipart part)")
+        self.part_size = part_size
+        self.concurrency = max(1, concurrency)
         self.backoff = backoff
         options = dict(storage_options or {})
         if self.protocol in ("s3", "s3a"):
@@ -213,19 +243,52 @@ class RemoteStore:
         """
         delay = self.backoff
         for attempt in range(1, self.retries + 1):
-            with self._count_lock:
-                self.requests += 1
+            self._count()
             try:
                 return call()
             except Exception as err:
-                if answer is not None and answer(err):
-                    raise
-                if _is_transient(err) and attempt < self.retries:
-                    time.sleep(delay)
-                    delay *= 2
-                    continue
-                raise self.error(op, key, err, attempts=attempt) from err
+                self._give_up_unless_transient(op, key, err, attempt, answer)
+                time.sleep(delay)
+                delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _acall(
+        self,
+        op: str,
+        key: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        answer: Callable[[Exception], bool] | None = None,
+    ) -> T:
+        """``_call`` for a coroutine on fsspec's event loop (the parts of one transfer run side by side)."""
+        delay = self.backoff
+        for attempt in range(1, self.retries + 1):
+            self._count()
+            try:
+                return await call()
+            except Exception as err:
+                self._give_up_unless_transient(op, key, err, attempt, answer)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _count(self) -> None:
+        with self._count_lock:
+            self.requests += 1
+
+    def _give_up_unless_transient(
+        self, op: str, key: str, err: Exception, attempt: int, answer: Callable[[Exception], bool] | None
+    ) -> None:
+        """Return to retry ``err``; raise it (a condition's answer) or a PersistIOError otherwise."""
+        if answer is not None and answer(err):
+            raise err
+        if not (_is_transient(err) and attempt < self.retries):
+            raise self.error(op, key, err, attempts=attempt) from err
+
+    def _sync(self, coroutine: Callable[[], Awaitable[T]]) -> T:
+        from fsspec.asyn import sync
+
+        return sync(self.fs.loop, coroutine)  # type: ignore[no-any-return]
 
     def error(self, op: str, key: str, err: BaseException, *, attempts: int = 1) -> PersistIOError:
         """A PersistIOError for a failed ``op`` on ``key``: the URL, the cause, and what to do."""
@@ -281,16 +344,6 @@ class RemoteStore:
         """
         return self._create_only(key, lambda: self.fs.pipe_file(self.path(key), data, mode="create"))
 
-    def put_file_new(self, key: str, local_path: str) -> bool:
-        """Upload the local file ``local_path`` to ``key``, create-only; False if the name was taken.
-
-        A large file goes up as a multipart upload, whose completion carries
-        the condition: nothing is visible until the last part is in.
-        """
-        return self._create_only(
-            key, lambda: self.fs.put_file(local_path, self.path(key), mode="create", **self._put_options())
-        )
-
     def _create_only(self, key: str, upload: Callable[[], object]) -> bool:
         """Run a create-only ``upload`` of ``key``: True if it made the object, False if the name was taken."""
         try:
@@ -301,8 +354,133 @@ class RemoteStore:
             raise
         return True
 
-    def _put_options(self) -> dict[str, Any]:
-        return {"chunksize": self.part_size} if self.protocol in ("s3", "s3a") else {}
+    def put_file_new(self, key: str, local_path: str, *, progress: Progress | None = None) -> bool:
+        """Upload the local file ``local_path`` to ``key``, create-only; False if the name was taken."""
+        return self.upload_new(key, local_path, progress=progress) is not None
+
+    def upload_new(self, key: str, local_path: str, *, progress: Progress | None = None) -> Uploaded | None:
+        """Upload ``local_path`` to ``key`` create-only, hashing it on the way; None if the name was taken.
+
+        A file of two parts or more goes up as a multipart upload whose
+        completion carries the condition: nothing is visible until the last
+        part is in, and a failed or refused upload is aborted. The sha256 is
+        taken from the very bytes sent, in the same read (no second pass).
+        """
+        if self.protocol not in ("s3", "s3a"):
+            raise self._unsupported(key, "create-only uploads are only implemented for s3:// in this version")
+        from persistkit.io import current_fs
+
+        try:
+            size = current_fs().stat(local_path).st_size
+        except OSError as err:
+            from persistkit.io.fs import io_error
+
+            raise io_error("read for upload", local_path, err) from err
+        try:
+            if size < 2 * self.part_size:
+                return self._sync(lambda: self._put_whole(key, local_path, progress))
+            return self._sync(lambda: self._put_multipart(key, local_path, progress))
+        except Exception as err:
+            if _taken(err):
+                return None
+            raise
+
+    async def _put_whole(self, key: str, local_path: str, progress: Progress | None) -> Uploaded:
+        from persistkit.io import current_fs
+
+        bucket, name = self._split(key)
+        with current_fs().open_read(local_path) as source:
+            data = source.read()
+        uploaded = Uploaded(hashlib.sha256(data).hexdigest(), len(data))
+        await self._acall(
+            "create-only upload",
+            key,
+            lambda: self.fs._call_s3("put_object", Bucket=bucket, Key=name, Body=data, IfNoneMatch="*"),
+            answer=_taken,
+        )
+        if progress is not None:
+            progress(len(data))
+        return uploaded
+
+    async def _put_multipart(self, key: str, local_path: str, progress: Progress | None) -> Uploaded:
+        # Written here rather than through s3fs's put_file: each part is retried on its own (a dropped
+        # connection costs one part), the file is hashed in the same read as it is sent, progress is
+        # reported per part, and a refused completion (the name was taken) aborts the upload.
+        from persistkit.io import current_fs
+
+        bucket, name = self._split(key)
+        op = "create-only upload"
+        loop = asyncio.get_running_loop()
+        digest = hashlib.sha256()
+        size = 0
+        created = await self._acall(
+            op, key, lambda: self.fs._call_s3("create_multipart_upload", Bucket=bucket, Key=name)
+        )
+        upload_id = created["UploadId"]
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def send(number: int, chunk: bytes) -> dict[str, Any]:
+            try:
+                out = await self._acall(
+                    op,
+                    key,
+                    lambda: self.fs._call_s3(
+                        "upload_part",
+                        Bucket=bucket,
+                        Key=name,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                    ),
+                )
+            finally:
+                slots.release()
+            if progress is not None:
+                progress(len(chunk))
+            return {"PartNumber": number, "ETag": out["ETag"]}
+
+        def read_and_hash(source: Any) -> bytes:
+            chunk: bytes = source.read(self.part_size)
+            digest.update(chunk)  # hashlib releases the GIL: this overlaps the parts in flight
+            return chunk
+
+        tasks: list[asyncio.Task[dict[str, Any]]] = []
+        try:
+            with current_fs().open_read(local_path) as source:
+                while True:
+                    await slots.acquire()
+                    failed = next((t for t in tasks if t.done() and t.exception() is not None), None)
+                    if failed is not None:
+                        slots.release()
+                        await failed  # raises its error
+                    chunk = await loop.run_in_executor(None, read_and_hash, source)
+                    if not chunk:
+                        slots.release()
+                        break
+                    size += len(chunk)
+                    tasks.append(asyncio.ensure_future(send(len(tasks) + 1, chunk)))
+            parts = list(await asyncio.gather(*tasks))
+            await self._acall(
+                op,
+                key,
+                lambda: self.fs._call_s3(
+                    "complete_multipart_upload",
+                    Bucket=bucket,
+                    Key=name,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    IfNoneMatch="*",
+                ),
+                answer=_taken,
+            )
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):  # best effort: a lifecycle rule aborts what is left
+                await self.fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload_id)
+            raise
+        return Uploaded(digest.hexdigest(), size)
 
     def swap(self, key: str, data: bytes, etag: str | None) -> str | None:
         """Replace ``key`` with ``data`` only if it still has ``etag`` (None: only if it does not exist).
@@ -359,29 +537,83 @@ class RemoteStore:
         self.check_digest(key, data, sha256, size)
         return data
 
-    def download_verified(self, key: str, local_path: str, sha256: str, size: int | None = None) -> None:
-        """Stream ``key`` into ``local_path`` (atomically, through persistkit.io), checking its sha256.
+    def download_verified(
+        self, key: str, local_path: str, sha256: str, size: int, *, progress: Progress | None = None
+    ) -> None:
+        """Download ``key`` into ``local_path`` (atomically, through persistkit.io), checking its sha256.
 
-        On a mismatch the temp file is dropped and ``local_path`` is left as it was: nothing unverified is
-        ever cached or parsed. Memory stays at one chunk, whatever the object's size.
+        The object comes down as ranged GETs of ``part_size``, ``concurrency`` at a time, written in
+        order and hashed as they arrive; each range is retried on its own, so a dropped connection
+        resumes at the part it broke in. On a mismatch the temp file is dropped and ``local_path`` is
+        left as it was: nothing unverified is ever cached or parsed. Memory stays at ``concurrency``
+        parts whatever the object's size.
         """
-        from persistkit.errors import PersistkitError
         from persistkit.io.atomic import atomic_writer
 
-        def fetch() -> None:
-            digest = hashlib.sha256()
-            length = 0
-            self.fs.invalidate_cache(self.path(key))  # size and etag from the server, not from a listing
-            with atomic_writer(local_path) as writer:
-                with self.fs.open(self.path(key), "rb", block_size=CHUNK) as source:
-                    while chunk := source.read(CHUNK):
-                        digest.update(chunk)
-                        length += len(chunk)
-                        writer.write(chunk)
-                self._check(key, digest.hexdigest(), length, sha256, size)
+        with atomic_writer(local_path) as writer:
+            digest, length = self._sync(lambda: self._get_parts(key, sha256, size, writer.write, progress))
+            self._check(key, digest, length, sha256, size)
 
-        # local failures and the integrity verdict are persistkit errors already: not retried, not re-wrapped
-        self._call("download", key, fetch, answer=lambda err: isinstance(err, PersistkitError))
+    async def _get_parts(
+        self, key: str, sha256: str, size: int, write: Callable[[bytes], object], progress: Progress | None
+    ) -> tuple[str, int]:
+        bucket, name = self._split(key)
+        loop = asyncio.get_running_loop()
+        digest = hashlib.sha256()
+        length = 0
+
+        async def fetch(start: int) -> tuple[bytes, int]:
+            """The part at ``start``, and the object's whole size as the server reports it."""
+
+            async def once() -> tuple[bytes, int]:
+                extra = {"Range": f"bytes={start}-{start + self.part_size - 1}"} if size else {}
+                out = await self.fs._call_s3("get_object", Bucket=bucket, Key=name, **extra)
+                body = out["Body"]
+                try:
+                    data = bytes(await body.read())
+                finally:
+                    body.close()
+                whole = str(out.get("ContentRange") or "").rpartition("/")[2]
+                return data, int(whole) if whole.isdigit() else len(data)
+
+            return await self._acall("download", key, once)
+
+        def consume(part: tuple[bytes, int]) -> None:
+            chunk, whole = part
+            if whole != size:  # longer or shorter than recorded: refused before the rest comes down
+                self._check(key, "(not computed)", whole, sha256, size)
+            digest.update(chunk)
+            write(chunk)
+
+        starts = iter(range(0, max(size, 1), self.part_size))
+        window: list[asyncio.Task[tuple[bytes, int]]] = []
+        try:
+            for start in starts:
+                window.append(asyncio.ensure_future(fetch(start)))
+                if len(window) < self.concurrency:
+                    continue
+                length += await self._consume(await window.pop(0), loop, consume, progress)
+            while window:
+                length += await self._consume(await window[0], loop, consume, progress)
+                window.pop(0)
+        except BaseException:
+            for task in window:
+                task.cancel()
+            await asyncio.gather(*window, return_exceptions=True)
+            raise
+        return digest.hexdigest(), length
+
+    @staticmethod
+    async def _consume(
+        part: tuple[bytes, int],
+        loop: asyncio.AbstractEventLoop,
+        consume: Callable[[tuple[bytes, int]], None],
+        progress: Progress | None,
+    ) -> int:
+        await loop.run_in_executor(None, consume, part)  # hashing and the local write overlap the GETs
+        if progress is not None:
+            progress(len(part[0]))
+        return len(part[0])
 
     def check_digest(self, key: str, data: bytes, sha256: str, size: int | None) -> None:
         self._check(key, hashlib.sha256(data).hexdigest(), len(data), sha256, size)
@@ -415,6 +647,37 @@ class RemoteStore:
             return names
 
         return self._call("list", prefix, listing)
+
+    def list_objects(self, prefix: str = "", *, start_after: str = "") -> builtins.list[Listed]:
+        """The objects directly under ``prefix`` whose names sort after ``start_after``, with etags.
+
+        One LIST request per 1,000 objects. The etags are those a ``swap`` compares against, so a
+        caller can list a group and swap its pointer without reading the pointer first.
+        """
+        if self.protocol not in ("s3", "s3a"):
+            raise self._unsupported(
+                prefix, "listing with etags is only implemented for s3:// in this version"
+            )
+        bucket, name = self._split(prefix)
+        base = f"{name}/" if name else ""
+        found: builtins.list[Listed] = []
+        token: str | None = None
+        while True:
+            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": base, "Delimiter": "/"}
+            if token:
+                kw["ContinuationToken"] = token
+            elif start_after:
+                kw["StartAfter"] = base + start_after
+            page: dict[str, Any] = self._call("list", prefix, functools.partial(self._list_page, kw))
+            for entry in page.get("Contents", []):
+                found.append(Listed(str(entry["Key"])[len(base) :], str(entry.get("ETag")), int(entry.get("Size", 0)),
+                                    entry["LastModified"]))  # fmt: skip
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return found
+
+    def _list_page(self, kw: dict[str, Any]) -> dict[str, Any]:
+        return self._sync(lambda: self.fs._call_s3("list_objects_v2", **kw))
 
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         def listing() -> builtins.list[str]:
