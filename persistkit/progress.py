@@ -57,7 +57,8 @@ def transfer(
         TransferSpeedColumn,
     )
 
-    console = Console(file=stream if stream is not None else sys.stderr)
+    # show=True draws even where rich would not (a pipe, a log file): the caller asked for it
+    console = Console(file=stream if stream is not None else sys.stderr, force_terminal=show or None)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
