@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +45,9 @@ from persistkit.errors import (
 )
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import PathLike, io_error
-from persistkit.io.remote import Uploaded
+from persistkit.io.remote import Uploaded, is_url
 from persistkit.naming import Stamped, allocate, next_candidate
+from persistkit.policy.retention import Decision, Item, KeepLast, Policy, decide
 from persistkit.progress import transfer
 
 __all__ = ["AliasEvent", "ModelStore", "RemoteModelStore", "safe_component"]
@@ -293,25 +294,17 @@ class ModelStore:
         if not fs.exists(path):
             return []
         try:
-            doc = json.loads(fs.read_bytes(path).decode("utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as err:
+            data = fs.read_bytes(path)
+        except OSError as err:
             raise IntegrityError(
                 f"{path}: the alias index is unreadable ({err}). Restore it from a backup, or delete it to "
                 "forget all aliases.",
                 path=path,
             ) from err
-        events = doc.get("events") if isinstance(doc, dict) else None
-        if not isinstance(events, list) or not all(
-            isinstance(e, dict) and {"alias", "path", "since", "until"} <= set(e) for e in events
-        ):
-            raise IntegrityError(
-                f"{path}: the alias index is malformed; restore it from a backup.", path=path
-            )
-        return events
+        return parse_alias_index(data, path)
 
     def _write_index(self, events: Sequence[Mapping[str, Any]]) -> None:
-        doc = {"format": "persistkit.aliases", "version": 1, "events": list(events)}
-        atomic_write(self._aliases_path(), json.dumps(doc, indent=1).encode() + b"\n")
+        atomic_write(self._aliases_path(), alias_index_bytes(events))
 
     def tag(self, path: PathLike, alias: str, *, when: dt.datetime | None = None) -> None:
         """Point ``alias`` at the bundle ``path`` (which must be in this store); the change is logged."""
@@ -323,16 +316,10 @@ class ModelStore:
             raise ValueError(f"{target} is not a bundle version inside the store {self.root}")
         if not current_fs().is_file(target):
             raise FileNotFoundError(f"cannot tag {target}: no such bundle")
-        moment = (when or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="microseconds")
         with self._lock():
             events = self._read_index()
-            for event in events:
-                if event["alias"] == alias and event["until"] is None:
-                    if event["path"] == rel:
-                        return
-                    event["until"] = moment
-            events.append({"alias": alias, "path": rel, "since": moment, "until": None})
-            self._write_index(events)
+            if move_alias(events, alias, rel, when):
+                self._write_index(events)
 
     def aliases(self) -> dict[str, Path]:
         """Each alias and the bundle it points at now."""
@@ -348,59 +335,98 @@ class ModelStore:
 
     def live_at(self, alias: str, when: dt.datetime) -> Path | None:
         """The bundle ``alias`` pointed at, at time ``when``."""
-        moment = when.astimezone(dt.UTC)
-        for event in reversed(self.history(alias)):
-            since = dt.datetime.fromisoformat(event.since)
-            until = dt.datetime.fromisoformat(event.until) if event.until else None
-            if since <= moment and (until is None or moment < until):
-                return Path(event.path)
-        return None
+        event = live_event(self.history(alias), when)
+        return None if event is None else Path(event.path)
 
     # -- retention --
 
-    def prune(self, keep: int, *, dry_run: bool = False) -> list[Path]:
-        """Keep the ``keep`` newest versions per symbol/agent/timeframe; delete older ones; return them.
+    def prune_plan(self, keep: int | None = None, *, policy: Policy | None = None) -> list[Decision]:
+        """What ``prune`` would do, with reasons: one ``Decision`` per version, newest first per group.
 
-        Never deleted, whatever ``keep`` says: the newest version that is
-        intact (``check_intact``: the manifest and every member's bytes check
-        out; no key needed) and every version an alias points at now.
+        The policy is ``KeepLast(keep)`` unless ``policy=`` (any ``persistkit.policy.retention``
+        policy) is given. Whatever it says, ``decide`` keeps the newest version, and these are pinned:
+        the newest version that is intact (``check_intact``: the manifest and every member's bytes
+        check out; no key needed) and every version an alias points at now.
         """
+        with self._lock():
+            return self._plan(_policy(keep, policy))
+
+    def _plan(self, policy: Policy) -> list[Decision]:
         from persistkit.bundle import check_intact
 
-        if type(keep) is not int or keep < 0:
-            raise ValueError("keep must be a non-negative int")
-        fs = current_fs()
-        removed: list[Path] = []
-        with self._lock():
-            protected = {os.path.abspath(p) for p in self.aliases().values()}
-            required = self._load_kw({}).get("require_encryption", False)
-            for directory in self._groups():
-                found = self._sorted_versions(directory)
-                keepers = {str(p) for p in found[-keep:]} if keep else set()
-                for path in reversed(found):
-                    try:
-                        check_intact(path, require_encryption=required)
-                    except PersistkitError:
-                        continue
-                    keepers.add(str(path))  # the newest intact version
-                    break
-                victims = [p for p in found if str(p) not in keepers and str(p) not in protected]
-                removed.extend(victims)
-                if dry_run or not victims:
+        pins: dict[str, list[str]] = {}
+        for alias, target in self.aliases().items():
+            pins.setdefault(os.path.abspath(target), []).append(f"alias {alias!r} points at it")
+        required = self._load_kw({}).get("require_encryption", False)
+        decisions: list[Decision] = []
+        for directory in self._groups():
+            found = self._sorted_versions(directory)
+            intact = None
+            for path in reversed(found):
+                try:
+                    check_intact(path, require_encryption=required)
+                except PersistkitError:
                     continue
-                for path in victims:
-                    for victim in (str(path), self.config_path(path), str(path) + ".key"):
-                        try:
-                            fs.unlink(victim)
-                        except FileNotFoundError:
-                            pass
-                        except OSError as err:
-                            raise io_error("delete", victim, err) from err
+                intact = str(path)
+                break
+            items = []
+            for path in found:
+                why = list(pins.get(str(path), []))
+                if str(path) == intact:
+                    why.append("the newest version that is intact")
+                items.append(Item(str(path), _version_time(path.name), "; ".join(why)))
+            decisions += decide(policy, items)
+        return decisions
+
+    def prune(
+        self, keep: int | None = None, *, dry_run: bool = False, policy: Policy | None = None
+    ) -> list[Path]:
+        """Delete the versions ``prune_plan`` does not keep (per symbol/agent/timeframe); return them.
+
+        ``dry_run`` deletes nothing, returns what would go and logs every decision with its reasons on
+        the ``persistkit`` logger (``prune_plan`` returns them).
+        """
+        fs = current_fs()
+        with self._lock():
+            decisions = self._plan(_policy(keep, policy))
+            victims = sorted(
+                (Path(d.item.id) for d in decisions if not d.keep),
+                key=lambda p: (str(p.parent), VERSIONS.sort_key(p.name)),
+            )
+            if dry_run:
+                for decision in decisions:
+                    log.info("prune (dry run): %s", decision.describe())
+                return victims
+            for path in victims:
+                for victim in (str(path), self.config_path(path), str(path) + ".key"):
+                    try:
+                        fs.unlink(victim)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as err:
+                        raise io_error("delete", victim, err) from err
+            for directory in sorted({str(p.parent) for p in victims}):
                 try:
                     fs.fsync_dir(directory)
                 except OSError as err:
                     raise io_error("fsync", directory, err) from err
-        return removed
+        return victims
+
+
+def _policy(keep: int | None, policy: Policy | None) -> Policy:
+    if policy is not None:
+        if keep is not None:
+            raise ValueError("pass keep= or policy=, not both (KeepLast(keep) is the policy keep= means)")
+        return policy
+    if type(keep) is not int or keep < 0:
+        raise ValueError("keep must be a non-negative int (or pass policy=)")
+    return KeepLast(keep)
+
+
+def _version_time(name: str) -> dt.datetime:
+    when = VERSIONS.time(name)
+    assert when is not None, name  # only parsed version names get here
+    return when
 
 
 # -- object storage ----------------------------------------------------------------------
@@ -408,6 +434,7 @@ class ModelStore:
 LATEST = "LATEST.json"  # per group: {"name", "sha256", "size"} of the newest published version
 RECORD_SUFFIX = ".json"  # <version>.models.json: the version record; a version exists once it does
 _MAX_NAME_ATTEMPTS = 1000
+ORPHAN_GRACE = dt.timedelta(days=1)  # unrecorded objects younger than this may belong to a live publisher
 # A publish lists the names stamped since this long ago: enough for any clock the writers share,
 # few enough that the listing is one request whatever the group's history (see _upload_new).
 NAME_WINDOW = dt.timedelta(hours=1)
@@ -742,11 +769,8 @@ class RemoteModelStore(ModelStore):
         """The local cached copy of a version (downloaded and sha256-checked if needed); its path."""
         from persistkit.io.remote import sha256_file
 
-        prefix = self.remote.url + "/"
-        key = url_or_name[len(prefix) :] if url_or_name.startswith(prefix) else url_or_name
-        group, _, name = key.rpartition("/")
-        if VERSIONS.parse(name) is None or not group:
-            raise ValueError(f"{url_or_name!r} is not a version of the store {self.root}")
+        group, name = self._version_key(url_or_name)
+        key = f"{group}/{name}"
         record = self._record(group, name)
         local = self._cache_path(key)
         fs = current_fs()
@@ -812,16 +836,125 @@ class RemoteModelStore(ModelStore):
             return self.fetch(again)
 
     def load(self, alias_or_path: str | PathLike, **load_kw: Any) -> Bundle:
-        """Load one version by URL (aliases are not supported on object storage yet)."""
+        """Load a version by alias (``"production"``) or URL."""
         from persistkit.bundle import load_bundle
 
-        return load_bundle(self.fetch(os.fspath(alias_or_path)), **self._load_kw(load_kw))
+        target = os.fspath(alias_or_path)
+        if _ALIAS.match(target):
+            current = self.aliases().get(target)
+            if current is None:
+                known = ", ".join(map(repr, sorted(self.aliases()))) or "none"
+                raise NotFoundError(
+                    f"no alias {target!r} in {self._aliases_path()} (aliases: {known}); tag a version first "
+                    "with ModelStore.tag(url, alias), or pass a version URL.",
+                    path=self._aliases_path(),
+                    field=target,
+                )
+            target = current
+        return load_bundle(self.fetch(target), **self._load_kw(load_kw))
+
+    # -- aliases: <root>/aliases.json, the local format, replaced by compare-and-swap --
+
+    def _aliases_path(self) -> str:
+        return self.remote.url_of(ALIASES)
+
+    def _version_key(self, url_or_name: str) -> tuple[str, str]:
+        """(group, name) of a version given by URL or by key relative to the root."""
+        prefix = self.remote.url + "/"
+        key = url_or_name[len(prefix) :] if url_or_name.startswith(prefix) else url_or_name
+        group, _, name = key.rpartition("/")
+        if VERSIONS.parse(name) is None or not group or is_url(key):
+            raise ValueError(f"{url_or_name!r} is not a version of the store {self.root}")
+        return group, name
+
+    def _read_aliases(self) -> tuple[list[dict[str, Any]], str | None]:
+        found = self.remote.get_or_none(ALIASES)
+        if found is None:
+            return [], None
+        return parse_alias_index(found.data, self._aliases_path()), found.etag
+
+    def _read_index(self) -> list[dict[str, Any]]:
+        return self._read_aliases()[0]
+
+    def _swap_aliases(self, change: Callable[[list[dict[str, Any]]], bool]) -> None:
+        """Apply ``change`` to the index and write it back with If-Match; again on a lost race."""
+        for _ in range(_MAX_NAME_ATTEMPTS):
+            events, etag = self._read_aliases()
+            if not change(events):
+                return
+            if self.remote.swap(ALIASES, alias_index_bytes(events), etag) is not None:
+                return
+        url = self._aliases_path()
+        raise PersistkitError(
+            f"{url}: the alias index changed under every one of {_MAX_NAME_ATTEMPTS} compare-and-swap "
+            "attempts; check what else writes there, then tag again.",
+            path=url,
+        )
 
     def tag(self, path: PathLike, alias: str, *, when: dt.datetime | None = None) -> None:
-        raise NotImplementedError(f"{self.root}: aliases are not supported on object storage yet (issue 14)")
+        """Point ``alias`` at the version ``path`` (its URL); the change is logged in the alias history.
 
-    def aliases(self) -> dict[str, Path]:
-        return {}
+        The index is replaced with compare-and-swap, so two machines moving aliases at once never
+        lose a move. The version must be published (its record exists); if a concurrent ``prune``
+        removed it while the alias was being moved, the move is undone and NotFoundError raised, so
+        an alias never stays on a missing version.
+        """
+        if type(alias) is not str or not _ALIAS.match(alias):
+            raise ValueError(f"alias {alias!r}: use letters, digits, '.', '_' and '-'")
+        group, name = self._version_key(os.fspath(path))
+        rel = f"{group}/{name}"
+        record = f"{rel}{RECORD_SUFFIX}"
+
+        def missing() -> NotFoundError:
+            url = self.remote.url_of(rel)
+            return NotFoundError(
+                f"cannot tag {url} as {alias!r}: no such published version (no record "
+                f"{self.remote.url_of(record)}). Check the URL with versions(), or save the model first.",
+                path=url,
+                field=alias,
+            )
+
+        if self.remote.get_or_none(record) is None:
+            raise missing()
+        before: dict[str, Any] = {}
+
+        def point(events: list[dict[str, Any]]) -> bool:
+            before.clear()
+            before.update({e["alias"]: e["path"] for e in events if e["until"] is None})
+            return move_alias(events, alias, rel, when)
+
+        self._swap_aliases(point)
+        if self.remote.get_or_none(record) is None:  # pruned meanwhile: never leave the alias dangling
+            previous = before.get(alias)
+
+            def undo(events: list[dict[str, Any]]) -> bool:
+                current = [e for e in events if e["alias"] == alias and e["until"] is None]
+                if not current or current[0]["path"] != rel:
+                    return False  # moved again by someone else: theirs stands
+                if previous is None:
+                    events.remove(current[0])
+                    return True
+                return move_alias(events, alias, previous, None)
+
+            self._swap_aliases(undo)
+            raise missing()
+
+    def aliases(self) -> dict[str, str]:  # type: ignore[override]
+        """Each alias and the URL of the version it points at now."""
+        return {e["alias"]: self.remote.url_of(e["path"]) for e in self._read_index() if e["until"] is None}
+
+    def history(self, alias: str | None = None) -> list[AliasEvent]:
+        """Every assignment of ``alias`` (or of all aliases), oldest first; paths are URLs."""
+        return [
+            AliasEvent(e["alias"], self.remote.url_of(e["path"]), e["since"], e["until"])
+            for e in self._read_index()
+            if alias is None or e["alias"] == alias
+        ]
+
+    def live_at(self, alias: str, when: dt.datetime) -> str | None:  # type: ignore[override]
+        """The URL of the version ``alias`` pointed at, at time ``when``."""
+        event = live_event(self.history(alias), when)
+        return None if event is None else event.path
 
     # -- retention --
 
@@ -835,31 +968,119 @@ class RemoteModelStore(ModelStore):
                     groups.append(f"{symbol}/{agent}/{timeframe}")
         return sorted(groups)
 
-    def prune(self, keep: int, *, dry_run: bool = False) -> list[str]:  # type: ignore[override]
-        """Keep the ``keep`` newest versions per group; never the one the latest pointer names.
+    def prune_plan(
+        self,
+        keep: int | None = None,
+        *,
+        policy: Policy | None = None,
+        orphan_grace: dt.timedelta = ORPHAN_GRACE,
+    ) -> list[Decision]:
+        """What ``prune`` would do, with reasons: versions, orphans and abandoned uploads.
 
-        Each victim's record goes first (it stops being listed), then its data object.
+        Versions go through ``persistkit.policy.retention.decide`` (``KeepLast(keep)`` or ``policy``);
+        the version the latest pointer names and every aliased version are pinned. Orphans, objects a
+        publisher uploaded but never recorded (it died in between), and multipart uploads never
+        completed are removed once older than ``orphan_grace``: a younger one may belong to a
+        publisher that is about to record it.
         """
-        if type(keep) is not int or keep < 0:
-            raise ValueError("keep must be a non-negative int")
-        removed: list[str] = []
+        return self._remote_plan(_policy(keep, policy), orphan_grace, dt.datetime.now(dt.UTC))
+
+    def _remote_plan(self, policy: Policy, grace: dt.timedelta, now: dt.datetime) -> list[Decision]:
+        pins: dict[str, list[str]] = {}
+        for alias, url in self.aliases().items():
+            pins.setdefault(url, []).append(f"alias {alias!r} points at it")
+        decisions: list[Decision] = []
         for group in self._all_groups():
-            found = self._records(group)
-            keepers = set(found[-keep:]) if keep else set()
-            if found:
-                keepers.add(found[-1])
-            pointer = self._read_latest(group)
-            if pointer is not None:
-                keepers.add(pointer["name"])
-            for name in found:
-                if name in keepers:
+            listed = self.remote.list_objects(group)
+            names = {o.name for o in listed}
+            pointer = self._read_latest(group) if LATEST in names else None
+            items = []
+            for entry in sorted(listed, key=lambda o: o.name):
+                if not entry.name.endswith(SUFFIX) or VERSIONS.parse(entry.name) is None:
                     continue
-                removed.append(self.remote.url_of(f"{group}/{name}"))
-                if dry_run:
+                url = self.remote.url_of(f"{group}/{entry.name}")
+                if entry.name + RECORD_SUFFIX not in names:
+                    decisions.append(_orphan(url, entry.modified, grace, now))
                     continue
-                self.remote.delete(f"{group}/{name}{RECORD_SUFFIX}")
-                self.remote.delete(f"{group}/{name}")
-        return removed
+                why = list(pins.get(url, []))
+                if pointer is not None and pointer["name"] == entry.name:
+                    why.append("the latest pointer names it")
+                items.append(Item(url, _version_time(entry.name), "; ".join(why)))
+            decisions += decide(policy, items, now)
+        for upload in self.remote.list_uploads():
+            # Decided here rather than by decide(): these are not versions (no policy counts them),
+            # and decide() would always keep the newest one.
+            decisions.append(_orphan(upload.url, upload.started, grace, now, upload=True))
+        return decisions
+
+    def prune(  # type: ignore[override]
+        self,
+        keep: int | None = None,
+        *,
+        dry_run: bool = False,
+        policy: Policy | None = None,
+        orphan_grace: dt.timedelta = ORPHAN_GRACE,
+    ) -> list[str]:
+        """Remove what ``prune_plan`` does not keep; return the URLs of the versions and orphans removed.
+
+        Each version's record goes first (it stops being listed), then its data object. A version an
+        alias was moved to meanwhile (``tag`` on another machine) gets its record back and stays.
+        """
+        decisions = self._remote_plan(_policy(keep, policy), orphan_grace, dt.datetime.now(dt.UTC))
+        if dry_run:
+            for decision in decisions:
+                log.info("prune (dry run): %s", decision.describe())
+            return _oldest_first([d.item.id for d in decisions if not d.keep])
+        removed: list[str] = []
+        records: dict[str, bytes] = {}
+        for decision in decisions:
+            if decision.keep:
+                continue
+            url = decision.item.id
+            if "?uploadId=" in url:
+                key, _, upload_id = url[len(self.remote.url) + 1 :].partition("?uploadId=")
+                self.remote.abort_upload(key, upload_id)
+            elif decision.reasons and decision.reasons[0].startswith("orphan"):
+                self.remote.delete(url[len(self.remote.url) + 1 :])
+            else:
+                key = url[len(self.remote.url) + 1 :] + RECORD_SUFFIX
+                found = self.remote.get_or_none(key)
+                if found is None:
+                    continue  # pruned by another machine meanwhile
+                records[url] = found.data
+                self.remote.delete(key)
+                continue  # the data goes once no alias has moved onto it (below)
+            removed.append(url)
+        if records:
+            aliased = set(self.aliases().values())
+            for url, record in records.items():
+                key = url[len(self.remote.url) + 1 :]
+                if url in aliased:  # tagged while we pruned: the version stays
+                    self.remote.put_new(key + RECORD_SUFFIX, record)
+                    continue
+                self.remote.delete(key)
+                removed.append(url)
+        return _oldest_first(removed)
+
+
+def _oldest_first(urls: Sequence[str]) -> list[str]:
+    def key(url: str) -> tuple[str, tuple[str, int]]:
+        group, _, name = url.partition("?")[0].rpartition("/")
+        return group, VERSIONS.parse(name) or ("", 0)
+
+    return sorted(urls, key=key)
+
+
+def _orphan(
+    url: str, since: dt.datetime, grace: dt.timedelta, now: dt.datetime, *, upload: bool = False
+) -> Decision:
+    what = "an upload never completed" if upload else "an object without a record (its publisher died)"
+    age = now - since
+    item = Item(url, since)
+    if age < grace:
+        reason = f"orphan: {what}, but only {age} old (grace {grace}): its writer may still finish it"
+        return Decision(item, True, (reason,))
+    return Decision(item, False, (f"orphan: {what}, {age} old (grace {grace})",))
 
 
 def _version_docs(
@@ -871,3 +1092,52 @@ def _version_docs(
     meta = dict(metadata or {})
     meta.setdefault("store", {"symbol": symbol, "agent": agent, "timeframe": timeframe})
     return meta, to_jsonable(config if config is not None else meta.get("config", {}), "config")
+
+
+# -- aliases, local or remote: one index format, one rule for moving an alias ----------------
+
+
+def parse_alias_index(data: bytes, where: str) -> list[dict[str, Any]]:
+    """The events of an alias index (``aliases.json``), checked; ``where`` names it in errors."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise IntegrityError(
+            f"{where}: the alias index is unreadable ({err}). Restore it from a backup, or delete it to "
+            "forget all aliases.",
+            path=where,
+        ) from err
+    events = doc.get("events") if isinstance(doc, dict) else None
+    if not isinstance(events, list) or not all(
+        isinstance(e, dict) and {"alias", "path", "since", "until"} <= set(e) for e in events
+    ):
+        raise IntegrityError(f"{where}: the alias index is malformed; restore it from a backup.", path=where)
+    return events
+
+
+def alias_index_bytes(events: Sequence[Mapping[str, Any]]) -> bytes:
+    doc = {"format": "persistkit.aliases", "version": 1, "events": list(events)}
+    return json.dumps(doc, indent=1).encode() + b"\n"
+
+
+def move_alias(events: list[dict[str, Any]], alias: str, path: str, when: dt.datetime | None) -> bool:
+    """Point ``alias`` at ``path`` in ``events`` (closing its current assignment); False if it already is."""
+    moment = (when or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="microseconds")
+    for event in events:
+        if event["alias"] == alias and event["until"] is None:
+            if event["path"] == path:
+                return False
+            event["until"] = moment
+    events.append({"alias": alias, "path": path, "since": moment, "until": None})
+    return True
+
+
+def live_event(history: Sequence[AliasEvent], when: dt.datetime) -> AliasEvent | None:
+    """The assignment in ``history`` that was current at ``when``."""
+    moment = when.astimezone(dt.UTC)
+    for event in reversed(history):
+        since = dt.datetime.fromisoformat(event.since)
+        until = dt.datetime.fromisoformat(event.until) if event.until else None
+        if since <= moment and (until is None or moment < until):
+            return event
+    return None

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 from persistkit.errors import IntegrityError, PersistIOError, describe_errno
 
-__all__ = ["Listed", "RemoteStore", "Uploaded", "is_url", "remote_store", "sha256_file"]
+__all__ = ["Listed", "PendingUpload", "RemoteStore", "Uploaded", "is_url", "remote_store", "sha256_file"]
 
 T = TypeVar("T")
 Progress = Callable[[int], None]  # called with the number of bytes just transferred
@@ -109,6 +109,16 @@ class Uploaded:
 
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload started under the store's root and neither completed nor aborted."""
+
+    key: str
+    upload_id: str
+    started: dt.datetime
+    url: str  # the object's URL with ``?uploadId=...``: names this upload in reports
 
 
 @dataclass(frozen=True)
@@ -675,6 +685,36 @@ class RemoteStore:
             token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
             if not token:
                 return found
+
+    def list_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
+        """Multipart uploads under ``prefix`` that were never completed or aborted (invisible, but billed)."""
+        bucket, name = self._split(prefix)
+        base = f"{name}/" if name else ""
+        found: builtins.list[PendingUpload] = []
+        marker: dict[str, str] = {}
+        while True:
+            kw = {"Bucket": bucket, "Prefix": base, **marker}
+            page = self._call(
+                "list uploads", prefix, functools.partial(self._s3, "list_multipart_uploads", kw)
+            )
+            for upload in page.get("Uploads", []):
+                key = str(upload["Key"])[len(self.root) + 1 :]
+                found.append(PendingUpload(key, str(upload["UploadId"]), upload["Initiated"],
+                                           f"{self.url_of(key)}?uploadId={upload['UploadId']}"))  # fmt: skip
+            if not page.get("IsTruncated"):
+                return found
+            marker = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort one pending multipart upload (its parts are dropped); one already gone is fine."""
+        bucket, name = self._split(key)
+        kw = {"Bucket": bucket, "Key": name, "UploadId": upload_id}
+        with contextlib.suppress(FileNotFoundError):
+            self._call("abort upload", key, functools.partial(self._s3, "abort_multipart_upload", kw),
+                       answer=lambda err: isinstance(err, FileNotFoundError))  # fmt: skip
+
+    def _s3(self, method: str, kw: dict[str, Any]) -> dict[str, Any]:
+        return self._sync(lambda: self.fs._call_s3(method, **kw))
 
     def _list_page(self, kw: dict[str, Any]) -> dict[str, Any]:
         return self._sync(lambda: self.fs._call_s3("list_objects_v2", **kw))
