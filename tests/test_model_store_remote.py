@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -202,23 +203,34 @@ def announced(key, path, **kw):
     print("UPLOADING", key, flush=True)
     return real(key, path, **kw)
 store.remote.upload_new = announced
-if len(sys.argv) > 8:  # stop between the record and the pointer, to be killed there
+if sys.argv[8:] == ["hang"]:  # stop between the record and the pointer, to be killed there
     import time
     def hang(*args, **kw):
         print("POINTING", flush=True)
         time.sleep(60)
     store._advance_latest = hang
+if sys.argv[8:] == ["serial-parts"]:  # a multipart upload that takes a while: 5 MiB parts, one at a time
+    store.remote.part_size, store.remote.concurrency = 5 * 2**20, 1
+if sys.argv[8:] == ["hang-record"]:  # stop between the upload and the record, to be killed there
+    import time
+    put_new = store.remote.put_new
+    def hang_record(key, data):
+        if key.endswith(".models.json"):
+            print("RECORDING", flush=True)
+            time.sleep(60)
+        return put_new(key, data)
+    store.remote.put_new = hang_record
 rng = np.random.default_rng(int(n))
 for i in range(int(sys.argv[7])):
     print("SAVED", store.save({"w": rng.random(int(size))}, symbol="BTC/USDT", agent="ppo", timeframe="1h"), flush=True)
 """
 
 
-def run_child(store_at, tmp_path, n, *, size=100, count=1, hang=False):
+def run_child(store_at, tmp_path, n, *, size=100, count=1, hang=""):
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, f"s3://{store_at.bucket}/models", str(tmp_path / f"cache{n}"),
          str(tmp_path / "store.key"), store_at.server.endpoint, str(n), str(size), str(count),
-         *(["hang"] if hang else [])],
+         *([hang] if hang else [])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )  # fmt: skip
@@ -382,7 +394,7 @@ def test_a_server_that_goes_away_again_and_again_never_leaves_a_dangling_pointer
 
 def test_sigkill_between_record_and_pointer_leaves_the_pointer_on_a_valid_version(store_at, tmp_path):
     first = store_at().save({"w": np.zeros(1)}, **WHERE)
-    child = run_child(store_at, tmp_path, 1, hang=True)
+    child = run_child(store_at, tmp_path, 1, hang="hang")
     assert child.stdout.readline().startswith("UPLOADING")
     assert child.stdout.readline().startswith("POINTING"), child.stderr.read()
     child.send_signal(signal.SIGKILL)
@@ -444,3 +456,237 @@ def test_a_version_pruned_under_a_reader_is_followed_to_the_new_latest(store_at,
     with pytest.raises(PersistIOError, match="No such object") as info:
         reader.load(old)  # asked for by URL: it is gone, and the error says which
     assert info.value.errno == errno.ENOENT and info.value.path == old + ".json"
+
+
+# -- aliases ---------------------------------------------------------------------------------
+
+
+def test_remote_aliases_have_the_local_api_and_history(store_at):
+    store = store_at()
+    v1 = store.save({"q": np.full(2, 1.0)}, **WHERE, when=T0)
+    v2 = store.save({"q": np.full(2, 2.0)}, **WHERE, when=T0)
+    store.tag(v1, "production", when=T0)
+    store.tag(v2, "staging", when=T0)
+    store.tag(v2, "production", when=T0 + dt.timedelta(hours=2))
+    store.tag(v2, "production", when=T0 + dt.timedelta(hours=3))  # no-op: already there
+    other = store_at(cache="other")  # another machine sees the same aliases
+    assert other.aliases() == {"production": v2, "staging": v2}
+    np.testing.assert_array_equal(other.load("production")["q"], np.full(2, 2.0))
+    assert other.live_at("production", T0 + dt.timedelta(hours=1)) == v1
+    assert other.live_at("production", T0 + dt.timedelta(hours=5)) == v2
+    assert other.live_at("production", T0 - dt.timedelta(hours=1)) is None
+    assert [(e.path, e.since, e.until) for e in other.history("production")] == [
+        (v1, "2024-03-01T12:00:00.000000+00:00", "2024-03-01T14:00:00.000000+00:00"),
+        (v2, "2024-03-01T14:00:00.000000+00:00", None),
+    ]
+    index = json.loads(
+        store_at.server.client().get_object(Bucket=store_at.bucket, Key="models/aliases.json")["Body"].read()
+    )
+    assert index["format"] == "persistkit.aliases" and len(index["events"]) == 3  # the local format
+    assert store.prune(keep=0) == [v1]  # no alias names v1 any more; v2 is aliased (and the latest)
+    assert other.history("production")[0].path == v1  # the history still says what was live when
+
+
+def test_remote_alias_errors_are_typed_and_name_the_alias(store_at):
+    from persistkit.errors import NotFoundError
+
+    store = store_at()
+    url = store.save({"q": np.zeros(1)}, **WHERE)
+    with pytest.raises(
+        NotFoundError, match=r"no alias 'production' in s3://.*aliases.json \(aliases: none\)"
+    ):
+        store.load("production")
+    with pytest.raises(ValueError, match="alias"):
+        store.tag(url, "bad/alias")
+    with pytest.raises(ValueError, match="is not a version of the store"):
+        store.tag("s3://elsewhere/BTC/ppo/1h/2024-01-01_000000.models", "production")
+    missing = url.replace(".models", "_9.models")
+    with pytest.raises(NotFoundError, match="no such published version") as info:
+        store.tag(missing, "production")
+    assert info.value.path == missing and store.aliases() == {}
+    store_at.server.client().put_object(Bucket=store_at.bucket, Key="models/aliases.json", Body=b"{not json")
+    with pytest.raises(IntegrityError, match="alias index is unreadable"):
+        store.aliases()
+
+
+def test_prune_never_removes_an_aliased_version(store_at):
+    store = store_at()
+    urls = [store.save({"q": np.full(1, float(n))}, **WHERE, when=T0) for n in range(4)]
+    store.tag(urls[0], "production")
+    assert store.prune(keep=1) == urls[1:3]
+    assert store.versions(**WHERE) == [urls[0], urls[3]]
+    np.testing.assert_array_equal(store_at(cache="c2").load("production")["q"], np.zeros(1))
+    check_consistent(store_at.server, store_at.bucket)
+
+
+def test_concurrent_alias_moves_from_threads_never_lose_one(store_at):
+    store = store_at()
+    a, b = (store.save({"q": np.full(1, float(n))}, **WHERE) for n in range(2))
+    stores = [store_at(cache=f"t{n}") for n in range(4)]
+    failures = []
+
+    def mover(n):
+        try:
+            for i in range(6):
+                stores[n].tag(a if i % 2 == 0 else b, f"alias{n}")
+                stores[n].tag(a if (i + n) % 2 else b, "shared")
+        except BaseException as err:
+            failures.append(err)
+
+    threads = [threading.Thread(target=mover, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    for n in range(4):  # every move of every writer is in the history: none was overwritten
+        assert [e.path for e in store.history(f"alias{n}")] == [a, b] * 3
+        assert [e.until is None for e in store.history(f"alias{n}")] == [False] * 5 + [True]
+    shared = store.history("shared")
+    assert sum(e.until is None for e in shared) == 1 and shared[-1].until is None
+    assert all(x.until == y.since for x, y in itertools.pairwise(shared))  # one unbroken line
+    assert store.aliases()["shared"] in (a, b)
+
+
+ALIAS_CHILD = """
+import sys, persistkit as pk
+url, cache, key, endpoint, n, a, b = sys.argv[1:8]
+opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+store = pk.ModelStore(url, cache_dir=cache, key_file=key, storage_options=opts)
+for i in range(5):
+    store.tag(a if i % 2 == 0 else b, f"alias{n}")
+    store.tag(a if (i + int(n)) % 2 else b, "shared")
+print("DONE", flush=True)
+"""
+
+
+def test_concurrent_alias_moves_from_processes_never_lose_one(store_at, tmp_path):
+    store = store_at()
+    a, b = (store.save({"q": np.full(1, float(n))}, **WHERE) for n in range(2))
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                ALIAS_CHILD,
+                store.root,
+                str(tmp_path / f"p{n}"),
+                str(tmp_path / "store.key"),
+                store_at.server.endpoint,
+                str(n),
+                a,
+                b,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        for n in range(3)
+    ]
+    for child in children:
+        out, err = child.communicate(timeout=240)
+        assert child.returncode == 0 and out.strip() == "DONE", err
+    for n in range(3):
+        assert [e.path for e in store.history(f"alias{n}")] == [a, b, a, b, a]
+    assert sum(e.until is None for e in store.history("shared")) == 1
+
+
+def test_tagging_while_another_machine_prunes_never_leaves_an_alias_on_a_missing_version(store_at):
+    """Race tag() against prune(): whoever wins, every alias names a version whose bytes are there."""
+    from persistkit.errors import NotFoundError
+
+    for round_ in range(3):
+        store = store_at(cache=f"w{round_}")
+        urls = [store.save({"q": np.full(1, float(n))}, **WHERE, when=T0) for n in range(4)]
+        tagger, pruner = store_at(cache=f"t{round_}"), store_at(cache=f"p{round_}")
+        outcomes = []
+
+        def tag_old(tagger=tagger, urls=urls, outcomes=outcomes):
+            for url in urls[:3]:
+                try:
+                    tagger.tag(url, f"r{round_}")
+                    outcomes.append(url)
+                except NotFoundError:  # pruned first: the move was refused or undone
+                    outcomes.append(None)
+
+        thread = threading.Thread(target=tag_old)
+        thread.start()
+        pruner.prune(keep=1)
+        thread.join()
+        client = store_at.server.client()
+        for alias, url in store.aliases().items():
+            key = url.split("/", 3)[3]
+            client.head_object(Bucket=store_at.bucket, Key=key)  # the data is there
+            client.head_object(Bucket=store_at.bucket, Key=key + ".json")  # and its record
+        check_consistent(store_at.server, store_at.bucket)
+        pruner.prune(keep=1)  # and the next prune keeps what the aliases name
+        aliased = store.aliases()
+        assert set(aliased.values()) <= set(store.versions(**WHERE))
+        if aliased:
+            np.testing.assert_array_equal(
+                store.load(f"r{round_}")["q"], np.full(1, float(urls.index(aliased[f"r{round_}"])))
+            )
+        assert outcomes[-1] is None or aliased[f"r{round_}"] == outcomes[-1]
+
+
+# -- orphans -----------------------------------------------------------------------------------
+
+
+def test_a_publisher_killed_before_its_record_leaves_an_orphan_that_prune_removes_after_the_grace(
+    store_at, tmp_path
+):
+    first = store_at().save({"w": np.zeros(1)}, **WHERE)
+    child = run_child(store_at, tmp_path, 1, hang="hang-record")
+    assert child.stdout.readline().startswith("UPLOADING")
+    assert child.stdout.readline().startswith("RECORDING"), child.stderr.read()
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    store = store_at()
+    assert store.versions(**WHERE) == [first]  # the orphan is not a version
+    objects = [k for k in keys(store_at.server, store_at.bucket, GROUP + "/") if k.endswith(".models")]
+    assert len(objects) == 2
+    orphan = f"s3://{store_at.bucket}/{next(k for k in objects if not first.endswith(k))}"
+    # fresh: its publisher may still be about to record it, so it stays, and the plan says why
+    plan = {d.item.id: d for d in store.prune_plan(keep=0)}
+    assert plan[orphan].keep and "its writer may still finish it" in plan[orphan].reasons[0]
+    assert store.prune(keep=0) == []
+    assert store.prune(keep=0, orphan_grace=dt.timedelta(0), dry_run=True) == [orphan]
+    assert orphan.split("/", 3)[3] in keys(store_at.server, store_at.bucket)  # a dry run deletes nothing
+    plan = {d.item.id: d for d in store.prune_plan(keep=0, orphan_grace=dt.timedelta(0))}
+    assert not plan[orphan].keep and "without a record (its publisher died)" in plan[orphan].reasons[0]
+    assert store.prune(keep=0, orphan_grace=dt.timedelta(0)) == [orphan]
+    assert orphan.split("/", 3)[3] not in keys(store_at.server, store_at.bucket)
+    assert store.versions(**WHERE) == [first]  # the version itself is kept: the pointer names it
+    after = store.save({"w": np.ones(1)}, **WHERE)  # and the store goes on
+    assert store_at(cache="fresh").latest(**WHERE) == after
+    check_consistent(store_at.server, store_at.bucket)
+
+
+def test_prune_aborts_a_multipart_upload_its_killed_publisher_left(store_at, tmp_path):
+    store_at().save({"w": np.zeros(1)}, **WHERE)
+    child = run_child(store_at, tmp_path, 1, size=6_000_000, hang="serial-parts")  # ~48 MB: ten parts
+    assert child.stdout.readline().startswith("UPLOADING")
+    client = store_at.server.client()
+
+    def parts_in():
+        uploads = client.list_multipart_uploads(Bucket=store_at.bucket).get("Uploads", [])
+        return any(
+            client.list_parts(Bucket=store_at.bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts")
+            for u in uploads
+        )
+
+    deadline = time.monotonic() + 60
+    while not parts_in():  # killed with parts sent: invisible, but billed until aborted
+        assert time.monotonic() < deadline and child.poll() is None
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    store = store_at()
+    [pending] = client.list_multipart_uploads(Bucket=store_at.bucket)["Uploads"]
+    plan = [d for d in store.prune_plan(keep=5) if "uploadId" in d.item.id]
+    assert len(plan) == 1 and plan[0].keep and "upload never completed" in plan[0].reasons[0]
+    removed = store.prune(keep=5, orphan_grace=dt.timedelta(0))
+    assert removed == [f"{store.root}/{pending['Key'][len('models/') :]}?uploadId={pending['UploadId']}"]
+    assert not client.list_multipart_uploads(Bucket=store_at.bucket).get("Uploads")
+    check_consistent(store_at.server, store_at.bucket)

@@ -687,9 +687,14 @@ class RemoteStore:
                 return found
 
     def list_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
-        """Multipart uploads under ``prefix`` that were never completed or aborted (invisible, but billed)."""
+        """Multipart uploads under ``prefix`` never completed or aborted (invisible, but billed).
+
+        ``started`` is the later of the upload's start and its newest part's: a slow upload that is
+        still sending parts looks as young as its last part (one ListParts request per pending upload).
+        """
         bucket, name = self._split(prefix)
         base = f"{name}/" if name else ""
+        root = self._split("")[1]
         found: builtins.list[PendingUpload] = []
         marker: dict[str, str] = {}
         while True:
@@ -698,9 +703,21 @@ class RemoteStore:
                 "list uploads", prefix, functools.partial(self._s3, "list_multipart_uploads", kw)
             )
             for upload in page.get("Uploads", []):
-                key = str(upload["Key"])[len(self.root) + 1 :]
-                found.append(PendingUpload(key, str(upload["UploadId"]), upload["Initiated"],
-                                           f"{self.url_of(key)}?uploadId={upload['UploadId']}"))  # fmt: skip
+                key = str(upload["Key"])[len(root) + 1 :] if root else str(upload["Key"])
+                upload_id = str(upload["UploadId"])
+                parts_kw = {"Bucket": bucket, "Key": upload["Key"], "UploadId": upload_id}
+                try:
+                    parts = self._call(
+                        "list uploads", key, functools.partial(self._s3, "list_parts", parts_kw)
+                    )
+                except PersistIOError as err:
+                    if err.errno == _errno.ENOENT:
+                        continue  # completed or aborted meanwhile
+                    raise
+                started = max([upload["Initiated"], *(p["LastModified"] for p in parts.get("Parts", []))])
+                found.append(
+                    PendingUpload(key, upload_id, started, f"{self.url_of(key)}?uploadId={upload_id}")
+                )
             if not page.get("IsTruncated"):
                 return found
             marker = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
