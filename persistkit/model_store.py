@@ -783,7 +783,11 @@ class RemoteModelStore(ModelStore):
         except OSError as err:
             raise io_error("create directory", os.path.dirname(local), err) from err
         with transfer(f"downloading {key}", record["size"], show=self.progress) as advance:
-            self.remote.download_verified(key, local, record["sha256"], record["size"], progress=advance)
+            # not fsynced: a cached copy is checked against its record's sha256 before every use, so one
+            # torn by a power loss is downloaded again, never loaded
+            self.remote.download_verified(
+                key, local, record["sha256"], record["size"], progress=advance, durable=False
+            )
         return local
 
     def _load_kw(self, load_kw: dict[str, Any]) -> dict[str, Any]:

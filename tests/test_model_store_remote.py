@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -349,28 +350,156 @@ def test_a_server_stopped_during_an_upload_gives_a_typed_error_then_the_same_sav
     check_consistent(server, bucket)
 
 
+class Network:
+    """A TCP relay between the client and the server: ``cut()`` drops every open connection.
+
+    moto's threaded server finishes the responses it has started when it is stopped; a server
+    process that dies, or a network that fails, does not. Stopping the server and cutting the
+    relay together is that: the transfer in flight breaks, and new connections are refused.
+    """
+
+    def __init__(self, upstream_port, *, rate=40 * 2**20):
+        import socket
+
+        self.upstream_port, self.rate = upstream_port, rate  # bytes/s towards the client: a real link
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open, self.lock = set(), threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:  # the server is down: the client sees its connection closed
+                client.close()
+                continue
+            with self.lock:
+                self.open |= {client, upstream}
+            for src, dst, rate in ((client, upstream, None), (upstream, client, self.rate)):
+                threading.Thread(target=self._pump, args=(src, dst, rate), daemon=True).start()
+
+    def _pump(self, src, dst, rate):
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            self._close(src, dst)
+
+    def _close(self, *socks):
+        import socket
+
+        for sock in socks:
+            with self.lock:
+                self.open.discard(sock)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def cut(self):
+        with self.lock:
+            socks = list(self.open)
+        self._close(*socks)
+
+    def close(self):
+        self.listener.close()
+        self.cut()
+
+
 def test_a_server_stopped_during_a_download_gives_a_typed_error_then_the_same_load_succeeds(
     own_store, tmp_path
 ):
     server = own_store.server
     weights = np.random.default_rng(1).random(BIG)
     url = own_store().save({"w": weights}, **WHERE)
-    reader = own_store(cache="reader")
+    network = Network(server.port)
+    options = {**server.storage_options,
+               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{network.port}", "region_name": "us-east-1"}}  # fmt: skip
+    reader = pk.ModelStore(f"s3://{own_store.bucket}/models", cache_dir=tmp_path / "reader",
+                           key_file=tmp_path / "k", storage_options=options)  # fmt: skip
+    reader.remote.retries, reader.remote.backoff = 3, 0.05
     cache = tmp_path / "reader"
 
     def bytes_arriving():  # the download's temp file in the cache has started to fill
-        return any(f.stat().st_size > 0 for f in cache.rglob("*") if f.is_file() and f.name != "store.key")
+        return any(f.stat().st_size > 0 for f in cache.rglob("*") if f.is_file())
 
-    watcher, stopped = stop_when(server, bytes_arriving)
-    with pytest.raises(PersistIOError, match=r"could not be reached.*3 attempts") as info:
-        reader.load_latest(**WHERE)
-    watcher.join()
-    assert stopped.is_set()
-    assert info.value.path == url and info.value.operation == "download"
-    assert not [f for f in cache.rglob("*") if f.is_file()]  # nothing partial cached
-    server.start()
-    np.testing.assert_array_equal(reader.load_latest(**WHERE)["w"], weights)  # the same load, now whole
-    assert reader.fetch(url) == str(cache / "BTC-USDT" / "ppo" / "1h" / url.rsplit("/", 1)[1])
+    def server_dies():
+        server.stop()
+        network.cut()
+
+    stopped = threading.Event()
+
+    def watch():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not stopped.is_set():
+            if bytes_arriving():
+                server_dies()
+                stopped.set()
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(PersistIOError, match=r"could not be reached.*3 attempts") as info:
+            reader.load_latest(**WHERE)
+        assert stopped.is_set()  # the server went away in the middle of the download
+        assert info.value.path == url and info.value.operation == "download"
+        assert "retry" in str(info.value)
+        assert not [f for f in cache.rglob("*") if f.is_file()]  # nothing partial cached
+        server.start()
+        np.testing.assert_array_equal(reader.load_latest(**WHERE)["w"], weights)  # the same load, now whole
+        assert reader.fetch(url) == str(cache / "BTC-USDT" / "ppo" / "1h" / url.rsplit("/", 1)[1])
+    finally:
+        stopped.set()
+        watcher.join()
+        network.close()
+
+
+def test_a_download_resumes_where_a_dropped_connection_broke_it(own_store, tmp_path):
+    """The network drops the connection mid-download but the server stays up: the load resumes and succeeds."""
+    server = own_store.server
+    weights = np.random.default_rng(2).random(BIG)
+    own_store().save({"w": weights}, **WHERE)
+    network = Network(server.port)
+    options = {**server.storage_options,
+               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{network.port}", "region_name": "us-east-1"}}  # fmt: skip
+    reader = pk.ModelStore(f"s3://{own_store.bucket}/models", cache_dir=tmp_path / "reader",
+                           key_file=tmp_path / "k", storage_options=options)  # fmt: skip
+    sent = []
+    reader.remote.fs.s3.meta.events.register(
+        "before-send.s3", lambda request, **kw: sent.append(request.headers.get("Range"))
+    )
+    cuts = []
+
+    def watch():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(cuts) < 2:
+            sizes = [f.stat().st_size for f in (tmp_path / "reader").rglob("*") if f.is_file()]
+            if sizes and max(sizes) > (len(cuts) + 1) * 8 * 2**20:  # twice, at 8 and 16 MiB
+                network.cut()
+                cuts.append(max(sizes))
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        np.testing.assert_array_equal(reader.load_latest(**WHERE)["w"], weights)
+    finally:
+        watcher.join()
+        network.close()
+    assert len(cuts) == 2
+    ranges = [r for r in sent if r]
+    assert len(ranges) >= 2 and all(r.startswith(b"bytes=") or r.startswith("bytes=") for r in ranges)
 
 
 def test_a_server_that_goes_away_again_and_again_never_leaves_a_dangling_pointer(own_store):
