@@ -880,14 +880,17 @@ class RemoteModelStore(ModelStore):
     def _read_index(self) -> list[dict[str, Any]]:
         return self._read_aliases()[0]
 
-    def _swap_aliases(self, change: Callable[[list[dict[str, Any]]], bool]) -> None:
-        """Apply ``change`` to the index and write it back with If-Match; again on a lost race."""
+    def _swap_aliases(self, change: Callable[[list[dict[str, Any]]], bool]) -> bool:
+        """Apply ``change`` to the index and write it back with If-Match; again on a lost race.
+
+        False when ``change`` found nothing to change.
+        """
         for _ in range(_MAX_NAME_ATTEMPTS):
             events, etag = self._read_aliases()
             if not change(events):
-                return
+                return False
             if self.remote.swap(ALIASES, alias_index_bytes(events), etag) is not None:
-                return
+                return True
         url = self._aliases_path()
         raise PersistkitError(
             f"{url}: the alias index changed under every one of {_MAX_NAME_ATTEMPTS} compare-and-swap "
@@ -927,21 +930,42 @@ class RemoteModelStore(ModelStore):
             before.update({e["alias"]: e["path"] for e in events if e["until"] is None})
             return move_alias(events, alias, rel, when)
 
-        self._swap_aliases(point)
+        if not self._swap_aliases(point):
+            return  # already there
         if self.remote.get_or_none(record) is None:  # pruned meanwhile: never leave the alias dangling
-            previous = before.get(alias)
-
-            def undo(events: list[dict[str, Any]]) -> bool:
-                current = [e for e in events if e["alias"] == alias and e["until"] is None]
-                if not current or current[0]["path"] != rel:
-                    return False  # moved again by someone else: theirs stands
-                if previous is None:
-                    events.remove(current[0])
-                    return True
-                return move_alias(events, alias, previous, None)
-
-            self._swap_aliases(undo)
+            self._step_back(alias, rel, before.get(alias))
             raise missing()
+
+    def _step_back(self, alias: str, rel: str, previous: str | None) -> None:
+        """Undo a move of ``alias`` onto the pruned ``rel``: back to ``previous`` if that still exists.
+
+        Moving back is a move like any other, so it is checked the same way: if ``previous`` was
+        pruned too meanwhile, the alias is closed (pointing nowhere) rather than left on it.
+        """
+
+        def back(events: list[dict[str, Any]]) -> bool:
+            current = [e for e in events if e["alias"] == alias and e["until"] is None]
+            if not current or current[0]["path"] != rel:
+                return False  # moved again by someone else: theirs stands
+            if previous is None:
+                events.remove(current[0])
+                return True
+            return move_alias(events, alias, previous, None)
+
+        def close(events: list[dict[str, Any]]) -> bool:
+            current = [e for e in events if e["alias"] == alias and e["until"] is None]
+            if not current or current[0]["path"] != previous:
+                return False
+            current[0]["until"] = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+            return True
+
+        if (
+            self._swap_aliases(back)
+            and previous is not None
+            and self.remote.get_or_none(previous + RECORD_SUFFIX) is None
+        ):
+            log.warning("alias %r: %s was pruned too; the alias now points nowhere", alias, previous)
+            self._swap_aliases(close)
 
     def aliases(self) -> dict[str, str]:  # type: ignore[override]
         """Each alias and the URL of the version it points at now."""
