@@ -50,6 +50,7 @@ T = TypeVar("T")
 Progress = Callable[[int], None]  # called with the number of bytes just transferred
 
 CHUNK = 8 * 2**20
+MIN_RATE = 2**20  # bytes/s: an upload slower than this is taken for a dead connection
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 PROBE_PREFIX = ".persistkit-probe"
 _TRANSIENT_ERRNOS = {
@@ -212,6 +213,9 @@ class RemoteStore:
             config.setdefault("connect_timeout", 5)
             config.setdefault("read_timeout", 60)
             options["config_kwargs"] = config
+            self.timeouts = (float(config["connect_timeout"]), float(config["read_timeout"]))
+        else:
+            self.timeouts = (5.0, 60.0)
             options.setdefault("skip_instance_cache", True)
         try:
             self.fs = fsspec.filesystem(self.protocol, **options)
@@ -269,13 +273,21 @@ class RemoteStore:
         call: Callable[[], Awaitable[T]],
         *,
         answer: Callable[[Exception], bool] | None = None,
+        sending: int | None = None,
     ) -> T:
-        """``_call`` for a coroutine on fsspec's event loop (the parts of one transfer run side by side)."""
+        """``_call`` for a coroutine on fsspec's event loop (the parts of one transfer run side by side).
+
+        A request that sends a body (``sending`` bytes) is given a deadline of its own: botocore sends
+        those with ``Expect: 100-continue``, and the wait for the server's go-ahead is not covered by
+        the read timeout, so a server that accepts the connection and never answers would hold the
+        upload forever. The deadline allows for a slow link (``MIN_RATE``).
+        """
         delay = self.backoff
+        deadline = None if sending is None else sum(self.timeouts) + sending / MIN_RATE
         for attempt in range(1, self.retries + 1):
             self._count()
             try:
-                return await call()
+                return await asyncio.wait_for(call(), deadline)
             except Exception as err:
                 self._give_up_unless_transient(op, key, err, attempt, answer)
                 await asyncio.sleep(delay)
@@ -327,6 +339,9 @@ class RemoteStore:
             )
         elif _is_transient(err):
             number = err.errno if isinstance(err, OSError) and err.errno else _errno.ECONNREFUSED
+            if isinstance(err, TimeoutError) and not err.errno:  # a request past its deadline
+                number = _errno.ETIMEDOUT
+                text = "no answer within the request's deadline"
             if number in (_errno.EBUSY, _errno.EAGAIN):
                 advice = (
                     f"The server kept throttling (SlowDown/503) after {attempts} attempts: spread requests over "
@@ -352,12 +367,21 @@ class RemoteStore:
 
         True when this call created it; False when the name was already taken.
         """
-        return self._create_only(key, lambda: self.fs.pipe_file(self.path(key), data, mode="create"))
-
-    def _create_only(self, key: str, upload: Callable[[], object]) -> bool:
-        """Run a create-only ``upload`` of ``key``: True if it made the object, False if the name was taken."""
+        if self.protocol not in ("s3", "s3a"):
+            raise self._unsupported(key, "create-only uploads are only implemented for s3:// in this version")
+        bucket, name = self._split(key)
         try:
-            self._call("create-only upload", key, upload, answer=_taken)
+            self._sync(
+                lambda: self._acall(
+                    "create-only upload",
+                    key,
+                    lambda: self.fs._call_s3(
+                        "put_object", Bucket=bucket, Key=name, Body=data, IfNoneMatch="*"
+                    ),
+                    answer=_taken,
+                    sending=len(data),
+                )
+            )
         except Exception as err:
             if _taken(err):
                 return False
@@ -407,6 +431,7 @@ class RemoteStore:
             key,
             lambda: self.fs._call_s3("put_object", Bucket=bucket, Key=name, Body=data, IfNoneMatch="*"),
             answer=_taken,
+            sending=len(data),
         )
         if progress is not None:
             progress(len(data))
@@ -424,7 +449,7 @@ class RemoteStore:
         digest = hashlib.sha256()
         size = 0
         created = await self._acall(
-            op, key, lambda: self.fs._call_s3("create_multipart_upload", Bucket=bucket, Key=name)
+            op, key, lambda: self.fs._call_s3("create_multipart_upload", Bucket=bucket, Key=name), sending=0
         )
         upload_id = created["UploadId"]
         slots = asyncio.Semaphore(self.concurrency)
@@ -442,6 +467,7 @@ class RemoteStore:
                         PartNumber=number,
                         Body=chunk,
                     ),
+                    sending=len(chunk),
                 )
             finally:
                 slots.release()
@@ -482,13 +508,19 @@ class RemoteStore:
                     IfNoneMatch="*",
                 ),
                 answer=_taken,
+                sending=0,
             )
         except BaseException:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):  # best effort: a lifecycle rule aborts what is left
-                await self.fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload_id)
+            with contextlib.suppress(
+                Exception
+            ):  # best effort: prune (or a lifecycle rule) aborts what is left
+                abort = self.fs._call_s3(
+                    "abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload_id
+                )
+                await asyncio.wait_for(abort, sum(self.timeouts))
             raise
         return Uploaded(digest.hexdigest(), size)
 
@@ -504,11 +536,14 @@ class RemoteStore:
         bucket, name = self._split(key)
         condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
         try:
-            out = self._call(
-                "compare-and-swap upload",
-                key,
-                lambda: self.fs.call_s3("put_object", Bucket=bucket, Key=name, Body=data, **condition),
-                answer=_taken,
+            out = self._sync(
+                lambda: self._acall(
+                    "compare-and-swap upload",
+                    key,
+                    lambda: self.fs._call_s3("put_object", Bucket=bucket, Key=name, Body=data, **condition),
+                    answer=_taken,
+                    sending=len(data),
+                )
             )
         except Exception as err:
             if _taken(err):
