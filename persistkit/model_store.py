@@ -462,10 +462,14 @@ class RemoteModelStore(ModelStore):
     4. the group's ``LATEST.json`` pointer is moved to it with compare-and-swap
        (If-Match), unless a later version is already there.
 
-    A publisher killed before 3 leaves an unlisted object (never a partial
-    one: an upload is invisible until complete); killed before 4, ``latest()``
-    still names the previous version, which exists. Every download is checked
-    against the recorded sha256 before it is parsed or cached.
+    Steps 2 to 4 are 3 requests beyond the upload: one LIST names the free
+    name and gives the pointer's etag (``_upload_new``). A publisher killed
+    before 3 leaves an unlisted object (never a partial one: an upload is
+    invisible until complete), which ``prune`` removes once it is older than
+    ``orphan_grace``; killed before 4, ``latest()`` still names the previous
+    version, which exists. Every download is checked against the recorded
+    sha256 before it is parsed or cached. Aliases live in ``aliases.json``
+    (the local format), replaced with compare-and-swap.
 
     Keys never leave this machine: bundles are encrypted before upload with
     ``key_file`` (default ``<cache_dir>/store.key``, created on first save;

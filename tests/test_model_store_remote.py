@@ -819,3 +819,15 @@ def test_prune_aborts_a_multipart_upload_its_killed_publisher_left(store_at, tmp
     assert removed == [f"{store.root}/{pending['Key'][len('models/') :]}?uploadId={pending['UploadId']}"]
     assert not client.list_multipart_uploads(Bucket=store_at.bucket).get("Uploads")
     check_consistent(store_at.server, store_at.bucket)
+
+
+def test_a_backfilled_version_never_moves_latest_backwards(store_at, http_requests):
+    store = store_at()
+    newer = store.save({"q": np.ones(1)}, **WHERE)
+    http_requests.clear()
+    older = store.save({"q": np.zeros(1)}, **WHERE, when=T0)  # a past moment: sorts first
+    methods = [line.split('"')[1].split()[0] for line in http_requests]
+    assert methods == ["GET", "PUT", "PUT", "GET"], http_requests  # list, data, record, read the pointer
+    assert store.versions(**WHERE) == [older, newer] and store.latest(**WHERE) == newer
+    np.testing.assert_array_equal(store_at(cache="fresh").load_latest(**WHERE)["q"], np.ones(1))
+    check_consistent(store_at.server, store_at.bucket)
