@@ -358,10 +358,11 @@ class Network:
     relay together is that: the transfer in flight breaks, and new connections are refused.
     """
 
-    def __init__(self, upstream_port, *, rate=40 * 2**20):
+    def __init__(self, upstream_port, *, rate=40 * 2**20, rate_up=None):
         import socket
 
-        self.upstream_port, self.rate = upstream_port, rate  # bytes/s towards the client: a real link
+        self.upstream_port = upstream_port
+        self.rate, self.rate_up = rate, rate_up  # bytes/s towards the client and the server: a real link
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.open, self.lock = set(), threading.Lock()
@@ -382,13 +383,14 @@ class Network:
                 continue
             with self.lock:
                 self.open |= {client, upstream}
-            for src, dst, rate in ((client, upstream, None), (upstream, client, self.rate)):
-                threading.Thread(target=self._pump, args=(src, dst, rate), daemon=True).start()
+            for src, dst, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(src, dst, up), daemon=True).start()
 
-    def _pump(self, src, dst, rate):
+    def _pump(self, src, dst, up):
         try:
             while data := src.recv(1 << 16):
                 dst.sendall(data)
+                rate = self.rate_up if up else self.rate
                 if rate:
                     time.sleep(len(data) / rate)
         except OSError:
@@ -831,3 +833,53 @@ def test_a_backfilled_version_never_moves_latest_backwards(store_at, http_reques
     assert store.versions(**WHERE) == [older, newer] and store.latest(**WHERE) == newer
     np.testing.assert_array_equal(store_at(cache="fresh").load_latest(**WHERE)["q"], np.ones(1))
     check_consistent(store_at.server, store_at.bucket)
+
+
+def test_an_upload_survives_dropped_connections_by_retrying_only_the_broken_parts(own_store, tmp_path):
+    server, bucket = own_store.server, own_store.bucket
+    own_store().save({"w": np.zeros(1)}, **WHERE)
+    network = Network(server.port, rate=None, rate_up=40 * 2**20)  # uploads flow towards the server
+    options = {**server.storage_options,
+               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{network.port}", "region_name": "us-east-1"}}  # fmt: skip
+    writer = pk.ModelStore(f"s3://{bucket}/models", cache_dir=tmp_path / "writer", key_file=tmp_path / "k",
+                           storage_options=options)  # fmt: skip
+    writer.remote.part_size = 5 * 2**20
+    parts = []
+    writer.remote.fs.s3.meta.events.register(
+        "before-send.s3",
+        lambda request, **kw: parts.append(request.url) if "partNumber=" in request.url else None,
+    )
+    client = server.client()
+    cuts = []
+
+    def watch():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(cuts) < 2:
+            uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+            done = sum(
+                len(client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []))
+                for u in uploads
+            )
+            if done >= 2 * (len(cuts) + 1):  # after 2 parts, then after 4: parts in flight break
+                network.cut()
+                cuts.append(done)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    weights = np.random.default_rng(3).random(BIG)
+    watcher.start()
+    try:
+        url = writer.save({"w": weights}, **WHERE)
+    finally:
+        watcher.join()
+        network.close()
+    assert len(cuts) == 2
+    numbers = [u.split("partNumber=")[1].split("&")[0] for u in parts]
+    assert len(numbers) > len(set(numbers))  # some parts were sent twice: the ones the cuts broke
+    assert len(set(numbers)) == -(
+    cached = tmp_path / "writer" / "BTC-USDT" / "ppo" / "1h" / url.rsplit("/", 1)[1]  # the bytes that went up
+    assert len(set(numbers)) == -(-cached.stat().st_size // (5 * 2**20))  # every part, once or more
+    )
+    assert own_store().latest(**WHERE) == url
+    np.testing.assert_array_equal(own_store(cache="fresh").load_latest(**WHERE)["w"], weights)
+    check_consistent(server, bucket)
