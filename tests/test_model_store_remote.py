@@ -277,27 +277,6 @@ def test_sigkill_of_a_publisher_mid_upload_leaves_nothing_partial_and_no_danglin
     np.testing.assert_array_equal(store_at(cache="fresh").load_latest(**WHERE)["w"], np.ones(1))
 
 
-def stop_when(server, ready, *, timeout=120):
-    """Stop ``server`` from another thread as soon as ``ready()`` says a transfer is under way."""
-    stopped = threading.Event()
-
-    def watch():
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if ready():
-                    server.stop()
-                    stopped.set()
-                    return
-            except Exception:  # the transfer has not started yet
-                pass
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread, stopped
-
-
 @pytest.fixture
 def own_store(own_s3_server, tmp_path):
     server = own_s3_server
@@ -321,31 +300,31 @@ def test_a_server_stopped_during_an_upload_gives_a_typed_error_then_the_same_sav
     own_store, tmp_path
 ):
     server, bucket = own_store.server, own_store.bucket
-    store = own_store()
-    first = store.save({"q": np.zeros(1)}, **WHERE)
-    client = server.client()
-
-    def parts_arriving():  # watched from outside, as the server sees it: a multipart upload with parts in
-        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-        return any(
-            client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts")
-            for u in uploads
-        )
-
+    first = own_store().save({"q": np.zeros(1)}, **WHERE)
+    network = Network(server.port, rate=None, rate_up=40 * 2**20)
+    options = {**server.storage_options,
+               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{network.port}", "region_name": "us-east-1"}}  # fmt: skip
+    store = pk.ModelStore(f"s3://{bucket}/models", cache_dir=tmp_path / "c", key_file=tmp_path / "k",
+                          storage_options=options)  # fmt: skip
+    store.remote.part_size, store.remote.retries, store.remote.backoff = 5 * 2**20, 3, 0.05
+    network.on_cut, network.cut_up_at = server.stop, [12 * 2**20]  # the server dies 12 MiB into the upload
     weights = np.random.default_rng(0).random(BIG)
-    watcher, stopped = stop_when(server, parts_arriving)
-    with pytest.raises(PersistIOError, match=r"could not be reached.*3 attempts") as info:
-        store.save({"w": weights}, **WHERE)
-    watcher.join()
-    assert stopped.is_set()  # the server went away in the middle of the upload, not before it
-    assert info.value.path.startswith(f"s3://{bucket}/models/BTC-USDT/ppo/1h/")
-    assert "retry" in str(info.value)
-    assert not os.listdir(tmp_path / "c" / ".staging")  # no staging debris
-    server.start()
-    assert store.versions(**WHERE) == [first] and store.latest(**WHERE) == first  # nothing partial visible
-    check_consistent(server, bucket)
-    second = store.save({"w": weights}, **WHERE)  # the same save, once the server is back
-    assert store.versions(**WHERE) == [first, second] and store.latest(**WHERE) == second
+    try:
+        with pytest.raises(PersistIOError, match=r"could not be reached.*3 attempts") as info:
+            store.save({"w": weights}, **WHERE)
+        assert network.cuts == [12 * 2**20]  # in the middle of the upload, not before it
+        assert info.value.path.startswith(f"s3://{bucket}/models/BTC-USDT/ppo/1h/")
+        assert "retry" in str(info.value)
+        assert not os.listdir(tmp_path / "c" / ".staging")  # no staging debris
+        server.start()
+        assert (
+            store.versions(**WHERE) == [first] and store.latest(**WHERE) == first
+        )  # nothing partial visible
+        check_consistent(server, bucket)
+        second = store.save({"w": weights}, **WHERE)  # the same save, once the server is back
+        assert store.versions(**WHERE) == [first, second] and store.latest(**WHERE) == second
+    finally:
+        network.close()
     np.testing.assert_array_equal(own_store(cache="fresh").load_latest(**WHERE)["w"], weights)
     check_consistent(server, bucket)
 
@@ -364,6 +343,7 @@ class Network:
         self.upstream_port = upstream_port
         self.rate, self.rate_up = rate, rate_up  # bytes/s towards the client and the server: a real link
         self.sent_up, self.cut_up_at, self.cuts = 0, [], []  # cut every connection as uploads pass these
+        self.on_cut = None  # called first: e.g. the server's stop(), for a server that dies mid-upload
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.open, self.lock = set(), threading.Lock()
@@ -401,6 +381,8 @@ class Network:
                         if due:
                             self.cuts.append(self.cut_up_at.pop(0))
                     if due:
+                        if self.on_cut is not None:
+                            self.on_cut()
                         self.cut()
         except OSError:
             pass
