@@ -660,7 +660,10 @@ class RemoteModelStore(ModelStore):
         candidate = next_candidate(VERSIONS, taken, when)
         # every name not listed sorts before ``after``: above the listed ones is above them all
         newest = not taken or candidate > max(taken)
-        total = current_fs().stat(staging).st_size
+        try:
+            total = current_fs().stat(staging).st_size
+        except OSError as err:
+            raise io_error("read for upload", staging, err) from err
         with transfer(f"uploading {group}", total, show=self.progress) as advance:
             for _ in range(_MAX_NAME_ATTEMPTS):
                 name = VERSIONS.name(*candidate)

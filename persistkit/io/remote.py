@@ -417,6 +417,11 @@ class RemoteStore:
         except Exception as err:
             if _taken(err):
                 return None
+            if isinstance(err, OSError) and not isinstance(err, PersistkitError):
+                # every request's failure is a PersistIOError already: this is the local file
+                from persistkit.io.fs import io_error
+
+                raise io_error("read for upload", local_path, err) from err
             raise
 
     async def _put_whole(self, key: str, local_path: str, progress: Progress | None) -> Uploaded:

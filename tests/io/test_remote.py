@@ -385,3 +385,15 @@ def test_a_server_that_accepts_but_never_answers_is_a_bounded_wait_then_a_typed_
         assert not target.exists() and not list(tmp_path.glob(".*pk-tmp*"))
     finally:
         silent.close()
+
+
+def test_a_local_file_that_cannot_be_read_is_a_typed_error_naming_it(remote, tmp_path):
+    missing = tmp_path / "gone.models"
+    with pytest.raises(PersistIOError, match=r"gone\.models") as info:
+        remote.upload_new("x", str(missing))
+    assert info.value.errno == errno.ENOENT
+    unreadable = tmp_path / "dir.models"
+    unreadable.mkdir()  # a directory where a file should be: open succeeds on Linux, read fails
+    with pytest.raises(PersistIOError, match=r"dir\.models"):
+        remote.upload_new("y", str(unreadable))
+    assert remote.get_or_none("x") is None and remote.get_or_none("y") is None  # nothing was made
