@@ -108,6 +108,14 @@ def test_a_corrupted_object_is_detected_before_use(remote, s3_bucket, tmp_path):
         remote.download_verified("obj", str(target), digest, len(data))
     assert info.value.path.endswith("/root/obj")
     assert not target.exists()  # nothing parsed, nothing cached
+    server.client().put_object(Bucket=bucket, Key="root/obj", Body=data + b"appended")  # longer, same prefix
+    with pytest.raises(IntegrityError, match=rf"{len(data) + 8} bytes; expected .* {len(data)} bytes"):
+        remote.download_verified("obj", str(target), digest, len(data))  # refused at the first response
+    with pytest.raises(IntegrityError, match="does not match"):
+        remote.download_verified("obj", str(target), digest)  # no size given: the sha256 still decides
+    server.client().put_object(Bucket=bucket, Key="root/obj", Body=data)  # repaired
+    remote.download_verified("obj", str(target), digest)
+    assert target.read_bytes() == data
 
 
 def test_a_missing_object_is_a_typed_error_naming_the_url(remote):
