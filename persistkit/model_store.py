@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +45,10 @@ from persistkit.errors import (
 )
 from persistkit.io import DirectoryLock, atomic_write, current_fs
 from persistkit.io.fs import PathLike, io_error
-from persistkit.io.remote import Fetched
+from persistkit.io.remote import Uploaded, is_url
 from persistkit.naming import Stamped, allocate, next_candidate
+from persistkit.policy.retention import Decision, Item, KeepLast, Policy, decide
+from persistkit.progress import transfer
 
 __all__ = ["AliasEvent", "ModelStore", "RemoteModelStore", "safe_component"]
 
@@ -292,25 +294,17 @@ class ModelStore:
         if not fs.exists(path):
             return []
         try:
-            doc = json.loads(fs.read_bytes(path).decode("utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as err:
+            data = fs.read_bytes(path)
+        except OSError as err:
             raise IntegrityError(
                 f"{path}: the alias index is unreadable ({err}). Restore it from a backup, or delete it to "
                 "forget all aliases.",
                 path=path,
             ) from err
-        events = doc.get("events") if isinstance(doc, dict) else None
-        if not isinstance(events, list) or not all(
-            isinstance(e, dict) and {"alias", "path", "since", "until"} <= set(e) for e in events
-        ):
-            raise IntegrityError(
-                f"{path}: the alias index is malformed; restore it from a backup.", path=path
-            )
-        return events
+        return parse_alias_index(data, path)
 
     def _write_index(self, events: Sequence[Mapping[str, Any]]) -> None:
-        doc = {"format": "persistkit.aliases", "version": 1, "events": list(events)}
-        atomic_write(self._aliases_path(), json.dumps(doc, indent=1).encode() + b"\n")
+        atomic_write(self._aliases_path(), alias_index_bytes(events))
 
     def tag(self, path: PathLike, alias: str, *, when: dt.datetime | None = None) -> None:
         """Point ``alias`` at the bundle ``path`` (which must be in this store); the change is logged."""
@@ -322,16 +316,10 @@ class ModelStore:
             raise ValueError(f"{target} is not a bundle version inside the store {self.root}")
         if not current_fs().is_file(target):
             raise FileNotFoundError(f"cannot tag {target}: no such bundle")
-        moment = (when or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="microseconds")
         with self._lock():
             events = self._read_index()
-            for event in events:
-                if event["alias"] == alias and event["until"] is None:
-                    if event["path"] == rel:
-                        return
-                    event["until"] = moment
-            events.append({"alias": alias, "path": rel, "since": moment, "until": None})
-            self._write_index(events)
+            if move_alias(events, alias, rel, when):
+                self._write_index(events)
 
     def aliases(self) -> dict[str, Path]:
         """Each alias and the bundle it points at now."""
@@ -347,59 +335,98 @@ class ModelStore:
 
     def live_at(self, alias: str, when: dt.datetime) -> Path | None:
         """The bundle ``alias`` pointed at, at time ``when``."""
-        moment = when.astimezone(dt.UTC)
-        for event in reversed(self.history(alias)):
-            since = dt.datetime.fromisoformat(event.since)
-            until = dt.datetime.fromisoformat(event.until) if event.until else None
-            if since <= moment and (until is None or moment < until):
-                return Path(event.path)
-        return None
+        event = live_event(self.history(alias), when)
+        return None if event is None else Path(event.path)
 
     # -- retention --
 
-    def prune(self, keep: int, *, dry_run: bool = False) -> list[Path]:
-        """Keep the ``keep`` newest versions per symbol/agent/timeframe; delete older ones; return them.
+    def prune_plan(self, keep: int | None = None, *, policy: Policy | None = None) -> list[Decision]:
+        """What ``prune`` would do, with reasons: one ``Decision`` per version, newest first per group.
 
-        Never deleted, whatever ``keep`` says: the newest version that is
-        intact (``check_intact``: the manifest and every member's bytes check
-        out; no key needed) and every version an alias points at now.
+        The policy is ``KeepLast(keep)`` unless ``policy=`` (any ``persistkit.policy.retention``
+        policy) is given. Whatever it says, ``decide`` keeps the newest version, and these are pinned:
+        the newest version that is intact (``check_intact``: the manifest and every member's bytes
+        check out; no key needed) and every version an alias points at now.
         """
+        with self._lock():
+            return self._plan(_policy(keep, policy))
+
+    def _plan(self, policy: Policy) -> list[Decision]:
         from persistkit.bundle import check_intact
 
-        if type(keep) is not int or keep < 0:
-            raise ValueError("keep must be a non-negative int")
-        fs = current_fs()
-        removed: list[Path] = []
-        with self._lock():
-            protected = {os.path.abspath(p) for p in self.aliases().values()}
-            required = self._load_kw({}).get("require_encryption", False)
-            for directory in self._groups():
-                found = self._sorted_versions(directory)
-                keepers = {str(p) for p in found[-keep:]} if keep else set()
-                for path in reversed(found):
-                    try:
-                        check_intact(path, require_encryption=required)
-                    except PersistkitError:
-                        continue
-                    keepers.add(str(path))  # the newest intact version
-                    break
-                victims = [p for p in found if str(p) not in keepers and str(p) not in protected]
-                removed.extend(victims)
-                if dry_run or not victims:
+        pins: dict[str, list[str]] = {}
+        for alias, target in self.aliases().items():
+            pins.setdefault(os.path.abspath(target), []).append(f"alias {alias!r} points at it")
+        required = self._load_kw({}).get("require_encryption", False)
+        decisions: list[Decision] = []
+        for directory in self._groups():
+            found = self._sorted_versions(directory)
+            intact = None
+            for path in reversed(found):
+                try:
+                    check_intact(path, require_encryption=required)
+                except PersistkitError:
                     continue
-                for path in victims:
-                    for victim in (str(path), self.config_path(path), str(path) + ".key"):
-                        try:
-                            fs.unlink(victim)
-                        except FileNotFoundError:
-                            pass
-                        except OSError as err:
-                            raise io_error("delete", victim, err) from err
+                intact = str(path)
+                break
+            items = []
+            for path in found:
+                why = list(pins.get(str(path), []))
+                if str(path) == intact:
+                    why.append("the newest version that is intact")
+                items.append(Item(str(path), _version_time(path.name), "; ".join(why)))
+            decisions += decide(policy, items)
+        return decisions
+
+    def prune(
+        self, keep: int | None = None, *, dry_run: bool = False, policy: Policy | None = None
+    ) -> list[Path]:
+        """Delete the versions ``prune_plan`` does not keep (per symbol/agent/timeframe); return them.
+
+        ``dry_run`` deletes nothing, returns what would go and logs every decision with its reasons on
+        the ``persistkit`` logger (``prune_plan`` returns them).
+        """
+        fs = current_fs()
+        with self._lock():
+            decisions = self._plan(_policy(keep, policy))
+            victims = sorted(
+                (Path(d.item.id) for d in decisions if not d.keep),
+                key=lambda p: (str(p.parent), VERSIONS.sort_key(p.name)),
+            )
+            if dry_run:
+                for decision in decisions:
+                    log.info("prune (dry run): %s", decision.describe())
+                return victims
+            for path in victims:
+                for victim in (str(path), self.config_path(path), str(path) + ".key"):
+                    try:
+                        fs.unlink(victim)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as err:
+                        raise io_error("delete", victim, err) from err
+            for directory in sorted({str(p.parent) for p in victims}):
                 try:
                     fs.fsync_dir(directory)
                 except OSError as err:
                     raise io_error("fsync", directory, err) from err
-        return removed
+        return victims
+
+
+def _policy(keep: int | None, policy: Policy | None) -> Policy:
+    if policy is not None:
+        if keep is not None:
+            raise ValueError("pass keep= or policy=, not both (KeepLast(keep) is the policy keep= means)")
+        return policy
+    if type(keep) is not int or keep < 0:
+        raise ValueError("keep must be a non-negative int (or pass policy=)")
+    return KeepLast(keep)
+
+
+def _version_time(name: str) -> dt.datetime:
+    when = VERSIONS.time(name)
+    assert when is not None, name  # only parsed version names get here
+    return when
 
 
 # -- object storage ----------------------------------------------------------------------
@@ -407,6 +434,10 @@ class ModelStore:
 LATEST = "LATEST.json"  # per group: {"name", "sha256", "size"} of the newest published version
 RECORD_SUFFIX = ".json"  # <version>.models.json: the version record; a version exists once it does
 _MAX_NAME_ATTEMPTS = 1000
+ORPHAN_GRACE = dt.timedelta(days=1)  # unrecorded objects younger than this may belong to a live publisher
+# A publish lists the names stamped since this long ago: enough for any clock the writers share,
+# few enough that the listing is one request whatever the group's history (see _upload_new).
+NAME_WINDOW = dt.timedelta(hours=1)
 
 
 def default_cache_dir(url: str) -> str:
@@ -431,10 +462,14 @@ class RemoteModelStore(ModelStore):
     4. the group's ``LATEST.json`` pointer is moved to it with compare-and-swap
        (If-Match), unless a later version is already there.
 
-    A publisher killed before 3 leaves an unlisted object (never a partial
-    one: an upload is invisible until complete); killed before 4, ``latest()``
-    still names the previous version, which exists. Every download is checked
-    against the recorded sha256 before it is parsed or cached.
+    Steps 2 to 4 are 3 requests beyond the upload: one LIST names the free
+    name and gives the pointer's etag (``_upload_new``). A publisher killed
+    before 3 leaves an unlisted object (never a partial one: an upload is
+    invisible until complete), which ``prune`` removes once it is older than
+    ``orphan_grace``; killed before 4, ``latest()`` still names the previous
+    version, which exists. Every download is checked against the recorded
+    sha256 before it is parsed or cached. Aliases live in ``aliases.json``
+    (the local format), replaced with compare-and-swap.
 
     Keys never leave this machine: bundles are encrypted before upload with
     ``key_file`` (default ``<cache_dir>/store.key``, created on first save;
@@ -450,6 +485,7 @@ class RemoteModelStore(ModelStore):
         cache_dir: PathLike | None = None,
         key_file: PathLike | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        progress: bool | None = None,
     ) -> None:
         from persistkit.io.remote import remote_store
 
@@ -457,6 +493,7 @@ class RemoteModelStore(ModelStore):
         self.root = url
         self.lock_timeout = lock_timeout
         self.remote = remote_store(url, storage_options=storage_options)
+        self.progress = progress  # None: a bar for large transfers on a terminal (persistkit.progress)
         self._encrypted_seen = False  # once the store says it is encrypted, it always is: asked once
         self.cache_dir = (
             os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else default_cache_dir(url)
@@ -526,7 +563,6 @@ class RemoteModelStore(ModelStore):
     ) -> str:
         """Publish a new version (see the class docstring); return its URL."""
         from persistkit.bundle import save_bundle
-        from persistkit.io.remote import sha256_file
 
         group = self.group(symbol, agent, timeframe)
         meta, config_doc = _version_docs(metadata, config, symbol, agent, timeframe)
@@ -554,8 +590,8 @@ class RemoteModelStore(ModelStore):
                 raise io_error("create directory", directory, err) from err
         try:
             save_bundle(staging, models, meta, config=config, **bundle_kw)
-            digest, size = sha256_file(staging)
-            name, pointer = self._upload_new(group, staging, when)
+            name, uploaded, pointer_etag, newest = self._upload_new(group, staging, when)
+            digest, size = uploaded.sha256, uploaded.size
             record = {"format": "persistkit.remote-version", "version": 1, "name": name, "sha256": digest,
                       "size": size, "encrypted": bool(encrypt), "config": config_doc}  # fmt: skip
             record_key = f"{group}/{name}{RECORD_SUFFIX}"
@@ -567,7 +603,7 @@ class RemoteModelStore(ModelStore):
                     "created; another tool writes into this store. Check the bucket.",
                     path=self.remote.url_of(record_key),
                 )
-            self._advance_latest(group, name, digest, size, pointer)
+            self._advance_latest(group, name, digest, size, pointer_etag, newest=newest)
             try:  # the uploaded bytes are the cache's first entry
                 fs.replace(staging, os.path.join(local_dir, name))
             except OSError as err:
@@ -602,22 +638,39 @@ class RemoteModelStore(ModelStore):
                         log.warning("could not remove the stale staging file %s: %s", name, err)
         return os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(8)}{SUFFIX}")
 
-    def _upload_new(self, group: str, staging: str, when: dt.datetime | None) -> tuple[str, Fetched | None]:
+    def _upload_new(
+        self, group: str, staging: str, when: dt.datetime | None
+    ) -> tuple[str, Uploaded, str | None, bool]:
         """Upload ``staging`` create-only under the next free version name of ``group``.
 
-        Returns the name, and the latest pointer as read before (for the compare-and-swap after).
+        One LIST names the candidates: the group's objects whose names sort after the start of
+        ``NAME_WINDOW`` ago (or the backfilled second), which are all that can collide with a name
+        stamped now, and ``LATEST.json`` (it sorts after every stamp) with its etag. A name stamped
+        now sorts after every name listed, hence after every name in the group, the pointer's
+        included: the pointer can then be swapped on the listed etag without being read.
+
+        Returns the name, what was uploaded, the pointer's etag as listed (None: no pointer yet) and
+        whether the name is known to sort after the pointer's.
         """
-        taken = [p for p in map(VERSIONS.parse, self.remote.list(group)) if p is not None]
-        found = self.remote.get_or_none(f"{group}/{LATEST}")
-        pointer = None if found is None else self._parse_pointer(group, found.data)
-        if pointer is not None and VERSIONS.parse(pointer["name"]) is not None:
-            taken.append(VERSIONS.sort_key(pointer["name"]))
+        now = dt.datetime.now(dt.UTC)
+        after = VERSIONS.stamp(when if when is not None else now - NAME_WINDOW)
+        listed = self.remote.list_objects(group, start_after=after)
+        taken = [p for p in (VERSIONS.parse(o.name) for o in listed) if p is not None]
+        pointer_etag = next((o.etag for o in listed if o.name == LATEST), None)
         candidate = next_candidate(VERSIONS, taken, when)
-        for _ in range(_MAX_NAME_ATTEMPTS):
-            name = VERSIONS.name(*candidate)
-            if self.remote.put_file_new(f"{group}/{name}", staging):
-                return name, found
-            candidate = (candidate[0], candidate[1] + 1)  # another writer took it: the next one
+        # every name not listed sorts before ``after``: above the listed ones is above them all
+        newest = not taken or candidate > max(taken)
+        try:
+            total = current_fs().stat(staging).st_size
+        except OSError as err:
+            raise io_error("read for upload", staging, err) from err
+        with transfer(f"uploading {group}", total, show=self.progress) as advance:
+            for _ in range(_MAX_NAME_ATTEMPTS):
+                name = VERSIONS.name(*candidate)
+                uploaded = self.remote.upload_new(f"{group}/{name}", staging, progress=advance)
+                if uploaded is not None:
+                    return name, uploaded, pointer_etag, newest
+                candidate = (candidate[0], candidate[1] + 1)  # another writer took it: the next one
         raise PersistkitError(
             f"{self.remote.url_of(group)}: {_MAX_NAME_ATTEMPTS} version names in a row were taken by other "
             "writers; something else is writing there. Check the bucket.",
@@ -646,24 +699,28 @@ class RemoteModelStore(ModelStore):
             ) from err
         return doc
 
-    def _advance_latest(self, group: str, name: str, digest: str, size: int, found: Fetched | None) -> None:
+    def _advance_latest(
+        self, group: str, name: str, digest: str, size: int, etag: str | None, *, newest: bool
+    ) -> None:
         """Point ``LATEST.json`` at ``name`` unless it already names a later version (compare-and-swap).
 
-        ``found`` is the pointer as read before the upload: when nobody moved it since, the swap succeeds
-        without reading it again.
+        ``newest``: ``name`` sorts after the pointer as it was when ``etag`` was listed, so the first
+        swap goes out on that etag without reading the pointer; if the pointer moved since, it is read
+        and compared before every further attempt.
         """
         body = json.dumps({"format": "persistkit.latest", "version": 1, "name": name, "sha256": digest,
                            "size": size}).encode()  # fmt: skip
         key = f"{group}/{LATEST}"
         for attempt in range(_MAX_NAME_ATTEMPTS):
-            if attempt:
+            if attempt or not newest:
                 found = self.remote.get_or_none(key)
-            if found is not None:
-                current = self._parse_pointer(group, found.data)
-                parsed = VERSIONS.parse(current["name"])
-                if parsed is not None and parsed >= VERSIONS.sort_key(name):
-                    return  # a later version is already published: ours stays listed in versions()
-            if self.remote.swap(key, body, None if found is None else found.etag) is not None:
+                etag = None if found is None else found.etag
+                if found is not None:
+                    current = self._parse_pointer(group, found.data)
+                    parsed = VERSIONS.parse(current["name"])
+                    if parsed is not None and parsed >= VERSIONS.sort_key(name):
+                        return  # a later version is already published: ours stays listed in versions()
+            if self.remote.swap(key, body, etag) is not None:
                 return
             # another publisher moved the pointer since we read it: read it again
         url = self.remote.url_of(key)
@@ -719,11 +776,8 @@ class RemoteModelStore(ModelStore):
         """The local cached copy of a version (downloaded and sha256-checked if needed); its path."""
         from persistkit.io.remote import sha256_file
 
-        prefix = self.remote.url + "/"
-        key = url_or_name[len(prefix) :] if url_or_name.startswith(prefix) else url_or_name
-        group, _, name = key.rpartition("/")
-        if VERSIONS.parse(name) is None or not group:
-            raise ValueError(f"{url_or_name!r} is not a version of the store {self.root}")
+        group, name = self._version_key(url_or_name)
+        key = f"{group}/{name}"
         record = self._record(group, name)
         local = self._cache_path(key)
         fs = current_fs()
@@ -735,7 +789,12 @@ class RemoteModelStore(ModelStore):
             fs.makedirs(os.path.dirname(local))
         except OSError as err:
             raise io_error("create directory", os.path.dirname(local), err) from err
-        self.remote.download_verified(key, local, record["sha256"], record["size"])
+        with transfer(f"downloading {key}", record["size"], show=self.progress) as advance:
+            # not fsynced: a cached copy is checked against its record's sha256 before every use, so one
+            # torn by a power loss is downloaded again, never loaded
+            self.remote.download_verified(
+                key, local, record["sha256"], record["size"], progress=advance, durable=False
+            )
         return local
 
     def _load_kw(self, load_kw: dict[str, Any]) -> dict[str, Any]:
@@ -788,16 +847,149 @@ class RemoteModelStore(ModelStore):
             return self.fetch(again)
 
     def load(self, alias_or_path: str | PathLike, **load_kw: Any) -> Bundle:
-        """Load one version by URL (aliases are not supported on object storage yet)."""
+        """Load a version by alias (``"production"``) or URL."""
         from persistkit.bundle import load_bundle
 
-        return load_bundle(self.fetch(os.fspath(alias_or_path)), **self._load_kw(load_kw))
+        target = os.fspath(alias_or_path)
+        if _ALIAS.match(target):
+            current = self.aliases().get(target)
+            if current is None:
+                known = ", ".join(map(repr, sorted(self.aliases()))) or "none"
+                raise NotFoundError(
+                    f"no alias {target!r} in {self._aliases_path()} (aliases: {known}); tag a version first "
+                    "with ModelStore.tag(url, alias), or pass a version URL.",
+                    path=self._aliases_path(),
+                    field=target,
+                )
+            target = current
+        return load_bundle(self.fetch(target), **self._load_kw(load_kw))
+
+    # -- aliases: <root>/aliases.json, the local format, replaced by compare-and-swap --
+
+    def _aliases_path(self) -> str:
+        return self.remote.url_of(ALIASES)
+
+    def _version_key(self, url_or_name: str) -> tuple[str, str]:
+        """(group, name) of a version given by URL or by key relative to the root."""
+        prefix = self.remote.url + "/"
+        key = url_or_name[len(prefix) :] if url_or_name.startswith(prefix) else url_or_name
+        group, _, name = key.rpartition("/")
+        if VERSIONS.parse(name) is None or not group or is_url(key):
+            raise ValueError(f"{url_or_name!r} is not a version of the store {self.root}")
+        return group, name
+
+    def _read_aliases(self) -> tuple[list[dict[str, Any]], str | None]:
+        found = self.remote.get_or_none(ALIASES)
+        if found is None:
+            return [], None
+        return parse_alias_index(found.data, self._aliases_path()), found.etag
+
+    def _read_index(self) -> list[dict[str, Any]]:
+        return self._read_aliases()[0]
+
+    def _swap_aliases(self, change: Callable[[list[dict[str, Any]]], bool]) -> bool:
+        """Apply ``change`` to the index and write it back with If-Match; again on a lost race.
+
+        False when ``change`` found nothing to change.
+        """
+        for _ in range(_MAX_NAME_ATTEMPTS):
+            events, etag = self._read_aliases()
+            if not change(events):
+                return False
+            if self.remote.swap(ALIASES, alias_index_bytes(events), etag) is not None:
+                return True
+        url = self._aliases_path()
+        raise PersistkitError(
+            f"{url}: the alias index changed under every one of {_MAX_NAME_ATTEMPTS} compare-and-swap "
+            "attempts; check what else writes there, then tag again.",
+            path=url,
+        )
 
     def tag(self, path: PathLike, alias: str, *, when: dt.datetime | None = None) -> None:
-        raise NotImplementedError(f"{self.root}: aliases are not supported on object storage yet (issue 14)")
+        """Point ``alias`` at the version ``path`` (its URL); the change is logged in the alias history.
 
-    def aliases(self) -> dict[str, Path]:
-        return {}
+        The index is replaced with compare-and-swap, so two machines moving aliases at once never
+        lose a move. The version must be published (its record exists); if a concurrent ``prune``
+        removed it while the alias was being moved, the move is undone and NotFoundError raised, so
+        an alias never stays on a missing version.
+        """
+        if type(alias) is not str or not _ALIAS.match(alias):
+            raise ValueError(f"alias {alias!r}: use letters, digits, '.', '_' and '-'")
+        group, name = self._version_key(os.fspath(path))
+        rel = f"{group}/{name}"
+        record = f"{rel}{RECORD_SUFFIX}"
+
+        def missing() -> NotFoundError:
+            url = self.remote.url_of(rel)
+            return NotFoundError(
+                f"cannot tag {url} as {alias!r}: no such published version (no record "
+                f"{self.remote.url_of(record)}). Check the URL with versions(), or save the model first.",
+                path=url,
+                field=alias,
+            )
+
+        if self.remote.get_or_none(record) is None:
+            raise missing()
+        before: dict[str, Any] = {}
+
+        def point(events: list[dict[str, Any]]) -> bool:
+            before.clear()
+            before.update({e["alias"]: e["path"] for e in events if e["until"] is None})
+            return move_alias(events, alias, rel, when)
+
+        if not self._swap_aliases(point):
+            return  # already there
+        if self.remote.get_or_none(record) is None:  # pruned meanwhile: never leave the alias dangling
+            self._step_back(alias, rel, before.get(alias))
+            raise missing()
+
+    def _step_back(self, alias: str, rel: str, previous: str | None) -> None:
+        """Undo a move of ``alias`` onto the pruned ``rel``: back to ``previous`` if that still exists.
+
+        Moving back is a move like any other, so it is checked the same way: if ``previous`` was
+        pruned too meanwhile, the alias is closed (pointing nowhere) rather than left on it.
+        """
+
+        def back(events: list[dict[str, Any]]) -> bool:
+            current = [e for e in events if e["alias"] == alias and e["until"] is None]
+            if not current or current[0]["path"] != rel:
+                return False  # moved again by someone else: theirs stands
+            if previous is None:
+                events.remove(current[0])
+                return True
+            return move_alias(events, alias, previous, None)
+
+        def close(events: list[dict[str, Any]]) -> bool:
+            current = [e for e in events if e["alias"] == alias and e["until"] is None]
+            if not current or current[0]["path"] != previous:
+                return False
+            current[0]["until"] = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+            return True
+
+        if (
+            self._swap_aliases(back)
+            and previous is not None
+            and self.remote.get_or_none(previous + RECORD_SUFFIX) is None
+        ):
+            log.warning("alias %r: %s was pruned too; the alias now points nowhere", alias, previous)
+            self._swap_aliases(close)
+
+    def aliases(self) -> dict[str, str]:  # type: ignore[override]
+        """Each alias and the URL of the version it points at now."""
+        return {e["alias"]: self.remote.url_of(e["path"]) for e in self._read_index() if e["until"] is None}
+
+    def history(self, alias: str | None = None) -> list[AliasEvent]:
+        """Every assignment of ``alias`` (or of all aliases), oldest first; paths are URLs."""
+        return [
+            AliasEvent(e["alias"], self.remote.url_of(e["path"]), e["since"], e["until"])
+            for e in self._read_index()
+            if alias is None or e["alias"] == alias
+        ]
+
+    def live_at(self, alias: str, when: dt.datetime) -> str | None:  # type: ignore[override]
+        """The URL of the version ``alias`` pointed at, at time ``when``."""
+        event = live_event(self.history(alias), when)
+        return None if event is None else event.path
 
     # -- retention --
 
@@ -811,31 +1003,119 @@ class RemoteModelStore(ModelStore):
                     groups.append(f"{symbol}/{agent}/{timeframe}")
         return sorted(groups)
 
-    def prune(self, keep: int, *, dry_run: bool = False) -> list[str]:  # type: ignore[override]
-        """Keep the ``keep`` newest versions per group; never the one the latest pointer names.
+    def prune_plan(
+        self,
+        keep: int | None = None,
+        *,
+        policy: Policy | None = None,
+        orphan_grace: dt.timedelta = ORPHAN_GRACE,
+    ) -> list[Decision]:
+        """What ``prune`` would do, with reasons: versions, orphans and abandoned uploads.
 
-        Each victim's record goes first (it stops being listed), then its data object.
+        Versions go through ``persistkit.policy.retention.decide`` (``KeepLast(keep)`` or ``policy``);
+        the version the latest pointer names and every aliased version are pinned. Orphans, objects a
+        publisher uploaded but never recorded (it died in between), and multipart uploads never
+        completed are removed once older than ``orphan_grace``: a younger one may belong to a
+        publisher that is about to record it.
         """
-        if type(keep) is not int or keep < 0:
-            raise ValueError("keep must be a non-negative int")
-        removed: list[str] = []
+        return self._remote_plan(_policy(keep, policy), orphan_grace, dt.datetime.now(dt.UTC))
+
+    def _remote_plan(self, policy: Policy, grace: dt.timedelta, now: dt.datetime) -> list[Decision]:
+        pins: dict[str, list[str]] = {}
+        for alias, url in self.aliases().items():
+            pins.setdefault(url, []).append(f"alias {alias!r} points at it")
+        decisions: list[Decision] = []
         for group in self._all_groups():
-            found = self._records(group)
-            keepers = set(found[-keep:]) if keep else set()
-            if found:
-                keepers.add(found[-1])
-            pointer = self._read_latest(group)
-            if pointer is not None:
-                keepers.add(pointer["name"])
-            for name in found:
-                if name in keepers:
+            listed = self.remote.list_objects(group)
+            names = {o.name for o in listed}
+            pointer = self._read_latest(group) if LATEST in names else None
+            items = []
+            for entry in sorted(listed, key=lambda o: o.name):
+                if not entry.name.endswith(SUFFIX) or VERSIONS.parse(entry.name) is None:
                     continue
-                removed.append(self.remote.url_of(f"{group}/{name}"))
-                if dry_run:
+                url = self.remote.url_of(f"{group}/{entry.name}")
+                if entry.name + RECORD_SUFFIX not in names:
+                    decisions.append(_orphan(url, entry.modified, grace, now))
                     continue
-                self.remote.delete(f"{group}/{name}{RECORD_SUFFIX}")
-                self.remote.delete(f"{group}/{name}")
-        return removed
+                why = list(pins.get(url, []))
+                if pointer is not None and pointer["name"] == entry.name:
+                    why.append("the latest pointer names it")
+                items.append(Item(url, _version_time(entry.name), "; ".join(why)))
+            decisions += decide(policy, items, now)
+        for upload in self.remote.list_uploads():
+            # Decided here rather than by decide(): these are not versions (no policy counts them),
+            # and decide() would always keep the newest one.
+            decisions.append(_orphan(upload.url, upload.started, grace, now, upload=True))
+        return decisions
+
+    def prune(  # type: ignore[override]
+        self,
+        keep: int | None = None,
+        *,
+        dry_run: bool = False,
+        policy: Policy | None = None,
+        orphan_grace: dt.timedelta = ORPHAN_GRACE,
+    ) -> list[str]:
+        """Remove what ``prune_plan`` does not keep; return the URLs of the versions and orphans removed.
+
+        Each version's record goes first (it stops being listed), then its data object. A version an
+        alias was moved to meanwhile (``tag`` on another machine) gets its record back and stays.
+        """
+        decisions = self._remote_plan(_policy(keep, policy), orphan_grace, dt.datetime.now(dt.UTC))
+        if dry_run:
+            for decision in decisions:
+                log.info("prune (dry run): %s", decision.describe())
+            return _oldest_first([d.item.id for d in decisions if not d.keep])
+        removed: list[str] = []
+        records: dict[str, bytes] = {}
+        for decision in decisions:
+            if decision.keep:
+                continue
+            url = decision.item.id
+            if "?uploadId=" in url:
+                key, _, upload_id = url[len(self.remote.url) + 1 :].partition("?uploadId=")
+                self.remote.abort_upload(key, upload_id)
+            elif decision.reasons and decision.reasons[0].startswith("orphan"):
+                self.remote.delete(url[len(self.remote.url) + 1 :])
+            else:
+                key = url[len(self.remote.url) + 1 :] + RECORD_SUFFIX
+                found = self.remote.get_or_none(key)
+                if found is None:
+                    continue  # pruned by another machine meanwhile
+                records[url] = found.data
+                self.remote.delete(key)
+                continue  # the data goes once no alias has moved onto it (below)
+            removed.append(url)
+        if records:
+            aliased = set(self.aliases().values())
+            for url, record in records.items():
+                key = url[len(self.remote.url) + 1 :]
+                if url in aliased:  # tagged while we pruned: the version stays
+                    self.remote.put_new(key + RECORD_SUFFIX, record)
+                    continue
+                self.remote.delete(key)
+                removed.append(url)
+        return _oldest_first(removed)
+
+
+def _oldest_first(urls: Sequence[str]) -> list[str]:
+    def key(url: str) -> tuple[str, tuple[str, int]]:
+        group, _, name = url.partition("?")[0].rpartition("/")
+        return group, VERSIONS.parse(name) or ("", 0)
+
+    return sorted(urls, key=key)
+
+
+def _orphan(
+    url: str, since: dt.datetime, grace: dt.timedelta, now: dt.datetime, *, upload: bool = False
+) -> Decision:
+    what = "an upload never completed" if upload else "an object without a record (its publisher died)"
+    age = now - since
+    item = Item(url, since)
+    if age < grace:
+        reason = f"orphan: {what}, but only {age} old (grace {grace}): its writer may still finish it"
+        return Decision(item, True, (reason,))
+    return Decision(item, False, (f"orphan: {what}, {age} old (grace {grace})",))
 
 
 def _version_docs(
@@ -847,3 +1127,52 @@ def _version_docs(
     meta = dict(metadata or {})
     meta.setdefault("store", {"symbol": symbol, "agent": agent, "timeframe": timeframe})
     return meta, to_jsonable(config if config is not None else meta.get("config", {}), "config")
+
+
+# -- aliases, local or remote: one index format, one rule for moving an alias ----------------
+
+
+def parse_alias_index(data: bytes, where: str) -> list[dict[str, Any]]:
+    """The events of an alias index (``aliases.json``), checked; ``where`` names it in errors."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise IntegrityError(
+            f"{where}: the alias index is unreadable ({err}). Restore it from a backup, or delete it to "
+            "forget all aliases.",
+            path=where,
+        ) from err
+    events = doc.get("events") if isinstance(doc, dict) else None
+    if not isinstance(events, list) or not all(
+        isinstance(e, dict) and {"alias", "path", "since", "until"} <= set(e) for e in events
+    ):
+        raise IntegrityError(f"{where}: the alias index is malformed; restore it from a backup.", path=where)
+    return events
+
+
+def alias_index_bytes(events: Sequence[Mapping[str, Any]]) -> bytes:
+    doc = {"format": "persistkit.aliases", "version": 1, "events": list(events)}
+    return json.dumps(doc, indent=1).encode() + b"\n"
+
+
+def move_alias(events: list[dict[str, Any]], alias: str, path: str, when: dt.datetime | None) -> bool:
+    """Point ``alias`` at ``path`` in ``events`` (closing its current assignment); False if it already is."""
+    moment = (when or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="microseconds")
+    for event in events:
+        if event["alias"] == alias and event["until"] is None:
+            if event["path"] == path:
+                return False
+            event["until"] = moment
+    events.append({"alias": alias, "path": path, "since": moment, "until": None})
+    return True
+
+
+def live_event(history: Sequence[AliasEvent], when: dt.datetime) -> AliasEvent | None:
+    """The assignment in ``history`` that was current at ``when``."""
+    moment = when.astimezone(dt.UTC)
+    for event in reversed(history):
+        since = dt.datetime.fromisoformat(event.since)
+        until = dt.datetime.fromisoformat(event.until) if event.until else None
+        if since <= moment and (until is None or moment < until):
+            return event
+    return None

@@ -197,3 +197,45 @@ def test_a_failed_save_leaves_no_version_config_or_key(tmp_path):
     group = tmp_path / "BTC-USDT" / "ppo" / "1h"
     assert [p.name for p in group.iterdir() if not p.name.startswith(".persistkit")] == []
     assert store.versions(**WHERE) == []
+
+
+def test_prune_decides_through_the_retention_policy_and_explains_itself(tmp_path, caplog):
+    from persistkit.policy.retention import KeepDaily
+
+    store = ModelStore(tmp_path)
+    paths = [save(store, n, when=T0 + dt.timedelta(days=n)) for n in range(4)]
+    store.tag(paths[0], "production")
+    plan = store.prune_plan(keep=1)
+    reasons = {d.item.id: (d.keep, "; ".join(d.reasons)) for d in plan}
+    assert reasons[str(paths[3])] == (
+        True,
+        "pinned: the newest version that is intact; the newest copy is always kept; one of the 1 most recent",
+    )
+    assert reasons[str(paths[0])] == (True, "pinned: alias 'production' points at it")
+    assert reasons[str(paths[1])] == reasons[str(paths[2])] == (False, "")
+    caplog.set_level("INFO", logger="persistkit")
+    assert store.prune(keep=1, dry_run=True) == paths[1:3]
+    assert f"remove {paths[1]}: no policy keeps it" in caplog.text
+    assert f"keep {paths[0]}: pinned: alias 'production' points at it" in caplog.text
+    assert store.versions(**WHERE) == paths  # the dry run deleted nothing
+    # any retention policy: the newest version of each of the 2 most recent days, plus the pins
+    kept = [d.item.id for d in store.prune_plan(policy=KeepDaily(2)) if d.keep]
+    assert kept == [str(paths[3]), str(paths[2]), str(paths[0])]
+    assert store.prune(keep=1) == paths[1:3]
+    assert store.versions(**WHERE) == [paths[0], paths[3]]
+    store.tag(paths[3], "production")  # the alias moves on: the old version is no longer pinned
+    assert store.prune(keep=1) == [paths[0]]
+    assert store.prune(keep=1) == []  # nothing left to do, twice
+
+
+def test_prune_refuses_a_keep_and_a_policy_together_or_a_bad_keep(tmp_path):
+    from persistkit.policy.retention import KeepLast
+
+    store = ModelStore(tmp_path)
+    save(store, 1)
+    with pytest.raises(ValueError, match="keep= or policy="):
+        store.prune(keep=1, policy=KeepLast(2))
+    with pytest.raises(ValueError, match="non-negative int"):
+        store.prune(keep=-1)
+    with pytest.raises(ValueError, match="non-negative int"):
+        store.prune()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import builtins
 import contextlib
+import datetime as dt
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ from persistkit.errors import IntegrityError, PersistIOError
 __all__ = [
     "DelegatingObjectStore",
     "Fetched",
+    "Listed",
+    "PendingUpload",
+    "Progress",
+    "Uploaded",
     "ObjectStore",
     "delegates_to",
     "digest_mismatch",
@@ -45,6 +50,37 @@ class Fetched:
 
     data: bytes
     etag: str | None
+
+
+Progress = Callable[[int], None]  # called with the number of bytes just transferred
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """What a create-only upload made: the sha256 and size of the bytes sent (hashed as they were read)."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload started under the store's root and neither completed nor aborted."""
+
+    key: str
+    upload_id: str
+    started: dt.datetime
+    url: str  # the object's URL with ``?uploadId=...``: names this upload in reports
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One object of a listing: its name (relative to the listed prefix), etag, size and last change."""
+
+    name: str
+    etag: str
+    size: int
+    modified: dt.datetime
 
 
 class ObjectStore(abc.ABC):
@@ -68,9 +104,16 @@ class ObjectStore(abc.ABC):
     def put_new(self, key: str, data: bytes) -> bool:
         """Create ``key`` only if no object has that name; False when the name was taken."""
 
-    @abc.abstractmethod
-    def put_file_new(self, key: str, local_path: str) -> bool:
+    def put_file_new(self, key: str, local_path: str, *, progress: Progress | None = None) -> bool:
         """Upload a local file to ``key``, create-only; False when the name was taken."""
+        return self.upload_new(key, local_path, progress=progress) is not None
+
+    @abc.abstractmethod
+    def upload_new(self, key: str, local_path: str, *, progress: Progress | None = None) -> Uploaded | None:
+        """Upload ``local_path`` to ``key`` create-only, hashing what was sent; None when the name was taken.
+
+        Visible whole or not at all: a multipart upload carries the condition on its completion.
+        """
 
     @abc.abstractmethod
     def swap(self, key: str, data: bytes, etag: str | None) -> str | None:
@@ -95,8 +138,20 @@ class ObjectStore(abc.ABC):
         """The object's bytes, checked against the sha256 recorded when persistkit wrote it."""
 
     @abc.abstractmethod
-    def download_verified(self, key: str, local_path: str, sha256: str, size: int | None = None) -> None:
-        """Stream ``key`` into ``local_path`` atomically, checking its sha256 (nothing unverified is kept)."""
+    def download_verified(
+        self,
+        key: str,
+        local_path: str,
+        sha256: str,
+        size: int | None = None,
+        *,
+        progress: Progress | None = None,
+        durable: bool = True,
+    ) -> None:
+        """Stream ``key`` into ``local_path`` atomically, checking its sha256 (nothing unverified is kept).
+
+        ``durable=False`` skips the fsyncs, for caches whose every use checks the digest again.
+        """
 
     @abc.abstractmethod
     def check_digest(self, key: str, data: bytes, sha256: str, size: int | None) -> None:
@@ -109,6 +164,18 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """Names of the 'directories' (common prefixes) directly under ``prefix``."""
+
+    @abc.abstractmethod
+    def list_objects(self, prefix: str = "", *, start_after: str = "") -> builtins.list[Listed]:
+        """The objects directly under ``prefix`` sorting after ``start_after``, with etag, size and date."""
+
+    @abc.abstractmethod
+    def list_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
+        """Multipart uploads under ``prefix`` neither completed nor aborted (invisible, but billed)."""
+
+    @abc.abstractmethod
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort one pending multipart upload; one already gone is fine."""
 
     # -- errors and the start-up check ---------------------------------------
 
@@ -160,8 +227,8 @@ class DelegatingObjectStore(ObjectStore):
     def put_new(self, key: str, data: bytes) -> bool:
         return self.inner.put_new(key, data)
 
-    def put_file_new(self, key: str, local_path: str) -> bool:
-        return self.inner.put_file_new(key, local_path)
+    def upload_new(self, key: str, local_path: str, *, progress: Progress | None = None) -> Uploaded | None:
+        return self.inner.upload_new(key, local_path, progress=progress)
 
     def swap(self, key: str, data: bytes, etag: str | None) -> str | None:
         return self.inner.swap(key, data, etag)
@@ -178,8 +245,17 @@ class DelegatingObjectStore(ObjectStore):
     def get_verified(self, key: str, sha256: str, size: int | None = None) -> bytes:
         return self.inner.get_verified(key, sha256, size)
 
-    def download_verified(self, key: str, local_path: str, sha256: str, size: int | None = None) -> None:
-        self.inner.download_verified(key, local_path, sha256, size)
+    def download_verified(
+        self,
+        key: str,
+        local_path: str,
+        sha256: str,
+        size: int | None = None,
+        *,
+        progress: Progress | None = None,
+        durable: bool = True,
+    ) -> None:
+        self.inner.download_verified(key, local_path, sha256, size, progress=progress, durable=durable)
 
     def check_digest(self, key: str, data: bytes, sha256: str, size: int | None) -> None:
         self.inner.check_digest(key, data, sha256, size)
@@ -189,6 +265,15 @@ class DelegatingObjectStore(ObjectStore):
 
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         return self.inner.list_dirs(prefix)
+
+    def list_objects(self, prefix: str = "", *, start_after: str = "") -> builtins.list[Listed]:
+        return self.inner.list_objects(prefix, start_after=start_after)
+
+    def list_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
+        return self.inner.list_uploads(prefix)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        self.inner.abort_upload(key, upload_id)
 
     def error(self, op: str, key: str, err: BaseException, *, attempts: int = 1) -> PersistIOError:
         return self.inner.error(op, key, err, attempts=attempts)

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import datetime as dt
 import errno as _errno
 import hashlib
 import threading
@@ -72,7 +73,11 @@ from persistkit.io import atomic_write, current_fs
 from persistkit.io.objects import (
     DelegatingObjectStore,
     Fetched,
+    Listed,
     ObjectStore,
+    PendingUpload,
+    Progress,
+    Uploaded,
     digest_mismatch,
     use_object_store,
 )
@@ -113,6 +118,9 @@ _OP_NAMES = {
     "download": "download",
     "list": "list",
     "list-dirs": "list",
+    "list-objects": "list",
+    "list-uploads": "list uploads",
+    "abort-upload": "abort upload",
 }
 
 
@@ -226,12 +234,15 @@ class RecordingObjectStore(DelegatingObjectStore):
                             lambda made: self.log.add(PUT_NEW, self.url_of(key), data=bytes(data), changed=bool(made)))  # fmt: skip
         return bool(made)
 
-    def put_file_new(self, key: str, local_path: str) -> bool:
+    def upload_new(self, key: str, local_path: str, *, progress: Progress | None = None) -> Uploaded | None:
         def note(made: Any) -> None:
-            data = current_fs().read_bytes(local_path) if made else None
-            self.log.add(PUT_FILE_NEW, self.url_of(key), data=data, changed=bool(made))
+            data = current_fs().read_bytes(local_path) if made is not None else None
+            self.log.add(PUT_FILE_NEW, self.url_of(key), data=data, changed=made is not None)
 
-        return bool(self._logged(lambda: self.inner.put_file_new(key, local_path), note))
+        return cast(
+            "Uploaded | None",
+            self._logged(lambda: self.inner.upload_new(key, local_path, progress=progress), note),
+        )
 
     def swap(self, key: str, data: bytes, etag: str | None) -> str | None:
         def note(new: Any) -> None:
@@ -271,8 +282,17 @@ class RecordingObjectStore(DelegatingObjectStore):
         self.log.add("get-verified", self.url_of(key))
         return data
 
-    def download_verified(self, key: str, local_path: str, sha256: str, size: int | None = None) -> None:
-        self.inner.download_verified(key, local_path, sha256, size)
+    def download_verified(
+        self,
+        key: str,
+        local_path: str,
+        sha256: str,
+        size: int | None = None,
+        *,
+        progress: Progress | None = None,
+        durable: bool = True,
+    ) -> None:
+        self.inner.download_verified(key, local_path, sha256, size, progress=progress, durable=durable)
         self.log.add("download", self.url_of(key))
 
     def list(self, prefix: str = "") -> builtins.list[str]:
@@ -284,6 +304,21 @@ class RecordingObjectStore(DelegatingObjectStore):
         names = self.inner.list_dirs(prefix)
         self.log.add("list-dirs", self.url_of(prefix))
         return names
+
+    def list_objects(self, prefix: str = "", *, start_after: str = "") -> builtins.list[Listed]:
+        found = self.inner.list_objects(prefix, start_after=start_after)
+        self.log.add("list-objects", self.url_of(prefix))
+        return found
+
+    def list_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
+        found = self.inner.list_uploads(prefix)
+        self.log.add("list-uploads", self.url_of(prefix))
+        return found
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        # changes nothing visible: an upload that never completed is no object (not a crash-state op)
+        self.inner.abort_upload(key, upload_id)
+        self.log.add("abort-upload", self.url_of(key))
 
 
 @contextlib.contextmanager
@@ -304,6 +339,7 @@ class ObjectSpace:
         self._lock = threading.Lock()
         self._generation = 0
         self.objects: dict[str, tuple[bytes, str]] = {}
+        self.modified: dict[str, dt.datetime] = {}  # when each object was last written (for listings)
         for url, data in (objects or {}).items():
             self.objects[url] = (bytes(data), self._etag(data))
 
@@ -327,11 +363,13 @@ class ObjectSpace:
                 return None
             etag = self._etag(data)
             self.objects[url] = (bytes(data), etag)
+            self.modified[url] = dt.datetime.now(dt.UTC)
             return etag
 
     def delete(self, url: str) -> None:
         with self._lock:
             self.objects.pop(url, None)
+            self.modified.pop(url, None)
 
     def get(self, url: str) -> tuple[bytes, str] | None:
         with self._lock:
@@ -340,6 +378,11 @@ class ObjectSpace:
     def names(self) -> builtins.list[str]:
         with self._lock:
             return sorted(self.objects)
+
+    def when(self, url: str) -> dt.datetime:
+        """When ``url`` was last written (objects the space started with: when it was made)."""
+        with self._lock:
+            return self.modified.setdefault(url, dt.datetime.now(dt.UTC))
 
 
 class MemoryObjectStore(ObjectStore):
@@ -359,12 +402,16 @@ class MemoryObjectStore(ObjectStore):
     def put_new(self, key: str, data: bytes) -> bool:
         return self.space.put(self.url_of(key), bytes(data), expect=None) is not None
 
-    def put_file_new(self, key: str, local_path: str) -> bool:
+    def upload_new(self, key: str, local_path: str, *, progress: Progress | None = None) -> Uploaded | None:
         try:
             data = current_fs().read_bytes(local_path)
         except OSError as err:
             raise self.error("create-only upload", key, err) from err
-        return self.put_new(key, data)
+        if not self.put_new(key, data):
+            return None
+        if progress is not None:
+            progress(len(data))
+        return Uploaded(hashlib.sha256(data).hexdigest(), len(data))
 
     def swap(self, key: str, data: bytes, etag: str | None) -> str | None:
         return self.space.put(self.url_of(key), bytes(data), expect=etag)
@@ -389,10 +436,21 @@ class MemoryObjectStore(ObjectStore):
         self.check_digest(key, data, sha256, size)
         return data
 
-    def download_verified(self, key: str, local_path: str, sha256: str, size: int | None = None) -> None:
+    def download_verified(
+        self,
+        key: str,
+        local_path: str,
+        sha256: str,
+        size: int | None = None,
+        *,
+        progress: Progress | None = None,
+        durable: bool = True,
+    ) -> None:
         data = self.get(key).data
         self.check_digest(key, data, sha256, size)
-        atomic_write(local_path, data)
+        atomic_write(local_path, data, durable=durable)
+        if progress is not None:
+            progress(len(data))
 
     def check_digest(self, key: str, data: bytes, sha256: str, size: int | None) -> None:
         wrong = digest_mismatch(self.url_of(key), hashlib.sha256(data).hexdigest(), len(data), sha256, size)
@@ -410,6 +468,24 @@ class MemoryObjectStore(ObjectStore):
 
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         return sorted({rest.split("/", 1)[0] for rest in self._below(prefix) if "/" in rest})
+
+    def list_objects(self, prefix: str = "", *, start_after: str = "") -> builtins.list[Listed]:
+        found = []
+        for name in self.list(prefix):
+            if name <= start_after:
+                continue
+            got = self.space.get(self.url_of(f"{prefix.rstrip('/')}/{name}" if prefix else name))
+            if got is None:
+                continue  # deleted since the listing
+            url = self.url_of(f"{prefix.rstrip('/')}/{name}" if prefix else name)
+            found.append(Listed(name, got[1], len(got[0]), self.space.when(url)))
+        return found
+
+    def list_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
+        return []  # an upload here completes or never happened: nothing is ever pending
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Nothing to abort (see ``list_uploads``)."""
 
     def error(self, op: str, key: str, err: BaseException, *, attempts: int = 1) -> PersistIOError:
         from persistkit.io.remote import RemoteStore
@@ -576,8 +652,11 @@ class FaultObjectStore(DelegatingObjectStore):
     def put_new(self, key: str, data: bytes) -> bool:
         return bool(self._run(PUT_NEW, key, lambda: self.inner.put_new(key, data)))
 
-    def put_file_new(self, key: str, local_path: str) -> bool:
-        return bool(self._run(PUT_FILE_NEW, key, lambda: self.inner.put_file_new(key, local_path)))
+    def upload_new(self, key: str, local_path: str, *, progress: Progress | None = None) -> Uploaded | None:
+        return cast(
+            "Uploaded | None",
+            self._run(PUT_FILE_NEW, key, lambda: self.inner.upload_new(key, local_path, progress=progress)),
+        )
 
     def swap(self, key: str, data: bytes, etag: str | None) -> str | None:
         return cast("str | None", self._run(SWAP, key, lambda: self.inner.swap(key, data, etag)))
@@ -594,8 +673,18 @@ class FaultObjectStore(DelegatingObjectStore):
     def get_verified(self, key: str, sha256: str, size: int | None = None) -> bytes:
         return cast(bytes, self._run("get-verified", key, lambda: self.inner.get_verified(key, sha256, size)))
 
-    def download_verified(self, key: str, local_path: str, sha256: str, size: int | None = None) -> None:
-        self._run("download", key, lambda: self.inner.download_verified(key, local_path, sha256, size))
+    def download_verified(
+        self,
+        key: str,
+        local_path: str,
+        sha256: str,
+        size: int | None = None,
+        *,
+        progress: Progress | None = None,
+        durable: bool = True,
+    ) -> None:
+        self._run("download", key, lambda: self.inner.download_verified(
+            key, local_path, sha256, size, progress=progress, durable=durable))  # fmt: skip
 
     def list(self, prefix: str = "") -> builtins.list[str]:
         return cast("builtins.list[str]", self._run("list", prefix, lambda: self.inner.list(prefix)))
@@ -604,6 +693,19 @@ class FaultObjectStore(DelegatingObjectStore):
         return cast(
             "builtins.list[str]", self._run("list-dirs", prefix, lambda: self.inner.list_dirs(prefix))
         )
+
+    def list_objects(self, prefix: str = "", *, start_after: str = "") -> builtins.list[Listed]:
+        return cast("builtins.list[Listed]", self._run(
+            "list-objects", prefix, lambda: self.inner.list_objects(prefix, start_after=start_after)))  # fmt: skip
+
+    def list_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
+        return cast(
+            "builtins.list[PendingUpload]",
+            self._run("list-uploads", prefix, lambda: self.inner.list_uploads(prefix)),
+        )
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        self._run("abort-upload", key, lambda: self.inner.abort_upload(key, upload_id))
 
 
 # -- crash states --------------------------------------------------------------------

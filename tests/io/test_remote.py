@@ -35,12 +35,13 @@ def test_a_server_that_ignores_if_none_match_is_refused(s3_bucket, monkeypatch):
     """A server (or proxy) that drops the condition would silently overwrite: persistkit says so and stops."""
     import s3fs
 
-    real = s3fs.S3FileSystem.pipe_file
+    real = s3fs.S3FileSystem._call_s3
 
-    def ignoring(self, path, value, mode="overwrite", **kw):
-        return real(self, path, value, **kw)  # what such a server does: overwrite
+    async def ignoring(self, method, *args, **kw):
+        kw.pop("IfNoneMatch", None)  # what such a server does: overwrite
+        return await real(self, method, *args, **kw)
 
-    monkeypatch.setattr(s3fs.S3FileSystem, "pipe_file", ignoring)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", ignoring)
     server, bucket = s3_bucket
     with pytest.raises(PersistIOError, match="cannot keep its guarantees") as info:
         RemoteStore(f"s3://{bucket}/root", storage_options=server.storage_options)
@@ -107,6 +108,14 @@ def test_a_corrupted_object_is_detected_before_use(remote, s3_bucket, tmp_path):
         remote.download_verified("obj", str(target), digest, len(data))
     assert info.value.path.endswith("/root/obj")
     assert not target.exists()  # nothing parsed, nothing cached
+    server.client().put_object(Bucket=bucket, Key="root/obj", Body=data + b"appended")  # longer, same prefix
+    with pytest.raises(IntegrityError, match=rf"{len(data) + 8} bytes; expected .* {len(data)} bytes"):
+        remote.download_verified("obj", str(target), digest, len(data))  # refused at the first response
+    with pytest.raises(IntegrityError, match="does not match"):
+        remote.download_verified("obj", str(target), digest)  # no size given: the sha256 still decides
+    server.client().put_object(Bucket=bucket, Key="root/obj", Body=data)  # repaired
+    remote.download_verified("obj", str(target), digest)
+    assert target.read_bytes() == data
 
 
 def test_a_missing_object_is_a_typed_error_naming_the_url(remote):
@@ -342,3 +351,57 @@ def test_persistent_throttling_is_a_typed_error_saying_so(throttled):
     with pytest.raises(PersistIOError, match=r"throttling \(SlowDown/503\) after 4 attempts") as info:
         store.get("obj")
     assert info.value.errno == errno.EBUSY and proxy.throttled == 4
+
+
+def test_a_server_that_accepts_but_never_answers_is_a_bounded_wait_then_a_typed_error(tmp_path):
+    """Every request has a timeout, so bounded retries are a bounded wait, even against a silent server."""
+    import socket
+    import time
+
+    pytest.importorskip("s3fs")
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never reads or answers
+    try:
+        options = {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {
+                "endpoint_url": f"http://127.0.0.1:{silent.getsockname()[1]}",
+                "region_name": "us-east-1",
+            },
+            "config_kwargs": {"connect_timeout": 0.5, "read_timeout": 0.5},
+        }
+        store = RemoteStore("s3://bucket/root", storage_options=options, probe=False, retries=2, backoff=0.05)
+        started = time.monotonic()
+        with pytest.raises(PersistIOError, match=r"could not be reached.*2 attempts") as info:
+            store.get("obj")
+        assert time.monotonic() - started < 10  # two attempts of 0.5 s each, and the backoff
+        assert info.value.path == "s3://bucket/root/obj" and store.requests == 2
+        big = tmp_path / "big"
+        big.write_bytes(b"x" * 64)
+        with pytest.raises(
+            PersistIOError, match="create-only upload failed on 's3://bucket/root/big'"
+        ) as info:
+            store.upload_new("big", str(big))  # botocore waits for "100 Continue": the deadline ends it
+        assert info.value.errno == errno.ETIMEDOUT and "deadline" in str(info.value)
+        with pytest.raises(PersistIOError, match="create-only upload failed"):
+            store.put_new("small", b"1")
+        with pytest.raises(PersistIOError, match="compare-and-swap upload failed"):
+            store.swap("pointer", b"1", None)
+        target = tmp_path / "down"
+        with pytest.raises(PersistIOError, match="download failed"):
+            store.download_verified("obj", str(target), "0" * 64, 10)
+        assert not target.exists() and not list(tmp_path.glob(".*pk-tmp*"))
+    finally:
+        silent.close()
+
+
+def test_a_local_file_that_cannot_be_read_is_a_typed_error_naming_it(remote, tmp_path):
+    missing = tmp_path / "gone.models"
+    with pytest.raises(PersistIOError, match=r"gone\.models") as info:
+        remote.upload_new("x", str(missing))
+    assert info.value.errno == errno.ENOENT
+    unreadable = tmp_path / "dir.models"
+    unreadable.mkdir()  # a directory where a file should be: open succeeds on Linux, read fails
+    with pytest.raises(PersistIOError, match=r"dir\.models"):
+        remote.upload_new("y", str(unreadable))
+    assert remote.get_or_none("x") is None and remote.get_or_none("y") is None  # nothing was made
