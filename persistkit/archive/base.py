@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from persistkit.errors import (
     PersistIOError,
@@ -19,6 +20,9 @@ from persistkit.errors import (
 )
 from persistkit.io import current_fs
 from persistkit.io.atomic import pid_alive
+
+if TYPE_CHECKING:
+    from persistkit.archive.remote import PushReport
 
 log = logging.getLogger("persistkit")
 
@@ -75,6 +79,7 @@ class ArchiveReport:
     changed_while_archiving: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)  # key and lock files left out (see Archiver.exclude)
     pruned: list[str] = field(default_factory=list)
+    remote: PushReport | None = None  # with Archiver(remote=...): the push, its proof and remote retention
 
 
 @dataclass
