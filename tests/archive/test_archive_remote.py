@@ -318,7 +318,7 @@ def test_restore_from_a_url_whose_record_disagrees_is_refused(remote, tmp_path):
         restore_url(url, tmp_path / "out", storage_options=server.storage_options)
     assert info.value.path == url and not (tmp_path / "out").exists()
     client.put_object(Bucket=bucket, Key=f"archives/{path.name}.json", Body=b"{not json")
-    with pytest.raises(IntegrityError, match="record .*unreadable") as info:
+    with pytest.raises(IntegrityError, match=r"record .*unreadable") as info:
         restore_url(url, tmp_path / "out", storage_options=server.storage_options)
     assert f"{url}.json" in str(info.value)
 
@@ -334,7 +334,7 @@ def test_missing_object_and_missing_bucket_are_typed_errors_naming_the_url(remot
         restore_url(gone, tmp_path / "out", storage_options=server.storage_options)
     assert info.value.errno == errno.ENOENT and "does not exist" in str(info.value)
     assert f"pk-no-such-bucket-{bucket[-8:]}" in str(info.value)
-    with pytest.raises(PersistIOError, match="not an object-store URL|does not name an object"):
+    with pytest.raises(PersistIOError, match=r"does not name an object"):
         restore_url("s3://", tmp_path / "out", storage_options=server.storage_options)
     with pytest.raises(PersistIOError) as info:
         Archiver(
