@@ -230,22 +230,34 @@ def test_server_down_during_create_fail_recover_fail_again(own_s3_server, tmp_pa
     assert [n for n, _ in states] == [p.name for p in arc.list()[-2:]]
 
 
-def test_a_corrupted_copy_found_by_the_end_to_end_check_deletes_nothing(remote):
-    """The bytes downloaded back differ from those uploaded: the push fails and removes nothing."""
+def test_a_copy_damaged_after_upload_fails_the_end_to_end_check_and_deletes_nothing(remote, monkeypatch):
+    """The store damages the object between the upload and the check (bit rot, a stray writer): the
+    download-back finds it, the push fails, and retention never runs."""
+    from persistkit.archive.remote import RemoteArchives
+
     server, bucket, make = remote
-    arc = make(remote_keep=1)
+    arc = make(remote_keep=1, keep=10)
     old = arc.create()
     newer = Archiver(arc.root, keep=10).create()
     client = server.client()
-    # the object arrives (create-only) but what the store then holds is damaged, before the record:
-    data = bytearray(newer.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    client.put_object(Bucket=bucket, Key=f"archives/{newer.name}", Body=bytes(data))
+    real = RemoteArchives._create_record
+
+    def record_then_damage(self, name, record):
+        real(self, name, record)
+        data = bytearray(client.get_object(Bucket=bucket, Key=f"archives/{name}")["Body"].read())
+        data[len(data) // 2] ^= 0xFF
+        client.put_object(Bucket=bucket, Key=f"archives/{name}", Body=bytes(data))
+
+    monkeypatch.setattr(RemoteArchives, "_create_record", record_then_damage)
     with pytest.raises(IntegrityError, match=r"does not match the local archive") as info:
         arc.push(newer)
-    assert f"s3://{bucket}/archives/{newer.name}" in str(info.value)
+    message = str(info.value)
+    assert f"s3://{bucket}/archives/{newer.name}" in message and "push again" in message
     assert f"archives/{old.name}.verified.json" in archive_keys(server, bucket)  # retention never ran
-    assert old.exists() and newer.exists()
+    assert f"archives/{newer.name}.verified.json" not in archive_keys(server, bucket)
+    assert {e.name: e.state for e in arc.list_remote()} == {old.name: "verified", newer.name: "unverified"}
+    assert old.exists() and newer.exists() and arc.verify(newer).ok
+    assert leftovers(arc.archive_dir) == []
 
 
 # -- pull and restore from a URL ------------------------------------------------------------------------
