@@ -319,7 +319,7 @@ class RemoteArchives:
             self.store.put_new(name + VERIFIED_SUFFIX, json.dumps(marker, indent=1).encode())
         except PersistIOError as err:
             raise PersistIOError(
-                f"{err.message} Pushing {path.name} to {self.url} did not finish; {kept} Push it again "
+                f"{err.message} Pushing {path.name} to {self.url} did not finish. {kept} Push it again "
                 f"later (`persistkit archive push --remote {self.url}`).",
                 errno=err.errno,
                 path=err.path,
