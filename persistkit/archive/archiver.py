@@ -431,7 +431,9 @@ class Archiver:
                     path=self.archive_dir,
                 )
             path = found[-1]
-        return self.remote_archives().push(path)
+        # under the writer lock: a prune elsewhere must not remove the archive while it is read
+        with self._writer("Nothing was pushed or deleted."):
+            return self.remote_archives().push(path)
 
     def pull(self, name: str) -> Path:
         """Download the remote archive ``name`` into the archive directory, checked and verified."""

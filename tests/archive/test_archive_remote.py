@@ -230,6 +230,48 @@ def test_server_down_during_create_fail_recover_fail_again(own_s3_server, tmp_pa
     assert [n for n, _ in states] == [p.name for p in arc.list()[-2:]]
 
 
+@pytest.mark.parametrize(
+    ("step", "state"), [("_create_record", "incomplete"), ("_check_remote", "unverified")]
+)
+def test_server_stopped_mid_push_then_pushed_again_completes_it(
+    own_s3_server, tmp_path, monkeypatch, step, state
+):
+    """The server goes away after the upload (before the record), or after the record (before the check)."""
+    from persistkit.archive.remote import RemoteArchives
+
+    server = own_s3_server
+    bucket = server.new_bucket()
+    ws = make_workspace(tmp_path / "ws")
+    arc = Archiver(ws, remote=f"s3://{bucket}/archives", storage_options=server.storage_options,
+                   keep=1, remote_keep=1)  # fmt: skip
+    first = arc.create()
+    real = getattr(RemoteArchives, step)
+
+    def stop_then(self, *args):
+        server.stop()
+        return real(self, *args)
+
+    monkeypatch.setattr(RemoteArchives, step, stop_then)
+    with pytest.raises(PersistIOError) as info:  # fail
+        arc.create()
+    assert f"s3://{bucket}/archives" in str(info.value) and "intact" in str(info.value)
+    second = arc.list()[-1]
+    assert arc.list() == [first, second], "a failed push let local retention run"
+    monkeypatch.undo()
+    server.start()  # recover
+    states = {e.name: e.state for e in arc.list_remote()}
+    assert states == {first.name: "verified", second.name: state}  # the first copy was not pruned
+    report = arc.push(second)
+    assert not report.uploaded and report.pruned == [first.name]
+    assert {e.name: e.state for e in arc.list_remote()} == {second.name: "verified"}
+    monkeypatch.setattr(RemoteArchives, step, stop_then)
+    with pytest.raises(PersistIOError):  # fail again
+        arc.create()
+    server.start()
+    assert {e.name: e.state for e in arc.list_remote()}[second.name] == "verified"
+    assert len(arc.list()) == 3 and all(arc.verify(p).ok for p in arc.list())  # keep=1 never ran
+
+
 def test_a_copy_damaged_after_upload_fails_the_end_to_end_check_and_deletes_nothing(remote, monkeypatch):
     """The store damages the object between the upload and the check (bit rot, a stray writer): the
     download-back finds it, the push fails, and retention never runs."""
