@@ -81,7 +81,7 @@ class Archiver:
         self._names = naming.Stamped(f"{prefix}_", ".zip")
         self.last_verified: Path | None = None
         # Off-site copies (persistkit.archive.remote): each verified archive is pushed, proven, then pruned.
-        self.remote = remote.rstrip("/") if remote is not None else None
+        self.remote = remote
         self.remote_policy: Policy = (
             self.policy
             if remote_keep is None

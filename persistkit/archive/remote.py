@@ -250,11 +250,11 @@ class RemoteArchives:
         scratch: str | os.PathLike[str],
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
         self.names = names
         self.policy = policy
         self.scratch = Path(os.path.abspath(os.fspath(scratch)))  # local directory for check downloads
-        self.store = open_store(self.url, storage_options)
+        self.store = open_store(url, storage_options)
+        self.url = self.store.url
 
     # -- push -----------------------------------------------------------------------------
 

@@ -401,6 +401,16 @@ def test_missing_object_and_missing_bucket_are_typed_errors_naming_the_url(remot
         )
 
 
+@pytest.mark.parametrize("url", ["archives-bucket/archives", "s3://", "nosuchscheme://bucket/archives"])
+def test_a_bad_remote_url_is_a_typed_error_naming_it(tmp_path, url):
+    pytest.importorskip("s3fs")
+    arc = Archiver(tmp_path, remote=url)
+    with pytest.raises(PersistIOError) as info:
+        arc.list_remote()
+    assert info.value.errno == errno.EINVAL and info.value.path == url
+    assert "s3://BUCKET/PREFIX" in str(info.value) or "Check the scheme" in str(info.value)
+
+
 HOSTILE = {
     "zip-slip": [("../evil.txt", "file", "above the target")],
     "absolute": [("/tmp/pk-evil.txt", "file", "anywhere")],
