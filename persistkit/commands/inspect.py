@@ -100,6 +100,8 @@ def inspect_command(file: str, as_json: bool) -> None:
         raise SystemExit(1) from None
     if doc is not None:
         if copy is not None:
+            if "path" in doc:
+                doc["path"] = copy.url  # not the temp copy, which is gone by now
             doc["remote"] = {"url": copy.url, "record": copy.record}
         click.echo(json.dumps(doc, indent=2, default=str))
     else:

@@ -411,6 +411,25 @@ def test_a_bad_remote_url_is_a_typed_error_naming_it(tmp_path, url):
     assert "s3://BUCKET/PREFIX" in str(info.value) or "Check the scheme" in str(info.value)
 
 
+def test_pk_inspect_and_verify_accept_urls(remote):
+    import persistkit as pk
+
+    server, bucket, make = remote
+    path = make().create()
+    url = f"s3://{bucket}/archives/{path.name}"
+    info = pk.inspect(url, storage_options=server.storage_options)
+    assert info.ok and info.checked == make().verify(path).checked
+    report = pk.verify(url, storage_options=server.storage_options)
+    assert report.kind == "archive" and report.checked.endswith("against MANIFEST.json")
+    client = server.client()
+    data = bytearray(path.read_bytes())
+    data[-30] ^= 0x01  # in the central directory: the record catches it before any zip reader runs
+    client.put_object(Bucket=bucket, Key=f"archives/{path.name}", Body=bytes(data))
+    with pytest.raises(IntegrityError) as err:
+        pk.verify(url, storage_options=server.storage_options)
+    assert err.value.path == url and "Nothing was parsed" in str(err.value)
+
+
 HOSTILE = {
     "zip-slip": [("../evil.txt", "file", "above the target")],
     "absolute": [("/tmp/pk-evil.txt", "file", "anywhere")],
