@@ -490,3 +490,49 @@ def test_a_zip_bomb_uploaded_by_an_attacker_is_refused_before_extraction(s3_buck
         )
     assert not (tmp_path / "out").exists()
     assert leftovers(tmp_path) == []
+
+
+CHILD = """
+import pathlib, sys, time
+import persistkit.archive.remote as remote
+from persistkit.archive import Archiver
+
+ws, url, endpoint, flag = sys.argv[1:]
+def stall(path, limits):  # the copy is downloaded back; the checker is about to read it
+    pathlib.Path(flag).write_text("downloaded")
+    time.sleep(120)
+remote._verify = stall
+options = {"key": "testing", "secret": "testing",
+           "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+Archiver(ws, remote=url, storage_options=options).create()
+"""
+
+
+def test_sigkill_during_the_end_to_end_check_then_push_completes(remote, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server, _bucket, make = remote
+    arc = make()
+    flag = tmp_path / "flag"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(arc.root), arc.remote, server.endpoint, str(flag)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert child.poll() is None and time.monotonic() < deadline, "the child never reached the check"
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+    [path] = arc.list()
+    assert arc.verify(path).ok  # written and verified before the push began
+    assert [(e.name, e.state) for e in arc.list_remote()] == [(path.name, "unverified")]
+    assert len([n for n in leftovers(arc.archive_dir) if ".remote-check-" in n]) == 1  # the dead check's copy
+    report = make().push(path)  # a later push finishes the job and clears the dead process's temp file
+    assert not report.uploaded and report.checked == arc.verify(path).checked
+    assert [(e.name, e.state) for e in arc.list_remote()] == [(path.name, "verified")]
+    assert leftovers(arc.archive_dir) == []
