@@ -326,7 +326,16 @@ class RemoteArchives:
                 operation=err.operation,
             ) from err
         report = PushReport(url, name, sha256, size, checked, uploaded)
-        report.decisions = self.prune(pinned=name)
+        try:
+            report.decisions = self.prune(pinned=name)
+        except PersistIOError as err:
+            raise PersistIOError(
+                f"{url} was pushed and its copy proven, but remote retention failed: {err.message} Run "
+                f"`persistkit archive prune --remote {self.url}` once it is fixed.",
+                errno=err.errno,
+                path=err.path,
+                operation=err.operation,
+            ) from err
         return report
 
     def _create_record(self, name: str, record: dict[str, Any]) -> None:
