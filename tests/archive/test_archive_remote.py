@@ -536,3 +536,35 @@ def test_sigkill_during_the_end_to_end_check_then_push_completes(remote, tmp_pat
     assert not report.uploaded and report.checked == arc.verify(path).checked
     assert [(e.name, e.state) for e in arc.list_remote()] == [(path.name, "verified")]
     assert leftovers(arc.archive_dir) == []
+
+
+def test_remote_retention_failing_after_a_proven_push_says_so_and_can_be_run_later(
+    own_s3_server, tmp_path, monkeypatch
+):
+    from persistkit.archive.remote import RemoteArchives
+
+    server = own_s3_server
+    bucket = server.new_bucket()
+    ws = make_workspace(tmp_path / "ws")
+    arc = Archiver(ws, remote=f"s3://{bucket}/archives", storage_options=server.storage_options,
+                   keep=5, remote_keep=1)  # fmt: skip
+    first = arc.create()
+    real = RemoteArchives.prune
+
+    def stop_then_prune(self, **kw):
+        server.stop()
+        return real(self, **kw)
+
+    monkeypatch.setattr(RemoteArchives, "prune", stop_then_prune)
+    with pytest.raises(PersistIOError) as info:
+        arc.create()
+    assert "was pushed and its copy proven, but remote retention failed" in str(info.value)
+    assert f"persistkit archive prune --remote s3://{bucket}/archives" in str(info.value)
+    monkeypatch.undo()
+    server.start()
+    second = arc.list()[-1]
+    assert {e.name: e.state for e in arc.list_remote()} == {first.name: "verified", second.name: "verified"}
+    decisions = arc.prune_remote()
+    assert [d.item.id for d in decisions if not d.keep] == [first.name]
+    assert [e.name for e in arc.list_remote()] == [second.name]
+    assert arc.list() == [first, second]  # local retention (keep=5) is separate
