@@ -568,3 +568,57 @@ def test_remote_retention_failing_after_a_proven_push_says_so_and_can_be_run_lat
     assert [d.item.id for d in decisions if not d.keep] == [first.name]
     assert [e.name for e in arc.list_remote()] == [second.name]
     assert arc.list() == [first, second]  # local retention (keep=5) is separate
+
+
+def test_each_refusal_of_push_and_pull_is_typed_and_names_what_to_do(remote, tmp_path):
+    server, bucket, make = remote
+    client = server.client()
+    arc = make()
+    with pytest.raises(IntegrityError, match="no archive to push"):
+        arc.push()
+    # a local archive that does not verify is never pushed
+    path = make(remote=None).create()
+    damaged = tmp_path / path.name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    assert not arc.verify(damaged).ok
+    with pytest.raises(IntegrityError, match="so it was not pushed") as info:
+        arc.push(damaged)
+    assert str(damaged) in str(info.value) and archive_keys(server, bucket) == []
+    # a record for another archive already sits under this name: no record of ours is written over it
+    foreign = {"format": "persistkit.remote-archive", "version": 1, "sha256": "0" * 64, "size": 1}
+    client.put_object(Bucket=bucket, Key=f"archives/{path.name}.json", Body=json.dumps(foreign).encode())
+    with pytest.raises(IntegrityError, match="a record for another archive of that name") as info:
+        arc.push(path)
+    assert read_json(server, bucket, f"archives/{path.name}.json") == foreign
+    assert {e.name: e.state for e in arc.list_remote()} == {path.name: "unverified"}
+    assert arc.prune_remote() == []  # never counted, never removed
+    # pulling over a different local archive of the same name is refused
+    client.delete_object(Bucket=bucket, Key=f"archives/{path.name}.json")
+    client.delete_object(Bucket=bucket, Key=f"archives/{path.name}")
+    arc.push(path)
+    other = tmp_path / "m2"
+    (other / "archives").mkdir(parents=True)
+    (other / "archives" / path.name).write_bytes(b"not the same")
+    with pytest.raises(PersistIOError, match="move it aside") as info:
+        Archiver(other, remote=arc.remote, storage_options=server.storage_options).pull(path.name)
+    assert info.value.errno == errno.EEXIST
+    assert (other / "archives" / path.name).read_bytes() == b"not the same"
+    # restoring a URL into a directory that exists is refused before anything is downloaded
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(PersistIOError, match="already exists") as info:
+        restore_url(f"{arc.remote}/{path.name}", tmp_path / "taken", storage_options=server.storage_options)
+    assert info.value.errno == errno.EEXIST and list((tmp_path / "taken").iterdir()) == []
+
+
+def test_pull_refuses_a_hostile_upload_that_matches_its_record(s3_bucket, tmp_path):
+    server, bucket = s3_bucket
+    (tmp_path / "crafted").mkdir()
+    crafted = craft(tmp_path / "crafted" / "training_backup_20260101_000000.zip", HOSTILE["zip-slip"])
+    upload_with_record(server, bucket, f"archives/{crafted.name}", crafted)
+    arc = Archiver(tmp_path / "ws", remote=f"s3://{bucket}/archives", storage_options=server.storage_options)
+    with pytest.raises(IntegrityError, match="does not verify against its manifest") as info:
+        arc.pull(crafted.name)
+    assert info.value.path == f"s3://{bucket}/archives/{crafted.name}"
+    assert arc.list() == [] and leftovers(arc.archive_dir) == []
