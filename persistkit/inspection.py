@@ -25,21 +25,34 @@ Errors: a missing or unreadable path raises ``PersistIOError``; anything that
 is not a persistkit file raises ``FormatError``, and a persistkit file cut off
 or damaged where the kind itself is read raises ``IntegrityError``. Each names
 the path.
+
+``path`` may also be an object-store URL (``s3://bucket/models/.../x.models``,
+``s3://bucket/archives/x.zip``): the object is downloaded into a private temp
+directory (``remote_copy``), checked against the persistkit record beside it
+when there is one (``<object>.json``: ModelStore versions and pushed archives
+have one), then inspected or verified like a local file; errors name the URL.
+A bad URL, a missing bucket or object, or refused credentials raise
+``PersistIOError`` naming the URL with what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import stat
+import tempfile
 import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from persistkit import naming
-from persistkit.errors import FormatError, IntegrityError
+from persistkit.errors import FormatError, IntegrityError, PersistkitError
 from persistkit.io import current_fs
 from persistkit.io.fs import PathLike, describe_file_type, io_error
+from persistkit.io.remote import is_url
 from persistkit.io.zipio import ZIP_DAMAGE, ZIP_DAMAGE_OR_IO
 
 if TYPE_CHECKING:  # the format and state modules load only when a file needs them
@@ -50,7 +63,7 @@ if TYPE_CHECKING:  # the format and state modules load only when a file needs th
     from persistkit.state.audit import JournalInfo, StoreInfo
     from persistkit.state.journal import Record
 
-__all__ = ["FileReport", "Info", "KeyFileInfo", "inspect", "to_json", "verify"]
+__all__ = ["FileReport", "Info", "KeyFileInfo", "RemoteCopy", "inspect", "remote_copy", "to_json", "verify"]
 
 # What persistkit files look like, for every "not a persistkit file" message.
 KINDS_HELP = (
@@ -100,8 +113,56 @@ class FileReport:
         return True  # verify raises instead of returning a failed report
 
 
+@dataclass(frozen=True)
+class RemoteCopy:
+    """A downloaded object: its URL, the local temp copy, and the record it was checked against (or None)."""
+
+    url: str
+    path: str
+    record: str | None  # URL of the persistkit record whose sha256 and size the download matched
+
+
+@contextlib.contextmanager
+def remote_copy(url: str, *, storage_options: Mapping[str, Any] | None = None) -> Iterator[RemoteCopy]:
+    """Download the object at ``url`` into a private temp directory for the duration of the block.
+
+    Streamed, and checked against the record beside the object when there is one (a mismatch is an
+    ``IntegrityError`` before anything reads it). Persistkit errors raised in the block name ``url``
+    instead of the temp copy. The copy is removed afterwards.
+    """
+    from persistkit.archive.remote import download_checked, name_url, open_store, split_url
+
+    parent, name = split_url(url)
+    store = open_store(parent, storage_options)
+    url = store.url_of(name)
+    fs = current_fs()
+    directory = os.path.join(tempfile.gettempdir(), f"persistkit-fetch-{os.getpid()}-{secrets.token_hex(6)}")
+    try:
+        fs.mkdir(directory, mode=0o700)
+    except OSError as err:
+        raise io_error("create temp directory for", directory, err) from err
+    local = os.path.join(directory, name)
+    try:
+        record = download_checked(store, name, local)
+        try:
+            yield RemoteCopy(url, local, None if record is None else store.url_of(name + ".json"))
+        except PersistkitError as err:
+            name_url(err, local, url)
+            raise
+    finally:
+        with contextlib.suppress(OSError):
+            for leftover in fs.listdir(directory):  # the copy, or an atomic temp of a failed download
+                with contextlib.suppress(OSError):
+                    fs.unlink(os.path.join(directory, leftover))
+            fs.rmdir(directory)
+
+
 def verify(
-    path: PathLike, *, password: str | None = None, key_file: PathLike | None = None
+    path: PathLike,
+    *,
+    password: str | None = None,
+    key_file: PathLike | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Report | FileReport:
     """Read and check every byte of any persistkit file; raise the typed error of the first problem.
 
@@ -111,7 +172,11 @@ def verify(
     ``password``/``key_file``), an envelope's checksums (and GCM tags with a key), a
     journal's every record, a key file's format. Damage raises ``IntegrityError``
     naming the file; a key for a file that is not encrypted raises ``FormatError``.
+    A URL is downloaded and checked first (``remote_copy``).
     """
+    if is_url(path):
+        with remote_copy(str(path), storage_options=storage_options) as copy:
+            return verify(copy.path, password=password, key_file=key_file)
     from persistkit.bundle import verify as verify_bundle
     from persistkit.format import manifest as mf
 
@@ -248,7 +313,7 @@ def _verify_envelope(
     return FileReport(Path(source), "envelope", header.encrypted, how, info=header)
 
 
-def inspect(path: PathLike) -> Info:
+def inspect(path: PathLike, *, storage_options: Mapping[str, Any] | None = None) -> Info:
     """Describe the persistkit file or state store at ``path``; no key needed, nothing decrypted.
 
     Returns, by what ``path`` holds (see the module docstring): a bundle's
@@ -259,8 +324,12 @@ def inspect(path: PathLike) -> Info:
 
     Raises ``PersistIOError`` when ``path`` is missing or unreadable,
     ``FormatError`` when it is not a persistkit file, ``IntegrityError`` when
-    it is one whose structure is damaged or cut off.
+    it is one whose structure is damaged or cut off. A URL is downloaded and checked
+    first (``remote_copy``).
     """
+    if is_url(path):
+        with remote_copy(str(path), storage_options=storage_options) as copy:
+            return inspect(copy.path)
     source = os.path.abspath(os.fspath(path))
     fs = current_fs()
     try:

@@ -19,7 +19,8 @@ advice that fits its errno.
 
 The package, along its seams: ``base`` (format names, reports, limits, OS errors with
 advice), ``archiver`` (``Archiver``), ``checker`` (the one checker), ``restore``
-(security-critical, its own module), ``backups`` (``backup_before_overwrite``) and
+(security-critical, its own module), ``remote`` (off-site copies: push proven end-to-end,
+remote retention, pull, restore from a URL), ``backups`` (``backup_before_overwrite``) and
 ``session`` (``training_session``). ``persistkit.archive`` re-exports every public name.
 """
 
@@ -33,6 +34,10 @@ from persistkit.archive.base import STORED_SUFFIXES as STORED_SUFFIXES
 from persistkit.archive.base import ArchiveReport as ArchiveReport
 from persistkit.archive.base import RestoreLimits as RestoreLimits
 from persistkit.archive.base import VerifyReport as VerifyReport
+from persistkit.archive.remote import PushReport as PushReport
+from persistkit.archive.remote import RemoteArchive as RemoteArchive
+from persistkit.archive.remote import RemoteArchives as RemoteArchives
+from persistkit.archive.remote import restore_url as restore_url
 from persistkit.archive.restore import cleanup_stale_restores as cleanup_stale_restores
 from persistkit.archive.restore import restore as restore
 from persistkit.archive.session import TrainingSession as TrainingSession
@@ -42,10 +47,14 @@ __all__ = [
     "DEFAULT_EXCLUDE",
     "ArchiveReport",
     "Archiver",
+    "PushReport",
+    "RemoteArchive",
+    "RemoteArchives",
     "RestoreLimits",
     "VerifyReport",
     "backup_before_overwrite",
     "cleanup_stale_restores",
     "restore",
+    "restore_url",
     "training_session",
 ]

@@ -13,9 +13,9 @@ import os
 import stat as _stat
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persistkit import naming
 from persistkit.archive.base import (
@@ -45,6 +45,9 @@ from persistkit.io.fs import io_error, io_errors
 from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
 from persistkit.policy.retention import Decision, Item, KeepLast, Policy, decide
 
+if TYPE_CHECKING:
+    from persistkit.archive.remote import PushReport, RemoteArchive, RemoteArchives
+
 
 class Archiver:
     """Archives a training workspace; see the module docstring for the layout."""
@@ -61,6 +64,9 @@ class Archiver:
         progress: bool | None = None,
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
         lock_timeout: float = 300.0,
+        remote: str | None = None,
+        remote_keep: int | Policy | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = Path(os.path.abspath(os.fspath(root)))
         self.sources = tuple(sources)
@@ -73,6 +79,17 @@ class Archiver:
         self.lock_timeout = lock_timeout
         self._names = naming.Stamped(f"{prefix}_", ".zip")
         self.last_verified: Path | None = None
+        # Off-site copies (persistkit.archive.remote): each verified archive is pushed, proven, then pruned.
+        self.remote = remote
+        self.remote_policy: Policy = (
+            self.policy
+            if remote_keep is None
+            else KeepLast(remote_keep)
+            if isinstance(remote_keep, int)
+            else remote_keep
+        )
+        self.storage_options = dict(storage_options or {})
+        self._remote: RemoteArchives | None = None
 
     # -- create -------------------------------------------------------------------
     def _check_root(self) -> None:
@@ -198,6 +215,9 @@ class Archiver:
                 path=target,
             )
         self.last_verified = target
+        if self.remote is not None:
+            # before any local pruning: a push that fails leaves every local archive where it was
+            report.remote = self.remote_archives().push(target, verified=verified)
         try:
             decisions = self._prune_locked(dry_run=False, policy=None)
         except PersistIOError as err:
@@ -383,6 +403,50 @@ class Archiver:
             return False
         return not problem and isinstance(doc, dict) and doc.get("format") == FORMAT
 
+    # -- off-site copies (persistkit.archive.remote) ---------------------------------------------
+    def remote_archives(self) -> RemoteArchives:
+        """The archives under ``remote`` (opened once; the server is probed on first use)."""
+        from persistkit.archive.remote import RemoteArchives
+
+        if self.remote is None:
+            raise ValueError(f"{self.root}: this Archiver has no remote=; pass remote='s3://bucket/archives'")
+        if self._remote is None:
+            self._remote = RemoteArchives(
+                self.remote,
+                names=self._names,
+                policy=self.remote_policy,
+                scratch=self.archive_dir,
+                storage_options=self.storage_options,
+            )
+        return self._remote
+
+    def push(self, path: str | os.PathLike[str] | None = None) -> PushReport:
+        """Push a local archive (default: the newest) off-site: upload, prove the copy, remote retention."""
+        if path is None:
+            found = self.list()
+            if not found:
+                raise IntegrityError(
+                    f"{self.archive_dir}: there is no archive to push; create one first (Archiver.create).",
+                    path=self.archive_dir,
+                )
+            path = found[-1]
+        # under the writer lock: a prune elsewhere must not remove the archive while it is read
+        with self._writer("Nothing was pushed or deleted."):
+            return self.remote_archives().push(path)
+
+    def pull(self, name: str) -> Path:
+        """Download the remote archive ``name`` into the archive directory, checked and verified."""
+        with self._writer("Nothing was downloaded."):
+            return self.remote_archives().pull(name, self.archive_dir)
+
+    def list_remote(self) -> builtins.list[RemoteArchive]:
+        """The remote archives, oldest first, each with its state (verified, unverified, incomplete...)."""
+        return self.remote_archives().list()
+
+    def prune_remote(self, *, dry_run: bool = False, policy: Policy | None = None) -> builtins.list[Decision]:
+        """Apply ``remote_keep`` (or ``policy``) to the verified remote archives; ``dry_run`` only explains."""
+        return self.remote_archives().prune(dry_run=dry_run, policy=policy)
+
     # -- restore -----------------------------------------------------------------------------
     def restore(
         self,
@@ -391,6 +455,14 @@ class Archiver:
         *,
         limits: RestoreLimits | None = None,
     ) -> Path:
+        """Restore a local archive, or one at a URL (downloaded and checked against its record first)."""
+        from persistkit.io.remote import is_url
+
+        if is_url(path):
+            from persistkit.archive.remote import restore_url
+
+            assert isinstance(path, str)
+            return restore_url(path, into, limits=limits, storage_options=self.storage_options)
         return restore(path, into, limits=limits)
 
     # -- workspace ----------------------------------------------------------------------------

@@ -11,10 +11,14 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from persistkit import naming
 from persistkit.io import current_fs
 from persistkit.io.atomic import pid_alive
+
+if TYPE_CHECKING:
+    from persistkit.archive.remote import PushReport
 
 log = logging.getLogger("persistkit")
 
@@ -72,6 +76,7 @@ class ArchiveReport:
     changed_while_archiving: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)  # key and lock files left out (see Archiver.exclude)
     pruned: list[str] = field(default_factory=list)
+    remote: PushReport | None = None  # with Archiver(remote=...): the push, its proof and remote retention
 
 
 @dataclass

@@ -3,14 +3,21 @@
 Bundles, training archives, state stores, envelope files, journals and key files:
 ``persistkit.inspection`` sniffs the kind by content and delegates; this module prints.
 
-Exit codes: 0 ok, 1 a check failed (damage, tampering, wrong or missing key),
-2 usage error.
+Both accept object-store URLs (``s3://bucket/archives/x.zip``): the object is
+downloaded, checked against the persistkit record beside it when there is one
+(the output says whether one was found), then inspected or verified as a local
+file. Credentials and endpoint come from the usual AWS environment.
+
+Exit codes: 0 ok, 1 a check failed (damage, tampering, wrong or missing key,
+a missing object or bucket, refused credentials), 2 usage error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +29,7 @@ from persistkit.units import size
 if TYPE_CHECKING:
     from persistkit.format.envelope import Header
     from persistkit.format.manifest import Manifest
-    from persistkit.inspection import Info
+    from persistkit.inspection import Info, RemoteCopy
 
 __all__ = ["inspect_command", "verify_command"]
 
@@ -40,29 +47,67 @@ def _encryption(manifest: Manifest) -> str:
     return f"{info.alg}, key file"
 
 
+def _existing_or_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A local path must exist (as click.Path(exists=True) checks); a URL is checked when downloaded."""
+    from persistkit.io import current_fs
+    from persistkit.io.remote import is_url
+
+    if not is_url(value) and not current_fs().exists(value):
+        raise click.BadParameter(f"Path {value!r} does not exist.", ctx=ctx, param=param)
+    return value
+
+
+@contextlib.contextmanager
+def _local(file: str) -> Iterator[tuple[str, RemoteCopy | None]]:
+    """``file`` itself, or for a URL its downloaded copy (checked against its record when there is one)."""
+    from persistkit.inspection import remote_copy
+    from persistkit.io.remote import is_url
+
+    if not is_url(file):
+        yield file, None
+        return
+    with remote_copy(file) as copy:
+        yield copy.path, copy
+
+
+def _record_line(copy: RemoteCopy) -> str:
+    if copy.record is not None:
+        return f"  downloaded, sha256 and size checked against its record {copy.record}"
+    return "  downloaded; no persistkit record beside it, so only its content was checked"
+
+
 @click.command("inspect")
-@click.argument("file", type=click.Path(exists=True, path_type=Path))
+@click.argument("file", callback=_existing_or_url)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
-def inspect_command(file: Path, as_json: bool) -> None:
+def inspect_command(file: str, as_json: bool) -> None:
     """Show what the persistkit FILE is and holds. No key needed; nothing is decrypted.
 
     FILE may be a bundle, a training archive, a state-store directory, an
-    envelope file (STORE, CURRENT, MANIFEST, *.pk), a journal or a key file.
+    envelope file (STORE, CURRENT, MANIFEST, *.pk), a journal or a key file,
+    or the URL of one in an object store (s3://bucket/...).
     Exits 1 if it is not a persistkit file or something in it is damaged.
     """
     from persistkit.inspection import inspect, to_json
 
     try:
-        info = inspect(file)
-    except PersistkitError as err:
+        with _local(file) as (local, copy):
+            info = inspect(local)
+            doc = to_json(info) if as_json else None
+    except (PersistkitError, ImportError) as err:
         from persistkit.cli import cli_advice
 
         click.echo(f"persistkit inspect: {cli_advice(str(err))}", err=True)
         raise SystemExit(1) from None
-    if as_json:
-        click.echo(json.dumps(to_json(info), indent=2, default=str))
+    if doc is not None:
+        if copy is not None:
+            if "path" in doc:
+                doc["path"] = copy.url  # not the temp copy, which is gone by now
+            doc["remote"] = {"url": copy.url, "record": copy.record}
+        click.echo(json.dumps(doc, indent=2, default=str))
     else:
         _print_info(file, info)
+        if copy is not None:
+            click.echo(_record_line(copy))
     if _problems(info):
         raise SystemExit(1)
 
@@ -78,7 +123,7 @@ def _problems(info: Info) -> list[str]:
     return []
 
 
-def _print_info(file: Path, info: Info) -> None:
+def _print_info(file: str | Path, info: Info) -> None:
     from persistkit.archive import VerifyReport
     from persistkit.format.envelope import Header
     from persistkit.format.manifest import Manifest
@@ -116,7 +161,7 @@ def _print_info(file: Path, info: Info) -> None:
         click.echo(f"  mode        {info.mode:04o} ({safe})")
 
 
-def _print_header(file: Path, header: Header) -> None:
+def _print_header(file: str | Path, header: Header) -> None:
     click.echo(f"{file}  persistkit envelope, format {header.version}")
     click.echo(f"  kind        {header.kind}")
     click.echo(f"  codec       {header.codec} (schema {header.schema})")
@@ -137,7 +182,7 @@ def _print_header(file: Path, header: Header) -> None:
         click.echo(f"  meta        {name} = {value}")
 
 
-def _print_manifest(file: Path, manifest: Manifest) -> None:
+def _print_manifest(file: str | Path, manifest: Manifest) -> None:
     import shutil
     import sys
 
@@ -180,15 +225,18 @@ def _print_manifest(file: Path, manifest: Manifest) -> None:
 
 
 @click.command("verify")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True)
 @click.option(
     "--key-file", type=click.Path(dir_okay=False, path_type=Path), help="Key file (default: FILE.key beside)."
 )
 @click.option(
     "--password-env", metavar="VAR", help="Name of the environment variable that holds the password."
 )
-def verify_command(files: tuple[Path, ...], key_file: Path | None, password_env: str | None) -> None:
+def verify_command(files: tuple[str, ...], key_file: Path | None, password_env: str | None) -> None:
     """Read and check every byte of each persistkit FILE (bundle, archive, state store, envelope, journal).
+
+    FILE may be an object-store URL (s3://bucket/...): downloaded and checked against the
+    persistkit record beside it when there is one, then verified like a local file.
 
     A bundle: key, manifest MAC, members, digests. An archive: every member's sha256.
     A state store: every committed generation (MACs too with --key-file/--password-env).
@@ -208,23 +256,29 @@ def verify_command(files: tuple[Path, ...], key_file: Path | None, password_env:
     flag = f"--password-env {password_env or 'VAR'}"
     failed = 0
     for file in files:
+        copy = None
         try:
-            report = verify(file, password=password, key_file=key_file)
+            with _local(file) as (local, copy):
+                report = verify(local, password=password, key_file=key_file)
         except PersistkitError as err:
             failed += 1
             where = f" (member {err.member})" if err.member else ""
             click.echo(f"FAILED {file}{where}: {cli_advice(str(err), password_flag=flag)}", err=True)
             continue
-        except OSError as err:
+        except (OSError, ImportError) as err:
             failed += 1
             click.echo(f"FAILED {file}: {err}", err=True)
             continue
         if isinstance(report, Report):
             how = "authenticated" if report.authenticated else "digests only (unencrypted)"
             click.echo(f"ok     {file}: {len(report.members)} members intact, {how}")
+            if copy is not None:
+                click.echo("     " + _record_line(copy))
             continue
         how = ", authenticated" if report.authenticated else ""
         click.echo(f"ok     {file}: {report.kind}, {report.checked} intact{how}")
+        if copy is not None:
+            click.echo("     " + _record_line(copy))
         if report.unchecked:
             click.echo(
                 f"       not checked: {cli_advice(report.unchecked, password_flag=flag)}; pass --key-file or "
