@@ -2,7 +2,7 @@
 
 Layout under the remote URL (``s3://bucket/archives``), one flat prefix:
 
-- ``<name>.zip``: the archive, uploaded create-only (``RemoteStore.put_file_new``), so a name is
+- ``<name>.zip``: the archive, uploaded create-only (``ObjectStore.put_file_new``), so a name is
   never overwritten, and an upload killed half-way leaves nothing visible;
 - ``<name>.zip.json``: its record (sha256, size, the digest of its ``MANIFEST.json``, file count),
   created once the upload is complete; from then on downloads are checked against it
@@ -38,16 +38,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from persistkit.archive.base import MANIFEST, RestoreLimits, VerifyReport, _os_errors, _utcnow, log
+from persistkit.archive.base import ARCHIVE_MANIFEST as MANIFEST
+from persistkit.archive.base import RestoreLimits, VerifyReport, _utcnow, log
 from persistkit.archive.checker import _MAX_MANIFEST_BYTES, _read_capped, _verify
 from persistkit.errors import IntegrityError, PersistIOError, PersistkitError, UnsafeArchiveError
 from persistkit.io import current_fs
 from persistkit.io.atomic import pid_alive
+from persistkit.io.fs import io_errors
 from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
 from persistkit.policy.retention import Decision, Item, Policy, decide
 
 if TYPE_CHECKING:
-    from persistkit.io.remote import RemoteStore
+    from persistkit.io.objects import ObjectStore
     from persistkit.naming import Stamped
 
 __all__ = [
@@ -74,7 +76,7 @@ _MAX_RECORD_BYTES = 1 << 20
 # -- URLs and stores --------------------------------------------------------------------------
 
 
-def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> RemoteStore:
+def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> ObjectStore:
     """``remote_store(url)``, with a URL that cannot name a bucket refused as a typed error naming it."""
     from persistkit.io.remote import is_url, remote_store
 
@@ -116,7 +118,7 @@ def split_url(url: str) -> tuple[str, str]:
     return f"{protocol}://{parent}", name
 
 
-def read_record(store: RemoteStore, key: str) -> dict[str, Any] | None:
+def read_record(store: ObjectStore, key: str) -> dict[str, Any] | None:
     """The persistkit record ``<key>.json`` beside an object (sha256, size...), None if there is none.
 
     An unreadable record, or one without sha256 and size, is an ``IntegrityError`` naming it.
@@ -146,7 +148,7 @@ def read_record(store: RemoteStore, key: str) -> dict[str, Any] | None:
     return doc
 
 
-def download_checked(store: RemoteStore, key: str, local_path: str) -> dict[str, Any] | None:
+def download_checked(store: ObjectStore, key: str, local_path: str) -> dict[str, Any] | None:
     """Stream ``key`` into ``local_path``: checked against its record when there is one; returns the record.
 
     Without a record the bytes are written as they came (the caller checks them by content, as
@@ -156,27 +158,8 @@ def download_checked(store: RemoteStore, key: str, local_path: str) -> dict[str,
     if record is not None:
         store.download_verified(key, local_path, record["sha256"], record["size"])
         return record
-    _download_plain(store, key, local_path)
+    store.download(key, local_path)
     return None
-
-
-def _download_plain(store: RemoteStore, key: str, local_path: str) -> None:
-    # RemoteStore has a streamed download only with a known sha256 (download_verified); this is the
-    # same stream for an object without a record, written atomically, errors mapped by store.error.
-    from persistkit.io.atomic import atomic_writer
-    from persistkit.io.remote import CHUNK
-
-    try:
-        with (
-            store.fs.open(store.path(key), "rb", block_size=CHUNK) as source,
-            atomic_writer(local_path) as out,
-        ):
-            while chunk := source.read(CHUNK):
-                out.write(chunk)
-    except PersistkitError:
-        raise
-    except Exception as err:
-        raise store.error("download", key, err) from err
 
 
 def manifest_digest(path: Path) -> str:
@@ -277,7 +260,7 @@ class RemoteArchives:
                 f"{url}. Check it with `persistkit archive verify`; push a good archive instead.",
                 path=path,
             )
-        with _os_errors("read archive", path, "Nothing was pushed."):
+        with io_errors("read archive", path, "Nothing was pushed."):
             sha256, size = sha256_file(str(path))
         record = {
             "format": RECORD_FORMAT,
@@ -380,7 +363,7 @@ class RemoteArchives:
     def _scratch_file(self, name: str, kind: str, directory: Path | None = None) -> Iterator[Path]:
         fs = current_fs()
         directory = directory or self.scratch
-        with _os_errors("create scratch directory", directory, "Nothing was deleted."):
+        with io_errors("create scratch directory", directory, "Nothing was deleted."):
             fs.makedirs(directory)
         remove_stale_scratch(directory)
         path = directory / f".{name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -488,7 +471,7 @@ class RemoteArchives:
         fs = current_fs()
         target = Path(os.path.abspath(os.fspath(archive_dir))) / name
         if fs.exists(target):
-            with _os_errors("read archive", target, "Nothing was downloaded."):
+            with io_errors("read archive", target, "Nothing was downloaded."):
                 same = sha256_file(str(target)) == (record["sha256"], record["size"])
             if same:
                 return target
@@ -508,7 +491,7 @@ class RemoteArchives:
                     f"({'; '.join(report.problems[:3])}); it was not kept. Pull another archive.",
                     path=url,
                 )
-            with _os_errors("move the pulled archive into place at", target, "Nothing was kept."):
+            with io_errors("move the pulled archive into place at", target, "Nothing was kept."):
                 fs.replace(copy, target)
                 fs.fsync_dir(target.parent)
         return target
@@ -572,7 +555,7 @@ def restore_url(
             "verify` on it first.",
             path=url,
         )
-    with _os_errors("prepare restore target", dest, "Nothing was restored."):
+    with io_errors("prepare restore target", dest, "Nothing was restored."):
         fs.makedirs(dest.parent)
     remove_stale_scratch(dest.parent)
     temp = dest.parent / f".{dest.name}.download-{os.getpid()}-{secrets.token_hex(4)}.zip"

@@ -153,6 +153,17 @@ class ObjectStore(abc.ABC):
         ``durable=False`` skips the fsyncs, for caches whose every use checks the digest again.
         """
 
+    def download(self, key: str, local_path: str) -> None:
+        """Copy ``key`` into ``local_path`` atomically, with no digest to check it against.
+
+        For objects persistkit holds no record of (``persistkit inspect URL`` of a foreign object); the
+        caller checks the bytes by their own format. This default reads the object whole; RemoteStore
+        streams it.
+        """
+        from persistkit.io.atomic import atomic_write
+
+        atomic_write(local_path, self.get(key).data)
+
     @abc.abstractmethod
     def check_digest(self, key: str, data: bytes, sha256: str, size: int | None) -> None:
         """Raise IntegrityError naming ``key`` unless ``data`` has this sha256 (and size)."""
@@ -256,6 +267,9 @@ class DelegatingObjectStore(ObjectStore):
         durable: bool = True,
     ) -> None:
         self.inner.download_verified(key, local_path, sha256, size, progress=progress, durable=durable)
+
+    def download(self, key: str, local_path: str) -> None:
+        self.inner.download(key, local_path)
 
     def check_digest(self, key: str, data: bytes, sha256: str, size: int | None) -> None:
         self.inner.check_digest(key, data, sha256, size)
