@@ -199,7 +199,9 @@ class RemoteStore(ObjectStore):
             self.timeouts = (float(config["connect_timeout"]), float(config["read_timeout"]))
         else:
             self.timeouts = (5.0, 60.0)
-            options.setdefault("skip_instance_cache", True)
+        # fsspec caches instances by their keyword arguments, not by the environment: a cached one would
+        # keep another test's (or user's) credentials and endpoint taken from AWS_* variables.
+        options.setdefault("skip_instance_cache", True)
         try:
             self.fs = fsspec.filesystem(self.protocol, **options)
         except ImportError as err:

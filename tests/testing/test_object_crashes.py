@@ -375,7 +375,7 @@ def test_fault_sequence_fail_recover_fail_again_crash(bucket_store):
     assert len(listed) == 2 and make().latest(**WHERE) == v1
 
     # 4. expired credentials on the first read: refused at once (no retries), nothing changed
-    faults.arm(ObjectFault(0, "expired-credentials", kinds=frozenset({"list"})))
+    faults.arm(ObjectFault(0, "expired-credentials", kinds=frozenset({"list-objects"})))
     with pytest.raises(PersistIOError) as caught:
         writer.save(model(3), **WHERE, when=T0 + dt.timedelta(hours=2))
     assert caught.value.errno == errno.EACCES and "expired" in str(caught.value)
