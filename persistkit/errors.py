@@ -8,6 +8,7 @@ the file, member or field involved and says what to do about it.
     PersistkitError
      ├── IntegrityError        (also ValueError)   bytes changed: truncation, bit flip, tamper, splice
      ├── FormatError           (also ValueError)   not a persistkit file, unknown codec, newer format
+     │    └── NewerFormatError                    intact, but needs a newer persistkit or an unregistered codec
      ├── WrongKeyError         (also ValueError)   the password or key file does not open this file
      ├── UntrustedTypeError    (also TypeError)    loading would run code the caller did not trust
      ├── UnsupportedTypeError  (also TypeError)    a value persistkit cannot store without pickle
@@ -35,6 +36,7 @@ __all__ = [
     "IntegrityError",
     "LockedError",
     "MigrationError",
+    "NewerFormatError",
     "NoVersionError",
     "NotFoundError",
     "PersistIOError",
@@ -87,6 +89,14 @@ class IntegrityError(PersistkitError, ValueError):
 
 class FormatError(PersistkitError, ValueError):
     """The bytes are not a persistkit format this version can read."""
+
+
+class NewerFormatError(FormatError):
+    """Intact data this program cannot read: a newer persistkit wrote it, or a codec that is not registered.
+
+    Never a sign of damage, so a state store never falls back past it (that would roll back acknowledged
+    data) and never quarantines it: upgrade persistkit, or register the codec, and load again.
+    """
 
 
 class WrongKeyError(PersistkitError, ValueError):

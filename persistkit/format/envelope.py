@@ -97,6 +97,7 @@ from persistkit.errors import (
     BudgetExceededError,
     FormatError,
     IntegrityError,
+    NewerFormatError,
     UnsupportedTypeError,
 )
 from persistkit.format import crypto
@@ -452,7 +453,7 @@ def read_header(data: bytes | bytearray | memoryview, *, source: str = "<bytes>"
     _, version, _ = PREFIX.unpack_from(view)
     if version != FORMAT_VERSION:
         if version > FORMAT_VERSION:
-            raise FormatError(
+            raise NewerFormatError(
                 f"{source} was written by a newer persistkit (format {version}; this one reads format "
                 f"{FORMAT_VERSION}); upgrade persistkit to read it.",
                 path=source,
@@ -480,7 +481,7 @@ def _validate(fields: object, header_len: int, source: str) -> Header:
         raise _damaged(source, "the header is not a map")
     unknown = set(fields) - _HEADER_KEYS
     if unknown:
-        raise FormatError(
+        raise NewerFormatError(
             f"{source}: the header has fields this persistkit does not know ({', '.join(sorted(unknown))}); "
             "it was written by a newer persistkit: upgrade persistkit to read it.",
             path=source,

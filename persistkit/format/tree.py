@@ -105,7 +105,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from persistkit.errors import FormatError, PersistkitError, UnsupportedTypeError
+from persistkit.errors import FormatError, NewerFormatError, PersistkitError, UnsupportedTypeError
 
 __all__ = ["CODEC_VERSION", "ModelHook", "ModelResolver", "Records", "TreeLimits", "decode", "encode"]
 
@@ -837,7 +837,7 @@ def decode(
         )
     if buf[0] != CODEC_VERSION:
         if buf[0] > CODEC_VERSION:
-            raise FormatError(
+            raise NewerFormatError(
                 f"{source}: written by a newer persistkit (tree codec {buf[0]}); "
                 "upgrade persistkit to read it.",
                 field=source,

@@ -39,8 +39,10 @@ from persistkit.errors import (
     FormatError,
     IntegrityError,
     MigrationError,
+    NewerFormatError,
     PersistIOError,
     PersistkitError,
+    UntrustedTypeError,
     WrongKeyError,
 )
 from persistkit.format import codecs, envelope, tree
@@ -74,6 +76,9 @@ __all__ = [
     "StateStore",
     "observe_checkpoints",
 ]
+
+# errors that say this program cannot read intact data; never a reason to fall back or quarantine
+_NOT_DAMAGE = (WrongKeyError, MigrationError, NewerFormatError, UntrustedTypeError)
 
 log = logging.getLogger("persistkit")
 _C = TypeVar("_C")
@@ -335,7 +340,7 @@ class StateStore:
                 warnings.simplefilter("always")
                 try:
                     report = self._load_locked()
-                except (WrongKeyError, MigrationError):
+                except _NOT_DAMAGE:
                     raise
                 except PersistkitError:
                     if last or gens.current_token(self.directory) == before:
@@ -426,7 +431,10 @@ class StateStore:
                 # The checkpoint itself is intact and the newest; only the appends after it are
                 # damaged. An older generation would roll back acknowledged data: never fall back.
                 raise damaged.error from damaged.error.__cause__
-            except (WrongKeyError, MigrationError):
+            except _NOT_DAMAGE:
+                # Not damage: this program cannot read intact data (wrong key, migration, a newer
+                # persistkit or an unregistered codec, an untrusted type). Falling back would roll back
+                # acknowledged data and quarantine good checkpoints: refuse, change nothing.
                 raise
             except PersistkitError as err:
                 failures.append(f"{gens.gen_name(n)}: {err}")

@@ -19,7 +19,7 @@ import re
 import threading
 from collections.abc import Iterator
 
-from persistkit.errors import FormatError, UnsupportedTypeError
+from persistkit.errors import NewerFormatError, UnsupportedTypeError
 from persistkit.format.codecs.base import Codec, Declined, DecodeContext, EncodeContext, Encoded, Payload
 
 __all__ = ["BUILTIN", "CodecRegistry"]
@@ -119,7 +119,7 @@ class CodecRegistry:
         codec = self.find(name)
         if codec is None:
             where = f"{source}: " if source else ""
-            raise FormatError(
+            raise NewerFormatError(
                 f"{where}unknown member codec {name!r}; it may come from a newer persistkit (this one knows "
                 f"{', '.join(sorted(self.names()))}), or from a codec this program has not registered. "
                 "Upgrade persistkit (or register the codec) to read it.",

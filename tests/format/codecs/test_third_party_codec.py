@@ -298,3 +298,54 @@ def test_a_value_embedding_an_unregistered_codec_is_a_typed_error_naming_the_mem
         with pytest.raises(FormatError, match="unknown member codec 'widget'") as info:
             pk.verify(path)
         assert info.value.member == "mixed" and info.value.path == str(path)
+
+
+def test_a_state_store_refuses_an_unregistered_codec_without_falling_back_or_quarantining(tmp_path):
+    """An intact checkpoint that needs a codec this program lacks is not damage: loading must not fall
+    back to an older checkpoint (rolling back acknowledged data) nor quarantine the newer ones."""
+    from persistkit.errors import NewerFormatError
+
+    class Holder:
+        def __init__(self) -> None:
+            self.widget: object = None
+
+        def state_dict(self):
+            return {"widget": self.widget}
+
+        def load_state_dict(self, state):
+            self.widget = state["widget"]
+
+    def open_store():
+        store = StateStore(directory, autosave_every=0)
+        holder = Holder()
+        store.register("holder", holder)
+        return store, holder
+
+    directory = tmp_path / "store"
+    register(WidgetCodec())
+    try:
+        store, holder = open_store()
+        with store:
+            store.load()
+            holder.widget = None
+            store.save()  # an older checkpoint a fallback could pick
+            holder.widget = Widget(7, "newest")
+            store.save()
+    finally:
+        unregister("widget")
+    for _ in range(2):  # fails, recovers when registered, fails again once unregistered
+        before = sorted(p.name for p in directory.iterdir())
+        store, holder = open_store()
+        with pytest.raises(NewerFormatError, match="widget") as caught:
+            store.load()
+        store.close()
+        assert isinstance(caught.value, FormatError) and "register the codec" in str(caught.value)
+        assert sorted(p.name for p in directory.iterdir()) == before  # nothing quarantined or retired
+        register(WidgetCodec())
+        try:
+            store, holder = open_store()
+            with store:
+                assert store.load()["holder"].status == "loaded"
+                assert holder.widget == Widget(7, "newest")
+        finally:
+            unregister("widget")
