@@ -29,10 +29,10 @@ from persistkit.archive.base import (
     VerifyReport,
     _is_restoring,
     _is_tty,
-    _utcnow,
     log,
+    utcnow,
 )
-from persistkit.archive.checker import _MAX_MANIFEST_BYTES, _parse_manifest, _read_capped, _verify
+from persistkit.archive.checker import MAX_MANIFEST_BYTES, parse_manifest, read_capped, verify_archive
 from persistkit.archive.restore import restore
 from persistkit.errors import (
     IntegrityError,
@@ -198,7 +198,7 @@ class Archiver:
                 files.append(self._add(zf, name, path, st, report, advance))
             manifest = {
                 "format": FORMAT,
-                "created": _utcnow().isoformat(),
+                "created": utcnow().isoformat(),
                 "source_root": str(self.root),
                 "skipped_sources": report.skipped_sources,
                 "changed_while_archiving": report.changed_while_archiving,
@@ -344,7 +344,7 @@ class Archiver:
         Names, links, sizes and the compression ratio are checked first; then every member's
         kind, size and sha256 against ``MANIFEST.json``. The work is bounded by the archive's size.
         """
-        return _verify(Path(path), RestoreLimits())
+        return verify_archive(Path(path), RestoreLimits())
 
     # -- retention -------------------------------------------------------------------------
     def prune(self, *, dry_run: bool = False, policy: Policy | None = None) -> builtins.list[Decision]:
@@ -396,9 +396,9 @@ class Archiver:
         try:
             with current_fs().open_read(path) as raw, zipfile.ZipFile(raw) as zf:
                 info = zf.getinfo(ARCHIVE_MANIFEST)
-                if info.file_size > _MAX_MANIFEST_BYTES or info.flag_bits & 0x1:
+                if info.file_size > MAX_MANIFEST_BYTES or info.flag_bits & 0x1:
                     return False
-                doc, problem = _parse_manifest(_read_capped(zf, info, _MAX_MANIFEST_BYTES))
+                doc, problem = parse_manifest(read_capped(zf, info, MAX_MANIFEST_BYTES))
         except ZIP_DAMAGE_OR_IO:
             return False
         return not problem and isinstance(doc, dict) and doc.get("format") == FORMAT
@@ -482,7 +482,7 @@ class Archiver:
         logs = self.root / "logs"
         with io_errors("prepare workspace", self.root, "The verified archive is intact."):
             if fs.is_dir(logs) and fs.listdir(logs):
-                moved = self.root / f"logs_backup_{_utcnow().strftime('%Y%m%d_%H%M%S_%f')}"
+                moved = self.root / f"logs_backup_{utcnow().strftime('%Y%m%d_%H%M%S_%f')}"
                 fs.replace(logs, moved)
                 fs.fsync_dir(self.root)
             for sub in ("logs", "logs/trades", "logs/tensorboard", "models/checkpoints"):

@@ -61,7 +61,7 @@ _RESTORING: set[str] = set()  # archives being restored from in this process
 _RESTORING_LOCK = threading.Lock()
 
 
-def _utcnow() -> dt.datetime:
+def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 

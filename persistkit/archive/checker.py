@@ -40,7 +40,7 @@ from persistkit.io import current_fs
 from persistkit.io.fs import io_error, io_errors
 from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
 
-_MAX_MANIFEST_BYTES = 64 << 20  # ~250 bytes an entry: room for RestoreLimits.max_entries and more
+MAX_MANIFEST_BYTES = 64 << 20  # ~250 bytes an entry: room for RestoreLimits.max_entries and more
 _MAX_LINK_BYTES = 4096  # PATH_MAX: a longer "link target" is not one
 _MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit
 _ALLOWANCE = 1 << 20  # bytes any member may expand to before the ratio is enforced
@@ -126,7 +126,7 @@ def _kind_of(info: zipfile.ZipInfo, plan: _Plan) -> str | None:
     return None
 
 
-def _read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
+def read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
     """At most ``cap`` + 1 bytes of a member: callers treat a longer result as over the cap."""
     with zf.open(info) as f:
         return f.read(cap + 1)
@@ -216,7 +216,7 @@ def _plan_links(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
             continue
         name = m.info.orig_filename
         try:
-            data = _read_capped(zf, m.info, _MAX_LINK_BYTES)
+            data = read_capped(zf, m.info, _MAX_LINK_BYTES)
             if len(data) > _MAX_LINK_BYTES:
                 raise ValueError(f"a link target over {_MAX_LINK_BYTES} bytes")
             m.target = data.decode("utf-8", "strict")
@@ -303,23 +303,23 @@ def _plan_manifest(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
             ARCHIVE_MANIFEST,
         )
         return
-    if manifest.info.file_size > _MAX_MANIFEST_BYTES:
+    if manifest.info.file_size > MAX_MANIFEST_BYTES:
         plan.unsafe(
-            f"{ARCHIVE_MANIFEST} claims {manifest.info.file_size} bytes (over {_MAX_MANIFEST_BYTES})",
+            f"{ARCHIVE_MANIFEST} claims {manifest.info.file_size} bytes (over {MAX_MANIFEST_BYTES})",
             ARCHIVE_MANIFEST,
         )
         return
     if not plan.readable:
         return
     try:
-        data = _read_capped(zf, manifest.info, _MAX_MANIFEST_BYTES)
+        data = read_capped(zf, manifest.info, MAX_MANIFEST_BYTES)
     except ZIP_DAMAGE_OR_IO as err:
         plan.damaged(_read_problem(err, ARCHIVE_MANIFEST, src), ARCHIVE_MANIFEST)
         return
-    if len(data) > _MAX_MANIFEST_BYTES:
-        plan.unsafe(f"{ARCHIVE_MANIFEST} is over {_MAX_MANIFEST_BYTES} bytes", ARCHIVE_MANIFEST)
+    if len(data) > MAX_MANIFEST_BYTES:
+        plan.unsafe(f"{ARCHIVE_MANIFEST} is over {MAX_MANIFEST_BYTES} bytes", ARCHIVE_MANIFEST)
         return
-    doc, problem = _parse_manifest(data)
+    doc, problem = parse_manifest(data)
     if problem:
         plan.damaged(problem, ARCHIVE_MANIFEST)
         return
@@ -352,7 +352,7 @@ def _plan_manifest(zf: zipfile.ZipFile, src: Path, plan: _Plan) -> None:
             plan.damaged(f"{entry['path']}: listed in the manifest but missing from the zip", entry["path"])
 
 
-def _parse_manifest(data: bytes) -> tuple[Any, str]:
+def parse_manifest(data: bytes) -> tuple[Any, str]:
     try:
         return json.loads(data.decode("utf-8", "strict")), ""
     except (ValueError, RecursionError) as err:  # RecursionError: absurdly deep nesting
@@ -475,7 +475,7 @@ def _open_zip(src: Path, problems: builtins.list[_Problem]) -> Iterator[tuple[zi
             yield zf, size
 
 
-def _verify(path: Path, limits: RestoreLimits) -> VerifyReport:
+def verify_archive(path: Path, limits: RestoreLimits) -> VerifyReport:
     problems: builtins.list[_Problem] = []
     checked = 0
     with _open_zip(path, problems) as (zf, size):

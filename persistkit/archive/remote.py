@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from persistkit.archive.base import ARCHIVE_MANIFEST as MANIFEST
-from persistkit.archive.base import RestoreLimits, VerifyReport, _utcnow, log
-from persistkit.archive.checker import _MAX_MANIFEST_BYTES, _read_capped, _verify
+from persistkit.archive.base import RestoreLimits, VerifyReport, log, utcnow
+from persistkit.archive.checker import MAX_MANIFEST_BYTES, read_capped, verify_archive
 from persistkit.errors import IntegrityError, PersistIOError, PersistkitError, UnsafeArchiveError
 from persistkit.io import current_fs
 from persistkit.io.atomic import pid_alive
@@ -167,7 +167,7 @@ def manifest_digest(path: Path) -> str:
     problem: BaseException
     try:
         with current_fs().open_read(path) as raw, zipfile.ZipFile(raw) as zf:
-            data = _read_capped(zf, zf.getinfo(MANIFEST), _MAX_MANIFEST_BYTES)
+            data = read_capped(zf, zf.getinfo(MANIFEST), MAX_MANIFEST_BYTES)
         return hashlib.sha256(data).hexdigest()
     except KeyError as err:
         problem = err
@@ -253,7 +253,7 @@ class RemoteArchives:
         url = self.store.url_of(name)
         kept = f"The local archive {path} is intact; nothing was deleted, here or remotely."
         if verified is None:
-            verified = _verify(path, RestoreLimits())
+            verified = verify_archive(path, RestoreLimits())
         if not verified.ok:
             raise IntegrityError(
                 f"{path}: does not verify ({'; '.join(verified.problems[:3])}), so it was not pushed to "
@@ -270,7 +270,7 @@ class RemoteArchives:
             "size": size,
             "manifest_sha256": manifest_digest(path),
             "files": verified.checked,
-            "pushed": _utcnow().isoformat(),
+            "pushed": utcnow().isoformat(),
         }
         try:
             uploaded = self.store.put_file_new(name, str(path))
@@ -297,7 +297,7 @@ class RemoteArchives:
                 "name": name,
                 "sha256": sha256,
                 "checked": checked,
-                "verified": _utcnow().isoformat(),
+                "verified": utcnow().isoformat(),
             }
             self.store.put_new(name + VERIFIED_SUFFIX, json.dumps(marker, indent=1).encode())
         except PersistIOError as err:
@@ -350,7 +350,7 @@ class RemoteArchives:
                     f"{after}",
                     path=url,
                 ) from err
-            report = _verify(copy, RestoreLimits())
+            report = verify_archive(copy, RestoreLimits())
             if not report.ok or manifest_digest(copy) != record["manifest_sha256"]:
                 problems = "; ".join(report.problems[:3]) or f"its {MANIFEST} differs from the record"
                 raise IntegrityError(
@@ -484,7 +484,7 @@ class RemoteArchives:
             )
         with self._scratch_file(name, "pull", target.parent) as copy:
             self.store.download_verified(name, str(copy), record["sha256"], record["size"])
-            report = _verify(copy, RestoreLimits())
+            report = verify_archive(copy, RestoreLimits())
             if not report.ok:
                 raise IntegrityError(
                     f"{url}: matches its record but does not verify against its manifest "

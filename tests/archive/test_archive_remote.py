@@ -501,7 +501,7 @@ ws, url, endpoint, flag = sys.argv[1:]
 def stall(path, limits):  # the copy is downloaded back; the checker is about to read it
     pathlib.Path(flag).write_text("downloaded")
     time.sleep(120)
-remote._verify = stall
+remote.verify_archive = stall
 options = {"key": "testing", "secret": "testing",
            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
 Archiver(ws, remote=url, storage_options=options).create()
