@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from persistkit import naming
 from persistkit.io import current_fs, use_fs
 from persistkit.io.fs import FileHandle, PersistFS
 from persistkit.testing.testfs import HookedFS, Mutation
@@ -281,7 +282,10 @@ def _install_hook() -> None:
 
 def _is_temp(path: str) -> bool:
     """persistkit's temp and retired names (atomic-write temps, generations being written or removed)."""
-    return any(marker in part for part in path.split(os.sep) for marker in (".pk-tmp-", ".tmp-", ".retired-"))
+    return any(
+        naming.is_temp_name(part) or naming.generation_state(part) in ("tmp", "retired")
+        for part in path.split(os.sep)
+    )
 
 
 class _StoreSpans:
