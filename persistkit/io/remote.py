@@ -125,6 +125,19 @@ def _is_transient(err: BaseException) -> bool:
     return any(cls.__name__ in _TRANSIENT_NAMES for cls in type(err).__mro__)
 
 
+# botocore's "no usable credentials" errors, recognised by name (this module does not import botocore)
+_CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError")
+
+
+def _no_credentials(err: BaseException) -> bool:
+    return any(
+        cls.__name__ in _CREDENTIAL_ERRORS
+        for cause in (err, err.__cause__, err.__context__)
+        if cause is not None
+        for cls in type(cause).__mro__
+    )
+
+
 def _server_code(err: BaseException) -> str | None:
     """The S3 error code (``NoSuchBucket``, ``PreconditionFailed``...) behind a translated s3fs error."""
     for cause in (err, err.__cause__, err.__context__):
@@ -311,10 +324,16 @@ class RemoteStore(ObjectStore):
         elif isinstance(err, FileNotFoundError):
             number = _errno.ENOENT
             advice = "No such object: check the URL; if it was there before, restore it from a backup."
-        elif isinstance(err, PermissionError) or code in (
-            "AccessDenied",
-            "ExpiredToken",
-            "InvalidAccessKeyId",
+        elif (
+            isinstance(err, PermissionError)
+            or _no_credentials(err)
+            or code
+            in (
+                "AccessDenied",
+                "ExpiredToken",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+            )
         ):
             number = _errno.EACCES
             advice = (

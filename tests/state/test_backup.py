@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -402,6 +403,8 @@ def test_missing_bucket_missing_backup_and_bad_credentials_are_typed(s3_bucket, 
     with pytest.raises(PersistkitError) as caught:
         pk.StateStore.restore_from(f"s3://{bucket}/x", tmp_path / "b", storage_options=anonymous)
     assert f"s3://{bucket}/x/BACKUP.json" in str(caught.value) and "credentials" in str(caught.value)
+    assert isinstance(caught.value, PersistIOError) and caught.value.errno == errno.EACCES
+    assert "Refresh them" in str(caught.value)  # the credentials advice, not "fix the cause above"
     assert not (tmp_path / "b").exists()
 
 
