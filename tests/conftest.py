@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,3 +140,28 @@ def own_s3_server():
 def s3_bucket(s3_server):
     """A fresh bucket on the session's server: (server, bucket name)."""
     return s3_server, s3_server.new_bucket()
+
+
+@pytest.fixture
+def iam_enforcing_endpoint():
+    """moto's server as a subprocess that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0): its endpoint URL."""
+    pytest.importorskip("moto.server", reason="pip install 'moto[server]' (in persistkit[dev])")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None, "moto server did not start"
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=30)

@@ -5,11 +5,6 @@ environment, as a user's shell would have them)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -226,31 +221,6 @@ def test_inspect_url_errors_are_typed_and_name_the_url(s3_bucket):
     with pytest.raises(pk.PersistIOError, match="No such object") as info:
         pk.inspect(missing, storage_options=server.storage_options)
     assert info.value.path == missing
-
-
-@pytest.fixture
-def iam_enforcing_endpoint():
-    """moto's server as a subprocess that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0)."""
-    pytest.importorskip("moto.server", reason="pip install 'moto[server]' (in persistkit[dev])")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline and server.poll() is None, "moto server did not start"
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=30)
 
 
 def test_wrong_credentials_are_a_typed_error_with_advice(iam_enforcing_endpoint, tmp_path):

@@ -216,42 +216,11 @@ def test_sigkill_during_a_multipart_upload_leaves_no_visible_object(s3_bucket, t
     assert store.put_file_new("big", str(big)) is True  # the name was never taken
 
 
-@pytest.fixture
-def iam_enforcing_s3_server(tmp_path):
-    """moto's server as a subprocess that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0)."""
-    pytest.importorskip("moto.server", reason="pip install 'moto[server]' (in persistkit[dev])")
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline and server.poll() is None, "moto server did not start"
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=30)
-
-
-def test_unknown_or_expired_credentials_are_a_typed_error_with_advice(iam_enforcing_s3_server):
+def test_unknown_or_expired_credentials_are_a_typed_error_with_advice(iam_enforcing_endpoint):
     options = {
         "key": "AKIAEXPIREDORUNKNOWN",
         "secret": "wrong",
-        "client_kwargs": {"endpoint_url": iam_enforcing_s3_server, "region_name": "us-east-1"},
+        "client_kwargs": {"endpoint_url": iam_enforcing_endpoint, "region_name": "us-east-1"},
     }
     with pytest.raises(
         PersistIOError, match=r"Access denied.*credentials are missing, wrong or expired"
