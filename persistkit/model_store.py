@@ -433,6 +433,7 @@ def _version_time(name: str) -> dt.datetime:
 
 LATEST = "LATEST.json"  # per group: {"name", "sha256", "size"} of the newest published version
 RECORD_SUFFIX = ".json"  # <version>.models.json: the version record; a version exists once it does
+VERSION_RECORD = "persistkit.remote-version"  # its format
 _MAX_NAME_ATTEMPTS = 1000
 ORPHAN_GRACE = dt.timedelta(days=1)  # unrecorded objects younger than this may belong to a live publisher
 # A publish lists the names stamped since this long ago: enough for any clock the writers share,
@@ -592,7 +593,7 @@ class RemoteModelStore(ModelStore):
             save_bundle(staging, models, meta, config=config, **bundle_kw)
             name, uploaded, pointer_etag, newest = self._upload_new(group, staging, when)
             digest, size = uploaded.sha256, uploaded.size
-            record = {"format": "persistkit.remote-version", "version": 1, "name": name, "sha256": digest,
+            record = {"format": VERSION_RECORD, "version": 1, "name": name, "sha256": digest,
                       "size": size, "encrypted": bool(encrypt), "config": config_doc}  # fmt: skip
             record_key = f"{group}/{name}{RECORD_SUFFIX}"
             body = json.dumps(record, indent=1).encode()
@@ -740,24 +741,10 @@ class RemoteModelStore(ModelStore):
         return sorted((n for n in published if VERSIONS.parse(n) is not None), key=VERSIONS.sort_key)
 
     def _record(self, group: str, name: str) -> dict[str, Any]:
+        from persistkit.io.objects import parse_record
+
         key = f"{group}/{name}{RECORD_SUFFIX}"
-        data = self.remote.get(key).data
-        try:
-            doc = json.loads(data.decode("utf-8"))
-            if not (
-                isinstance(doc, dict)
-                and isinstance(doc.get("sha256"), str)
-                and isinstance(doc.get("size"), int)
-            ):
-                raise ValueError("sha256 and size are missing")
-        except (UnicodeDecodeError, ValueError) as err:
-            url = self.remote.url_of(key)
-            raise IntegrityError(
-                f"{url}: the version record is unreadable ({err}); the version cannot be verified. Restore the "
-                "record from a backup, or delete the version.",
-                path=url,
-            ) from err
-        return doc
+        return parse_record(self.remote.url_of(key), self.remote.get(key).data, (VERSION_RECORD,))
 
     def versions(self, symbol: str, agent: str, timeframe: str) -> list[str]:  # type: ignore[override]
         group = self.group(symbol, agent, timeframe)

@@ -143,6 +143,24 @@ def test_a_corrupted_remote_object_is_refused_before_parsing(store_at, tmp_path)
     assert not (tmp_path / "c2" / "BTC-USDT" / "ppo" / "1h" / key.rsplit("/", 1)[1]).exists()
 
 
+@pytest.mark.parametrize(
+    "record",
+    [b"garbage", b'{"format": "persistkit.remote-version", "size": 3}', b'{"sha256": "' + b"0" * 64 + b'"}',
+     b"{" + b" " * (1 << 20) + b"}"],
+    ids=["not-json", "no-sha256", "no-format", "oversized"],
+)  # fmt: skip
+def test_a_damaged_version_record_is_an_integrity_error_naming_it(store_at, record):
+    store = store_at(cache="c1")
+    url = store.save({"q": np.arange(3.0)}, **WHERE)
+    store_at.server.client().put_object(
+        Bucket=store_at.bucket, Key=url.split("/", 3)[3] + ".json", Body=record
+    )
+    fresh = store_at(cache="c2")
+    with pytest.raises(IntegrityError, match=r"the record beside .* is unreadable") as info:
+        fresh.load_latest(**WHERE)
+    assert info.value.path == url + ".json" and "Restore the record" in str(info.value)
+
+
 def test_fallback_skips_a_corrupted_newest_version(store_at):
     store = store_at(cache="c1")
     store.save({"q": np.zeros(2)}, **WHERE, when=T0)

@@ -45,6 +45,7 @@ from persistkit.errors import IntegrityError, PersistIOError, PersistkitError, U
 from persistkit.io import current_fs
 from persistkit.io.atomic import pid_alive
 from persistkit.io.fs import io_errors
+from persistkit.io.objects import RECORD_SUFFIX, parse_record
 from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
 from persistkit.policy.retention import Decision, Item, Policy, decide
 
@@ -65,12 +66,10 @@ __all__ = [
 ]
 
 RECORD_FORMAT = "persistkit.remote-archive"
-RECORD_SUFFIX = ".json"  # <object>.json beside <object>: the rule remote ModelStore versions follow too
 VERIFIED_SUFFIX = ".verified.json"
 # Record formats whose sha256/size persistkit checks downloads against (archives here, ModelStore versions).
 KNOWN_RECORDS = (RECORD_FORMAT, "persistkit.remote-version")
 _SCRATCH = re.compile(r"^\..+\.(?:remote-check|pull|download)-(?P<pid>\d+)-[0-9a-f]{8}(?:\.zip)?$")
-_MAX_RECORD_BYTES = 1 << 20
 
 
 # -- URLs and stores --------------------------------------------------------------------------
@@ -126,26 +125,7 @@ def read_record(store: ObjectStore, key: str) -> dict[str, Any] | None:
     found = store.get_or_none(key + RECORD_SUFFIX)
     if found is None:
         return None
-    url = store.url_of(key + RECORD_SUFFIX)
-    try:
-        if len(found.data) > _MAX_RECORD_BYTES:
-            raise ValueError(f"{len(found.data)} bytes, far more than a record holds")
-        doc = json.loads(found.data.decode("utf-8"))
-        if not (
-            isinstance(doc, dict)
-            and doc.get("format") in KNOWN_RECORDS
-            and isinstance(doc.get("sha256"), str)
-            and re.fullmatch(r"[0-9a-f]{64}", doc["sha256"])
-            and type(doc.get("size")) is int
-        ):
-            raise ValueError("it is not a persistkit record with a sha256 and a size")
-    except (UnicodeDecodeError, ValueError) as err:
-        raise IntegrityError(
-            f"{url}: the record beside {store.url_of(key)} is unreadable ({err}), so that object cannot be "
-            "checked. Restore the record from a backup or a bucket version, or push the object again.",
-            path=url,
-        ) from err
-    return doc
+    return parse_record(store.url_of(key + RECORD_SUFFIX), found.data, KNOWN_RECORDS)
 
 
 def download_checked(store: ObjectStore, key: str, local_path: str) -> dict[str, Any] | None:

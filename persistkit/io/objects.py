@@ -22,9 +22,12 @@ import abc
 import builtins
 import contextlib
 import datetime as dt
+import json
+import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from persistkit.errors import IntegrityError, PersistIOError
 
@@ -35,10 +38,13 @@ __all__ = [
     "PendingUpload",
     "Progress",
     "Uploaded",
+    "MAX_RECORD_BYTES",
     "ObjectStore",
+    "RECORD_SUFFIX",
     "delegates_to",
     "digest_mismatch",
     "has_object_store_hooks",
+    "parse_record",
     "use_object_store",
     "wrap_store",
 ]
@@ -222,6 +228,40 @@ def digest_mismatch(
         "load an older version.",
         path=url,
     )
+
+
+RECORD_SUFFIX = ".json"  # ``<object>.json`` beside ``<object>``: its persistkit record (sha256, size, ...)
+MAX_RECORD_BYTES = 1 << 20  # a record is a few hundred bytes; anything far larger is not one
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_record(url: str, data: bytes, formats: Sequence[str]) -> dict[str, Any]:
+    """The record at ``url`` (JSON with ``format``, a hex ``sha256`` and an int ``size``), checked.
+
+    The one reader of the records persistkit writes beside uploaded objects (model-store versions,
+    archives), so every verified download trusts the same fields. Anything else is an IntegrityError
+    naming the record.
+    """
+    try:
+        if len(data) > MAX_RECORD_BYTES:
+            raise ValueError(f"{len(data)} bytes, far more than a record holds")
+        doc = json.loads(data.decode("utf-8"))
+        if not (
+            isinstance(doc, dict)
+            and doc.get("format") in formats
+            and isinstance(doc.get("sha256"), str)
+            and _SHA256_HEX.fullmatch(doc["sha256"])
+            and type(doc.get("size")) is int
+        ):
+            raise ValueError("it is not a persistkit record with a sha256 and a size")
+    except (UnicodeDecodeError, ValueError) as err:
+        of = url[: -len(RECORD_SUFFIX)] if url.endswith(RECORD_SUFFIX) else url
+        raise IntegrityError(
+            f"{url}: the record beside {of} is unreadable ({err}), so that object cannot be checked. "
+            "Restore the record from a backup or a bucket version, or upload the object again.",
+            path=url,
+        ) from err
+    return doc
 
 
 class DelegatingObjectStore(ObjectStore):
