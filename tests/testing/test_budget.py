@@ -118,4 +118,6 @@ def test_the_marker_counts_bytes_written_by_c_code(pytester):
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*persist_budget exceeded (1):*", "*m.pt reached 8* bytes > max_bytes=100,000*"])
+    result.stdout.fnmatch_lines(
+        ["*persist_budget exceeded (1):*", "*m.pt reached 8* bytes > max_bytes=100,000*"]
+    )
