@@ -196,6 +196,10 @@ class ModelStore:
             ) from err
         return isinstance(doc, dict) and doc.get("encrypted") is True
 
+    def load_options(self, **load_kw: Any) -> dict[str, Any]:
+        """The ``load_bundle`` keywords this store loads its versions with (its key, its encryption rule)."""
+        return self._load_kw(dict(load_kw))
+
     def _load_kw(self, load_kw: dict[str, Any]) -> dict[str, Any]:
         if self.encrypted:
             load_kw.setdefault(

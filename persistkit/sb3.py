@@ -91,7 +91,7 @@ def fine_tune(
     store: ModelStore | PathLike | None = None,
     callback: Any = None,
     **load_kw: Any,
-) -> Path:
+) -> Path | str:
     """Continue training one SB3 member of a bundle and save the result as a new bundle.
 
     The model is loaded (``load_kw`` goes to ``load_bundle``: ``password``,
@@ -110,6 +110,12 @@ def fine_tune(
     Otherwise the new bundle is sealed the same way as the parent (same
     password, key file, or a copy of the key written beside the new bundle)
     at ``save_to``, which defaults to ``<parent>.ft<timesteps>.models``.
+
+    A parent on object storage is given by its URL together with ``store=`` (the
+    ``ModelStore("s3://...")`` holding it): it is fetched (sha256-checked) into
+    the store's cache, and the child is published into that store as its next
+    version; the lineage names the parent's URL. Returns the child's path, or
+    its URL for a remote store.
     """
     from persistkit.bundle import load_bundle, save_bundle
     from persistkit.errors import NotFoundError
@@ -118,7 +124,22 @@ def fine_tune(
 
     if save_to is not None and store is not None:
         raise ValueError("pass save_to= (a bundle path) or store= (publish into a ModelStore), not both")
-    parent = os.path.abspath(os.fspath(bundle_path))
+    from persistkit.io.remote import is_url
+
+    source = os.fspath(bundle_path)
+    if is_url(source):
+        from persistkit.model_store import RemoteModelStore
+
+        if not isinstance(store, RemoteModelStore):
+            raise ValueError(
+                f"{source} is on object storage: pass store=ModelStore({source.rsplit('/', 4)[0]!r}, ...) (the "
+                "remote store holding it, with its storage options and key) so fine_tune can fetch the parent "
+                "and publish the child there."
+            )
+        parent = store.fetch(source)  # downloaded into the store's cache and checked against its record
+        load_kw = store.load_options(**load_kw)  # the store's key and its encryption rule
+    else:
+        parent = os.path.abspath(source)
     parent_hash = _sha256(parent)
     bundle = load_bundle(parent, env=env, **load_kw)
     group = _store_group(bundle.metadata)
@@ -151,7 +172,7 @@ def fine_tune(
     metadata = {k: v for k, v in bundle.metadata.items() if k not in _AUTOMATIC}
     metadata["lineage"] = {
         "parent_sha256": parent_hash,
-        "parent_path": parent,
+        "parent_path": source if is_url(source) else parent,
         "parent_version": os.path.basename(parent),
         "parent_bundle_id": bundle.manifest.bundle_id,
         "member": member,

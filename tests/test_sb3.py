@@ -132,3 +132,34 @@ def test_a_lambda_learning_rate_survives_a_bundle_as_a_table_or_as_the_function_
         warnings.simplefilter("ignore")
         exact.learn(32, reset_num_timesteps=False)
     assert exact.num_timesteps == 96
+
+
+def test_fine_tune_a_remote_version_publishes_the_child_into_the_remote_store(s3_bucket, tmp_path):
+    """A parent on object storage: fetched (checked) into the cache, child published as the next version,
+    lineage naming the parent's URL; without store= the URL is refused with advice."""
+    server, bucket = s3_bucket
+
+    def remote(cache):
+        return pk.ModelStore(f"s3://{bucket}/models", cache_dir=tmp_path / cache,
+                             key_file=tmp_path / "store.key", storage_options=server.storage_options)  # fmt: skip
+
+    import datetime as dt
+
+    when = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
+    parent = remote("trainer").save(
+        {"policy": ppo()}, symbol="BTC/USDT", agent="ppo", timeframe="1h", when=when
+    )
+    with pytest.raises(ValueError, match="is on object storage: pass store=ModelStore"):
+        fine_tune(parent, "policy", gym.make("CartPole-v1"), 32)
+    store = remote("tuner")  # another machine: its own cache, the shared key
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = fine_tune(parent, "policy", gym.make("CartPole-v1"), 32, store=store)
+    assert isinstance(child, str) and child.startswith(f"s3://{bucket}/models/BTC-USDT/ppo/1h/")
+    assert store.versions("BTC/USDT", "ppo", "1h") == [parent, child]
+    assert store.latest("BTC/USDT", "ppo", "1h") == child
+    loaded = remote("server").load_latest("BTC/USDT", "ppo", "1h", env=gym.make("CartPole-v1"))
+    assert loaded["policy"].num_timesteps == 96
+    lineage = loaded.metadata["lineage"]
+    assert lineage["parent_path"] == parent and lineage["timesteps_before"] == 64
+    assert lineage["parent_version"] == parent.rsplit("/", 1)[1]
