@@ -28,7 +28,6 @@ from persistkit.archive.base import (
     RestoreLimits,
     VerifyReport,
     _is_restoring,
-    _is_tty,
     log,
     utcnow,
 )
@@ -44,6 +43,7 @@ from persistkit.io import DirectoryLock, atomic_writer, current_fs
 from persistkit.io.fs import io_error, io_errors
 from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
 from persistkit.policy.retention import Decision, Item, KeepLast, Policy, decide
+from persistkit.progress import transfer
 
 if TYPE_CHECKING:
     from persistkit.archive.remote import PushReport, RemoteArchive, RemoteArchives
@@ -190,7 +190,7 @@ class Archiver:
         _refuse_case_twins([name for name, _, _ in entries], self.root)
         total = sum(st.st_size for _, _, st in entries if _stat.S_ISREG(st.st_mode))
         with (
-            self._progress(total) as advance,
+            transfer("archiving", total, show=self.progress) as advance,
             atomic_writer(target) as out,
             zipfile.ZipFile(out, "w", allowZip64=True) as zf,  # type: ignore[call-overload]
         ):
@@ -229,20 +229,6 @@ class Archiver:
             ) from err
         report.pruned = [d.item.id for d in decisions if not d.keep]
         return report
-
-    @contextlib.contextmanager
-    def _progress(self, total: int) -> Iterator[Any]:
-        show = self.progress if self.progress is not None else (total > 64 * 1024**2 and _is_tty())
-        if not show:
-            yield lambda n: None
-            return
-        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
-        with Progress(
-            "archiving", BarColumn(), DownloadColumn(), TimeRemainingColumn(), transient=True
-        ) as bar:
-            task = bar.add_task("archive", total=total)
-            yield lambda n: bar.advance(task, n)
 
     def _add(
         self,
@@ -417,6 +403,7 @@ class Archiver:
                 policy=self.remote_policy,
                 scratch=self.archive_dir,
                 storage_options=self.storage_options,
+                progress=self.progress,
             )
         return self._remote
 

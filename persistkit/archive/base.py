@@ -104,12 +104,6 @@ class RestoreLimits:
     max_ratio: float = 200.0  # uncompressed / compressed bytes of one entry
 
 
-def _is_tty() -> bool:
-    import sys
-
-    return sys.stderr.isatty()
-
-
 def _is_restoring(path: Path) -> bool:
     with _RESTORING_LOCK:
         if str(path) in _RESTORING:

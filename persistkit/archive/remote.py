@@ -48,6 +48,7 @@ from persistkit.io.fs import io_errors
 from persistkit.io.objects import RECORD_SUFFIX, parse_record
 from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
 from persistkit.policy.retention import Decision, Item, Policy, decide
+from persistkit.progress import transfer
 
 if TYPE_CHECKING:
     from persistkit.io.objects import ObjectStore
@@ -212,7 +213,9 @@ class RemoteArchives:
         policy: Policy,
         scratch: str | os.PathLike[str],
         storage_options: Mapping[str, Any] | None = None,
+        progress: bool | None = None,
     ) -> None:
+        self.progress = progress  # None: a bar for large transfers on a terminal (persistkit.progress)
         self.names = names
         self.policy = policy
         self.scratch = Path(os.path.abspath(os.fspath(scratch)))  # local directory for check downloads
@@ -253,7 +256,8 @@ class RemoteArchives:
             "pushed": utcnow().isoformat(),
         }
         try:
-            uploaded = self.store.put_file_new(name, str(path))
+            with transfer(f"pushing {name}", size, show=self.progress) as advance:
+                uploaded = self.store.put_file_new(name, str(path), progress=advance)
             checked: int | None = None
             if not uploaded:
                 # The name is taken: an earlier push of this archive (whose record may be missing), or
@@ -323,7 +327,10 @@ class RemoteArchives:
         )
         with self._scratch_file(name, "remote-check") as copy:
             try:
-                self.store.download_verified(name, str(copy), record["sha256"], record["size"])
+                with transfer(f"checking {name}", record["size"], show=self.progress) as advance:
+                    self.store.download_verified(
+                        name, str(copy), record["sha256"], record["size"], progress=advance
+                    )
             except IntegrityError as err:
                 raise IntegrityError(
                     f"{url}: the remote copy does not match the local archive it was pushed from ({err}). "
@@ -463,7 +470,10 @@ class RemoteArchives:
                 operation="pull",
             )
         with self._scratch_file(name, "pull", target.parent) as copy:
-            self.store.download_verified(name, str(copy), record["sha256"], record["size"])
+            with transfer(f"checking {name}", record["size"], show=self.progress) as advance:
+                self.store.download_verified(
+                    name, str(copy), record["sha256"], record["size"], progress=advance
+                )
             report = verify_archive(copy, RestoreLimits())
             if not report.ok:
                 raise IntegrityError(
