@@ -627,7 +627,7 @@ def test_pull_refuses_a_hostile_upload_that_matches_its_record(s3_bucket, tmp_pa
 def test_push_draws_progress_bars_only_when_asked_or_on_a_terminal(remote, capfd):
     """The push's upload and its end-to-end check report through persistkit.progress (the archiver's bar
     too): drawn with progress=True, silent by default when stderr is not a terminal."""
-    server, bucket, make = remote
+    *_, make = remote
     make(progress=True).create()
     drawn = capfd.readouterr().err
     assert (
