@@ -18,7 +18,7 @@ ALL = [getattr(errors, name) for name in errors.__all__]
 
 def test_every_error_derives_from_the_root():
     assert all(issubclass(cls, PersistkitError) for cls in ALL)
-    assert len(ALL) == 13
+    assert len(ALL) == 14
 
 
 @pytest.mark.parametrize(
@@ -26,6 +26,7 @@ def test_every_error_derives_from_the_root():
     [
         (errors.IntegrityError, ValueError),
         (errors.FormatError, ValueError),
+        (errors.NewerFormatError, errors.FormatError),
         (errors.WrongKeyError, ValueError),
         (errors.UntrustedTypeError, TypeError),
         (errors.UnsupportedTypeError, TypeError),
