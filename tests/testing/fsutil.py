@@ -16,3 +16,25 @@ def fsync_dir(path):
 def read(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+def replace_swallowing_write_errors(path, data):
+    """A buggy writer the verifier must fail: temp file, fsync, replace, directory fsync, but an error
+    from write(2) is swallowed, so a failed write still replaces ``path`` with an empty file."""
+    tmp = str(path) + ".tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            try:  # noqa: SIM105 (the bug, spelled out)
+                os.write(fd, data)
+            except OSError:
+                pass  # the bug
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(tmp)))

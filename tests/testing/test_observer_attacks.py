@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from fsutil import fsync_dir, read
+from fsutil import fsync_dir, read, replace_swallowing_write_errors
 
 from persistkit.testing.observe import NotJudgeable
 
@@ -605,23 +605,7 @@ def test_a_fault_meant_for_the_file_that_lands_on_a_log_write_is_not_a_verdict(d
                 os.write(log, b"saving\n")
             except OSError:
                 pass  # logging.Handler.handleError: report and carry on
-        tmp = str(path) + ".tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                try:  # noqa: SIM105 (the bug, spelled out)
-                    os.write(fd, b"new")
-                except OSError:
-                    pass  # the bug
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        fsync_dir(tmp_path)
+        replace_swallowing_write_errors(path, b"new")
 
     try:
         with pytest.raises(AssertionError) as info:  # FAIL, or NotJudgeable; never a pass
@@ -723,23 +707,7 @@ def test_a_fault_planned_for_a_call_the_faulted_run_never_makes_is_not_a_pass(di
         calls[0] += 1
         if calls[0] == 1:
             os.write(log, b"first save\n")
-        tmp = str(path) + ".tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                try:  # noqa: SIM105 (the bug, spelled out)
-                    os.write(fd, b"new")
-                except OSError:
-                    pass  # the bug
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        fsync_dir(tmp_path)
+        replace_swallowing_write_errors(path, b"new")
 
     try:
         with pytest.raises(AssertionError):
