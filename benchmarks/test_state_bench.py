@@ -15,8 +15,8 @@ from pkbench import tag
 from persistkit.io import use_fs
 from persistkit.reference.bot import make_bot
 from persistkit.state import BoundedLog, StateStore
-from persistkit.testing.crashsim import CrashSimulator, Snapshot
-from persistkit.testing.recordfs import RecordingFS
+from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs.recordfs import RecordingFS
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -414,7 +414,7 @@ class DelegatingFS(PersistFS):
     """Forwards every operation to ``inner``.
 
     The verifier's wrappers (recording, faults, guards, budgets) derive from
-    ``persistkit.testing.testfs.HookedFS``, which routes every mutation through one hook.
+    ``persistkit.testing.fs.testfs.HookedFS``, which routes every mutation through one hook.
     """
 
     def __init__(self, inner: PersistFS) -> None:

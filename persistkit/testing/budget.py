@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from persistkit import naming
 from persistkit.io import current_fs, use_fs
 from persistkit.io.fs import FileHandle, PersistFS
-from persistkit.testing.testfs import HookedFS, Mutation
+from persistkit.testing.fs.testfs import HookedFS, Mutation
 
 T = TypeVar("T")
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from persistkit.testing.compare import first_difference
-from persistkit.testing.intercept import real_open
+from persistkit.testing.observe.intercept import real_open
 from persistkit.testing.report import RECORDER, Recorder
 
 __all__ = ["KINDS", "Corruption", "CorruptionSet", "Corruptions", "damaged_copies"]

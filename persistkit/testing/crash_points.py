@@ -1,7 +1,7 @@
 """``crash_points``: run a save while recording every file operation, then load every crash state.
 
 A crash can stop a save after any operation; on power loss, what had not been
-fsynced may also be lost or torn (``persistkit.testing.crashsim`` has the model). For
+fsynced may also be lost or torn (``persistkit.testing.fs.crashsim`` has the model). For
 each state the directory could be left in, ``load()`` must return the state
 before the save or the state after it, and only the state after once
 ``save()`` has returned.
@@ -35,8 +35,8 @@ from typing import Any, Literal
 
 from persistkit.io import current_fs, use_fs
 from persistkit.testing.compare import first_difference
-from persistkit.testing.crashsim import CrashSimulator, Snapshot
-from persistkit.testing.intercept import GuardFS, Interceptor
+from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.observe.intercept import GuardFS, Interceptor
 from persistkit.testing.observe import (
     NotJudgeable,
     Observation,
@@ -45,7 +45,7 @@ from persistkit.testing.observe import (
     observe_command,
     observe_save,
 )
-from persistkit.testing.recordfs import Op, RecordingFS
+from persistkit.testing.fs.recordfs import Op, RecordingFS
 from persistkit.testing.report import RECORDER, Recorder
 
 __all__ = ["ConcurrencyReport", "CrashPoints", "CrashReport", "Outcome", "outcome", "record_save"]

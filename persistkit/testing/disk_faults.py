@@ -51,13 +51,13 @@ from typing import Any
 
 from persistkit.io import current_fs, use_fs
 from persistkit.testing.crash_points import Outcome, outcome
-from persistkit.testing.crashsim import CrashSimulator, Snapshot
-from persistkit.testing.faultfs import FAULT_ERRNOS, Fault, FaultFS
-from persistkit.testing.intercept import GuardFS, Interceptor
+from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs.faultfs import FAULT_ERRNOS, Fault, FaultFS
+from persistkit.testing.observe.intercept import GuardFS, Interceptor
 from persistkit.testing.observe import Observation, check_explained, choose, observe_command, observe_save
 from persistkit.testing.report import RECORDER, Recorder
-from persistkit.testing.strace import Injection
-from persistkit.testing.syscalls import Call, FaultPoint, _fd_arg, _path_arg
+from persistkit.testing.observe.strace import Injection
+from persistkit.testing.observe.syscalls import Call, FaultPoint, _fd_arg, _path_arg
 
 __all__ = ["DEFAULT_LITTER", "DiskFaults", "FaultReport", "open_fds"]
 
@@ -185,7 +185,7 @@ class DiskFaults:
     ) -> FaultReport:
         """Inject each fault in turn; raise AssertionError describing the first bad case.
 
-        ``errnos``: names from ``persistkit.testing.faultfs.FAULT_ERRNOS``. ``modes``: "once"
+        ``errnos``: names from ``persistkit.testing.fs.faultfs.FAULT_ERRNOS``. ``modes``: "once"
         and/or "persistent". ``litter``: a regex for names that must not be left behind
         (None: do not check). ``max_operations`` samples that many operation indexes
         evenly instead of all of them.

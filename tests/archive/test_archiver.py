@@ -14,8 +14,8 @@ from persistkit.archive import Archiver, backup_before_overwrite, restore, train
 from persistkit.errors import IntegrityError, PersistIOError, UnsafeArchiveError
 from persistkit.io import use_fs
 from persistkit.naming import HIGH_WATER_NAME
-from persistkit.testing.crashsim import CrashSimulator, Snapshot
-from persistkit.testing.recordfs import RecordingFS
+from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs.recordfs import RecordingFS
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = sorted((ROOT / "fixtures" / "hostile").glob("archive_*.zip"))
@@ -94,7 +94,7 @@ def test_unreadable_file_fails_naming_it_and_leaves_nothing(workspace):
 
 def test_unreadable_file_as_root_via_fault_injection(workspace):
     from persistkit.io.fs import LocalFS
-    from persistkit.testing.faultfs import FaultFS  # a read error: simulated at the open of that file
+    from persistkit.testing.fs.faultfs import FaultFS  # a read error: simulated at the open of that file
 
     class Unreadable(FaultFS):
         def open_read(self, path):

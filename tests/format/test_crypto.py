@@ -18,7 +18,7 @@ from persistkit.format.crypto import Cipher, Encryption, KdfParams, Key
 from persistkit.format.envelope import open_envelope, read_header, seal
 from persistkit.io import LocalFS, use_fs
 from persistkit.keys import InsecureKeyFileWarning
-from persistkit.testing.recordfs import RecordingFS
+from persistkit.testing.fs.recordfs import RecordingFS
 
 FAST = KdfParams.floor()
 

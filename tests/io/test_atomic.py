@@ -15,9 +15,9 @@ from persistkit.errors import PersistIOError
 from persistkit.io import atomic_write, atomic_writer, use_fs
 from persistkit.io.atomic import TEMP_MARKER, WRITEBACK_EVERY, cleanup_stale_temps, is_temp_name
 from persistkit.io.fs import DelegatingFS, LocalFS
-from persistkit.testing.crashsim import CrashSimulator, Snapshot
-from persistkit.testing.faultfs import FAULT_ERRNOS, Fault, FaultFS
-from persistkit.testing.recordfs import RecordingFS
+from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs.faultfs import FAULT_ERRNOS, Fault, FaultFS
+from persistkit.testing.fs.recordfs import RecordingFS
 
 OLD = bytes(range(256)) * 16  # 4 KiB
 NEW = b"N" * 4096 + b"tail" * 300  # crosses a block boundary, so tears are possible

@@ -8,8 +8,8 @@ import pytest
 from persistkit.errors import FormatError, PersistIOError
 from persistkit.io import LocalFS, current_fs, use_fs
 from persistkit.io.fs import io_error, io_errors
-from persistkit.testing.faultfs import Fault, FaultFS
-from persistkit.testing.recordfs import RecordingFS
+from persistkit.testing.fs.faultfs import Fault, FaultFS
+from persistkit.testing.fs.recordfs import RecordingFS
 
 
 def test_local_fs_primitives(tmp_path, fd_guard):

@@ -9,7 +9,7 @@ import pytest
 
 from persistkit.io import use_fs
 from persistkit.io.zipio import ZipStreamWriter, ZipStructureError, map_file, read_entries
-from persistkit.testing.recordfs import RecordingFS
+from persistkit.testing.fs.recordfs import RecordingFS
 
 
 def build(entries, **kw) -> bytes:

@@ -8,8 +8,8 @@ import pytest
 from conftest import open_store
 
 from persistkit.io import use_fs
-from persistkit.testing.crashsim import CrashSimulator, Snapshot
-from persistkit.testing.recordfs import RecordingFS
+from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs.recordfs import RecordingFS
 
 
 def view(parts):

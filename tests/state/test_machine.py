@@ -43,7 +43,7 @@ from persistkit.io import current_fs, use_fs
 from persistkit.state import BoundedLog, StateStore
 from persistkit.state import generations as gens
 from persistkit.state.store import StateRecoveredWarning
-from persistkit.testing.faultfs import Fault, FaultFS
+from persistkit.testing.fs.faultfs import Fault, FaultFS
 
 MAXLEN = 5  # conftest.open_store registers BoundedLog(5)
 items = st.one_of(

@@ -24,7 +24,7 @@ from persistkit.io import use_fs
 from persistkit.keys import write_key_file
 from persistkit.state import BoundedLog, StateStore
 from persistkit.state.store import StateRecoveredWarning
-from persistkit.testing.recordfs import RecordingFS
+from persistkit.testing.fs.recordfs import RecordingFS
 
 FAST = KdfParams(n=2**15)
 

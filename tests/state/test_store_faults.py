@@ -12,7 +12,7 @@ from persistkit.errors import PersistIOError
 from persistkit.io import current_fs, use_fs
 from persistkit.state import generations as gens
 from persistkit.state.store import StateRecoveredWarning
-from persistkit.testing.faultfs import Fault, FaultFS
+from persistkit.testing.fs.faultfs import Fault, FaultFS
 
 
 def test_retry_after_journals_failed_to_reopen_restores_appends(store_dir):

@@ -25,7 +25,7 @@ from persistkit.io import current_fs, use_fs
 from persistkit.keys import write_key_file
 from persistkit.state import generations as gens
 from persistkit.state.journal import JournalReader
-from persistkit.testing.faultfs import Fault, FaultFS
+from persistkit.testing.fs.faultfs import Fault, FaultFS
 
 ENOSPC_WRITES = Fault(at=0, errno=errno.ENOSPC, persistent=True, short_write=True, kinds=frozenset({"write"}))
 
@@ -170,7 +170,7 @@ CHILD = textwrap.dedent(
     from conftest import open_store
     from persistkit.format.crypto import RecordCipher
     from persistkit.io import current_fs, use_fs
-    from persistkit.testing.faultfs import Fault, FaultFS
+    from persistkit.testing.fs.faultfs import Fault, FaultFS
     from persistkit.format import crypto
 
     used = []

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from persistkit.io import atomic_write, current_fs, use_fs
-from persistkit.testing.crashsim import CrashSimulator, Entry, Snapshot
-from persistkit.testing.recordfs import RecordingFS
+from persistkit.testing.fs.crashsim import CrashSimulator, Entry, Snapshot
+from persistkit.testing.fs.recordfs import RecordingFS
 
 OLD = b"o" * 5000
 NEW = b"n" * 9000  # three 4 KiB blocks

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from persistkit.io import atomic_write, use_fs
-from persistkit.testing.crashsim import CrashSimulator, Snapshot
-from persistkit.testing.intercept import GuardFS, Interceptor
-from persistkit.testing.recordfs import RecordingFS
+from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.observe.intercept import GuardFS, Interceptor
+from persistkit.testing.fs.recordfs import RecordingFS
 
 
 def record(root, fn):

@@ -14,8 +14,8 @@ import pytest
 
 from persistkit.io import atomic_write
 from persistkit.testing.observe import NotJudgeable
-from persistkit.testing.strace import ptrace_problem
-from persistkit.testing.syscalls import _HEX, _split_args, _unhex, parse
+from persistkit.testing.observe.strace import ptrace_problem
+from persistkit.testing.observe.syscalls import _HEX, _split_args, _unhex, parse
 
 needs_strace = pytest.mark.skipif(
     ptrace_problem() is not None, reason=f"syscall observer: {ptrace_problem()}"
@@ -297,7 +297,7 @@ def test_parse_decodes_a_large_write():
 
 
 def test_writev_iov_bases_decode_in_order():
-    from persistkit.testing.syscalls import SyscallLog
+    from persistkit.testing.observe.syscalls import SyscallLog
 
     chunks = [os.urandom(n) for n in (0, 1, 300, 1 << 16)]
     hexed = ['"' + "".join(f"\\x{b:02x}" for b in c) + '"' for c in chunks]

@@ -18,10 +18,10 @@ from persistkit.io import atomic_write, atomic_writer, use_fs
 from persistkit.io.atomic import TEMP_MARKER, WRITEBACK_EVERY
 from persistkit.io.fs import DelegatingFS, LocalFS, PersistFS
 from persistkit.testing.budget import MeasuringFS
-from persistkit.testing.faultfs import Fault, FaultFS, InjectedFault
-from persistkit.testing.intercept import GuardFS, inside_persistkit_io
-from persistkit.testing.recordfs import RecordingFS
-from persistkit.testing.testfs import (
+from persistkit.testing.fs.faultfs import Fault, FaultFS, InjectedFault
+from persistkit.testing.observe.intercept import GuardFS, inside_persistkit_io
+from persistkit.testing.fs.recordfs import RecordingFS
+from persistkit.testing.fs.testfs import (
     CONVENIENCE_OPS,
     HINT_OPS,
     MUTATING_OPS,

@@ -3,8 +3,8 @@
 Two observers feed the crash and fault machinery the same operation log:
 
 ``syscalls``
-    strace attached to this process (``persistkit.testing.strace``), decoded by
-    ``persistkit.testing.syscalls``. Sees every write the kernel sees: Python,
+    strace attached to this process (``persistkit.testing.observe.strace``), decoded by
+    ``persistkit.testing.observe.syscalls``. Sees every write the kernel sees: Python,
     C/C++/Rust extensions (torch.save, sqlite3, h5py, pyarrow, safetensors),
     other threads and child programs. Cannot see stores through a shared
     ``mmap`` or ``io_uring`` submissions; those are reported, not guessed.
@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from persistkit.io import current_fs, use_fs
-from persistkit.testing.crashsim import CrashSimulator, Snapshot
-from persistkit.testing.intercept import GuardFS, Interceptor
-from persistkit.testing.recordfs import Op, RecordingFS
-from persistkit.testing.strace import Injection, ObserverUnavailable, SelfTrace, ptrace_problem, trace_command
-from persistkit.testing.syscalls import Call, FaultPoint, SyscallLog, parse
+from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.observe.intercept import GuardFS, Interceptor
+from persistkit.testing.fs.recordfs import Op, RecordingFS
+from persistkit.testing.observe.strace import Injection, ObserverUnavailable, SelfTrace, ptrace_problem, trace_command
+from persistkit.testing.observe.syscalls import Call, FaultPoint, SyscallLog, parse
 
 __all__ = [
     "OBSERVERS",

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from persistkit.testing.recordfs import Op
+from persistkit.testing.fs.recordfs import Op
 
 __all__ = ["CrashSimulator", "CrashState", "Entry", "Snapshot", "Stats"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from persistkit.io.fs import PersistFS
-from persistkit.testing.testfs import HookedFS, Mutation
+from persistkit.testing.fs.testfs import HookedFS, Mutation
 
 T = TypeVar("T")
 
@@ -60,7 +60,7 @@ class Fault:
 class FaultFS(HookedFS):
     """Wraps ``inner`` and injects ``fault`` into its mutating operations; ``fired`` counts hits.
 
-    Every operation in ``persistkit.testing.testfs.MUTATING_OPS`` is counted and can
+    Every operation in ``persistkit.testing.fs.testfs.MUTATING_OPS`` is counted and can
     fail, including the ``start_writeback`` hint (persistkit's write-behind thread runs
     it during large writes, so its place in the count depends on timing: target it with
     ``kinds={"start_writeback"}``). Reads are never failed.

@@ -1,9 +1,9 @@
-"""Turn strace output into the operation log that ``persistkit.testing.crashsim`` replays.
+"""Turn strace output into the operation log that ``persistkit.testing.fs.crashsim`` replays.
 
 ``parse`` reads strace's text (``-f -xx -y``: every string hex-escaped, every
 descriptor decorated with its path) into ``Call`` records. ``SyscallLog`` then
 follows processes, threads, descriptors, file positions and working
-directories, and emits one ``persistkit.testing.recordfs.Op`` per file-system
+directories, and emits one ``persistkit.testing.fs.recordfs.Op`` per file-system
 change, in the order the kernel saw them:
 
 ==========================================  ===========================================
@@ -32,7 +32,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from persistkit.testing.recordfs import Op
+from persistkit.testing.fs.recordfs import Op
 
 __all__ = ["Call", "FaultPoint", "SyscallLog", "parse"]
 

@@ -1,7 +1,7 @@
 """Run strace: attached to this process around a callable, or around a whole program.
 
-This is the tracer half of the syscall observer (``persistkit.testing.syscalls``
-turns its output into the operation log that ``persistkit.testing.crashsim`` replays).
+This is the tracer half of the syscall observer (``persistkit.testing.observe.syscalls``
+turns its output into the operation log that ``persistkit.testing.fs.crashsim`` replays).
 strace is the well-kept ptrace tool for this job, and ALICE (OSDI'14) recorded
 application I/O the same way; writing our own ptrace loop would mean
 re-implementing strace's syscall decoding for every architecture.

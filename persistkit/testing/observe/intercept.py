@@ -4,7 +4,7 @@ persistkit's own writes go through ``persistkit.io`` and are recorded by a
 ``RecordingFS``. User code writes with ``open()``, ``os.*``, ``pathlib``,
 ``shutil`` or ``numpy.save``; the ``Interceptor`` patches those at the
 Python level, *only for paths under one directory*, and appends what they
-did to the same ordered log (the ``persistkit.testing.recordfs.Op`` format), so
+did to the same ordered log (the ``persistkit.testing.fs.recordfs.Op`` format), so
 ``CrashSimulator`` replays persistkit's and the user's operations together.
 The same hook lets ``disk_faults`` fail the Nth operation of either kind and
 ``crash_points.concurrent`` interleave writers one operation at a time.
@@ -66,8 +66,8 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from persistkit.io.fs import PathLike, PersistFS
-from persistkit.testing.recordfs import RecordingFS
-from persistkit.testing.testfs import HookedFS, Mutation
+from persistkit.testing.fs.recordfs import RecordingFS
+from persistkit.testing.fs.testfs import HookedFS, Mutation
 
 __all__ = ["REAL", "GuardFS", "Interceptor", "inside_persistkit_io", "real_open"]
 

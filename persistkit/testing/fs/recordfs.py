@@ -1,6 +1,6 @@
 """A PersistFS that performs every operation on an inner PersistFS and logs it.
 
-The log, with the data of every write, is what ``persistkit.testing.crashsim``
+The log, with the data of every write, is what ``persistkit.testing.fs.crashsim``
 replays to enumerate crash states, and what fsync-count tests read.
 Only operations that succeeded are logged: a failed one did not happen.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from persistkit.io.fs import FileHandle, LocalFS, PersistFS
-from persistkit.testing.testfs import HINT_OPS, HookedFS, Mutation
+from persistkit.testing.fs.testfs import HINT_OPS, HookedFS, Mutation
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""The local file-system model: test file systems, typed operations, crash states."""

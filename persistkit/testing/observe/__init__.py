@@ -1,0 +1,25 @@
+"""How a save is seen: strace attached to the process (syscalls), or Python interception (fallback)."""
+
+from persistkit.testing.observe.observer import (
+    OBSERVERS,
+    NotJudgeable,
+    Observation,
+    ObserverNotice,
+    check_explained,
+    choose,
+    observe_command,
+    observe_save,
+    set_default,
+)
+
+__all__ = [
+    "OBSERVERS",
+    "NotJudgeable",
+    "Observation",
+    "ObserverNotice",
+    "check_explained",
+    "choose",
+    "observe_command",
+    "observe_save",
+    "set_default",
+]
