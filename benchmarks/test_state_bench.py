@@ -15,7 +15,7 @@ from pkbench import tag
 from persistkit.io import use_fs
 from persistkit.reference.bot import make_bot
 from persistkit.state import BoundedLog, StateStore
-from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs import CrashSimulator, Snapshot
 from persistkit.testing.fs.recordfs import RecordingFS
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

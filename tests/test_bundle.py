@@ -32,7 +32,7 @@ from persistkit.format.crypto import KdfParams
 from persistkit.io import use_fs
 from persistkit.keys import read_key_file, write_key_file
 from persistkit.testing.compare import assert_same
-from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs import CrashSimulator, Snapshot
 from persistkit.testing.fs.recordfs import RecordingFS
 from persistkit.testing.strategies import arrays, metadata, state_values
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,10 +32,23 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from persistkit.io import current_fs, use_fs
-from persistkit.testing.compare import first_difference
-from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
-from persistkit.testing.observe.intercept import GuardFS, Interceptor
+from persistkit.testing.fs.model import FsModel
+from persistkit.testing.fs.recordfs import Op, RecordingFS
+from persistkit.testing.fs.snapshot import Snapshot, scan
+from persistkit.testing.fs.states import CrashSimulator, CrashState
+from persistkit.testing.judge import (
+    UNSET,
+    Outcome,
+    Report,
+    Verdict,
+    Violation,
+    fix_hint,
+    judge_states,
+    judged,
+    outcome,
+)
 from persistkit.testing.observe import (
+    DEFAULT_VOLATILE,
     NotJudgeable,
     Observation,
     check_explained,
@@ -45,113 +56,21 @@ from persistkit.testing.observe import (
     observe_command,
     observe_save,
 )
-from persistkit.testing.fs.recordfs import Op, RecordingFS
+from persistkit.testing.observe.intercept import GuardFS, Interceptor
 from persistkit.testing.report import RECORDER, Recorder
 
-__all__ = ["ConcurrencyReport", "CrashPoints", "CrashReport", "Outcome", "outcome", "record_save"]
+__all__ = [
+    "ConcurrencyReport",
+    "CrashPoints",
+    "CrashReport",
+    "Outcome",
+    "Violation",
+    "outcome",
+    "record_save",
+]
 
 Model = Literal["process", "power-loss"]
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "<unset>"
-
-
-UNSET: Any = _Unset()
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one ``load()`` call did: returned ``value``, or raised ``error``."""
-
-    value: Any = None
-    error: BaseException | None = None
-
-    def describe(self) -> str:
-        if self.error is not None:
-            return f"raised {type(self.error).__name__}: {str(self.error)[:300]}"
-        text = repr(self.value)
-        return f"returned {text if len(text) <= 200 else text[:197] + '...'}"
-
-    def same_as(self, other: Outcome) -> bool:
-        if (self.error is None) != (other.error is None):
-            return False
-        if self.error is not None and other.error is not None:
-            return type(self.error) is type(other.error)
-        return first_difference(other.value, self.value) is None
-
-    def difference(self, expected: Outcome, label: str) -> str:
-        if expected.error is not None or self.error is not None:
-            return f"{label}: expected load() to have {expected.describe()}, it {self.describe()}"
-        return first_difference(expected.value, self.value, f"{label}: load()") or f"{label}: equal"
-
-
-def outcome(load: Callable[[], Any]) -> Outcome:
-    """Call ``load`` and capture its value or exception."""
-    try:
-        return Outcome(value=load())
-    except Exception as err:
-        return Outcome(error=err)
-
-
-class _Progress:
-    """A one-line counter on the terminal (not in captured output) for runs longer than 2 s."""
-
-    def __init__(self, total: int | None) -> None:
-        self.total = total
-        self.start = time.monotonic()
-        self.last = 0.0
-        stream = sys.__stderr__
-        self.stream = stream if stream is not None and stream.isatty() else None
-        self.shown = False
-
-    def tick(self, states: int, violations: int) -> None:
-        now = time.monotonic()
-        if self.stream is None or now - self.start < 2.0 or now - self.last < 0.2:
-            return
-        self.last = now
-        self.shown = True
-        of = f"/{self.total}" if self.total is not None else ""
-        self.stream.write(f"\r  crash_points: {states}{of} states loaded, {violations} violations ")
-        self.stream.flush()
-
-    def done(self) -> None:
-        if self.stream is not None and self.shown:
-            self.stream.write("\r" + " " * 72 + "\r")
-            self.stream.flush()
-
-
-@dataclass
-class Violation:
-    description: str
-    complete: bool
-    got: Outcome
-    detail: str
-
-
-@dataclass
-class CrashReport:
-    """What ``crash_points`` explored. ``violations`` is empty when the save passed."""
-
-    model: str
-    states: int
-    operations: list[str]
-    old_states: int = 0
-    new_states: int = 0
-    sampled: bool = False
-    seconds: float = 0.0
-    violations: list[Violation] = field(default_factory=list)
-    observer: str = "python"
-    infeasible: int = 0
-
-    def summary(self) -> str:
-        skipped = f", {self.infeasible} infeasible combinations skipped" if self.infeasible else ""
-        return (
-            f"{self.states} crash states ({self.model}) of a {len(self.operations)}-operation save "
-            f"(observed by {self.observer}{skipped}{', sampled' if self.sampled else ''}): "
-            f"{self.old_states} load the old state, {self.new_states} the new, {len(self.violations)} violations"
-        )
+CrashReport = Report
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -163,46 +82,66 @@ def _rel(text: str, root: str) -> str:
     return text.replace(root + os.sep, "").replace(root, ".")
 
 
-_REVERTED = re.compile(r"reverted #\d+ (replace|unlink|create|mkdir|symlink|link|rmdir) (\S+)(?: -> (\S+))?")
-_DATA = re.compile(r"(?:lost |crash after )?#\d+ (?:write|truncate|create) (\S+)")
-
-
-def fix_hint(description: str, operations: Sequence[str]) -> str:
-    """One line saying what to change, read off the first violating state."""
-    m = _REVERTED.search(description)
-    if m is not None:
-        kind, path, dst = m.group(1), m.group(2), m.group(3)
-        if kind == "replace":
-            return (
-                f"fsync the directory holding {dst} after os.replace(): until then a power loss can undo "
-                "the rename"
-            )
-        if kind == "unlink":
-            return (
-                f"fsync the directory after deleting {path}: until then a power loss can bring it back "
-                "(for SQLite's rollback journal: PRAGMA synchronous=EXTRA)"
-            )
-        return f"fsync the directory after the {kind} of {path}: until then a power loss can undo it"
-    m = _DATA.search(description)
-    if m is not None:
-        path = m.group(1)
-        renamed = any(op.split(" ", 2)[1:2] == ["replace"] and f" {path} -> " in f" {op.split(' ', 2)[2]}"
-                      for op in operations if op.count(" ") >= 2)  # fmt: skip
-        if renamed:
-            return f"fsync {path} (flush and os.fsync its descriptor) before renaming it over the target"
-        return (
-            f"write {path} to a temp file in the same directory, fsync it, os.replace() it over the target, "
-            "then fsync the directory: a file rewritten in place can be left torn or empty"
-        )
-    return "make the save write a new file and publish it with one atomic, synced rename"
-
-
 def record_save(save: Callable[[], Any], root: str) -> tuple[Any, list[Op]]:
     """Run ``save`` with persistkit's and the user's writes under ``root`` recorded in one log."""
     rec = RecordingFS(current_fs())
     with use_fs(GuardFS(rec)), Interceptor(root, log=rec):
         result = save()
     return result, list(rec.ops)
+
+
+class _Reader:
+    """Reads crash states with ``load()`` and says which state each one is."""
+
+    def __init__(self, sim: CrashSimulator, load: Callable[[], Any], before: Any, after: Any) -> None:
+        self.sim, self.load = sim, load
+        self.given_before, self.given_after = before, after
+        self.before = Outcome()
+        self.after = Outcome()
+
+    def expect(self) -> None:
+        """The outcomes of the state before the save and of the state it left (each built, then loaded)."""
+        __tracebackhide__ = True
+        sim, load = self.sim, self.load
+        sim.materialize(sim.final())
+        self.after = outcome(load) if self.given_after is UNSET else Outcome(value=self.given_after)
+        if self.after.error is not None and self.given_after is UNSET:
+            raise AssertionError(
+                f"crash_points: load() fails even after save() completed without a crash: "
+                f"{self.after.describe()}. Fix the save or the load first."
+            )
+        if self.given_before is None:
+            sim.materialize(sim.initial())
+            self.before = outcome(load)
+        else:
+            self.before = Outcome(value=self.given_before)
+        probe = sim.without_written()
+        if self.given_after is UNSET and self.after.error is None and probe is not None:
+            sim.materialize(probe)
+            got = outcome(load)
+            if got.error is None and got.same_as(self.after):
+                raise NotJudgeable(
+                    "crash_points: no verdict, because load() returned the new state even with every file the "
+                    "save wrote removed: it does not read what the save wrote (an in-process cache? a path "
+                    "outside root?), so no crash state can be judged by it."
+                )
+
+    def read(self, state: CrashState) -> Verdict:
+        state.materialize()
+        got = outcome(self.load)
+        if got.same_as(self.after):
+            return Verdict("new", got)
+        if not state.complete and got.same_as(self.before):
+            return Verdict("old", got)
+        if state.complete:
+            detail = got.difference(self.after, "vs the state after the save")
+        else:
+            detail = (
+                got.difference(self.before, "vs the state before the save")
+                + "\n    "
+                + got.difference(self.after, "vs the state after the save")
+            )
+        return Verdict("bad", got, detail)
 
 
 class CrashPoints:
@@ -219,7 +158,7 @@ class CrashPoints:
     def __init__(self, root: str | os.PathLike[str], *, recorder: Recorder = RECORDER) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.recorder = recorder
-        self.reports: list[CrashReport] = []
+        self.reports: list[Report] = []
 
     def __call__(
         self,
@@ -233,30 +172,39 @@ class CrashPoints:
         max_states: int | None = None,
         observe: str | None = None,
         allow_outside: Sequence[str] = (),
-    ) -> CrashReport:
-        """Enumerate the crash states of ``save()`` and ``load()`` each one.
+        seed: int = 0,
+        volatile: Sequence[str] = DEFAULT_VOLATILE,
+    ) -> Report:
+        """Choose the crash states of ``save()`` and ``load()`` each one.
 
-        ``before``: the value ``load()`` returns before the save (default: call ``load()``
-        first; if it raises, e.g. FileNotFoundError, a crash state that raises the same
-        exception type counts as "before"). ``after``: the value after (default: call
-        ``load()`` once the save has returned). ``root``: the directory the save writes
-        under (default: the test's ``tmp_path``). ``max_states`` caps the enumeration.
+        ``before``: the value ``load()`` returns before the save (default: ``load()`` of the
+        directory as it was; if it raises, e.g. FileNotFoundError, a crash state that raises
+        the same exception type counts as "before"). ``after``: the value after (default:
+        ``load()`` of the directory the save left). ``root``: the directory the save writes
+        under (default: the test's ``tmp_path``). ``max_states`` caps the states loaded,
+        spread over the whole save (chosen without building the others). ``seed`` drives the
+        random part of the choice (``persistkit.testing.fs.states`` documents it).
         ``observe``: "auto" (default, or ``--persistkit-observe``), "syscalls" or "python".
         ``allow_outside``: glob patterns of files outside ``root`` the save may change unjudged.
-        Raises AssertionError naming the first violating state and the operation log, or
-        ``NotJudgeable`` (an AssertionError) when the observer did not see the whole save.
+        ``volatile``: name patterns of rebuildable indexes whose content is not state (default:
+        SQLite's ``*-shm``); they are zero-filled in every crash state.
+        Raises AssertionError naming the first violating state, the operations that made it
+        and a ``Fix:`` line, or ``NotJudgeable`` (an AssertionError) when the observer did not
+        see the whole save. Afterwards the root is exactly as the save left it.
         """
         __tracebackhide__ = True
         if model not in ("process", "power-loss"):
             raise ValueError(f"model must be 'process' or 'power-loss', not {model!r}")
         observer = choose(observe)
-        top, start, initial, expected_before = self._begin(root, load, before)
-        _, error, obs = observe_save(save, top, observer)
-        if error is not None:
-            raise error
-        return self._judge(
-            obs, initial, load, expected_before, after, model, max_states, top, start, allow_outside
-        )
+        top = self._top(root)
+        initial = Snapshot.take(top)
+        try:
+            _, error, obs = observe_save(save, top, observer, volatile=volatile)
+            if error is not None:
+                raise error
+            return self._judge(obs, initial, load, before, after, model, max_states, seed, allow_outside)
+        finally:
+            initial.close()
 
     def subprocess(
         self,
@@ -272,122 +220,87 @@ class CrashPoints:
         timeout: float = 120.0,
         max_states: int | None = None,
         allow_outside: Sequence[str] = (),
-    ) -> CrashReport:
+        seed: int = 0,
+        volatile: Sequence[str] = DEFAULT_VOLATILE,
+    ) -> Report:
         """Run any program ``cmd`` (Python or not) under strace as the save, then judge it.
 
         The program must exit 0; every file operation it (and its children) makes
-        under ``root`` is enumerated exactly as for an in-process save.
+        under ``root`` is judged exactly as for an in-process save.
         """
         __tracebackhide__ = True
         if model not in ("process", "power-loss"):
             raise ValueError(f"model must be 'process' or 'power-loss', not {model!r}")
         choose("syscalls")
-        top, start, initial, expected_before = self._begin(root, load, before)
-        code, stderr, obs = observe_command(
-            cmd, top, cwd=os.fspath(cwd) if cwd is not None else None, env=env, timeout=timeout
-        )
-        if code != 0:
-            raise AssertionError(
-                f"crash_points.subprocess: {list(cmd)} exited with status {code} without a crash, so there is "
-                f"no completed save to judge. Its stderr ends:\n{stderr[-2000:]}"
-            )
-        return self._judge(
-            obs, initial, load, expected_before, after, model, max_states, top, start, allow_outside
-        )
+        top = self._top(root)
+        initial = Snapshot.take(top)
+        try:
+            code, stderr, obs = observe_command(
+                cmd, top, cwd=os.fspath(cwd) if cwd is not None else None, env=env, timeout=timeout,
+                volatile=volatile,
+            )  # fmt: skip
+            if code != 0:
+                raise AssertionError(
+                    f"crash_points.subprocess: {list(cmd)} exited with status {code} without a crash, so there is "
+                    f"no completed save to judge. Its stderr ends:\n{stderr[-2000:]}"
+                )
+            return self._judge(obs, initial, load, before, after, model, max_states, seed, allow_outside)
+        finally:
+            initial.close()
 
-    def _begin(
-        self, root: str | os.PathLike[str] | None, load: Callable[[], Any], before: Any
-    ) -> tuple[str, float, Snapshot, Outcome]:
-        """The directory, the start time, its initial snapshot and what load() returns before the save."""
+    def _top(self, root: str | os.PathLike[str] | None) -> str:
         top = os.path.abspath(os.fspath(root)) if root is not None else self.root
         os.makedirs(top, exist_ok=True)
-        start = time.perf_counter()
-        initial = Snapshot.take(top)
-        expected_before = outcome(load) if before is None else Outcome(value=before)
-        if Snapshot.take(top).fingerprint() != initial.fingerprint():
-            initial.materialize(top)  # the load tidied up; the save starts from the real initial state
-        return top, start, initial, expected_before
+        return top
 
     def _judge(
         self,
         obs: Observation,
         initial: Snapshot,
         load: Callable[[], Any],
-        expected_before: Outcome,
+        before: Any,
         after: Any,
         model: Model,
         max_states: int | None,
-        top: str,
-        start: float,
-        allow_outside: Sequence[str] = (),
-    ) -> CrashReport:
+        seed: int,
+        allow_outside: Sequence[str],
+    ) -> Report:
         __tracebackhide__ = True
-        final = Snapshot.take(top)
-        sim = CrashSimulator(initial, obs.ops)
-        check_explained("crash_points", obs, initial, final, sim, allow_outside=allow_outside)
-        expected_after = outcome(load) if after is UNSET else Outcome(value=after)
-        if expected_after.error is not None and after is UNSET:
-            raise AssertionError(
-                f"crash_points: load() fails even after save() completed without a crash: "
-                f"{expected_after.describe()}. Fix the save or the load first."
-            )
-        report = CrashReport(model, 0, [_rel(op.describe(), top) for op in sim.ops], observer=obs.observer)
-        chosen: set[int] | None = None
-        total: int | None = None
-        if max_states is not None:
-            # Sample evenly across the whole save instead of taking the first states only.
-            total = sum(1 for _ in sim.states(model))
-            if total > max_states:
-                # evenly spaced, first and last state included (the last is the completed save)
-                step = (total - 1) / max(max_states - 1, 1)
-                chosen = {round(i * step) for i in range(max_states)}
-        progress = _Progress(total)
+        start = time.perf_counter()
+        top = initial.root
+        final = scan(top)
+        fs_model = FsModel(initial, obs.ops, volatile=obs.volatile)
+        fs_model.check_prefixes()
+        check_explained("crash_points", obs, initial, final, fs_model, allow_outside=allow_outside)
+        sim = CrashSimulator(initial, obs.ops, model=fs_model, seed=seed)
+        report = Report(model, 0, [_rel(op.describe(), top) for op in sim.ops], observer=obs.observer, seed=seed)
         try:
-            for n, state in enumerate(sim.states(model)):
-                if chosen is not None and n not in chosen:
-                    continue
-                report.states += 1
-                progress.tick(report.states, len(report.violations))
-                state.materialize(top)
-                got = outcome(load)
-                if state.after == 0 and got.same_as(expected_after) and not got.same_as(expected_before):
-                    # The state before the first operation is the initial directory itself.
-                    raise NotJudgeable(
-                        "crash_points: no verdict, because load() returned the new state from the directory "
-                        "as it was before the save: it does not read what the save wrote (an in-process "
-                        "cache? a path outside root?), so no crash state can be judged by it."
-                    )
-                if got.same_as(expected_after):
-                    report.new_states += 1
-                    continue
-                if not state.complete and got.same_as(expected_before):
-                    report.old_states += 1
-                    continue
-                if state.complete:
-                    detail = got.difference(expected_after, "vs the state after the save")
-                else:
-                    detail = (
-                        got.difference(expected_before, "vs the state before the save")
-                        + "\n    "
-                        + got.difference(expected_after, "vs the state after the save")
-                    )
-                report.violations.append(Violation(_rel(state.description, top), state.complete, got, detail))
+            reader = _Reader(sim, load, before, after)
+            reader.expect()
+            states = sim.states(model, max_states=max_states)
+            judge_states(
+                (judged(s, _rel(s.description, top), s.complete, s.losses) for s in states),
+                reader.read,
+                report,
+                label="crash_points",
+                total=max_states,
+            )
         finally:
-            progress.done()
-            final.materialize(top)
-        report.sampled = sim.stats.sampled or chosen is not None
+            sim.close()
+        report.sampled = sim.stats.sampled
         report.infeasible = sim.stats.infeasible
+        report.candidates = sim.stats.candidates
+        report.per_op = sim.stats.per_op
+        report.per_class = sim.stats.per_class
         report.seconds = time.perf_counter() - start
         self.reports.append(report)
-        self.recorder.add_run(
-            "crash_points", states=report.states, violations=len(report.violations), model=model
-        )
+        self.recorder.add_run("crash_points", states=report.states, violations=len(report.violations), model=model)
         if report.violations:
-            raise AssertionError(self._message(report, top))
+            raise AssertionError(self._message(report, top, sim))
         return report
 
     @staticmethod
-    def _message(report: CrashReport, top: str) -> str:
+    def _message(report: Report, top: str, sim: CrashSimulator) -> str:
         first = report.violations[0]
         when = (
             "after save() returned, so only the state after the save is acceptable"
@@ -414,7 +327,7 @@ class CrashPoints:
             lines.append(
                 f"(sampled: {report.states} states were loaded, spread over the whole save; the rest were not)"
             )
-        lines.append(f"Fix: {fix_hint(first.description, report.operations)}")
+        lines.append(f"Fix: {fix_hint(first.losses, sim.ops, root=top, model=report.model)}")
         return "\n".join(lines)
 
     # -- concurrent writers --------------------------------------------------------------
@@ -481,6 +394,7 @@ class CrashPoints:
                     )
         finally:
             initial.materialize(top)
+            initial.close()
         self.recorder.add_run(
             "crash_points.concurrent", states=report.schedules, violations=len(report.violations)
         )

@@ -51,7 +51,7 @@ from typing import Any
 
 from persistkit.io import current_fs, use_fs
 from persistkit.testing.crash_points import Outcome, outcome
-from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs import CrashSimulator, Snapshot
 from persistkit.testing.fs.faultfs import FAULT_ERRNOS, Fault, FaultFS
 from persistkit.testing.observe.intercept import GuardFS, Interceptor
 from persistkit.testing.observe import Observation, check_explained, choose, observe_command, observe_save

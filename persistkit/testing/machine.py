@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
 from persistkit.testing.compare import first_difference, live_state
-from persistkit.testing.fs.crashsim import Snapshot
+from persistkit.testing.fs import Snapshot
 
 __all__ = ["PersistenceMachine"]
 

@@ -14,7 +14,7 @@ from persistkit.archive import Archiver, backup_before_overwrite, restore, train
 from persistkit.errors import IntegrityError, PersistIOError, UnsafeArchiveError
 from persistkit.io import use_fs
 from persistkit.naming import HIGH_WATER_NAME
-from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs import CrashSimulator, Snapshot
 from persistkit.testing.fs.recordfs import RecordingFS
 
 ROOT = Path(__file__).resolve().parents[2]

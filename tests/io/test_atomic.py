@@ -15,7 +15,7 @@ from persistkit.errors import PersistIOError
 from persistkit.io import atomic_write, atomic_writer, use_fs
 from persistkit.io.atomic import TEMP_MARKER, WRITEBACK_EVERY, cleanup_stale_temps, is_temp_name
 from persistkit.io.fs import DelegatingFS, LocalFS
-from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs import CrashSimulator, Snapshot
 from persistkit.testing.fs.faultfs import FAULT_ERRNOS, Fault, FaultFS
 from persistkit.testing.fs.recordfs import RecordingFS
 
@@ -131,7 +131,7 @@ def test_every_crash_state_is_old_or_new(tmp_path, model):
     sim = CrashSimulator(before, rec.ops)
     seen = {"old": 0, "new": 0}
     for state in sim.states(model):
-        content = state.snapshot.files().get("f.bin")
+        content = state.files().get("f.bin")
         allowed = {NEW: "new"} if state.complete else {OLD: "old", NEW: "new"}
         assert content in allowed, f"{state.description}: f.bin holds {content!r:.60}"
         seen[allowed[content]] += 1

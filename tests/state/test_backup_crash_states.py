@@ -199,7 +199,7 @@ def test_a_backup_that_publishes_the_pointer_first_is_caught(s3_bucket, tmp_path
 def test_every_local_crash_state_of_a_restore_leaves_no_store_or_the_whole_one(s3_bucket, tmp_path, model):
     """The restore's own file operations, recorded and crashed at every point (persistkit.testing.fs.crashsim)."""
     from persistkit.io import use_fs
-    from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+    from persistkit.testing.fs import CrashSimulator, Snapshot
     from persistkit.testing.fs.recordfs import RecordingFS
 
     server, bucket = s3_bucket

@@ -8,7 +8,7 @@ import pytest
 from conftest import open_store
 
 from persistkit.io import use_fs
-from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs import CrashSimulator, Snapshot
 from persistkit.testing.fs.recordfs import RecordingFS
 
 

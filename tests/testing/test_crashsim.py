@@ -7,7 +7,7 @@ import os
 import pytest
 
 from persistkit.io import atomic_write, current_fs, use_fs
-from persistkit.testing.fs.crashsim import CrashSimulator, Entry, Snapshot
+from persistkit.testing.fs import CrashSimulator, Entry, Snapshot
 from persistkit.testing.fs.recordfs import RecordingFS
 
 OLD = b"o" * 5000
@@ -25,7 +25,7 @@ def record(tmp_path, save):
 def violations(sim, model):
     bad = []
     for state in sim.states(model):
-        content = state.snapshot.files().get("f")
+        content = state.files().get("f")
         ok = {NEW} if state.complete else {OLD, NEW}
         if content not in ok:
             bad.append(state)
@@ -115,10 +115,10 @@ def test_process_model_is_one_state_per_prefix(old_file):
     sim = record(old_file, write_in_place)
     states = list(sim.states("process"))
     assert [s.after for s in states] == sorted({s.after for s in states})
-    assert states[0].snapshot.files()["f"] == OLD
-    assert states[-1].snapshot.files()["f"] == NEW and states[-1].complete
+    assert states[0].files()["f"] == OLD
+    assert states[-1].files()["f"] == NEW and states[-1].complete
     # after the truncating create the file is empty, after the first write it holds 4 KiB
-    contents = [s.snapshot.files()["f"] for s in states]
+    contents = [s.files()["f"] for s in states]
     assert b"" in contents and NEW[:4096] in contents
 
 
@@ -130,7 +130,7 @@ def test_torn_writes_cut_and_zero_at_block_boundaries(tmp_path):
         fs.close(h)
 
     sim = record(tmp_path, unsynced_append)
-    contents = {s.snapshot.files().get("f") for s in sim.states("power-loss")}
+    contents = {s.files().get("f") for s in sim.states("power-loss")}
     assert None in contents  # the create itself reverted
     assert NEW[:4096] in contents and NEW[:8192] in contents  # cut at boundaries
     assert NEW[:4096] + b"\0" * (9000 - 4096) in contents  # extended, rest zeros
@@ -146,7 +146,7 @@ def test_directory_creation_needs_parent_fsync(tmp_path):
         atomic_write(os.path.join(d, "x"), b"data")  # fsyncs sub, but not sub's parent
 
     sim = record(tmp_path, make_dir_and_file)
-    finals = [s.snapshot for s in sim.states("power-loss") if s.complete]
+    finals = [s.files() for s in sim.states("power-loss") if s.complete]
     assert any("sub" not in snap.entries for snap in finals)  # the mkdir can be lost
 
     def durable_dirs(path):
@@ -156,7 +156,7 @@ def test_directory_creation_needs_parent_fsync(tmp_path):
     sim = record(tmp_path, durable_dirs)
     for s in sim.states("power-loss"):
         if s.complete:
-            assert s.snapshot.files().get(os.path.join("sub2", "x")) == b"data", s.description
+            assert s.files().get(os.path.join("sub2", "x")) == b"data", s.description
 
 
 def test_directory_rename_moves_subtree(tmp_path):
@@ -170,7 +170,7 @@ def test_directory_rename_moves_subtree(tmp_path):
 
     sim = record(tmp_path, rename_dir)
     states = list(sim.states("process"))
-    assert states[-1].snapshot.files() == {os.path.join("gen2", "a"): b"A"}
+    assert states[-1].files() == {os.path.join("gen2", "a"): b"A"}
 
 
 def test_impossible_combinations_are_skipped(tmp_path):

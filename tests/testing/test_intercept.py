@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from persistkit.io import atomic_write, use_fs
-from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs import CrashSimulator, Snapshot
 from persistkit.testing.observe.intercept import GuardFS, Interceptor
 from persistkit.testing.fs.recordfs import RecordingFS
 
@@ -135,7 +135,7 @@ def test_recorded_user_ops_replay_in_the_crash_simulator(tmp_path):
     rec = RecordingFS()
     with use_fs(GuardFS(rec)), Interceptor(tmp_path, log=rec), open(tmp_path / "f", "w") as f:
         f.write("new")
-    contents = {s.snapshot.files().get("f") for s in CrashSimulator(before, rec.ops).states("process")}
+    contents = {s.files().get("f") for s in CrashSimulator(before, rec.ops).states("process")}
     assert contents == {b"old", b"", b"new"}  # in-place write: the empty file is a reachable crash state
 
 
@@ -249,7 +249,7 @@ def test_opener_named_temporary_file_fileio_and_link_are_recorded(tmp_path, fd_g
     assert "write o.bin [0:6]" in ops
     assert ".tmp [0:5]" in ops and "named.bin" in ops
     assert "write raw.bin [0:6]" in ops
-    assert ops.endswith("link raw.bin")  # Op.describe() leaves out a link's destination
+    assert ops.endswith("link raw.bin -> hard.bin")
 
 
 def test_open_returns_the_genuine_file_types(tmp_path, fd_guard):

@@ -30,7 +30,7 @@ def test_parse_joins_unfinished_and_resumed_calls():
         '10 pwrite64(3<\\x2f\\x74>, "\\x63", 1, 7) = -1 ENOSPC (No space left on device) (INJECTED)\n'
         "10 +++ exited with 0 +++\n"
     )
-    calls = parse(text)
+    calls = list(parse(text))
     assert [(c.tid, c.name, c.ret, c.error, c.injected, c.ordinal) for c in calls] == [
         (11, "close", 0, None, False, 1),
         (10, "write", 2, None, False, 1),

@@ -11,48 +11,15 @@ import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from persistkit.io.fs import FileHandle, LocalFS, PersistFS
+from persistkit.testing.fs.ops import Op, OpKind, Spool
 from persistkit.testing.fs.testfs import HINT_OPS, HookedFS, Mutation
 
 T = TypeVar("T")
 
 __all__ = ["Op", "RecordingFS"]
-
-
-@dataclass(frozen=True)
-class Op:
-    """One recorded file operation.
-
-    ``handle`` identifies the open file for create/open_append/write/fsync/
-    close/truncate; ``path`` is the file or directory; ``dst`` the rename
-    target; ``offset``/``data`` the write; ``size`` a truncate length.
-    """
-
-    index: int
-    kind: str
-    path: str
-    handle: int | None = None
-    dst: str | None = None
-    offset: int = 0
-    data: bytes = b""
-    size: int = 0
-    truncate: bool = False
-    thread: str = field(default="", compare=False)
-
-    def describe(self) -> str:
-        name = self.path
-        if self.kind == "write":
-            return f"#{self.index} write {name} [{self.offset}:{self.offset + len(self.data)}]"
-        if self.kind == "replace":
-            return f"#{self.index} replace {name} -> {self.dst}"
-        if self.kind == "truncate":
-            return f"#{self.index} truncate {name} to {self.size}"
-        if self.kind == "symlink":
-            return f"#{self.index} symlink {name} -> {self.dst}"
-        return f"#{self.index} {self.kind} {name}"
 
 
 class RecordingFS(HookedFS):
@@ -64,14 +31,22 @@ class RecordingFS(HookedFS):
     the pessimistic reading.
     """
 
-    def __init__(self, inner: PersistFS | None = None) -> None:
+    def __init__(self, inner: PersistFS | None = None, *, spool: Spool | None = None) -> None:
         super().__init__(inner if inner is not None else LocalFS())
         self.ops: list[Op] = []
+        self._spool = spool
         self._ids = itertools.count(1)
         self._handle_ids: dict[int, int] = {}
         self._lock = threading.Lock()
 
     # -- bookkeeping -------------------------------------------------------
+    @property
+    def spool(self) -> Spool:
+        """Where the bytes of recorded writes are kept (on disk, not in memory)."""
+        if self._spool is None:
+            self._spool = Spool()
+        return self._spool
+
     def record(
         self,
         kind: str,
@@ -80,26 +55,20 @@ class RecordingFS(HookedFS):
         handle: int | None = None,
         dst: str | None = None,
         offset: int = 0,
-        data: bytes = b"",
+        data: bytes | bytearray | memoryview = b"",
         size: int = 0,
         truncate: bool = False,
+        mode: int | None = None,
     ) -> None:
         """Append one operation to ``ops`` (the interceptor logs user code's operations here too)."""
+        op_kind = OpKind(kind)
+        length = memoryview(data).nbytes if op_kind == OpKind.WRITE else 0
+        ref = self.spool.append(data) if length else None
         with self._lock:
             self.ops.append(
-                Op(
-                    len(self.ops),
-                    kind,
-                    path,
-                    handle,
-                    dst,
-                    offset,
-                    data,
-                    size,
-                    truncate,
-                    thread=threading.current_thread().name,
-                )
-            )
+                Op(len(self.ops), op_kind, path, handle, dst, offset, length, ref, size, truncate, mode,
+                   thread=threading.current_thread().name)
+            )  # fmt: skip
 
     def _hid(self, handle: FileHandle) -> int:
         hid = self._handle_ids.get(id(handle))
@@ -150,5 +119,5 @@ class RecordingFS(HookedFS):
             # Log what actually reached the file, even when the write failed part-way.
             written = handle.offset - start
             if written:
-                data = bytes(memoryview(m.data).cast("B")[:written])
+                data = memoryview(m.data).cast("B")[:written]
                 self.record("write", handle.path, handle=self._hid(handle), offset=start, data=data)

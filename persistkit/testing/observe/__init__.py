@@ -1,6 +1,7 @@
 """How a save is seen: strace attached to the process (syscalls), or Python interception (fallback)."""
 
 from persistkit.testing.observe.observer import (
+    DEFAULT_VOLATILE,
     OBSERVERS,
     NotJudgeable,
     Observation,
@@ -13,6 +14,7 @@ from persistkit.testing.observe.observer import (
 )
 
 __all__ = [
+    "DEFAULT_VOLATILE",
     "OBSERVERS",
     "NotJudgeable",
     "Observation",

@@ -28,13 +28,23 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from persistkit.io import current_fs, use_fs
-from persistkit.testing.fs.crashsim import CrashSimulator, Snapshot
+from persistkit.testing.fs.model import FsModel
+from persistkit.testing.fs.ops import Op
+from persistkit.testing.fs.recordfs import RecordingFS
+from persistkit.testing.fs.snapshot import Entry, Snapshot
 from persistkit.testing.observe.intercept import GuardFS, Interceptor
-from persistkit.testing.fs.recordfs import Op, RecordingFS
-from persistkit.testing.observe.strace import Injection, ObserverUnavailable, SelfTrace, ptrace_problem, trace_command
-from persistkit.testing.observe.syscalls import Call, FaultPoint, SyscallLog, parse
+from persistkit.testing.observe.strace import (
+    Injection,
+    ObserverUnavailable,
+    SelfTrace,
+    TraceFile,
+    ptrace_problem,
+    trace_command,
+)
+from persistkit.testing.observe.syscalls import CallRecord, FaultPoint, SyscallLog, parse
 
 __all__ = [
+    "DEFAULT_VOLATILE",
     "OBSERVERS",
     "NotJudgeable",
     "Observation",
@@ -43,6 +53,7 @@ __all__ = [
     "choose",
     "observe_command",
     "observe_save",
+    "from_trace",
 ]
 
 Observer = Literal["auto", "syscalls", "python"]
@@ -94,6 +105,13 @@ def choose(observe: str | None) -> str:
     return "python"
 
 
+# Files that are a rebuildable index rather than state (see ``FsModel``): their stores through a
+# shared mapping are not a reason to refuse a verdict, and crash states hold them zero-filled.
+# SQLite's WAL index: "the -shm file ... is only used as shared memory; its content is rebuilt
+# from the WAL on the first connection after a crash" (sqlite.org/walformat.html, section 2.1).
+DEFAULT_VOLATILE: tuple[str, ...] = ("*-shm",)
+
+
 @dataclass
 class Observation:
     """What one observed run of a save recorded."""
@@ -103,8 +121,9 @@ class Observation:
     blind: list[str] = field(default_factory=list)
     outside: list[str] = field(default_factory=list)
     points: list[FaultPoint] = field(default_factory=list)
-    calls: list[Call] = field(default_factory=list)
-    injected: list[Call] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+    injected: list[CallRecord] = field(default_factory=list)
+    volatile: tuple[str, ...] = DEFAULT_VOLATILE
 
 
 def _sizes(root: str) -> dict[str, int]:
@@ -127,7 +146,7 @@ def _outside_changes(log: SyscallLog) -> list[str]:
             continue
         if os.path.lexists(path):
             out.append(path)
-    created = {op.path for op in log.ops if op.kind in ("create", "mkdir", "symlink")}
+    created = {op.path for op in log.ops if op.kind in ("create", "mkdir", "symlink", "mkfifo")}
     for op in log.ops:
         removed = op.kind in ("unlink", "rmdir") and not log.inside(op.path) and op.path not in created
         if removed and "__pycache__" not in op.path and not os.path.lexists(op.path):
@@ -154,19 +173,25 @@ def _open_fds() -> dict[int, tuple[str, int, int]]:
     return out
 
 
-def _from_trace(
-    text: str, root: str, sizes: dict[str, int], cwd: str, fds: dict[int, tuple[str, int, int]] | None = None
+def from_trace(
+    trace: TraceFile,
+    root: str,
+    sizes: dict[str, int],
+    cwd: str,
+    fds: dict[int, tuple[str, int, int]] | None = None,
+    *,
+    keep_calls: bool = False,
+    volatile: Sequence[str] = DEFAULT_VOLATILE,
 ) -> Observation:
-    calls = parse(text)
-    log = SyscallLog(root, sizes, cwd, fds or {}).feed(calls)
+    """Decode a trace (streamed: it may be far larger than memory should hold), then drop it."""
+    try:
+        log = SyscallLog(root, sizes, cwd, fds or {}, keep_calls=keep_calls, volatile=tuple(volatile))
+        log.learn_spawns(trace.lines())
+        log.feed(parse(trace.lines()))
+    finally:
+        trace.close()
     return Observation(
-        "syscalls",
-        log.ops,
-        log.blind,
-        _outside_changes(log),
-        log.points,
-        calls,
-        [c for c in calls if c.injected],
+        "syscalls", log.ops, log.blind, _outside_changes(log), log.points, log.calls, log.injected, tuple(volatile)
     )
 
 
@@ -177,6 +202,8 @@ def observe_save(
     *,
     injections: Sequence[Injection] = (),
     before: Callable[[str, str], None] | None = None,
+    keep_calls: bool = False,
+    volatile: Sequence[str] = DEFAULT_VOLATILE,
 ) -> tuple[Any, BaseException | None, Observation]:
     """Run ``save()`` under ``observer``; return its result, its exception, and what was seen."""
     root = os.path.abspath(root)
@@ -192,7 +219,9 @@ def observe_save(
                 result = save()
             except Exception as err:
                 error = err
-        return result, error, _from_trace(tracer.text, root, sizes, cwd, fds)
+        assert tracer.trace is not None
+        obs = from_trace(tracer.trace, root, sizes, cwd, fds, keep_calls=keep_calls, volatile=volatile)
+        return result, error, obs
     rec = RecordingFS(current_fs())
     result = None
     error = None
@@ -201,7 +230,7 @@ def observe_save(
             result = save()
         except Exception as err:
             error = err
-    return result, error, Observation("python", list(rec.ops))
+    return result, error, Observation("python", list(rec.ops), volatile=tuple(volatile))
 
 
 def observe_command(
@@ -212,12 +241,14 @@ def observe_command(
     env: dict[str, str] | None = None,
     timeout: float | None = 120.0,
     injections: Sequence[Injection] = (),
+    keep_calls: bool = False,
+    volatile: Sequence[str] = DEFAULT_VOLATILE,
 ) -> tuple[int, str, Observation]:
     """Run any program under strace; return its exit code, its stderr, and what was seen."""
     root = os.path.abspath(root)
     sizes = _sizes(root)
-    result, text = trace_command(cmd, injections=injections, cwd=cwd, env=env, timeout=timeout)
-    obs = _from_trace(text, root, sizes, os.path.abspath(cwd or os.getcwd()))
+    result, trace = trace_command(cmd, injections=injections, cwd=cwd, env=env, timeout=timeout)
+    obs = from_trace(trace, root, sizes, os.path.abspath(cwd or os.getcwd()), keep_calls=keep_calls, volatile=volatile)
     return result.returncode, result.stderr.decode(errors="replace"), obs
 
 
@@ -225,8 +256,8 @@ def check_explained(
     fixture: str,
     obs: Observation,
     before: Snapshot,
-    after: Snapshot,
-    sim: CrashSimulator,
+    after: dict[str, Entry],
+    model: FsModel,
     *,
     allow_outside: Sequence[str] = (),
 ) -> None:
@@ -238,14 +269,14 @@ def check_explained(
     root = before.root
     problems: list[str] = []
     problems += [f"cannot be judged: {b}" for b in obs.blind]
-    problems += [f"not modelled: {u}" for u in sim.unmodelled]
+    problems += [f"not modelled: {u}" for u in model.unmodelled]
     outside = [p for p in obs.outside if not any(fnmatch.fnmatch(p, pat) for pat in allow_outside)]
     if outside:
         problems.append(
             "save() also changed files outside the directory under test, which this fixture cannot judge: "
-            + ", ".join(outside[:8])
+            + ", ".join(_printable(p) for p in outside[:8])
             + (" ..." if len(outside) > 8 else "")
-            + f". Point root= at a directory that holds everything the save writes (now {root}), or, for "
+            + f". Point root= at a directory that holds everything the save writes (now {_printable(root)}), or, for "
             "files that are not part of the saved state (a log), pass allow_outside=['/path/*.log']."
         )
     tagged = _user_xattrs(root)
@@ -257,9 +288,9 @@ def check_explained(
             + "), which crash states are rebuilt without (and setxattr is not observed): a load that "
             "reads them would fail in every state"
         )
-    diff = [] if problems else _unexplained(sim, after)
+    diff = [] if problems else model.explain(after) or model.verify_content()
     if diff:
-        seen = len(sim.ops)
+        seen = sum(model.relevant)
         if obs.observer == "python":
             hint = (
                 "the writes come from code the python observer cannot see (C extensions such as "
@@ -272,12 +303,12 @@ def check_explained(
                 "the traced one, a shared mmap, or io_uring"
             )
         problems.append(
-            f"observed {seen} operation{'s' if seen != 1 else ''} under {root}, which do not explain how the "
-            f"directory changed ({'; '.join(diff[:6])}): {hint}"
+            f"observed {seen} operation{'s' if seen != 1 else ''} under {_printable(root)}, which do not explain how the "
+            f"directory changed ({'; '.join(_printable(d) for d in diff[:6])}): {hint}"
         )
-    if not problems and not sim.ops and before.fingerprint() == after.fingerprint():
+    if not problems and not any(model.relevant) and not before.diff(Snapshot(root, after)):
         problems.append(
-            f"save() changed nothing under {root} and no operation was observed, so there is nothing to "
+            f"save() changed nothing under {_printable(root)} and no operation was observed, so there is nothing to "
             "judge. Check that save() writes there (pass root= if it writes elsewhere)."
         )
     if problems:
@@ -285,6 +316,11 @@ def check_explained(
             f"{fixture}: no verdict, because the {obs.observer} observer did not see the whole save.\n  - "
             + "\n  - ".join(problems)
         )
+
+
+def _printable(text: str) -> str:
+    """A path as text that any terminal can print (names that are not UTF-8 keep their bytes as \\x..)."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
 def _user_xattrs(root: str) -> list[str]:
@@ -302,12 +338,3 @@ def _user_xattrs(root: str) -> list[str]:
             if any(n.startswith("user.") for n in names):
                 out.append(os.path.relpath(full, root))
     return sorted(out)
-
-
-def _unexplained(sim: CrashSimulator, after: Snapshot) -> list[str]:
-    final = sim.final()
-    if final is None:
-        return ["the recorded operations cannot be replayed in order"]
-    if final.fingerprint() == after.fingerprint():
-        return []
-    return final.diff(after)

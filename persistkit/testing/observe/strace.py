@@ -28,7 +28,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -36,7 +37,9 @@ __all__ = [
     "Injection",
     "ObserverUnavailable",
     "SelfTrace",
+    "TraceFile",
     "ptrace_problem",
+    "strace_command",
     "trace_command",
 ]
 
@@ -49,13 +52,17 @@ TRACED_SYSCALLS = (
     "ftruncate,truncate,fallocate,"
     "fsync,fdatasync,sync_file_range,syncfs,sync,"
     "rename,renameat,renameat2,link,linkat,unlink,unlinkat,"
-    "mkdir,mkdirat,rmdir,symlink,symlinkat,"
+    "mkdir,mkdirat,rmdir,symlink,symlinkat,mknod,mknodat,chmod,fchmod,fchmodat,"
     "close,close_range,dup,dup2,dup3,fcntl,"
     "copy_file_range,sendfile,splice,mmap,io_uring_setup,"
     "clone,clone3,fork,vfork,chdir,fchdir,getxattr"
 )
-# strings longer than this are cut by strace; a cut write cannot be replayed and is reported
-MAX_STRING = 64 * 1024 * 1024
+# How many bytes of each write strace prints (hex-escaped, four characters a byte). Longer
+# writes are cut there; their bytes are then taken from the file the save left (the usual case: a
+# large write that no later operation overwrites), and reported as not capturable otherwise.
+# Printing a 64 MiB write whole costs strace seconds; 64 KiB covers every SQLite page, every
+# buffered-writer chunk and every header, so most saves are captured in full.
+MAX_STRING = int(os.environ.get("PERSISTKIT_STRACE_CAPTURE", 64 * 1024))
 _MARKER_XATTR = "user.persistkit-marker"
 
 
@@ -115,17 +122,39 @@ def _strace_base(out: str) -> list[str]:
     ]  # fmt: skip
 
 
+class TraceFile:
+    """strace's output file, read line by line (it can be far larger than memory should hold)."""
+
+    def __init__(self, directory: str, path: str) -> None:
+        self.dir = directory
+        self.path = path
+        self._finalizer = weakref.finalize(self, shutil.rmtree, directory, True)
+
+    def lines(self) -> Iterator[str]:
+        with open(self.path, encoding="ascii", errors="replace") as f:
+            yield from f
+
+    @property
+    def text(self) -> str:
+        with open(self.path, encoding="ascii", errors="replace") as f:
+            return f.read()
+
+    def close(self) -> None:
+        self._finalizer()
+
+
 class SelfTrace:
     """Trace this process (all its threads, and the children they start) inside a ``with``.
 
-    After the block, ``text`` holds strace's output. Raises ObserverUnavailable when
-    strace cannot attach (ptrace forbidden by Yama or a container's seccomp profile).
+    After the block, ``trace`` is strace's output (``TraceFile``; close it when done). Raises
+    ObserverUnavailable when strace cannot attach (ptrace forbidden by Yama or a container's
+    seccomp profile).
     """
 
     def __init__(self, injections: Sequence[Injection] = (), *, timeout: float = 10.0) -> None:
         self.injections = list(injections)
         self.timeout = timeout
-        self.text = ""
+        self.trace: TraceFile | None = None
         self._dir = ""
         self._proc: subprocess.Popen[bytes] | None = None
         self._fd = -1
@@ -157,24 +186,17 @@ class SelfTrace:
             self._handshake("end")
         finally:
             self._stop()
-            try:
-                self.text = self._read_all().decode("ascii", "replace")
-            finally:
-                self._cleanup()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self.trace = TraceFile(self._dir, os.path.join(self._dir, "trace"))
+            self._dir = ""
+
+    @property
+    def text(self) -> str:
+        return self.trace.text if self.trace is not None else ""
 
     # -- internals ------------------------------------------------------------------
-    def _read_all(self) -> bytes:
-        size = os.fstat(self._fd).st_size
-        chunks = []
-        offset = 0
-        while offset < size:
-            chunk = os.pread(self._fd, min(size - offset, 1 << 24), offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            offset += len(chunk)
-        return b"".join(chunks)
-
     def _handshake(self, what: str) -> None:
         token = f"/persistkit-{what}-{uuid.uuid4().hex}"
         needle = "".join(f"\\x{b:02x}" for b in token.encode()).encode()
@@ -236,6 +258,11 @@ def _attach_advice(stderr: str) -> str:
     return f"strace could not attach: {text}"
 
 
+def strace_command(out: str, cmd: Sequence[str], injections: Sequence[Injection] = ()) -> list[str]:
+    """The argv that runs ``cmd`` under strace, writing the trace to ``out``."""
+    return _strace_base(out) + [arg for inj in injections for arg in ("-e", inj.argument())] + ["--", *cmd]
+
+
 def trace_command(
     cmd: Sequence[str],
     *,
@@ -244,18 +271,15 @@ def trace_command(
     env: dict[str, str] | None = None,
     timeout: float | None = None,
     input: bytes | None = None,
-) -> tuple[subprocess.CompletedProcess[bytes], str]:
+) -> tuple[subprocess.CompletedProcess[bytes], TraceFile]:
     """Run ``cmd`` (any program) under strace; return its result and strace's output."""
     problem = ptrace_problem()
     if problem is not None:
         raise ObserverUnavailable(problem)
-    with tempfile.TemporaryDirectory(prefix="persistkit-strace-") as tmp:
-        out = os.path.join(tmp, "trace")
-        full = _strace_base(out) + [arg for inj in injections for arg in ("-e", inj.argument())]
-        full += ["--", *cmd]
-        result = subprocess.run(
-            full, cwd=cwd, env=env, timeout=timeout, input=input, capture_output=True, check=False
-        )
-        with open(out, "rb") as f:
-            text = f.read().decode("ascii", "replace")
-    return result, text
+    tmp = tempfile.mkdtemp(prefix="persistkit-strace-")
+    trace = TraceFile(tmp, os.path.join(tmp, "trace"))
+    result = subprocess.run(
+        strace_command(trace.path, cmd, injections), cwd=cwd, env=env, timeout=timeout, input=input,
+        capture_output=True, check=False,
+    )  # fmt: skip
+    return result, trace

@@ -1,0 +1,314 @@
+"""The last stage of the pipeline: judge crash states, one verdict loop for files and buckets.
+
+observe -> operation log -> crash states -> **judge**. Whatever the storage,
+a crash state is built, the code under test reads it, and what it read is
+classified: the state before the save ("old"), the state after it ("new"), or
+neither (a ``Violation``). After ``save()`` returned only "new" is acceptable.
+
+Everything that makes a verdict lives here: ``Outcome`` (what one read did),
+``Violation`` (carrying the operations whose loss made its state, so that the
+``Fix:`` line is read off data, not off message text), ``Report`` (one type,
+with a ``model`` field: "process", "power-loss" or "object-store"),
+``choose`` (spread a sample over the whole save) and ``judge_states`` (the
+loop, with a progress line for long runs).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from persistkit.testing.compare import first_difference
+
+__all__ = [
+    "UNSET",
+    "Outcome",
+    "Report",
+    "Verdict",
+    "Violation",
+    "choose",
+    "fix_hint",
+    "judge_states",
+    "outcome",
+]
+
+S = TypeVar("S")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one ``load()`` call did: returned ``value``, or raised ``error``.
+
+    An outcome produced in another process carries ``text`` (its description)
+    instead of the value itself.
+    """
+
+    value: Any = None
+    error: BaseException | None = None
+    text: str | None = None
+
+    def describe(self) -> str:
+        if self.text is not None:
+            return self.text
+        if self.error is not None:
+            return f"raised {type(self.error).__name__}: {str(self.error)[:300]}"
+        text = repr(self.value)
+        return f"returned {text if len(text) <= 200 else text[:197] + '...'}"
+
+    def same_as(self, other: Outcome) -> bool:
+        if (self.error is None) != (other.error is None):
+            return False
+        if self.error is not None and other.error is not None:
+            return type(self.error) is type(other.error)
+        return first_difference(other.value, self.value) is None
+
+    def difference(self, expected: Outcome, label: str) -> str:
+        if expected.error is not None or self.error is not None:
+            return f"{label}: expected load() to have {expected.describe()}, it {self.describe()}"
+        return first_difference(expected.value, self.value, f"{label}: load()") or f"{label}: equal"
+
+
+def outcome(load: Callable[[], Any]) -> Outcome:
+    """Call ``load`` and capture its value or exception."""
+    try:
+        return Outcome(value=load())
+    except Exception as err:
+        return Outcome(error=err)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How one crash state was read: ``kind`` is "old", "new" or "bad"."""
+
+    kind: str
+    got: Outcome
+    detail: str = ""
+
+
+@dataclass
+class Violation:
+    """A crash state whose read was neither acceptable state.
+
+    ``losses``: what the state lost, first the loss that defines it (typed:
+    ``persistkit.testing.fs.states.Loss`` or an object-store operation).
+    """
+
+    description: str
+    complete: bool
+    got: Outcome
+    detail: str
+    losses: tuple[Any, ...] = ()
+    state: Any = None
+
+    def describe(self) -> str:
+        return f"{self.description}: load() {self.got.describe()}"
+
+
+@dataclass
+class Report:
+    """What one run explored. ``violations`` is empty when the save passed."""
+
+    model: str
+    states: int
+    operations: list[str]
+    old_states: int = 0
+    new_states: int = 0
+    sampled: bool = False
+    seconds: float = 0.0
+    violations: list[Violation] = field(default_factory=list)
+    observer: str = "python"
+    infeasible: int = 0
+    candidates: int = 0
+    seed: int = 0
+    url: str = ""
+    mutations: int = 0
+    per_op: Counter[str] = field(default_factory=Counter)
+    per_class: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        if self.model == "object-store":
+            return (
+                f"{self.states} crash states (object store) of a save with {self.mutations} completed PUTs/DELETEs "
+                f"and {len(self.operations) - self.mutations} other requests under {self.url}"
+                f"{', sampled' if self.sampled else ''}: {len(self.violations)} violations"
+            )
+        skipped = f", {self.infeasible} infeasible combinations skipped" if self.infeasible else ""
+        return (
+            f"{self.states} crash states ({self.model}) of a {len(self.operations)}-operation save "
+            f"(observed by {self.observer}{skipped}{', sampled' if self.sampled else ''}): "
+            f"{self.old_states} load the old state, {self.new_states} the new, {len(self.violations)} violations"
+        )
+
+    def coverage(self) -> str:
+        """What was explored (per operation and per page class) and what was not, with the seed."""
+        lines = [f"explored {self.states} of {self.candidates} candidate states (seed {self.seed})"]
+        if self.per_class:
+            lines.append("by page class: " + ", ".join(f"{k} {v}" for k, v in sorted(self.per_class.items())))
+        if self.per_op:
+            top = self.per_op.most_common(12)
+            lines.append("by operation: " + "; ".join(f"{k}: {v}" for k, v in top))
+        if self.sampled:
+            lines.append(
+                "not explored: the candidates between the sampled ones (max_states), and every other combination "
+                "of unsynced pages and directory operations beyond the ones chosen (see persistkit.testing.fs.states)"
+            )
+        else:
+            lines.append(
+                "not explored: combinations of unsynced pages and directory operations beyond the chosen ones "
+                "(see persistkit.testing.fs.states for the choice)"
+            )
+        return "\n".join(lines)
+
+
+def choose(n: int, limit: int | None) -> list[int]:
+    """Indexes of ``limit`` items spread evenly over ``n`` (first and last kept), or all of them."""
+    if limit is None or n <= limit:
+        return list(range(n))
+    if limit < 2:
+        return [n - 1]
+    step = (n - 1) / (limit - 1)
+    return sorted({round(i * step) for i in range(limit)})
+
+
+class _Progress:
+    """A one-line counter on the terminal (not in captured output) for runs longer than 2 s."""
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label = label
+        self.total = total
+        self.start = time.monotonic()
+        self.last = 0.0
+        stream = sys.__stderr__
+        self.stream = stream if stream is not None and stream.isatty() else None
+        self.shown = False
+
+    def tick(self, states: int, violations: int) -> None:
+        now = time.monotonic()
+        if self.stream is None or now - self.start < 2.0 or now - self.last < 0.2:
+            return
+        self.last = now
+        self.shown = True
+        of = f"/{self.total}" if self.total is not None else ""
+        self.stream.write(f"\r  {self.label}: {states}{of} states loaded, {violations} violations ")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.stream is not None and self.shown:
+            self.stream.write("\r" + " " * 72 + "\r")
+            self.stream.flush()
+
+
+@dataclass
+class _Judged(Generic[S]):
+    state: S
+    description: str
+    complete: bool
+    losses: tuple[Any, ...]
+
+
+def judge_states(
+    states: Iterable[_Judged[S]],
+    trial: Callable[[S], Verdict],
+    report: Report,
+    *,
+    label: str,
+    total: int | None = None,
+) -> None:
+    """The verdict loop: run ``trial`` on every state and count what it read into ``report``."""
+    progress = _Progress(label, total)
+    try:
+        for item in states:
+            report.states += 1
+            progress.tick(report.states, len(report.violations))
+            verdict = trial(item.state)
+            if verdict.kind == "new":
+                report.new_states += 1
+            elif verdict.kind == "old":
+                report.old_states += 1
+            else:
+                report.violations.append(
+                    Violation(item.description, item.complete, verdict.got, verdict.detail, item.losses, item.state)
+                )
+    finally:
+        progress.done()
+
+
+def judged(state: S, description: str, complete: bool, losses: Sequence[Any] = ()) -> _Judged[S]:
+    return _Judged(state, description, complete, tuple(losses))
+
+
+# -- Fix: lines, read off the typed losses -----------------------------------------------------
+
+
+def _rel(text: str, root: str) -> str:
+    return text.replace(root + os.sep, "").replace(root, ".") if root else text
+
+
+def fix_hint(losses: Sequence[Any], operations: Sequence[Any] = (), *, root: str = "", model: str = "") -> str:
+    """One line saying what to change, from the loss that defines the first violating state."""
+    from persistkit.testing.fs.ops import OpKind
+
+    if not losses:
+        if model == "object-store":
+            return (
+                "the bucket fails check() before the save changed anything: the check (or the initial bucket) is "
+                "wrong, not the save"
+            )
+        return "make the save write a new file and publish it with one atomic, synced rename"
+    first = losses[0]
+    kind = getattr(first, "kind", None)
+    if model == "object-store" or kind in ("delete", "put-new", "put-file-new", "swap"):
+        url = getattr(first, "url", "")
+        if kind == "delete":
+            return (
+                f"something still visible refers to {url} when it is deleted: remove or move what names an "
+                "object (its pointer or record) first, and delete the data last"
+            )
+        return (
+            f"{url} is visible before what it refers to: upload the data first, then its record, and make "
+            "it visible last with one conditional PUT of a small pointer"
+        )
+    how, op = first.how, first.op
+    path, dst = _rel(op.path, root), _rel(op.dst or "", root)
+    if how == "reverted":
+        if op.kind == OpKind.REPLACE:
+            return f"fsync the directory holding {dst} after os.replace(): until then a power loss can undo the rename"
+        if op.kind == OpKind.UNLINK:
+            return (
+                f"fsync the directory after deleting {path}: until then a power loss can bring it back "
+                "(for SQLite's rollback journal: PRAGMA synchronous=EXTRA)"
+            )
+        return f"fsync the directory after the {op.kind.value} of {path}: until then a power loss can undo it"
+    if how == "torn" and model == "process":
+        return (
+            f"a SIGKILL can stop a large write to {path} half way: write to a temp file, fsync it and os.replace() "
+            "it over the target, so a reader never sees a partly written file"
+        )
+    if how in ("early", "stale"):
+        return (
+            f"the disk may write {path}'s pages in any order: fsync what a later write refers to (the records) "
+            "before writing the part that refers to it (a header, a count, a pointer), or have the reader "
+            "verify a checksum"
+        )
+    renamed = any(
+        getattr(o, "kind", None) == OpKind.REPLACE and getattr(o, "path", None) == op.path for o in operations
+    )
+    if renamed:
+        return f"fsync {path} (flush and os.fsync its descriptor) before renaming it over the target"
+    return (
+        f"write {path} to a temp file in the same directory, fsync it, os.replace() it over the target, "
+        "then fsync the directory: a file rewritten in place can be left torn or empty"
+    )
