@@ -90,6 +90,12 @@ def record_save(save: Callable[[], Any], root: str) -> tuple[Any, list[Op]]:
     return result, list(rec.ops)
 
 
+def _changed(snapshot: Snapshot, now: dict[str, Any]) -> bool:
+    if set(snapshot.entries) != set(now):
+        return True
+    return any(not e.unchanged(now[rel]) for rel, e in snapshot.entries.items())
+
+
 class _Reader:
     """Reads crash states with ``load()`` and says which state each one is."""
 
@@ -99,10 +105,14 @@ class _Reader:
         self.before = Outcome()
         self.after = Outcome()
 
-    def expect(self) -> None:
-        """The outcomes of the state before the save and of the state it left (each built, then loaded)."""
+    def expect(self, before: Outcome) -> None:
+        """The outcome of the state the save left (built, then loaded), and two probes of the load.
+
+        ``before``: what load() returned before the save ran, on the real directory.
+        """
         __tracebackhide__ = True
         sim, load = self.sim, self.load
+        self.before = before
         sim.materialize(sim.final())
         self.after = outcome(load) if self.given_after is UNSET else Outcome(value=self.given_after)
         if self.after.error is not None and self.given_after is UNSET:
@@ -110,19 +120,23 @@ class _Reader:
                 f"crash_points: load() fails even after save() completed without a crash: "
                 f"{self.after.describe()}. Fix the save or the load first."
             )
-        if self.given_before is None:
-            sim.materialize(sim.initial())
-            self.before = outcome(load)
-        else:
-            self.before = Outcome(value=self.given_before)
-        probe = sim.without_written()
-        if self.given_after is UNSET and self.after.error is None and probe is not None:
-            sim.materialize(probe)
-            got = outcome(load)
-            if got.error is None and got.same_as(self.after):
+        if self.given_after is not UNSET or self.given_before is not None:
+            return
+        # The state before the first operation IS the directory before the save: a load that reads
+        # the directory must give the old value there.
+        sim.materialize(sim.initial())
+        if outcome(load).same_as(self.after) and not self.before.same_as(self.after):
+            raise NotJudgeable(
+                "crash_points: no verdict, because load() returned the new state from the directory as it was "
+                "before the save: it does not read what the save wrote (an in-process cache? a path outside "
+                "root?), so no crash state can be judged by it."
+            )
+        if self.before.same_as(self.after) and self.after.error is None:
+            sim.materialize(sim.empty())
+            if outcome(load).same_as(self.after):
                 raise NotJudgeable(
-                    "crash_points: no verdict, because load() returned the new state even with every file the "
-                    "save wrote removed: it does not read what the save wrote (an in-process cache? a path "
+                    "crash_points: no verdict, because load() returned the same value before the save, after it, "
+                    "and from an empty directory: it does not read the directory (an in-process cache? a path "
                     "outside root?), so no crash state can be judged by it."
                 )
 
@@ -197,12 +211,13 @@ class CrashPoints:
             raise ValueError(f"model must be 'process' or 'power-loss', not {model!r}")
         observer = choose(observe)
         top = self._top(root)
-        initial = Snapshot.take(top)
+        initial, expected_before = self._begin(top, load, before)
         try:
             _, error, obs = observe_save(save, top, observer, volatile=volatile)
             if error is not None:
                 raise error
-            return self._judge(obs, initial, load, before, after, model, max_states, seed, allow_outside)
+            return self._judge(obs, initial, load, expected_before, before, after, model, max_states, seed,
+                               allow_outside)  # fmt: skip
         finally:
             initial.close()
 
@@ -233,7 +248,7 @@ class CrashPoints:
             raise ValueError(f"model must be 'process' or 'power-loss', not {model!r}")
         choose("syscalls")
         top = self._top(root)
-        initial = Snapshot.take(top)
+        initial, expected_before = self._begin(top, load, before)
         try:
             code, stderr, obs = observe_command(
                 cmd, top, cwd=os.fspath(cwd) if cwd is not None else None, env=env, timeout=timeout,
@@ -244,9 +259,21 @@ class CrashPoints:
                     f"crash_points.subprocess: {list(cmd)} exited with status {code} without a crash, so there is "
                     f"no completed save to judge. Its stderr ends:\n{stderr[-2000:]}"
                 )
-            return self._judge(obs, initial, load, before, after, model, max_states, seed, allow_outside)
+            return self._judge(obs, initial, load, expected_before, before, after, model, max_states, seed,
+                               allow_outside)  # fmt: skip
         finally:
             initial.close()
+
+    @staticmethod
+    def _begin(top: str, load: Callable[[], Any], before: Any) -> tuple[Snapshot, Outcome]:
+        """The directory before the save, and what load() returns from it."""
+        initial = Snapshot.take(top)
+        if before is not None:
+            return initial, Outcome(value=before)
+        expected = outcome(load)
+        if _changed(initial, scan(top)):
+            initial.materialize(top)  # the load tidied up; the save starts from the real initial state
+        return initial, expected
 
     def _top(self, root: str | os.PathLike[str] | None) -> str:
         top = os.path.abspath(os.fspath(root)) if root is not None else self.root
@@ -258,6 +285,7 @@ class CrashPoints:
         obs: Observation,
         initial: Snapshot,
         load: Callable[[], Any],
+        expected_before: Outcome,
         before: Any,
         after: Any,
         model: Model,
@@ -276,7 +304,7 @@ class CrashPoints:
         report = Report(model, 0, [_rel(op.describe(), top) for op in sim.ops], observer=obs.observer, seed=seed)
         try:
             reader = _Reader(sim, load, before, after)
-            reader.expect()
+            reader.expect(expected_before)
             states = sim.states(model, max_states=max_states)
             judge_states(
                 (judged(s, _rel(s.description, top), s.complete, s.losses) for s in states),
@@ -287,6 +315,7 @@ class CrashPoints:
             )
         finally:
             sim.close()
+            obs.close()
         report.sampled = sim.stats.sampled
         report.infeasible = sim.stats.infeasible
         report.candidates = sim.stats.candidates

@@ -50,14 +50,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from persistkit.io import current_fs, use_fs
-from persistkit.testing.crash_points import Outcome, outcome
-from persistkit.testing.fs import CrashSimulator, Snapshot
 from persistkit.testing.fs.faultfs import FAULT_ERRNOS, Fault, FaultFS
-from persistkit.testing.observe.intercept import GuardFS, Interceptor
+from persistkit.testing.fs.model import FsModel
+from persistkit.testing.fs.snapshot import Snapshot, scan
+from persistkit.testing.judge import Outcome, outcome
 from persistkit.testing.observe import Observation, check_explained, choose, observe_command, observe_save
-from persistkit.testing.report import RECORDER, Recorder
+from persistkit.testing.observe.intercept import GuardFS, Interceptor
 from persistkit.testing.observe.strace import Injection
-from persistkit.testing.observe.syscalls import Call, FaultPoint, _fd_arg, _path_arg
+from persistkit.testing.observe.syscalls import CallRecord, FaultPoint
+from persistkit.testing.report import RECORDER, Recorder
 
 __all__ = ["DEFAULT_LITTER", "DiskFaults", "FaultReport", "open_fds"]
 
@@ -102,9 +103,14 @@ def open_fds() -> dict[int, str]:
     return out
 
 
+def _own(path: str) -> bool:
+    """A file of the verifier itself (a spool of written bytes, a trace, a workshop copy)."""
+    return "/persistkit-spool-" in path or "/persistkit-strace-" in path or "/.persistkit-" in path
+
+
 def _file_fds(fds: dict[int, str]) -> collections.Counter[str]:
     return collections.Counter(
-        t for t in fds.values() if t.startswith("/") and not t.startswith(("/proc/", "/dev/"))
+        t for t in fds.values() if t.startswith("/") and not t.startswith(("/proc/", "/dev/")) and not _own(t)
     )
 
 
@@ -301,8 +307,7 @@ def _rel(text: str, root: str) -> str:
 
 
 def _litter(top: str, allowed: set[str], pattern: re.Pattern[str], when: str) -> list[str]:
-    now = Snapshot.take(top)
-    extra = [p for p in now.entries if p not in allowed and pattern.search(os.path.basename(p))]
+    extra = [p for p in scan(top) if p not in allowed and pattern.search(os.path.basename(p))]
     if not extra:
         return []
     return [f"temp litter {when}: {sorted(extra)[:5]}"]
@@ -316,7 +321,7 @@ class _Command:
 
     def observe(self, top: str, injections: Sequence[Injection]) -> tuple[BaseException | None, Observation]:
         code, stderr, obs = observe_command(
-            self.cmd, top, cwd=self.cwd, env=self.env, timeout=self.timeout, injections=injections
+            self.cmd, top, cwd=self.cwd, env=self.env, timeout=self.timeout, injections=injections, keep_calls=True
         )
         error = None if code == 0 else RuntimeError(f"exited with status {code}: {stderr.strip()[-300:]}")
         return error, obs
@@ -362,8 +367,14 @@ class _Plan:
         expected_before = outcome(self.load)
         if self.save.setup is None:
             initial.materialize(top)
-        before_save = Snapshot.take(top)
-        operations, targets = self._dry_run(before_save)
+            before_save = initial
+        else:
+            before_save = Snapshot.take(top)
+        try:
+            operations, targets = self._dry_run(before_save)
+        finally:
+            if before_save is not initial:
+                before_save.close()
         after_snapshot = Snapshot.take(top)
         expected_after = outcome(self.load)
         self.save.end()
@@ -408,6 +419,10 @@ class _Plan:
                             report.violations.append(case)
         finally:
             after_snapshot.materialize(top)
+            after_snapshot.close()
+            initial.close()
+            if self.dry is not None:
+                self.dry.close()
         report.seconds = time.perf_counter() - start
         self.owner.reports.append(report)
         self.owner.recorder.add_run("disk_faults", faults=report.fired, violations=len(report.violations))
@@ -439,10 +454,8 @@ class _Plan:
         error, obs = self._syscalls(())
         if error is not None:
             raise AssertionError(f"disk_faults: save() fails even without faults: {error}") from error
-        sim = CrashSimulator(before, obs.ops)
-        check_explained(
-            "disk_faults", obs, before, Snapshot.take(self.top), sim, allow_outside=self.allow_outside
-        )
+        model = FsModel(before, obs.ops, volatile=obs.volatile)
+        check_explained("disk_faults", obs, before, scan(self.top), model, allow_outside=self.allow_outside)
         self.dry = obs
         self.points = obs.points
         targets: list[int] = []
@@ -470,7 +483,7 @@ class _Plan:
         if self.command is not None:
             return self.command.observe(self.top, injections)
         with _deadline(self.timeout):
-            _, error, obs = observe_save(self.save, self.top, "syscalls", injections=injections)
+            _, error, obs = observe_save(self.save, self.top, "syscalls", injections=injections, keep_calls=True)
         return error, obs
 
     def _faulted(self, index: int, code: int, mode: str) -> _Fired:
@@ -491,6 +504,7 @@ class _Plan:
         if persistent:
             injections += self._persistent_rest(point, name)
         error, obs = self._syscalls(injections)
+        obs.close()
         if not obs.injected:
             return _Fired(error, False)
         first = obs.injected[0]
@@ -626,22 +640,8 @@ class _Plan:
                     gc.collect()
 
 
-def _call_target(call: Call) -> str | None:
-    """The file a call acts on, from its arguments (None: not known)."""
-    a = call.args
-    if not a:
-        return None
-    if a[0].startswith('"'):
-        return os.path.abspath(_path_arg(a[0]))
-    fd, path = _fd_arg(a[0])
-    if len(a) > 1 and a[1].startswith('"') and (fd == -100 or call.name.endswith(("at", "at2"))):
-        p = _path_arg(a[1])
-        return p if os.path.isabs(p) else os.path.join(path or os.getcwd(), p)
-    return path
-
-
-def _lands_inside(call: Call, top: str) -> bool | None:
-    target = _call_target(call)
+def _lands_inside(call: CallRecord, top: str) -> bool | None:
+    target = call.target
     if target is None:
         return None
     return _under(os.path.realpath(target), os.path.realpath(top))

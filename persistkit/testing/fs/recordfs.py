@@ -47,6 +47,10 @@ class RecordingFS(HookedFS):
             self._spool = Spool()
         return self._spool
 
+    @property
+    def spool_if_any(self) -> Spool | None:
+        return self._spool
+
     def record(
         self,
         kind: str,

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from persistkit.io import current_fs, use_fs
 from persistkit.testing.fs.model import FsModel
-from persistkit.testing.fs.ops import Op
+from persistkit.testing.fs.ops import Op, Spool
 from persistkit.testing.fs.recordfs import RecordingFS
 from persistkit.testing.fs.snapshot import Entry, Snapshot
 from persistkit.testing.observe.intercept import GuardFS, Interceptor
@@ -124,6 +124,12 @@ class Observation:
     calls: list[CallRecord] = field(default_factory=list)
     injected: list[CallRecord] = field(default_factory=list)
     volatile: tuple[str, ...] = DEFAULT_VOLATILE
+    spool: Spool | None = None
+
+    def close(self) -> None:
+        """Drop the spooled bytes (the operations can no longer be replayed after this)."""
+        if self.spool is not None:
+            self.spool.close()
 
 
 def _sizes(root: str) -> dict[str, int]:
@@ -191,8 +197,9 @@ def from_trace(
     finally:
         trace.close()
     return Observation(
-        "syscalls", log.ops, log.blind, _outside_changes(log), log.points, log.calls, log.injected, tuple(volatile)
-    )
+        "syscalls", log.ops, log.blind, _outside_changes(log), log.points, log.calls, log.injected, tuple(volatile),
+        log.spool,
+    )  # fmt: skip
 
 
 def observe_save(
@@ -230,7 +237,7 @@ def observe_save(
             result = save()
         except Exception as err:
             error = err
-    return result, error, Observation("python", list(rec.ops), volatile=tuple(volatile))
+    return result, error, Observation("python", list(rec.ops), volatile=tuple(volatile), spool=rec.spool_if_any)
 
 
 def observe_command(
