@@ -11,10 +11,12 @@ import errno
 import fcntl
 import json
 import os
+import platform
 import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,7 +37,25 @@ from persistkit.testing.observe.inject import (
     run_program,
 )
 
-pytestmark = pytest.mark.skipif(injector_problem() is not None, reason=f"injector: {injector_problem()}")
+
+def kernel_lacks_the_injector():
+    """Why this machine cannot run the injector, judged without the injector (so a broken one fails, not skips)."""
+    if not sys.platform.startswith("linux"):
+        return "not Linux"
+    if tuple(int(x) for x in platform.release().split("-")[0].split(".")[:2]) < (5, 9):
+        return f"Linux {platform.release()} < 5.9"
+    try:
+        with open("/proc/sys/kernel/seccomp/actions_avail") as f:
+            return None if "user_notif" in f.read() else "no seccomp user_notif"
+    except OSError:
+        return "seccomp disabled"
+
+
+pytestmark = pytest.mark.skipif(kernel_lacks_the_injector() is not None, reason=f"{kernel_lacks_the_injector()}")
+
+
+def test_the_injector_runs_on_this_kernel():
+    assert injector_problem() is None
 
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
@@ -87,15 +107,20 @@ def test_only_the_aimed_file_write_fails_while_another_thread_writes_a_pipe_and_
     def save():
         r, w = os.pipe()
         efd = os.eventfd(0)
+        sock, peer = socket.socketpair()
+        null = os.open(os.devnull, os.O_WRONLY)
         go = threading.Event()
         noise = []
 
-        def chatter():  # writes to a pipe and an eventfd, many of them, during the save
+        def chatter():  # writes to a pipe, an eventfd, a socket and /dev/null, many times, during the save
             go.set()
             for _ in range(200):
                 noise.append(attempt(os.write, w, b"x"))
                 noise.append(attempt(os.eventfd_write, efd, 1))
+                noise.append(attempt(os.write, sock.fileno(), b"y"))
+                noise.append(attempt(os.write, null, b"z"))
                 os.read(r, 1)
+                peer.recv(1)
 
         t = threading.Thread(target=chatter)
         t.start()
@@ -106,7 +131,8 @@ def test_only_the_aimed_file_write_fails_while_another_thread_writes_a_pipe_and_
         t.join()
         return {"file": results, "noise_failures": [n for n in noise if isinstance(n, str)]}
 
-    run, seen = reporting(save, aims=[Aim(0, "write", 2, Errno("ENOSPC"))])
+    # even a caller predicate that accepts every path cannot make a pipe, socket or device a file
+    run, seen = reporting(save, aims=[Aim(0, "write", 2, Errno("ENOSPC"))], eligible=lambda path, kind: True)
     assert run.returncode == 0
     assert seen["file"] == [6, "ENOSPC", 6, 6, 6]
     assert seen["noise_failures"] == []
@@ -488,6 +514,84 @@ def test_every_mutating_call_is_decoded_with_its_file_and_kind(tmp_path):
         ("fsync", "", "directory", ""),
     ]
     assert [p.ordinal for p in run.log.points if p.family == "write"] == [1]
+
+
+def test_openat2_is_decoded_from_its_open_how_struct(tmp_path):
+    target = str(tmp_path / "via-openat2")
+
+    def save():
+        how = (ctypes.c_uint64 * 3)(os.O_WRONLY | os.O_CREAT, 0o644, 0)  # struct open_how
+        libc.syscall.restype = ctypes.c_long
+        fd = libc.syscall(437, AT_FDCWD, target.encode(), ctypes.byref(how), ctypes.sizeof(how))
+        return fd >= 0 or ctypes.get_errno()
+
+    run, ok = reporting(save, aims=[Aim(0, "open", 1, Errno("EDQUOT"))])
+    if run.log.points and run.log.points[0].syscall != "openat2":
+        pytest.skip("this machine has no openat2")
+    assert ok == errno.EDQUOT
+    assert fired(run) == [("openat2", target, "EDQUOT", -errno.EDQUOT, True)]
+
+
+def test_threads_started_before_arm_are_covered_too(tmp_path):
+    target = str(tmp_path / "early")
+    channel = Channel()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            go = threading.Event()
+            results = []
+
+            def early():  # exists before the filter; TSYNC puts the filter on it as well
+                go.wait()
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
+                results.append(attempt(os.write, fd, b"x"))
+                os.close(fd)
+
+            t = threading.Thread(target=early)
+            t.start()
+            arm(channel)
+            go.set()
+            t.join()
+            code = 0 if results == ["EIO"] else 4
+        finally:
+            os._exit(code)
+    channel.close_child_end()
+    with Listener(channel, aims=[Aim(1, "write", 1, Errno("EIO"))]) as listener:
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [(p.rank, p.family) for p in listener.log.points] == [(1, "open"), (1, "write"), (1, "close")]
+
+
+def test_programs_the_child_starts_are_covered_and_ranked_after_it(tmp_path):
+    target = str(tmp_path / "from-shell")
+
+    def save():
+        done = subprocess.run(["sh", "-c", f"printf 'a' > {target}; printf 'b' >> {target}"], capture_output=True)
+        return [done.returncode, done.stderr.decode()]
+
+    dry, _ = reporting(save)
+    writes = [p for p in dry.log.points if p.family == "write"]
+    assert [p.path for p in writes] == [target, target]
+    assert writes[0].rank >= 1 and writes[0].pid != dry.log.armed_pid
+    aim = Aim.at(writes[1], Errno("ENOSPC"))
+    run, (code, stderr) = reporting(save, aims=[aim])
+    assert code != 0 and "error" in stderr  # dash's printf says "I/O error" for any write error
+    assert run.log.misfire(aim, writes[1]) is None
+    with open(target) as f:
+        assert f.read() == "a"
+
+
+def test_a_file_name_that_is_not_utf8_is_decoded_and_faultable(tmp_path):
+    name = os.path.join(os.fsencode(tmp_path), b"caf\xe9.bin")
+
+    def save():
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644)
+        return attempt(os.write, fd, b"x")
+
+    run, seen = reporting(save, aims=[Aim(0, "write", 1, Errno("EIO"))])
+    assert seen == "EIO"
+    assert [os.fsencode(p.path) for p in run.log.points] == [name, name]
 
 
 def test_a_caller_predicate_chooses_the_files_of_the_save(tmp_path):

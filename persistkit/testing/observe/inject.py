@@ -33,9 +33,10 @@ inside that process would deadlock.
 
 For each notification the listener resolves what the call acts on in the
 target (``/proc/TID/fd/N`` stat and link, path arguments read with
-``process_vm_readv`` and resolved against the target's cwd or dirfd), checks
-the notification is still live (``SECCOMP_IOCTL_NOTIF_ID_VALID``), counts the
-call and answers:
+``process_vm_readv`` and resolved against the target's cwd or dirfd), counts
+the call and answers it (a call abandoned meanwhile makes the answer fail with
+ENOENT and is not counted; before acting on bytes read from the target, the
+short write checks ``SECCOMP_IOCTL_NOTIF_ID_VALID`` as seccomp_unotify(2) asks):
 
 - let it run: ``SECCOMP_USER_NOTIF_FLAG_CONTINUE`` (every call that is not aimed);
 - an errno: the kernel returns -1/errno and the call is not performed;
@@ -72,9 +73,11 @@ or a thread pool's wake-up cannot shift an ordinal.
 Eligible calls are file operations on regular files, directories and symbolic
 links (O_TMPFILE files and temp files outside any root included) for which the
 caller's ``eligible(path, kind)`` says yes; the default takes everything
-outside /proc, /sys and /dev, plus /dev/shm. ``sync()`` has no file and is
-always eligible. ``close`` is eligible only for a regular file open for
-writing.
+outside /proc, /sys and /dev, plus /dev/shm. ``close`` is eligible only for a
+regular file open for writing. ``sync()`` has no file: it is always counted
+and never faulted, because sync(2) says it "is always successful" and a
+program cannot observe a failed one. Errnos come from ``MAN_PAGE_ERRNOS``
+only; note that close(2) lists ENOSPC and EDQUOT (for NFS) besides EIO.
 
 Kernel requirements: Linux >= 5.9 (USER_NOTIF 5.0, FLAG_CONTINUE 5.5,
 ``pidfd_getfd`` 5.6, TSYNC_ESRCH 5.7, NOTIF_ADDFD 5.9), on x86_64 or aarch64,
@@ -103,8 +106,9 @@ Limits (what is not covered):
   mount namespace); thread ids are assumed not to wrap around during a run;
 - strace attached to the target works (its syscall-entry stop comes before
   seccomp, and it prints the answered result), but not with strace's
-  ``--seccomp-bpf``: USER_NOTIF outranks the TRACE action it relies on, so
-  strace would not see the notified calls at all.
+  ``--seccomp-bpf``: that mode waits for SECCOMP_RET_TRACE stops, which
+  USER_NOTIF outranks (seccomp(2)), so once strace has seen one seccomp-stop
+  in a process, the notified calls of that process are missing from its output.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ import os
 import platform
 import re
 import select
+import signal
 import socket
 import stat
 import subprocess
@@ -395,6 +400,7 @@ class Log:
     notified: int = 0  # notifications received, eligible or not
     armed_pid: int = 0
     armed_tid: int = 0
+    killable_waits: bool = False  # SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV was available (Linux >= 5.19)
 
     def landed(self, aim: Aim) -> Fired | None:
         return next((f for f in self.fired if f.aimed and f.aim == aim), None)
@@ -846,8 +852,7 @@ class Listener:
                 raise ValueError(f"two aims at {_aim_text(aim)}")
             self._aims[aim.key] = aim
         self._eligible = eligible or default_eligible
-        self.log = Log()
-        self._lock = threading.Lock()
+        self.log = Log()  # appended to by the serving thread; complete once stop() returns
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: str | None = None
@@ -927,7 +932,7 @@ class Listener:
         poller.register(sock.fileno(), select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
         ready = {fd for fd, _ in poller.poll()}
-        if self._stop_r in ready:
+        if sock.fileno() not in ready:
             self._error = "the listener was stopped before the child armed"
             self._ready.set()
             return False
@@ -940,8 +945,9 @@ class Listener:
             self._ready.set()
             return False
         self._listener = fds[0]
-        _, pid, tid, _killable = message.split()
+        _, pid, tid, killable = message.split()
         self.log.armed_pid, self.log.armed_tid = int(pid), int(tid)
+        self.log.killable_waits = killable == b"1"
         self._threads = _Threads(int(tid))
         self._threads.process[int(tid)] = int(pid)
         arch = _arch()
@@ -1021,8 +1027,9 @@ class Listener:
             call = None  # the thread died, or the call's own arguments are bad: the kernel will say so
         if call is None or not self._is_eligible(call):
             return False
-        if not self._valid(nid):
-            return True  # gone: whatever was read from its memory may be stale; nothing to answer
+        # No SECCOMP_IOCTL_NOTIF_ID_VALID here: if the call was abandoned while we read its arguments,
+        # the answer below fails with ENOENT and nothing is counted. Only the short write acts on bytes
+        # read from the target, and it checks before acting.
         rank = self._threads.rank_of(tid)
         ordinal = self._counts[(rank, call.family)] + 1
         point = Point(
@@ -1043,15 +1050,14 @@ class Listener:
         fired = self._answer(nid, point, call, args)
         if fired is _GONE:
             return True  # the call never happened (it will come again as a new notification)
-        with self._lock:
-            self._counts[(rank, call.family)] = ordinal
-            self.log.points.append(point)
-            if isinstance(fired, Fired):
-                self.log.fired.append(fired)
-                if fired.aimed and fired.aim.persistent:
-                    persistent = fired.aim.persistent_errno()
-                    assert persistent is not None
-                    self._persistent = (fired.aim, persistent, call.dev)
+        self._counts[(rank, call.family)] = ordinal
+        self.log.points.append(point)
+        if isinstance(fired, Fired):
+            self.log.fired.append(fired)
+            if fired.aimed and fired.aim.persistent:
+                persistent = fired.aim.persistent_errno()
+                assert persistent is not None
+                self._persistent = (fired.aim, persistent, call.dev)
         return True
 
     def _answer(self, nid: int, point: Point, call: _Call, args: list[int]) -> Fired | _Gone | None:
@@ -1197,10 +1203,12 @@ class Listener:
         link = f"/proc/{tid}/fd/{fd}"
         try:
             st = os.stat(link)
+            kind = _kind(st)
+            if kind == "other":
+                return None  # pipes, sockets, eventfds, devices: no need for a name
             text = os.readlink(link)
         except OSError:
             return None
-        kind = _kind(st)
         deleted = text.endswith(" (deleted)")
         path = text[: -len(" (deleted)")] if deleted else text
         tmpfile = kind == "regular" and deleted and os.path.basename(path) == f"#{st.st_ino}"
@@ -1431,13 +1439,16 @@ def run_in_child(
         try:
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
-            if not poller.poll(None if timeout is None else int(timeout * 1000)):
-                timed_out = True
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, 9)
+            timed_out = not poller.poll(None if timeout is None else int(timeout * 1000))
         finally:
             os.close(pidfd)
+    except BaseException:
+        timed_out = True  # interrupted (KeyboardInterrupt...): never leave the child running
+        raise
     finally:
+        if timed_out:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         log = listener.stop()
     if listener.error is not None and not log.armed_pid:
@@ -1473,6 +1484,9 @@ def run_program(
             # used and closed before Popen's close_fds step
             preexec_fn=functools.partial(arm, child_fd),
         )
+    except subprocess.SubprocessError as err:  # arm() raised in the child
+        listener.stop()
+        raise InjectorUnavailable(listener.error or str(err)) from err
     except BaseException:
         listener.stop()
         raise
@@ -1480,18 +1494,23 @@ def run_program(
         channel.close_child_end()
     timed_out = False
     try:
-        out, err = proc.communicate(input, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        try:
+            out, errout = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, errout = proc.communicate()
+    except BaseException:  # interrupted: never leave the program running
         with contextlib.suppress(OSError):
-            os.killpg(proc.pid, 9)
-        out, err = proc.communicate()
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
     finally:
         proc.wait()
         log = listener.stop()
     if listener.error is not None and not log.armed_pid:
         raise InjectorUnavailable(listener.error)
-    return ProgramRun(proc.returncode, out, err, log, timed_out)
+    return ProgramRun(proc.returncode, out, errout, log, timed_out)
 
 
 # -- can it run here? -------------------------------------------------------------------------
