@@ -732,7 +732,7 @@ def test_sqlite_commit_gets_the_fault(tmp_path):
 def test_strace_attached_before_the_filter_sees_the_injected_results(tmp_path):
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed")
-    from persistkit.testing.strace import ptrace_problem
+    from persistkit.testing.observe.strace import ptrace_problem
 
     if ptrace_problem() is not None:
         pytest.skip(ptrace_problem())

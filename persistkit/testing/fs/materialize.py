@@ -122,6 +122,9 @@ class Materializer:
             if plan.default == DURABLE:
                 base = model.last_sync(inode, plan.k)
                 extra = [((s // PAGE), -(-e // PAGE), pos) for pos, s, e in node.range_syncs if base <= pos < plan.k]
+            elif plan.upto is not None:
+                base = max(plan.upto, model.last_sync(inode, plan.k))
+                extra = []
             else:
                 base = plan.k
                 extra = []
@@ -425,7 +428,7 @@ class Materializer:
         for lo, hi, b0, b1 in _segments(pages, o_base, o_runs, base, runs):
             if b0 == b1:
                 continue
-            todo += _touched(node, min(b0, b1), max(b0, b1), lo, hi)
+            todo += _touched(self.model, node, min(b0, b1), max(b0, b1), lo, hi)
         if size > o_size:
             todo.append((o_size // PAGE, -(-size // PAGE)))
         if size != o_size:
@@ -674,19 +677,25 @@ def _bound_of(page: int, base: int, runs: tuple[tuple[int, int, int], ...]) -> i
     return base
 
 
-def _touched(node: Inode, lo_pos: int, hi_pos: int, lo_page: int, hi_page: int) -> list[tuple[int, int]]:
+def _touched(model: FsModel, node: Inode, lo_pos: int, hi_pos: int, lo_page: int, hi_page: int) -> list[tuple[int, int]]:
     """Page ranges within [lo_page, hi_page) written by data ops at positions in [lo_pos, hi_pos)."""
     import bisect
 
     out = []
-    i = bisect.bisect_left(node.positions, lo_pos)
-    while i < len(node.datas) and node.datas[i].position < hi_pos:
+    first = bisect.bisect_left(node.positions, lo_pos)
+    last = bisect.bisect_left(node.positions, hi_pos)
+    if last - first > 4 * (hi_page - lo_page) + 16:
+        # few pages, many writes: ask the page index instead of walking the writes
+        candidates: Iterable[int] = model.overlapping(node, lo_page * PAGE, hi_page * PAGE)
+        candidates = [i for i in candidates if first <= i < last]
+    else:
+        candidates = range(first, last)
+    for i in candidates:
         d = node.datas[i]
         a, b = d.start // PAGE, max(d.start, d.end - 1) // PAGE + 1
         a, b = max(a, lo_page), min(b, hi_page)
         if a < b:
             out.append((a, b))
-        i += 1
     return out
 
 

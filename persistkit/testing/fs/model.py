@@ -394,7 +394,7 @@ class FsModel:
             for idx, d in enumerate(node.datas):
                 if not d.cut:
                     continue
-                later = [o for o in self._overlapping(node, d.start, d.end) if o > idx]
+                later = [o for o in self.overlapping(node, d.start, d.end) if o > idx]
                 where = self._shown(final_paths.get(node.id, d.op.path))
                 if node.id not in final_paths or later:
                     if node.id in self._ever_inside:
@@ -427,7 +427,7 @@ class FsModel:
                     )
 
     # -- queries -----------------------------------------------------------------------------
-    def _overlapping(self, node: Inode, start: int, end: int) -> list[int]:
+    def overlapping(self, node: Inode, start: int, end: int) -> list[int]:
         """Indexes into ``node.datas`` of data ops overlapping [start, end), in log order."""
         if end <= start:
             return []
@@ -456,7 +456,7 @@ class FsModel:
         else:
             out.append((start, end, SRC_ZERO, None, 0))
         starts = [e[0] for e in out]
-        for i in self._overlapping(node, start, end):
+        for i in self.overlapping(node, start, end):
             d = node.datas[i]
             if d.position >= bound:
                 break

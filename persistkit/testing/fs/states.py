@@ -73,6 +73,7 @@ __all__ = ["CrashSimulator", "CrashState", "Loss", "Plan", "Stats"]
 
 Model = Literal["process", "power-loss"]
 LATEST, DURABLE = "latest", "durable"
+_KEEP_LOSSES = 8  # a state names at most this many of the operations it lost (the first ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ class Plan:
     runs: tuple[tuple[int, int, int, int], ...] = ()
     sizes: tuple[tuple[int, int], ...] = ()
     hidden: frozenset[int] = frozenset()  # inodes left out (a probe: "the files the save wrote are gone")
+    upto: int | None = None  # with LATEST: data ops from this position on lost (writeback in issue order)
 
 
 @dataclass(frozen=True)
@@ -387,6 +389,16 @@ class CrashSimulator:
         ]  # fmt: skip
 
     def _power_loss(self) -> list[_Candidate]:
+        """Candidates crash point by crash point; within one, those with the same data default
+        together, so that moving from one state to the next rewrites few pages."""
+        out: list[_Candidate] = []
+        for group in itertools.groupby(self._power_loss_unsorted(), key=lambda c: c.plan.k):
+            cands = list(group[1])
+            head, rest = cands[:1], cands[1:]
+            out += head + sorted(rest, key=lambda c: (c.plan.default != LATEST, c.plan.upto is None))
+        return out
+
+    def _power_loss_unsorted(self) -> list[_Candidate]:
         model = self.model
         points = self._points()
         units_at = {k: self._pending_units(k) for k in points}
@@ -415,26 +427,27 @@ class CrashSimulator:
             out.append(_Candidate(Plan(k), (), f"power loss {where}"))
             if not pending_ops:
                 continue
-            none = lost(pending_ops)
+            none = lost(pending_ops[:_KEEP_LOSSES])
             out.append(
                 _Candidate(Plan(k, durable_meta, DURABLE), none, f"power loss {where}: nothing unsynced persisted ({_listing(none, self.root)})")
             )
-            # in-order prefixes of the pending operations (writeback in issue order)
-            new_ops = [
-                p for p in pending_ops
-                if (p in meta_pos and last_meta.get(p) == k)
-                or any(p in u.writers and last_unit.get(u.key) == k for u in units)
-            ]  # fmt: skip
-            for p in new_ops:
+            # in-order prefixes of the pending operations (writeback in issue order), cut where a
+            # unit or a directory operation begins
+            cuts = sorted(
+                {m.position for m in metas if last_meta.get(m.position) == k}
+                | {u.writers[0] for u in units if last_unit.get(u.key) == k}
+            )
+            for p in cuts:
                 kept_meta = durable_meta | {m for m in meta_pos if m < p}
-                runs = tuple(self._unit_run(u, self._bound_before(u, p)) for u in units if u.writers[-1] >= p)
+                later = [q for q in pending_ops if q >= p]
                 losses = tuple(
                     Loss("reverted", ops[q]) if q in meta_pos else Loss(self._data_loss(q, k), ops[q])
-                    for q in pending_ops if q >= p
+                    for q in later[:_KEEP_LOSSES]
                 )  # fmt: skip
                 out.append(
-                    _Candidate(Plan(k, kept_meta, LATEST, runs), losses,
-                               f"power loss {where}: unsynced operations from #{ops[p].index} on lost ({_listing(losses, self.root)})")
+                    _Candidate(Plan(k, kept_meta, LATEST, upto=p), losses,
+                               f"power loss {where}: the {len(later)} unsynced operations from #{ops[p].index} on lost "
+                               f"({_listing(losses, self.root)})")
                 )  # fmt: skip
             # each directory operation alone
             for m in metas:
@@ -445,7 +458,7 @@ class CrashSimulator:
                 out.append(_Candidate(Plan(k, keep), loss, f"power loss {where}: {loss[0].describe(self.root)}"))
                 only = durable_meta | {m.position}
                 out.append(
-                    _Candidate(Plan(k, only, DURABLE), lost([q for q in pending_ops if q != m.position]),
+                    _Candidate(Plan(k, only, DURABLE), lost([q for q in pending_ops if q != m.position][:_KEEP_LOSSES]),
                                f"power loss {where}: of the unsynced operations only {ops[m.position].describe()} persisted",
                                ("only this",))
                 )  # fmt: skip
@@ -509,7 +522,7 @@ class CrashSimulator:
         meta_pos = {x.position for t, x in pieces if t == "meta"}  # type: ignore[attr-defined]
         ops = self.model.ops
         losses = tuple(
-            Loss("reverted" if p in meta_pos else "lost", ops[p]) for p in sorted(set(lost_positions))
+            Loss("reverted" if p in meta_pos else "lost", ops[p]) for p in sorted(set(lost_positions))[:_KEEP_LOSSES]
         )
         text = _listing(losses, self.root)
         return _Candidate(Plan(k, frozenset(kept_meta), LATEST, tuple(runs)), losses,
@@ -550,12 +563,13 @@ class CrashSimulator:
                            f"power loss {where}: {losses[0].describe(self.root)} (file cut at {cut} B)", ("whole unit", "size"))
             )  # fmt: skip
         # only this unit reached the disk (everything else unsynced lost)
-        others = [p for p in pending_ops if p not in u.writers]
+        mine = set(u.writers)
+        others = list(itertools.islice((p for p in pending_ops if p not in mine and p not in meta_pos), _KEEP_LOSSES))
         only_size = max(durable_size, min(latest_size, u.hi * PAGE)) if grows else None
         out.append(
             _Candidate(
                 Plan(k, all_meta, DURABLE, ((u.inode, u.lo, u.hi, k),), ((u.inode, only_size),) if only_size else ()),
-                (Loss("early", ops[u.writers[-1]], span),) + tuple(Loss("lost", ops[p]) for p in others if p not in meta_pos),
+                (Loss("early", ops[u.writers[-1]], span),) + tuple(Loss("lost", ops[p]) for p in others),
                 f"power loss {where}: of the unsynced data only {ops[u.writers[-1]].describe()} ({span}) reached the disk",
                 ("only this",),
             )
