@@ -326,7 +326,7 @@ def _one_thread_for_openmp() -> None:
             torch.set_num_threads(1)
     if any(name in sys.modules for name in ("sklearn", "lightgbm", "xgboost", "scipy", "threadpoolctl")):
         with contextlib.suppress(Exception):
-            from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+            from threadpoolctl import threadpool_limits
 
             threadpool_limits(1)
 
