@@ -317,6 +317,7 @@ def _reset_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # a mask inherited from the forking thread
 
 
 def _one_thread_for_openmp() -> None:
@@ -427,6 +428,7 @@ def _keeper_main(ctl: socket.socket, fn: Callable[..., Any]) -> NoReturn:
         for fd in list(_PARENT_FDS):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        _PARENT_FDS.clear()  # a worker made inside a runner must not close what those numbers are now
         os.setsid()
         _set_subreaper()
         _reset_signals()
@@ -461,7 +463,7 @@ def _keeper_watch(ctl: socket.socket, pid: int, pidfd: int) -> bool:
     """Wait for the runner to die, then kill what it left and report; False when the test process left."""
     try:
         while True:
-            ready, _, _ = select.select([ctl.fileno(), pidfd], [], [])
+            ready = _ready([ctl.fileno(), pidfd], None)
             if pidfd in ready:
                 _, status = os.waitpid(pid, 0)
                 stragglers = end_descendants()
@@ -575,9 +577,24 @@ class _Keeper:
         os.close(self.pidfd)
 
 
+def _ready(fds: list[int], timeout: float | None) -> set[int]:
+    """The descriptors of ``fds`` readable (or at EOF/hung up) within ``timeout`` seconds (None: no limit).
+
+    poll, not select: a test session can hold more than FD_SETSIZE (1024) descriptors.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    while True:
+        try:
+            events = poller.poll(None if timeout is None else max(timeout, 0.0) * 1000)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for signal handlers that raise
+            continue
+        return {fd for fd, _ in events}
+
+
 def _readable(fds: list[Any], timeout: float) -> bool:
-    ready, _, _ = select.select(fds, [], [], max(timeout, 0.0))
-    return bool(ready)
+    return bool(_ready([fd if isinstance(fd, int) else fd.fileno() for fd in fds], timeout))
 
 
 def _shut_down(state: dict[str, Any]) -> None:
@@ -669,7 +686,7 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return self._timed_out(runner, start, limit)
-            ready, _, _ = select.select([runner.sock.fileno(), runner.diag], [], [], remaining)
+            ready = _ready([runner.sock.fileno(), runner.diag], remaining)
             if runner.diag in ready:
                 runner.read_diag()
             if runner.sock.fileno() not in ready:

@@ -285,3 +285,28 @@ def test_outcome_describes_itself():
     assert Outcome("returned", 0.1, value_repr="3").describe() == "returned 3"
     assert Outcome("exited", 0.1, exit_status=2).describe() == "exited with status 2"
     assert str(Outcome("killed", 0.1, signal="SIGBUS")) == "killed by SIGBUS (Bus error)"
+
+
+def test_a_session_holding_more_than_1024_descriptors_still_isolates(no_leftovers):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(soft, hard) < 1200:
+        pytest.skip("cannot hold more than 1024 descriptors here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.dup(0) for _ in range(1100)]  # a long session: many files, sockets, pipes open
+    try:
+        assert run_isolated(lambda: 7, timeout=60).value == 7  # its own descriptors are now above 1024
+        assert run_isolated(swallow_everything_forever, timeout=0.3).kind == "timeout"
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_worker_made_inside_a_runner_works(no_leftovers):
+    def nested():
+        with Worker(lambda: os.getpid(), timeout=30) as inner:
+            return inner.call().value != os.getpid()
+
+    assert run_isolated(nested, timeout=60).value is True
