@@ -470,9 +470,8 @@ def _keeper_watch(ctl: socket.socket, pid: int, pidfd: int) -> bool:
                 report = {"pid": pid, "status": status, "stragglers": stragglers}
                 ctl.send(b"DEAD " + json.dumps(report).encode())
                 return True
-            if (
-                ctl.fileno() in ready
-            ):  # the test process never talks while a runner lives: it closed the socket
+            # the test process never talks while a runner lives: readable means it closed the socket
+            if ctl.fileno() in ready:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 return False
