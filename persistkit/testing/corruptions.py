@@ -325,7 +325,8 @@ class _Judge:
         if reported:
             return "reported", f"{reported[0].category.__name__}: {reported[0].message}"
         try:
-            problem = first_difference(self.original, got, "load()")
+            # detached like the original: a memmap and the array copied out of it compare by content
+            problem = first_difference(self.original, _detach(got), "load()")
         except Exception as err:  # what load() returned breaks when it is read: it did not raise, though
             return "silent", f"load() returned data that fails when compared: {_short_error(err)}"
         return ("equal", "") if problem is None else ("silent", problem)
@@ -438,7 +439,11 @@ class _FileState:
                 )
         finally:
             REAL["close"](fd)
-        if self._is_pristine():
+        return self.ensure_pristine()
+
+    def ensure_pristine(self) -> bool:
+        """Rewrite the file if it is not the pristine bytes; True when it had to."""
+        if os.path.isfile(self.path) and self._is_pristine():
             return False
         self.rewrite()
         return True
@@ -635,6 +640,20 @@ class Corruptions:
             worker = Worker(judge, timeout=limit)  # forked now: it holds the pristine result
         hangs = 0
         try:
+            # the control: the undamaged file, loaded where every damaged copy will be. A load that fails
+            # or differs here (CUDA initialised before the fork, a load that is not deterministic) would
+            # make every verdict below meaningless: "detected" would pass on nothing.
+            file_report.load_writes += state.ensure_pristine()  # the first load may have written to it
+            verdict, detail = _judge_isolated(worker, limit) if worker is not None else judge()
+            file_report.load_writes += state.ensure_pristine()
+            if verdict != "equal":
+                where = "inside the isolated worker (a forked process)" if worker is not None else "again"
+                raise AssertionError(
+                    f"corruptions: loading the undamaged {os.path.basename(target)} {where} does not give "
+                    f"what the first load gave ({verdict}: {detail}), so no damaged copy can be judged. "
+                    "Is load() deterministic? Does it use something that does not survive a fork "
+                    "(CUDA, a connection opened earlier)? Corruptions(isolate=False) loads in this process."
+                )
             for i, damage in enumerate(damages):
                 state.apply(damage)
                 try:

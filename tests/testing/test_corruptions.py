@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -373,3 +374,31 @@ def test_tolerate_accepts_crashes_as_detection(tmp_path):
     assert "crashed its process" not in str(failure.value)
     with pytest.raises(ValueError, match="tolerate= takes"):
         corruptions.assert_detected(load, tolerate=("segfault",))
+
+
+def test_a_load_that_cannot_work_in_the_worker_is_an_error_not_a_pass(tmp_path):
+    path = tmp_path / "state.pk"
+    path.write_bytes(envelope.seal(b"payload" * 50, kind="blob", codec="bytes"))
+    parent = os.getpid()
+
+    def load_like_cuda(p):  # CUDA, for one, refuses to run in a forked child: every load would "raise"
+        if os.getpid() != parent:
+            raise RuntimeError("Cannot re-initialize CUDA in forked subprocess")
+        return envelope.open_envelope(Path(p).read_bytes()).payload
+
+    with pytest.raises(AssertionError, match=r"loading the undamaged state.pk inside the isolated worker"):
+        Corruptions()(path).assert_detected(load_like_cuda)
+    assert Corruptions(isolate=False)(path).assert_detected(load_like_cuda, raises=PersistkitError) > 20
+
+
+def test_a_load_that_is_not_deterministic_is_an_error(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"balance": 5}))
+
+    def load_with_timestamp(p):
+        return {**json.loads(Path(p).read_text()), "loaded_at": time.time_ns()}
+
+    with pytest.raises(
+        AssertionError, match=r"does not give what the first load gave \(silent: load\(\)\['loaded_at'\]"
+    ):
+        Corruptions()(path).assert_detected(load_with_timestamp)
