@@ -601,7 +601,15 @@ class Corruptions:
                 )
         finally:
             failures = sum(_violations(f, tolerated) for f in report.files)
-            self.recorder.add_run("corruptions", corruptions=report.tried, violations=failures)
+            self.recorder.add_run(
+                "corruptions",
+                corruptions=report.tried,
+                violations=failures,
+                files={
+                    f.path: {"format": f.format, **{v: f.count(v) for v in VERDICTS if f.count(v)}}
+                    for f in report.files
+                },
+            )
         message = _failure_message(report, raises, tolerated)
         if message:
             raise AssertionError(message)

@@ -402,3 +402,18 @@ def test_a_load_that_is_not_deterministic_is_an_error(tmp_path):
         AssertionError, match=r"does not give what the first load gave \(silent: load\(\)\['loaded_at'\]"
     ):
         Corruptions()(path).assert_detected(load_with_timestamp)
+
+
+def test_the_session_report_gets_the_verdicts_per_file(tmp_path):
+    from persistkit.testing.report import Recorder
+
+    path = tmp_path / "state.pk"
+    path.write_bytes(envelope.seal(b"payload" * 50, kind="blob", codec="bytes"))
+    recorder = Recorder()
+    tried = Corruptions(recorder=recorder, samples=4)(path).assert_detected(
+        lambda p: envelope.open_envelope(Path(p).read_bytes()), raises=PersistkitError
+    )
+    (run,) = recorder.runs
+    assert run["corruptions"] == tried and run["violations"] == 0
+    assert run["files"] == {str(path): {"format": "persistkit envelope", "detected": tried}}
+    json.dumps(recorder.to_dict())  # the JSON report can carry it
