@@ -521,7 +521,8 @@ class _Runner:
     def dump_stacks(self) -> None:
         """Ask the runner's faulthandler for every thread's stack; read until it goes quiet."""
         self.signal(_DUMP_SIGNAL)
-        wait = 1.0  # for the first bytes: the handler runs in C, even while Python is stuck
+        # the first bytes may take a while on a loaded machine; the handler runs in C, even while Python is stuck
+        wait = 3.0
         while _readable([self.diag], wait) and self.read_diag():
             wait = 0.05
 
