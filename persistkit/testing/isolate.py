@@ -585,12 +585,8 @@ def _ready(fds: list[int], timeout: float | None) -> set[int]:
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN | select.POLLPRI)
-    while True:
-        try:
-            events = poller.poll(None if timeout is None else max(timeout, 0.0) * 1000)
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for signal handlers that raise
-            continue
-        return {fd for fd, _ in events}
+    events = poller.poll(None if timeout is None else max(timeout, 0.0) * 1000)  # EINTR is retried (PEP 475)
+    return {fd for fd, _ in events}
 
 
 def _readable(fds: list[Any], timeout: float) -> bool:
