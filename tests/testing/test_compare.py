@@ -26,7 +26,13 @@ from persistkit.testing.compare import assert_same, first_difference, live_state
         (np.array([0.0]), np.array([-0.0]), "value[0]: "),
         (np.array([1, 2, 3]), np.array([1, 5, 3]), "value[1]: "),
         ((1, 2), [1, 2], "value: type builtins.tuple != builtins.list"),
-        ({"a": 1, "b": 2}, {"b": 2, "a": 1}, "value: key order"),
+        (
+            collections.OrderedDict(a=1, b=2),
+            collections.OrderedDict(b=2, a=1),
+            "value: OrderedDict key order ['a', 'b'] != ['b', 'a']",
+        ),
+        ({"a": 1, "b": 2}, {"b": 3, "a": 1}, "value['b']: 2 != 3"),
+        ({"a": 1}, collections.OrderedDict(a=1), "value: type builtins.dict != collections.OrderedDict"),
         ({"a": {"b": [1, 2]}}, {"a": {"b": [1, 3]}}, "value['a']['b'][1]: 2 != 3"),
         ({"a": 1}, {}, "value['a']: missing"),
         (collections.deque([1], maxlen=2), collections.deque([1], maxlen=3), "value: deque maxlen 2 != 3"),
@@ -131,3 +137,147 @@ def test_live_state_sees_attributes_state_dict_forgets():
             return {"kept": self.kept}
 
     assert live_state(Forgetful()) == {"kept": 1, "forgotten": [1, 2]}
+
+
+def test_dict_key_order_is_not_a_difference():
+    # issue 21 item 5: a round trip that rebuilds a dict in another order is still the same state
+    assert first_difference({"a": 1, "b": {"x": 1, "y": 2}}, {"b": {"y": 2, "x": 1}, "a": 1}) is None
+    assert first_difference(collections.Counter("aab"), collections.Counter("baa")) is None
+
+
+def test_defaultdict_compares_its_factory():
+    assert first_difference(collections.defaultdict(list), collections.defaultdict(int)).startswith(
+        "value: default_factory <class 'list'> != <class 'int'>"
+    )
+
+
+class Slotted:
+    __slots__ = ("__pin", "balance")
+
+    def __init__(self, balance, pin):
+        self.balance = balance
+        self.__pin = pin
+
+
+class SlottedChild(Slotted):
+    __slots__ = ("name",)
+
+    def __init__(self, balance, pin, name="acct"):
+        super().__init__(balance, pin)
+        self.name = name
+
+
+class DictChild(Slotted):  # no __slots__ of its own: instances have a __dict__ and the base's slots
+    def __init__(self, balance, pin):
+        super().__init__(balance, pin)
+        self.note = "same"
+
+
+@pytest.mark.parametrize("cls", [SlottedChild, DictChild])
+def test_slots_of_base_classes_are_compared(cls):
+    assert first_difference(cls(5, 1234), cls(5, 1234)) is None
+    assert first_difference(cls(5, 1234), cls(6, 1234)) == "value.balance: 5 != 6"
+    assert first_difference(cls(5, 1234), cls(5, 4321)) == "value._Slotted__pin: 1234 != 4321"
+
+
+def test_buffers_compare_by_content():
+    import array
+    import io
+
+    assert first_difference(io.BytesIO(b"new state"), io.BytesIO(b"old state")).startswith(
+        "value: content differs at byte 0"
+    )
+    assert first_difference(io.BytesIO(b"same"), io.BytesIO(b"same")) is None
+    moved = io.BytesIO(b"same")
+    moved.seek(2)
+    assert first_difference(io.BytesIO(b"same"), moved) == "value: position 0 != 2"
+    assert first_difference(io.StringIO("abc"), io.StringIO("abd")).startswith(
+        "value: content differs at byte 2"
+    )
+    assert first_difference(bytearray(b"abc"), bytearray(b"abcd")) == "value: content length 3 != 4"
+    assert first_difference(memoryview(b"ab"), memoryview(b"ac")).startswith(
+        "value: content differs at byte 1"
+    )
+    assert first_difference(memoryview(b"abcd").cast("H"), memoryview(b"abcd")).startswith(
+        "value: memoryview format/shape"
+    )
+    assert (
+        first_difference(array.array("d", [1.0, 2.0]), array.array("d", [1.0, 3.0])) == "value[1]: 2.0 != 3.0"
+    )
+    assert first_difference(array.array("d", [float("nan")]), array.array("d", [float("nan")])) is None
+    assert (
+        first_difference(array.array("i", [1]), array.array("l", [1])) == "value: array typecode 'i' != 'l'"
+    )
+
+
+def nested(depth, leaf):
+    value = [leaf]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_deep_nesting_has_no_cut_off():
+    assert first_difference(nested(250, 1), nested(250, 1)) is None
+    problem = first_difference(nested(250, 1), nested(250, 2))
+    assert problem == "value" + "[0]" * 251 + ": 1 != 2"
+    # far deeper than the interpreter's recursion limit: walked with an explicit stack
+    assert first_difference(nested(20_000, 1), nested(20_000, 2)).endswith("[0]: 1 != 2")
+
+
+def test_cycles_end_and_still_find_differences():
+    a, b = {"n": 1}, {"n": 1}
+    a["self"], b["self"] = a, b
+    assert first_difference(a, b) is None
+    c, d = [1], [2]
+    c.append(c)
+    d.append(d)
+    assert first_difference(c, d) == "value[0]: 1 != 2"
+
+
+def test_pandas_frames_compare_by_value_with_dtypes():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(
+        {"price": [1.5, np.nan, 3.0], "qty": [1, 2, 3], "sym": ["a", None, "c"]},
+        index=pd.Index(["x", "y", "z"], name="id"),
+    )
+    assert first_difference(frame, frame.copy(deep=True)) is None  # equal frames are equal
+    assert first_difference(frame, frame.astype({"qty": "float64"})) == "value['qty']: dtype int64 != float64"
+    changed = frame.copy()
+    changed.loc["z", "price"] = 3.5
+    assert first_difference(frame, changed) == "value['price'].iloc[2]: np.float64(3.0) != np.float64(3.5)"
+    moved_nan = frame.copy()
+    moved_nan["price"] = [np.nan, 2.0, 3.0]
+    assert first_difference(frame, moved_nan).startswith("value['price'].iloc[0]: NaN positions differ")
+    assert first_difference(frame, frame.rename(index={"x": "w"})).startswith(
+        "value.index.iloc[0]: 'x' != 'w'"
+    )
+    assert first_difference(frame, frame[["qty", "price", "sym"]]).startswith("value.columns.iloc[0]")
+    assert first_difference(frame["qty"], frame["qty"].copy()) is None
+    assert first_difference(frame["qty"], frame["qty"].rename("n")) == "value.name: 'qty' != 'n'"
+    assert first_difference(pd.DataFrame({"a": [1]}), pd.DataFrame({"a": [1]}, index=pd.Index([0]))) is None
+
+
+def test_arrow_tables_compare_by_value_with_types():
+    pa = pytest.importorskip("pyarrow")
+    table = pa.table({"price": [1.5, float("nan"), None], "sym": ["a", "b", None]})
+    same = pa.table({"price": [1.5, float("nan"), None], "sym": ["a", "b", None]})
+    assert first_difference(table, same) is None
+    assert first_difference(
+        table, table.cast(pa.schema([("price", pa.float32()), ("sym", pa.string())]))
+    ) == ("value.schema['price']: type double != float")
+    changed = pa.table({"price": [1.5, float("nan"), None], "sym": ["a", "B", None]})
+    assert first_difference(table, changed) == "value['sym'][1]: 'b' != 'B'"
+    assert first_difference(pa.array([1, None]), pa.array([None, 1])).startswith("value null mask[0]")
+
+
+def test_polars_frames_compare_by_value_with_dtypes():
+    pl = pytest.importorskip("polars")
+    frame = pl.DataFrame({"price": [1.5, float("nan"), None], "qty": [1, 2, 3]})
+    assert first_difference(frame, frame.clone()) is None
+    assert first_difference(frame, frame.with_columns(pl.col("qty").cast(pl.Int32))) == (
+        "value['qty']: dtype Int64 != Int32"
+    )
+    assert (
+        first_difference(frame, frame.with_columns(pl.Series("qty", [1, 2, 4]))) == "value['qty'][2]: 3 != 4"
+    )
