@@ -30,6 +30,9 @@ BUILTIN: tuple[str, ...] = (
     "persistkit.format.codecs.sklearn",  # "sklearn"
     "persistkit.format.codecs.torch",  # "torch"
     "persistkit.format.codecs.sb3",  # "sb3"
+    "persistkit.format.codecs.xgboost",  # "xgboost"
+    "persistkit.format.codecs.lightgbm",  # "lightgbm"
+    "persistkit.format.codecs.keras",  # "keras"
     "persistkit.format.codecs.raw",  # "bytes"
     "persistkit.format.codecs.numpy",  # "numpy"
     "persistkit.format.codecs.json",  # "json": only when asked for by name
