@@ -39,11 +39,13 @@ refuses weights that do not fit the layers (count or shape).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from persistkit.errors import FormatError, NewerFormatError, UnsupportedTypeError, UntrustedTypeError
@@ -248,6 +250,24 @@ def encode(obj: object, *, member: str = "model") -> bytes:
             "before saving.",
             member=member,
         )
+    with _numpy_copy_warning_silenced():
+        return _encode(keras, model, member)
+
+
+@contextlib.contextmanager
+def _numpy_copy_warning_silenced() -> Iterator[None]:
+    """Keras 3.15 turns torch tensors and variables into numpy with ``np.array(x)`` where ``x.__array__``
+    predates numpy 2's ``copy`` keyword; numpy 2.4 warns about it for every weight. Nothing a caller
+    of persistkit can act on, so it is silenced around the save (the filter is process-wide while it
+    lasts: ``warnings.catch_warnings`` is the only way to scope one)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", "__array__ implementation doesn't accept a copy", DeprecationWarning
+        )
+        yield
+
+
+def _encode(keras: Any, model: Any, member: str) -> bytes:
     saving_lib = _keras_internals()
     config_json, _ = saving_lib._serialize_model_as_json(model)
     config = json.loads(config_json)
