@@ -137,7 +137,7 @@ def test_codec_objects_describe_themselves():
     from persistkit.bundle import environment
     from persistkit.format.codecs import REGISTRY, get_codec
 
-    models = ["sklearn-trees", "sklearn", "torch", "sb3", "xgboost", "lightgbm", "keras"]
+    models = ["sklearn-trees", "xgboost", "lightgbm", "keras", "sklearn", "torch", "sb3"]
     assert REGISTRY.names() == [*models, "bytes", "numpy", "json", "tree"]
     constructing = {c.name for c in REGISTRY if c.constructs_types}
     assert constructing == {"sklearn-trees", "sklearn", "sb3", "xgboost", "lightgbm", "keras", "tree"}
