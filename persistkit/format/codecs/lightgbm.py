@@ -72,6 +72,14 @@ _PER_LEAF = ("leaf_value", "leaf_weight", "leaf_count")
 _INT_CHARS = re.compile(rb"[-0-9 ]*")
 _FLOAT_CHARS = re.compile(rb"[-+.0-9eE ]*")
 _HUGE_EXPONENT = re.compile(rb"[eE]\+?0*(?:3[1-9][0-9]|[4-9][0-9]{2}|[1-9][0-9]{3,})")
+_RANGE = rb"(?:none|\[[-+.0-9eEinf]+:[-+.0-9eEinf]+\]|-?[0-9]+(?::-?[0-9]+)*)"
+_FEATURE_INFOS = re.compile(_RANGE + rb"(?: " + _RANGE + rb")*")
+_HEADER_GRAMMAR = {
+    b"objective": re.compile(rb"[a-z_]+(?: [a-z_]+:[-+.0-9eE]+)*"),
+    b"monotone_constraints": re.compile(rb"(?:-?[01](?: -?[01])*)?"),
+    b"feature_names": re.compile(rb"[^\s=]+(?: [^\s=]+)*"),
+    b"average_output": re.compile(rb""),
+}
 _PARAM = re.compile(r"\[([a-z_0-9]+): (.*)\]")
 # LightGBM parameters that name files, directories or machines: a model file has no business setting them
 _PATH_PARAMS = frozenset(
@@ -195,6 +203,8 @@ def _key_values(
         out = dict(line.split(b"=", 1) if b"=" in line else (line, b"") for line in lines)
     except ValueError as err:  # pragma: no cover - every line splits into two
         raise _fail(source, f"{what} has a malformed line") from err
+    if any(b"=" in value for value in out.values()):
+        raise _fail(source, f"{what} has a line with two '=' (LightGBM aborts on it)")
     if len(out) != len(lines) or not out.keys() <= allowed:
         seen: set[bytes] = set()
         for line in lines:
@@ -264,8 +274,13 @@ def _check_trees(trees: list[dict[bytes, bytes]], n_features: int, source: str) 
         if not ok.all():
             bad = int(np.flatnonzero(~ok)[0])
             raise _fail(source, f"tree {bad}: {key} has {counts[bad]} entries for {leaves[bad]} leaves")
-    for key in ("threshold", "leaf_value", "shrinkage"):
+    # LightGBM parses trees in an OpenMP loop, where any parse error aborts the process: every
+    # value of every tree is checked against the number grammar, not only the ones used below
+    for key in ("threshold", "leaf_value", "shrinkage", "split_gain", "leaf_weight", "internal_value",
+                "internal_weight"):  # fmt: skip
         _check_floats(columns[key], key, source)
+    for key in ("leaf_count", "internal_count"):
+        _ints(columns[key], key, source)
     if not all(columns["shrinkage"]) or (_counts(columns["shrinkage"]) != 1).any():
         raise _fail(source, "a tree has no single shrinkage")
     left, right = (
@@ -344,6 +359,11 @@ def validate_model(text: bytes, *, source: str = "LightGBM member") -> None:
     for key in ("feature_names", "feature_infos"):
         if len(header.get(key.encode(), b"").split(b" ")) != n_features:
             raise _fail(source, f"{key} does not list {n_features} features")
+    if not _FEATURE_INFOS.fullmatch(header.get(b"feature_infos", b"")):
+        raise _fail(source, "feature_infos holds something other than ranges and category lists")
+    for key, grammar in _HEADER_GRAMMAR.items():
+        if key in header and not grammar.fullmatch(header[key]):
+            raise _fail(source, f"header line {key.decode()} holds {header[key][:40]!r}")
     if header.get(b"linear_tree", b"0") not in (b"", b"0"):
         raise _fail(source, "the model has linear trees, which persistkit does not load")
     sizes_raw = header.get(b"tree_sizes", b"")
@@ -489,10 +509,8 @@ def _restore(model: Any, booster: Any, fitted: Mapping[str, Any], source: str) -
                 labels = values
             else:
                 raise _fail(source, "the classifier's labels are malformed")
-            expected = booster.num_model_per_iteration() if len(labels) > 2 else 1
-            if len(labels) < 2 and booster.num_trees():
-                raise _fail(source, "a classifier needs at least two labels")
-            if expected != booster.num_model_per_iteration():
+            models = booster.num_model_per_iteration()
+            if len(labels) != (2 if models == 1 else models):
                 raise _fail(source, "the classifier's labels disagree with its booster's classes")
             encoder = LabelEncoder()
             encoder.classes_ = labels
