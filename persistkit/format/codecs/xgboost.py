@@ -158,9 +158,14 @@ def _int_param(params: object, key: str, source: str, *, low: int = 0, high: int
     return number
 
 
-_NODE_ARRAYS = ("left_children", "right_children", "parents", "split_indices", "split_conditions",
-                "base_weights", "default_left", "split_type", "loss_changes", "sum_hessian")  # fmt: skip
-_CATEGORY_ARRAYS = ("categories", "categories_nodes", "categories_segments", "categories_sizes")
+# the element type XGBoost writes for each typed array of a tree (what the reader's fast path expects)
+_NODE_ARRAYS = {
+    "left_children": ">i4", "right_children": ">i4", "parents": ">i4", "split_indices": ">i4",
+    "split_conditions": ">f4", "base_weights": ">f4", "default_left": "|u1", "split_type": "|u1",
+    "loss_changes": ">f4", "sum_hessian": ">f4",
+}  # fmt: skip
+_CATEGORY_ARRAYS = {"categories": ">i4", "categories_nodes": ">i4", "categories_segments": ">i8",
+                    "categories_sizes": ">i8"}  # fmt: skip
 
 
 def _check_trees(data: bytes, trees: list[Any], num_feature: int, source: str) -> None:
@@ -176,20 +181,20 @@ def _check_trees(data: bytes, trees: list[Any], num_feature: int, source: str) -
         if _int_param(tp, "num_feature", source) > num_feature:
             raise _fail(source, f"tree {i} uses more features than the model has")
         n = sizes[i] = _int_param(tp, "num_nodes", source, low=1)
-        for key in _NODE_ARRAYS:
+        for key, dtype in _NODE_ARRAYS.items():
             value = t.get(key)
-            if type(value) is tuple:  # the reader's fast path: a typed array, not read yet
+            if type(value) is tuple:  # the reader's fast path: a typed array of XGBoost's type, not read yet
                 if value[1] != n:
                     raise _fail(source, f"tree {i}: {key} has {value[1]} entries for {n} nodes")
-            elif not (isinstance(value, np.ndarray) and value.dtype.kind in "iuf" and len(value) == n):
-                raise _fail(source, f"tree {i}: {key} is not a typed array of {n} entries")
-        for key in _CATEGORY_ARRAYS:
+            elif not (isinstance(value, np.ndarray) and value.dtype.str == dtype and len(value) == n):
+                raise _fail(source, f"tree {i}: {key} is not an array of {n} {dtype} entries")
+        for key, dtype in _CATEGORY_ARRAYS.items():
             value = t.get(key)
             if type(value) is tuple:
                 if value[1]:
                     with_categories.append(i)
-            elif not (isinstance(value, np.ndarray) and value.dtype.kind in "iu"):
-                raise _fail(source, f"tree {i}: {key} is not a typed array")
+            elif not (isinstance(value, np.ndarray) and value.dtype.str == dtype):
+                raise _fail(source, f"tree {i}: {key} is not an array of {dtype} entries")
             elif len(value):
                 with_categories.append(i)
     if not trees:
