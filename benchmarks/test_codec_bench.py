@@ -1,7 +1,8 @@
 """Model codec benchmarks: bundles of an XGBoost model (100 trees), a LightGBM model (100 trees) and a small
 Keras LSTM, against each library's own save (then an fsync of the file) and load, in the same run.
 
-The anchors are what a user of the library writes: ``model.save_model(path)`` (XGBoost's UBJSON, its
+The anchors (named after the format; in the save rows they include the fsync) are what a user of the
+library writes: ``model.save_model(path)`` (XGBoost's UBJSON, its
 default; JSON as another anchor), LightGBM's ``save_model`` text, Keras' ``model.save("m.keras")``,
 each followed by ``os.fsync`` of the file, so both sides have the data on disk when they return
 (persistkit also renames into place and fsyncs the directory). Loads read a file the previous save wrote.
@@ -148,7 +149,7 @@ def test_library_save(benchmark, request, tmp_path, lib, role, name):
     model = request.getfixturevalue(fixture)
     path = tmp_path / name
     measure(benchmark, lambda: library_save(lib, model, path))
-    tag(benchmark, comparison=f"{desc}: save", role=f"{role}+fsync", bytes=os.path.getsize(path))
+    tag(benchmark, comparison=f"{desc}: save", role=role, bytes=os.path.getsize(path))  # the save + fsync
 
 
 # -- load -----------------------------------------------------------------------------------------------

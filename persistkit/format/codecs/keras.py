@@ -363,35 +363,37 @@ def _check_weights_file(raw: bytes, source: str) -> None:
 
     declared = 0
 
-    def walk(group: Any, depth: int) -> None:
+    # h5py's visitors stop at the first non-None return (an exception raised inside one escapes as a
+    # SystemError), so each returns what is wrong.
+    def link(name: str, found: Any) -> str | None:
+        if not isinstance(found, h5py.HardLink):
+            return f"the weights file links {name!r} elsewhere ({type(found).__name__})"
+        if name.count("/") > _H5_MAX_DEPTH:
+            return "the weights file nests too deep"
+        return None
+
+    def item(name: str, found: Any) -> str | None:
         nonlocal declared
-        if depth > _H5_MAX_DEPTH:
-            raise _fail(source, "the weights file nests too deep")
-        for name in group:
-            link = group.get(name, getlink=True)
-            if not isinstance(link, h5py.HardLink):
-                raise _fail(source, f"the weights file links {name!r} elsewhere ({type(link).__name__})")
-            item = group[name]
-            if isinstance(item, h5py.Group):
-                walk(item, depth + 1)
-            elif isinstance(item, h5py.Dataset):
-                if item.external or item.is_virtual:
-                    raise _fail(source, f"weights {item.name!r} are stored outside the file")
-                if item.dtype.kind not in _H5_DTYPES or item.dtype.fields is not None:
-                    raise _fail(source, f"weights {item.name!r} are not plain numbers ({item.dtype})")
-                declared += int(item.size) * item.dtype.itemsize
-            else:
-                raise _fail(source, f"the weights file holds a {type(item).__name__} at {name!r}")
+        if isinstance(found, h5py.Dataset):
+            if found.external or found.is_virtual:
+                return f"weights {name!r} are stored outside the file"
+            if found.dtype.kind not in _H5_DTYPES or found.dtype.fields is not None:
+                return f"weights {name!r} are not plain numbers ({found.dtype})"
+            declared += int(found.size) * found.dtype.itemsize
+        elif not isinstance(found, h5py.Group):
+            return f"the weights file holds a {type(found).__name__} at {name!r}"
+        return None
 
     try:
         with h5py.File(io.BytesIO(raw), "r") as weights:
-            walk(weights, 0)
-    except FormatError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+            # every link first: visititems follows hard links only
+            problem = weights.visititems_links(link) or weights.visititems(item)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SystemError) as err:
         raise _fail(
             source, f"the weights are not an HDF5 file h5py can read ({type(err).__name__}: {err})"
         ) from err
+    if problem is not None:
+        raise _fail(source, problem)
     if declared > 8 * len(raw) + (1 << 20):  # Keras stores weights uncompressed: this is a decompression bomb
         raise _fail(source, f"the weights declare {declared} bytes in a {len(raw)}-byte file")
 
