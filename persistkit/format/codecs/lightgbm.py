@@ -37,7 +37,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from persistkit.errors import FormatError, NewerFormatError, UnsupportedTypeError, UntrustedTypeError
+from persistkit.errors import (
+    FormatError,
+    NewerFormatError,
+    PersistkitError,
+    UnsupportedTypeError,
+    UntrustedTypeError,
+)
 from persistkit.format import tree
 from persistkit.format.codecs.base import Codec, DecodeContext, EncodeContext, Encoded, Payload, type_name
 
@@ -566,9 +572,9 @@ def _restore(model: Any, booster: Any, fitted: Mapping[str, Any], source: str) -
             model._n_classes = len(labels)
             model._class_map = {label: i for i, label in enumerate(labels.tolist())}
         model.fitted_ = True
-    except (KeyError, TypeError, ValueError) as err:
-        if isinstance(err, FormatError):
-            raise
+    except PersistkitError:
+        raise
+    except Exception as err:  # KeyError, TypeError, ValueError...: a fitted state that is not what fit() sets
         raise _fail(source, f"the wrapper's fitted state is malformed ({type(err).__name__}: {err})") from err
 
 
@@ -605,9 +611,9 @@ def decode(payload: Payload, *, trusted: object = (), source: str = "LightGBM me
         if jobs is not None and not (type(jobs) is int and abs(jobs) <= _MAX_THREADS):
             raise _fail(source, f"n_jobs is {jobs!r}")
         model = cls(**params)
-    except (lightgbm.basic.LightGBMError, ValueError, TypeError, UnicodeDecodeError) as err:
-        if isinstance(err, FormatError):
-            raise
+    except PersistkitError:
+        raise
+    except Exception as err:  # LightGBMError, ValueError (its loaded-parameter JSON), TypeError...
         raise _fail(source, f"LightGBM refused it ({type(err).__name__}: {err})") from err
     if booster is not None:
         _restore(model, booster, outer["fitted"], source)

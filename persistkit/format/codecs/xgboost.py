@@ -39,7 +39,13 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from persistkit.errors import FormatError, NewerFormatError, UnsupportedTypeError, UntrustedTypeError
+from persistkit.errors import (
+    FormatError,
+    NewerFormatError,
+    PersistkitError,
+    UnsupportedTypeError,
+    UntrustedTypeError,
+)
 from persistkit.format import tree
 from persistkit.format.codecs import ubj
 from persistkit.format.codecs.base import Codec, DecodeContext, EncodeContext, Encoded, Payload, type_name
@@ -421,8 +427,6 @@ def decode(payload: Payload, *, trusted: object = (), source: str = "XGBoost mem
         validate_model(raw, source=source)
     module, cls_name = CLASSES[name]
     cls = getattr(importlib.import_module(module), cls_name)
-    import xgboost
-
     try:
         if name == BOOSTER:
             booster = cls()
@@ -438,7 +442,9 @@ def decode(payload: Payload, *, trusted: object = (), source: str = "XGBoost mem
                 if key in params:
                     setattr(model, key, params[key])
         return model
-    except (xgboost.core.XGBoostError, ValueError, TypeError, KeyError) as err:
+    except PersistkitError:
+        raise
+    except Exception as err:  # XGBoostError, ValueError, TypeError...: whatever XGBoost raises on this model
         raise _fail(source, f"XGBoost refused it ({type(err).__name__}: {err})") from err
 
 
