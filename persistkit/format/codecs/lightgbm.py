@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 from persistkit.errors import (
@@ -208,7 +209,7 @@ def _key_values(
     if sum(line.count(b"=") > 1 for line in lines):
         raise _fail(source, f"{what} has a line with two '=' (LightGBM aborts on it)")
     # one pass at C speed; the checks below find unknown and repeated keys
-    out = dict(line.split(b"=", 1) if b"=" in line else (line, b"") for line in lines)
+    out = {key: value for key, _, value in map(bytes.partition, lines, repeat(b"="))}
     if len(out) != len(lines) or not out.keys() <= allowed:
         seen: set[bytes] = set()
         for line in lines:
@@ -268,6 +269,7 @@ def _decimal_list(joined: bytes, *, floats: bool) -> bool:
     if (e & ~(prev_digit & (next_digit | (nxt == _MINUS) | (nxt == _PLUS)))).any():
         return False
     # per token (numbered by the spaces before it): at most one dot and one exponent, the dot first
+    assert dot is not None and e is not None
     spaces = np.flatnonzero(space)
     dots, exps = np.flatnonzero(dot), np.flatnonzero(e)
     dot_token, exp_token = np.searchsorted(spaces, dots), np.searchsorted(spaces, exps)
@@ -414,9 +416,9 @@ def validate_model(text: bytes, *, source: str = "LightGBM member") -> None:
             raise _fail(source, f"{key} does not list {n_features} features")
     if not _FEATURE_INFOS.fullmatch(header.get(b"feature_infos", b"")):
         raise _fail(source, "feature_infos holds something other than ranges and category lists")
-    for key, grammar in _HEADER_GRAMMAR.items():
-        if key in header and not grammar.fullmatch(header[key]):
-            raise _fail(source, f"header line {key.decode()} holds {header[key][:40]!r}")
+    for name, grammar in _HEADER_GRAMMAR.items():
+        if name in header and not grammar.fullmatch(header[name]):
+            raise _fail(source, f"header line {name.decode()} holds {header[name][:40]!r}")
     if header.get(b"linear_tree", b"0") not in (b"", b"0"):
         raise _fail(source, "the model has linear trees, which persistkit does not load")
     sizes_raw = header.get(b"tree_sizes", b"")

@@ -343,7 +343,7 @@ def validate_model(data: bytes, *, source: str = "XGBoost member") -> dict[str, 
             raise _fail(source, "gblinear weights do not match the model's features and outputs")
     else:
         raise _fail(source, f"unknown booster {kind!r}")
-    return doc
+    return dict(doc)
 
 
 def _numbers(data: bytes, value: object) -> Any:
