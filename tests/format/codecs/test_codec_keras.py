@@ -88,7 +88,8 @@ def test_round_trip_predicts_the_same(make):
     assert encoded.codec == "keras" and encoded.info["backend"] == "torch"
     same(model, decode_member("keras", encoded.payload), x)
     names = audit_member("keras", encoded.payload)
-    assert names and all(kc._is_allowed(n, frozenset()) for n in names)
+    functions = ("keras.activations", "keras.losses", "keras.metrics")
+    assert names and all(n in kc.ALLOWED or n.rpartition(".")[0] in functions for n in names)
 
 
 def test_optimizer_state_comes_back_so_training_resumes_identically():
@@ -208,17 +209,20 @@ def test_configs_naming_code_are_refused_before_keras_reads_them(edit, named):
 
 
 def test_a_lambda_is_never_loaded_even_when_named_in_trusted_or_unsafe_mode_is_on():
+    from keras.src.backend.common import global_state
+
     from persistkit.format.codecs import DecodeContext
 
     payload = with_config(swap_layer(LAMBDA_RECORD))
+    before = global_state.get_global_attribute("safe_mode_saving")
     keras.config.enable_unsafe_deserialization()
     try:
         with pytest.raises(UntrustedTypeError, match="never loads"):
             decode_member("keras", payload, DecodeContext(trusted=[kc.LAMBDA, "keras.layers.Lambda"]))
+        model = decode_member("keras", tree.encode(member()))  # a clean member still loads, in safe mode
+        assert isinstance(model, keras.Model)
     finally:
-        from keras.src.saving.serialization_lib import SafeModeScope
-
-        SafeModeScope(True).__enter__()  # put the process back in safe mode
+        global_state.set_global_attribute("safe_mode_saving", before)
 
 
 EDITED = {
@@ -323,9 +327,11 @@ print("DONE", loaded, refused)
 
 
 def test_bit_flipped_weights_are_refused_or_load_without_crashing(tmp_path):
+    """Past the envelope's checksums, as a forger would: h5py and Keras get damaged HDF5. A child
+    process, since a miss in libhdf5 would be a crash."""
     blob = tmp_path / "member.bin"
     blob.write_bytes(encode_member(lstm()).payload)
-    out = subprocess.run([sys.executable, "-c", FUZZ, str(blob), "5", "120"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", FUZZ, str(blob), "5", "80"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "DONE" in out.stdout, out.stderr[-2000:]
     loaded, refused = map(int, out.stdout.split()[1:3])
     assert loaded > 0 and refused > 0
