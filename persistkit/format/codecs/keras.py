@@ -137,6 +137,7 @@ _DATA_RECORDS = frozenset(
 _MAX_DEPTH = 200
 _H5_MAX_DEPTH = 32
 _H5_DTYPES = frozenset("fiub")
+_UNBUILT_OPTIMIZER_VARIABLES = 2  # iterations and learning rate: what an optimizer that never stepped saves
 
 
 def _fail(source: str, what: str) -> FormatError:
@@ -357,11 +358,17 @@ def _check_trust(names: Sequence[str], trusted: Sequence[str] | bool, source: st
         )
 
 
-def _check_weights_file(raw: bytes, source: str) -> None:
-    """Walk the HDF5 file: groups and plain numeric datasets only, linked and stored in the file itself."""
+def _check_weights_file(raw: bytes, source: str) -> tuple[set[str], int | None]:
+    """Walk the HDF5 file: groups and plain numeric datasets only, linked and stored in the file itself.
+
+    Returns the paths of the objects that have variables (``layers/lstm/cell`` for
+    ``layers/lstm/cell/vars/0``; "" for the model's own) and how many variables the saved optimizer
+    has (None without one).
+    """
     import h5py
 
     declared = 0
+    owners: set[str] = set()
 
     # h5py's visitors stop at the first non-None return (an exception raised inside one escapes as a
     # SystemError), so each returns what is wrong.
@@ -380,6 +387,8 @@ def _check_weights_file(raw: bytes, source: str) -> None:
             if found.dtype.kind not in _H5_DTYPES or found.dtype.fields is not None:
                 return f"weights {name!r} are not plain numbers ({found.dtype})"
             declared += int(found.size) * found.dtype.itemsize
+            group, _, _ = name.rpartition("/")
+            owners.add(group.removesuffix("vars").removesuffix("/"))
         elif not isinstance(found, h5py.Group):
             return f"the weights file holds a {type(found).__name__} at {name!r}"
         return None
@@ -388,6 +397,8 @@ def _check_weights_file(raw: bytes, source: str) -> None:
         with h5py.File(io.BytesIO(raw), "r") as weights:
             # every link first: visititems follows hard links only
             problem = weights.visititems_links(link) or weights.visititems(item)
+            optimizer = weights.get("optimizer/vars") if problem is None else None
+            optimizer_variables = len(optimizer) if isinstance(optimizer, h5py.Group) else None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SystemError) as err:
         raise _fail(
             source, f"the weights are not an HDF5 file h5py can read ({type(err).__name__}: {err})"
@@ -396,6 +407,7 @@ def _check_weights_file(raw: bytes, source: str) -> None:
         raise _fail(source, problem)
     if declared > 8 * len(raw) + (1 << 20):  # Keras stores weights uncompressed: this is a decompression bomb
         raise _fail(source, f"the weights declare {declared} bytes in a {len(raw)}-byte file")
+    return owners, optimizer_variables
 
 
 def decode(payload: Payload, *, trusted: Sequence[str] | bool = (), source: str = "Keras member") -> object:
@@ -403,7 +415,7 @@ def decode(payload: Payload, *, trusted: Sequence[str] | bool = (), source: str 
     outer = _outer(payload, source)
     config = _parse_config(outer["config"], source)
     _check_trust(_names(config, source), trusted, source)
-    _check_weights_file(outer["weights"], source)
+    owners, saved_optimizer_variables = _check_weights_file(outer["weights"], source)
     keras = import_keras()
     saving_lib = _keras_internals()
     from keras.src.saving.serialization_lib import ObjectSharingScope, SafeModeScope
@@ -413,7 +425,26 @@ def decode(payload: Payload, *, trusted: Sequence[str] | bool = (), source: str 
             model = keras.saving.deserialize_keras_object(config, safe_mode=True)
         if not isinstance(model, keras.Model):
             raise _fail(source, f"the config builds a {type(model).__name__}, not a keras.Model")
+        skip: set[int] = set()
+        optimizer = getattr(model, "optimizer", None)
+        if (
+            optimizer is not None
+            and saved_optimizer_variables is not None
+            and saved_optimizer_variables <= _UNBUILT_OPTIMIZER_VARIABLES < len(optimizer.variables)
+        ):
+            # saved compiled but never trained: its optimizer had only iterations and learning rate,
+            # both from the config; Keras would warn "Skipping variable loading" and load the rest
+            skip.add(id(optimizer))
+            owners.discard("optimizer")
         store = saving_lib.H5IOStore(io.BytesIO(outer["weights"]), mode="r")
+        read: set[str] = set()
+        get = store.get
+
+        def recording_get(path: str) -> Any:  # which objects Keras asked the file for
+            read.add(path)
+            return get(path)
+
+        store.get = recording_get
         failed: set[int] = set()
         errors: dict[int, Any] = {}
         try:
@@ -422,7 +453,7 @@ def decode(payload: Payload, *, trusted: Sequence[str] | bool = (), source: str 
                 weights_store=store,
                 assets_store=None,
                 inner_path="",
-                visited_saveables=set(),
+                visited_saveables=skip,
                 failed_saveables=failed,
                 error_msgs=errors,
             )
@@ -430,6 +461,12 @@ def decode(payload: Payload, *, trusted: Sequence[str] | bool = (), source: str 
             store.close()
         if failed:
             saving_lib._raise_loading_failure(errors)
+        unread = sorted(owners - read)
+        if unread:  # Keras ignores them; they mean the weights belong to another architecture
+            raise _fail(
+                source,
+                f"the weights hold variables of {', '.join(unread[:5])}, which the config does not have",
+            )
     except (FormatError, UntrustedTypeError):
         raise
     except (

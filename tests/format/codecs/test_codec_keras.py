@@ -80,7 +80,11 @@ def same(a, b, x=X):
     assert [w.shape for w in a.get_weights()] == [w.shape for w in b.get_weights()]
 
 
-@pytest.mark.parametrize("make", [lstm, functional, stacked], ids=["LSTM", "functional", "uncompiled stack"])
+@pytest.mark.parametrize(
+    "make",
+    [lstm, lambda: lstm(train=False), functional, stacked],
+    ids=["LSTM", "compiled, never trained (warns nothing)", "functional", "uncompiled stack"],
+)
 def test_round_trip_predicts_the_same(make):
     made = make()
     model, x = made if isinstance(made, tuple) else (made, X)
