@@ -532,6 +532,8 @@ def audit(payload: Payload, *, source: str = "LightGBM member") -> list[str]:
 
 
 def _restore(model: Any, booster: Any, fitted: Mapping[str, Any], source: str) -> None:
+    """Set what ``LGBMModel.fit`` sets (lightgbm 4.x ``sklearn.py``): the wrappers have no public way to
+    take a fitted booster, so these are their own attribute names, each checked against the booster."""
     import numpy as np
 
     try:
