@@ -316,3 +316,22 @@ def test_the_bundle_records_the_xgboost_version_and_warns_on_skew(tmp_path, monk
     monkeypatch.setattr(provenance, "environment", lambda: {**real, "xgboost-cpu": "9.9.9", "xgboost": "9.9.9"})
     with pytest.warns(VersionSkewWarning, match="xgboost"):
         pk.load_bundle(path)
+
+
+@pytest.mark.parametrize(
+    "key, value, why",
+    [
+        ("categories", 1 << 30, "out of range"),  # XGBoost would size a bitset by it
+        ("categories", -3, "out of range"),
+        ("categories_sizes", 50, "outside the category array"),
+        ("categories_segments", 7, "outside the category array"),
+        ("categories_nodes", 1000, "disagree"),
+    ],
+)
+def test_forged_categorical_splits_are_refused(key, value, why):
+    model, _ = categorical_model()
+    raw = raw_model(model)
+    forged = patched(raw, 0, key, 0, value)
+    payload = tree.encode({"format": 1, "class": xc.type_name(model), "model": forged, "params": model.get_params()})
+    with pytest.raises(FormatError, match=why):
+        decode_member("xgboost", payload)
