@@ -1,5 +1,7 @@
 """Keras 3 models as Keras' own config JSON plus weights in its ``.weights.h5`` format.
 
+Size: over 500 lines because the pinned allowlist of Keras' own classes is spelled out here.
+
 Payload: a tree value (``persistkit.format.tree``)::
 
     {"format": 1, "config": <UTF-8 JSON: the model's serialized config, with compile config>,

@@ -1,5 +1,8 @@
 """LightGBM boosters and their scikit-learn wrappers, as LightGBM's own model text.
 
+Size: over 500 lines because the model-text checker (LightGBM's grammar, tree structure, parameters)
+is one validation pass that must match what LightGBM parses, byte range for byte range.
+
 Payload: a tree value (``persistkit.format.tree``)::
 
     {"format": 1, "class": "lightgbm.basic.Booster" | "lightgbm.sklearn.LGBMClassifier" | ...,
