@@ -28,6 +28,7 @@ EXPECTED = [
     ("A state store in a long-running bot", "python"),
     ("A state store in a long-running bot", "bash"),
     ("Model bundles", "python"),
+    ("A bot's whole state in one StateStore", "python"),
     ("Training archives", "python"),
     ("The reference bot and training script", "bash"),
     ("Development", "bash"),
@@ -178,6 +179,18 @@ def test_bundle_block_runs_and_keeps_training(tmp_path, shell_env):
     out = run_python(block("Model bundles", "python"), tmp_path, shell_env)
     assert out.startswith("128 {'symbol': 'BTCUSDT'"), out
     assert (tmp_path / "models" / "x.models").is_file() and (tmp_path / "models" / "x.models.key").is_file()
+
+
+def test_bot_state_block_keeps_all_seven_components_across_runs(tmp_path, shell_env):
+    """Seed 002's six files in one store: the second run loads the models the first one trained."""
+    code = block("A bot's whole state in one StateStore", "python")
+    first = run_python(code, tmp_path, shell_env, "bot.py").split()
+    second = run_python(code, tmp_path, shell_env, "bot.py").split()
+    assert first[0] == "1" and second[0] == "2"
+    assert first[1:] == second[1:]  # same predictions, epochs, epsilon: nothing retrained
+    assert first[3:] == ["1", "0.99", "1.0"]
+    out = run_bash("persistkit state inspect bot_state --verify", tmp_path, shell_env)
+    assert all(name in out for name in ("trades", "equity", "risk", "signal", "deep", "rl", "attention"))
 
 
 def test_training_session_block_runs(tmp_path, shell_env):
