@@ -77,8 +77,15 @@ def classify(got: Outcome, before: Outcome, after: Outcome, complete: bool) -> V
 class _Judge:
     """The reading logic both readers share; in the isolated reader it lives in the worker."""
 
-    def __init__(self, load: Callable[[], Any], given_before: Any, given_after: Any) -> None:
+    def __init__(
+        self,
+        load: Callable[[], Any],
+        given_before: Any,
+        given_after: Any,
+        accept: Callable[[Any], bool] | None = None,
+    ) -> None:
         self.load = load
+        self.accept = accept
         self.given_before, self.given_after = given_before, given_after
         self.before: Outcome | None = None
         self.after: Outcome | None = None
@@ -109,6 +116,12 @@ class _Judge:
         if which == "empty" and got.error is None and got.same_as(self.after) and self.before.same_as(self.after):
             return _PROBE_EMPTY
         return None
+
+    def check(self) -> tuple[bool, str]:
+        """Load, and ask ``accept`` (disk_faults' ``after_retry``) whether the value is acceptable."""
+        got = self._load()
+        ok = got.error is None and self.accept is not None and bool(self.accept(got.value))
+        return ok, got.describe()
 
     def read(self, complete: bool) -> tuple[str, str, str, str | None]:
         """(kind, what load() did, detail, cached) for the state in the root now.
@@ -174,16 +187,28 @@ class IsolatedReader:
     before/after loads, at least 10 s), enforced by killing the worker.
     """
 
-    def __init__(self, load: Callable[[], Any], before: Any, after: Any, *, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        load: Callable[[], Any],
+        before: Any,
+        after: Any,
+        *,
+        timeout: float | None = None,
+        fixture: str = "crash_points",
+        check: Callable[[Any], bool] | None = None,
+    ) -> None:
         from persistkit.testing.isolate import Worker
 
-        judge = _Judge(load, before, after)
+        judge = _Judge(load, before, after, check)
+        self.fixture = fixture
 
         def serve(method: str, *args: Any) -> Any:
             if method == "read":
                 return judge.read(*args)
             if method == "probe":
                 return judge.probe(*args)
+            if method == "check":
+                return judge.check()
             got = judge.expect_before() if method == "before" else judge.expect_after()
             return (got.describe(), got.error is not None, judge.load_seconds)
 
@@ -223,12 +248,26 @@ class IsolatedReader:
     def expect_after(self) -> Outcome:
         return self._expect("after")
 
+    def before_text(self) -> str:
+        return self.before.text if self.before is not None else "unknown"
+
+    def after_text(self) -> str:
+        return self.after.text if self.after is not None else "unknown"
+
+    def check(self) -> tuple[bool, str]:
+        """Load the root now and apply the ``check`` predicate: (accepted, what load() did)."""
+        try:
+            ok, text = self._call("check")
+        except _WorkerEnded as ended:
+            return False, _ended(ended.result, "the load")
+        return bool(ok), str(text)
+
     def probe(self, which: str) -> None:
         try:
             problem = self._call("probe", which)
         except _WorkerEnded as ended:
             raise NotJudgeable(
-                f"crash_points: no verdict, because load() {_ended(ended.result, 'a probe')} on the "
+                f"{self.fixture}: no verdict, because load() {_ended(ended.result, 'a probe')} on the "
                 f"{which} directory"
             ) from None
         if problem:
@@ -247,9 +286,9 @@ class IsolatedReader:
                 break
             relearn()
         else:
-            raise NotJudgeable("crash_points: no verdict, because the worker process that loads states kept dying")
+            raise NotJudgeable(f"{self.fixture}: no verdict, because the worker process that loads states kept dying")
         if cached:
-            raise NotJudgeable(f"crash_points: no verdict, because {cached}.")
+            raise NotJudgeable(f"{self.fixture}: no verdict, because {cached}.")
         return Verdict(kind, Outcome(text=text), detail)
 
     def close(self) -> None:

@@ -51,8 +51,9 @@ class RestoreError(RuntimeError):
     """The root could not be put back as the save left it (the message names what differs)."""
 
 
-# Content of one file in one state: (default bound, ((first page, end page, bound), ...), size).
-Descriptor = tuple[int, tuple[tuple[int, int, int], ...], int]
+# Content of one file in one state: (default bound, ((first page, end page, bound), ...), size,
+# positions of data ops whose pages were dropped).
+Descriptor = tuple[int, tuple[tuple[int, int, int], ...], int, frozenset[int]]
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Materializer:
             if node.kind != "file":
                 continue
             if node.volatile:
-                files[inode] = (0, (), node.size_at(plan.k))
+                files[inode] = (0, (), node.size_at(plan.k), frozenset())
                 continue
             if plan.default == DURABLE:
                 base = model.last_sync(inode, plan.k)
@@ -135,7 +136,8 @@ class Materializer:
                 for lo, hi, bound in runs:
                     if bound > base:
                         size = max(size, min(node.size_at(bound), hi * PAGE))
-            files[inode] = (base, runs, size)
+            mine = frozenset(d.position for d in node.datas if d.position in plan.dropped) if plan.dropped else frozenset()
+            files[inode] = (base, runs, size, mine)
         return _Resolved(entries, files, plan.k)
 
     def key(self, plan: Plan) -> object | None:
@@ -145,11 +147,11 @@ class Materializer:
             return None
         model = self.model
         files = []
-        for inode, (base, runs, size) in sorted(r.files.items()):
+        for inode, (base, runs, size, skip) in sorted(r.files.items()):
             node = model.inodes[inode]
             canon = _canon(node, base)
             kept = tuple((lo, hi, c) for lo, hi, b in runs if (c := _canon(node, b)) != canon)
-            files.append((inode, size, canon, kept))
+            files.append((inode, size, canon, kept, skip))
         modes = tuple(sorted((i, model.inodes[i].mode_at(r.k)) for i in set(r.entries.values())))
         return (frozenset(r.entries.items()), tuple(files), modes)
 
@@ -415,13 +417,13 @@ class Materializer:
         return path
 
     def _update(self, fd: int, inode: int, old: Descriptor | None, new: Descriptor) -> None:
-        base, runs, size = new
+        base, runs, size, skip = new
         if old is None:
             os.ftruncate(fd, 0)
             self._write_bounds(fd, inode, [(0, -(-size // PAGE), None)], new)
             os.ftruncate(fd, size)
             return
-        o_base, o_runs, o_size = old
+        o_base, o_runs, o_size, o_skip = old
         node = self.model.inodes[inode]
         pages = max(-(-size // PAGE), -(-o_size // PAGE))
         todo: list[tuple[int, int]] = []
@@ -429,6 +431,9 @@ class Materializer:
             if b0 == b1:
                 continue
             todo += _touched(self.model, node, min(b0, b1), max(b0, b1), lo, hi)
+        for d in node.datas:
+            if d.position in (skip ^ o_skip):
+                todo.append((d.start // PAGE, max(d.start, d.end - 1) // PAGE + 1))
         if size > o_size:
             todo.append((o_size // PAGE, -(-size // PAGE)))
         if size != o_size:
@@ -436,7 +441,7 @@ class Materializer:
         self._write_bounds(fd, inode, [(lo, hi, None) for lo, hi in _merge(todo)], new)
 
     def _write_bounds(self, fd: int, inode: int, regions: list[tuple[int, int, None]], desc: Descriptor) -> None:
-        base, runs, size = desc
+        base, runs, size, skip = desc
         node = self.model.inodes[inode]
         for lo, hi, _ in regions:
             for slo, shi, bound in _split(lo, hi, base, runs):
@@ -446,7 +451,7 @@ class Materializer:
                 if node.volatile:
                     _write_zeros(fd, a, b - a)
                     continue
-                for s, e, kind, src, off in self.model.extents(inode, a, b, bound):
+                for s, e, kind, src, off in self.model.extents(inode, a, b, bound, skip):
                     self._write_extent(fd, s, e, kind, src, off)
 
     def _write_extent(self, fd: int, s: int, e: int, kind: int, src: object, off: int) -> None:
@@ -487,14 +492,14 @@ class Materializer:
         return fd
 
     def _read(self, inode: int, desc: Descriptor) -> bytes:
-        base, runs, size = desc
+        base, runs, size, skip = desc
         node = self.model.inodes[inode]
         buf = bytearray(size)
         if node.volatile:
             return bytes(buf)
         for slo, shi, bound in _split(0, -(-size // PAGE), base, runs):
             a, b = slo * PAGE, min(shi * PAGE, size)
-            for s, e, kind, src, off in self.model.extents(inode, a, b, bound):
+            for s, e, kind, src, off in self.model.extents(inode, a, b, bound, skip):
                 if kind == SRC_ZERO:
                     continue
                 if kind == SRC_SPOOL:

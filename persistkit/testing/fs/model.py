@@ -115,6 +115,7 @@ class Inode:
     fsyncs: list[int] = field(default_factory=list)  # positions of full fsyncs of this file
     range_syncs: list[tuple[int, int, int]] = field(default_factory=list)  # (position, start, end)
     dir_syncs: list[int] = field(default_factory=list)  # for a directory: positions of its fsyncs
+    failed_syncs: list[int] = field(default_factory=list)  # positions of fsyncs that returned an error
     volatile: bool = False  # a rebuildable index (SQLite -shm): content is not state
 
     def size_at(self, bound: int) -> int:
@@ -224,7 +225,7 @@ class FsModel:
         path = op.path
         if kind in (OpKind.CREATE, OpKind.OPEN_APPEND, OpKind.OPEN_EXISTING):
             self._open(pos, op)
-        elif kind in (OpKind.WRITE, OpKind.TRUNCATE, OpKind.FSYNC):
+        elif kind in (OpKind.WRITE, OpKind.TRUNCATE, OpKind.FSYNC, OpKind.FSYNC_FAILED):
             inode = self.handles.get(op.handle) if op.handle is not None else None
             if inode is None:
                 if self.inside(path):
@@ -233,7 +234,9 @@ class FsModel:
             node = self.inodes.get(inode)
             if node is None:
                 return
-            if kind == OpKind.FSYNC:
+            if kind == OpKind.FSYNC_FAILED:
+                node.failed_syncs.append(pos)
+            elif kind == OpKind.FSYNC:
                 if node.kind == "dir":
                     node.dir_syncs.append(pos)
                 elif op.length:
@@ -443,8 +446,11 @@ class FsModel:
         found.update(node.big)
         return sorted(i for i in found if node.datas[i].start < end and node.datas[i].end > start)
 
-    def extents(self, inode: int, start: int, end: int, bound: int) -> list[Extent]:
-        """Where bytes [start, end) of ``inode`` come from, with every data op before ``bound`` applied."""
+    def extents(
+        self, inode: int, start: int, end: int, bound: int, skip: frozenset[int] = frozenset()
+    ) -> list[Extent]:
+        """Where bytes [start, end) of ``inode`` come from, with every data op before ``bound`` applied
+        (but those at the positions in ``skip``: bytes the kernel dropped)."""
         node = self.inodes[inode]
         out: list[Extent] = []
         if end <= start:
@@ -460,6 +466,8 @@ class FsModel:
             d = node.datas[i]
             if d.position >= bound:
                 break
+            if d.position in skip:
+                continue
             for s, e, kind, src, off in d.sources:
                 cs, ce = max(s, start), min(e, end)
                 if cs < ce:
@@ -498,6 +506,20 @@ class FsModel:
             if not (i < len(node.dir_syncs) and node.dir_syncs[i] < k):
                 return False
         return bool(meta.dirs)
+
+    def dropped_by_failed_fsyncs(self) -> frozenset[int]:
+        """Data ops whose pages a failed fsync may have dropped (fsyncgate, Linux >= 4.13).
+
+        After fsync fails, the kernel marks the file's dirty pages clean: what they held is
+        gone from the page cache once evicted, although a later fsync succeeds. Those are the
+        writes between the file's last successful sync and each failed one.
+        """
+        out: set[int] = set()
+        for node in self.inodes.values():
+            for f in node.failed_syncs:
+                since = self.last_sync(node.id, f)
+                out.update(d.position for d in node.datas if since <= d.position < f)
+        return frozenset(out)
 
     def sync_positions(self) -> list[int]:
         """Positions of every relevant durability point (fsync of any kind, sync)."""

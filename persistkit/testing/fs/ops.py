@@ -34,6 +34,7 @@ class OpKind(enum.StrEnum):
     WRITE = "write"  # ``length`` bytes at ``offset`` through ``handle``; bytes in ``ref``
     TRUNCATE = "truncate"  # the file set to ``size`` bytes (ftruncate, truncate, fallocate extension)
     FSYNC = "fsync"  # the file's data and size durable; with ``length``: only [offset, offset+length)
+    FSYNC_FAILED = "fsync_failed"  # an fsync/fdatasync that returned an error (fsyncgate; not durable)
     FSYNC_DIR = "fsync_dir"  # the entries of the directory now at ``path`` durable
     SYNC_ALL = "sync_all"  # sync()/syncfs() on the root's file system: everything durable
     CLOSE = "close"

@@ -124,6 +124,7 @@ class Plan:
     sizes: tuple[tuple[int, int], ...] = ()
     hidden: frozenset[int] = frozenset()  # inodes left out (a probe: "the files the save wrote are gone")
     upto: int | None = None  # with LATEST: data ops from this position on lost (writeback in issue order)
+    dropped: frozenset[int] = frozenset()  # data ops whose pages the kernel dropped (a failed fsync)
 
 
 @dataclass(frozen=True)

@@ -347,7 +347,7 @@ class SyscallLog:
         path = self._shown(path)
         if isinstance(dst, str) and kind != OpKind.SYMLINK:
             kw["dst"] = self._shown(dst)
-        if kind not in (OpKind.CLOSE, OpKind.FSYNC, OpKind.FSYNC_DIR, OpKind.SYNC_ALL):
+        if kind not in (OpKind.CLOSE, OpKind.FSYNC, OpKind.FSYNC_FAILED, OpKind.FSYNC_DIR, OpKind.SYNC_ALL):
             for p in (path, kw.get("dst")):
                 if kind == OpKind.SYMLINK and p is not path:
                     continue
@@ -449,6 +449,13 @@ class SyscallLog:
                     CallRecord(call.tid, call.name, call.ordinal, call.error, call.injected, _target_of(call, self))
                 )
             if call.ret is None:
+                if call.name in ("fsync", "fdatasync") and call.error not in ("EBADF", "EINVAL", "EROFS"):
+                    # a failed fsync changes nothing on disk, but since Linux 4.13 it may have dropped
+                    # the file's dirty pages (fsyncgate): the model needs to know where it happened
+                    f = self._file(call, self._proc(call.tid), call.args[0])
+                    if f is not None and not f.directory:
+                        self._announce(call, f)
+                        self._emit(call, OpKind.FSYNC_FAILED, f.path, handle=f.handle)
                 continue  # failed (or injected): it changed nothing
             handler = getattr(self, f"_on_{call.name}", None)
             if handler is not None:
