@@ -409,13 +409,13 @@ class _Body:
         tracer = SelfTrace() if trace else None
         if tracer is not None:
             tracer.__enter__()  # strace attaches before the filter is installed (inject's rule)
+        if self.stateful:
+            assert self.setup is not None
+            self.ctx = self.setup()  # setup's own file operations are not faulted
         if self.channel is not None:
             from persistkit.testing.observe.inject import arm
 
             arm(self.channel)
-        if self.stateful:
-            assert self.setup is not None
-            self.ctx = self.setup()
         self.fds0 = open_fds()
         error = self._python_save() if self.channel is None and self.cmd is None else self._run_save()
         gc.collect()  # the exception is released: what only its traceback kept open is closed now
@@ -559,9 +559,16 @@ class _Plan:
         channel = Channel()
         listener = Listener(channel).start()
         self.body.channel = channel
+        fault_points: list[Any] = []
+
+        def dry_steps(worker: Any) -> Any:
+            out = worker.run(("fault", True), timeout=self.timeout)
+            fault_points.extend(listener.log.points)  # the save's calls (teardown's are not faulted)
+            return out
+
         try:
-            result = self._in_worker(lambda w: w.run(("fault", True), timeout=self.timeout), channel)
-            log = listener.stop()
+            result = self._in_worker(dry_steps, channel)
+            listener.stop()
         finally:
             self.body.channel = None
         dry, trace = result
@@ -576,12 +583,12 @@ class _Plan:
             check_explained("disk_faults", obs, before, scan(self.top), model, allow_outside=self.allow_outside)
             relevant_paths = _relevant_paths(model, obs)
             self.operations = [op.describe() for op, keep in zip(obs.ops, model.relevant, strict=True) if keep]
-            labels = _label_points(log.points, obs)
+            labels = _label_points(fault_points, obs)
         finally:
             obs.close()
         planned: list[_Planned] = []
         index = 0
-        for point in log.points:
+        for point in fault_points:
             if not _faultable(point, self.top, relevant_paths):
                 continue
             label = labels.get(point.seq) or f"{point.syscall} {point.path}"
@@ -672,9 +679,12 @@ class _Plan:
                 listener.clear()
             # did the fault land where it was aimed?
             if log is not None:
-                why = log.misfire(case.aim, case.point)
-                if why is not None:
-                    result.misfired = "" if log.landed(case.aim) is None and "never came" in why else why
+                hit = log.landed(case.aim)
+                if hit is None:
+                    result.misfired = ""  # the faulted run never made that call (it took a shorter path)
+                    return result
+                if not _same_place(hit.point, case.point):
+                    result.misfired = f"the fault landed on {hit.point.describe()} instead of {case.point.describe()}"
                     return result
             if first.kind == "returned" and self.observer == "python" and not first.value.get("fired"):
                 result.misfired = ""
@@ -749,6 +759,12 @@ class _Plan:
         self, case: _Planned, error: str | None, reader: IsolatedReader, problems: list[str],
         relearn: Callable[[], None],
     ) -> None:  # fmt: skip
+        if error is None and self.observer == "python" and _label_kind(case.label) in ("fsync", "fsync_dir"):
+            # no trace of the faulted run to judge the lost pages by: a failed fsync must surface
+            problems.append(
+                f"save() returned normally although {_label_kind(case.label)} failed with {case.fault}: a failed "
+                "fsync may have dropped the data, so the save must raise (never retry or ignore it)"
+            )
         verdict = reader.read(error is None, relearn)
         if error is None:
             if verdict.kind == "new":
@@ -776,24 +792,38 @@ class _Plan:
         try:
             model = FsModel(initial, obs.ops, volatile=obs.volatile)
             dropped = model.dropped_by_failed_fsyncs()
-            if not dropped:
-                return
             sim = CrashSimulator(initial, obs.ops, model=model)
             try:
-                sim.materialize(Plan(len(model.ops), dropped=dropped))
-                verdict = reader.read(True, relearn)
+                if dropped:
+                    sim.materialize(Plan(len(model.ops), dropped=dropped))
+                    verdict = reader.read(True, relearn)
+                    if verdict.kind != "new":
+                        files = sorted({model.rel(model.ops[p].path) for p in dropped})
+                        problems.append(
+                            f"fsyncgate: save() returned normally after fsync failed with {case.fault}, but since "
+                            "Linux 4.13 a failed fsync marks the dirty pages clean: with the pages written before it "
+                            f"dropped ({', '.join(files[:4])}), load() {verdict.got.describe()}. After a failed "
+                            "fsync, write the data again and fsync it (or raise); retrying fsync alone does not "
+                            "bring it back"
+                        )
+                        return
+                # the failed fsync made nothing durable: a power loss after save() returned must not lose it
+                for state in sim.states("power-loss", max_states=32):
+                    if not state.complete:
+                        continue
+                    state.materialize()
+                    verdict = reader.read(True, relearn)
+                    if verdict.kind != "new":
+                        problems.append(
+                            f"save() returned normally after fsync failed with {case.fault}, so nothing that fsync "
+                            f"was to make durable is: {_rel(state.description, self.top)}, and load() "
+                            f"{verdict.got.describe()}. Raise when fsync fails (or write the data again and fsync it)"
+                        )
+                        return
             finally:
                 sim.close()
         finally:
             obs.close()
-        if verdict.kind != "new":
-            files = sorted({model.rel(model.ops[p].path) for p in dropped})
-            problems.append(
-                f"fsyncgate: save() returned normally after fsync failed with {case.fault}, but since Linux 4.13 a "
-                f"failed fsync marks the dirty pages clean: with the pages written before it dropped "
-                f"({', '.join(files[:4])}), load() {verdict.got.describe()}. After a failed fsync, write the data "
-                "again (or raise); retrying fsync alone does not bring it back"
-            )
 
     def _judge_retry(
         self, retry: Any, reader: IsolatedReader, problems: list[str], saves: int, relearn: Callable[[], None]
@@ -882,6 +912,25 @@ def _label_points(points: Sequence[Any], obs: Observation) -> dict[int, str]:
                 del ops[: i + 1]
                 break
     return out
+
+
+# the parts of a name that change from run to run: pids, counters, random or hex suffixes
+_RANDOM = re.compile(r"(?<=[.\-_])(?:[A-Za-z0-9]{6,}|[0-9]{3,})|(?<=/tmp)[A-Za-z0-9_]{6,8}(?=$|/)")
+
+
+def _same_place(hit: Any, planned: Any) -> bool:
+    """The same call on the same file, allowing for the random part of temp names (mkstemp, uuid suffixes)."""
+    return (
+        hit.syscall == planned.syscall
+        and hit.kind == planned.kind
+        and hit.tmpfile == planned.tmpfile
+        and _RANDOM.sub("*", hit.path) == _RANDOM.sub("*", planned.path)
+    )
+
+
+def _label_kind(label: str) -> str:
+    parts = label.split()
+    return parts[1] if len(parts) > 1 and parts[0].startswith("#") else ""
 
 
 def _leak_message(leaked: Sequence[str], top: str) -> str:

@@ -228,6 +228,8 @@ class FsModel:
         elif kind in (OpKind.WRITE, OpKind.TRUNCATE, OpKind.FSYNC, OpKind.FSYNC_FAILED):
             inode = self.handles.get(op.handle) if op.handle is not None else None
             if inode is None:
+                if kind == OpKind.FSYNC_FAILED:
+                    return  # a directory's failed fsync: it made nothing durable, and nothing else happened
                 if self.inside(path):
                     self._note(f"{self.rel(path)}: {kind.value} through a file the recorded operations never opened")
                 return

@@ -456,6 +456,8 @@ class SyscallLog:
                     if f is not None and not f.directory:
                         self._announce(call, f)
                         self._emit(call, OpKind.FSYNC_FAILED, f.path, handle=f.handle)
+                    elif f is not None:
+                        self._emit(call, OpKind.FSYNC_FAILED, f.path)
                 continue  # failed (or injected): it changed nothing
             handler = getattr(self, f"_on_{call.name}", None)
             if handler is not None:
