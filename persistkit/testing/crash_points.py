@@ -56,6 +56,7 @@ from persistkit.testing.observe import (
     observe_save,
 )
 from persistkit.testing.observe.intercept import GuardFS, Interceptor
+from persistkit.testing.observe.strace import CommandRun
 from persistkit.testing.readers import InProcessReader, IsolatedReader, StateReader
 from persistkit.testing.report import RECORDER, Recorder
 
@@ -94,6 +95,46 @@ def _changed(snapshot: Snapshot, now: dict[str, Any]) -> bool:
     if set(snapshot.entries) != set(now):
         return True
     return any(not e.unchanged(now[rel]) for rel, e in snapshot.entries.items())
+
+
+def _ended_well(cmd: Sequence[str], run: CommandRun, obs: Observation, timeout: float, top: str) -> None:
+    """The program exited 0 by itself, and nothing it started went on writing after it returned."""
+    __tracebackhide__ = True
+    stderr = run.stderr.decode(errors="replace")[-2000:]
+    if run.timed_out:
+        obs.close()
+        raise AssertionError(
+            f"crash_points.subprocess: {list(cmd)} did not exit within {timeout:g} s; it was killed with every "
+            f"process it started, so there is no completed save to judge. Its stderr ends:\n{stderr}"
+        )
+    if run.signal is not None:
+        obs.close()
+        raise AssertionError(
+            f"crash_points.subprocess: {list(cmd)} was killed by {run.signal} (it crashed), so there is no "
+            f"completed save to judge. Its stderr ends:\n{stderr}"
+        )
+    if run.returncode != 0:
+        obs.close()
+        raise AssertionError(
+            f"crash_points.subprocess: {list(cmd)} exited with status {run.returncode} without a crash, so there "
+            f"is no completed save to judge. Its stderr ends:\n{stderr}"
+        )
+    late = [op for op in obs.late if op.path.startswith(top) or (op.dst or "").startswith(top)]
+    if run.stragglers and not late:
+        obs.close()
+        raise AssertionError(
+            f"crash_points.subprocess: {list(cmd)} returned while processes it started were still running "
+            f"({', '.join(run.stragglers[:4])}; they were killed then). The save is complete when the command "
+            "returns: if they were still saving, the state was not yet the new one (wait for them before exiting)."
+        )
+    if late:
+        obs.close()
+        raise AssertionError(
+            f"crash_points.subprocess: {list(cmd)} returned while a process it started was still writing under "
+            f"{top}: the save was not complete when the command said it was (a bug in the program: wait for the "
+            f"writer before exiting). Still running when it returned: {', '.join(run.stragglers) or 'a child'}; "
+            "what it wrote afterwards: " + "; ".join(_rel(op.describe(), top) for op in late[:8])
+        )
 
 
 def _reader(load: Callable[[], Any], before: Any, after: Any, isolate: bool, timeout: float | None) -> StateReader:
@@ -219,15 +260,11 @@ class CrashPoints:
         reader = _reader(load, before, after, isolate, load_timeout)
         initial = self._begin(top, reader)
         try:
-            code, stderr, obs = observe_command(
+            run, obs = observe_command(
                 cmd, top, cwd=os.fspath(cwd) if cwd is not None else None, env=env, timeout=timeout,
                 volatile=volatile,
             )  # fmt: skip
-            if code != 0:
-                raise AssertionError(
-                    f"crash_points.subprocess: {list(cmd)} exited with status {code} without a crash, so there is "
-                    f"no completed save to judge. Its stderr ends:\n{stderr[-2000:]}"
-                )
+            _ended_well(cmd, run, obs, timeout, top)
             return self._judge(obs, initial, reader, after, model, max_states, seed, allow_outside)
         finally:
             initial.close()

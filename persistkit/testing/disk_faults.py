@@ -128,6 +128,7 @@ class FaultReport:
     points: int = 0  # operations a fault is injected at
     saves: int = 0  # how many times save() ran (each case runs it twice: faulted, then the retry)
     kinds: collections.Counter[str] = field(default_factory=collections.Counter)
+    injected: list[str] = field(default_factory=list)  # every fault that fired, as "ENOSPC at #3 write x (once)"
 
     def summary(self) -> str:
         missed = f", {self.misfired} injections landed elsewhere (no verdict)" if self.misfired else ""
@@ -351,6 +352,7 @@ class _Body:
         self.python_fault: Fault | None = None
         self.python_counter: FaultFS | None = None
         self.top = ""
+        self.killed_by: str | None = None
 
     # -- running the save itself
     def _run_save(self) -> str | None:
@@ -358,20 +360,16 @@ class _Body:
         if self.cmd is not None:
             import subprocess
 
-            try:
-                done = subprocess.run(
-                    self.cmd, cwd=self.cwd, env=self.env, capture_output=True, timeout=self.timeout, check=False
-                )
-            except subprocess.TimeoutExpired:
-                return f"the program did not exit within {self.timeout} s"
+            # no timeout here: the case's worker enforces it from outside, on the whole process tree
+            done = subprocess.run(self.cmd, cwd=self.cwd, env=self.env, capture_output=True, check=False)
             if done.returncode == 0:
                 return None
             tail = done.stderr.decode(errors="replace").strip()[-300:]
             if done.returncode < 0:
                 import signal as _signal
 
-                name = _signal.Signals(-done.returncode).name
-                return f"the program was killed by {name}: {tail}"
+                self.killed_by = _signal.Signals(-done.returncode).name
+                return f"the program was killed by {self.killed_by}: {tail}"
             return f"the program exited with status {done.returncode}: {tail}"
         assert self.save is not None
         try:
@@ -420,7 +418,7 @@ class _Body:
         error = self._python_save() if self.channel is None and self.cmd is None else self._run_save()
         gc.collect()  # the exception is released: what only its traceback kept open is closed now
         leaked = [] if self.stateful else sorted((_file_fds(open_fds()) - _file_fds(self.fds0)).elements())
-        out: dict[str, Any] = {"error": error, "leaked": leaked}
+        out: dict[str, Any] = {"error": error, "leaked": leaked, "killed_by": self.killed_by}
         if self.python_counter is not None:
             ffs = self.python_counter
             out["fired"] = ffs.fired > 0
@@ -508,6 +506,7 @@ class _Plan:
                     continue
                 judged.add(case.index)
                 report.fired += 1
+                report.injected.append(_rel(case.describe(), top))
                 report.kinds[case.fault if case.fault == "short" else case.family or "python"] += 1
                 report.raised += int(outcome.case.raised is not None)
                 if outcome.case.problems:
@@ -592,22 +591,22 @@ class _Plan:
             if not _faultable(point, self.top, relevant_paths):
                 continue
             label = labels.get(point.seq) or f"{point.syscall} {point.path}"
-            listed = [c for c in codes if c in point.errnos]
+            cases: list[_Planned] = []
             if point.family == "close":
                 if close_errors and "EIO" in point.errnos:
-                    planned.append(_Planned(index, label, "EIO", "once", "close", Aim.at(point, Errno("EIO")), point))
-                    index += 1
-                continue
-            if not listed:
-                continue
-            chosen = [listed[index % len(listed)]] if rotate_errnos else listed
-            for name in chosen:
-                for mode in modes:
-                    aim = Aim.at(point, Errno(name), persistent=mode == "persistent")
-                    planned.append(_Planned(index, label, name, mode, point.family, aim, point))
-            if short_writes and point.family == "write":
-                planned.append(_Planned(index, label, "short", "once", "write", Aim.at(point, ShortWrite()), point))
-            index += 1
+                    cases.append(_Planned(index, label, "EIO", "once", "close", Aim.at(point, Errno("EIO")), point))
+            else:
+                listed = [c for c in codes if c in point.errnos]
+                chosen = ([listed[index % len(listed)]] if rotate_errnos else listed) if listed else []
+                for name in chosen:
+                    for mode in modes:
+                        aim = Aim.at(point, Errno(name), persistent=mode == "persistent")
+                        cases.append(_Planned(index, label, name, mode, point.family, aim, point))
+                if short_writes and point.family == "write":
+                    cases.append(_Planned(index, label, "short", "once", "write", Aim.at(point, ShortWrite()), point))
+            if cases:
+                planned += cases
+                index += 1
         return planned
 
     def _dry_run_python(self, codes: list[str], modes: list[str], rotate_errnos: bool) -> list[_Planned]:
@@ -706,6 +705,16 @@ class _Plan:
                 problems.append(f"save() {first.describe()}")
                 result.case.raised = first.describe()
             reply = first.value if first.kind == "returned" else {"error": result.case.raised, "leaked": []}
+            if reply.get("killed_by"):
+                problems.append(
+                    f"the program was killed by {reply['killed_by']} after the fault: it crashed instead of "
+                    "reporting the error"
+                )
+            if first.stragglers and self.body.cmd is not None:
+                problems.append(
+                    "the program exited while processes it started were still running (killed then): "
+                    + ", ".join(first.stragglers[:4])
+                )
             error = reply["error"]
             result.case.raised = error
             trace_path = reply.get("trace", "")

@@ -293,7 +293,7 @@ class CrashSimulator:
         text = ops[rel[-1]].describe().replace(self.root + os.sep, "").replace(self.root, ".")
         if model == "power-loss" and k < len(ops):
             nxt = ops[k].describe().replace(self.root + os.sep, "").replace(self.root, ".")
-            return f"before {nxt}"
+            return f"after {text}, before {nxt}"
         return f"after {text}"
 
     # -- the process model -----------------------------------------------------------------
@@ -425,7 +425,7 @@ class CrashSimulator:
             def lost(positions: Sequence[int], how: str = "lost") -> tuple[Loss, ...]:
                 return tuple(Loss("reverted" if p in meta_pos else how, ops[p]) for p in positions)
 
-            out.append(_Candidate(Plan(k), (), f"power loss {where}"))
+            out.append(_Candidate(Plan(k), (), f"power loss {where}: everything written so far reached the disk"))
             if not pending_ops:
                 continue
             none = lost(pending_ops[:_KEEP_LOSSES])
@@ -445,11 +445,11 @@ class CrashSimulator:
                     Loss("reverted", ops[q]) if q in meta_pos else Loss(self._data_loss(q, k), ops[q])
                     for q in later[:_KEEP_LOSSES]
                 )  # fmt: skip
-                out.append(
-                    _Candidate(Plan(k, kept_meta, LATEST, upto=p), losses,
-                               f"power loss {where}: the {len(later)} unsynced operations from #{ops[p].index} on lost "
-                               f"({_listing(losses, self.root)})")
+                text = (
+                    _listing(losses, self.root) if len(later) == 1
+                    else f"the {len(later)} unsynced operations from #{ops[p].index} on lost ({_listing(losses, self.root)})"
                 )  # fmt: skip
+                out.append(_Candidate(Plan(k, kept_meta, LATEST, upto=p), losses, f"power loss {where}: {text}"))
             # each directory operation alone
             for m in metas:
                 if last_meta.get(m.position) != k:

@@ -40,7 +40,7 @@ import fnmatch
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from persistkit.testing.fs.ops import Op, OpKind, Spool
@@ -132,8 +132,11 @@ def _parse_ret(text: str) -> tuple[int | None, str | None, str | None, bool]:
     return value, path, None, injected
 
 
-def parse(source: str | Iterable[str]) -> Iterator[Call]:
-    """Parse ``strace -f -xx -y`` output (text, or an iterable of lines) into completed calls."""
+def parse(source: str | Iterable[str], on_exit: Callable[[int], None] | None = None) -> Iterator[Call]:
+    """Parse ``strace -f -xx -y`` output (text, or an iterable of lines) into completed calls.
+
+    ``on_exit(tid)`` is called where strace reports a process's exit (``+++ exited with N +++``).
+    """
     lines: Iterable[str] = source.splitlines() if isinstance(source, str) else source
     pending: dict[int, str] = {}
     ordinals: Counter[tuple[int, str]] = Counter()
@@ -143,6 +146,8 @@ def parse(source: str | Iterable[str]) -> Iterator[Call]:
         if m is None:
             continue
         tid, body = int(m.group(1)), m.group(2)
+        if body.startswith("+++") and on_exit is not None:
+            on_exit(tid)
         if body.startswith(("---", "+++")):
             continue
         if body.startswith("<... "):
@@ -270,6 +275,8 @@ class SyscallLog:
     points: list[FaultPoint] = field(default_factory=list)
     calls: list[CallRecord] = field(default_factory=list)
     injected: list[CallRecord] = field(default_factory=list)
+    exits: dict[int, int] = field(default_factory=dict)  # tid -> number of ops emitted when it exited
+    first_tid: int | None = None
     blind: list[str] = field(default_factory=list)
     outside: set[str] = field(default_factory=set)
     ncalls: int = 0
@@ -433,9 +440,20 @@ class SyscallLog:
                 self._spawned[call.ret] = (call.tid, flags)
         return self
 
+    def note_exit(self, tid: int) -> None:
+        self.exits.setdefault(tid, len(self.ops))
+
+    def late_ops(self) -> list[Op]:
+        """Operations made after the first traced process exited (by processes it left running)."""
+        if self.first_tid is None or self.first_tid not in self.exits:
+            return []
+        return self.ops[self.exits[self.first_tid] :]
+
     def feed(self, calls: Iterable[Call]) -> SyscallLog:
         for call in calls:
             self.ncalls += 1
+            if self.first_tid is None:
+                self.first_tid = call.tid
             if call.name in ("clone", "clone3", "fork", "vfork") and call.ret and call.ret > 0:
                 if call.ret not in self._spawned:
                     flags = next((a for a in call.args if "CLONE_" in a), "")
