@@ -128,7 +128,9 @@ class FaultReport:
     points: int = 0  # operations a fault is injected at
     saves: int = 0  # how many times save() ran (each case runs it twice: faulted, then the retry)
     kinds: collections.Counter[str] = field(default_factory=collections.Counter)
-    injected: list[str] = field(default_factory=list)  # every fault that fired, as "ENOSPC at #3 write x (once)"
+    injected: list[str] = field(
+        default_factory=list
+    )  # every fault that fired, as "ENOSPC at #3 write x (once)"
 
     def summary(self) -> str:
         missed = f", {self.misfired} injections landed elsewhere (no verdict)" if self.misfired else ""
@@ -270,7 +272,9 @@ class DiskFaults:
 
         problem = injector_problem()
         if problem is not None:
-            raise NotJudgeable(f"disk_faults.subprocess: no verdict, because faults cannot be aimed here: {problem}")
+            raise NotJudgeable(
+                f"disk_faults.subprocess: no verdict, because faults cannot be aimed here: {problem}"
+            )
         top = os.path.abspath(os.fspath(root)) if root is not None else self.root
         os.makedirs(top, exist_ok=True)
         body = _Body(None, None, None, list(cmd), os.fspath(cwd) if cwd is not None else None, env, timeout)
@@ -384,7 +388,11 @@ class _Body:
         return None
 
     def _python_save(self) -> str | None:
-        ffs = FaultFS(current_fs(), self.python_fault) if self.python_fault is not None else FaultFS(current_fs())
+        ffs = (
+            FaultFS(current_fs(), self.python_fault)
+            if self.python_fault is not None
+            else FaultFS(current_fs())
+        )
         self.python_counter = ffs
         with use_fs(GuardFS(ffs)), Interceptor(self.top, before=ffs.check):
             return self._run_save()
@@ -502,7 +510,9 @@ class _Plan:
                 report.saves += outcome.saves
                 if outcome.misfired is not None:
                     report.misfired += outcome.misfired != ""
-                    unjudged.setdefault(case.index, outcome.misfired or "the faulted run never made that call")
+                    unjudged.setdefault(
+                        case.index, outcome.misfired or "the faulted run never made that call"
+                    )
                     continue
                 judged.add(case.index)
                 report.fired += 1
@@ -579,9 +589,13 @@ class _Plan:
         obs = from_trace(TraceFile(os.path.dirname(trace), trace), self.top, sizes, os.getcwd(), _open_fds())
         try:
             model = FsModel(before, obs.ops, volatile=obs.volatile)
-            check_explained("disk_faults", obs, before, scan(self.top), model, allow_outside=self.allow_outside)
+            check_explained(
+                "disk_faults", obs, before, scan(self.top), model, allow_outside=self.allow_outside
+            )
             relevant_paths = _relevant_paths(model, obs)
-            self.operations = [op.describe() for op, keep in zip(obs.ops, model.relevant, strict=True) if keep]
+            self.operations = [
+                op.describe() for op, keep in zip(obs.ops, model.relevant, strict=True) if keep
+            ]
             labels = _label_points(fault_points, obs)
         finally:
             obs.close()
@@ -594,7 +608,9 @@ class _Plan:
             cases: list[_Planned] = []
             if point.family == "close":
                 if close_errors and "EIO" in point.errnos:
-                    cases.append(_Planned(index, label, "EIO", "once", "close", Aim.at(point, Errno("EIO")), point))
+                    cases.append(
+                        _Planned(index, label, "EIO", "once", "close", Aim.at(point, Errno("EIO")), point)
+                    )
             else:
                 listed = [c for c in codes if c in point.errnos]
                 chosen = ([listed[index % len(listed)]] if rotate_errnos else listed) if listed else []
@@ -603,7 +619,9 @@ class _Plan:
                         aim = Aim.at(point, Errno(name), persistent=mode == "persistent")
                         cases.append(_Planned(index, label, name, mode, point.family, aim, point))
                 if short_writes and point.family == "write":
-                    cases.append(_Planned(index, label, "short", "once", "write", Aim.at(point, ShortWrite()), point))
+                    cases.append(
+                        _Planned(index, label, "short", "once", "write", Aim.at(point, ShortWrite()), point)
+                    )
             if cases:
                 planned += cases
                 index += 1
@@ -683,7 +701,9 @@ class _Plan:
                     result.misfired = ""  # the faulted run never made that call (it took a shorter path)
                     return result
                 if not _same_place(hit.point, case.point):
-                    result.misfired = f"the fault landed on {hit.point.describe()} instead of {case.point.describe()}"
+                    result.misfired = (
+                        f"the fault landed on {hit.point.describe()} instead of {case.point.describe()}"
+                    )
                     return result
             if first.kind == "returned" and self.observer == "python" and not first.value.get("fired"):
                 result.misfired = ""

@@ -58,7 +58,7 @@ class StateReader(Protocol):
 
 
 def classify(got: Outcome, before: Outcome, after: Outcome, complete: bool) -> Verdict:
-    """"new" if ``got`` is the state after the save, "old" the one before (only while it ran), else "bad"."""
+    """ "new" if ``got`` is the state after the save, "old" the one before (only while it ran), else "bad"."""
     if got.same_as(after):
         return Verdict("new", got)
     if not complete and got.same_as(before):
@@ -89,7 +89,9 @@ class _Judge:
         self.given_before, self.given_after = given_before, given_after
         self.before: Outcome | None = None
         self.after: Outcome | None = None
-        self.last: Any = None  # the mutable value the previous load returned (kept alive for the identity check)
+        self.last: Any = (
+            None  # the mutable value the previous load returned (kept alive for the identity check)
+        )
         self.load_seconds = 0.0
 
     def _load(self) -> Outcome:
@@ -113,7 +115,12 @@ class _Judge:
         got = self._load()
         if which == "initial" and got.same_as(self.after) and not self.before.same_as(self.after):
             return _PROBE_INITIAL
-        if which == "empty" and got.error is None and got.same_as(self.after) and self.before.same_as(self.after):
+        if (
+            which == "empty"
+            and got.error is None
+            and got.same_as(self.after)
+            and self.before.same_as(self.after)
+        ):
             return _PROBE_EMPTY
         return None
 
@@ -286,7 +293,9 @@ class IsolatedReader:
                 break
             relearn()
         else:
-            raise NotJudgeable(f"{self.fixture}: no verdict, because the worker process that loads states kept dying")
+            raise NotJudgeable(
+                f"{self.fixture}: no verdict, because the worker process that loads states kept dying"
+            )
         if cached:
             raise NotJudgeable(f"{self.fixture}: no verdict, because {cached}.")
         return Verdict(kind, Outcome(text=text), detail)

@@ -122,7 +122,11 @@ class Materializer:
                 continue
             if plan.default == DURABLE:
                 base = model.last_sync(inode, plan.k)
-                extra = [((s // PAGE), -(-e // PAGE), pos) for pos, s, e in node.range_syncs if base <= pos < plan.k]
+                extra = [
+                    ((s // PAGE), -(-e // PAGE), pos)
+                    for pos, s, e in node.range_syncs
+                    if base <= pos < plan.k
+                ]
             elif plan.upto is not None:
                 base = max(plan.upto, model.last_sync(inode, plan.k))
                 extra = []
@@ -136,7 +140,11 @@ class Materializer:
                 for lo, hi, bound in runs:
                     if bound > base:
                         size = max(size, min(node.size_at(bound), hi * PAGE))
-            mine = frozenset(d.position for d in node.datas if d.position in plan.dropped) if plan.dropped else frozenset()
+            mine = (
+                frozenset(d.position for d in node.datas if d.position in plan.dropped)
+                if plan.dropped
+                else frozenset()
+            )
             files[inode] = (base, runs, size, mine)
         return _Resolved(entries, files, plan.k)
 
@@ -440,7 +448,9 @@ class Materializer:
             os.ftruncate(fd, size)
         self._write_bounds(fd, inode, [(lo, hi, None) for lo, hi in _merge(todo)], new)
 
-    def _write_bounds(self, fd: int, inode: int, regions: list[tuple[int, int, None]], desc: Descriptor) -> None:
+    def _write_bounds(
+        self, fd: int, inode: int, regions: list[tuple[int, int, None]], desc: Descriptor
+    ) -> None:
         base, runs, size, skip = desc
         node = self.model.inodes[inode]
         for lo, hi, _ in regions:
@@ -510,7 +520,11 @@ class Materializer:
                     rel = self.model.inodes[src].initial  # type: ignore[index]
                     path = self.model.before.copy_of(rel) if rel else None
                 else:
-                    path = self._final_path(src) if self._current is not None else self.model.final_paths.get(src)  # type: ignore[arg-type]
+                    path = (
+                        self._final_path(src)
+                        if self._current is not None
+                        else self.model.final_paths.get(src)
+                    )  # type: ignore[arg-type]
                 if path is None:
                     raise RestoreError(f"inode {src}: no file holds its bytes")
                 buf[s:e] = os.pread(self._fd(path), e - s, off)
@@ -682,7 +696,9 @@ def _bound_of(page: int, base: int, runs: tuple[tuple[int, int, int], ...]) -> i
     return base
 
 
-def _touched(model: FsModel, node: Inode, lo_pos: int, hi_pos: int, lo_page: int, hi_page: int) -> list[tuple[int, int]]:
+def _touched(
+    model: FsModel, node: Inode, lo_pos: int, hi_pos: int, lo_page: int, hi_page: int
+) -> list[tuple[int, int]]:
     """Page ranges within [lo_page, hi_page) written by data ops at positions in [lo_pos, hi_pos)."""
     import bisect
 
@@ -761,7 +777,12 @@ def _differences(want: dict[str, Entry], got: dict[str, Entry]) -> list[str]:
             out.append(f"{rel} is extra")
         elif b is None:
             out.append(f"{rel} is missing")
-        elif a.kind != b.kind or a.target != b.target or (a.kind != "dir" and a.ino != b.ino) or a.mode != b.mode:
+        elif (
+            a.kind != b.kind
+            or a.target != b.target
+            or (a.kind != "dir" and a.ino != b.ino)
+            or a.mode != b.mode
+        ):
             out.append(f"{rel} differs")
     return out
 
@@ -774,7 +795,14 @@ _IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x
 _IN_Q_OVERFLOW, _IN_ISDIR, _IN_IGNORED = 0x4000, 0x40000000, 0x8000
 _IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
 _MASK = (
-    _IN_MODIFY | _IN_ATTRIB | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF
+    _IN_MODIFY
+    | _IN_ATTRIB
+    | _IN_MOVED_FROM
+    | _IN_MOVED_TO
+    | _IN_CREATE
+    | _IN_DELETE
+    | _IN_DELETE_SELF
+    | _IN_MOVE_SELF
 )
 _EVENT = struct.Struct("iIII")
 

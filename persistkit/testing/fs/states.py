@@ -299,24 +299,24 @@ class CrashSimulator:
     # -- the process model -----------------------------------------------------------------
     def _process(self) -> list[_Candidate]:
         out: list[_Candidate] = []
-        ops = self.model.ops
         points = [0] + [p + 1 for p in self._relevant_positions]
         rng = random.Random(self.seed)
         for k in points:
+            if k:
+                out += self._torn(k - 1, rng)  # the write at k-1 stopped part way, then the state after it
             out.append(_Candidate(Plan(k), (), f"process crash {self._where(k, 'process')}"))
-            if k == 0:
-                continue
-            # the write at position k-1 torn part-way (a SIGKILL during a large write)
-            p = k - 1
-            op = ops[p]
-            if op.kind != OpKind.WRITE or op.length <= PAGE:
-                continue
-            node = self._inode_of_write(p)
-            if node is None:
-                continue
+        return out
+
+    def _torn(self, p: int, rng: random.Random) -> list[_Candidate]:
+        """A SIGKILL during the write at position ``p``: only its first pages were copied."""
+        out: list[_Candidate] = []
+        op = self.model.ops[p]
+        if op.kind == OpKind.WRITE and op.length > PAGE and (node := self._inode_of_write(p)) is not None:
             first = op.offset // PAGE + 1
             last = (op.offset + op.length - 1) // PAGE
-            cuts = sorted(set([first, last, (first + last) // 2]) | {rng.randint(first, last) for _ in range(2)})
+            cuts = sorted(
+                set([first, last, (first + last) // 2]) | {rng.randint(first, last) for _ in range(2)}
+            )
             cuts = [c for c in cuts if first <= c <= last][: self.max_tears]
             before, end = node.size_at(p), op.offset + op.length
             for cut in cuts:
@@ -325,7 +325,9 @@ class CrashSimulator:
                 plan = Plan(p, runs=((node.id, op.offset // PAGE, cut, p + 1),), sizes=((node.id, size),))
                 loss = Loss("torn", op, f"the kill came after {kept} of {op.length} bytes")
                 out.append(
-                    _Candidate(plan, (loss,), f"process killed during {loss.describe(self.root)}", ("torn write",))
+                    _Candidate(
+                        plan, (loss,), f"process killed during {loss.describe(self.root)}", ("torn write",)
+                    )
                 )
         return out
 
@@ -425,12 +427,18 @@ class CrashSimulator:
             def lost(positions: Sequence[int], how: str = "lost") -> tuple[Loss, ...]:
                 return tuple(Loss("reverted" if p in meta_pos else how, ops[p]) for p in positions)
 
-            out.append(_Candidate(Plan(k), (), f"power loss {where}: everything written so far reached the disk"))
+            out.append(
+                _Candidate(Plan(k), (), f"power loss {where}: everything written so far reached the disk")
+            )
             if not pending_ops:
                 continue
             none = lost(pending_ops[:_KEEP_LOSSES])
             out.append(
-                _Candidate(Plan(k, durable_meta, DURABLE), none, f"power loss {where}: nothing unsynced persisted ({_listing(none, self.root)})")
+                _Candidate(
+                    Plan(k, durable_meta, DURABLE),
+                    none,
+                    f"power loss {where}: nothing unsynced persisted ({_listing(none, self.root)})",
+                )
             )
             # in-order prefixes of the pending operations (writeback in issue order), cut where a
             # unit or a directory operation begins
@@ -449,14 +457,18 @@ class CrashSimulator:
                     _listing(losses, self.root) if len(later) == 1
                     else f"the {len(later)} unsynced operations from #{ops[p].index} on lost ({_listing(losses, self.root)})"
                 )  # fmt: skip
-                out.append(_Candidate(Plan(k, kept_meta, LATEST, upto=p), losses, f"power loss {where}: {text}"))
+                out.append(
+                    _Candidate(Plan(k, kept_meta, LATEST, upto=p), losses, f"power loss {where}: {text}")
+                )
             # each directory operation alone
             for m in metas:
                 if last_meta.get(m.position) != k:
                     continue
                 keep = durable_meta | (meta_pos - {m.position})
                 loss = (Loss("reverted", ops[m.position]),)
-                out.append(_Candidate(Plan(k, keep), loss, f"power loss {where}: {loss[0].describe(self.root)}"))
+                out.append(
+                    _Candidate(Plan(k, keep), loss, f"power loss {where}: {loss[0].describe(self.root)}")
+                )
                 only = durable_meta | {m.position}
                 out.append(
                     _Candidate(Plan(k, only, DURABLE), lost([q for q in pending_ops if q != m.position][:_KEEP_LOSSES]),
@@ -471,12 +483,15 @@ class CrashSimulator:
             # exhaustive where small
             pieces: list[tuple[str, object]] = [("meta", m) for m in metas] + [("unit", u) for u in units]
             if 1 < len(pieces) <= self.exhaustive and any(
-                (t == "meta" and last_meta.get(x.position) == k) or (t == "unit" and last_unit.get(x.key) == k)  # type: ignore[attr-defined]
+                (t == "meta" and last_meta.get(x.position) == k)
+                or (t == "unit" and last_unit.get(x.key) == k)  # type: ignore[attr-defined]
                 for t, x in pieces
             ):
                 for r in range(1, len(pieces)):
                     for keep_set in itertools.combinations(range(len(pieces)), r):
-                        out.append(self._combination(k, where, pieces, set(keep_set), durable_meta, pending_ops))
+                        out.append(
+                            self._combination(k, where, pieces, set(keep_set), durable_meta, pending_ops)
+                        )
             # seeded random subsets
             for _ in range(self.random_per_point if len(pieces) > self.exhaustive else 0):
                 keep_set = {i for i in range(len(pieces)) if rng.random() < 0.5}
@@ -484,7 +499,7 @@ class CrashSimulator:
         return out
 
     def _data_loss(self, position: int, k: int) -> str:
-        """"zeroed" when a lost write lies past the durable end of a file that still grew, else "lost"."""
+        """ "zeroed" when a lost write lies past the durable end of a file that still grew, else "lost"."""
         owner = self.model.data_owner.get(position)
         if owner is None:
             return "lost"
@@ -523,7 +538,8 @@ class CrashSimulator:
         meta_pos = {x.position for t, x in pieces if t == "meta"}  # type: ignore[attr-defined]
         ops = self.model.ops
         losses = tuple(
-            Loss("reverted" if p in meta_pos else "lost", ops[p]) for p in sorted(set(lost_positions))[:_KEEP_LOSSES]
+            Loss("reverted" if p in meta_pos else "lost", ops[p])
+            for p in sorted(set(lost_positions))[:_KEEP_LOSSES]
         )
         text = _listing(losses, self.root)
         return _Candidate(Plan(k, frozenset(kept_meta), LATEST, tuple(runs)), losses,
@@ -565,7 +581,9 @@ class CrashSimulator:
             )  # fmt: skip
         # only this unit reached the disk (everything else unsynced lost)
         mine = set(u.writers)
-        others = list(itertools.islice((p for p in pending_ops if p not in mine and p not in meta_pos), _KEEP_LOSSES))
+        others = list(
+            itertools.islice((p for p in pending_ops if p not in mine and p not in meta_pos), _KEEP_LOSSES)
+        )
         only_size = max(durable_size, min(latest_size, u.hi * PAGE)) if grows else None
         out.append(
             _Candidate(

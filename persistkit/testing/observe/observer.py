@@ -239,7 +239,11 @@ def observe_save(
             result = save()
         except Exception as err:
             error = err
-    return result, error, Observation("python", list(rec.ops), volatile=tuple(volatile), spool=rec.spool_if_any)
+    return (
+        result,
+        error,
+        Observation("python", list(rec.ops), volatile=tuple(volatile), spool=rec.spool_if_any),
+    )
 
 
 def observe_command(
@@ -257,7 +261,9 @@ def observe_command(
     root = os.path.abspath(root)
     sizes = _sizes(root)
     run = run_command(cmd, injections=injections, cwd=cwd, env=env, timeout=timeout)
-    obs = from_trace(run.trace, root, sizes, os.path.abspath(cwd or os.getcwd()), keep_calls=keep_calls, volatile=volatile)
+    obs = from_trace(
+        run.trace, root, sizes, os.path.abspath(cwd or os.getcwd()), keep_calls=keep_calls, volatile=volatile
+    )
     return run, obs
 
 
