@@ -171,7 +171,9 @@ def test_hard_links_are_kept_in_every_state(cp, tmp_path):
 
     def load():
         current = tmp_path / "current"
-        version = next(v for v in ("v1", "v2") if (tmp_path / v).exists() and os.path.samefile(current, tmp_path / v))
+        version = next(
+            v for v in ("v1", "v2") if (tmp_path / v).exists() and os.path.samefile(current, tmp_path / v)
+        )
         return version, read(current)
 
     report = cp(save, load, observe="syscalls")

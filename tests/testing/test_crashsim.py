@@ -259,13 +259,16 @@ def test_hard_links_modes_fifos_and_times_are_kept_and_the_root_is_restored(tmp_
         assert stat.S_ISFIFO(os.lstat(tmp_path / "control").st_mode)
         assert stat.S_IMODE(os.stat(tmp_path / "secret").st_mode) == 0o600
         assert os.stat(tmp_path / "secret").st_mtime_ns == 10**18
-        if os.path.exists(tmp_path / "current") and os.path.exists(tmp_path / "v2"):
-            if (tmp_path / "current").read_bytes() == b"two":
-                assert os.path.samefile(tmp_path / "current", tmp_path / "v2"), state.description
+        both = os.path.exists(tmp_path / "current") and os.path.exists(tmp_path / "v2")
+        if both and (tmp_path / "current").read_bytes() == b"two":
+            assert os.path.samefile(tmp_path / "current", tmp_path / "v2"), state.description
     sim.close()
     sim.before.close()
     # the root is exactly as the save left it: same inodes for what the save did not touch
-    assert os.path.samefile(tmp_path / "current", tmp_path / "v2") and (tmp_path / "current").read_bytes() == b"two"
+    assert (
+        os.path.samefile(tmp_path / "current", tmp_path / "v2")
+        and (tmp_path / "current").read_bytes() == b"two"
+    )
     assert {p: os.lstat(tmp_path / p).st_ino for p in ("v1", "control", "secret")} == {
         p: inodes[p] for p in ("v1", "control", "secret")
     }

@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno as _errno
+import itertools
 import os
 import shutil
 import stat as _stat
@@ -137,7 +138,7 @@ class Materializer:
             size = sizes.get(inode)
             if size is None:
                 size = node.size_at(base)
-                for lo, hi, bound in runs:
+                for _lo, hi, bound in runs:
                     if bound > base:
                         size = max(size, min(node.size_at(bound), hi * PAGE))
             mine = (
@@ -206,9 +207,11 @@ class Materializer:
                 out.append(rel)
                 continue
             na, nb = self.model.inodes[ia], self.model.inodes[ib]
-            if na.kind != nb.kind or (na.kind == "symlink" and na.target != nb.target):
-                out.append(rel)
-            elif na.kind == "file" and self._digest(ia, ra.files[ia]) != self._digest(ib, rb.files[ib]):
+            if (
+                na.kind != nb.kind
+                or (na.kind == "symlink" and na.target != nb.target)
+                or (na.kind == "file" and self._digest(ia, ra.files[ia]) != self._digest(ib, rb.files[ib]))
+            ):
                 out.append(rel)
         return out
 
@@ -260,10 +263,7 @@ class Materializer:
         """Undo what the last load() changed (or anything else did) before building the next state."""
         assert self._current is not None
         dirty: set[str] | None
-        if self._watch is not None:
-            dirty = self._watch.take()
-        else:
-            dirty = None
+        dirty = self._watch.take() if self._watch is not None else None
         now_scan = scan(self.root) if dirty is None or "" in dirty else None
         if now_scan is not None:
             dirty = set(now_scan) | set(self._current)
@@ -326,7 +326,7 @@ class Materializer:
         current = self._current
         want: dict[str, int] = r.entries
         # 1. remove what the state does not have (deepest first)
-        for rel in sorted(list(current), key=lambda p: -p.count(os.sep)):
+        for rel in sorted(current, key=lambda p: -p.count(os.sep)):
             placed = current[rel]
             inode = want.get(rel)
             keep = inode is not None and self._fits(placed, inode)
@@ -682,7 +682,7 @@ def _segments(
         cuts.update((min(lo, pages), min(hi, pages)))
     edges = sorted(cuts)
     out = []
-    for lo, hi in zip(edges, edges[1:], strict=False):
+    for lo, hi in itertools.pairwise(edges):
         if lo >= hi:
             continue
         out.append((lo, hi, _bound_of(lo, b0, r0), _bound_of(lo, b1, r1)))

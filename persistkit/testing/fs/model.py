@@ -533,7 +533,7 @@ class FsModel:
 
     def sync_positions(self) -> list[int]:
         """Positions of every relevant durability point (fsync of any kind, sync)."""
-        out: set[int] = set(p for p in self.sync_alls if self.relevant[p])
+        out: set[int] = {p for p in self.sync_alls if self.relevant[p]}
         for node in self.inodes.values():
             for p in node.fsyncs + node.dir_syncs + [r[0] for r in node.range_syncs]:
                 if self.relevant[p]:
@@ -593,9 +593,8 @@ class FsModel:
         for rel, i in model.items():
             groups.setdefault(i, []).append(rel)
         for paths in groups.values():
-            if len(paths) > 1 and all(p in after for p in paths):
-                if len({after[p].ino for p in paths}) != 1:
-                    out.append(f"~ {', '.join(paths)} (one file by the operations, separate files on disk)")
+            if len(paths) > 1 and all(p in after for p in paths) and len({after[p].ino for p in paths}) != 1:
+                out.append(f"~ {', '.join(paths)} (one file by the operations, separate files on disk)")
         return out
 
     def verify_content(self) -> list[str]:

@@ -314,9 +314,7 @@ class CrashSimulator:
         if op.kind == OpKind.WRITE and op.length > PAGE and (node := self._inode_of_write(p)) is not None:
             first = op.offset // PAGE + 1
             last = (op.offset + op.length - 1) // PAGE
-            cuts = sorted(
-                set([first, last, (first + last) // 2]) | {rng.randint(first, last) for _ in range(2)}
-            )
+            cuts = sorted({first, last, (first + last) // 2} | {rng.randint(first, last) for _ in range(2)})
             cuts = [c for c in cuts if first <= c <= last][: self.max_tears]
             before, end = node.size_at(p), op.offset + op.length
             for cut in cuts:
@@ -344,7 +342,7 @@ class CrashSimulator:
     def _files(self) -> list[Inode]:
         return [
             node for node in self.model.inodes.values()
-            if node.kind == "file" and node.datas and not node.volatile and node.id in self.model._ever_inside  # noqa: SLF001
+            if node.kind == "file" and node.datas and not node.volatile and node.id in self.model._ever_inside
         ]  # fmt: skip
 
     def _pending_units(self, k: int) -> list[_Unit]:
@@ -424,8 +422,8 @@ class CrashSimulator:
             meta_pos = frozenset(m.position for m in metas)
             durable_meta = frozenset(m.position for m in model.metas if m.position < k) - meta_pos
 
-            def lost(positions: Sequence[int], how: str = "lost") -> tuple[Loss, ...]:
-                return tuple(Loss("reverted" if p in meta_pos else how, ops[p]) for p in positions)
+            def lost(positions: Sequence[int], meta_pos: frozenset[int] = meta_pos) -> tuple[Loss, ...]:
+                return tuple(Loss("reverted" if p in meta_pos else "lost", ops[p]) for p in positions)
 
             out.append(
                 _Candidate(Plan(k), (), f"power loss {where}: everything written so far reached the disk")
@@ -576,7 +574,7 @@ class CrashSimulator:
             cut = max(durable_size, min(latest_size, u.lo * PAGE))
             out.append(
                 _Candidate(Plan(k, all_meta, LATEST, ((u.inode, u.lo, u.hi, before),), ((u.inode, cut),)),
-                           (Loss("lost", first_op, f"{span}, file cut at {cut} B"),) + losses[1:],
+                           (Loss("lost", first_op, f"{span}, file cut at {cut} B"), *losses[1:]),
                            f"power loss {where}: {losses[0].describe(self.root)} (file cut at {cut} B)", ("whole unit", "size"))
             )  # fmt: skip
         # only this unit reached the disk (everything else unsynced lost)
@@ -588,7 +586,7 @@ class CrashSimulator:
         out.append(
             _Candidate(
                 Plan(k, all_meta, DURABLE, ((u.inode, u.lo, u.hi, k),), ((u.inode, only_size),) if only_size else ()),
-                (Loss("early", ops[u.writers[-1]], span),) + tuple(Loss("lost", ops[p]) for p in others),
+                (Loss("early", ops[u.writers[-1]], span), *tuple(Loss("lost", ops[p]) for p in others)),
                 f"power loss {where}: of the unsynced data only {ops[u.writers[-1]].describe()} ({span}) reached the disk",
                 ("only this",),
             )

@@ -202,7 +202,7 @@ def _regular(path: str | None) -> bool:
     """A path that names a file or directory (not a pipe, socket, anon inode, device or /proc)."""
     if path is None or not path.startswith("/"):
         return False
-    if path.startswith("/dev/shm/") or path == "/dev/shm":
+    if path.startswith("/dev/shm/") or path == "/dev/shm":  # noqa: S108 - a file system of files, not a temp path
         return True
     return not path.startswith(("/proc/", "/dev/", "/sys/"))
 
@@ -463,10 +463,10 @@ class SyscallLog:
             self.ncalls += 1
             if self.first_tid is None:
                 self.first_tid = call.tid
-            if call.name in ("clone", "clone3", "fork", "vfork") and call.ret and call.ret > 0:
-                if call.ret not in self._spawned:
-                    flags = next((a for a in call.args if "CLONE_" in a), "")
-                    self._spawned[call.ret] = (call.tid, flags)
+            spawned = call.name in ("clone", "clone3", "fork", "vfork") and call.ret and call.ret > 0
+            if spawned and call.ret not in self._spawned:
+                flags = next((a for a in call.args if "CLONE_" in a), "")
+                self._spawned[call.ret or 0] = (call.tid, flags)
             if self.keep_calls:
                 self.calls.append(
                     CallRecord(
@@ -878,12 +878,12 @@ class SyscallLog:
                     f"{self._shown(dst.path)}: {call.name} from {self._shown(src.path)}, whose bytes could not be read back"
                 )
             return
-        if any(op.kind == OpKind.WRITE and op.path == self._shown(src.path) for op in self.ops[-256:]):
-            if self.inside(dst.path):
-                self.blind.append(
-                    f"{self._shown(dst.path)}: {call.name} copies from {self._shown(src.path)}, which this save also "
-                    "wrote; the copied bytes are taken from the file as it is after the save"
-                )
+        wrote = any(op.kind == OpKind.WRITE and op.path == self._shown(src.path) for op in self.ops[-256:])
+        if wrote and self.inside(dst.path):
+            self.blind.append(
+                f"{self._shown(dst.path)}: {call.name} copies from {self._shown(src.path)}, which this save also "
+                "wrote; the copied bytes are taken from the file as it is after the save"
+            )
         self._write(call, dst, data, False, None if dst_off == "NULL" else _int(dst_off))
 
     @staticmethod
