@@ -37,7 +37,9 @@ class LedgerBot:
         # after it (disk_faults shows the commit then returns although it may not be durable).
         self.db.execute("PRAGMA journal_mode=PERSIST")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS trades (id INTEGER PRIMARY KEY, symbol TEXT, qty INTEGER)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS trades (id INTEGER PRIMARY KEY, symbol TEXT, qty INTEGER)"
+        )
         self.positions: dict[str, int] = {}
         self.as_of = 0
         if self.positions_path.exists():
@@ -102,7 +104,9 @@ class LedgerBot:
         doc = json.loads(self.positions_path.read_text())
         body = doc["body"]
         if hashlib.sha256(body.encode()).hexdigest() != doc["sha256"]:
-            raise ValueError(f"{self.positions_path} is damaged (sha256 mismatch); rebuild it from the ledger")
+            raise ValueError(
+                f"{self.positions_path} is damaged (sha256 mismatch); rebuild it from the ledger"
+            )
         state = json.loads(body)
         self.positions, self.as_of = dict(state["positions"]), int(state["as_of"])
 
