@@ -164,3 +164,22 @@ def test_bot_checkpoints_before_its_history_can_outrun_reconcile(tmp_path, monke
         closed += bot.step() is not None
     assert bot.store.generation >= start + 2  # two checkpoints for 12 trades at every 5
     bot.store.close()
+
+
+def test_help_describes_every_option():
+    out = subprocess.run(
+        [sys.executable, "-m", "persistkit.reference.bot", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for option, says in [
+        ("--state-dir", "directory of the bot's state store"),
+        ("--steps", "simulated minutes to run"),
+        ("--autosave-every", "checkpoint the whole store every SECONDS"),
+        ("--sync", "when journaled trades are fsynced"),
+        ("--seed", "seed of the simulated price feed"),
+    ]:
+        assert option in text and says in text, (option, out.stdout)
