@@ -914,6 +914,8 @@ class Battery:
                                 "save() wrote nothing after the app's own save; judged on its own saves"
                             )
                             break
+                        if not is_call:
+                            err.args = (f"judging a step() that saves (the app's own save): {err}",)
                         err.figures = figures  # type: ignore[attr-defined]
                         raise
                     figures[f"{prefix}{model} states"] = report.states
@@ -981,6 +983,8 @@ class Battery:
                     after_retry=after_retry,
                 )
             except AssertionError as err:
+                if label != "save()":
+                    err.args = (f"judging a step() that saves (the app's own save): {err}",)
                 err.figures = figures  # type: ignore[attr-defined]
                 raise
             figures.update(

@@ -382,6 +382,7 @@ class Lifecycle:
         """
         __tracebackhide__ = True
         where = os.path.abspath(os.fspath(state_dir))
+        os.makedirs(where, exist_ok=True)  # the program may expect it, as it would in production
         if protocol not in ("full", "ack"):
             raise ValueError(f"lifecycle.subprocess: protocol must be 'full' or 'ack', not {protocol!r}")
         minimal = protocol == "ack"
