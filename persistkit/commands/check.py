@@ -166,7 +166,8 @@ def check_command(
     }
 
     def progress(result: CheckResult) -> None:
-        console.print(f"  {result.name:<14} {marks[result.status]}  ({result.seconds:.1f} s)")
+        took = "" if result.status == SKIPPED else f"  ({result.seconds:.1f} s)"
+        console.print(f"  {result.name:<14} {marks[result.status]}{took}")
 
     try:
         results = battery.run(progress)

@@ -46,6 +46,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import statistics
 import sys
 import tempfile
@@ -412,17 +413,30 @@ def _collect_logs() -> Iterator[list[str]]:
         logger.propagate = saved
 
 
-def fingerprint(where: str) -> dict[str, tuple[int, int, int]]:
-    """Every file under ``where``: (inode, size, mtime in ns). Two differ when anything was written."""
-    out: dict[str, tuple[int, int, int]] = {}
+_HASHED_UP_TO = 1 << 20
+
+
+def fingerprint(where: str) -> dict[str, tuple[int, int, int, int]]:
+    """Every file under ``where``: (inode, size, mtime in ns, content hash). Two differ when anything was written.
+
+    Files up to 1 MiB are hashed as well: a file rewritten with the same size within one tick of
+    the file system's coarse clock (a SQLite page, a small JSON file) keeps its mtime.
+    """
+    import xxhash
+
+    out: dict[str, tuple[int, int, int, int]] = {}
     for dirpath, _dirs, files in os.walk(where):
         for name in files:
             full = os.path.join(dirpath, name)
             try:
                 st = os.lstat(full)
+                content = 0
+                if st.st_size <= _HASHED_UP_TO and stat.S_ISREG(st.st_mode):
+                    with open(full, "rb") as f:
+                        content = xxhash.xxh3_64_intdigest(f.read())
             except OSError:
                 continue
-            out[os.path.relpath(full, where)] = (st.st_ino, st.st_size, st.st_mtime_ns)
+            out[os.path.relpath(full, where)] = (st.st_ino, st.st_size, st.st_mtime_ns, content)
     return out
 
 
