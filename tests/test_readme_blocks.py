@@ -25,6 +25,7 @@ EXPECTED = [
     ("persistkit", "bash"),  # install commands
     ("Verify your own component", "python"),  # tests/plugin/test_readme.py
     ("What the observers see", "python"),
+    ("A program under SIGTERM and SIGKILL: `lifecycle.subprocess`", "python"),
     ("A state store in a long-running bot", "python"),
     ("A state store in a long-running bot", "bash"),
     ("Model bundles", "python"),
@@ -151,6 +152,29 @@ def test_observers_block_is_not_judgeable_with_the_python_observer(pytester):
     result = run_as_pytest(pytester, python)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*NotJudgeable*no verdict*", "*use observe='syscalls'*"])
+
+
+LIFECYCLE = "A program under SIGTERM and SIGKILL: `lifecycle.subprocess`"
+
+
+def test_lifecycle_subprocess_block_passes_as_printed(pytester):
+    result = run_as_pytest(pytester, block(LIFECYCLE, "python"), "-W", "error")
+    result.assert_outcomes(passed=1)
+
+
+def test_lifecycle_subprocess_block_fails_when_the_ack_comes_first(pytester):
+    """The sentence after the block: acknowledged before durable, a restart acknowledges it again."""
+    code = block(LIFECYCLE, "python")
+    early = code.replace(
+        '        print(f"ACK {order}", flush=True)   # only once the order is durable\n', ""
+    ).replace(
+        '        tmp = path + ".tmp"\n',
+        '        print(f"ACK {order}", flush=True)\n        tmp = path + ".tmp"\n',
+    )
+    assert early.count("print(") == 1 and early != code
+    result = run_as_pytest(pytester, early.replace("kills=10", "kills=60"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ids must be unique; id * was acknowledged twice*"])
 
 
 def test_state_store_block_runs_twice_and_the_inspect_commands_work(tmp_path, shell_env):

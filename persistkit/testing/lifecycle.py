@@ -25,10 +25,10 @@ line protocol on stdout (the reference bot speaks it):
 
 The minimum protocol is ``ACK <id>`` lines alone (``protocol="ack"``): an app
 that resumes from its state directory and never acknowledges an id twice. Then
-no ``READY`` is awaited (kills are timed from the start), SIGTERM only has to
-end the process within the grace period, and there is no restart command; the
-storm still catches every acknowledged id that a restart had to redo, and
-``verify`` can check the final state.
+a run's first ``ACK`` stands in for ``READY`` (kills are timed from it), SIGTERM
+only has to end the process within the grace period, and there is no restart
+command; the storm still catches every acknowledged id that a restart had to
+redo, and ``verify`` can check the final state.
 
 A ``target="package.module:main"`` (called as ``main(argv)``) runs in a fork
 server that imports ``preload`` modules once, so hundreds of kills of a
@@ -233,11 +233,9 @@ class _ForkChild(_Child):
         return None if got is None else str(got)
 
     def _exited(self) -> bool:
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except OSError:
-            return True
+        from persistkit.testing.forkserver import running
+
+        return not running(self.pid)
 
     def wait(self, timeout: float) -> tuple[int | None, list[str]]:
         if self.code is not None:
@@ -282,7 +280,7 @@ class Lifecycle:
         self.seed = seed
         self.recorder = recorder
         self._n = itertools.count()
-        self._servers: dict[tuple[str, ...], Any] = {}
+        self._servers: dict[tuple[Any, ...], Any] = {}
 
     def close(self) -> None:
         for server in self._servers.values():
@@ -354,10 +352,11 @@ class Lifecycle:
         argv: Sequence[str] = (),
         restart_argv: Sequence[str] | None = None,
         preload: Sequence[str] = (),
+        warm: Sequence[tuple[str, Sequence[str]]] = (),
         kills: int | None = None,
         seed: int | None = None,
         term_after_acks: int = 5,
-        term_wait: float = 5.0,
+        term_wait: float = 30.0,
         kill_window: tuple[float, float] = (0.02, 0.5),
         grace: float = 30.0,
         startup_timeout: float = 120.0,
@@ -365,18 +364,25 @@ class Lifecycle:
         sigterm: bool = True,
         env: dict[str, str] | None = None,
         protocol: str = "full",
+        state_difference: Callable[[str, str], str | None] | None = None,
     ) -> SubprocessReport:
         """SIGTERM and a seeded SIGKILL storm against a child process; see the module docstring.
 
         Give ``cmd`` and ``restart_cmd`` (argument lists; ``{state_dir}`` is substituted), or
         ``target="module:main"`` with ``argv``/``restart_argv`` and ``preload`` for a fork
-        server. ``kill_window``: seconds after ``READY`` within which each kill lands. SIGTERM is
-        sent after ``term_after_acks`` ACK lines, or ``term_wait`` seconds after ``READY``.
-        ``protocol``: "full" (READY/ACK/SAVED/DONE, with a restart command) or "ack" (ACK lines
-        only; see the module docstring).
+        server (``warm``: ``("module:function", argv)`` calls it makes once, before forking, to
+        load what the app imports lazily). ``kill_window``: seconds after ``READY`` within which
+        each kill lands. SIGTERM is sent after ``term_after_acks`` ACK lines, or ``term_wait``
+        seconds after ``READY`` if fewer came (pass ``term_after_acks=0`` for an app that prints
+        no ACK). ``protocol``: "full" (READY/ACK/SAVED/DONE, with a restart command) or "ack"
+        (ACK lines only; see the module docstring). ``state_difference(saved, restarted)``: given
+        the digests of ``SAVED`` and of the restart's ``DONE`` when they differ, the first
+        difference between the two states, or None when they are equal (a digest that depends
+        on mapping order, say); without it, different digests are a violation.
         """
         __tracebackhide__ = True
         where = os.path.abspath(os.fspath(state_dir))
+        os.makedirs(where, exist_ok=True)  # the program may expect it, as it would in production
         if protocol not in ("full", "ack"):
             raise ValueError(f"lifecycle.subprocess: protocol must be 'full' or 'ack', not {protocol!r}")
         minimal = protocol == "ack"
@@ -399,7 +405,7 @@ class Lifecycle:
 
         def start(restart: bool = False) -> _Child:
             if target is not None:
-                server = self._server(tuple(preload), env)
+                server = self._server(tuple(preload), env, tuple((s, tuple(a)) for s, a in warm))
                 return _ForkChild(server, target, fill(restart_argv if restart else argv))  # type: ignore[arg-type]
             return _PopenChild(fill(restart_cmd if restart else cmd), env)  # type: ignore[arg-type]
 
@@ -432,7 +438,16 @@ class Lifecycle:
             if sigterm:
                 run += 1
                 self._sigterm(
-                    start, run, report, take, term_after_acks, term_wait, grace, startup_timeout, minimal
+                    start,
+                    run,
+                    report,
+                    take,
+                    term_after_acks,
+                    term_wait,
+                    grace,
+                    startup_timeout,
+                    minimal,
+                    state_difference,
                 )
             for _ in range(kills):
                 if report.violations:
@@ -466,13 +481,19 @@ class Lifecycle:
             )
         return report
 
-    def _server(self, preload: tuple[str, ...], env: dict[str, str] | None) -> Any:
-        server = self._servers.get(preload)
+    def _server(
+        self,
+        preload: tuple[str, ...],
+        env: dict[str, str] | None,
+        warm: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    ) -> Any:
+        key = (preload, warm)
+        server = self._servers.get(key)
         if server is None:
             from persistkit.testing.forkserver import ForkServer
 
-            server = ForkServer(list(preload), env=env)
-            self._servers[preload] = server
+            server = ForkServer(list(preload), env=env, warm=[(s, list(a)) for s, a in warm])
+            self._servers[key] = server
         return server
 
     @staticmethod
@@ -497,9 +518,12 @@ class Lifecycle:
 
     @staticmethod
     def _until_ready(child: _Child, timeout: float, lines: list[str], minimal: bool = False) -> float | None:
-        """Wait for READY; returns seconds taken, or None if the child ended or timed out."""
-        if minimal:
-            return 0.0  # ACK-only apps announce nothing: time from the start
+        """Wait for READY (an ACK-only app: its first ACK); seconds taken, or None if it ended or timed out.
+
+        Kill moments are timed from here, from what the child printed, never from its start: on a
+        loaded machine a start can take longer than any kill window.
+        """
+        marker = "ACK" if minimal else "READY"
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             line = child.line(0.05)
@@ -510,7 +534,7 @@ class Lifecycle:
                     return None
                 continue
             lines.append(line)
-            if line.startswith("READY"):
+            if line.startswith(marker):
                 return time.monotonic() - start
         return None
 
@@ -525,13 +549,15 @@ class Lifecycle:
         grace: float,
         timeout: float,
         minimal: bool = False,
+        state_difference: Callable[[str, str], str | None] | None = None,
     ) -> None:
         child = start()
         report.runs += 1
         lines: list[str] = []
         if self._until_ready(child, timeout, lines, minimal) is None:
             _, rest = self._drain(child, 10)
-            report.violations.append(f"run #{run} never printed READY" + _tail(lines + rest, child))
+            said = "an ACK" if minimal else "READY"
+            report.violations.append(f"run #{run} never printed {said}" + _tail(lines + rest, child))
             return
         deadline = time.monotonic() + wait
         while sum(1 for ln in lines if ln.startswith("ACK")) < after_acks and time.monotonic() < deadline:
@@ -574,10 +600,21 @@ class Lifecycle:
         if code2 != 0 or not done:
             report.violations.append(f"SIGTERM: the restart failed ({_exit(code2)})" + _tail(lines2, check))
         elif done[-1].split()[-1] != digest:
-            report.violations.append(
-                f"SIGTERM: the state after restart (digest {done[-1].split()[-1]}) differs from the state saved at "
-                f"the signal (digest {digest}): the final save did not capture the state at the signal"
-            )
+            restarted = done[-1].split()[-1]
+            if state_difference is None:
+                report.violations.append(
+                    f"SIGTERM: the state after restart (digest {restarted}) differs from the state saved at the "
+                    f"signal (digest {digest}): the final save did not capture the state at the signal, or the "
+                    "digest depends on something a restart does not keep (mapping order, object ids); pass "
+                    "state_difference= to compare the states themselves"
+                )
+                return
+            problem = state_difference(digest, restarted)
+            if problem is not None:
+                report.violations.append(
+                    f"SIGTERM: the state after restart differs from the state saved at the signal: {problem}. "
+                    "The final save did not capture the state at the signal, or the load does not restore it"
+                )
 
     def _kill_once(
         self,
@@ -596,7 +633,8 @@ class Lifecycle:
         if ready is None:
             _, rest = self._drain(child, 10)
             report.violations.append(
-                f"run #{run} never printed READY after a restart" + _tail(lines + rest, child)
+                f"run #{run} never printed {'an ACK' if minimal else 'READY'} after a restart"
+                + _tail(lines + rest, child)
             )
             return
         report.recovery_seconds.append(ready)
