@@ -466,6 +466,16 @@ def _excluded(rel: str, patterns: tuple[str, ...]) -> str | None:
     return None
 
 
+def _sqlite_companion(path: str) -> str | None:
+    """The SQLite database whose rollback journal, WAL or WAL index ``path`` is (None: it is not one)."""
+    for suffix in ("-journal", "-wal", "-shm"):
+        if path.endswith(suffix):
+            db = path[: -len(suffix)]
+            if os.path.isfile(db) and _is_sqlite(db):
+                return db
+    return None
+
+
 def _is_sqlite(path: str) -> bool:
     try:
         with open(path, "rb") as f:
@@ -1036,6 +1046,12 @@ class Battery:
         files = []
         for path in self._saved_files(where):
             rel = os.path.relpath(path, where)
+            db = _sqlite_companion(path)
+            if db is not None:
+                # SQLite reads its journal/WAL only when a transaction needs recovering: damage to an
+                # idle companion changes nothing by design. It is the database's own: judged with it.
+                self.note(f"{rel}: SQLite's companion of {os.path.basename(db)}, damaged with the database, not alone")
+                continue
             pattern = _excluded(rel, self.settings.exclude)
             if pattern is None:
                 files.append(path)

@@ -236,6 +236,7 @@ class DiskFaults:
         top = os.path.abspath(os.fspath(root)) if root is not None else self.root
         os.makedirs(top, exist_ok=True)
         body = _Body(save, setup, teardown, None, None, None, None)
+        body.load, body.after_retry = load, after_retry
         plan = _Plan(self, body, load, top, litter, timeout, after_retry, allow_outside, observer)
         return plan.run(codes, mode_list, max_operations, rotate_errnos, short_writes, close_errors)
 
@@ -278,6 +279,7 @@ class DiskFaults:
         top = os.path.abspath(os.fspath(root)) if root is not None else self.root
         os.makedirs(top, exist_ok=True)
         body = _Body(None, None, None, list(cmd), os.fspath(cwd) if cwd is not None else None, env, timeout)
+        body.load, body.after_retry = load, after_retry
         plan = _Plan(self, body, load, top, litter, timeout, after_retry, allow_outside, "syscalls")
         return plan.run(codes, mode_list, max_operations, rotate_errnos, short_writes, close_errors)
 
@@ -357,6 +359,8 @@ class _Body:
         self.python_counter: FaultFS | None = None
         self.top = ""
         self.killed_by: str | None = None
+        self.load: Callable[[], Any] | None = None
+        self.after_retry: Callable[[Any], bool] | None = None
 
     # -- running the save itself
     def _run_save(self) -> str | None:
@@ -399,6 +403,9 @@ class _Body:
 
     def serve(self, step: str, trace: bool = False) -> dict[str, Any]:
         sys.dont_write_bytecode = True  # a .pyc written in one run but not the next shifts the counts
+        if step == "setup":
+            self._setup()
+            return {}
         if step == "fault":
             return self._fault(trace)
         if step == "retry":
@@ -406,7 +413,20 @@ class _Body:
                 self.python_counter.clear()
                 self.python_fault = None
             error = self._python_save() if self.channel is None and self.cmd is None else self._run_save()
-            return {"error": error}
+            out: dict[str, Any] = {"error": error}
+            if error is None and self.after_retry is not None and self.load is not None:
+                # judged here, where setup()'s objects live (after_retry may compare with them)
+                from persistkit.testing.judge import outcome
+
+                got = outcome(self.load)
+                try:
+                    out["accepted"] = got.error is None and bool(self.after_retry(got.value))
+                except Exception as err:  # the predicate itself failed: say so
+                    out["accepted"] = False
+                    out["loaded"] = f"{got.describe()}, and after_retry() raised {_describe_error(err)}"
+                else:
+                    out["loaded"] = got.describe()
+            return out
         return self._end()
 
     def _fault(self, trace: bool) -> dict[str, Any]:
@@ -415,9 +435,7 @@ class _Body:
         tracer = SelfTrace() if trace else None
         if tracer is not None:
             tracer.__enter__()  # strace attaches before the filter is installed (inject's rule)
-        if self.stateful:
-            assert self.setup is not None
-            self.ctx = self.setup()  # setup's own file operations are not faulted
+        self._setup()  # setup's own file operations are not faulted
         if self.channel is not None:
             from persistkit.testing.observe.inject import arm
 
@@ -437,6 +455,11 @@ class _Body:
             assert self.trace is not None
             out["trace"] = self.trace.path
         return out
+
+    def _setup(self) -> None:
+        if self.stateful and self.ctx is None:
+            assert self.setup is not None
+            self.ctx = self.setup()
 
     def _end(self) -> dict[str, Any]:
         leaked: list[str] = []
@@ -465,6 +488,10 @@ class _Plan:
     observer: str
     operations: list[str] = field(default_factory=list)
     after_snapshot: Snapshot | None = None
+    before_setup: Snapshot | None = None  # stateful saves: the directory as setup() leaves it
+    reader: IsolatedReader | None = None
+    after_scan: dict[str, Any] = field(default_factory=dict)
+    expected_after: Any = None
 
     def run(
         self,
@@ -483,12 +510,16 @@ class _Plan:
         initial = Snapshot.take(top)
         after_snapshot: Snapshot | None = None
         try:
-            reader.expect_before()
-            if _changed(initial, scan(top)):
-                initial.materialize(top)
+            if not self.body.stateful:
+                reader.expect_before()
+                if _changed(initial, scan(top)):
+                    initial.materialize(top)
+            # (a stateful save learns its state before once setup() ran: in the dry run)
+            self.reader = reader
             planned = self._dry_run(initial, codes, modes, rotate_errnos, short_writes, close_errors)
-            after_snapshot = self.after_snapshot = Snapshot.take(top)
-            expected_after = reader.expect_after()
+            after_snapshot = self.after_snapshot
+            assert after_snapshot is not None
+            expected_after = self.expected_after
             if expected_after.error is not None:
                 raise AssertionError(
                     f"disk_faults: load() fails even after a save without faults: {expected_after.describe()}"
@@ -526,6 +557,8 @@ class _Plan:
                 after_snapshot.materialize(top)
                 after_snapshot.close()
             initial.close()
+            if self.before_setup is not None:
+                self.before_setup.close()
             reader.close()
         report.seconds = time.perf_counter() - start
         self.owner.reports.append(report)
@@ -545,6 +578,13 @@ class _Plan:
                 f"under {top} (observed by {self.observer}). Check that save() writes there (root=)."
             )
         return report
+
+    def _learn_after(self) -> None:
+        """The directory a clean save leaves, and what load() returns from it (before any teardown)."""
+        assert self.reader is not None
+        self.after_scan = scan(self.top)
+        self.after_snapshot = Snapshot.take(self.top)
+        self.expected_after = self.reader.expect_after()
 
     # -- the dry run ---------------------------------------------------------------------
     def _dry_run(
@@ -571,8 +611,16 @@ class _Plan:
         fault_points: list[Any] = []
 
         def dry_steps(worker: Any) -> Any:
+            if self.body.stateful:
+                # the state before the save is the one setup() leaves: learn it, and keep it
+                worker.run(("setup",), timeout=self.timeout)
+                assert self.reader is not None
+                self.reader.expect_before()
+                self.before_setup = Snapshot.take(self.top)
             out = worker.run(("fault", True), timeout=self.timeout)
             fault_points.extend(listener.log.points)  # the save's calls (teardown's are not faulted)
+            if out.kind == "returned" and out.value["error"] is None:
+                self._learn_after()  # before teardown runs
             return out
 
         try:
@@ -587,11 +635,10 @@ class _Plan:
         if reply["error"] is not None:
             raise AssertionError(f"disk_faults: save() fails even without faults: {reply['error']}")
         obs = from_trace(TraceFile(os.path.dirname(trace), trace), self.top, sizes, os.getcwd(), _open_fds())
+        before = self.before_setup or before  # what the save starts from (after setup(), if any)
         try:
             model = FsModel(before, obs.ops, volatile=obs.volatile)
-            check_explained(
-                "disk_faults", obs, before, scan(self.top), model, allow_outside=self.allow_outside
-            )
+            check_explained("disk_faults", obs, before, self.after_scan, model, allow_outside=self.allow_outside)
             relevant_paths = _relevant_paths(model, obs)
             self.operations = [
                 op.describe() for op, keep in zip(obs.ops, model.relevant, strict=True) if keep
@@ -629,7 +676,18 @@ class _Plan:
 
     def _dry_run_python(self, codes: list[str], modes: list[str], rotate_errnos: bool) -> list[_Planned]:
         __tracebackhide__ = True
-        dry = self._in_worker(lambda w: w.run(("fault", False), timeout=self.timeout), None)[0]
+        def dry_steps(worker: Any) -> Any:
+            if self.body.stateful:
+                worker.run(("setup",), timeout=self.timeout)
+                assert self.reader is not None
+                self.reader.expect_before()
+                self.before_setup = Snapshot.take(self.top)
+            out = worker.run(("fault", False), timeout=self.timeout)
+            if out.kind == "returned" and out.value["error"] is None:
+                self._learn_after()
+            return out
+
+        dry = self._in_worker(dry_steps, None)[0]
         if dry.kind != "returned":
             raise AssertionError(f"disk_faults: save() fails even without faults: it {dry.describe()}")
         reply = dry.value
@@ -773,7 +831,7 @@ class _Plan:
         def relearn() -> None:
             now = Snapshot.take(self.top)
             try:
-                initial.materialize(self.top)
+                (self.before_setup or initial).materialize(self.top)
                 reader.expect_before()
                 assert self.after_snapshot is not None
                 self.after_snapshot.materialize(self.top)
@@ -819,9 +877,9 @@ class _Plan:
 
         obs = from_trace(TraceFile(os.path.dirname(trace_path), trace_path), self.top, {}, os.getcwd())
         try:
-            model = FsModel(initial, obs.ops, volatile=obs.volatile)
+            model = FsModel(self.before_setup or initial, obs.ops, volatile=obs.volatile)
             dropped = model.dropped_by_failed_fsyncs()
-            sim = CrashSimulator(initial, obs.ops, model=model)
+            sim = CrashSimulator(self.before_setup or initial, obs.ops, model=model)
             try:
                 if dropped:
                     sim.materialize(Plan(len(model.ops), dropped=dropped))
@@ -864,11 +922,10 @@ class _Plan:
             problems.append(f"the next save() after the fault cleared raised {retry.value['error']}")
             return
         if self.after_retry is not None:
-            ok, text = reader.check()
-            if not ok:
+            if not retry.value.get("accepted"):
                 problems.append(
-                    f"after the fault cleared and save() was retried, load() {text}, which after_retry() does "
-                    "not accept"
+                    f"after the fault cleared and save() was retried, load() {retry.value.get('loaded')}, which "
+                    "after_retry() does not accept"
                 )
             return
         verdict = reader.read(True, relearn)

@@ -89,6 +89,7 @@ class Materializer:
         self._current: dict[str, _Placed] | None = None
         self._final: dict[str, Entry] = {}
         self._stash: dict[str, str] = {}  # rel -> a hard link of the entry the save left
+        self._parked: dict[str, str] = {}  # rel -> where an entry the save left waits (renamed away)
         self._final_inode: dict[int, str] = {}  # inode id -> stash path of its final file
         self._watch: _Watcher | None = None
         self._untouched = {
@@ -333,7 +334,17 @@ class Materializer:
             if keep:
                 continue
             full = os.path.join(self.root, rel)
-            if placed.kind == "dir":
+            if placed.origin == "final":
+                # move the entry the save left out of the way, not unlink it: renaming it back later
+                # keeps its dentry, so a descriptor the program holds still names it (/proc/PID/fd,
+                # strace -y), instead of "<path> (deleted)"
+                parked = self.workshop.new_path("parked")
+                try:
+                    os.rename(full, parked)
+                    self._parked[rel] = parked
+                except OSError:
+                    _remove(full)
+            elif placed.kind == "dir":
                 _remove(full)
             else:
                 with contextlib.suppress(FileNotFoundError):
@@ -598,6 +609,10 @@ class Materializer:
         for rel in sorted(final, key=lambda p: (p.count(os.sep), p)):
             f = final[rel]
             full = os.path.join(self.root, rel)
+            parked = self._parked.pop(rel, None)
+            if parked is not None and not os.path.lexists(full):
+                with contextlib.suppress(OSError):
+                    os.rename(parked, full)  # the very entry (and dentry) the save left
             if os.path.lexists(full):
                 continue
             if f.kind == "dir":
