@@ -153,7 +153,7 @@ def published(s3_bucket, ws, tmp_path):
     ).create()
     store = pk.ModelStore(f"s3://{bucket}/models", cache_dir=tmp_path / "cache", key_file=tmp_path / "store.key",
                           storage_options=server.storage_options)  # fmt: skip
-    version = store.save({"w": np.arange(6.0)}, symbol="BTC", agent="ppo", timeframe="1h")
+    version = str(store.save({"w": np.arange(6.0)}, symbol="BTC", agent="ppo", timeframe="1h"))
     loose = pk.save_bundle(tmp_path / "loose.models", {"w": [1, 2, 3]}, encrypt=False)
     server.client().put_object(Bucket=bucket, Key="loose/loose.models", Body=loose.read_bytes())
     return server, bucket, archive, version, tmp_path / "store.key"
