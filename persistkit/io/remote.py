@@ -237,6 +237,7 @@ class RemoteStore(ObjectStore):
             self.fs.retries = 1  # s3fs's own loop (a class attribute, not a constructor argument)
         self.root = rest.strip("/")
         self.bucket = self.root.split("/", 1)[0]
+        self._not_ours = 0  # completed multipart uploads in a row whose object turned out not to be ours
         self.requests = 0  # attempts made, retries included (a streamed download counts once): for tests
         self._count_lock = threading.Lock()
         # probed before the first conditional write (once per bucket and options in this process)
@@ -586,7 +587,15 @@ class RemoteStore(ObjectStore):
             # the condition on completion would have replaced another writer's object (the probe refuses
             # such a server; this catches the one that changes its mind), and a lost answer is ours.
             if not await self._holds(key, ours, size):
+                self._not_ours += 1
+                if self._not_ours >= _NOT_OURS_LIMIT:  # not a race any more: the server's answers are wrong
+                    raise self._unsupported(
+                        key,
+                        f"{self._not_ours} multipart uploads in a row were completed (the server said so) but the "
+                        "object at the name is not the one completed (another etag or size)",
+                    )
                 raise _NameTaken(key)
+            self._not_ours = 0
         except BaseException:
             for task in tasks:
                 task.cancel()
@@ -1069,13 +1078,19 @@ class RemoteStore(ObjectStore):
                 await asyncio.wait_for(abort, sum(self.timeouts))
 
 
+_NOT_OURS_LIMIT = 3
+
+
 class _NameTaken(FileExistsError):
     """The object at the key is not the one a create-only upload made: another writer has the name."""
 
 
 def _reads(op: str) -> bool:
-    """Whether ``op`` (as named in errors) only reads: what a reader's credentials must allow."""
-    return op.startswith(("read", "list", "stat", "download"))
+    """Whether ``op`` (as named in errors) is one a reader makes: what GetObject and ListBucket allow.
+
+    Listing pending multipart uploads is a writer's (prune's) and needs its own permission.
+    """
+    return op.startswith(("read", "list", "stat", "download")) and op != "list uploads"
 
 
 def _no_such_upload(err: BaseException) -> bool:
