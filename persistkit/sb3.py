@@ -125,7 +125,6 @@ def fine_tune(
     if save_to is not None and store is not None:
         raise ValueError("pass save_to= (a bundle path) or store= (publish into a ModelStore), not both")
     from persistkit.io.remote import is_url
-
     from persistkit.model_store import Version
 
     source = bundle_path.location if isinstance(bundle_path, Version) else os.fspath(bundle_path)

@@ -86,7 +86,7 @@ class Front:
                     self.path,
                     unquote(split.path.lstrip("/")),
                     parse_qs(split.query, keep_blank_values=True),
-                    {k: v for k, v in self.headers.items()},
+                    dict(self.headers.items()),
                     body,
                 )
                 rule = front._match(request)

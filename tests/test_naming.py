@@ -13,8 +13,8 @@ from processes import run_workers
 
 from persistkit import naming
 from persistkit.archive import backup_before_overwrite
-from persistkit.model_store import ModelStore
 from persistkit.io.names import allocate
+from persistkit.model_store import ModelStore
 from persistkit.naming import (
     NAME_MAX,
     Stamped,
