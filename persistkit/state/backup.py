@@ -493,7 +493,22 @@ class StoreBackup:
             self._thread.start()
 
     def committed(self) -> None:
-        """A generation was committed: back it up soon (without waiting for ``every``)."""
+        """A generation was committed: note it in the lineage file, and back it up soon.
+
+        Noted at once (a small file, in the saving thread), so a store killed before its next round
+        still proves at restart that it descends from the off-site generation, however many
+        checkpoints it committed and pruned meanwhile.
+        """
+        if self._lineage is not None:
+            n = self.store.generation
+            sha = None if n is None else self._manifest_sha(n)
+            if n is not None and sha is not None:
+                try:
+                    self._record_lineage(Lineage(n, sha), self._lineage)
+                except PersistkitError as err:  # the next round proves it again; never fail a save for it
+                    log.warning(
+                        "persistkit: could not note the backup lineage of %s: %s", self.store.directory, err
+                    )
         self._wake.set()
 
     def stop(self) -> None:
