@@ -242,3 +242,32 @@ def test_prune_refuses_a_keep_and_a_policy_together_or_a_bad_keep(tmp_path):
         store.prune(keep=-1)
     with pytest.raises(ValueError, match="non-negative int"):
         store.prune()
+
+
+def test_one_model_store_class_over_a_directory_and_a_bucket_with_version_values(tmp_path, s3_bucket):
+    from persistkit.model_store.bucket import BucketSpace
+    from persistkit.model_store.local import LocalSpace
+
+    server, bucket = s3_bucket
+    local = ModelStore(tmp_path / "models")
+    remote = ModelStore(f"s3://{bucket}/models", cache_dir=tmp_path / "cache", key_file=tmp_path / "k",
+                        storage_options=server.storage_options)  # fmt: skip
+    assert type(local) is ModelStore and type(remote) is ModelStore  # no subclass swapped in by __new__
+    assert isinstance(local.space, LocalSpace) and isinstance(remote.space, BucketSpace)
+    here, there = save(local, 1), save(remote, 1)
+    for version in (here, there):
+        assert isinstance(version, Version) and version.group == "BTC-USDT/ppo/1h"
+        assert version.name == "2024-03-01_120000.models" and version.when == T0
+        assert version.key == "BTC-USDT/ppo/1h/2024-03-01_120000.models"
+    assert not here.remote and os.fspath(here) == str(here.path) and here == here.path
+    assert there.remote and str(there) == f"s3://{bucket}/models/{there.key}" and there == str(there)
+    with pytest.raises(TypeError, match="ModelStore.fetch"):
+        os.fspath(there)  # a bucket version is no local file; fetch gives one
+    assert Path(remote.fetch(there)).is_file() and remote.fetch(str(there)) == remote.fetch(there)
+    assert local.fetch(here) == str(here.path)
+    assert local.latest(**WHERE) == here and remote.latest(**WHERE) == there
+    assert sorted([save(local, 2, when=T0 - dt.timedelta(days=1)), here]) == local.versions(**WHERE)
+    with pytest.raises(ValueError, match="not a bundle version inside the store"):
+        local.tag(tmp_path / "elsewhere" / "2024-03-01_120000.models", "production")
+    with pytest.raises(ValueError, match="is not a version of the store"):
+        remote.tag(f"s3://{bucket}/models/BTC-USDT/ppo/../../x/2024-03-01_120000.models", "production")
