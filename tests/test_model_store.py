@@ -261,7 +261,7 @@ def test_one_model_store_class_over_a_directory_and_a_bucket_with_version_values
         assert version.key == "BTC-USDT/ppo/1h/2024-03-01_120000.models"
     assert not here.remote and os.fspath(here) == str(here.path) and here == here.path
     assert there.remote and str(there) == f"s3://{bucket}/models/{there.key}" and there == str(there)
-    with pytest.raises(TypeError, match="ModelStore.fetch"):
+    with pytest.raises(TypeError, match=r"ModelStore\.fetch"):
         os.fspath(there)  # a bucket version is no local file; fetch gives one
     assert Path(remote.fetch(there)).is_file() and remote.fetch(str(there)) == remote.fetch(there)
     assert local.fetch(here) == str(here.path)
