@@ -181,7 +181,9 @@ class Front:
                     return rule
         return None
 
-    def add(self, when: Callable[[Request], bool], kind: str, arg: Any = None, *, times: int | None = None) -> Rule:
+    def add(
+        self, when: Callable[[Request], bool], kind: str, arg: Any = None, *, times: int | None = None
+    ) -> Rule:
         rule = Rule(when, kind, arg, times)
         with self._lock:
             self.rules.append(rule)
@@ -206,4 +208,6 @@ def completing(request: Request) -> bool:
 
 
 def key_is(suffix: str, method: str | None = None) -> Callable[[Request], bool]:
-    return lambda r: r.key.endswith(suffix) and not r.query.get("uploadId") and (method is None or r.method == method)
+    return lambda r: (
+        r.key.endswith(suffix) and not r.query.get("uploadId") and (method is None or r.method == method)
+    )

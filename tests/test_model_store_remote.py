@@ -157,7 +157,9 @@ def test_a_damaged_version_record_is_an_integrity_error_naming_it(store_at, reco
         Bucket=store_at.bucket, Key=str(url).split("/", 3)[3] + ".json", Body=record
     )
     fresh = store_at(cache="c2")
-    with pytest.raises(IntegrityError, match=r"the record beside .* is unreadable|larger than 1048576") as info:
+    with pytest.raises(
+        IntegrityError, match=r"the record beside .* is unreadable|larger than 1048576"
+    ) as info:
         fresh.load_latest(**WHERE)
     assert info.value.path == str(url) + ".json" and "Restore" in str(info.value)
 
@@ -166,7 +168,9 @@ def test_fallback_skips_a_corrupted_newest_version(store_at):
     store = store_at(cache="c1")
     store.save({"q": np.zeros(2)}, **WHERE, when=T0)
     url = store.save({"q": np.ones(2)}, **WHERE, when=T0)
-    store_at.server.client().put_object(Bucket=store_at.bucket, Key=str(url).split("/", 3)[3], Body=b"garbage")
+    store_at.server.client().put_object(
+        Bucket=store_at.bucket, Key=str(url).split("/", 3)[3], Body=b"garbage"
+    )
     np.testing.assert_array_equal(store_at(cache="c2").load_latest(**WHERE, fallback=True)["q"], np.zeros(2))
 
 

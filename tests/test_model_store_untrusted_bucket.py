@@ -64,7 +64,9 @@ def plant_escape(store_at, writer):
     real = writer.save({"w": np.arange(3.0)}, **WHERE)
     client = store_at.server.client()
     data = client.get_object(Bucket=store_at.bucket, Key=f"{GROUP}/{real.name}")["Body"].read()
-    record = json.loads(client.get_object(Bucket=store_at.bucket, Key=f"{GROUP}/{real.name}.json")["Body"].read())
+    record = json.loads(
+        client.get_object(Bucket=store_at.bucket, Key=f"{GROUP}/{real.name}.json")["Body"].read()
+    )
     put(store_at, f"{GROUP}/{ESCAPE}", data)
     put(store_at, f"{GROUP}/{ESCAPE}.json", json.dumps({**record, "name": ESCAPE}).encode())
     return record
@@ -131,14 +133,20 @@ def test_a_version_name_with_an_impossible_date_is_skipped_reported_and_never_pr
     good = writer.save({"w": np.zeros(1)}, **WHERE, when=T0)
     bogus = f"{GROUP}/2026-13-99_000000.models"
     put(store_at, bogus, b"x")
-    put(store_at, bogus + ".json", b'{"format": "persistkit.remote-version", "sha256": "' + b"0" * 64 + b'", "size": 1}')
+    put(
+        store_at,
+        bogus + ".json",
+        b'{"format": "persistkit.remote-version", "sha256": "' + b"0" * 64 + b'", "size": 1}',
+    )
     assert writer.versions(**WHERE) == [good]
     assert "2026-13-99_000000.models" in caplog.text and "not a time" in caplog.text
     plan = {d.item.id: d for d in writer.prune_plan(keep=0)}
     skipped = plan[f"s3://{store_at.bucket}/{bogus}"]
     assert skipped.keep and "not a version, left alone" in skipped.reasons[0]
     assert writer.prune(keep=0) == []  # the pointer pins the good one; the bogus one is not a version
-    assert bogus in [o["Key"] for o in store_at.server.client().list_objects_v2(Bucket=store_at.bucket)["Contents"]]
+    assert bogus in [
+        o["Key"] for o in store_at.server.client().list_objects_v2(Bucket=store_at.bucket)["Contents"]
+    ]
 
 
 # -- bounded reads -----------------------------------------------------------------------------
@@ -233,8 +241,14 @@ def test_a_lost_answer_to_a_multipart_completion_is_recognised_as_ours(store_at,
     version = writer.save({"w": mine}, **WHERE, when=T0)
     assert version.name == "2024-03-01_120000_1.models"
     assert [r.fired for r in front.rules] == [1]
-    keys = [o["Key"] for o in store_at.server.client().list_objects_v2(Bucket=store_at.bucket, Prefix=GROUP)["Contents"]]
-    assert [k for k in keys if k.endswith(".models")] == [f"{GROUP}/2024-03-01_120000.models", f"{GROUP}/{version.name}"]
+    keys = [
+        o["Key"]
+        for o in store_at.server.client().list_objects_v2(Bucket=store_at.bucket, Prefix=GROUP)["Contents"]
+    ]
+    assert [k for k in keys if k.endswith(".models")] == [
+        f"{GROUP}/2024-03-01_120000.models",
+        f"{GROUP}/{version.name}",
+    ]
     assert all(k + ".json" in keys for k in keys if k.endswith(".models"))  # no orphan left behind
     np.testing.assert_array_equal(store_at("fresh").load_latest(**WHERE)["w"], mine)
 
@@ -276,7 +290,9 @@ def test_a_trainer_without_the_store_key_is_refused_instead_of_minting_another(s
     with pytest.raises(WrongKeyError) as info:
         stranger.save({"w": np.ones(1)}, **WHERE)
     message = str(info.value)
-    assert "no key file at" in message and "Copy the store's key" in message and "Nothing was saved" in message
+    assert (
+        "no key file at" in message and "Copy the store's key" in message and "Nothing was saved" in message
+    )
     assert info.value.path == f"s3://{store_at.bucket}/models/store.json"
     assert not (store_at.tmp / "second" / "store.key").exists()  # no new key was made
     other = store_at.tmp / "other.key"
@@ -291,12 +307,18 @@ def test_a_trainer_without_the_store_key_is_refused_instead_of_minting_another(s
 
 def test_an_older_store_without_a_recorded_key_refuses_a_trainer_that_would_mint_one(store_at):
     store_at("trainer").save({"w": np.zeros(1)}, **WHERE)
-    put(store_at, "models/store.json", b'{"format": "persistkit.model-store", "version": 1, "encrypted": true}')
+    put(
+        store_at,
+        "models/store.json",
+        b'{"format": "persistkit.model-store", "version": 1, "encrypted": true}',
+    )
     (store_at.tmp / "none").mkdir()
     with pytest.raises(WrongKeyError, match="already holds encrypted versions"):
         store_at("keyless", key_file=store_at.tmp / "none" / "store.key").save({"w": np.ones(1)}, **WHERE)
     store_at("trainer").save({"w": np.ones(1)}, **WHERE)  # the trainer with the key records it
-    doc = json.loads(store_at.server.client().get_object(Bucket=store_at.bucket, Key="models/store.json")["Body"].read())
+    doc = json.loads(
+        store_at.server.client().get_object(Bucket=store_at.bucket, Key="models/store.json")["Body"].read()
+    )
     assert doc["key"]["kind"] == "key file" and doc["key"]["fingerprint"] == pk.keys.read_key_file(
         store_at.tmp / "store.key").fingerprint  # fmt: skip
 
@@ -307,5 +329,7 @@ def test_an_encrypted_store_keeps_the_config_out_of_the_bucket(store_at):
     version = store.save({"w": np.zeros(1)}, **WHERE, config={"secret": marker})
     client = store_at.server.client()
     for entry in client.list_objects_v2(Bucket=store_at.bucket)["Contents"]:
-        assert marker.encode() not in client.get_object(Bucket=store_at.bucket, Key=entry["Key"])["Body"].read()
+        assert (
+            marker.encode() not in client.get_object(Bucket=store_at.bucket, Key=entry["Key"])["Body"].read()
+        )
     assert store_at("bot").load(version).metadata["config"] == {"secret": marker}  # in the sealed bundle

@@ -68,9 +68,13 @@ def test_a_reader_with_get_and_list_only_loads_restores_inspects_verifies_and_pu
     assert (restored / "logs" / "train.log").read_text() == "step 1\n" * 100
     assert pk.inspect(url, storage_options=reader).ok
     assert pk.verify(str(version), key_file=tmp_path / "store.key", storage_options=reader).ok
-    pulled = pk.Archiver(tmp_path / "ws2", remote=f"s3://{bucket}/archives", storage_options=reader).pull(archive.name)
+    pulled = pk.Archiver(tmp_path / "ws2", remote=f"s3://{bucket}/archives", storage_options=reader).pull(
+        archive.name
+    )
     assert pulled.read_bytes() == archive.read_bytes()
-    report = pk.StateStore.restore_from(f"s3://{bucket}/bots/b", tmp_path / "bot-copy", storage_options=reader)
+    report = pk.StateStore.restore_from(
+        f"s3://{bucket}/bots/b", tmp_path / "bot-copy", storage_options=reader
+    )
     assert report.generation >= 1
     copy = pk.StateStore(tmp_path / "bot-copy", autosave_every=None)
     book = copy.register("book", Book())

@@ -672,7 +672,7 @@ def test_a_stamp_shaped_name_with_an_impossible_date_is_listed_as_such_and_never
     listed = {a.name: a for a in arc.list_remote()}
     assert listed[bogus].state == "not an archive name" and "not a time" in listed[bogus].problem
     assert listed[first.name].state == "verified"
-    second = arc.create()  # pushes, then applies remote retention: the bogus name is neither counted nor removed
+    second = arc.create()  # pushes, then retention: the bogus name is neither counted nor removed
     assert [a.name for a in arc.list_remote() if a.state == "verified"] == [second.name]
     assert f"archives/{bogus}" in keys(server, bucket, "archives/")
     assert [d.item.id for d in arc.prune_remote(dry_run=True)] == [second.name]

@@ -215,7 +215,9 @@ def test_sigkill_during_a_multipart_upload_leaves_no_visible_object(s3_bucket, t
     assert child.stdout.readline() == "UPLOADING\n", child.stderr.read()
     client = server.client()
     deadline = time.monotonic() + 60
-    while not [u for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"] == "root/big"]:
+    while not [
+        u for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"] == "root/big"
+    ]:
         # parts are on their way (the write probe, before them, is done)
         assert time.monotonic() < deadline and child.poll() is None
         time.sleep(0.01)

@@ -121,7 +121,9 @@ def test_fail_recover_fail_again_crash_and_catch_up(s3_bucket, tmp_path, monkeyp
     assert remote_keys(server, bucket, prefix) == named_keys(server, bucket, prefix)
 
 
-def test_crash_before_a_generation_is_fully_uploaded_keeps_the_previous_backup(s3_bucket, tmp_path, monkeypatch):
+def test_crash_before_a_generation_is_fully_uploaded_keeps_the_previous_backup(
+    s3_bucket, tmp_path, monkeypatch
+):
     monkeypatch.setattr(backup_mod, "RETIRE_GRACE", 0.0)  # collected at once: this test checks the collection
     server, bucket = s3_bucket
     prefix = "bots/half/"
