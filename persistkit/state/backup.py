@@ -42,13 +42,29 @@ seconds and right after each commit):
    verified). That range becomes one immutable segment object. A segment
    never holds a torn record or a record that was not acknowledged, and
    segments chain exactly (each starts where the previous one ended);
-4. move the pointer with compare-and-swap, never backwards: a pointer naming
-   a newer generation than the one in force (another machine running the same
-   store) is an error, never overwritten;
-5. delete objects the new pointer no longer names (older generations, merged
-   segments, leftovers of rounds that died). Past ``MAX_SEGMENTS`` segments a
-   generation's journal is shipped again as one merged segment, so the pointer
-   stays small.
+4. move the pointer with compare-and-swap (``swap_until``: a refused swap reads
+   the pointer again, so an answer lost after the swap landed is a success and a
+   server refusing its own etag is a typed error), never backwards: a pointer
+   naming a newer generation than the one in force (another machine running the
+   same store) is an error, never overwritten;
+5. delete objects the pointer stopped naming more than ``RETIRE_GRACE`` seconds
+   ago (the pointer lists them under ``retired``, so a restore that read the
+   previous pointer finishes), and leftovers of rounds that died once they are as
+   old. Past ``MAX_SEGMENTS`` segments a generation's journal is shipped again as
+   one merged segment, so the pointer stays small.
+
+**Lineage.** Each pointer names the off-site generation it replaced (``parent``:
+its number and the sha256 of its MANIFEST, the generation's identity by content).
+A round uploads only when the local history provably descends from what the
+pointer names: it is the generation in force, or one CURRENT still lists with the
+same MANIFEST on disk, or the lineage file says so. ``.persistkit.backup.json``
+in the store's directory records, at every commit and round, that the generation
+in force descends from a given off-site one; a store checks at load that it
+descends from the generation recorded there. A store that fell back to an older
+checkpoint (its newest was damaged) or was put back from an older copy (a VM
+snapshot) numbers new generations like the ones it lost, with other content: its
+rounds are refused, nothing off-site is replaced or deleted, and
+``stats()["backup"]["refused"]`` says why.
 
 Under the object-store crash model (any prefix of completed PUTs and DELETEs;
 an upload that never completed is invisible) the pointer always names objects
@@ -85,7 +101,11 @@ hidden temp directory beside ``into`` through ``persistkit.io``, checks CURRENT
 and the generation with the store's own checker (``generations.check_generation``)
 and every journal record (authenticated with a key), and only then renames the
 directory into place. A crash mid-restore leaves ``into`` absent (or empty, as it
-was) and a hidden ``.<name>.pk-tmp-*`` directory beside it, never a half store.
+was) and a hidden ``.<name>.restore-*`` directory beside it, never a half store
+(the next restore there sweeps it). Errors name the bucket object a bad file came
+from, never the temp copy. Every read of the pointer is capped and checked
+(``persistkit.io.documents``): times are finite and datetime-sized, keys are ones
+persistkit makes.
 
 Limitation: a store restored on another machine has the same store id. Do not
 keep the original running once you restored it elsewhere: both would number
@@ -755,19 +775,16 @@ class StoreBackup:
                 pointer.parent,
             )
         merged = self._ship_segments(new, snap)
-        if (
-            pointer is not None
-        ):  # objects the new pointer stops naming stay a while for readers (RETIRE_GRACE)
+        if pointer is not None:
+            # objects the new pointer stops naming stay RETIRE_GRACE seconds, for restores reading it now
             kept = new.keys()
             new.retired = {
                 k: t for k, t in pointer.retired.items() if k not in kept and now - t < RETIRE_GRACE
             }
             new.retired.update(dict.fromkeys(pointer.keys() - kept, now))
-        if pointer is not None and new.same_content(pointer) and new.retired == pointer.retired:
-            self._done(local.lineage, pointer)
-            if any(now - t >= RETIRE_GRACE for t in pointer.retired.values()):
-                self._collect_garbage(pointer)
-            return
+            if new.same_content(pointer) and new.retired == pointer.retired:
+                self._done(local.lineage, pointer)  # nothing new, nothing due
+                return
         new.as_of = snap.taken_at
         new.uploaded_at = now
         body = new.encode()
