@@ -395,3 +395,22 @@ def test_a_local_file_that_cannot_be_read_is_a_typed_error_naming_it(remote, tmp
     with pytest.raises(PersistIOError, match=r"dir\.models"):
         remote.upload_new("y", str(unreadable))
     assert remote.get_or_none("x") is None and remote.get_or_none("y") is None  # nothing was made
+
+
+def test_the_write_probe_refuses_a_front_that_rewrites_etags_and_a_reader_never_meets_it(s3_bucket):
+    """A proxy that changes ETag headers breaks every compare-and-swap on what a GET returned: the write
+    probe finds out before the first write; reading through it works."""
+    from fronts import Front
+
+    server, bucket = s3_bucket
+    server.client().put_object(Bucket=bucket, Key="root/there", Body=b"readable")
+    front = Front(server.endpoint)
+    try:
+        front.add(lambda r: r.method in ("GET", "HEAD"), "etag", lambda e: '"proxied-' + e.strip('"') + '"')
+        store = RemoteStore(f"s3://{bucket}/root", storage_options=front.options(server.storage_options))
+        assert store.get("there").data == b"readable"
+        with pytest.raises(PersistIOError, match="etag its own GET returned") as info:
+            store.put_new("x", b"1")
+        assert info.value.errno == errno.EOPNOTSUPP and store.get_or_none("x") is None
+    finally:
+        front.close()
