@@ -45,7 +45,7 @@ from persistkit.io import current_fs
 from persistkit.io.fs import PathLike
 from persistkit.io.remote import is_url
 from persistkit.model_store.bucket import ORPHAN_GRACE, BucketSpace
-from persistkit.model_store.local import LocalSpace
+from persistkit.model_store.local import LocalSpace, config_path
 from persistkit.model_store.space import (
     ALIASES,
     STORE_FILE,
@@ -129,6 +129,8 @@ class ModelStore:
     def key_file(self) -> str | None:
         """The store key's path (None: a local store that keeps a key beside each version)."""
         return self.space.default_key_file
+
+    config_path = staticmethod(config_path)  # ``<stamp>.config.json`` beside a local version
 
     def group(self, symbol: str, agent: str, timeframe: str) -> str:
         """The group of one symbol/agent/timeframe, relative to the root: ``BTC-USDT/ppo/1h``."""
