@@ -372,12 +372,13 @@ def _parse_pointer_fields(doc: Fields) -> _Pointer:
         parent = Lineage(entry.integer("generation", high=MAX_GENERATION), entry.sha256("manifest"))
     retired: dict[str, float] = {}
     if "retired" in doc:
-        for key, _ in doc.table("retired").value.items():
+        table = doc.table("retired")
+        for key in table.value:
             if not _KEY_RE.fullmatch(key):
                 raise DocumentError(
                     f"retired[{key!r}]", "is not an object name persistkit makes under objects/"
                 )
-        retired = {key: doc.table("retired").epoch(key) for key in doc.table("retired").value}
+            retired[key] = table.epoch(key)
     return _Pointer(store, generation, token, files, journals, doc.epoch("as_of"), doc.epoch("uploaded_at"),
                     parent, retired)  # fmt: skip
 
