@@ -201,7 +201,12 @@ class IamServer:
             made = iam.create_access_key(UserName=user)["AccessKey"]
             self.keys[user] = (made["AccessKeyId"], made["SecretAccessKey"])
         # from now on every request is checked against these users' policies
-        reset = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST")
+        reset = urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
         with urllib.request.urlopen(reset, timeout=30) as answer:
             assert answer.status == 200
 
