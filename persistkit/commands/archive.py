@@ -128,7 +128,12 @@ def _list_remote(root: str, url: str) -> None:
         when = entry.created or "-"
         state = entry.state if entry.verified is None else f"{entry.state} {entry.verified}"
         click.echo(f"{entry.name}  {size}  created {when}  {state}")
-    incomplete = [e.name for e in archives if e.state != "verified"]
+    for entry in archives:
+        if entry.problem is not None:
+            click.echo(
+                f"{entry.problem}: not persistkit's, left alone (rename or delete it yourself).", err=True
+            )
+    incomplete = [e.name for e in archives if e.state != "verified" and e.problem is None]
     if incomplete:
         click.echo(
             f"{len(incomplete)} archive(s) not proven off-site ({', '.join(incomplete)}): push them again "

@@ -71,6 +71,7 @@ from typing import Any, cast
 from persistkit.errors import PersistIOError
 from persistkit.io import atomic_write, current_fs
 from persistkit.io.objects import (
+    DOCUMENT_LIMIT,
     DelegatingObjectStore,
     Fetched,
     Listed,
@@ -79,6 +80,7 @@ from persistkit.io.objects import (
     Progress,
     Uploaded,
     digest_mismatch,
+    too_large,
     use_object_store,
 )
 from persistkit.testing.observe import NotJudgeable
@@ -267,13 +269,13 @@ class RecordingObjectStore(DelegatingObjectStore):
         note(result)
         return result
 
-    def get(self, key: str) -> Fetched:
-        found = self.inner.get(key)
+    def get(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched:
+        found = self.inner.get(key, limit=limit)
         self.log.add("get", self.url_of(key), etag=found.etag)
         return found
 
-    def get_or_none(self, key: str) -> Fetched | None:
-        found = self.inner.get_or_none(key)
+    def get_or_none(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched | None:
+        found = self.inner.get_or_none(key, limit=limit)
         self.log.add("get-or-none", self.url_of(key), etag=None if found is None else found.etag)
         return found
 
@@ -419,20 +421,22 @@ class MemoryObjectStore(ObjectStore):
     def delete(self, key: str) -> None:
         self.space.delete(self.url_of(key))
 
-    def get(self, key: str) -> Fetched:
-        found = self.space.get(self.url_of(key))
+    def get(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched:
+        found = self.get_or_none(key, limit=limit)
         if found is None:
             # what s3fs raises for S3's NoSuchKey
             missing = FileNotFoundError(_errno.ENOENT, "The specified key does not exist.")
             raise self.error("read", key, missing) from missing
-        return Fetched(found[0], found[1])
+        return found
 
-    def get_or_none(self, key: str) -> Fetched | None:
+    def get_or_none(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched | None:
         found = self.space.get(self.url_of(key))
+        if found is not None and limit is not None and len(found[0]) > limit:
+            raise too_large(self.url_of(key), limit)
         return None if found is None else Fetched(found[0], found[1])
 
     def get_verified(self, key: str, sha256: str, size: int | None = None) -> bytes:
-        data = self.get(key).data
+        data = self.get(key, limit=DOCUMENT_LIMIT if size is None else size).data
         self.check_digest(key, data, sha256, size)
         return data
 
@@ -446,7 +450,7 @@ class MemoryObjectStore(ObjectStore):
         progress: Progress | None = None,
         durable: bool = True,
     ) -> None:
-        data = self.get(key).data
+        data = self.get(key, limit=size).data
         self.check_digest(key, data, sha256, size)
         atomic_write(local_path, data, durable=durable)
         if progress is not None:
@@ -515,7 +519,7 @@ def snapshot_objects(url: str, *, storage_options: Mapping[str, Any] | None = No
     from persistkit.io.remote import remote_store
 
     store = remote_store(url, storage_options=storage_options)
-    return {store.url_of(key): store.get(key).data for key in store.walk()}
+    return {store.url_of(key): store.get(key, limit=None).data for key in store.walk()}
 
 
 # -- faults --------------------------------------------------------------------------
@@ -664,11 +668,13 @@ class FaultObjectStore(DelegatingObjectStore):
     def delete(self, key: str) -> None:
         self._run(DELETE, key, lambda: self.inner.delete(key))
 
-    def get(self, key: str) -> Fetched:
-        return cast(Fetched, self._run("get", key, lambda: self.inner.get(key)))
+    def get(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched:
+        return cast(Fetched, self._run("get", key, lambda: self.inner.get(key, limit=limit)))
 
-    def get_or_none(self, key: str) -> Fetched | None:
-        return cast("Fetched | None", self._run("get-or-none", key, lambda: self.inner.get_or_none(key)))
+    def get_or_none(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched | None:
+        return cast(
+            "Fetched | None", self._run("get-or-none", key, lambda: self.inner.get_or_none(key, limit=limit))
+        )
 
     def get_verified(self, key: str, sha256: str, size: int | None = None) -> bytes:
         return cast(bytes, self._run("get-verified", key, lambda: self.inner.get_verified(key, sha256, size)))
