@@ -1050,7 +1050,9 @@ class Battery:
             if db is not None:
                 # SQLite reads its journal/WAL only when a transaction needs recovering: damage to an
                 # idle companion changes nothing by design. It is the database's own: judged with it.
-                self.note(f"{rel}: SQLite's companion of {os.path.basename(db)}, damaged with the database, not alone")
+                self.note(
+                    f"{rel}: SQLite's companion of {os.path.basename(db)}, damaged with the database, not alone"
+                )
                 continue
             pattern = _excluded(rel, self.settings.exclude)
             if pattern is None:

@@ -638,7 +638,9 @@ class _Plan:
         before = self.before_setup or before  # what the save starts from (after setup(), if any)
         try:
             model = FsModel(before, obs.ops, volatile=obs.volatile)
-            check_explained("disk_faults", obs, before, self.after_scan, model, allow_outside=self.allow_outside)
+            check_explained(
+                "disk_faults", obs, before, self.after_scan, model, allow_outside=self.allow_outside
+            )
             relevant_paths = _relevant_paths(model, obs)
             self.operations = [
                 op.describe() for op, keep in zip(obs.ops, model.relevant, strict=True) if keep
@@ -676,6 +678,7 @@ class _Plan:
 
     def _dry_run_python(self, codes: list[str], modes: list[str], rotate_errnos: bool) -> list[_Planned]:
         __tracebackhide__ = True
+
         def dry_steps(worker: Any) -> Any:
             if self.body.stateful:
                 worker.run(("setup",), timeout=self.timeout)

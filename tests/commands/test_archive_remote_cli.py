@@ -68,7 +68,9 @@ def test_list_remote_reports_a_name_with_an_impossible_date_and_leaves_it_alone(
     server.client().put_object(Bucket=bucket, Key="archives/training_backup_20261399_000000.zip", Body=b"x")
     listed = run(server, "archive", "list", "--remote", url)
     assert listed.exit_code == 0, listed.output
-    assert "training_backup_20261399_000000.zip  size unknown  created -  not an archive name" in listed.output
+    assert (
+        "training_backup_20261399_000000.zip  size unknown  created -  not an archive name" in listed.output
+    )
     assert "is not a time" in listed.output and "left alone" in listed.output
     assert "not proven off-site" not in listed.output  # nothing to push again
     assert run(server, "archive", "create", "--root", ws, "--remote", url).exit_code == 0

@@ -113,7 +113,9 @@ def _ack_storm(tmp_path, source, kills):
 
 def test_an_app_that_prints_only_ack_lines_is_testable(tmp_path):
     report = _ack_storm(tmp_path, ACK_ONLY_APP, kills=8)
-    assert report.kills == 8 and report.acks >= 8 + 5 and report.violations == []  # 1 per run, 5 before SIGTERM
+    assert (
+        report.kills == 8 and report.acks >= 8 + 5 and report.violations == []
+    )  # 1 per run, 5 before SIGTERM
 
 
 def test_an_ack_only_app_that_acknowledges_too_early_is_caught(tmp_path):

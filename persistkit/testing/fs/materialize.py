@@ -355,10 +355,10 @@ class Materializer:
             inode = want[rel]
             node = model.inodes[inode]
             full = os.path.join(self.root, rel)
-            placed = current.get(rel)
+            have = current.get(rel)
             mode = node.mode_at(r.k)
             if node.kind == "dir":
-                if placed is None:
+                if have is None:
                     os.mkdir(full, 0o700)
                     os.chmod(full, mode)
                     self._record(rel, "dir", inode, "copy")
@@ -366,20 +366,20 @@ class Materializer:
                         self._watch.add(full, rel)
                 continue
             if node.kind == "symlink":
-                if placed is None:
+                if have is None:
                     os.symlink(node.target, full)
                     self._record(rel, "symlink", inode, "copy")
                 continue
             if node.kind == "fifo":
-                if placed is None:
+                if have is None:
                     os.mkfifo(full, mode)
                     os.chmod(full, mode)
                     self._record(rel, "fifo", inode, "copy")
                 continue
-            if placed is not None and placed.origin == "final":
+            if have is not None and have.origin == "final":
                 continue  # an untouched file, in place
             copy = self._copy(inode, r.files[inode], mode)
-            if placed is None:
+            if have is None:
                 os.link(copy, full)
                 self._record(rel, "file", inode, "copy")
             else:
@@ -531,11 +531,12 @@ class Materializer:
                     rel = self.model.inodes[src].initial  # type: ignore[index]
                     path = self.model.before.copy_of(rel) if rel else None
                 else:
+                    ino = int(src)  # type: ignore[call-overload]
                     path = (
-                        self._final_path(src)
+                        self._final_path(ino)
                         if self._current is not None
-                        else self.model.final_paths.get(src)
-                    )  # type: ignore[arg-type]
+                        else self.model.final_paths.get(ino)
+                    )
                 if path is None:
                     raise RestoreError(f"inode {src}: no file holds its bytes")
                 buf[s:e] = os.pread(self._fd(path), e - s, off)

@@ -582,11 +582,7 @@ class FsModel:
                 out.append(f"~ {rel} (points at {a.target}, the operations say {node.target})")
             elif node.created < 0 and node.initial == rel and not node.datas and not node.volatile:
                 b = self.before.entries.get(rel)
-                if (
-                    b is not None
-                    and a.kind == "file"
-                    and not _same_file(self.before, rel, b, a)
-                ):
+                if b is not None and a.kind == "file" and not _same_file(self.before, rel, b, a):
                     out.append(f"~ {rel} (changed, but no observed operation wrote it)")
         # hard links: paths of one model inode must share one inode on disk
         groups: dict[int, list[str]] = {}

@@ -63,11 +63,14 @@ import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from persistkit.testing.fs.model import PAGE, FsModel, Inode, MetaOp
 from persistkit.testing.fs.ops import Op, OpKind
 from persistkit.testing.fs.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from persistkit.testing.fs.materialize import Materializer
 
 __all__ = ["CrashSimulator", "CrashState", "Loss", "Plan", "Stats"]
 
@@ -218,7 +221,7 @@ class CrashSimulator:
         self.exhaustive = exhaustive
         self.max_tears = max_tears_per_write
         self.stats = Stats()
-        self._materializer: object | None = None
+        self._materializer: Materializer | None = None
         self._relevant_positions = [i for i, keep in enumerate(self.model.relevant) if keep]
         self._shown_index = {p: i for i, p in enumerate(self._relevant_positions)}
 
@@ -268,7 +271,7 @@ class CrashSimulator:
         """The root with nothing in it: a load that still returns a saved value answers from elsewhere."""
         return Plan(len(self.model.ops), hidden=frozenset(self.model.inodes))
 
-    def materializer(self):  # type: ignore[no-untyped-def]
+    def materializer(self) -> Materializer:
         from persistkit.testing.fs.materialize import Materializer
 
         if self._materializer is None:
@@ -277,7 +280,7 @@ class CrashSimulator:
 
     def materialize(self, state: CrashState | Plan, root: str | os.PathLike[str] | None = None) -> str:
         plan = state.plan if isinstance(state, CrashState) else state
-        return self.materializer().apply(plan, None if root is None else os.fspath(root))  # type: ignore[no-any-return]
+        return self.materializer().apply(plan, None if root is None else os.fspath(root))
 
     def close(self) -> None:
         """Put the root back as the save left it and drop the verifier's copies."""
@@ -479,17 +482,15 @@ class CrashSimulator:
                     continue
                 out += self._unit_variants(u, k, where, durable_meta, meta_pos, pending_ops, rng)
             # exhaustive where small
-            pieces: list[tuple[str, object]] = [("meta", m) for m in metas] + [("unit", u) for u in units]
+            pieces: list[tuple[str, Any]] = [("meta", m) for m in metas] + [("unit", u) for u in units]
             if 1 < len(pieces) <= self.exhaustive and any(
                 (t == "meta" and last_meta.get(x.position) == k)
-                or (t == "unit" and last_unit.get(x.key) == k)  # type: ignore[attr-defined]
+                or (t == "unit" and last_unit.get(x.key) == k)
                 for t, x in pieces
             ):
                 for r in range(1, len(pieces)):
-                    for keep_set in itertools.combinations(range(len(pieces)), r):
-                        out.append(
-                            self._combination(k, where, pieces, set(keep_set), durable_meta, pending_ops)
-                        )
+                    for combo in itertools.combinations(range(len(pieces)), r):
+                        out.append(self._combination(k, where, pieces, set(combo), durable_meta, pending_ops))
             # seeded random subsets
             for _ in range(self.random_per_point if len(pieces) > self.exhaustive else 0):
                 keep_set = {i for i in range(len(pieces)) if rng.random() < 0.5}
@@ -515,7 +516,7 @@ class CrashSimulator:
         return (u.inode, u.lo, u.hi, bound)
 
     def _combination(
-        self, k: int, where: str, pieces: list[tuple[str, object]], keep: set[int], durable_meta: frozenset[int],
+        self, k: int, where: str, pieces: list[tuple[str, Any]], keep: set[int], durable_meta: frozenset[int],
         pending_ops: list[int], label: str = "subset",
     ) -> _Candidate:  # fmt: skip
         kept_meta = set(durable_meta)
@@ -533,7 +534,7 @@ class CrashSimulator:
                 if i not in keep:
                     runs.append(self._unit_run(x, self._bound_before(x, x.writers[0])))
                     lost_positions.extend(x.writers)
-        meta_pos = {x.position for t, x in pieces if t == "meta"}  # type: ignore[attr-defined]
+        meta_pos = {x.position for t, x in pieces if t == "meta"}
         ops = self.model.ops
         losses = tuple(
             Loss("reverted" if p in meta_pos else "lost", ops[p])
