@@ -15,6 +15,8 @@ import pytest
 from persistkit.io import atomic_write, current_fs, use_fs
 from persistkit.testing.fs import CrashSimulator, Plan, Snapshot
 from persistkit.testing.fs.recordfs import RecordingFS
+from persistkit.testing.observe.observer import observe_save
+from persistkit.testing.observe.strace import ptrace_problem
 
 OLD = b"o" * 5000
 NEW = b"n" * 9000  # three 4 KiB pages
@@ -339,3 +341,42 @@ def test_a_plan_with_dropped_pages_is_what_a_failed_fsync_leaves(tmp_path):
     writes = [i for i, op in enumerate(sim.model.ops) if op.kind == "write"]
     files = sim.materializer().contents(Plan(len(sim.model.ops), dropped=frozenset(writes)))
     assert files["f"] == b"\0" * len(NEW)  # truncated by the create, the new bytes dropped
+
+
+@pytest.mark.skipif(ptrace_problem() is not None, reason="needs the syscall observer")
+def test_a_power_cut_keeps_what_a_durable_rename_needs_and_drops_the_rest(tmp_path):
+    """``power_cut()``: the most a power cut can lose, as ``lifecycle(model="power-loss")`` restarts from it.
+
+    The file is built in a staging directory that is never fsynced, then renamed into the
+    root, whose fsync makes the rename durable; the rename implies its source's creation (and
+    its directory) persisted. A file written after that and never synced is lost.
+    """
+    root = tmp_path / "state"
+    root.mkdir()
+    (root / "data").write_bytes(OLD)
+    before = Snapshot.take(root)
+
+    def save():
+        os.mkdir(root / "staging")
+        fd = os.open(root / "staging" / "x", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, NEW)
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(root / "staging" / "x", root / "data")
+        dfd = os.open(root, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+        (root / "scratch").write_bytes(b"not synced")
+
+    _, error, obs = observe_save(save, str(root), "syscalls")
+    assert error is None
+    sim = CrashSimulator(before, obs.ops, volatile=obs.volatile)
+    state = sim.power_cut()
+    assert [loss.how for loss in state.losses] == ["reverted", "lost"]
+    assert "scratch" in state.description
+    sim.leave(state)
+    assert (root / "data").read_bytes() == NEW
+    assert not (root / "scratch").exists()
+    assert sorted(os.listdir(root)) == ["data", "staging"]
+    before.close()
+    obs.close()

@@ -271,6 +271,55 @@ class CrashSimulator:
         """The root with nothing in it: a load that still returns a saved value answers from elsewhere."""
         return Plan(len(self.model.ops), hidden=frozenset(self.model.inodes))
 
+    def power_cut(self) -> CrashState:
+        """The state a power cut right after the last operation leaves when nothing unsynced reached the disk.
+
+        Of all the states the cut can leave this one loses the most; ``lifecycle``'s
+        ``model="power-loss"`` restarts the program from it after each kill.
+        """
+        n = len(self.model.ops)
+        # unsynced directory operations are dropped, latest first, unless a kept one needs them
+        # (a rename made durable by its directory's fsync implies its source's creation persisted)
+        kept = {m.position for m in self.model.metas}
+        for m in reversed(self._pending_meta(n)):
+            if self.model.namespace(n, kept - {m.position}) is not None:
+                kept.discard(m.position)
+        metas = frozenset(m.position for m in self.model.metas) - kept
+        pending = sorted({p for u in self._pending_units(n) for p in u.writers} | metas)
+        ops = self.model.ops
+        losses = tuple(Loss("reverted" if p in metas else "lost", ops[p]) for p in pending)
+        durable_meta = frozenset(kept)
+        text = f"power loss {self._where(n, 'power-loss')}: nothing unsynced persisted"
+        if losses:
+            text += f" ({_listing(losses, self.root)})"
+        return CrashState(n, "power-loss", True, text, losses, Plan(n, durable_meta, DURABLE), self)
+
+    def leave(self, state: CrashState | Plan) -> None:
+        """Make the root hold ``state`` for good (the program restarts from it), and drop the copies.
+
+        The state is built in a directory beside the root (the build reads what the save left
+        in the root), then swapped in entry by entry.
+        """
+        import shutil
+        import tempfile
+
+        plan = state.plan if isinstance(state, CrashState) else state
+        parent = os.path.dirname(self.root)
+        scratch = tempfile.mkdtemp(prefix=".persistkit-cut-", dir=parent)
+        try:
+            self.materializer().apply(plan, scratch)
+            self.close()
+            for name in os.listdir(self.root):
+                full = os.path.join(self.root, name)
+                if os.path.isdir(full) and not os.path.islink(full):
+                    shutil.rmtree(full)
+                else:
+                    os.unlink(full)
+            for name in os.listdir(scratch):
+                os.rename(os.path.join(scratch, name), os.path.join(self.root, name))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
     def materializer(self) -> Materializer:
         from persistkit.testing.fs.materialize import Materializer
 
