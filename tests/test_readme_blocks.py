@@ -177,6 +177,27 @@ def test_lifecycle_subprocess_block_fails_when_the_ack_comes_first(pytester):
     result.stdout.fnmatch_lines(["*ids must be unique; id * was acknowledged twice*"])
 
 
+def test_lifecycle_subprocess_block_under_power_loss_needs_the_directory_fsync(pytester):
+    """The paragraph after the block: a power cut reverts the rename, until the directory is fsynced."""
+    code = block(LIFECYCLE, "python").replace(
+        "kills=10, verify=verify)", 'kills=3, verify=verify, model="power-loss")'
+    )
+    assert 'model="power-loss"' in code
+    result = run_as_pytest(pytester, code.replace("report.kills == 10", "report.kills == 3"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*acknowledged twice*power cut*reverted*replace orders.json.tmp -> orders.json*"]
+    )
+    fixed = code.replace(
+        "        os.replace(tmp, path)\n",
+        "        os.replace(tmp, path)\n"
+        "        d = os.open(sys.argv[1], os.O_RDONLY); os.fsync(d); os.close(d)\n",
+    )
+    assert fixed != code
+    result = run_as_pytest(pytester, fixed.replace("report.kills == 10", "report.kills == 3"))
+    result.assert_outcomes(passed=1)
+
+
 def test_state_store_block_runs_twice_and_the_inspect_commands_work(tmp_path, shell_env):
     code = block("A state store in a long-running bot", "python")
     assert run_python(code, tmp_path, shell_env, "bot.py") == "ACK 0 9987.50\n"
