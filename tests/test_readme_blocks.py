@@ -267,3 +267,27 @@ def test_several_machines_block_runs_against_a_local_s3_server(tmp_path, shell_e
     out = run_python(block("Several machines", "python"), tmp_path, env)
     assert out == "[0. 1. 2. 3.] {'lr': 0.0003}\n"
     assert (tmp_path / "store.key").is_file() and list((tmp_path / "bot-cache").rglob("*.models"))
+
+
+def test_the_fault_list_names_exactly_the_errnos_the_injector_uses():
+    """README's "What disk_faults injects" table against MAN_PAGE_ERRNOS, call by call."""
+    from persistkit.testing.observe.inject import MAN_PAGE_ERRNOS
+
+    text = README.read_text()
+    section = text[text.index("### What `disk_faults` injects") :]
+    row = next(line for line in section.splitlines() if line.startswith("| an errno"))
+    cell = row.split("|")[2]
+    claimed: dict[str, set[str]] = {}
+    for part in cell.split(";"):
+        names = re.findall(r"`(\w+)`", part)
+        errnos = set(re.findall(r"\bE[A-Z]+\b", part))
+        assert names and errnos, part
+        for name in names:
+            claimed[name] = errnos
+    for name, errnos in claimed.items():
+        assert errnos == set(MAN_PAGE_ERRNOS[name][0]), (name, errnos, MAN_PAGE_ERRNOS[name])
+    # every family the injector faults is in the table (sync(2) is listed as never failing)
+    families = {"write", "open", "fsync", "ftruncate", "fallocate", "rename", "link", "symlink", "unlink",
+                "rmdir", "mkdir", "mknod", "copy_file_range", "sendfile", "close", "syncfs", "fdatasync"}  # fmt: skip
+    assert families <= set(claimed), families - set(claimed)
+    assert MAN_PAGE_ERRNOS["sync"][0] == () and "`sync(2)` (it cannot fail)" in section

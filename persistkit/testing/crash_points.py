@@ -345,6 +345,8 @@ class CrashPoints:
         report.candidates = sim.stats.candidates
         report.per_op = sim.stats.per_op
         report.per_class = sim.stats.per_class
+        report.load_seconds = reader.load_seconds
+        report.bytes_materialized = sim.bytes_materialized
         report.seconds = time.perf_counter() - start
         self.reports.append(report)
         self.recorder.add_run(

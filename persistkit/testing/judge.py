@@ -215,6 +215,8 @@ class Report:
     mutations: int = 0
     per_op: Counter[str] = field(default_factory=Counter)
     per_class: Counter[str] = field(default_factory=Counter)
+    load_seconds: float = 0.0  # spent in load() on the crash states (the floor of any verifier's cost)
+    bytes_materialized: int = 0  # bytes written to build the crash states
 
     def summary(self) -> str:
         if self.model == "object-store":

@@ -83,6 +83,7 @@ class Materializer:
         self.workshop = before.workshop if before.workshop is not None else Workshop(self.root)
         self._owns_workshop = before.workshop is None
         self._fds: dict[str, int] = {}
+        self.bytes_written = 0  # bytes written to build states (the rest was linked or left in place)
         self._copies: dict[int, str] = {}  # inode id -> its copy in the workshop
         self._copy_desc: dict[int, Descriptor | None] = {}  # what each copy holds now
         self._copy_mode: dict[int, int] = {}
@@ -479,6 +480,7 @@ class Materializer:
         n = e - s
         if n <= 0:
             return
+        self.bytes_written += n
         if kind == SRC_ZERO:
             _write_zeros(fd, s, n)
         elif kind == SRC_SPOOL:

@@ -320,6 +320,11 @@ class CrashSimulator:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    @property
+    def bytes_materialized(self) -> int:
+        """Bytes written so far to build states (what was unchanged was linked or left in place)."""
+        return self._materializer.bytes_written if self._materializer is not None else 0
+
     def materializer(self) -> Materializer:
         from persistkit.testing.fs.materialize import Materializer
 
