@@ -124,7 +124,7 @@ def test_crash_points_cost_durable_torch_save(benchmark, tmp_path, full_size, si
         return torch.load(os.path.join(root, "ckpt.pt"), weights_only=True)["step"]
 
     rounds = 3 if size_mib == 1 else 1
-    report, limit, added = _measure(
+    _, _, added = _measure(
         benchmark, tmp_path, save, load, rounds=rounds,
         comparison=f"crash_points on a durable torch.save of {size_mib} MiB (syscall observer, power loss) "
         "vs the limit: load() over every state + a raw copy of the bytes the states differ by",
