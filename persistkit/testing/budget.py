@@ -301,7 +301,9 @@ _STDLIB = tuple(
     for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
 )
 _LIBRARY_PARTS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
-_TRANSPARENT_MODULES = ("persistkit.testing.intercept",)  # its wrappers call open() on the user's behalf
+_TRANSPARENT_MODULES = (
+    "persistkit.testing.observe.intercept",
+)  # its wrappers call open() on the user's behalf
 
 
 def _library(filename: str) -> bool:

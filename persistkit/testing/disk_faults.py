@@ -48,14 +48,16 @@ process tree is killed at the timeout.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno as _errno
 import gc
+import logging
 import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -407,13 +409,17 @@ class _Body:
             self._setup()
             return {}
         if step == "fault":
-            return self._fault(trace)
+            with _logged() as lines:
+                faulted = self._fault(trace)
+            faulted["persistkit_log"] = lines
+            return faulted
         if step == "retry":
             if self.python_counter is not None:
                 self.python_counter.clear()
                 self.python_fault = None
-            error = self._python_save() if self.channel is None and self.cmd is None else self._run_save()
-            out: dict[str, Any] = {"error": error}
+            with _logged() as lines:
+                error = self._python_save() if self.channel is None and self.cmd is None else self._run_save()
+            out: dict[str, Any] = {"error": error, "persistkit_log": lines}
             if error is None and self.after_retry is not None and self.load is not None:
                 # judged here, where setup()'s objects live (after_retry may compare with them)
                 from persistkit.testing.judge import outcome
@@ -751,6 +757,7 @@ class _Plan:
             wants_trace = case.family == "fsync"
             first = worker.run(("fault", wants_trace), timeout=self.timeout)
             result.saves += 1
+            _replay_logs(first)
             # the worker answered (or died): every call it made has been answered and logged
             log = listener.log if listener is not None else None
             if listener is not None:
@@ -811,6 +818,7 @@ class _Plan:
             if first.kind == "returned":
                 retry = worker.run(("retry",), timeout=self.timeout)
                 result.saves += 1
+                _replay_logs(retry)
                 self._judge_retry(retry, reader, problems, result.saves, relearn)
                 if case.mode == "once" and self.litter is not None:
                     problems += _litter(top, allowed, self.litter, "after the next save")
@@ -1038,3 +1046,31 @@ def _litter(top: str, allowed: set[str], pattern: re.Pattern[str], when: str) ->
 
 # silence "imported but unused" for names kept for the public surface of this module
 _ = (_errno, DEFAULT_VOLATILE)
+
+
+@contextlib.contextmanager
+def _logged() -> Iterator[list[tuple[int, str]]]:
+    """In a case worker: persistkit's warnings during one call, to send back with its reply."""
+    lines: list[tuple[int, str]] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append((record.levelno, record.getMessage()))
+
+    logger = logging.getLogger("persistkit")
+    handler = _Keep(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def _replay_logs(result: Any) -> None:
+    """In the test process: log what persistkit logged in the case worker (the run's aftermath, e.g. a
+    temp file a failed save could not remove), as if it had happened here."""
+    if result.kind != "returned" or not isinstance(result.value, dict):
+        return
+    logger = logging.getLogger("persistkit.testing.disk_faults")
+    for level, message in result.value.get("persistkit_log", []):
+        logger.log(level, "%s", message)
