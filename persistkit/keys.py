@@ -67,23 +67,31 @@ def default_key_path(path: PathLike) -> str:
 def write_key_file(path: PathLike, key: Key | None = None) -> Key:
     """Create a key file (mode 0600) holding ``key`` or a new random key; never overwrite one.
 
-    The existence check and the atomic rename are two steps: two processes
-    creating the same key file at the same instant are not told apart.
+    The key is published with a hard link, which refuses an existing name: of
+    two threads or processes creating the same key file at once, one wins and
+    the other gets the "already exists" error (never a key file that changed
+    under a writer that already sealed with it).
     """
     from persistkit.format.crypto import Key
     from persistkit.io import atomic_write, current_fs
 
     key = key or Key.generate()
     target = os.path.abspath(os.fspath(path))
+    exists = PersistIOError(
+        f"key file {target!r} already exists; refusing to overwrite a key (files sealed with it "
+        "could no longer be opened). Delete it yourself if you are sure, or choose another path.",
+        errno=errno.EEXIST,
+        path=target,
+        operation="write key file",
+    )
     if current_fs().exists(target):
-        raise PersistIOError(
-            f"key file {target!r} already exists; refusing to overwrite a key (files sealed with it "
-            "could no longer be opened). Delete it yourself if you are sure, or choose another path.",
-            errno=errno.EEXIST,
-            path=target,
-            operation="write key file",
-        )
-    atomic_write(target, base64.b64encode(key.material()) + b"\n", mode=0o600)
+        raise exists
+    try:
+        atomic_write(target, base64.b64encode(key.material()) + b"\n", mode=0o600, exclusive=True)
+    except PersistIOError as err:
+        if err.errno == errno.EEXIST:  # created by another writer since the check above
+            raise exists from None
+        raise
     return Key(key.material(), source=f"key file {target}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 
 import persistkit as pk
 from persistkit import keys
-from persistkit.errors import IntegrityError, WrongKeyError
+from persistkit.errors import IntegrityError, PersistIOError, WrongKeyError
+from persistkit.keys import read_key_file, write_key_file
 from persistkit.model_store import ModelStore
 
 WHERE = {"symbol": "BTC/USDT", "agent": "ppo", "timeframe": "1h"}
@@ -90,3 +92,51 @@ def test_a_plain_store_stays_plain(tmp_path):
     path = store.save({"q": np.ones(3)}, **WHERE, encrypt=False)
     assert not store.encrypted and not (tmp_path / "models" / "store.json").exists()
     assert store.load(path)["q"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_writers_racing_to_create_one_key_file_get_one_winner_and_its_key(tmp_path):
+    """Eight threads create the same key file at once: one key is published and kept, the rest get EEXIST.
+
+    Before, each checked that the file was missing, then renamed its own key over the others': a
+    writer could seal with a key whose file was replaced a moment later (a lost key is lost data).
+    """
+    import threading
+
+    target = tmp_path / "shared.key"
+    for attempt in range(5):
+        barrier = threading.Barrier(8)
+        won, refused = [], []
+
+        def create():
+            barrier.wait()
+            try:
+                won.append(write_key_file(target))
+            except PersistIOError as err:
+                refused.append(err)
+
+        threads = [threading.Thread(target=create) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1, f"attempt {attempt}: {len(won)} writers each published a key"
+        assert len(refused) == 7 and all(e.errno == errno.EEXIST for e in refused)
+        assert all("already exists" in str(e) and str(target) in str(e) for e in refused)
+        assert read_key_file(target).fingerprint == won[0].fingerprint
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.key"]  # no temp left behind
+        target.unlink()
+
+
+def test_a_key_file_is_never_seen_half_written_by_a_crash(crash_points, tmp_path):
+    """The exclusive publish (temp, fsync, hard link, unlink temp, directory fsync) under both crash models."""
+    target = tmp_path / "crash.key"
+
+    def load():
+        return read_key_file(target).fingerprint if target.exists() else None
+
+    for model in ("process", "power-loss"):
+        if target.exists():
+            target.unlink()
+        report = crash_points(lambda: write_key_file(target), load, model=model)
+        assert report.states > 0 and any(op.split()[1:2] == ["link"] for op in report.operations), report
+        assert load() is not None  # the save left its key in place

@@ -15,6 +15,7 @@ is the one place that removes them: a name whose writer is gone, or that this pr
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 import stat
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from persistkit.errors import PersistIOError
-from persistkit.io.fs import FileHandle, PathLike, current_fs, io_error
+from persistkit.io.fs import FileHandle, PathLike, PersistFS, current_fs, io_error
 from persistkit.naming import TEMP_MARKER, is_temp_name, temp_name_for, writer_pid
 
 __all__ = [
@@ -256,6 +257,7 @@ def atomic_writer(
     mode: int = 0o644,
     durable: bool = True,
     cleanup: bool = True,
+    exclusive: bool = False,
 ) -> Iterator[AtomicWriter]:
     """Context manager: write the new content, and it replaces ``path`` on exit.
 
@@ -263,6 +265,9 @@ def atomic_writer(
     lock owner notes); the replace is still atomic against process crashes.
     On any error the temp file is removed and ``PersistIOError`` names the
     target path and errno. If the block raises, ``path`` is left untouched.
+    ``exclusive=True`` publishes only if ``path`` does not exist (a hard link of
+    the finished temp file, then the temp name is removed): of two writers racing
+    to create the same file, one wins and the other gets EEXIST, never a mix.
     """
     fs = current_fs()
     target = os.path.abspath(os.fspath(path))
@@ -296,9 +301,12 @@ def atomic_writer(
         except OSError as err:
             raise io_error("close", target, err) from err
         try:
-            fs.replace(temp, target)
+            if exclusive:
+                _publish_new(fs, temp, target)
+            else:
+                fs.replace(temp, target)
         except OSError as err:
-            raise io_error("replace", target, err) from err
+            raise io_error("link" if exclusive else "replace", target, err) from err
         with _active_lock:
             _active.discard(temp)
         if durable:
@@ -319,6 +327,22 @@ def atomic_writer(
     finally:
         with _active_lock:
             _active.discard(temp)
+
+
+def _publish_new(fs: PersistFS, temp: str, target: str) -> None:
+    """Give ``temp`` the name ``target`` only if nothing has it (EEXIST otherwise), then drop ``temp``."""
+    try:
+        fs.link(temp, target)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        # A filesystem without hard links (vfat, some FUSE mounts): check, then rename. Two writers
+        # racing here in the same instant are not told apart; no better is possible there.
+        if fs.exists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target) from err
+        fs.replace(temp, target)
+        return
+    fs.unlink(temp)
 
 
 def _abandon(handle: FileHandle | None, temp: str) -> None:
@@ -392,8 +416,9 @@ def atomic_write(
     *,
     mode: int = 0o644,
     durable: bool = True,
+    exclusive: bool = False,
 ) -> Path:
-    """Replace ``path`` with ``data`` all-or-nothing; durable when it returns."""
-    with atomic_writer(path, mode=mode, durable=durable) as writer:
+    """Replace ``path`` with ``data`` all-or-nothing; durable when it returns (``exclusive``: see atomic_writer)."""
+    with atomic_writer(path, mode=mode, durable=durable, exclusive=exclusive) as writer:
         writer.write(data)
     return Path(os.path.abspath(os.fspath(path)))

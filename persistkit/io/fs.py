@@ -228,6 +228,10 @@ class PersistFS:
     def replace(self, src: PathLike, dst: PathLike) -> None:
         raise NotImplementedError
 
+    def link(self, src: PathLike, dst: PathLike) -> None:
+        """Give ``src``'s file the second name ``dst``; fails with EEXIST if ``dst`` exists (never replaces)."""
+        raise NotImplementedError
+
     def unlink(self, path: PathLike) -> None:
         raise NotImplementedError
 
@@ -364,6 +368,9 @@ class LocalFS(PersistFS):
     def replace(self, src: PathLike, dst: PathLike) -> None:
         os.replace(_abs(src), _abs(dst))
 
+    def link(self, src: PathLike, dst: PathLike) -> None:
+        os.link(_abs(src), _abs(dst), follow_symlinks=False)
+
     def unlink(self, path: PathLike) -> None:
         os.unlink(_abs(path))
 
@@ -447,6 +454,9 @@ class DelegatingFS(PersistFS):
 
     def replace(self, src: PathLike, dst: PathLike) -> None:
         self.inner.replace(src, dst)
+
+    def link(self, src: PathLike, dst: PathLike) -> None:
+        self.inner.link(src, dst)
 
     def unlink(self, path: PathLike) -> None:
         self.inner.unlink(path)

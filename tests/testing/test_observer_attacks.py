@@ -125,8 +125,8 @@ def test_dup_then_close_original(crash_points, tmp_path):
         tmp = str(path) + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         fd2 = os.dup(fd)
-        fd3 = 50
-        os.dup2(fd, fd3)
+        fd3 = os.open(os.devnull, os.O_RDONLY)  # a descriptor of our own for dup2 to replace (a fixed
+        os.dup2(fd, fd3)  # number such as 50 may be pytest's or xdist's, and closing it broke the session)
         os.close(fd)
         os.write(fd2, b"ne")
         os.close(fd2)

@@ -124,6 +124,11 @@ def _replace(fs, d):
     fs.replace(d / "a", d / "b")
 
 
+def _link(fs, d):
+    (d / "a").write_bytes(b"a")
+    fs.link(d / "a", d / "b")
+
+
 def _unlink(fs, d):
     (d / "a").write_bytes(b"a")
     fs.unlink(d / "a")
@@ -156,6 +161,7 @@ DRIVERS = {
     "close": (_close, "f"),
     "truncate": (_truncate, "f"),
     "replace": (_replace, "b"),
+    "link": (_link, "b"),
     "unlink": (_unlink, "a"),
     "mkdir": (_mkdir, "sub"),
     "rmdir": (_rmdir, "sub"),

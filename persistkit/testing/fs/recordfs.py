@@ -110,7 +110,7 @@ class RecordingFS(HookedFS):
             self.record(m.op, result.path, handle=self._new_hid(result), truncate=truncate)
         elif m.handle is not None:  # fsync, close, truncate
             self.record(m.op, m.handle.path, handle=self._hid(m.handle), size=m.size)
-        else:  # replace, unlink, mkdir, rmdir, symlink, fsync_dir
+        else:  # replace, link, unlink, mkdir, rmdir, symlink, fsync_dir
             self.record(m.op, m.path, dst=m.dst)
         return result
 

@@ -54,6 +54,7 @@ MUTATING_OPS: Final = (
     "close",
     "truncate",
     "replace",
+    "link",
     "unlink",
     "mkdir",
     "rmdir",
@@ -92,7 +93,7 @@ class Mutation:
     @property
     def target(self) -> str:
         """The path an error is reported on: the destination of a rename, else ``path``."""
-        return self.dst if self.op == "replace" and self.dst is not None else self.path
+        return self.dst if self.op in ("replace", "link") and self.dst is not None else self.path
 
 
 def _abs(path: PathLike) -> str:
@@ -144,6 +145,10 @@ class HookedFS(DelegatingFS):
     def replace(self, src: PathLike, dst: PathLike) -> None:
         m = Mutation("replace", _abs(src), dst=_abs(dst))
         self.on_mutation(m, lambda: self.inner.replace(src, dst))
+
+    def link(self, src: PathLike, dst: PathLike) -> None:
+        m = Mutation("link", _abs(src), dst=_abs(dst))
+        self.on_mutation(m, lambda: self.inner.link(src, dst))
 
     def unlink(self, path: PathLike) -> None:
         self.on_mutation(Mutation("unlink", _abs(path)), lambda: self.inner.unlink(path))

@@ -226,8 +226,18 @@ MAN_PAGE_ERRNOS: Mapping[str, tuple[tuple[str, ...], str]] = {
     "symlinkat": (("ENOSPC", "EDQUOT", "EIO", "EROFS"), "symlink(2), as symlink"),
     "mknod": (("ENOSPC", "EDQUOT", "EROFS"), "mknod(2): EDQUOT, ENOSPC, EROFS; no EIO"),
     "mknodat": (("ENOSPC", "EDQUOT", "EROFS"), "mknod(2), as mknod"),
-    "copy_file_range": (("ENOSPC", "EIO"), "copy_file_range(2): EIO, ENOSPC; no EDQUOT"),
-    "sendfile": (("EIO",), "sendfile(2): EIO only; no ENOSPC"),
+    # The man pages of these two are not the whole truth: both copy through the output file's own
+    # write path (fs/read_write.c: do_sendfile and splice_file_range -> do_splice_direct ->
+    # iter_file_splice_write -> vfs_iter_write), which fails with ENOSPC/EDQUOT on a full disk or
+    # quota exactly as write(2) does; `cp` and shutil.copyfile report "No space left" from them.
+    "copy_file_range": (
+        ("ENOSPC", "EDQUOT", "EIO"),
+        "copy_file_range(2): EIO, ENOSPC; EDQUOT from the output file's write (fs/read_write.c)",
+    ),
+    "sendfile": (
+        ("ENOSPC", "EDQUOT", "EIO"),
+        "sendfile(2): EIO; ENOSPC, EDQUOT from the output file's write (fs/read_write.c: do_sendfile)",
+    ),
 }
 # A persistent fault is a state of the device: what each later call on it fails with, in order of
 # preference among the errnos its man page lists (a failing disk goes read-only where EIO is not listed).
