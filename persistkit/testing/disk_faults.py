@@ -905,17 +905,20 @@ class _Plan:
                             "bring it back"
                         )
                         return
-                # the failed fsync made nothing durable: a power loss after save() returned must not lose it
-                for state in sim.states("power-loss", max_states=32):
-                    if not state.complete:
-                        continue
+                # The failed fsync made nothing durable. A power loss after save() returned must not lose
+                # the new state, and one during the rest of the save (the save went on as if that fsync had
+                # worked: SQLite's journal directory) must leave the old state or the new one.
+                after = [s for s in sim.states("power-loss", max_states=32) if s.complete]
+                for state in [*after, *sim.names_a_failed_dir_sync_left()]:
                     state.materialize()
-                    verdict = reader.read(True, relearn)
-                    if verdict.kind != "new":
+                    verdict = reader.read(state.complete, relearn)
+                    if verdict.kind == "bad" or (state.complete and verdict.kind != "new"):
+                        when = "" if state.complete else " during the rest of the save"
                         problems.append(
                             f"save() returned normally after fsync failed with {case.fault}, so nothing that fsync "
-                            f"was to make durable is: {_rel(state.description, self.top)}, and load() "
-                            f"{verdict.got.describe()}. Raise when fsync fails (or write the data again and fsync it)"
+                            f"was to make durable is; a power loss{when}: {_rel(state.description, self.top)}, "
+                            f"and load() {verdict.got.describe()}. Raise when fsync fails (or write the data again "
+                            "and fsync it)"
                         )
                         return
             finally:

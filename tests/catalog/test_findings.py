@@ -195,29 +195,50 @@ def _sqlite_get(path: str) -> Any:
 
 def test_sqlite_ignores_a_failed_fsync_of_the_journal_directory_by_design(disk_faults, tmp_path):
     """os_unix.c unixSync: the directory fsync after the journal's creation (UNIXFILE_DIRSYNC) has its
-    result ignored on purpose; the one after the journal's unlink (EXTRA) is checked."""
+    result ignored on purpose (full_fsync's return value is dropped); the one after the journal's
+    unlink (EXTRA) is checked. The consequence the verifier shows: the journal's name may not be
+    durable, the transaction goes on overwriting database pages, and a power loss then leaves a
+    database with no hot journal to roll it back: PRAGMA integrity_check reports rows missing from
+    the index."""
     db = str(tmp_path / "db.sqlite")
     con = sqlite3.connect(db)
-    con.execute("CREATE TABLE t(v)")
-    con.execute("INSERT INTO t VALUES (1)")
+    con.execute("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
+    con.execute("CREATE INDEX tv ON t(v)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"old-{i:04d}-" + "x" * 200) for i in range(60)])
     con.commit()
     con.close()
+
+    def put() -> None:  # one transaction that rewrites table and index pages
+        con = sqlite3.connect(db)
+        try:
+            con.execute("PRAGMA synchronous=EXTRA")
+            con.execute("UPDATE t SET v = 'new' || substr(v, 4)")
+            con.commit()
+        finally:
+            con.close()
+
+    def get() -> Any:
+        con = sqlite3.connect(db)
+        try:
+            return con.execute("PRAGMA integrity_check").fetchall(), con.execute(
+                "SELECT count(*), min(v), max(v) FROM t"
+            ).fetchall()
+        finally:
+            con.close()
+
     with pytest.raises(AssertionError):
-        disk_faults(
-            lambda: _sqlite_put(db, 2),
-            lambda: _sqlite_get(db),
-            observe="syscalls",
-            errnos=("EIO",),
-            modes=("once",),
-        )
+        disk_faults(put, get, observe="syscalls", errnos=("EIO",), modes=("once",), short_writes=False)
     report = disk_faults.reports[-1]
     dir_syncs = [op for op in report.operations if " fsync_dir " in f" {op} "]
     assert len(dir_syncs) == 2, report.operations
     assert [v.fault for v in report.violations] == [
         f"EIO at {dir_syncs[0].replace(str(tmp_path), '.')} (once)"
     ], [(v.fault, v.problems) for v in report.violations]
-    assert report.violations[0].raised is None
-    assert "save() returned normally although fsync_dir failed with EIO" in report.violations[0].problems[0]
+    violation = report.violations[0]
+    assert violation.raised is None  # SQLite returned normally
+    problem = violation.problems[0]
+    assert "reverted #1 create db.sqlite-journal did not persist" in problem, problem
+    assert "missing from index tv" in problem, problem
 
 
 def test_torch_save_truncates_the_old_file_before_a_failed_write(disk_faults, tmp_path):

@@ -294,6 +294,44 @@ class CrashSimulator:
             text += f" ({_listing(losses, self.root)})"
         return CrashState(n, "power-loss", True, text, losses, Plan(n, durable_meta, DURABLE), self)
 
+    def names_a_failed_dir_sync_left(self, max_states: int = 8) -> list[CrashState]:
+        """Power losses after a directory fsync that failed, when the save went on as if it worked.
+
+        The names that fsync was to make durable (a journal's creation, a rename) are lost,
+        while everything issued after it reached the disk: the state a save that ignored the
+        error (SQLite's journal directory, by design) must still survive. Crash points are
+        spread over the operations after each failed directory fsync, up to ``max_states``.
+        """
+        model, ops, n = self.model, self.model.ops, len(self.model.ops)
+        out: list[CrashState] = []
+        for f, op in enumerate(ops):
+            if op.kind != OpKind.FSYNC_FAILED or not self._is_dir_sync(op):
+                continue
+            points = list(range(f + 1, n + 1))
+            if len(points) > max_states:
+                step = (len(points) - 1) / max(max_states - 1, 1)
+                points = [points[round(i * step)] for i in range(max_states)]
+            for k in points:
+                lost = [m for m in model.metas if m.position < f and not model.durable_meta(m, k)]
+                if not lost:
+                    continue
+                kept = frozenset(m.position for m in model.metas if m.position < k) - {
+                    m.position for m in lost
+                }
+                if model.namespace(k, kept) is None:
+                    continue
+                losses = tuple(Loss("reverted", m.op) for m in lost if m.op is not None)
+                text = (
+                    f"power loss {self._where(k, 'power-loss')}: the directory fsync #{f} failed, so "
+                    f"{_listing(losses, self.root)} did not persist, while everything after it did"
+                )
+                out.append(CrashState(k, "power-loss", k >= n, text, losses, Plan(k, kept), self))
+        return out
+
+    def _is_dir_sync(self, op: Op) -> bool:
+        inode = self.model.handles.get(op.handle) if op.handle is not None else None
+        return inode is None or self.model.inodes[inode].kind == "dir"
+
     def leave(self, state: CrashState | Plan) -> None:
         """Make the root hold ``state`` for good (the program restarts from it), and drop the copies.
 
