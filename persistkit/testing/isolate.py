@@ -380,7 +380,9 @@ def _describe_error(err: BaseException) -> dict[str, Any]:
     }
 
 
-def _runner_main(sock: socket.socket, diag: int, fn: Callable[..., Any], fresh: bool = False) -> NoReturn:
+def _runner_main(
+    sock: socket.socket, diag: int, fn: Callable[..., Any], fresh: bool = False, keep_threads: bool = False
+) -> NoReturn:
     code = 0
     try:
         import faulthandler
@@ -412,10 +414,11 @@ def _runner_main(sock: socket.socket, diag: int, fn: Callable[..., Any], fresh: 
             threads = [t for t in threading.enumerate() if t not in before and t.is_alive()]
             stragglers += [f"thread {t.name!r}" for t in threads]
             reply["stragglers"] = tuple(stragglers)
-            reply["retire"] = bool(threads) or fresh
+            retire = (bool(threads) and not keep_threads) or fresh
+            reply["retire"] = retire
             _flush_stdio()
             _send_frame(sock, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
-            if threads or fresh:  # threads that outlive a call end with the process; fresh: one call each
+            if retire:  # threads that outlive a call end with the process; fresh: one call each
                 break
     except BaseException:  # the channel broke: the test process is gone or gave up
         code = 70
@@ -423,7 +426,9 @@ def _runner_main(sock: socket.socket, diag: int, fn: Callable[..., Any], fresh: 
     os._exit(code)
 
 
-def _keeper_main(ctl: socket.socket, fn: Callable[..., Any], fresh: bool = False) -> NoReturn:
+def _keeper_main(
+    ctl: socket.socket, fn: Callable[..., Any], fresh: bool = False, keep_threads: bool = False
+) -> NoReturn:
     try:
         for fd in list(_PARENT_FDS):
             with contextlib.suppress(OSError):
@@ -443,7 +448,7 @@ def _keeper_main(ctl: socket.socket, fn: Callable[..., Any], fresh: bool = False
                 ctl.close()
                 ours.close()
                 os.close(diag_r)
-                _runner_main(theirs, diag_w, fn, fresh)
+                _runner_main(theirs, diag_w, fn, fresh, keep_threads)
             theirs.close()
             os.close(diag_w)
             pidfd = os.pidfd_open(pid)
@@ -528,12 +533,12 @@ class _Runner:
 
 
 class _Keeper:
-    def __init__(self, fn: Callable[..., Any], fresh: bool = False) -> None:
+    def __init__(self, fn: Callable[..., Any], fresh: bool = False, keep_threads: bool = False) -> None:
         ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = _fork()
         if pid == 0:
             ctl.close()
-            _keeper_main(theirs, fn, fresh)
+            _keeper_main(theirs, fn, fresh, keep_threads)
         theirs.close()
         self.pid, self.ctl = pid, ctl
         self.pidfd = os.pidfd_open(pid)
@@ -612,23 +617,30 @@ class Worker:
     socket as pickles; keep arguments small. When a call kills its process or
     times out, the next call transparently gets a fresh runner (``restarts``
     counts them). ``fresh=True`` gives every call a runner of its own, forked from
-    the keeper, so nothing one call leaves in memory (a cache) reaches the next. Should the keeper itself die, the call raises ``WorkerBroken``
-    and the next call forks a new keeper from the caller as it is by then.
+    the keeper, so nothing one call leaves in memory (a cache) reaches the next.
+    A call that leaves Python threads running retires its runner (they end with it), unless
+    ``keep_threads=True``: a loader's thread pool (transformers, tokenizers) then stays, still
+    named in ``stragglers``, and what the runner learned stays too. Should the keeper itself
+    die, the call raises ``WorkerBroken`` and the next call forks a new keeper from the caller
+    as it is by then.
 
         with Worker(judge_state, timeout=10) as worker:
             outcomes = [worker.call(i) for i in range(len(states))]
     """
 
-    def __init__(self, fn: Callable[..., Any], *, timeout: float, fresh: bool = False) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], *, timeout: float, fresh: bool = False, keep_threads: bool = False
+    ) -> None:
         if not hasattr(os, "pidfd_open"):
             raise RuntimeError("persistkit.testing.isolate needs Linux 5.3+ (pidfds)")
         self.fn = fn
         self.timeout = timeout
         self.fresh = fresh
+        self.keep_threads = keep_threads
         self.calls = 0
         self.restarts = 0
         self._spawned = 0
-        self._state: dict[str, Any] = {"keeper": _Keeper(fn, fresh)}
+        self._state: dict[str, Any] = {"keeper": _Keeper(fn, fresh, keep_threads)}
         self._finalizer = weakref.finalize(self, _shut_down, self._state)
 
     def __enter__(self) -> Worker:
@@ -659,7 +671,7 @@ class Worker:
         self.calls += 1
         try:
             if "keeper" not in self._state:
-                self._state["keeper"] = _Keeper(self.fn, self.fresh)
+                self._state["keeper"] = _Keeper(self.fn, self.fresh, self.keep_threads)
             return self._exchange(self._runner(), request, limit)
         except WorkerBroken:
             _shut_down(self._state)

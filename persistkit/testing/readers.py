@@ -225,7 +225,9 @@ class IsolatedReader:
             got = judge.expect_before() if method == "before" else judge.expect_after()
             return (got.describe(), got.error is not None, judge.load_seconds)
 
-        self.worker = Worker(serve, timeout=timeout or 600.0)
+        # keep_threads: a loader's pool threads must not retire the runner, which would forget the
+        # states before and after the save after every load (then every read needs a relearn)
+        self.worker = Worker(serve, timeout=timeout or 600.0, keep_threads=True)
         self.fixed_timeout = timeout
         self.timeout = timeout or 600.0
         self.before: _Expected | None = None

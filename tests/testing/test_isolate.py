@@ -191,6 +191,25 @@ def test_a_thread_left_running_is_named(tmp_path, no_leftovers):
     assert outcome.ok and outcome.stragglers == ("thread 'background-writer'",)
 
 
+def test_a_runner_that_kept_a_thread_retires_unless_threads_may_stay(no_leftovers):
+    """A loader's pool thread (transformers starts one) retires the runner, and what it learned with it;
+    with keep_threads=True (the crash-state reader) the runner stays and remembers."""
+    learned: dict[str, object] = {}
+
+    def call(what):
+        if what == "learn":
+            learned["before"] = os.getpid()
+            threading.Thread(target=threading.Event().wait, name="pool", daemon=True).start()
+        return os.getpid(), learned.get("before")
+
+    for keep, same in ((False, False), (True, True)):
+        with Worker(call, timeout=60, keep_threads=keep) as worker:
+            first, second = worker.call("learn"), worker.call("read")
+        assert first.ok and second.ok and first.stragglers == ("thread 'pool'",)
+        assert (second.value[0] == first.value[0]) is same
+        assert (second.value[1] == first.value[0]) is same  # what the first call learned survives
+
+
 def test_the_child_runs_none_of_the_parents_handlers_or_finalizers(tmp_path, capfd):
     marker = tmp_path / "ran-in-child"
     parent = os.getpid()
