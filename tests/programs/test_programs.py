@@ -508,7 +508,10 @@ def test_fix_line_names_the_bug(crash_points, disk_faults, built, tmp_path, prog
 def test_correct_twin_survives_every_fault(disk_faults, built, tmp_path, program):
     """The full sweep: every errno each call's man page lists, once and persistently."""
     case = prepare(program, "correct", built, tmp_path)
-    report = disk_faults.subprocess(case.cmd, case.load, root=case.root, cwd=case.root, timeout=30)
+    options = {k: v for k, v in program.options.items() if k not in ("errnos", "modes")}
+    report = disk_faults.subprocess(
+        case.cmd, case.load, root=case.root, cwd=case.root, **{"timeout": 30, **options}
+    )
     assert report.violations == [] and report.fired > 0 and report.misfired == 0, report.summary()
 
 
