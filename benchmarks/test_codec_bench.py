@@ -22,7 +22,9 @@ import persistkit as pk
 
 ROUNDS = 15
 # Keras 3.15 + numpy 2.4 warn once per tensor converted to numpy (keras' own saving and loading too)
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 
 
 def fsynced(path) -> None:
@@ -51,7 +53,9 @@ def xgb_model(request):
     xgb = pytest.importorskip("xgboost")
     full = request.config.getoption("benchmark_enable") or not request.config.getoption("benchmark_disable")
     x, y = data(full)
-    return xgb.XGBClassifier(n_estimators=100 if full else 10, max_depth=6, n_jobs=1, random_state=0).fit(x, y)
+    return xgb.XGBClassifier(n_estimators=100 if full else 10, max_depth=6, n_jobs=1, random_state=0).fit(
+        x, y
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,9 @@ def lgb_model(request):
     lgb = pytest.importorskip("lightgbm")
     full = request.config.getoption("benchmark_enable") or not request.config.getoption("benchmark_disable")
     x, y = data(full)
-    model = lgb.LGBMClassifier(n_estimators=100 if full else 10, num_leaves=31, n_jobs=1, verbose=-1, random_state=0)
+    model = lgb.LGBMClassifier(
+        n_estimators=100 if full else 10, num_leaves=31, n_jobs=1, verbose=-1, random_state=0
+    )
     return model.fit(x, y)
 
 
@@ -74,7 +80,9 @@ def keras_model(request):
     import warnings
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((30, 8)), keras.layers.LSTM(32), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [keras.Input((30, 8)), keras.layers.LSTM(32), keras.layers.Dense(1, activation="sigmoid")]
+    )
     model.compile(optimizer="adam", loss="binary_crossentropy")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 30, 8)).astype("float32")
@@ -119,7 +127,11 @@ def library_load(lib: str, model, path):
     return fresh
 
 
-ANCHORS = {"xgboost": ("xgboost-ubj", "m.ubj"), "lightgbm": ("lightgbm-text", "m.txt"), "keras": ("keras", "m.keras")}
+ANCHORS = {
+    "xgboost": ("xgboost-ubj", "m.ubj"),
+    "lightgbm": ("lightgbm-text", "m.txt"),
+    "keras": ("keras", "m.keras"),
+}
 EXTRA_ANCHORS = {"xgboost": [("xgboost-json", "m.json")], "lightgbm": [], "keras": []}
 
 

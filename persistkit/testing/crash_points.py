@@ -137,7 +137,9 @@ def _ended_well(cmd: Sequence[str], run: CommandRun, obs: Observation, timeout: 
         )
 
 
-def _reader(load: Callable[[], Any], before: Any, after: Any, isolate: bool, timeout: float | None) -> StateReader:
+def _reader(
+    load: Callable[[], Any], before: Any, after: Any, isolate: bool, timeout: float | None
+) -> StateReader:
     if isolate:
         return IsolatedReader(load, before, after, timeout=timeout)
     return InProcessReader(load, before, after)
@@ -303,7 +305,9 @@ class CrashPoints:
         fs_model.check_prefixes()
         check_explained("crash_points", obs, initial, final, fs_model, allow_outside=allow_outside)
         sim = CrashSimulator(initial, obs.ops, model=fs_model, seed=seed)
-        report = Report(model, 0, [_rel(op.describe(), top) for op in sim.ops], observer=obs.observer, seed=seed)
+        report = Report(
+            model, 0, [_rel(op.describe(), top) for op in sim.ops], observer=obs.observer, seed=seed
+        )
         try:
             probing = _expect_after(sim, reader, after)
             current: list[CrashState] = []
@@ -341,9 +345,13 @@ class CrashPoints:
         report.candidates = sim.stats.candidates
         report.per_op = sim.stats.per_op
         report.per_class = sim.stats.per_class
+        report.load_seconds = reader.load_seconds
+        report.bytes_materialized = sim.bytes_materialized
         report.seconds = time.perf_counter() - start
         self.reports.append(report)
-        self.recorder.add_run("crash_points", states=report.states, violations=len(report.violations), model=model)
+        self.recorder.add_run(
+            "crash_points", states=report.states, violations=len(report.violations), model=model
+        )
         if report.violations:
             raise AssertionError(self._message(report, top, sim))
         return report

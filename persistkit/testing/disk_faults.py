@@ -48,14 +48,16 @@ process tree is killed at the timeout.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno as _errno
 import gc
+import logging
 import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +130,9 @@ class FaultReport:
     points: int = 0  # operations a fault is injected at
     saves: int = 0  # how many times save() ran (each case runs it twice: faulted, then the retry)
     kinds: collections.Counter[str] = field(default_factory=collections.Counter)
-    injected: list[str] = field(default_factory=list)  # every fault that fired, as "ENOSPC at #3 write x (once)"
+    injected: list[str] = field(
+        default_factory=list
+    )  # every fault that fired, as "ENOSPC at #3 write x (once)"
 
     def summary(self) -> str:
         missed = f", {self.misfired} injections landed elsewhere (no verdict)" if self.misfired else ""
@@ -234,6 +238,7 @@ class DiskFaults:
         top = os.path.abspath(os.fspath(root)) if root is not None else self.root
         os.makedirs(top, exist_ok=True)
         body = _Body(save, setup, teardown, None, None, None, None)
+        body.load, body.after_retry = load, after_retry
         plan = _Plan(self, body, load, top, litter, timeout, after_retry, allow_outside, observer)
         return plan.run(codes, mode_list, max_operations, rotate_errnos, short_writes, close_errors)
 
@@ -270,10 +275,13 @@ class DiskFaults:
 
         problem = injector_problem()
         if problem is not None:
-            raise NotJudgeable(f"disk_faults.subprocess: no verdict, because faults cannot be aimed here: {problem}")
+            raise NotJudgeable(
+                f"disk_faults.subprocess: no verdict, because faults cannot be aimed here: {problem}"
+            )
         top = os.path.abspath(os.fspath(root)) if root is not None else self.root
         os.makedirs(top, exist_ok=True)
         body = _Body(None, None, None, list(cmd), os.fspath(cwd) if cwd is not None else None, env, timeout)
+        body.load, body.after_retry = load, after_retry
         plan = _Plan(self, body, load, top, litter, timeout, after_retry, allow_outside, "syscalls")
         return plan.run(codes, mode_list, max_operations, rotate_errnos, short_writes, close_errors)
 
@@ -353,6 +361,8 @@ class _Body:
         self.python_counter: FaultFS | None = None
         self.top = ""
         self.killed_by: str | None = None
+        self.load: Callable[[], Any] | None = None
+        self.after_retry: Callable[[Any], bool] | None = None
 
     # -- running the save itself
     def _run_save(self) -> str | None:
@@ -384,21 +394,45 @@ class _Body:
         return None
 
     def _python_save(self) -> str | None:
-        ffs = FaultFS(current_fs(), self.python_fault) if self.python_fault is not None else FaultFS(current_fs())
+        ffs = (
+            FaultFS(current_fs(), self.python_fault)
+            if self.python_fault is not None
+            else FaultFS(current_fs())
+        )
         self.python_counter = ffs
         with use_fs(GuardFS(ffs)), Interceptor(self.top, before=ffs.check):
             return self._run_save()
 
     def serve(self, step: str, trace: bool = False) -> dict[str, Any]:
         sys.dont_write_bytecode = True  # a .pyc written in one run but not the next shifts the counts
+        if step == "setup":
+            self._setup()
+            return {}
         if step == "fault":
-            return self._fault(trace)
+            with _logged() as lines:
+                faulted = self._fault(trace)
+            faulted["persistkit_log"] = lines
+            return faulted
         if step == "retry":
             if self.python_counter is not None:
                 self.python_counter.clear()
                 self.python_fault = None
-            error = self._python_save() if self.channel is None and self.cmd is None else self._run_save()
-            return {"error": error}
+            with _logged() as lines:
+                error = self._python_save() if self.channel is None and self.cmd is None else self._run_save()
+            out: dict[str, Any] = {"error": error, "persistkit_log": lines}
+            if error is None and self.after_retry is not None and self.load is not None:
+                # judged here, where setup()'s objects live (after_retry may compare with them)
+                from persistkit.testing.judge import outcome
+
+                got = outcome(self.load)
+                try:
+                    out["accepted"] = got.error is None and bool(self.after_retry(got.value))
+                except Exception as err:  # the predicate itself failed: say so
+                    out["accepted"] = False
+                    out["loaded"] = f"{got.describe()}, and after_retry() raised {_describe_error(err)}"
+                else:
+                    out["loaded"] = got.describe()
+            return out
         return self._end()
 
     def _fault(self, trace: bool) -> dict[str, Any]:
@@ -407,9 +441,7 @@ class _Body:
         tracer = SelfTrace() if trace else None
         if tracer is not None:
             tracer.__enter__()  # strace attaches before the filter is installed (inject's rule)
-        if self.stateful:
-            assert self.setup is not None
-            self.ctx = self.setup()  # setup's own file operations are not faulted
+        self._setup()  # setup's own file operations are not faulted
         if self.channel is not None:
             from persistkit.testing.observe.inject import arm
 
@@ -429,6 +461,11 @@ class _Body:
             assert self.trace is not None
             out["trace"] = self.trace.path
         return out
+
+    def _setup(self) -> None:
+        if self.stateful and self.ctx is None:
+            assert self.setup is not None
+            self.ctx = self.setup()
 
     def _end(self) -> dict[str, Any]:
         leaked: list[str] = []
@@ -457,6 +494,10 @@ class _Plan:
     observer: str
     operations: list[str] = field(default_factory=list)
     after_snapshot: Snapshot | None = None
+    before_setup: Snapshot | None = None  # stateful saves: the directory as setup() leaves it
+    reader: IsolatedReader | None = None
+    after_scan: dict[str, Any] = field(default_factory=dict)
+    expected_after: Any = None
 
     def run(
         self,
@@ -475,12 +516,16 @@ class _Plan:
         initial = Snapshot.take(top)
         after_snapshot: Snapshot | None = None
         try:
-            reader.expect_before()
-            if _changed(initial, scan(top)):
-                initial.materialize(top)
+            if not self.body.stateful:
+                reader.expect_before()
+                if _changed(initial, scan(top)):
+                    initial.materialize(top)
+            # (a stateful save learns its state before once setup() ran: in the dry run)
+            self.reader = reader
             planned = self._dry_run(initial, codes, modes, rotate_errnos, short_writes, close_errors)
-            after_snapshot = self.after_snapshot = Snapshot.take(top)
-            expected_after = reader.expect_after()
+            after_snapshot = self.after_snapshot
+            assert after_snapshot is not None
+            expected_after = self.expected_after
             if expected_after.error is not None:
                 raise AssertionError(
                     f"disk_faults: load() fails even after a save without faults: {expected_after.describe()}"
@@ -502,7 +547,9 @@ class _Plan:
                 report.saves += outcome.saves
                 if outcome.misfired is not None:
                     report.misfired += outcome.misfired != ""
-                    unjudged.setdefault(case.index, outcome.misfired or "the faulted run never made that call")
+                    unjudged.setdefault(
+                        case.index, outcome.misfired or "the faulted run never made that call"
+                    )
                     continue
                 judged.add(case.index)
                 report.fired += 1
@@ -516,6 +563,8 @@ class _Plan:
                 after_snapshot.materialize(top)
                 after_snapshot.close()
             initial.close()
+            if self.before_setup is not None:
+                self.before_setup.close()
             reader.close()
         report.seconds = time.perf_counter() - start
         self.owner.reports.append(report)
@@ -535,6 +584,13 @@ class _Plan:
                 f"under {top} (observed by {self.observer}). Check that save() writes there (root=)."
             )
         return report
+
+    def _learn_after(self) -> None:
+        """The directory a clean save leaves, and what load() returns from it (before any teardown)."""
+        assert self.reader is not None
+        self.after_scan = scan(self.top)
+        self.after_snapshot = Snapshot.take(self.top)
+        self.expected_after = self.reader.expect_after()
 
     # -- the dry run ---------------------------------------------------------------------
     def _dry_run(
@@ -561,8 +617,16 @@ class _Plan:
         fault_points: list[Any] = []
 
         def dry_steps(worker: Any) -> Any:
+            if self.body.stateful:
+                # the state before the save is the one setup() leaves: learn it, and keep it
+                worker.run(("setup",), timeout=self.timeout)
+                assert self.reader is not None
+                self.reader.expect_before()
+                self.before_setup = Snapshot.take(self.top)
             out = worker.run(("fault", True), timeout=self.timeout)
             fault_points.extend(listener.log.points)  # the save's calls (teardown's are not faulted)
+            if out.kind == "returned" and out.value["error"] is None:
+                self._learn_after()  # before teardown runs
             return out
 
         try:
@@ -577,11 +641,16 @@ class _Plan:
         if reply["error"] is not None:
             raise AssertionError(f"disk_faults: save() fails even without faults: {reply['error']}")
         obs = from_trace(TraceFile(os.path.dirname(trace), trace), self.top, sizes, os.getcwd(), _open_fds())
+        before = self.before_setup or before  # what the save starts from (after setup(), if any)
         try:
             model = FsModel(before, obs.ops, volatile=obs.volatile)
-            check_explained("disk_faults", obs, before, scan(self.top), model, allow_outside=self.allow_outside)
+            check_explained(
+                "disk_faults", obs, before, self.after_scan, model, allow_outside=self.allow_outside
+            )
             relevant_paths = _relevant_paths(model, obs)
-            self.operations = [op.describe() for op, keep in zip(obs.ops, model.relevant, strict=True) if keep]
+            self.operations = [
+                op.describe() for op, keep in zip(obs.ops, model.relevant, strict=True) if keep
+            ]
             labels = _label_points(fault_points, obs)
         finally:
             obs.close()
@@ -594,7 +663,9 @@ class _Plan:
             cases: list[_Planned] = []
             if point.family == "close":
                 if close_errors and "EIO" in point.errnos:
-                    cases.append(_Planned(index, label, "EIO", "once", "close", Aim.at(point, Errno("EIO")), point))
+                    cases.append(
+                        _Planned(index, label, "EIO", "once", "close", Aim.at(point, Errno("EIO")), point)
+                    )
             else:
                 listed = [c for c in codes if c in point.errnos]
                 chosen = ([listed[index % len(listed)]] if rotate_errnos else listed) if listed else []
@@ -603,7 +674,9 @@ class _Plan:
                         aim = Aim.at(point, Errno(name), persistent=mode == "persistent")
                         cases.append(_Planned(index, label, name, mode, point.family, aim, point))
                 if short_writes and point.family == "write":
-                    cases.append(_Planned(index, label, "short", "once", "write", Aim.at(point, ShortWrite()), point))
+                    cases.append(
+                        _Planned(index, label, "short", "once", "write", Aim.at(point, ShortWrite()), point)
+                    )
             if cases:
                 planned += cases
                 index += 1
@@ -611,7 +684,19 @@ class _Plan:
 
     def _dry_run_python(self, codes: list[str], modes: list[str], rotate_errnos: bool) -> list[_Planned]:
         __tracebackhide__ = True
-        dry = self._in_worker(lambda w: w.run(("fault", False), timeout=self.timeout), None)[0]
+
+        def dry_steps(worker: Any) -> Any:
+            if self.body.stateful:
+                worker.run(("setup",), timeout=self.timeout)
+                assert self.reader is not None
+                self.reader.expect_before()
+                self.before_setup = Snapshot.take(self.top)
+            out = worker.run(("fault", False), timeout=self.timeout)
+            if out.kind == "returned" and out.value["error"] is None:
+                self._learn_after()
+            return out
+
+        dry = self._in_worker(dry_steps, None)[0]
         if dry.kind != "returned":
             raise AssertionError(f"disk_faults: save() fails even without faults: it {dry.describe()}")
         reply = dry.value
@@ -672,6 +757,7 @@ class _Plan:
             wants_trace = case.family == "fsync"
             first = worker.run(("fault", wants_trace), timeout=self.timeout)
             result.saves += 1
+            _replay_logs(first)
             # the worker answered (or died): every call it made has been answered and logged
             log = listener.log if listener is not None else None
             if listener is not None:
@@ -683,7 +769,9 @@ class _Plan:
                     result.misfired = ""  # the faulted run never made that call (it took a shorter path)
                     return result
                 if not _same_place(hit.point, case.point):
-                    result.misfired = f"the fault landed on {hit.point.describe()} instead of {case.point.describe()}"
+                    result.misfired = (
+                        f"the fault landed on {hit.point.describe()} instead of {case.point.describe()}"
+                    )
                     return result
             if first.kind == "returned" and self.observer == "python" and not first.value.get("fired"):
                 result.misfired = ""
@@ -730,6 +818,7 @@ class _Plan:
             if first.kind == "returned":
                 retry = worker.run(("retry",), timeout=self.timeout)
                 result.saves += 1
+                _replay_logs(retry)
                 self._judge_retry(retry, reader, problems, result.saves, relearn)
                 if case.mode == "once" and self.litter is not None:
                     problems += _litter(top, allowed, self.litter, "after the next save")
@@ -753,7 +842,7 @@ class _Plan:
         def relearn() -> None:
             now = Snapshot.take(self.top)
             try:
-                initial.materialize(self.top)
+                (self.before_setup or initial).materialize(self.top)
                 reader.expect_before()
                 assert self.after_snapshot is not None
                 self.after_snapshot.materialize(self.top)
@@ -799,9 +888,9 @@ class _Plan:
 
         obs = from_trace(TraceFile(os.path.dirname(trace_path), trace_path), self.top, {}, os.getcwd())
         try:
-            model = FsModel(initial, obs.ops, volatile=obs.volatile)
+            model = FsModel(self.before_setup or initial, obs.ops, volatile=obs.volatile)
             dropped = model.dropped_by_failed_fsyncs()
-            sim = CrashSimulator(initial, obs.ops, model=model)
+            sim = CrashSimulator(self.before_setup or initial, obs.ops, model=model)
             try:
                 if dropped:
                     sim.materialize(Plan(len(model.ops), dropped=dropped))
@@ -844,11 +933,10 @@ class _Plan:
             problems.append(f"the next save() after the fault cleared raised {retry.value['error']}")
             return
         if self.after_retry is not None:
-            ok, text = reader.check()
-            if not ok:
+            if not retry.value.get("accepted"):
                 problems.append(
-                    f"after the fault cleared and save() was retried, load() {text}, which after_retry() does "
-                    "not accept"
+                    f"after the fault cleared and save() was retried, load() {retry.value.get('loaded')}, which "
+                    "after_retry() does not accept"
                 )
             return
         verdict = reader.read(True, relearn)
@@ -958,3 +1046,31 @@ def _litter(top: str, allowed: set[str], pattern: re.Pattern[str], when: str) ->
 
 # silence "imported but unused" for names kept for the public surface of this module
 _ = (_errno, DEFAULT_VOLATILE)
+
+
+@contextlib.contextmanager
+def _logged() -> Iterator[list[tuple[int, str]]]:
+    """In a case worker: persistkit's warnings during one call, to send back with its reply."""
+    lines: list[tuple[int, str]] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append((record.levelno, record.getMessage()))
+
+    logger = logging.getLogger("persistkit")
+    handler = _Keep(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def _replay_logs(result: Any) -> None:
+    """In the test process: log what persistkit logged in the case worker (the run's aftermath, e.g. a
+    temp file a failed save could not remove), as if it had happened here."""
+    if result.kind != "returned" or not isinstance(result.value, dict):
+        return
+    logger = logging.getLogger("persistkit.testing.disk_faults")
+    for level, message in result.value.get("persistkit_log", []):
+        logger.log(level, "%s", message)

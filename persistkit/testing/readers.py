@@ -56,9 +56,11 @@ class StateReader(Protocol):
     def read(self, complete: bool, relearn: Callable[[], None]) -> Verdict: ...
     def close(self) -> None: ...
 
+    load_seconds: float
+
 
 def classify(got: Outcome, before: Outcome, after: Outcome, complete: bool) -> Verdict:
-    """"new" if ``got`` is the state after the save, "old" the one before (only while it ran), else "bad"."""
+    """ "new" if ``got`` is the state after the save, "old" the one before (only while it ran), else "bad"."""
     if got.same_as(after):
         return Verdict("new", got)
     if not complete and got.same_as(before):
@@ -89,7 +91,9 @@ class _Judge:
         self.given_before, self.given_after = given_before, given_after
         self.before: Outcome | None = None
         self.after: Outcome | None = None
-        self.last: Any = None  # the mutable value the previous load returned (kept alive for the identity check)
+        self.last: Any = (
+            None  # the mutable value the previous load returned (kept alive for the identity check)
+        )
         self.load_seconds = 0.0
 
     def _load(self) -> Outcome:
@@ -113,7 +117,12 @@ class _Judge:
         got = self._load()
         if which == "initial" and got.same_as(self.after) and not self.before.same_as(self.after):
             return _PROBE_INITIAL
-        if which == "empty" and got.error is None and got.same_as(self.after) and self.before.same_as(self.after):
+        if (
+            which == "empty"
+            and got.error is None
+            and got.same_as(self.after)
+            and self.before.same_as(self.after)
+        ):
             return _PROBE_EMPTY
         return None
 
@@ -123,15 +132,17 @@ class _Judge:
         ok = got.error is None and self.accept is not None and bool(self.accept(got.value))
         return ok, got.describe()
 
-    def read(self, complete: bool) -> tuple[str, str, str, str | None]:
-        """(kind, what load() did, detail, cached) for the state in the root now.
+    def read(self, complete: bool) -> tuple[str, str, str, str | None, float]:
+        """(kind, what load() did, detail, cached, seconds load() took) for the state in the root now.
 
         kind "forgot": this process is a fresh worker (the last one died) that has not
         learned the states before and after the save yet.
         """
         if self.before is None or self.after is None:
-            return "forgot", "", "", None
+            return "forgot", "", "", None, 0.0
+        start = self.load_seconds
         got = self._load()
+        took = self.load_seconds - start
         cached = None
         value = got.value
         if got.error is None and not isinstance(value, _IMMUTABLE):
@@ -143,8 +154,8 @@ class _Judge:
             self.last = value
         verdict = classify(got, self.before, self.after, complete)
         if verdict.kind != "bad":
-            return verdict.kind, "", "", cached  # the state before or after: nothing to describe
-        return verdict.kind, got.describe(), verdict.detail, cached
+            return verdict.kind, "", "", cached, took  # the state before or after: nothing to describe
+        return verdict.kind, got.describe(), verdict.detail, cached, took
 
 
 class InProcessReader:
@@ -152,6 +163,7 @@ class InProcessReader:
 
     def __init__(self, load: Callable[[], Any], before: Any, after: Any) -> None:
         self.judge = _Judge(load, before, after)
+        self.load_seconds = 0.0  # spent in load() on crash states
 
     def expect_before(self) -> Outcome:
         return self.judge.expect_before()
@@ -165,7 +177,8 @@ class InProcessReader:
             raise NotJudgeable(problem)
 
     def read(self, complete: bool, relearn: Callable[[], None]) -> Verdict:
-        kind, text, detail, cached = self.judge.read(complete)
+        kind, text, detail, cached, took = self.judge.read(complete)
+        self.load_seconds += took
         if cached:
             raise NotJudgeable(f"crash_points: no verdict, because {cached}.")
         return Verdict(kind, Outcome(text=text), detail)
@@ -219,6 +232,7 @@ class IsolatedReader:
         self.after: _Expected | None = None
         self.restarts = 0
         self._rebuild: Callable[[], None] | None = None
+        self.load_seconds = 0.0  # spent in load() on crash states, measured in the worker
 
     def _call(self, *args: Any) -> Any:
         from persistkit.testing.isolate import Outcome as Isolated
@@ -278,7 +292,8 @@ class IsolatedReader:
         tells a fresh worker what they load, and rebuilds the state being read (after a worker died)."""
         for _ in range(2):
             try:
-                kind, text, detail, cached = self._call("read", complete)
+                kind, text, detail, cached, took = self._call("read", complete)
+                self.load_seconds += took
             except _WorkerEnded as ended:
                 self.restarts += 1
                 return Verdict("bad", Outcome(text=_ended(ended.result, "the load")), ended.result.describe())
@@ -286,7 +301,9 @@ class IsolatedReader:
                 break
             relearn()
         else:
-            raise NotJudgeable(f"{self.fixture}: no verdict, because the worker process that loads states kept dying")
+            raise NotJudgeable(
+                f"{self.fixture}: no verdict, because the worker process that loads states kept dying"
+            )
         if cached:
             raise NotJudgeable(f"{self.fixture}: no verdict, because {cached}.")
         return Verdict(kind, Outcome(text=text), detail)

@@ -106,7 +106,7 @@ def in_place(ops: int, name: str) -> dict[str, Fail]:
 
 def renamed_without_fsync(ops: int, name: str) -> Fail:
     """temp + rename, no fsync: after power loss the rename can be durable and the data not."""
-    return Fail(ops, rf"power loss .*(lost|only|zeros|torn|reached the disk).*#\d+ write")
+    return Fail(ops, r"power loss .*(lost|only|zeros|torn|reached the disk).*#\d+ write")
 
 
 # -- SQLite (rollback journal, journal_mode=DELETE, the default) ----------------------------
@@ -181,7 +181,8 @@ entry(
     "sqlite-OFF",
     syscalls_process=Pass(14),
     syscalls_power_loss=Fail(
-        14, r"power loss after #\d+ .*((lost|reverted) #\d+ (create|write|unlink) db\.sqlite|#\d+ write db\.sqlite\S* \[\d+:\d+\] (left as zeros|torn))"
+        14,
+        r"power loss after #\d+ .*((lost|reverted) #\d+ (create|write|unlink) db\.sqlite|#\d+ write db\.sqlite\S* \[\d+:\d+\] (left as zeros|torn))",
     ),
     python_process=Unjudgeable(),
     python_power_loss=Unjudgeable(),

@@ -42,7 +42,10 @@ def test_atomic_write_handles_every_fault(tmp_path, fd_guard, observe, cases, ra
 # finishes by itself (no violation): 4 of 5.
 @pytest.mark.parametrize(
     ("observe", "bad", "cases", "first"),
-    [("python", 6, 6, "EIO at #0 create .m.json.pk-tmp-"), ("syscalls", 4, 5, "EIO at #1 write .m.json.pk-tmp-")],
+    [
+        ("python", 6, 6, "EIO at #0 create .m.json.pk-tmp-"),
+        ("syscalls", 4, 5, "EIO at #1 write .m.json.pk-tmp-"),
+    ],
 )
 def test_swallowed_errors_are_reported(tmp_path, observe, bad, cases, first):
     path = tmp_path / "m.json"

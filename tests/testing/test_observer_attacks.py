@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from fsutil import write_all, fsync_dir, read, replace_swallowing_write_errors
+from fsutil import fsync_dir, read, replace_swallowing_write_errors, write_all
 
 from persistkit.testing.observe import NotJudgeable
 

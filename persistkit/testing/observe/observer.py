@@ -38,6 +38,7 @@ from persistkit.testing.observe.strace import (
     Injection,
     ObserverUnavailable,
     SelfTrace,
+    TracedProcess,
     TraceFile,
     ptrace_problem,
     run_command,
@@ -49,6 +50,7 @@ __all__ = [
     "OBSERVERS",
     "NotJudgeable",
     "Observation",
+    "ObservedProcess",
     "ObserverNotice",
     "check_explained",
     "choose",
@@ -239,7 +241,11 @@ def observe_save(
             result = save()
         except Exception as err:
             error = err
-    return result, error, Observation("python", list(rec.ops), volatile=tuple(volatile), spool=rec.spool_if_any)
+    return (
+        result,
+        error,
+        Observation("python", list(rec.ops), volatile=tuple(volatile), spool=rec.spool_if_any),
+    )
 
 
 def observe_command(
@@ -257,8 +263,37 @@ def observe_command(
     root = os.path.abspath(root)
     sizes = _sizes(root)
     run = run_command(cmd, injections=injections, cwd=cwd, env=env, timeout=timeout)
-    obs = from_trace(run.trace, root, sizes, os.path.abspath(cwd or os.getcwd()), keep_calls=keep_calls, volatile=volatile)
+    obs = from_trace(
+        run.trace, root, sizes, os.path.abspath(cwd or os.getcwd()), keep_calls=keep_calls, volatile=volatile
+    )
     return run, obs
+
+
+class ObservedProcess:
+    """A program run under strace that the caller talks to and ends itself (``lifecycle``'s children).
+
+    ``process`` is the ``TracedProcess`` (pipes as given in ``popen``); once it has been
+    ended and waited for, ``observation()`` decodes what it did under ``root``.
+    """
+
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        root: str,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        volatile: Sequence[str] = DEFAULT_VOLATILE,
+        **popen: Any,
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self.cwd = os.path.abspath(cwd or os.getcwd())
+        self.volatile = tuple(volatile)
+        self.sizes = _sizes(self.root)
+        self.process = TracedProcess(cmd, env=env, cwd=cwd, **popen)
+
+    def observation(self) -> Observation:
+        return from_trace(self.process.trace, self.root, self.sizes, self.cwd, volatile=self.volatile)
 
 
 def check_explained(

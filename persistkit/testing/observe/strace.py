@@ -32,12 +32,14 @@ import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "TRACED_SYSCALLS",
     "Injection",
     "ObserverUnavailable",
     "SelfTrace",
+    "TracedProcess",
     "CommandRun",
     "TraceFile",
     "ptrace_problem",
@@ -347,6 +349,111 @@ def run_command(
         stderr = f.read()
     code, sig = watcher.main_exit if watcher.main_exit is not None else (None, None)
     return CommandRun(code, sig, stdout, stderr, trace, timed_out, stragglers, time.monotonic() - start)
+
+
+class TracedProcess:
+    """A program started under strace whose stdin/stdout/stderr the caller handles.
+
+    For callers that talk to the program while it runs (``lifecycle``'s line protocol) and end it
+    themselves. ``stop_and_kill()`` first stops every traced process and waits until each has
+    left the system call it was in, so the trace holds every operation that took effect, then
+    kills them all; the trace is complete once ``wait()`` returns.
+    """
+
+    def __init__(
+        self, cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | None = None, **popen: Any
+    ) -> None:
+        problem = ptrace_problem()
+        if problem is not None:
+            raise ObserverUnavailable(problem)
+        tmp = tempfile.mkdtemp(prefix="persistkit-strace-")
+        self.trace = TraceFile(tmp, os.path.join(tmp, "trace"))
+        self.proc = subprocess.Popen(
+            strace_command(self.trace.path, cmd), env=env, cwd=cwd, start_new_session=True, **popen
+        )
+        self.pid = self.proc.pid  # strace's
+
+    def tracees(self) -> list[int]:
+        return _traced_by(self.proc.pid)
+
+    def main(self) -> int | None:
+        """The program's own pid (the first process strace traced), once it shows in the trace."""
+        watch = _Watch(self.trace.path)
+        watch.read()  # the first line names it
+        return watch.main
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the program itself (not to strace, not to its children)."""
+        pid = self.main()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def stop_and_kill(self, patience: float = 30.0) -> bool:
+        """SIGSTOP every traced process, wait until all are stopped, then SIGKILL them all.
+
+        False when some thread did not stop within ``patience`` seconds (stuck in the kernel); it
+        is killed all the same, and an operation it was inside may be missing from the trace.
+        """
+        deadline = time.monotonic() + patience
+        stopped = True
+        sent: set[int] = set()
+        while True:
+            pids = self.tracees()
+            for pid in set(pids) - sent:  # once each: a second SIGSTOP would be pending again
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                sent.add(pid)
+            if all(_all_threads_stopped(pid) for pid in pids):
+                break
+            if time.monotonic() > deadline:
+                stopped = False
+                break
+            time.sleep(0.002)
+        _kill_tracees(set(), self.proc.pid)
+        return stopped
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def exit_of_main(self) -> tuple[int | None, str | None] | None:
+        """How the program itself ended, as the trace says: (exit status, None) or (None, signal name)."""
+        watch = _Watch(self.trace.path)
+        while True:
+            offset = watch.offset
+            watch.read()
+            if watch.offset == offset:
+                return watch.main_exit
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` has taken its SIGSTOP (so left any system call it was in), or is gone.
+
+    A stopped state alone is not enough under ptrace: a thread also shows as stopped ("t") at
+    a system call's entry, before the call ran. A thread whose SIGSTOP is no longer pending
+    has dequeued it, which happens only on the way back to user space.
+    """
+    stop_bit = 1 << (signal.SIGSTOP - 1)
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        state = status.get("State", "").strip()[:1]
+        if state in ("Z", "X"):
+            continue
+        pending = int(status.get("SigPnd", "0").strip(), 16) | int(status.get("ShdPnd", "0").strip(), 16)
+        if state not in ("T", "t") or pending & stop_bit:
+            return False
+    return True
 
 
 class _Watch:

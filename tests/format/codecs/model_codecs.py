@@ -85,13 +85,17 @@ def model_store_round_trip(tmp_path: Path, model: object, same: Same) -> None:
     same(model, store.load_latest(**where)["model"])
 
 
-def save_forged(tmp_path: Path, codec: str, payload: bytes, monkeypatch: pytest.MonkeyPatch, model: object) -> Path:
+def save_forged(
+    tmp_path: Path, codec: str, payload: bytes, monkeypatch: pytest.MonkeyPatch, model: object
+) -> Path:
     """A plain bundle whose member is ``payload``, with every digest right: what anyone who can write
     the file can make (nothing authenticates a plain bundle)."""
     target = get_codec(codec)
     monkeypatch.setattr(target, "encode", lambda obj, ctx: Encoded(codec, payload))
     try:
-        return pk.save_bundle(tmp_path / f"forged-{os.urandom(4).hex()}.models", {"model": model}, encrypt=False)
+        return pk.save_bundle(
+            tmp_path / f"forged-{os.urandom(4).hex()}.models", {"model": model}, encrypt=False
+        )
     finally:
         monkeypatch.undo()
 
@@ -116,4 +120,6 @@ def missing_library_advice(codec: str, module: str, extra: str, payload: bytes, 
 
 def codec_is_registered(name: str, extra: str) -> None:
     codec = get_codec(name)
-    assert codec in list(REGISTRY) and codec.extra == extra and codec.constructs_types and codec.embeds_in_values
+    assert (
+        codec in list(REGISTRY) and codec.extra == extra and codec.constructs_types and codec.embeds_in_values
+    )

@@ -34,7 +34,9 @@ except ImportError as err:  # pragma: no cover - keras is in the dev extra
 
 # Keras 3.15's predict/fit turn torch tensors into numpy through an __array__ that numpy 2.4 warns about;
 # the warning comes from calls the tests make on the models, not from persistkit.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 
 RNG = np.random.default_rng(2)
 X = RNG.normal(size=(64, 10, 4)).astype("float32")
@@ -43,7 +45,9 @@ Y = (X.sum(axis=(1, 2)) > 0).astype("float32")
 
 def lstm(train: bool = True):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((10, 4)), keras.layers.LSTM(8), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [keras.Input((10, 4)), keras.layers.LSTM(8), keras.layers.Dense(1, activation="sigmoid")]
+    )
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
     if train:
         model.fit(X, Y, epochs=2, batch_size=16, verbose=0)
@@ -53,7 +57,9 @@ def lstm(train: bool = True):
 def functional():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6,))
-    x = keras.layers.Dense(8, kernel_regularizer=keras.regularizers.L2(0.01), kernel_constraint=keras.constraints.MaxNorm(2))(inputs)
+    x = keras.layers.Dense(
+        8, kernel_regularizer=keras.regularizers.L2(0.01), kernel_constraint=keras.constraints.MaxNorm(2)
+    )(inputs)
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.Concatenate()([x, inputs])
     out = keras.layers.Dense(3, activation="softmax")(x)
@@ -296,7 +302,9 @@ def test_hostile_weights_are_format_errors(make):
 
 
 def test_a_forged_member_in_a_plain_bundle_is_refused(tmp_path, monkeypatch):
-    path = save_forged(tmp_path, "keras", with_config(swap_layer(LAMBDA_RECORD)), monkeypatch, lstm(train=False))
+    path = save_forged(
+        tmp_path, "keras", with_config(swap_layer(LAMBDA_RECORD)), monkeypatch, lstm(train=False)
+    )
     with pytest.raises(UntrustedTypeError):
         pk.load_bundle(path, trusted=True)
     report = pk.verify(path)  # verify lists what it would construct without constructing it
@@ -335,7 +343,9 @@ def test_bit_flipped_weights_are_refused_or_load_without_crashing(tmp_path):
     process, since a miss in libhdf5 would be a crash."""
     blob = tmp_path / "member.bin"
     blob.write_bytes(encode_member(lstm()).payload)
-    out = subprocess.run([sys.executable, "-c", FUZZ, str(blob), "5", "80"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", FUZZ, str(blob), "5", "80"], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0 and "DONE" in out.stdout, out.stderr[-2000:]
     loaded, refused = map(int, out.stdout.split()[1:3])
     assert loaded > 0 and refused > 0
@@ -359,7 +369,9 @@ def run_child(tmp_path, env_changes):
     blob.write_bytes(encode_member(lstm(train=False)).payload)
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env.update(env_changes)
-    return subprocess.run([sys.executable, "-c", LOAD, str(blob)], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", LOAD, str(blob)], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def test_keras_is_started_on_torch_even_when_its_config_file_says_tensorflow(tmp_path):

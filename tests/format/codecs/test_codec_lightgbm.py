@@ -76,11 +76,13 @@ def same(a, b, x=X):
 @pytest.mark.parametrize("make", CASES.values(), ids=CASES.keys())
 def test_round_trip_predicts_the_same_with_the_same_class_and_params(make):
     made = make()
-    model, x = (made if isinstance(made, tuple) else (made, X))
+    model, x = made if isinstance(made, tuple) else (made, X)
     encoded = encode_member(model)
     assert encoded.codec == "lightgbm"
     same(model, decode_member("lightgbm", encoded.payload), x)
-    assert audit_member("lightgbm", encoded.payload)[0] == f"{type(model).__module__}.{type(model).__qualname__}"
+    assert (
+        audit_member("lightgbm", encoded.payload)[0] == f"{type(model).__module__}.{type(model).__qualname__}"
+    )
 
 
 def test_an_unfitted_wrapper_keeps_its_params_and_a_loaded_one_refits():
@@ -261,7 +263,10 @@ def test_edited_characters_are_refused_or_predict_without_crashing(tmp_path):
     blob = tmp_path / "model.txt"
     blob.write_bytes(text_of().encode())
     out = subprocess.run(
-        [sys.executable, "-W", "error", "-c", FUZZ, str(blob), "3", "300"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-W", "error", "-c", FUZZ, str(blob), "3", "300"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0 and "DONE" in out.stdout, out.stderr[-2000:]
     done = next(line for line in out.stdout.splitlines() if line.startswith("DONE"))  # LightGBM prints too

@@ -37,7 +37,16 @@ def test_importing_the_registry_and_encoding_data_imports_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     loaded = set(json.loads(out.stdout))
-    heavy = {"torch", "sklearn", "stable_baselines3", "skops", "gymnasium", "safetensors", "xgboost", "lightgbm"}
+    heavy = {
+        "torch",
+        "sklearn",
+        "stable_baselines3",
+        "skops",
+        "gymnasium",
+        "safetensors",
+        "xgboost",
+        "lightgbm",
+    }
     heavy |= {"keras", "h5py"}
     assert not {m for m in loaded if m.split(".")[0] in heavy}
 

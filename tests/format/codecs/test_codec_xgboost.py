@@ -45,7 +45,9 @@ CASES = {
     "classifier, 100 trees": hundred_trees,
     "multiclass": lambda: xgb.XGBClassifier(n_estimators=5, max_depth=2, n_jobs=1).fit(X, Y3),
     "regressor, dart": lambda: xgb.XGBRegressor(n_estimators=6, booster="dart", n_jobs=1).fit(X, X[:, 0]),
-    "regressor, gblinear": lambda: xgb.XGBRegressor(n_estimators=4, booster="gblinear", n_jobs=1).fit(X, X[:, 0]),
+    "regressor, gblinear": lambda: xgb.XGBRegressor(n_estimators=4, booster="gblinear", n_jobs=1).fit(
+        X, X[:, 0]
+    ),
     "random forest": lambda: xgb.XGBRFClassifier(n_estimators=8, n_jobs=1).fit(X, Y),
     "ranker": lambda: xgb.XGBRanker(n_estimators=4, n_jobs=1).fit(X, Y3, qid=np.repeat(np.arange(20), 20)),
     "booster with attributes": lambda: booster_with_attributes(),
@@ -253,7 +255,9 @@ def test_forged_envelopes_and_params():
 def test_a_forged_member_in_a_plain_bundle_is_refused_naming_the_member(tmp_path, monkeypatch):
     raw = raw_model()
     inner, _ = first_inner_and_leaf(raw)
-    path = save_forged(tmp_path, "xgboost", payload_with(patched(raw, 0, "left_children", inner, 99)), monkeypatch, small())
+    path = save_forged(
+        tmp_path, "xgboost", payload_with(patched(raw, 0, "left_children", inner, 99)), monkeypatch, small()
+    )
     with pytest.raises(FormatError, match="outside its tree") as info:
         pk.load_bundle(path, trusted=True)
     assert info.value.member == "model" or "model" in str(info.value)
@@ -294,7 +298,10 @@ def test_bit_flipped_models_are_refused_or_predict_without_crashing(tmp_path):
     blob = tmp_path / "model.ubj"
     blob.write_bytes(raw_model())
     out = subprocess.run(
-        [sys.executable, "-W", "error", "-c", FUZZ, str(blob), "1", "300"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-W", "error", "-c", FUZZ, str(blob), "1", "300"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0 and "DONE" in out.stdout, out.stderr[-2000:]
     loaded, refused = map(int, out.stdout.split()[1:3])
@@ -313,7 +320,9 @@ def test_the_bundle_records_the_xgboost_version_and_warns_on_skew(tmp_path, monk
     recorded = pk.inspect(path).environment
     assert recorded["xgboost-cpu"] == xgb.__version__ or recorded["xgboost"] == xgb.__version__
     real = provenance.environment()
-    monkeypatch.setattr(provenance, "environment", lambda: {**real, "xgboost-cpu": "9.9.9", "xgboost": "9.9.9"})
+    monkeypatch.setattr(
+        provenance, "environment", lambda: {**real, "xgboost-cpu": "9.9.9", "xgboost": "9.9.9"}
+    )
     with pytest.warns(VersionSkewWarning, match="xgboost"):
         pk.load_bundle(path)
 
@@ -332,6 +341,8 @@ def test_forged_categorical_splits_are_refused(key, value, why):
     model, _ = categorical_model()
     raw = raw_model(model)
     forged = patched(raw, 0, key, 0, value)
-    payload = tree.encode({"format": 1, "class": xc.type_name(model), "model": forged, "params": model.get_params()})
+    payload = tree.encode(
+        {"format": 1, "class": xc.type_name(model), "model": forged, "params": model.get_params()}
+    )
     with pytest.raises(FormatError, match=why):
         decode_member("xgboost", payload)
