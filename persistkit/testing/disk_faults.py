@@ -561,7 +561,8 @@ class _Plan:
         finally:
             if after_snapshot is not None:
                 after_snapshot.materialize(top)
-                after_snapshot.close()
+            if self.after_snapshot is not None:  # taken even when the dry run then failed
+                self.after_snapshot.close()
             initial.close()
             if self.before_setup is not None:
                 self.before_setup.close()
@@ -642,6 +643,9 @@ class _Plan:
             raise AssertionError(f"disk_faults: save() fails even without faults: {reply['error']}")
         obs = from_trace(TraceFile(os.path.dirname(trace), trace), self.top, sizes, os.getcwd(), _open_fds())
         before = self.before_setup or before  # what the save starts from (after setup(), if any)
+        if self.after_snapshot is not None and _changed(self.after_snapshot, scan(self.top)):
+            # load() changed the directory the save left (ZODB's lock file, say): judge the save's own
+            self.after_snapshot.materialize(self.top)
         try:
             model = FsModel(before, obs.ops, volatile=obs.volatile)
             check_explained(

@@ -174,12 +174,6 @@ PROGRAMS = [
                 r"the disk may write log's pages in any order: fsync what a later write refers to \(the records\) "
                 r"before writing the part that refers to it",
                 loads=r"raised ValueError: record 1 of 2 is not a record",
-                wrong_fix=(
-                    "the first violating state (the record page left as zeros while the header page that counts "
-                    "it reached the disk) gets the in-place advice 'write log to a temp file ... a file rewritten "
-                    "in place can be left torn or empty'; only the state named 'only #2 write log [0:8] reached "
-                    "the disk' maps to the page-order advice"
-                ),
             ),
             "faults": Pass(),
         },
