@@ -365,6 +365,10 @@ def fix_hint(
             f"{url} is visible before what it refers to: upload the data first, then its record, and make "
             "it visible last with one conditional PUT of a small pointer"
         )
+    if first.how == "reverted":
+        # a directory fsync after the last reverted operation keeps the earlier ones too (a rename and
+        # the create of the file it renames): name that one, not the first
+        first = max((x for x in losses if x.how == "reverted"), key=lambda x: x.op.index)
     how, op = first.how, first.op
     path, dst = _rel(op.path, root), _rel(op.dst or "", root)
     if how == "reverted":

@@ -50,7 +50,6 @@ class CrashFail:
     fix: str
     complete: bool | None = None  # the state comes after the program exited?
     loads: str | None = None  # regex on what load() did in that state
-    wrong_fix: str = ""  # why the verifier's Fix: line misses the bug today (test_fix_line xfails on it)
 
     def __str__(self) -> str:
         return "fail"
@@ -213,11 +212,6 @@ PROGRAMS = [
                 r"fsync the directory holding state after os\.replace\(\)",
                 complete=True,
                 loads=r"^returned b'state 1'$",
-                wrong_fix=(
-                    "the first violating state lost both unsynced directory operations (the temp file's create "
-                    "and the rename), and the Fix: line is drawn from the first of them: 'fsync the directory "
-                    "after the create of state.tmp', although only the reverted rename loses the state"
-                ),
             ),
             "faults": Pass(),
         },
@@ -398,7 +392,7 @@ def judge(case: Case, fixture: str, crash_points, disk_faults, options: dict[str
     return crash_points.subprocess(case.cmd, case.load, model=fixture, root=case.root, cwd=case.root)
 
 
-def check(verdict: Verdict, fixture: str, run: Callable[[], Any], disk_faults, *, fix: bool = True) -> None:
+def check(verdict: Verdict, fixture: str, run: Callable[[], Any], disk_faults) -> None:
     __tracebackhide__ = True
     if isinstance(verdict, Pass):
         report = run()
@@ -432,8 +426,7 @@ def check(verdict: Verdict, fixture: str, run: Callable[[], Any], disk_faults, *
             assert got.startswith("load() ") and re.search(verdict.loads, got[len("load() ") :]), got
         line = re.search(r"^Fix: (.*)$", text, re.M)
         assert line, text
-        if fix:
-            assert re.search(verdict.fix, line.group(1)), line.group(1)
+        assert re.search(verdict.fix, line.group(1)), line.group(1)
         return
     assert isinstance(verdict, FaultFail) and fixture == "faults"
     first = re.search(r"^First: (.*)$", text, re.M)
@@ -444,10 +437,34 @@ def check(verdict: Verdict, fixture: str, run: Callable[[], Any], disk_faults, *
     assert not wrong, f"other faults failed too: {wrong}\n{text}"
 
 
-def marks(verdict: Verdict) -> list[Any]:
+# The default run: a correct and a buggy twin of each language, and each distinct verdict once (a
+# Fix: line per kind of bug, fsyncgate, a short write, temp litter, a program that leaves its save to
+# a process still running). Every other case runs with -m slow: each disk_faults case starts the
+# program again, and all of them together take minutes.
+DEFAULT_RUN = {
+    ("c/rename_fsync.c", "correct", "faults"),
+    ("c/rename_fsync.c", "buggy", "power-loss"),
+    ("c/header_record.c", "buggy", "power-loss"),
+    ("c/check_errors.c", "buggy", "faults"),
+    ("c/write_all.c", "buggy", "faults"),
+    ("c/background.c", "buggy", "process"),
+    ("c/background.c", "buggy", "faults"),
+    ("sh/dir_sync.sh", "correct", "power-loss"),
+    ("sh/dir_sync.sh", "buggy", "power-loss"),
+    ("sh/in_place.sh", "buggy", "process"),
+    ("sh/background.sh", "buggy", "faults"),
+    ("python/in_place.py", "correct", "power-loss"),
+    ("python/cleanup.py", "buggy", "faults"),
+    ("perl/syswrite.pl", "correct", "power-loss"),
+    ("perl/close_check.pl", "buggy", "faults"),
+}
+
+
+def marks(program: Program, twin: str, fixture: str, verdict: Verdict) -> list[Any]:
+    out: list[Any] = [] if (program.source, twin, fixture) in DEFAULT_RUN else [pytest.mark.slow]
     if isinstance(verdict, Unfinished) and verdict.verifier_bug:
-        return [pytest.mark.xfail(strict=not verdict.racy, reason=verdict.verifier_bug)]
-    return []
+        out.append(pytest.mark.xfail(strict=not verdict.racy, reason=verdict.verifier_bug))
+    return out
 
 
 CASES = [
@@ -456,7 +473,7 @@ CASES = [
         twin,
         fixture,
         id=f"{program.lang}-{program.name}-{twin}-{fixture}-{verdict}",
-        marks=marks(verdict),
+        marks=marks(program, twin, fixture, verdict),
     )
     for program in PROGRAMS
     for twin in ("correct", "buggy")
@@ -467,34 +484,12 @@ CASES = [
 
 @pytest.mark.parametrize(("program", "twin", "fixture"), CASES)
 def test_program(crash_points, disk_faults, built, tmp_path, program, twin, fixture):
-    """The verdict, the state or fault it names, and (where the verifier gets it right) its Fix: line."""
+    """The verdict, the state or fault it names, and its Fix: line."""
     case = prepare(program, twin, built, tmp_path)
     verdict = Pass() if twin == "correct" else program.buggy[fixture]
     options = {**QUICK, **program.options}
-    wrong_fix = isinstance(verdict, CrashFail) and bool(verdict.wrong_fix)
     run = lambda: judge(case, fixture, crash_points, disk_faults, options)  # noqa: E731
-    check(verdict, fixture, run, disk_faults, fix=not wrong_fix)
-
-
-WRONG_FIX = [
-    pytest.param(
-        program,
-        fixture,
-        id=f"{program.lang}-{program.name}-buggy-{fixture}",
-        marks=pytest.mark.xfail(strict=True, reason=verdict.wrong_fix),
-    )
-    for program in PROGRAMS
-    for fixture, verdict in program.buggy.items()
-    if isinstance(verdict, CrashFail) and verdict.wrong_fix
-]
-
-
-@pytest.mark.parametrize(("program", "fixture"), WRONG_FIX)
-def test_fix_line_names_the_bug(crash_points, disk_faults, built, tmp_path, program, fixture):
-    """The Fix: line of the buggy twins whose verdict is right but whose advice is not (yet)."""
-    case = prepare(program, "buggy", built, tmp_path)
-    run = lambda: judge(case, fixture, crash_points, disk_faults, {})  # noqa: E731
-    check(program.buggy[fixture], fixture, run, disk_faults)
+    check(verdict, fixture, run, disk_faults)
 
 
 @pytest.mark.slow
@@ -510,6 +505,9 @@ def test_correct_twin_survives_every_fault(disk_faults, built, tmp_path, program
 
 
 def test_every_pair_is_listed_and_every_language_is_here():
+    assert DEFAULT_RUN <= {(p.source, twin, f) for p in PROGRAMS for twin in ("correct", "buggy") for f in FIXTURES}
+    for lang in ("c", "sh", "python", "perl"):
+        assert {twin for source, twin, _ in DEFAULT_RUN if source.startswith(lang + "/")} == {"correct", "buggy"}
     sources = {str(p.relative_to(HERE)) for p in HERE.glob("*/*") if p.suffix in (".c", ".sh", ".py", ".pl")}
     assert sources == {p.source for p in PROGRAMS}
     assert {p.lang for p in PROGRAMS} >= {"c", "sh", "python", "perl"}
