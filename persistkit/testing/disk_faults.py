@@ -195,6 +195,7 @@ class DiskFaults:
         allow_outside: Sequence[str] = (),
         short_writes: bool = True,
         close_errors: bool = True,
+        volatile: Sequence[str] = DEFAULT_VOLATILE,
     ) -> FaultReport:
         """Inject each fault in turn; raise AssertionError describing the first bad case.
 
@@ -218,7 +219,9 @@ class DiskFaults:
         case fails as hung (it is killed from outside). ``after_retry``: for saves that are not
         idempotent (an append-only journal, say), a predicate on ``load()``'s value after a
         failed save and its retry; by default that value must equal the state after one clean
-        save.
+        save. ``volatile``: name patterns of rebuildable indexes whose content is not state
+        (default: SQLite's ``*-shm``), as for ``crash_points``: one mapped shared and writable is
+        no reason to refuse a verdict (their operations are still faulted).
         """
         __tracebackhide__ = True
         codes = _codes(errnos)
@@ -239,7 +242,9 @@ class DiskFaults:
         os.makedirs(top, exist_ok=True)
         body = _Body(save, setup, teardown, None, None, None, None)
         body.load, body.after_retry = load, after_retry
-        plan = _Plan(self, body, load, top, litter, timeout, after_retry, allow_outside, observer)
+        plan = _Plan(
+            self, body, load, top, litter, timeout, after_retry, allow_outside, observer, tuple(volatile)
+        )
         return plan.run(codes, mode_list, max_operations, rotate_errnos, short_writes, close_errors)
 
     def subprocess(
@@ -260,6 +265,7 @@ class DiskFaults:
         allow_outside: Sequence[str] = (),
         short_writes: bool = True,
         close_errors: bool = True,
+        volatile: Sequence[str] = DEFAULT_VOLATILE,
     ) -> FaultReport:
         """Fail every file operation of any program ``cmd`` in turn (it runs under the injector).
 
@@ -282,7 +288,9 @@ class DiskFaults:
         os.makedirs(top, exist_ok=True)
         body = _Body(None, None, None, list(cmd), os.fspath(cwd) if cwd is not None else None, env, timeout)
         body.load, body.after_retry = load, after_retry
-        plan = _Plan(self, body, load, top, litter, timeout, after_retry, allow_outside, "syscalls")
+        plan = _Plan(
+            self, body, load, top, litter, timeout, after_retry, allow_outside, "syscalls", tuple(volatile)
+        )
         return plan.run(codes, mode_list, max_operations, rotate_errnos, short_writes, close_errors)
 
     @staticmethod
@@ -492,6 +500,7 @@ class _Plan:
     after_retry: Callable[[Any], bool] | None
     allow_outside: Sequence[str]
     observer: str
+    volatile: tuple[str, ...]
     operations: list[str] = field(default_factory=list)
     after_snapshot: Snapshot | None = None
     before_setup: Snapshot | None = None  # stateful saves: the directory as setup() leaves it
@@ -641,7 +650,14 @@ class _Plan:
         reply = dry.value
         if reply["error"] is not None:
             raise AssertionError(f"disk_faults: save() fails even without faults: {reply['error']}")
-        obs = from_trace(TraceFile(os.path.dirname(trace), trace), self.top, sizes, os.getcwd(), _open_fds())
+        obs = from_trace(
+            TraceFile(os.path.dirname(trace), trace),
+            self.top,
+            sizes,
+            os.getcwd(),
+            _open_fds(),
+            volatile=self.volatile,
+        )
         before = self.before_setup or before  # what the save starts from (after setup(), if any)
         if self.after_snapshot is not None and _changed(self.after_snapshot, scan(self.top)):
             # load() changed the directory the save left (ZODB's lock file, say): judge the save's own
@@ -890,7 +906,13 @@ class _Plan:
         from persistkit.testing.observe import from_trace
         from persistkit.testing.observe.strace import TraceFile
 
-        obs = from_trace(TraceFile(os.path.dirname(trace_path), trace_path), self.top, {}, os.getcwd())
+        obs = from_trace(
+            TraceFile(os.path.dirname(trace_path), trace_path),
+            self.top,
+            {},
+            os.getcwd(),
+            volatile=self.volatile,
+        )
         try:
             model = FsModel(self.before_setup or initial, obs.ops, volatile=obs.volatile)
             dropped = model.dropped_by_failed_fsyncs()
@@ -1049,7 +1071,7 @@ def _litter(top: str, allowed: set[str], pattern: re.Pattern[str], when: str) ->
 
 
 # silence "imported but unused" for names kept for the public surface of this module
-_ = (_errno, DEFAULT_VOLATILE)
+_ = (_errno,)
 
 
 @contextlib.contextmanager

@@ -520,7 +520,7 @@ row(
     "mdb.c:mdb_env_sync fdatasyncs them, then mdb.c:mdb_env_write_meta writes the meta page through a second "
     "descriptor opened O_DSYNC: correct under both models. lock.mdb (the reader table, mapped shared) is "
     "reinitialised by the first process that opens the environment (mdb.c:mdb_env_setup_locks), a volatile "
-    "index like SQLite's -shm: crash_points is told so with volatile=; disk_faults has no such option",
+    "index like SQLite's -shm: crash_points and disk_faults are told so with volatile=",
     expect={
         "process": Pass(5),
         "power-loss": Pass(5),
@@ -528,13 +528,6 @@ row(
     },
     crash={"volatile": (*DEFAULT_VOLATILE, "lock.mdb")},
     faults={"errnos": ["ENOSPC", "EIO"], "modes": ["once"], "volatile": (*DEFAULT_VOLATILE, "lock.mdb")},
-    xfail={
-        "faults": (
-            "disk_faults takes no volatile= (crash_points does), so lock.mdb's shared mapping cannot be declared "
-            "a rebuildable index there: TypeError today",
-            True,
-        )
-    },
 )(_lmdb(False))
 
 
@@ -701,7 +694,7 @@ def test_polars_used_as_users_do(pytester):
 
 def test_every_row_has_a_verdict_for_every_fixture_and_its_ground_truth():
     assert len(ROWS) >= 12
-    assert DEFAULT_RUN <= {(r.name, f) for r in ROWS for f in FIXTURES}
+    assert {(r.name, f) for r in ROWS for f in FIXTURES} >= DEFAULT_RUN
     for r in ROWS:
         assert set(r.expect) == set(FIXTURES), r.name
         assert re.search(r"\w+\.(py|pyx|c|html)\b", r.truth), r.name  # where the truth was read
