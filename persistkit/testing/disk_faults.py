@@ -59,7 +59,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persistkit.io import current_fs, use_fs
 from persistkit.testing.fs.faultfs import FAULT_ERRNOS, Fault, FaultFS
@@ -78,6 +78,9 @@ from persistkit.testing.observe import (
 from persistkit.testing.observe.intercept import GuardFS, Interceptor
 from persistkit.testing.readers import IsolatedReader
 from persistkit.testing.report import RECORDER, Recorder
+
+if TYPE_CHECKING:
+    from persistkit.testing.isolate import Outcome
 
 __all__ = ["DEFAULT_LITTER", "DiskFaults", "FaultCase", "FaultReport", "open_fds"]
 
@@ -799,13 +802,13 @@ class _Plan:
             if first.kind == "killed":
                 problems.append(
                     f"save() was killed by {first.signal} after the fault: the process crashed instead of "
-                    f"reporting the error{_stack_tail(first.traceback)}"
+                    f"reporting the error{_where(first)}"
                 )
                 result.case.raised = f"killed by {first.signal}"
             elif first.kind == "timeout":
                 problems.append(
                     f"save() hung: it had not returned {self.timeout} s after the fault (it was killed, with "
-                    f"everything it started){_stack_tail(first.traceback)}"
+                    f"everything it started){_where(first)}"
                 )
                 result.case.raised = "hung"
                 return result
@@ -988,9 +991,9 @@ def _changed(snapshot: Snapshot, now: dict[str, Any]) -> bool:
     return any(not e.unchanged(now[rel]) for rel, e in snapshot.entries.items())
 
 
-def _stack_tail(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return ("; where it was: " + " | ".join(lines[-4:])) if lines else ""
+def _where(outcome: Outcome) -> str:
+    frames = outcome.where()
+    return ("; where it was: " + " | ".join(frames)) if frames else ""
 
 
 def _relevant_paths(model: FsModel, obs: Observation) -> set[str]:

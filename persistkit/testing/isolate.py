@@ -58,6 +58,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import select
 import signal
 import socket
@@ -87,6 +88,9 @@ _GRACE = 30.0  # how long the keeper may take to fork a runner or to report a de
 
 class WorkerBroken(RuntimeError):
     """The keeper process stopped answering; the worker was torn down (the next call starts a new one)."""
+
+
+_STACK_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+) in (\S+)', re.M)  # a frame in faulthandler's dump
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,17 @@ class Outcome:
     def crashed(self) -> bool:
         """The process died (signal or exit) instead of returning or raising."""
         return self.kind in ("killed", "exited")
+
+    def where(self, count: int = 3) -> list[str]:
+        """``file:line in function`` of the innermost ``count`` frames in faulthandler's dump
+        (``killed``, ``timeout``): of the thread that crashed, or was running, when it was written."""
+        blocks = re.split(r"^(?=(?:Current thread|Thread) 0x)", self.traceback, flags=re.M)
+        current = [b for b in blocks if b.startswith("Current thread")]
+        frames = [b for b in current or blocks if _STACK_FRAME.search(b)]
+        if not frames:
+            return []
+        found = list(_STACK_FRAME.finditer(frames[0]))[:count]
+        return [f"{os.path.basename(m[1])}:{m[2]} in {m[3]}" for m in found]
 
     def raised_a(self, *names: str) -> bool:
         """Whether the call raised one of ``names`` (a class name or qualified name), subclasses included."""

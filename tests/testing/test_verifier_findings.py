@@ -68,12 +68,6 @@ def crash_while_closing():
     ctypes.string_at(0)  # a C library dereferencing NULL on its error path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="disk_faults._stack_tail keeps the last 4 lines of faulthandler's dump, which lists the most "
-    "recent call first: the message shows the outermost frames (disk_faults.py run/__call__, the test) and "
-    "the 'Extension modules:' line, never where the save crashed or hung",
-)
 def test_a_crash_says_where_the_save_was(faults, tmp_path):
     path = str(tmp_path / "m.bin")
     with open(path, "wb") as f:
