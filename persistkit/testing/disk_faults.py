@@ -1025,6 +1025,10 @@ def _label_points(points: Sequence[Any], obs: Observation) -> dict[int, str]:
     """Name each injector point by the trace operation it was (same thread, call and file, in order)."""
     queue: dict[tuple[str, str], list[Any]] = collections.defaultdict(list)
     for op in obs.ops:
+        if op.kind == OpKind.OPEN_EXISTING and not op.syscall.startswith(("open", "creat")):
+            # a file first seen through a descriptor opened elsewhere (or read-only, as coreutils' sync
+            # opens what it fsyncs) is announced with the call that used it: the fault is that call's
+            continue
         queue[(op.thread, op.syscall)].append(op)
     out: dict[int, str] = {}
     for point in points:

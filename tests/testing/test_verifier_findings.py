@@ -1,6 +1,6 @@
 """Verifier bugs found while judging tests/programs and the catalog, each as the user meets it.
 
-Each test states the right behaviour and is an xfail(strict=True) until the verifier is fixed.
+Each test states the right behaviour and failed before the verifier was fixed.
 """
 
 from __future__ import annotations
@@ -23,12 +23,6 @@ def faults(tmp_path):
     return DiskFaults(tmp_path, recorder=Recorder())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the observer emits an 'open_existing' op for a descriptor opened read-only when it is first "
-    "fsynced, with the fsync's syscall; _label_points gives the fault the first op of that (thread, "
-    "syscall), so the fault on the fsync is named '#3 open_existing m.bin.tmp'",
-)
 def test_a_fault_on_an_fsync_through_a_read_only_descriptor_is_named_as_the_fsync(faults, tmp_path):
     """coreutils `sync FILE` (and this save) fsyncs through a descriptor opened O_RDONLY."""
     path = str(tmp_path / "m.bin")
