@@ -67,7 +67,7 @@ from persistkit.testing.fs.model import FsModel
 from persistkit.testing.fs.ops import OpKind
 from persistkit.testing.fs.snapshot import Snapshot, scan
 from persistkit.testing.fs.states import CrashSimulator, Plan
-from persistkit.testing.judge import UNSET
+from persistkit.testing.judge import UNSET, left_running
 from persistkit.testing.observe import (
     DEFAULT_VOLATILE,
     NotJudgeable,
@@ -372,6 +372,7 @@ class _Body:
         self.python_counter: FaultFS | None = None
         self.top = ""
         self.killed_by: str | None = None
+        self.left_running: list[str] = []  # what the program (cmd) left running when it exited
         self.load: Callable[[], Any] | None = None
         self.after_retry: Callable[[Any], bool] | None = None
 
@@ -380,18 +381,35 @@ class _Body:
         """Run the save once; None when it returned, else a description of what it raised."""
         if self.cmd is not None:
             import subprocess
+            import tempfile
 
-            # no timeout here: the case's worker enforces it from outside, on the whole process tree
-            done = subprocess.run(self.cmd, cwd=self.cwd, env=self.env, capture_output=True, check=False)
-            if done.returncode == 0:
+            from persistkit.testing.isolate import descendants, end_descendants
+
+            before = set(descendants())  # the tracer
+            # Output to an unlinked file, not a pipe: the save ends when the program exits, not when
+            # the last process holding its output does (a child it left running, say). What it left
+            # is named and killed at that exit, as crash_points.subprocess does. No timeout here: the
+            # case's worker enforces it from outside, on the whole process tree. (Not O_TMPFILE: an
+            # anonymous file may be the save's own, so its calls would be faulted.)
+            fd, name = tempfile.mkstemp(prefix="persistkit-stderr-")
+            os.unlink(name)
+            with os.fdopen(fd, "w+b") as err:
+                program = subprocess.Popen(
+                    self.cmd, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )  # fmt: skip
+                code = program.wait()
+                self.left_running = end_descendants(spare=before, ended=True)
+                err.seek(0)
+                tail = err.read().decode(errors="replace").strip()[-300:]
+            if code == 0:
                 return None
-            tail = done.stderr.decode(errors="replace").strip()[-300:]
-            if done.returncode < 0:
+            if code < 0:
                 import signal as _signal
 
-                self.killed_by = _signal.Signals(-done.returncode).name
+                self.killed_by = _signal.Signals(-code).name
                 return f"the program was killed by {self.killed_by}: {tail}"
-            return f"the program exited with status {done.returncode}: {tail}"
+            return f"the program exited with status {code}: {tail}"
         assert self.save is not None
         try:
             if self.stateful:
@@ -461,7 +479,12 @@ class _Body:
         error = self._python_save() if self.channel is None and self.cmd is None else self._run_save()
         gc.collect()  # the exception is released: what only its traceback kept open is closed now
         leaked = [] if self.stateful else sorted((_file_fds(open_fds()) - _file_fds(self.fds0)).elements())
-        out: dict[str, Any] = {"error": error, "leaked": leaked, "killed_by": self.killed_by}
+        out: dict[str, Any] = {
+            "error": error,
+            "leaked": leaked,
+            "killed_by": self.killed_by,
+            "left_running": self.left_running,
+        }
         if self.python_counter is not None:
             ffs = self.python_counter
             out["fired"] = ffs.fired > 0
@@ -651,6 +674,9 @@ class _Plan:
         if dry.kind != "returned":
             raise AssertionError(f"disk_faults: save() fails even without faults: it {dry.describe()}")
         reply = dry.value
+        if reply["left_running"]:
+            assert self.body.cmd is not None
+            raise AssertionError(left_running("disk_faults.subprocess", self.body.cmd, reply["left_running"]))
         if reply["error"] is not None:
             raise AssertionError(f"disk_faults: save() fails even without faults: {reply['error']}")
         obs = from_trace(
@@ -821,10 +847,10 @@ class _Plan:
                     f"the program was killed by {reply['killed_by']} after the fault: it crashed instead of "
                     "reporting the error"
                 )
-            if first.stragglers and self.body.cmd is not None:
+            if reply.get("left_running"):
                 problems.append(
                     "the program exited while processes it started were still running (killed then): "
-                    + ", ".join(first.stragglers[:4])
+                    + ", ".join(reply["left_running"][:4])
                 )
             error = reply["error"]
             result.case.raised = error

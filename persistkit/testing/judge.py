@@ -37,6 +37,7 @@ __all__ = [
     "choose",
     "fix_hint",
     "judge_states",
+    "left_running",
     "outcome",
 ]
 
@@ -330,6 +331,15 @@ def judge_states(
 
 def judged(state: S, description: str, complete: bool, losses: Sequence[Any] = ()) -> _Judged[S]:
     return _Judged(state, description, complete, tuple(losses))
+
+
+def left_running(fixture: str, cmd: Sequence[str], names: Sequence[str]) -> str:
+    """A program returned while processes it started were still running: its save was not done."""
+    return (
+        f"{fixture}: {list(cmd)} returned while processes it started were still running "
+        f"({', '.join(names[:4])}; they were killed then). The save is complete when the command "
+        "returns: if they were still saving, the state was not yet the new one (wait for them before exiting)."
+    )
 
 
 # -- Fix: lines, read off the typed losses -----------------------------------------------------

@@ -73,8 +73,6 @@ class Unfinished:
     """The program returned before its save had happened: the message must say so."""
 
     message: str
-    verifier_bug: str = ""  # why the verifier does not say so today (the case is an xfail)
-    racy: bool = False  # what the verifier says today depends on timing (a non-strict xfail)
 
     def __str__(self) -> str:
         return "unfinished"
@@ -139,13 +137,6 @@ def error_swallowed(fault: str, name: str, *, loads: str) -> FaultFail:
 
 
 LEFT_RUNNING = r"(returned|exited) while (processes it started were still running|a process it started was still writing)"
-# disk_faults.subprocess waits for the program's stdout and stderr to close, not for the program
-# to exit, and has no check for writes made after it exited (crash_points.subprocess reads the
-# exit off the trace and flags them): see the report of tests/programs
-EARLY_EXIT_UNSEEN = (
-    "disk_faults.subprocess does not see that the program exited before its save: it judges the child's save "
-    "as the program's and reports each fault in the child as 'error swallowed'"
-)
 
 PROGRAMS = [
     Program(
@@ -198,7 +189,7 @@ PROGRAMS = [
         {
             "process": Unfinished(LEFT_RUNNING),
             "power-loss": Unfinished(LEFT_RUNNING),
-            "faults": Unfinished(LEFT_RUNNING, verifier_bug=EARLY_EXIT_UNSEEN),
+            "faults": Unfinished(LEFT_RUNNING),
         },
         options={"timeout": 10},
     ),
@@ -242,14 +233,7 @@ PROGRAMS = [
         {
             "process": Unfinished(LEFT_RUNNING),
             "power-loss": Unfinished(LEFT_RUNNING),
-            "faults": Unfinished(
-                LEFT_RUNNING,
-                verifier_bug=(
-                    "disk_faults.subprocess does not reap the program when it exits (subprocess.run waits for its "
-                    "stdout to close first), so a child that waits for its parent to go (tail --pid) waits for "
-                    "ever: the dry run is killed at the timeout as 'save() fails even without faults'"
-                ),
-            ),
+            "faults": Unfinished(LEFT_RUNNING),
         },
         options={"timeout": 10},
     ),
@@ -280,9 +264,7 @@ PROGRAMS = [
         {
             "process": Unfinished(LEFT_RUNNING),
             "power-loss": Unfinished(LEFT_RUNNING),
-            # here the program's pipes close when it exits, so whether the daemon is still running when
-            # the worker looks (and is named) or has already saved depends on timing
-            "faults": Unfinished(LEFT_RUNNING, verifier_bug=EARLY_EXIT_UNSEEN, racy=True),
+            "faults": Unfinished(LEFT_RUNNING),
         },
         options={"timeout": 10},
     ),
@@ -461,10 +443,7 @@ DEFAULT_RUN = {
 
 
 def marks(program: Program, twin: str, fixture: str, verdict: Verdict) -> list[Any]:
-    out: list[Any] = [] if (program.source, twin, fixture) in DEFAULT_RUN else [pytest.mark.slow]
-    if isinstance(verdict, Unfinished) and verdict.verifier_bug:
-        out.append(pytest.mark.xfail(strict=not verdict.racy, reason=verdict.verifier_bug))
-    return out
+    return [] if (program.source, twin, fixture) in DEFAULT_RUN else [pytest.mark.slow]
 
 
 CASES = [
