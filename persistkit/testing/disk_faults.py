@@ -56,6 +56,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -373,6 +374,7 @@ class _Body:
         self.top = ""
         self.killed_by: str | None = None
         self.left_running: list[str] = []  # what the program (cmd) left running when it exited
+        self.stderr: Any = None  # the program's stderr for the next run, opened before the trace starts
         self.load: Callable[[], Any] | None = None
         self.after_retry: Callable[[Any], bool] | None = None
 
@@ -381,7 +383,6 @@ class _Body:
         """Run the save once; None when it returned, else a description of what it raised."""
         if self.cmd is not None:
             import subprocess
-            import tempfile
 
             from persistkit.testing.isolate import descendants, end_descendants
 
@@ -389,11 +390,10 @@ class _Body:
             # Output to an unlinked file, not a pipe: the save ends when the program exits, not when
             # the last process holding its output does (a child it left running, say). What it left
             # is named and killed at that exit, as crash_points.subprocess does. No timeout here: the
-            # case's worker enforces it from outside, on the whole process tree. (Not O_TMPFILE: an
-            # anonymous file may be the save's own, so its calls would be faulted.)
-            fd, name = tempfile.mkstemp(prefix="persistkit-stderr-")
-            os.unlink(name)
-            with os.fdopen(fd, "w+b") as err:
+            # case's worker enforces it from outside, on the whole process tree. (Made before the
+            # trace starts, so it adds no operation; not O_TMPFILE, whose calls would be faulted.)
+            with self.stderr or _unlinked_file() as err:
+                self.stderr = None
                 program = subprocess.Popen(
                     self.cmd, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=err,
@@ -467,6 +467,8 @@ class _Body:
     def _fault(self, trace: bool) -> dict[str, Any]:
         from persistkit.testing.observe.strace import SelfTrace
 
+        if self.cmd is not None:
+            self.stderr = _unlinked_file()
         tracer = SelfTrace() if trace else None
         if tracer is not None:
             tracer.__enter__()  # strace attaches before the filter is installed (inject's rule)
@@ -1015,6 +1017,12 @@ def _changed(snapshot: Snapshot, now: dict[str, Any]) -> bool:
     if set(snapshot.entries) != set(now):
         return True
     return any(not e.unchanged(now[rel]) for rel, e in snapshot.entries.items())
+
+
+def _unlinked_file() -> Any:
+    fd, name = tempfile.mkstemp(prefix="persistkit-stderr-")
+    os.unlink(name)
+    return os.fdopen(fd, "w+b")
 
 
 def _where(outcome: Outcome) -> str:
