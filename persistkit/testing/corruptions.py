@@ -53,7 +53,6 @@ import copy
 import inspect
 import os
 import random
-import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -330,12 +329,6 @@ class _Judge:
         except Exception as err:  # what load() returned breaks when it is read: it did not raise, though
             return "silent", f"load() returned data that fails when compared: {_short_error(err)}"
         return ("equal", "") if problem is None else ("silent", problem)
-
-
-def _innermost_frame(dump: str) -> str:
-    """``file:line in function`` of the first (innermost) frame of faulthandler's first thread."""
-    match = re.search(r'File "([^"]+)", line (\d+) in (\S+)', dump)
-    return f"{os.path.basename(match[1])}:{match[2]} in {match[3]}" if match else ""
 
 
 @dataclass
@@ -690,10 +683,9 @@ def _judge_isolated(worker: Any, limit: float) -> tuple[str, str]:
         return verdict
     if outcome.kind == "raised":  # a BaseException that is not an Exception escaped the load
         return "wrong-error", f"{outcome.error_type}: {outcome.error_message}"[:200]
+    at = " | ".join(outcome.where(1))
     if outcome.kind == "timeout":
-        at = _innermost_frame(outcome.traceback)
         return "hung", f"did not return within {limit:g} s" + (f"; stuck at {at}" if at else "")
-    at = _innermost_frame(outcome.traceback)
     return "crashed", outcome.describe() + (f" at {at}" if at else "")
 
 

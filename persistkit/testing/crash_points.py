@@ -45,6 +45,7 @@ from persistkit.testing.judge import (
     fix_hint,
     judge_states,
     judged,
+    left_running,
     outcome,
 )
 from persistkit.testing.observe import (
@@ -122,11 +123,7 @@ def _ended_well(cmd: Sequence[str], run: CommandRun, obs: Observation, timeout: 
     late = [op for op in obs.late if op.path.startswith(top) or (op.dst or "").startswith(top)]
     if run.stragglers and not late:
         obs.close()
-        raise AssertionError(
-            f"crash_points.subprocess: {list(cmd)} returned while processes it started were still running "
-            f"({', '.join(run.stragglers[:4])}; they were killed then). The save is complete when the command "
-            "returns: if they were still saving, the state was not yet the new one (wait for them before exiting)."
-        )
+        raise AssertionError(left_running("crash_points.subprocess", cmd, run.stragglers))
     if late:
         obs.close()
         raise AssertionError(

@@ -56,10 +56,11 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persistkit.io import current_fs, use_fs
 from persistkit.testing.fs.faultfs import FAULT_ERRNOS, Fault, FaultFS
@@ -67,7 +68,7 @@ from persistkit.testing.fs.model import FsModel
 from persistkit.testing.fs.ops import OpKind
 from persistkit.testing.fs.snapshot import Snapshot, scan
 from persistkit.testing.fs.states import CrashSimulator, Plan
-from persistkit.testing.judge import UNSET
+from persistkit.testing.judge import UNSET, left_running
 from persistkit.testing.observe import (
     DEFAULT_VOLATILE,
     NotJudgeable,
@@ -78,6 +79,9 @@ from persistkit.testing.observe import (
 from persistkit.testing.observe.intercept import GuardFS, Interceptor
 from persistkit.testing.readers import IsolatedReader
 from persistkit.testing.report import RECORDER, Recorder
+
+if TYPE_CHECKING:
+    from persistkit.testing.isolate import Outcome
 
 __all__ = ["DEFAULT_LITTER", "DiskFaults", "FaultCase", "FaultReport", "open_fds"]
 
@@ -195,6 +199,7 @@ class DiskFaults:
         allow_outside: Sequence[str] = (),
         short_writes: bool = True,
         close_errors: bool = True,
+        volatile: Sequence[str] = DEFAULT_VOLATILE,
     ) -> FaultReport:
         """Inject each fault in turn; raise AssertionError describing the first bad case.
 
@@ -218,7 +223,9 @@ class DiskFaults:
         case fails as hung (it is killed from outside). ``after_retry``: for saves that are not
         idempotent (an append-only journal, say), a predicate on ``load()``'s value after a
         failed save and its retry; by default that value must equal the state after one clean
-        save.
+        save. ``volatile``: name patterns of rebuildable indexes whose content is not state
+        (default: SQLite's ``*-shm``), as for ``crash_points``: one mapped shared and writable is
+        no reason to refuse a verdict (their operations are still faulted).
         """
         __tracebackhide__ = True
         codes = _codes(errnos)
@@ -239,7 +246,9 @@ class DiskFaults:
         os.makedirs(top, exist_ok=True)
         body = _Body(save, setup, teardown, None, None, None, None)
         body.load, body.after_retry = load, after_retry
-        plan = _Plan(self, body, load, top, litter, timeout, after_retry, allow_outside, observer)
+        plan = _Plan(
+            self, body, load, top, litter, timeout, after_retry, allow_outside, observer, tuple(volatile)
+        )
         return plan.run(codes, mode_list, max_operations, rotate_errnos, short_writes, close_errors)
 
     def subprocess(
@@ -260,6 +269,7 @@ class DiskFaults:
         allow_outside: Sequence[str] = (),
         short_writes: bool = True,
         close_errors: bool = True,
+        volatile: Sequence[str] = DEFAULT_VOLATILE,
     ) -> FaultReport:
         """Fail every file operation of any program ``cmd`` in turn (it runs under the injector).
 
@@ -282,7 +292,9 @@ class DiskFaults:
         os.makedirs(top, exist_ok=True)
         body = _Body(None, None, None, list(cmd), os.fspath(cwd) if cwd is not None else None, env, timeout)
         body.load, body.after_retry = load, after_retry
-        plan = _Plan(self, body, load, top, litter, timeout, after_retry, allow_outside, "syscalls")
+        plan = _Plan(
+            self, body, load, top, litter, timeout, after_retry, allow_outside, "syscalls", tuple(volatile)
+        )
         return plan.run(codes, mode_list, max_operations, rotate_errnos, short_writes, close_errors)
 
     @staticmethod
@@ -361,6 +373,8 @@ class _Body:
         self.python_counter: FaultFS | None = None
         self.top = ""
         self.killed_by: str | None = None
+        self.left_running: list[str] = []  # what the program (cmd) left running when it exited
+        self.stderr: Any = None  # the program's stderr for the next run, opened before the trace starts
         self.load: Callable[[], Any] | None = None
         self.after_retry: Callable[[Any], bool] | None = None
 
@@ -370,17 +384,32 @@ class _Body:
         if self.cmd is not None:
             import subprocess
 
-            # no timeout here: the case's worker enforces it from outside, on the whole process tree
-            done = subprocess.run(self.cmd, cwd=self.cwd, env=self.env, capture_output=True, check=False)
-            if done.returncode == 0:
+            from persistkit.testing.isolate import descendants, end_descendants
+
+            before = set(descendants())  # the tracer
+            # Output to an unlinked file, not a pipe: the save ends when the program exits, not when
+            # the last process holding its output does (a child it left running, say). What it left
+            # is named and killed at that exit, as crash_points.subprocess does. No timeout here: the
+            # case's worker enforces it from outside, on the whole process tree. (Made before the
+            # trace starts, so it adds no operation; not O_TMPFILE, whose calls would be faulted.)
+            with self.stderr or _unlinked_file() as err:
+                self.stderr = None
+                program = subprocess.Popen(
+                    self.cmd, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )  # fmt: skip
+                code = program.wait()
+                self.left_running = end_descendants(spare=before, ended=True)
+                err.seek(0)
+                tail = err.read().decode(errors="replace").strip()[-300:]
+            if code == 0:
                 return None
-            tail = done.stderr.decode(errors="replace").strip()[-300:]
-            if done.returncode < 0:
+            if code < 0:
                 import signal as _signal
 
-                self.killed_by = _signal.Signals(-done.returncode).name
+                self.killed_by = _signal.Signals(-code).name
                 return f"the program was killed by {self.killed_by}: {tail}"
-            return f"the program exited with status {done.returncode}: {tail}"
+            return f"the program exited with status {code}: {tail}"
         assert self.save is not None
         try:
             if self.stateful:
@@ -438,6 +467,8 @@ class _Body:
     def _fault(self, trace: bool) -> dict[str, Any]:
         from persistkit.testing.observe.strace import SelfTrace
 
+        if self.cmd is not None:
+            self.stderr = _unlinked_file()
         tracer = SelfTrace() if trace else None
         if tracer is not None:
             tracer.__enter__()  # strace attaches before the filter is installed (inject's rule)
@@ -450,7 +481,12 @@ class _Body:
         error = self._python_save() if self.channel is None and self.cmd is None else self._run_save()
         gc.collect()  # the exception is released: what only its traceback kept open is closed now
         leaked = [] if self.stateful else sorted((_file_fds(open_fds()) - _file_fds(self.fds0)).elements())
-        out: dict[str, Any] = {"error": error, "leaked": leaked, "killed_by": self.killed_by}
+        out: dict[str, Any] = {
+            "error": error,
+            "leaked": leaked,
+            "killed_by": self.killed_by,
+            "left_running": self.left_running,
+        }
         if self.python_counter is not None:
             ffs = self.python_counter
             out["fired"] = ffs.fired > 0
@@ -492,6 +528,7 @@ class _Plan:
     after_retry: Callable[[Any], bool] | None
     allow_outside: Sequence[str]
     observer: str
+    volatile: tuple[str, ...]
     operations: list[str] = field(default_factory=list)
     after_snapshot: Snapshot | None = None
     before_setup: Snapshot | None = None  # stateful saves: the directory as setup() leaves it
@@ -561,7 +598,8 @@ class _Plan:
         finally:
             if after_snapshot is not None:
                 after_snapshot.materialize(top)
-                after_snapshot.close()
+            if self.after_snapshot is not None:  # taken even when the dry run then failed
+                self.after_snapshot.close()
             initial.close()
             if self.before_setup is not None:
                 self.before_setup.close()
@@ -638,10 +676,23 @@ class _Plan:
         if dry.kind != "returned":
             raise AssertionError(f"disk_faults: save() fails even without faults: it {dry.describe()}")
         reply = dry.value
+        if reply["left_running"]:
+            assert self.body.cmd is not None
+            raise AssertionError(left_running("disk_faults.subprocess", self.body.cmd, reply["left_running"]))
         if reply["error"] is not None:
             raise AssertionError(f"disk_faults: save() fails even without faults: {reply['error']}")
-        obs = from_trace(TraceFile(os.path.dirname(trace), trace), self.top, sizes, os.getcwd(), _open_fds())
+        obs = from_trace(
+            TraceFile(os.path.dirname(trace), trace),
+            self.top,
+            sizes,
+            os.getcwd(),
+            _open_fds(),
+            volatile=self.volatile,
+        )
         before = self.before_setup or before  # what the save starts from (after setup(), if any)
+        if self.after_snapshot is not None and _changed(self.after_snapshot, scan(self.top)):
+            # load() changed the directory the save left (ZODB's lock file, say): judge the save's own
+            self.after_snapshot.materialize(self.top)
         try:
             model = FsModel(before, obs.ops, volatile=obs.volatile)
             check_explained(
@@ -779,13 +830,13 @@ class _Plan:
             if first.kind == "killed":
                 problems.append(
                     f"save() was killed by {first.signal} after the fault: the process crashed instead of "
-                    f"reporting the error{_stack_tail(first.traceback)}"
+                    f"reporting the error{_where(first)}"
                 )
                 result.case.raised = f"killed by {first.signal}"
             elif first.kind == "timeout":
                 problems.append(
                     f"save() hung: it had not returned {self.timeout} s after the fault (it was killed, with "
-                    f"everything it started){_stack_tail(first.traceback)}"
+                    f"everything it started){_where(first)}"
                 )
                 result.case.raised = "hung"
                 return result
@@ -798,10 +849,10 @@ class _Plan:
                     f"the program was killed by {reply['killed_by']} after the fault: it crashed instead of "
                     "reporting the error"
                 )
-            if first.stragglers and self.body.cmd is not None:
+            if reply.get("left_running"):
                 problems.append(
                     "the program exited while processes it started were still running (killed then): "
-                    + ", ".join(first.stragglers[:4])
+                    + ", ".join(reply["left_running"][:4])
                 )
             error = reply["error"]
             result.case.raised = error
@@ -886,7 +937,13 @@ class _Plan:
         from persistkit.testing.observe import from_trace
         from persistkit.testing.observe.strace import TraceFile
 
-        obs = from_trace(TraceFile(os.path.dirname(trace_path), trace_path), self.top, {}, os.getcwd())
+        obs = from_trace(
+            TraceFile(os.path.dirname(trace_path), trace_path),
+            self.top,
+            {},
+            os.getcwd(),
+            volatile=self.volatile,
+        )
         try:
             model = FsModel(self.before_setup or initial, obs.ops, volatile=obs.volatile)
             dropped = model.dropped_by_failed_fsyncs()
@@ -965,9 +1022,15 @@ def _changed(snapshot: Snapshot, now: dict[str, Any]) -> bool:
     return any(not e.unchanged(now[rel]) for rel, e in snapshot.entries.items())
 
 
-def _stack_tail(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return ("; where it was: " + " | ".join(lines[-4:])) if lines else ""
+def _unlinked_file() -> Any:
+    fd, name = tempfile.mkstemp(prefix="persistkit-stderr-")
+    os.unlink(name)
+    return os.fdopen(fd, "w+b")
+
+
+def _where(outcome: Outcome) -> str:
+    frames = outcome.where()
+    return ("; where it was: " + " | ".join(frames)) if frames else ""
 
 
 def _relevant_paths(model: FsModel, obs: Observation) -> set[str]:
@@ -999,6 +1062,10 @@ def _label_points(points: Sequence[Any], obs: Observation) -> dict[int, str]:
     """Name each injector point by the trace operation it was (same thread, call and file, in order)."""
     queue: dict[tuple[str, str], list[Any]] = collections.defaultdict(list)
     for op in obs.ops:
+        if op.kind == OpKind.OPEN_EXISTING and not op.syscall.startswith(("open", "creat")):
+            # a file first seen through a descriptor opened elsewhere (or read-only, as coreutils' sync
+            # opens what it fsyncs) is announced with the call that used it: the fault is that call's
+            continue
         queue[(op.thread, op.syscall)].append(op)
     out: dict[int, str] = {}
     for point in points:
@@ -1048,7 +1115,7 @@ def _litter(top: str, allowed: set[str], pattern: re.Pattern[str], when: str) ->
 
 
 # silence "imported but unused" for names kept for the public surface of this module
-_ = (_errno, DEFAULT_VOLATILE)
+_ = (_errno,)
 
 
 @contextlib.contextmanager

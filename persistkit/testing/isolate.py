@@ -58,6 +58,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import select
 import signal
 import socket
@@ -67,11 +68,19 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
-__all__ = ["Outcome", "OutcomeKind", "Worker", "WorkerBroken", "end_descendants", "run_isolated"]
+__all__ = [
+    "Outcome",
+    "OutcomeKind",
+    "Worker",
+    "WorkerBroken",
+    "descendants",
+    "end_descendants",
+    "run_isolated",
+]
 
 OutcomeKind = Literal["returned", "raised", "killed", "exited", "timeout"]
 
@@ -87,6 +96,9 @@ _GRACE = 30.0  # how long the keeper may take to fork a runner or to report a de
 
 class WorkerBroken(RuntimeError):
     """The keeper process stopped answering; the worker was torn down (the next call starts a new one)."""
+
+
+_STACK_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+) in (\S+)', re.M)  # a frame in faulthandler's dump
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,17 @@ class Outcome:
     def crashed(self) -> bool:
         """The process died (signal or exit) instead of returning or raising."""
         return self.kind in ("killed", "exited")
+
+    def where(self, count: int = 3) -> list[str]:
+        """``file:line in function`` of the innermost ``count`` frames in faulthandler's dump
+        (``killed``, ``timeout``): of the thread that crashed, or was running, when it was written."""
+        blocks = re.split(r"^(?=(?:Current thread|Thread) 0x)", self.traceback, flags=re.M)
+        current = [b for b in blocks if b.startswith("Current thread")]
+        frames = [b for b in current or blocks if _STACK_FRAME.search(b)]
+        if not frames:
+            return []
+        found = list(_STACK_FRAME.finditer(frames[0]))[:count]
+        return [f"{os.path.basename(m[1])}:{m[2]} in {m[3]}" for m in found]
 
     def raised_a(self, *names: str) -> bool:
         """Whether the call raised one of ``names`` (a class name or qualified name), subclasses included."""
@@ -198,6 +221,11 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
+def descendants(root: int | None = None) -> list[int]:
+    """The pids of every descendant of ``root`` (default: this process), zombies included."""
+    return _descendants(os.getpid() if root is None else root)
+
+
 def _state(pid: int) -> str:
     stat = _read_proc(f"/proc/{pid}/stat")
     if stat is None:
@@ -212,7 +240,9 @@ def _name(pid: int) -> str:
     return f"pid {pid} ({cmd.decode(errors='replace')[:120]})"
 
 
-def end_descendants(root: int | None = None, *, patience: float = _GRACE) -> list[str]:
+def end_descendants(
+    root: int | None = None, *, patience: float = _GRACE, spare: Collection[int] = (), ended: bool = False
+) -> list[str]:
     """SIGKILL and reap every descendant of ``root`` (default: this process); their names.
 
     Call it from the process that reaps them (a parent, or a child subreaper):
@@ -220,13 +250,21 @@ def end_descendants(root: int | None = None, *, patience: float = _GRACE) -> lis
     zombie. Processes forked while the tree is being killed are found on the
     next walk; the loop ends when the walk finds nothing alive. For another
     process's descendants (which only their parent can reap) it waits at most
-    ``patience`` seconds for the kills to land.
+    ``patience`` seconds for the kills to land. ``spare``: pids left alone (a tracer
+    this process started). ``ended``: name the descendants that already ended but
+    were never reaped too (for a subreaper, right after a program it started exited:
+    those outlived it, however briefly).
     """
     root = os.getpid() if root is None else root
     named: dict[int, str] = {}
     give_up = time.monotonic() + patience
     while time.monotonic() < give_up:
-        alive = [p for p in _descendants(root) if _state(p) not in ("Z", "gone")]
+        found = [p for p in _descendants(root) if p not in spare]
+        if ended:
+            for pid in found:
+                if pid not in named and _state(pid) == "Z":
+                    named[pid] = f"{_name(pid)}, ended after it"
+        alive = [p for p in found if _state(p) not in ("Z", "gone")]
         for pid in alive:
             if pid not in named:
                 named[pid] = _name(pid)

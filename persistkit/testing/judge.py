@@ -37,6 +37,7 @@ __all__ = [
     "choose",
     "fix_hint",
     "judge_states",
+    "left_running",
     "outcome",
 ]
 
@@ -332,6 +333,15 @@ def judged(state: S, description: str, complete: bool, losses: Sequence[Any] = (
     return _Judged(state, description, complete, tuple(losses))
 
 
+def left_running(fixture: str, cmd: Sequence[str], names: Sequence[str]) -> str:
+    """A program returned while processes it started were still running: its save was not done."""
+    return (
+        f"{fixture}: {list(cmd)} returned while processes it started were still running "
+        f"({', '.join(names[:4])}; they were killed then). The save is complete when the command "
+        "returns: if they were still saving, the state was not yet the new one (wait for them before exiting)."
+    )
+
+
 # -- Fix: lines, read off the typed losses -----------------------------------------------------
 
 
@@ -365,6 +375,10 @@ def fix_hint(
             f"{url} is visible before what it refers to: upload the data first, then its record, and make "
             "it visible last with one conditional PUT of a small pointer"
         )
+    if first.how == "reverted":
+        # a directory fsync after the last reverted operation keeps the earlier ones too (a rename and
+        # the create of the file it renames): name that one, not the first
+        first = max((x for x in losses if x.how == "reverted"), key=lambda x: x.op.index)
     how, op = first.how, first.op
     path, dst = _rel(op.path, root), _rel(op.dst or "", root)
     if how == "reverted":

@@ -57,6 +57,13 @@ def clone_file(src: str, dst: str, *, mode: int = 0o600) -> None:
         os.close(fd_in)
 
 
+def _remove_workshop(path: str, owner: int) -> None:
+    # a forked worker inherits the finalizer: were it to run there (the workshop garbage collected
+    # while the worker traces a save), the workshop would vanish under its owner, inside the trace
+    if os.getpid() == owner:
+        shutil.rmtree(path, True)
+
+
 class Workshop:
     """A private directory on the same file system as ``root`` (hidden beside it when it can be).
 
@@ -78,7 +85,7 @@ class Workshop:
         except OSError:
             self.same_fs = False
         self._ids = itertools.count(1)
-        self._finalizer = weakref.finalize(self, shutil.rmtree, self.dir, True)
+        self._finalizer = weakref.finalize(self, _remove_workshop, self.dir, os.getpid())
 
     def new_path(self, area: str, hint: str = "") -> str:
         """A fresh, unused path in the sub-directory ``area``."""
