@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from persistkit.commands.check_train import run_train_check, train_options
 from persistkit.testing.battery import DEFAULT_KILLS
 
 __all__ = ["check_command"]
@@ -68,6 +69,7 @@ __all__ = ["check_command"]
     default=False,
     help="Keep the scratch directory (every state dir a failure names) instead of deleting it.",
 )
+@train_options
 def check_command(
     target: str | None,
     json_path: Path | None,
@@ -78,6 +80,8 @@ def check_command(
     max_bytes: int,
     observe: str,
     keep: bool,
+    train: str | None,
+    **train_kw: Any,
 ) -> None:
     """Run the persistence battery against TARGET (module:factory; default: the reference bot).
 
@@ -89,7 +93,17 @@ def check_command(
       component:  factory() -> a Persistent (state_dict(), load_state_dict())
     A step that returns a mapping with an "id" is acknowledged work: it must survive
     any crash, and ids must be unique. The current directory is on sys.path, as in pytest.
+
+    With --train CMD instead of TARGET: crash a training job at every operation of every
+    checkpoint save, resume it, and compare with an uninterrupted run (resume_points).
     """
+    if train is not None:
+        if target is not None:
+            raise click.UsageError(
+                "give either TARGET (a component or app) or --train CMD (a training job), not both"
+            )
+        run_train_check(train, json_path=json_path, seed=seed, **train_kw)
+        return
     from rich.console import Console
     from rich.table import Table
 

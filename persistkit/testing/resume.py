@@ -44,6 +44,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import os
 import re
@@ -306,7 +307,9 @@ class ResumePoints:
             raise ValueError(f"models must be some of {MODELS}, not {list(models)!r}")
         if tolerance < 0 or tolerance != tolerance:
             raise ValueError(f"tolerance must be 0 or more, not {tolerance!r}")
-        top = os.path.abspath(os.fspath(root)) if root is not None else os.path.join(self.root, "run")
+        calls = len(self.reports) + 1
+        default = os.path.join(self.root, "run" if calls == 1 else f"run-{calls}")  # each call a fresh directory
+        top = os.path.abspath(os.fspath(root)) if root is not None else default
         os.makedirs(top, exist_ok=True)
         training = Training.of(
             train, top, cwd=os.fspath(cwd) if cwd is not None else None, env=env, weights=weights, warm=warm
@@ -372,7 +375,7 @@ class _Run:
             ok = code == 0
         else:
             result, error, obs = observe_save(
-                lambda: run_isolated(run_job, training, self.output, False, timeout=self.timeout or 3600.0),
+                lambda: run_isolated(lambda: run_job(training, self.output, False), timeout=self.timeout or 3600.0),
                 self.root, "syscalls", volatile=self.volatile,
             )  # fmt: skip
             if error is not None:
@@ -500,7 +503,8 @@ class _Run:
             from persistkit.testing.isolate import run_isolated
             from persistkit.testing.training import read_weights
 
-            got = run_isolated(read_weights, self.training, None, timeout=120.0)
+            training = self.training
+            got = run_isolated(lambda: read_weights(training, None), timeout=120.0)
             if got.kind != "returned":
                 raise AssertionError(
                     f"resume_points: the final weights of the reference run cannot be read ({got.describe()}); "
@@ -539,7 +543,8 @@ class _Run:
             self.training.function is not None or self.training.python_script() is not None
         )
         self.preload: list[str] = self.training.preload() if warm else []
-        self.worker = Worker(run_job, timeout=timeout)
+        # the job (callables included) reaches the worker through the fork, never as a pickle
+        self.worker = Worker(functools.partial(run_job, self.training), timeout=timeout)
         try:
             warm = self._control(sim, warm)
             report.warm = warm
@@ -589,7 +594,7 @@ class _Run:
         )
 
     def _resume(self, warm: bool) -> tuple[dict[str, Any], RunOutput]:
-        outcome = self.worker.call(self.training, self.output, warm, self.preload)
+        outcome = self.worker.call(self.output, warm, self.preload)
         text = self._read_output()
         out = parse_output(text, self.protocol)
         if outcome.kind != "returned":

@@ -25,7 +25,9 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--out", required=True)
 parser.add_argument("--steps", type=int, default=20)
 parser.add_argument("--every", type=int, default=5)
-parser.add_argument("--save", default="durable", choices=["inplace", "replace", "durable", "marker-first", "rotating"])
+parser.add_argument(
+    "--save", default="durable", choices=["inplace", "replace", "durable", "marker-first", "rotating"]
+)
 parser.add_argument("--width", type=int, default=16)
 args = parser.parse_args()
 
