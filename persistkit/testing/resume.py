@@ -76,6 +76,7 @@ from persistkit.testing.training import (
     Training,
     exit_text,
     parse_output,
+    preload,
     run_job,
     weights_difference,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "FAILURES",
     "VERDICTS",
     "ResumePoints",
+    "ResumeRun",
     "ResumeReport",
     "Save",
     "StateResult",
@@ -167,6 +169,7 @@ class ResumeReport:
     warm: bool = True
     operations: int = 0
     repros: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def states(self) -> int:
@@ -208,8 +211,9 @@ class ResumeReport:
     def message(self) -> str:
         lines = [self.summary(), f"command: {self.command}", self.table(), "Checkpoint saves:"]
         lines += [f"  {s.describe()}" for s in self.saves]
+        lines += [f"Note: {n}" for n in self.notes]
         firsts: dict[str, StateResult] = {}
-        for r in self.failures:
+        for r in sorted(self.failures, key=lambda r: r.repro is None):  # the state with a repro folder first
             firsts.setdefault(r.verdict, r)
         for verdict in FAILURES:
             first = firsts.get(verdict)
@@ -308,7 +312,9 @@ class ResumePoints:
         if tolerance < 0 or tolerance != tolerance:
             raise ValueError(f"tolerance must be 0 or more, not {tolerance!r}")
         calls = len(self.reports) + 1
-        default = os.path.join(self.root, "run" if calls == 1 else f"run-{calls}")  # each call a fresh directory
+        default = os.path.join(
+            self.root, "run" if calls == 1 else f"run-{calls}"
+        )  # each call a fresh directory
         top = os.path.abspath(os.fspath(root)) if root is not None else default
         os.makedirs(top, exist_ok=True)
         training = Training.of(
@@ -317,7 +323,7 @@ class ResumePoints:
         protocol = Protocol.of(step_pattern, resume_pattern)
         scratch = tempfile.mkdtemp(prefix="persistkit-resume-")
         try:
-            run = _Run(self, training, protocol, top, scratch, tolerance, list(models), max_states, tuple(checkpoints),
+            run = ResumeRun(self, training, protocol, top, scratch, tolerance, list(models), max_states, tuple(checkpoints),
                        timeout, os.fspath(repro_dir) if repro_dir is not None else self.repro_dir, shrink, seed, tuple(allow_outside), tuple(volatile))  # fmt: skip
             report = run.go()
         finally:
@@ -330,7 +336,7 @@ class ResumePoints:
         return report
 
 
-class _Run:
+class ResumeRun:
     """One resume_points run (the state it needs between steps)."""
 
     def __init__(self, owner: ResumePoints, training: Training, protocol: Protocol, root: str, scratch: str,
@@ -355,6 +361,7 @@ class _Run:
             *allow_outside,
             os.path.join(scratch, "*"),
             os.path.join(os.path.realpath(scratch), "*"),
+            "/dev/shm/sem.*",  # noqa: S108 - POSIX semaphores (multiprocessing, joblib): not training state
         )
         self.volatile = volatile
         self.learned = False
@@ -537,14 +544,22 @@ class _Run:
         from persistkit.testing.isolate import Worker
 
         cands = self._candidates(saves)
-        report.candidates = len(cands)
         timeout = self.timeout or max(60.0, 4 * self.reference.seconds)
         warm = self.training.warm and (
             self.training.function is not None or self.training.python_script() is not None
         )
-        self.preload: list[str] = self.training.preload() if warm else []
+        if warm:
+            preload(self.training.preload())
         # the job (callables included) reaches the worker through the fork, never as a pickle
-        self.worker = Worker(functools.partial(run_job, self.training), timeout=timeout)
+        job = functools.partial(run_job, self.training)
+
+        def new_worker() -> Worker:
+            return Worker(job, timeout=timeout)
+
+        self.new_worker = new_worker
+        self.worker = new_worker()
+        self.limit = timeout
+        self.warm_times: list[float] = []
         try:
             warm = self._control(sim, warm)
             report.warm = warm
@@ -553,7 +568,16 @@ class _Run:
             # calibration: the state right after each save, resumed first (it tells the save's step)
             ends = {s.end: s for s in saves}
             first = [t for t in cands if t[0] == "process" and not t[1].losses and t[1].plan.k in ends]
-            rest = [t for t in cands if t not in first]
+            rest = []
+            for t in cands:  # distinct states only, so that a cap counts states, not duplicates
+                key = (sim.materializer().key(t[1].plan), self._committed(saves, t[1], t[0]))  # type: ignore[no-untyped-call]
+                if key[0] is None or key in seen:
+                    continue
+                seen.add(key)
+                if t not in first:
+                    rest.append(t)
+            report.candidates = len(first) + len(rest)
+            seen.clear()
             budget = None if self.max_states is None else max(self.max_states - len(first), 0)
             if budget is not None and len(rest) > budget:
                 report.sampled = True
@@ -594,16 +618,28 @@ class _Run:
         )
 
     def _resume(self, warm: bool) -> tuple[dict[str, Any], RunOutput]:
-        outcome = self.worker.call(self.output, warm, self.preload)
+        limit = self.limit
+        if warm and self.warm_times:  # a warm resume that takes 10x the slowest so far is stuck, not slow
+            limit = min(limit, max(10.0, 10 * max(self.warm_times)))
+        outcome = self.worker.run((self.output, warm), timeout=limit)
         text = self._read_output()
         out = parse_output(text, self.protocol)
         if outcome.kind != "returned":
-            return {"error": outcome.describe()}, out
+            return {"error": outcome.describe(), "anomaly": True}, out
         value: dict[str, Any] = outcome.value
+        if value["exit"] < 0:
+            value["anomaly"] = True  # killed by a signal: confirmed by another run before it is a verdict
+        elif warm and self.learned:
+            self.warm_times.append(outcome.seconds)
         if warm and value.get("modules") and not self.learned:
-            self.preload, self.learned = value["modules"], True  # the next resumes fork from a warm process
+            # import what the job imported here, then fork a new worker: every later resume starts
+            # warm (imports in this process, not in the worker's runner, whose threads would retire it)
+            self.learned = True
+            preload(value["modules"])
+            self.worker.close()
+            self.worker = self.new_worker()
         if value["exit"] != 0:
-            return {"error": exit_text(value["exit"])}, out
+            return {"error": exit_text(value["exit"]), "anomaly": value.get("anomaly", False)}, out
         return value, out
 
     def _divergence(self, got: dict[str, Any], out: RunOutput) -> str | None:
@@ -651,7 +687,29 @@ class _Run:
         newest = self._newest_complete(saves)
         committed = self._committed(saves, c, model)
         got, out = self._resume(self.warm)
+        if self.warm and got.get("anomaly"):
+            got, out = self._confirm(c)
         return self._verdict(model, c, index, got, out, newest, committed, time.perf_counter() - t0)
+
+    def _confirm(self, c: Any) -> tuple[dict[str, Any], RunOutput]:
+        """A warm resume hung or died by a signal: a fork can inherit a lock some thread of this process
+        held. Run the state again from a fresh worker, then cold; if only the warm runs fail, the rest
+        of the run is cold, and the verdict is the cold run's."""
+        self.worker.close()
+        self.worker = self.new_worker()
+        self.sim.materialize(c.plan)
+        got, out = self._resume(True)
+        if not got.get("anomaly"):
+            return got, out
+        self.sim.materialize(c.plan)
+        cold, cold_out = self._resume(False)
+        if not cold.get("anomaly"):
+            self.warm = self.report.warm = False
+            self.report.notes.append(
+                f"a warm resume of '{self._where(c)}' failed twice ({got['error']}) where "
+                "a cold one did not: every later state was resumed cold"
+            )
+        return cold, cold_out
 
     def _verdict(self, model: Model, c: Any, index: int, got: dict[str, Any], out: RunOutput, newest: int,
                  committed: int, seconds: float) -> StateResult:  # fmt: skip

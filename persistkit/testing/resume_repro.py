@@ -20,7 +20,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from persistkit.testing.resume import StateResult, _Run
+    from persistkit.testing.resume import ResumeRun, StateResult
 
 __all__ = ["write_repro"]
 
@@ -38,7 +38,7 @@ def _state_files(root: str) -> list[tuple[int, str]]:
     return sorted(out, reverse=True)
 
 
-def shrink(run: _Run, result: StateResult) -> list[str]:
+def shrink(run: ResumeRun, result: StateResult) -> list[str]:
     """Files of the state that can go while the resume still fails with the same verdict."""
     assert result.plan is not None
     run.sim.materialize(result.plan)
@@ -53,7 +53,7 @@ def shrink(run: _Run, result: StateResult) -> list[str]:
     return dropped
 
 
-def write_repro(run: _Run, result: StateResult, folder: str) -> str:
+def write_repro(run: ResumeRun, result: StateResult, folder: str) -> str:
     assert result.plan is not None
     dropped = shrink(run, result) if run.shrink > 0 else []
     if os.path.lexists(folder):
@@ -75,7 +75,7 @@ def write_repro(run: _Run, result: StateResult, folder: str) -> str:
     return folder
 
 
-def _copy_scripts(run: _Run, folder: str) -> list[str]:
+def _copy_scripts(run: ResumeRun, folder: str) -> list[str]:
     """The command with every file it names (outside the directory) copied into ``script/``."""
     training = run.training
     target = os.path.join(folder, "script")
@@ -106,7 +106,7 @@ def _copy_scripts(run: _Run, folder: str) -> list[str]:
     return out
 
 
-def _shell(run: _Run, command: list[str]) -> str:
+def _shell(run: ResumeRun, command: list[str]) -> str:
     here = 'cd "$(dirname "$0")"'
     uses_dir = any("{dir}" in a for a in command)
     lines = [
@@ -131,7 +131,7 @@ def _shell(run: _Run, command: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _readme(run: _Run, result: StateResult, command: list[str], dropped: list[str]) -> str:
+def _readme(run: ResumeRun, result: StateResult, command: list[str], dropped: list[str]) -> str:
     ref = run.reference
     losses = (
         "\n".join(f"- {loss.describe(run.root)}" for loss in result.losses)

@@ -55,6 +55,7 @@ __all__ = [
     "RunOutput",
     "Training",
     "parse_output",
+    "preload",
     "read_weights_file",
     "report_resume",
     "report_step",
@@ -400,16 +401,14 @@ class Training:
         return out
 
 
-def run_job(training: Training, output: str, warm: bool, preload: Sequence[str] = ()) -> dict[str, Any]:
+def run_job(training: Training, output: str, warm: bool) -> dict[str, Any]:
     """Run the job once (in a child of the calling process), then read its weights.
 
     Returns ``exit`` (the exit status, negative for a signal), and ``weights`` (the value) or
     ``weights_error`` (why they could not be read); a warm run also returns ``modules``, the
-    modules the job had imported, for the next calls to ``preload`` into this process first
-    (a worker's runner lives for many calls: each job forks from it already warm). Called
+    modules the job had imported (``preload`` them before forking the next worker). Called
     inside an isolated worker.
     """
-    _preload(preload)
     modules: list[str] = []
     function, script = training.function, training.python_script()
     if function is not None:
@@ -455,7 +454,8 @@ def _run_script(target: str, argv: list[str]) -> None:
         runpy.run_path(target, run_name="__main__")
 
 
-def _preload(modules: Sequence[str]) -> None:
+def preload(modules: Sequence[str]) -> None:
+    """Import ``modules`` here (each that imports; warnings silenced), so that forks start warm."""
     import importlib
     import warnings
 

@@ -451,3 +451,33 @@ def test_the_reference_training_script_survives_crashes(resume_points, tmp_path)
     report = resume_points(job, env=env, weights=reference_models_digest, max_states=25,
                            allow_outside=[os.path.join(tempfile.gettempdir(), "SB3-*")])  # fmt: skip
     assert not report.failures and report.states >= 20
+
+
+def test_materializer_rebuilds_a_directory_that_a_resume_replaced(tmp_path):
+    """A job renames logs/ away and makes a new logs/ with files in it before the watcher can see them
+    (persistkit's own training_session does): the next state must not keep those files."""
+    from persistkit.testing.crash_points import record_save
+
+    root = tmp_path / "root"
+    root.mkdir()
+    initial = Snapshot.take(root)
+
+    def save():
+        (root / "logs").mkdir()
+        (root / "logs" / "training.log").write_text("from the save\n")
+
+    _, ops = record_save(save, str(root))
+    sim = CrashSimulator(initial, ops)
+    try:
+        sim.materialize(sim.final())
+        os.rename(root / "logs", root / "logs_backup")  # what the resume did
+        (root / "logs").mkdir()
+        (root / "logs" / "training.log").write_text("from the resume\n")
+        (root / "logs" / "other.log").write_text("x")
+        sim.materialize(sim.final())
+        assert (root / "logs" / "training.log").read_text() == "from the save\n"
+        assert sorted(p.name for p in root.iterdir()) == ["logs"]
+        assert sorted(p.name for p in (root / "logs").iterdir()) == ["training.log"]
+    finally:
+        sim.close()
+        initial.close()

@@ -6,7 +6,8 @@ The checkpoint is one array, ``[step, w...]`` in DIR/ckpt.npy: ``inplace`` write
 old file (``np.save`` opens it with "wb"), ``durable`` writes a temp file, fsyncs it, renames it
 and fsyncs the directory. A ``.npy`` file has no checksum: a page of it lost on power loss
 reads back as zeros, and the resume goes on from wrong weights without an error. The final
-weights are printed as ``WEIGHTS <sha256>``; no torch, so this job starts in a fraction of a second.
+weights are printed as ``WEIGHTS <sha256>`` and written to DIR/final.npy; no torch, so this
+job starts in a fraction of a second.
 """
 
 import argparse
@@ -52,4 +53,5 @@ while step < args.steps:
             os.fsync(fd)
             os.close(fd)
 
+np.save(os.path.join(args.out, "final.npy"), w)
 print("WEIGHTS", hashlib.sha256(w.tobytes()).hexdigest(), flush=True)
