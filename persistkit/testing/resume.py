@@ -78,6 +78,7 @@ from persistkit.testing.training import (
     parse_output,
     preload,
     run_job,
+    thread_settings,
     weights_difference,
 )
 
@@ -554,6 +555,7 @@ class ResumeRun:
         job = functools.partial(run_job, self.training)
 
         def new_worker() -> Worker:
+            self.training.threads = thread_settings()  # read here, before the fork, from this process
             return Worker(job, timeout=timeout)
 
         self.new_worker = new_worker
@@ -603,6 +605,17 @@ class ResumeRun:
         sim.materialize(sim.initial())
         got, out = self._resume(warm)
         problem = self._divergence(got, out)
+        if problem is None and warm and self.learned:
+            # the first warm run taught the worker what to import: the warm start that every state will
+            # get is the one to check
+            sim.materialize(sim.initial())
+            got, out = self._resume(warm)
+            problem = self._divergence(got, out)
+            if problem is not None:
+                self.report.notes.append(
+                    f"resumes forked from a process that had imported the job's modules did not reproduce the "
+                    f"reference ({problem}): every state was resumed cold"
+                )
         if problem is None:
             return warm
         if warm:

@@ -309,6 +309,7 @@ class Training:
     env: dict[str, str]
     weights: str | Callable[[Path], Any] | None = None
     warm: bool = True
+    threads: dict[str, Any] = field(default_factory=dict)  # thread pools a fresh process would have
 
     @classmethod
     def of(
@@ -454,6 +455,40 @@ def _run_script(target: str, argv: list[str]) -> None:
         runpy.run_path(target, run_name="__main__")
 
 
+_POOLED = ("sklearn", "lightgbm", "xgboost", "scipy", "threadpoolctl")
+
+
+def thread_settings() -> dict[str, Any]:
+    """The sizes of this process's thread pools (torch's, and BLAS/OpenMP's through threadpoolctl).
+
+    A worker's runner caps them at one thread (``persistkit.testing.isolate``: an OpenMP pool
+    does not survive a fork); a warm job gets them back, so it computes as a fresh process would.
+    """
+    out: dict[str, Any] = {}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        with contextlib.suppress(Exception):
+            out["torch"] = int(torch.get_num_threads())
+    if any(name in sys.modules for name in _POOLED):
+        with contextlib.suppress(Exception):
+            from threadpoolctl import threadpool_info
+
+            out["pools"] = threadpool_info()
+    return out
+
+
+def _restore_threads(settings: Mapping[str, Any]) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and "torch" in settings:
+        with contextlib.suppress(Exception):
+            torch.set_num_threads(settings["torch"])
+    if settings.get("pools"):
+        with contextlib.suppress(Exception):
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=settings["pools"])
+
+
 def preload(modules: Sequence[str]) -> None:
     """Import ``modules`` here (each that imports; warnings silenced), so that forks start warm."""
     import importlib
@@ -504,6 +539,7 @@ def _fork_and_run(body: Callable[[], Any], training: Training, output: str) -> t
             os.chdir(training.cwd)
             os.environ.clear()
             os.environ.update(training.env)
+            _restore_threads(training.threads)
             import atexit
 
             # the exit handlers registered so far are the parent's (pytest's), not the job's
