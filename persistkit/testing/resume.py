@@ -75,6 +75,7 @@ from persistkit.testing.training import (
     RunOutput,
     Training,
     exit_text,
+    fresh_interpreter,
     parse_output,
     preload,
     run_job,
@@ -550,6 +551,7 @@ class ResumeRun:
             self.training.function is not None or self.training.python_script() is not None
         )
         if warm:
+            self.training.fresh = fresh_interpreter(self.training)
             preload(self.training.preload())
         # the job (callables included) reaches the worker through the fork, never as a pickle
         job = functools.partial(run_job, self.training)

@@ -310,6 +310,7 @@ class Training:
     weights: str | Callable[[Path], Any] | None = None
     warm: bool = True
     threads: dict[str, Any] = field(default_factory=dict)  # thread pools a fresh process would have
+    fresh: dict[str, Any] = field(default_factory=dict)  # sys.path and warning filters of a fresh interpreter
 
     @classmethod
     def of(
@@ -477,6 +478,58 @@ def thread_settings() -> dict[str, Any]:
     return out
 
 
+# What a fresh interpreter of the job starts with, for a forked one to start the same way: the parent
+# here is often pytest, whose sys.path, warning filters ("error") and root log handlers are its own.
+_PROBE = (
+    "import json, sys, warnings\n"
+    "p = lambda x: getattr(x, 'pattern', x)\n"
+    "f = [(a, p(m), c.__module__ + ':' + c.__qualname__, p(mod), n) for a, m, c, mod, n in warnings.filters]\n"
+    "print(json.dumps({'path': sys.path[1:], 'filters': f}))\n"
+)
+
+
+def fresh_interpreter(training: Training) -> dict[str, Any]:
+    """sys.path (after its first entry) and warning filters of ``python`` started with the job's env and cwd."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE], cwd=training.cwd, env=training.env, capture_output=True, text=True,
+            timeout=60, check=True,
+        )  # fmt: skip
+        value: dict[str, Any] = json.loads(out.stdout)
+        return value
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}
+
+
+def _start_fresh(fresh: Mapping[str, Any], first: str) -> None:
+    import importlib
+    import warnings
+
+    if "path" in fresh:
+        sys.path[:] = [first, *fresh["path"]]
+    if "filters" in fresh:
+        filters = []
+        for action, message, category, module, lineno in fresh["filters"]:
+            modname, _, qual = category.partition(":")
+            try:
+                cls = importlib.import_module(modname)
+                for part in qual.split("."):
+                    cls = getattr(cls, part)
+            except (ImportError, AttributeError):
+                continue
+            # as warnings.filterwarnings() stores them: patterns compiled, except a module given as a plain name
+            filters.append((action, re.compile(message, re.I) if message else None, cls,
+                            (module if module == "__main__" else re.compile(module)) if module else None, lineno))  # fmt: skip
+        current: list[Any] = warnings.filters  # type: ignore[assignment]  # a list at run time
+        current[:] = filters
+        warnings._filters_mutated()  # type: ignore[attr-defined]  # what filterwarnings() itself calls
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        root = logging.getLogger()
+        root.handlers[:] = []
+        root.setLevel(logging.WARNING)
+
+
 def _restore_threads(settings: Mapping[str, Any]) -> None:
     torch = sys.modules.get("torch")
     if torch is not None and "torch" in settings:
@@ -540,6 +593,11 @@ def _fork_and_run(body: Callable[[], Any], training: Training, output: str) -> t
             os.environ.clear()
             os.environ.update(training.env)
             _restore_threads(training.threads)
+            script = training.python_script()
+            if script is not None and not script[0].startswith("-m "):
+                _start_fresh(training.fresh, os.path.dirname(os.path.abspath(script[0])))
+            else:
+                _start_fresh(training.fresh, training.cwd)
             import atexit
 
             # the exit handlers registered so far are the parent's (pytest's), not the job's

@@ -481,3 +481,24 @@ def test_materializer_rebuilds_a_directory_that_a_resume_replaced(tmp_path):
     finally:
         sim.close()
         initial.close()
+
+
+def test_a_warm_resume_starts_like_a_fresh_interpreter(resume_points, tmp_path):
+    """pytest's own sys.path, warning filters ("error") and log handlers must not reach the job: a
+    fresh interpreter's do, so warm resumes match the cold reference and stay warm."""
+    script = tmp_path / "environment.py"
+    script.write_text(
+        "import hashlib, logging, os, sys, warnings\n"
+        "c = os.path.join(sys.argv[1], 'c')\n"
+        "step = int(open(c).read()) if os.path.exists(c) else 0\n"
+        "print('resumed from step', step, flush=True)\n"
+        "warnings.warn('old API', FutureWarning)  # an error under pytest's filters, a line in a fresh process\n"
+        "while step < 2:\n"
+        "    step += 1\n"
+        "    print('STEP', step, flush=True)\n"
+        "    open(c, 'w').write(str(step))\n"
+        "seen = repr([f[0] for f in warnings.filters]) + repr(sys.path[1:]) + repr(logging.getLogger().handlers)\n"
+        "print('WEIGHTS', hashlib.sha256(seen.encode()).hexdigest(), flush=True)\n"
+    )
+    report = resume_points([sys.executable, str(script), "{dir}"], models=["process"], check=False)
+    assert report.warm and not report.notes and report.counts()[PASS] >= 2
