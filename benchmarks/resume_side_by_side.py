@@ -70,6 +70,8 @@ SCRIPTS = [
            (str(JOBS / "numpy_loop.py"), "--out", "{out}", "--save", "inplace"), "final.npy", "{out}/ckpt.npy"),
     Script("numpy durable", "`np.save` to a temp file, fsync, rename, directory fsync (control)",
            (str(JOBS / "numpy_loop.py"), "--out", "{out}", "--save", "durable"), "final.npy", "{out}/ckpt.npy"),
+    Script("sb3 plain", "SB3 2.9.2 A2C fine-tuned in rounds, `model.save` over a2c.zip (zip written in place)",
+           (str(JOBS / "sb3_finetune.py"), "--root", "{out}", "--plain", "--rounds", "3"), "final.pt", "{out}/a2c.zip"),
     Script("lightning", "Lightning 2.6.6 `ModelCheckpoint` every epoch + last.ckpt",
            (str(JOBS / "lightning_loop.py"), "--out", "{out}"), "final.pt", "{out}/checkpoints/step=*.ckpt"),
 ]  # fmt: skip

@@ -703,25 +703,21 @@ class ResumeRun:
         committed = self._committed(saves, c, model)
         got, out = self._resume(self.warm)
         if self.warm and got.get("anomaly"):
+            self._last_anomaly = got
             got, out = self._confirm(c)
         return self._verdict(model, c, index, got, out, newest, committed, time.perf_counter() - t0)
 
     def _confirm(self, c: Any) -> tuple[dict[str, Any], RunOutput]:
-        """A warm resume hung or died by a signal: a fork can inherit a lock some thread of this process
-        held. Run the state again from a fresh worker, then cold; if only the warm runs fail, the rest
-        of the run is cold, and the verdict is the cold run's."""
-        self.worker.close()
-        self.worker = self.new_worker()
-        self.sim.materialize(c.plan)
-        got, out = self._resume(True)
-        if not got.get("anomaly"):
-            return got, out
+        """A warm resume hung or died by a signal (a fork can inherit a lock some thread of this process
+        held): the state is resumed again, cold. If only the warm run failed, the rest of the run is
+        cold; either way the verdict is the cold run's."""
+        got: dict[str, Any] = dict(self._last_anomaly)
         self.sim.materialize(c.plan)
         cold, cold_out = self._resume(False)
         if not cold.get("anomaly"):
             self.warm = self.report.warm = False
             self.report.notes.append(
-                f"a warm resume of '{self._where(c)}' failed twice ({got['error']}) where "
+                f"a warm resume of '{self._where(c)}' failed ({got['error']}) where "
                 "a cold one did not: every later state was resumed cold"
             )
         return cold, cold_out
