@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -128,9 +127,7 @@ def run_train_check(
 ) -> None:
     from rich.console import Console
 
-    from persistkit.testing.observe import NotJudgeable
-    from persistkit.testing.observe.strace import ObserverUnavailable
-    from persistkit.testing.resume import FAILURES, VERDICTS, ResumePoints, TrainingNotReproducible
+    from persistkit.testing.resume import FAILURES, VERDICTS, ResumePoints, scratch_root
 
     console = Console()
     try:
@@ -140,25 +137,18 @@ def run_train_check(
     if not argv:
         raise click.BadParameter("the command is empty", param_hint="--train")
     models = ["process", "power-loss"] if crash_model == "both" else [crash_model]
-    scratch = tempfile.mkdtemp(prefix="persistkit-train-")
-    root = os.path.abspath(train_dir) if train_dir is not None else os.path.join(scratch, "run")
-    console.print(f"persistkit check --train: [bold]{shlex.join(argv)}[/bold] (directory {root})")
-    checker = ResumePoints(scratch, repro_dir=os.path.abspath(repro_dir))
-    try:
-        report = checker(
-            argv, weights=weights, tolerance=tolerance, root=root, models=models,  # type: ignore[arg-type]
-            max_states=max_states, checkpoints=checkpoints, timeout=timeout, warm=not cold, seed=seed, check=False,
+    with scratch_root() as scratch:
+        root = os.path.abspath(train_dir) if train_dir is not None else os.path.join(scratch, "run")
+        console.print(f"persistkit check --train: [bold]{shlex.join(argv)}[/bold] (directory {root})")
+        checker = ResumePoints(scratch, repro_dir=os.path.abspath(repro_dir))
+        report = _checked(
+            console,
+            lambda: checker(
+                argv, weights=weights, tolerance=tolerance, root=root, models=models,  # type: ignore[arg-type]
+                max_states=max_states, checkpoints=checkpoints, timeout=timeout, warm=not cold, seed=seed,
+                check=False,
+            ),
         )  # fmt: skip
-    except (NotJudgeable, TrainingNotReproducible, ObserverUnavailable, ValueError) as err:
-        console.print(f"[red]no verdict[/red]: {err}", markup=True, highlight=False)
-        raise SystemExit(1) from None
-    except AssertionError as err:  # the reference run itself failed
-        console.print(str(err), markup=False, highlight=False)
-        raise SystemExit(1) from None
-    finally:
-        import shutil
-
-        shutil.rmtree(scratch, ignore_errors=True)
     console.print(report.message(), markup=False, highlight=False)
     passed = not report.failures
     if json_path is not None:
@@ -172,16 +162,34 @@ def run_train_check(
             "states": report.states,
             "candidates": report.candidates,
             "sampled": report.sampled,
+            "warm": report.warm,
             "counts": {v: counts.get(v, 0) for v in VERDICTS},
             "by_model": {m: dict(report.counts(m)) for m in models},
             "saves": [{"index": s.index, "step": s.step, "files": sorted(s.files)} for s in report.saves],
             "results": [_result(r, root) for r in report.results],
             "repros": report.repros,
+            "notes": report.notes,
             "failures": sorted(v for v in FAILURES if counts.get(v)),
         }
         atomic_write(json_path.resolve(), json.dumps(doc, indent=2, default=str).encode())
         console.print(f"report written to {json_path}")
     raise SystemExit(0 if passed else 1)
+
+
+def _checked(console: Any, run: Callable[[], Any]) -> Any:
+    """The report, or exit 1 saying why there is no verdict."""
+    from persistkit.testing.observe import NotJudgeable
+    from persistkit.testing.observe.strace import ObserverUnavailable
+    from persistkit.testing.resume import TrainingNotReproducible
+
+    try:
+        return run()
+    except (NotJudgeable, TrainingNotReproducible, ObserverUnavailable, ValueError) as err:
+        console.print("no verdict:", str(err), markup=False, highlight=False)
+        raise SystemExit(1) from None
+    except AssertionError as err:  # the reference run itself failed
+        console.print(str(err), markup=False, highlight=False)
+        raise SystemExit(1) from None
 
 
 def _result(r: Any, root: str) -> dict[str, Any]:

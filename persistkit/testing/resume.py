@@ -92,6 +92,7 @@ __all__ = [
     "Save",
     "StateResult",
     "TrainingNotReproducible",
+    "scratch_root",
 ]
 
 PASS, HARD_FAIL, SILENT_DIVERGENCE, LOST_WORK, DUPLICATED_WORK = (
@@ -246,6 +247,16 @@ class _Reference:
     weights: Any
     markers: list[tuple[int, int]]  # (log position after the line was written, step)
     seconds: float
+
+
+@contextlib.contextmanager
+def scratch_root() -> Iterator[str]:
+    """A temporary directory for a run started outside pytest (``persistkit check --train``), removed after."""
+    path = tempfile.mkdtemp(prefix="persistkit-train-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class ResumePoints:
@@ -869,9 +880,3 @@ def _rel(text: str, root: str) -> str:
 
 def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def iter_verdicts(report: ResumeReport) -> Iterator[tuple[str, int]]:
-    c = report.counts()
-    for v in VERDICTS:
-        yield v, c.get(v, 0)
