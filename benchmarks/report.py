@@ -82,6 +82,11 @@ def evaluate(rows: list[dict[str, Any]]) -> list[list[str]]:
                 anchors = [
                     {"extra_info": {"bytes": mine["extra_info"]["anchor_bytes"]}, "stats": {"median": 0}}
                 ]
+            if not anchors and metric == "time" and "anchor_seconds" in mine["extra_info"]:
+                # an anchor computed in the benchmark itself (crash_points' limit: load() time + copy time)
+                anchors = [{"extra_info": {}, "stats": {"median": mine["extra_info"]["anchor_seconds"]}}]
+            if "rss_added" in mine["extra_info"]:
+                shown += f", peak RSS +{fmt_bytes(mine['extra_info']['rss_added'])}"
             if match is None or (anchor_name and not anchors):
                 if "states" in mine["extra_info"] and pk:  # crash_points rows: states per second too
                     shown += f" ({mine['extra_info']['states'] / pk:,.0f} states/s)"

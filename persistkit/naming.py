@@ -1,19 +1,14 @@
-"""Every file-name rule in one place: stamped monotonic names, temp names, state-store
-generation names (committed, unfinished, retired, quarantined) and restore temp directories.
+"""Every file- and object-name rule in one place, with no I/O: stamped monotonic names, temp and
+scratch names (and the one rule that says which writer left them), state-store generation names
+(committed, unfinished, retired, quarantined), restore temp directories, and model-store names
+(groups, versions, aliases) for names read back from a bucket.
 
 Stamped names (``ModelStore`` versions, training archives, ``backup_before_overwrite``
 copies) look like ``<prefix><stamp><suffix>`` or, for the second and later name
-of the same stamp, ``<prefix><stamp>_<n><suffix>``. They sort by ``(stamp, n)``.
-
-``allocate`` hands out the next name of a directory under that directory's
-lock (``PublishLock``: a flock on the directory itself, so no lock file
-appears). The name is strictly later than every name that exists there *and*
-than every name ever handed out there: each allocation persists its name as a
-high-water mark in ``.persistkit.names.json`` before returning it, so two
-processes never get the same name, a pruned name is never reused, and a new
-name never sorts before an older one, even when the clock steps back (names
-then keep the highest stamp and count up). An explicit ``when`` (backfilling a
-past moment) keeps its stamp and is only made unique.
+of the same stamp, ``<prefix><stamp>_<n><suffix>``. They sort by ``(stamp, n)``. A name whose
+stamp has the right shape but is no time (``20261399_000000``) is not one of them:
+``Stamped.parse`` refuses it and ``Stamped.problem`` says why, for listings that report it.
+``persistkit.io.names.allocate`` hands out the next name of a directory.
 
 Names on disk are bytes, and Linux refuses a component longer than
 ``NAME_MAX`` (255) bytes; names persistkit derives from a caller's name
@@ -23,7 +18,6 @@ Names on disk are bytes, and Linux refuses a component longer than
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import secrets
@@ -31,14 +25,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+from persistkit.errors import UnsafeArchiveError
+
 __all__ = [
+    "BACKUP_LINEAGE_NAME",
     "HIGH_WATER_NAME",
+    "MODEL_SUFFIX",
+    "MODEL_VERSIONS",
     "NAME_MAX",
     "QUARANTINE_MARKER",
+    "SCRATCH_KINDS",
     "TEMP_MARKER",
     "GenerationName",
     "Stamped",
-    "allocate",
+    "component_problem",
     "entry_path_problem",
     "fit_name",
     "gen_name",
@@ -46,20 +46,29 @@ __all__ = [
     "gen_temp_name",
     "generation_number",
     "generation_state",
+    "is_alias",
+    "is_model_group",
     "is_quarantined",
     "is_temp_name",
+    "model_group",
     "next_candidate",
     "parse_generation",
+    "parse_model_version",
     "parse_restore_temp",
     "quarantine_name",
     "restore_temp_name",
     "restoring_marker",
+    "safe_component",
+    "scratch_name",
     "temp_name_for",
+    "temp_pid",
+    "writer_pid",
 ]
 
 NAME_MAX = 255
 TEMP_MARKER = ".pk-tmp-"
 HIGH_WATER_NAME = ".persistkit.names.json"
+BACKUP_LINEAGE_NAME = ".persistkit.backup.json"  # in a state store: the off-site generation it descends from
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.pk-tmp-(?P<pid>\d+)-(?P<token>[0-9a-f]{12})$", re.S)
 
 
@@ -69,6 +78,25 @@ def fit_name(name: str, budget: int) -> str:
     if len(raw) <= budget:
         return name
     return raw[: max(budget, 0)].decode("utf-8", "ignore")
+
+
+# -- what writers leave behind while they work, and the one rule that says whose it is ---------
+#
+#   .<target>.pk-tmp-<pid>-<hex12>        an atomic write's temp file (persistkit.io.atomic)
+#   .<into>.restore-<pid>-<hex8>          a restore's directory, renamed to <into> when complete
+#   .<name>.<kind>-<pid>-<hex8>[.zip]     a scratch file: a download being checked (remote-check, pull,
+#                                         download) or a bundle being published (staging)
+#
+# ``writer_pid`` reads the pid back from any of them: ``persistkit.io.atomic.sweep_dead_writers``
+# removes what a writer that is gone left (the one sweep every writer's directory goes through).
+
+SCRATCH_KINDS = ("remote-check", "pull", "download", "staging")
+_DEBRIS_RE = re.compile(
+    r"^\.(?P<target>.+)\.(?:pk-tmp-(?P<tpid>\d+)-[0-9a-f]{12}"
+    r"|restore-(?P<rpid>\d+)-[0-9a-f]{8}"
+    rf"|(?:{'|'.join(SCRATCH_KINDS)})-(?P<spid>\d+)-[0-9a-f]{{8}}(?:\.zip)?)$",
+    re.S,
+)
 
 
 def temp_name_for(target: str) -> str:
@@ -85,6 +113,22 @@ def temp_pid(name: str) -> int | None:
     """The writer pid recorded in a temp name, or None if ``name`` is not a temp name."""
     match = _TEMP_RE.match(name)
     return int(match["pid"]) if match else None
+
+
+def scratch_name(target: str, kind: str, *, suffix: str = "") -> str:
+    """``.<target>.<kind>-<pid>-<hex8><suffix>``: a scratch file of this process (``SCRATCH_KINDS``)."""
+    if kind not in SCRATCH_KINDS or suffix not in ("", ".zip"):
+        raise ValueError(f"unknown scratch kind {kind!r} or suffix {suffix!r}")
+    tail = f".{kind}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+    return f".{fit_name(target, NAME_MAX - 1 - len(tail))}{tail}"
+
+
+def writer_pid(name: str) -> int | None:
+    """The pid of the process that made ``name``, if it is a temp, restore or scratch name; else None."""
+    match = _DEBRIS_RE.match(name)
+    if match is None:
+        return None
+    return int(match["tpid"] or match["rpid"] or match["spid"])
 
 
 # -- state-store generations ---------------------------------------------------------------
@@ -158,7 +202,7 @@ def is_quarantined(name: str) -> bool:
     return QUARANTINE_MARKER in name
 
 
-# -- archive restores -----------------------------------------------------------------------
+# -- restores (archives, state stores) ------------------------------------------------------
 
 _RESTORE_TEMP_RE = re.compile(r"^\.(?P<into>.+)\.restore-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})$", re.S)
 
@@ -186,7 +230,9 @@ def restoring_marker(archive: str | os.PathLike[str]) -> str:
 class Stamped:
     """A family of stamped names in one directory: ``<prefix><stamp>[_<n>]<suffix>``.
 
-    ``fmt`` is a strftime format whose output has a fixed width and sorts as time does.
+    ``fmt`` is a strftime format whose output has a fixed width and sorts as time does. The
+    counter is written without leading zeros and has at most 9 digits, so each (stamp, n) has
+    exactly one name, and its time (the stamp plus n microseconds) is a datetime.
     """
 
     prefix: str
@@ -201,7 +247,7 @@ class Stamped:
     @cached_property
     def pattern(self) -> re.Pattern[str]:
         return re.compile(
-            rf"^{re.escape(self.prefix)}(?P<stamp>{self._stamp_re})(?:_(?P<n>\d+))?{re.escape(self.suffix)}$"
+            rf"^{re.escape(self.prefix)}(?P<stamp>{self._stamp_re})(?:_(?P<n>[1-9]\d{{0,8}}))?{re.escape(self.suffix)}$"
         )
 
     @property
@@ -209,10 +255,29 @@ class Stamped:
         return f"{self.prefix}*{self.suffix}"
 
     def parse(self, name: str) -> tuple[str, int] | None:
-        match = self.pattern.match(name)
-        if match is None:
+        """(stamp, n) of a name of this family; None for any other name, and for a stamp that is no time."""
+        match = self.pattern.fullmatch(name)
+        if match is None or self._not_a_time(match["stamp"], int(match["n"] or 0)):
             return None
         return match["stamp"], int(match["n"] or 0)
+
+    def problem(self, name: str) -> str | None:
+        """Why ``name``, shaped like a name of this family, is not one (an impossible date); else None.
+
+        Listings skip such names and report them with this reason; names of other shapes are None.
+        """
+        match = self.pattern.fullmatch(name)
+        if match is None:
+            return None
+        why = self._not_a_time(match["stamp"], int(match["n"] or 0))
+        return None if why is None else f"{name!r} has the shape of a {self.family} name, but {why}"
+
+    def _not_a_time(self, stamp: str, n: int) -> str | None:
+        try:
+            dt.datetime.strptime(stamp, self.fmt) + dt.timedelta(microseconds=n)
+        except (ValueError, OverflowError) as err:
+            return f"its stamp {stamp!r} is not a time ({err})"
+        return None
 
     def sort_key(self, name: str) -> tuple[str, int]:
         parsed = self.parse(name)
@@ -235,48 +300,6 @@ class Stamped:
         return when.astimezone(dt.UTC).strftime(self.fmt)
 
 
-def _read_marks(directory: str) -> dict[str, list[object]]:
-    from persistkit.errors import IntegrityError
-    from persistkit.io import current_fs
-
-    fs = current_fs()
-    path = os.path.join(directory, HIGH_WATER_NAME)
-    if not fs.exists(path):
-        return {}
-    try:
-        doc = json.loads(fs.read_bytes(path).decode("utf-8"))
-        marks = doc["marks"]
-        if not isinstance(marks, dict):
-            raise TypeError("marks is not an object")
-    except OSError as err:
-        from persistkit.io.fs import io_error
-
-        raise io_error("read", path, err) from err
-    except (ValueError, KeyError, TypeError) as err:
-        raise IntegrityError(
-            f"{path}: the name high-water mark is unreadable ({err}). Delete it: persistkit rebuilds it from "
-            "the names in the directory (a name pruned since could then be reused once).",
-            path=path,
-        ) from err
-    return marks
-
-
-def _taken(target: str, family: Stamped, marks: dict[str, list[object]]) -> list[tuple[str, int]]:
-    """(stamp, n) of every name of ``family`` in ``target``, and of its high-water mark in ``marks``."""
-    from persistkit.io import current_fs
-    from persistkit.io.fs import io_error
-
-    try:
-        names = current_fs().listdir(target)
-    except OSError as err:
-        raise io_error("list", target, err) from err
-    taken = [p for p in map(family.parse, names) if p is not None]
-    mark = marks.get(family.family)
-    if isinstance(mark, list) and len(mark) == 2 and isinstance(mark[0], str) and isinstance(mark[1], int):
-        taken.append((mark[0], mark[1]))
-    return taken
-
-
 def next_candidate(
     family: Stamped, taken: Sequence[tuple[str, int]], when: dt.datetime | None
 ) -> tuple[str, int]:
@@ -296,45 +319,65 @@ def next_candidate(
     return (stamp, max(same) + 1 if same else 0)
 
 
-def allocate(
-    directory: str | os.PathLike[str],
-    family: Stamped,
-    *,
-    when: dt.datetime | None = None,
-    lock_timeout: float = 30.0,
-) -> str:
-    """The next name of ``family`` in ``directory`` (created if missing); see the module docstring.
+# -- model stores: SYMBOL/AGENT/TIMEFRAME/<version>.models, and aliases ---------------------------
+#
+# The one rule for every model-store name, whether it comes from a caller or is read back from a
+# bucket (a pointer's name, an alias's path): a path or cache location is only ever built from
+# names that pass it.
 
-    Unique across processes (the directory lock serialises allocations, and
-    each one persists its name as the new high-water mark before returning it)
-    and monotonic: the name sorts after every name that exists or was ever
-    handed out here. An explicit ``when`` (a past moment) is only made unique
-    against the names there, and is not safe against a concurrent allocation
-    of the same past second unless the caller serialises them (ModelStore does).
-    """
-    from persistkit.io import atomic_write, current_fs
-    from persistkit.io.fs import io_error
-    from persistkit.io.lock import PublishLock
+MODEL_SUFFIX = ".models"
+MODEL_VERSIONS = Stamped("", MODEL_SUFFIX, "%Y-%m-%d_%H%M%S")  # 2024-03-01_120000.models, then _1, _2...
+_COMPONENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-    target = os.path.abspath(os.fspath(directory))
-    try:
-        current_fs().makedirs(target)
-    except OSError as err:
-        raise io_error("create directory", target, err) from err
-    with PublishLock(target, timeout=lock_timeout):
-        marks = _read_marks(target)
-        taken = _taken(target, family, marks)
-        highest = max(taken, default=None)
-        candidate = next_candidate(family, taken, when)
-        if highest is None or candidate > highest:
-            # The reservation: written before the name is returned, so no other allocator (another
-            # process, or this one after the file was pruned) can hand it out again.
-            marks[family.family] = [candidate[0], candidate[1]]
-            doc = {"format": "persistkit.names", "version": 1, "marks": marks}
-            atomic_write(
-                os.path.join(target, HIGH_WATER_NAME), json.dumps(doc, sort_keys=True).encode() + b"\n"
-            )
-        return family.name(*candidate)
+
+def component_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one directory level of a model store (symbol, agent, timeframe); None if it can."""
+    if not _COMPONENT_RE.fullmatch(name) or ".." in name:
+        return (
+            "is not safe as a directory name; use letters, digits, '.', '_' and '-' (a '/' becomes '-'), "
+            "starting with a letter or digit"
+        )
+    return None
+
+
+def safe_component(value: object, what: str) -> str:
+    """A path component for a symbol, agent or timeframe: ``BTC/USDT`` becomes ``BTC-USDT``."""
+    if type(value) is not str:
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    name = value.replace("/", "-")
+    problem = component_problem(name)
+    if problem is not None:
+        raise UnsafeArchiveError(f"{what} {value!r} {problem}.", field=what)
+    return name
+
+
+def model_group(symbol: str, agent: str, timeframe: str) -> str:
+    """``SYMBOL/AGENT/TIMEFRAME`` with each part made safe: ``BTC-USDT/ppo/1h``."""
+    return "/".join(
+        (
+            safe_component(symbol, "symbol"),
+            safe_component(agent, "agent"),
+            safe_component(timeframe, "timeframe"),
+        )
+    )
+
+
+def is_model_group(group: str) -> bool:
+    parts = group.split("/")
+    return len(parts) == 3 and all(component_problem(p) is None for p in parts)
+
+
+def parse_model_version(key: str) -> tuple[str, str] | None:
+    """(group, version name) of ``SYMBOL/AGENT/TIMEFRAME/<version>.models``; None for anything else."""
+    group, _, name = key.rpartition("/")
+    if not is_model_group(group) or MODEL_VERSIONS.parse(name) is None:
+        return None
+    return group, name
+
+
+def is_alias(name: object) -> bool:
+    return isinstance(name, str) and _ALIAS_RE.fullmatch(name) is not None
 
 
 # -- zip entry names: the one zip-slip rule (bundle reader, archive checker) --------------------

@@ -125,12 +125,11 @@ def fine_tune(
     if save_to is not None and store is not None:
         raise ValueError("pass save_to= (a bundle path) or store= (publish into a ModelStore), not both")
     from persistkit.io.remote import is_url
+    from persistkit.model_store import Version
 
-    source = os.fspath(bundle_path)
+    source = bundle_path.location if isinstance(bundle_path, Version) else os.fspath(bundle_path)
     if is_url(source):
-        from persistkit.model_store import RemoteModelStore
-
-        if not isinstance(store, RemoteModelStore):
+        if not (isinstance(store, ModelStore) and store.space.remote):
             raise ValueError(
                 f"{source} is on object storage: pass store=ModelStore({source.rsplit('/', 4)[0]!r}, ...) (the "
                 "remote store holding it, with its storage options and key) so fine_tune can fetch the parent "
@@ -195,9 +194,10 @@ def fine_tune(
         # else: a new key beside the new version, as for any ModelStore.save
         metadata.pop("store", None)  # ModelStore.save records the group itself
         symbol, agent, timeframe = group
-        return target_store.save(
+        child = target_store.save(
             bundle.models, symbol=symbol, agent=agent, timeframe=timeframe, metadata=metadata, **publish_kw
         )
+        return str(child) if child.remote else child.path
 
     target = os.path.abspath(os.fspath(save_to)) if save_to is not None else _default_target(parent, after)
     save_kw: dict[str, Any] = {}

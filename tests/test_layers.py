@@ -32,6 +32,36 @@ FORBIDDEN = {
         "persistkit.bundle",
         "persistkit.archive",
     ),
+    # the verifier is one pipeline: observe -> operation log -> crash states -> judge, fixtures on top.
+    # The file-system model knows nothing of how operations were observed or judged...
+    "testing/fs": (
+        "persistkit.testing.observe",
+        "persistkit.testing.objects",
+        "persistkit.testing.judge",
+        "persistkit.testing.readers",
+        "persistkit.testing.crash_points",
+        "persistkit.testing.disk_faults",
+        "persistkit.testing.battery",
+        "persistkit.testing.plugin",
+    ),
+    # ...the observers know the model they feed, not the judge or the fixtures...
+    "testing/observe": (
+        "persistkit.testing.objects",
+        "persistkit.testing.judge",
+        "persistkit.testing.readers",
+        "persistkit.testing.crash_points",
+        "persistkit.testing.disk_faults",
+        "persistkit.testing.battery",
+        "persistkit.testing.plugin",
+    ),
+    # ...and buckets share the judge with files, never the file-system model.
+    "testing/objects": (
+        "persistkit.testing.fs",
+        "persistkit.testing.crash_points",
+        "persistkit.testing.disk_faults",
+        "persistkit.testing.battery",
+        "persistkit.testing.plugin",
+    ),
 }
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import persistkit as pk
 from persistkit.errors import IntegrityError, UnsafeArchiveError
-from persistkit.model_store import ModelStore
+from persistkit.model_store import ModelStore, Version
 from persistkit.testing.compare import assert_same
 
 T0 = dt.datetime(2024, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -26,7 +27,8 @@ def test_layout_and_config_beside_each_version(tmp_path):
     store = ModelStore(tmp_path / "models")
     path = save(store, 1)
     assert path == tmp_path / "models" / "BTC-USDT" / "ppo" / "1h" / "2024-03-01_120000.models"
-    config = path.with_name("2024-03-01_120000.config.json")
+    assert isinstance(path, Version) and path.group == "BTC-USDT/ppo/1h" and str(path) == str(path.path)
+    config = path.path.with_name("2024-03-01_120000.config.json")
     assert json.loads(config.read_text()) == {"run": 1}
     bundle = pk.load_bundle(path)
     assert bundle.metadata["config"] == {"run": 1}
@@ -66,17 +68,17 @@ def test_prune_keeps_the_newest_n(tmp_path):
     assert store.versions(**WHERE) == paths  # dry run deletes nothing
     assert store.prune(keep=2) == paths[:3]
     assert store.versions(**WHERE) == paths[3:]
-    assert not paths[0].with_name(paths[0].name.replace(".models", ".config.json")).exists()
-    assert not (paths[0].parent / (paths[0].name + ".key")).exists()
-    assert other.exists()  # groups are pruned separately
+    assert not paths[0].path.with_name(paths[0].name.replace(".models", ".config.json")).exists()
+    assert not (paths[0].path.parent / (paths[0].name + ".key")).exists()
+    assert other.path.exists()  # groups are pruned separately
 
 
 def test_prune_never_deletes_the_newest_valid_or_an_aliased_version(tmp_path):
     store = ModelStore(tmp_path)
     paths = [save(store, n, when=T0 + dt.timedelta(minutes=n)) for n in range(5)]
     store.tag(paths[0], "production")
-    data = bytearray(paths[4].read_bytes())
-    paths[4].write_bytes(bytes(data[: len(data) // 2]))  # the newest is damaged
+    data = bytearray(paths[4].path.read_bytes())
+    paths[4].path.write_bytes(bytes(data[: len(data) // 2]))  # the newest is damaged
     removed = store.prune(keep=1)
     assert removed == paths[1:3]
     assert store.versions(**WHERE) == [paths[0], paths[3], paths[4]]
@@ -89,7 +91,7 @@ def test_load_latest_can_fall_back_past_a_damaged_version(tmp_path, caplog):
     store = ModelStore(tmp_path)
     good = save(store, 1, when=T0)
     bad = save(store, 2, when=T0 + dt.timedelta(minutes=1))
-    bad.write_bytes(bad.read_bytes()[:100])
+    bad.path.write_bytes(bad.path.read_bytes()[:100])
     with pytest.raises(IntegrityError):
         store.load_latest(**WHERE)
     bundle = store.load_latest(**WHERE, fallback=True)
@@ -143,6 +145,7 @@ def flip_member_byte(path, member_prefix="members/"):
 
     with zipfile.ZipFile(path) as zf:
         info = next(i for i in zf.infolist() if i.filename.startswith(member_prefix))
+    path = Path(path)
     data = bytearray(path.read_bytes())
     name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
     start = info.header_offset + 30 + name_len + extra_len
@@ -239,3 +242,32 @@ def test_prune_refuses_a_keep_and_a_policy_together_or_a_bad_keep(tmp_path):
         store.prune(keep=-1)
     with pytest.raises(ValueError, match="non-negative int"):
         store.prune()
+
+
+def test_one_model_store_class_over_a_directory_and_a_bucket_with_version_values(tmp_path, s3_bucket):
+    from persistkit.model_store.bucket import BucketSpace
+    from persistkit.model_store.local import LocalSpace
+
+    server, bucket = s3_bucket
+    local = ModelStore(tmp_path / "models")
+    remote = ModelStore(f"s3://{bucket}/models", cache_dir=tmp_path / "cache", key_file=tmp_path / "k",
+                        storage_options=server.storage_options)  # fmt: skip
+    assert type(local) is ModelStore and type(remote) is ModelStore  # no subclass swapped in by __new__
+    assert isinstance(local.space, LocalSpace) and isinstance(remote.space, BucketSpace)
+    here, there = save(local, 1), save(remote, 1)
+    for version in (here, there):
+        assert isinstance(version, Version) and version.group == "BTC-USDT/ppo/1h"
+        assert version.name == "2024-03-01_120000.models" and version.when == T0
+        assert version.key == "BTC-USDT/ppo/1h/2024-03-01_120000.models"
+    assert not here.remote and os.fspath(here) == str(here.path) and here == here.path
+    assert there.remote and str(there) == f"s3://{bucket}/models/{there.key}" and there == str(there)
+    with pytest.raises(TypeError, match=r"ModelStore\.fetch"):
+        os.fspath(there)  # a bucket version is no local file; fetch gives one
+    assert Path(remote.fetch(there)).is_file() and remote.fetch(str(there)) == remote.fetch(there)
+    assert local.fetch(here) == str(here.path)
+    assert local.latest(**WHERE) == here and remote.latest(**WHERE) == there
+    assert sorted([save(local, 2, when=T0 - dt.timedelta(days=1)), here]) == local.versions(**WHERE)
+    with pytest.raises(ValueError, match="not a bundle version inside the store"):
+        local.tag(tmp_path / "elsewhere" / "2024-03-01_120000.models", "production")
+    with pytest.raises(ValueError, match="is not a version of the store"):
+        remote.tag(f"s3://{bucket}/models/BTC-USDT/ppo/../../x/2024-03-01_120000.models", "production")

@@ -20,7 +20,7 @@ import pytest
 
 import persistkit as pk
 from persistkit.errors import IntegrityError, NoVersionError, PersistIOError
-from persistkit.model_store import RemoteModelStore
+from persistkit.model_store import Version
 
 WHERE = {"symbol": "BTC/USDT", "agent": "ppo", "timeframe": "1h"}
 GROUP = "models/BTC-USDT/ppo/1h"
@@ -66,9 +66,10 @@ def check_consistent(server, bucket, group=GROUP):
 
 def test_the_url_gives_a_remote_store_with_the_same_api(store_at, tmp_path):
     store = store_at()
-    assert isinstance(store, RemoteModelStore) and isinstance(store, pk.ModelStore)
+    assert store.space.remote and isinstance(store, pk.ModelStore)
     url = store.save({"q": np.arange(4.0)}, **WHERE, when=T0, config={"lr": 0.1})
     assert url == f"s3://{store_at.bucket}/models/BTC-USDT/ppo/1h/2024-03-01_120000.models"
+    assert isinstance(url, Version) and url.remote and url.key == "BTC-USDT/ppo/1h/2024-03-01_120000.models"
     assert store.versions(**WHERE) == [url] and store.latest(**WHERE) == url
     bundle = store.load_latest(**WHERE)
     np.testing.assert_array_equal(bundle["q"], np.arange(4.0))
@@ -99,7 +100,7 @@ def test_another_machine_with_the_key_loads_it_and_without_it_cannot(store_at):
 def test_names_are_unique_and_monotonic_and_prune_keeps_the_latest(store_at):
     store = store_at()
     urls = [store.save({"q": np.full(2, float(n))}, **WHERE, when=T0) for n in range(3)]
-    assert [u.rsplit("/", 1)[1] for u in urls] == [
+    assert [u.name for u in urls] == [
         "2024-03-01_120000.models", "2024-03-01_120000_1.models", "2024-03-01_120000_2.models"
     ]  # fmt: skip
     later = store.save({"q": np.zeros(1)}, **WHERE)  # now: sorts after all of them
@@ -117,7 +118,7 @@ def test_names_are_unique_and_monotonic_and_prune_keeps_the_latest(store_at):
 def test_the_cache_is_used_and_verified(store_at, tmp_path):
     store = store_at()
     url = store.save({"q": np.arange(3.0)}, **WHERE)
-    cached = tmp_path / "cache" / "BTC-USDT" / "ppo" / "1h" / url.rsplit("/", 1)[1]
+    cached = tmp_path / "cache" / "BTC-USDT" / "ppo" / "1h" / url.name
     assert cached.exists()  # the upload warmed it
     before = store.remote.requests
     store.load_latest(**WHERE)
@@ -131,7 +132,7 @@ def test_the_cache_is_used_and_verified(store_at, tmp_path):
 def test_a_corrupted_remote_object_is_refused_before_parsing(store_at, tmp_path):
     store = store_at(cache="c1")
     url = store.save({"q": np.arange(3.0)}, **WHERE)
-    key = url.split("/", 3)[3]
+    key = str(url).split("/", 3)[3]
     client = store_at.server.client()
     data = bytearray(client.get_object(Bucket=store_at.bucket, Key=key)["Body"].read())
     data[len(data) // 2] ^= 0x40
@@ -153,27 +154,32 @@ def test_a_damaged_version_record_is_an_integrity_error_naming_it(store_at, reco
     store = store_at(cache="c1")
     url = store.save({"q": np.arange(3.0)}, **WHERE)
     store_at.server.client().put_object(
-        Bucket=store_at.bucket, Key=url.split("/", 3)[3] + ".json", Body=record
+        Bucket=store_at.bucket, Key=str(url).split("/", 3)[3] + ".json", Body=record
     )
     fresh = store_at(cache="c2")
-    with pytest.raises(IntegrityError, match=r"the record beside .* is unreadable") as info:
+    with pytest.raises(
+        IntegrityError, match=r"the record beside .* is unreadable|larger than 1048576"
+    ) as info:
         fresh.load_latest(**WHERE)
-    assert info.value.path == url + ".json" and "Restore the record" in str(info.value)
+    assert info.value.path == str(url) + ".json" and "Restore" in str(info.value)
 
 
 def test_fallback_skips_a_corrupted_newest_version(store_at):
     store = store_at(cache="c1")
     store.save({"q": np.zeros(2)}, **WHERE, when=T0)
     url = store.save({"q": np.ones(2)}, **WHERE, when=T0)
-    store_at.server.client().put_object(Bucket=store_at.bucket, Key=url.split("/", 3)[3], Body=b"garbage")
+    store_at.server.client().put_object(
+        Bucket=store_at.bucket, Key=str(url).split("/", 3)[3], Body=b"garbage"
+    )
     np.testing.assert_array_equal(store_at(cache="c2").load_latest(**WHERE, fallback=True)["q"], np.zeros(2))
 
 
 def test_errors_are_typed_and_name_the_url(store_at, s3_server, tmp_path):
+    missing = pk.ModelStore(
+        "s3://pk-missing-bucket/models", cache_dir=tmp_path, storage_options=s3_server.storage_options
+    )  # sends nothing: the first read says what is wrong
     with pytest.raises(PersistIOError, match="bucket 'pk-missing-bucket' does not exist") as info:
-        pk.ModelStore(
-            "s3://pk-missing-bucket/models", cache_dir=tmp_path, storage_options=s3_server.storage_options
-        )
+        missing.latest(**WHERE)
     assert info.value.errno == errno.ENOENT
     store = store_at()
     with pytest.raises(NoVersionError, match=r"s3://.*/models/BTC-USDT/ppo/1h"):
@@ -204,7 +210,7 @@ def test_concurrent_publishing_threads_never_lose_a_version(store_at):
         t.join()
     assert not failures
     assert len(set(published)) == 20
-    assert sorted(stores[0].versions(**WHERE)) == sorted(published)
+    assert stores[0].versions(**WHERE) == sorted(published)  # Versions sort as their names do
     names = check_consistent(store_at.server, store_at.bucket)
     assert (
         stores[0].latest(**WHERE)
@@ -227,7 +233,7 @@ if sys.argv[8:] == ["hang"]:  # stop between the record and the pointer, to be k
     def hang(*args, **kw):
         print("POINTING", flush=True)
         time.sleep(60)
-    store._advance_latest = hang
+    store.space.advance_latest = hang
 if sys.argv[8:] == ["serial-parts"]:  # a multipart upload that takes a while: 5 MiB parts, one at a time
     store.remote.part_size, store.remote.concurrency = 5 * 2**20, 1
 if sys.argv[8:] == ["hang-record"]:  # stop between the upload and the record, to be killed there
@@ -258,15 +264,15 @@ def run_child(store_at, tmp_path, n, *, size=100, count=1, hang=""):
 def test_concurrent_publishing_processes_never_lose_a_version(store_at, tmp_path):
     store_at().save({"w": np.zeros(1)}, **WHERE)  # creates the shared key file first
     children = [run_child(store_at, tmp_path, n, count=4) for n in range(3)]
-    published = [store_at().versions(**WHERE)[0]]
+    published = [str(store_at().versions(**WHERE)[0])]
     for child in children:
         out, err = child.communicate(timeout=240)
         assert child.returncode == 0, err
         published += [line.split()[1] for line in out.splitlines() if line.startswith("SAVED")]
     assert len(set(published)) == 13
-    assert sorted(store_at().versions(**WHERE)) == sorted(published)
+    assert sorted(map(str, store_at().versions(**WHERE))) == sorted(published)
     names = check_consistent(store_at.server, store_at.bucket)
-    assert store_at().latest(**WHERE).endswith(max(names, key=pk.model_store.VERSIONS.sort_key))
+    assert store_at().latest(**WHERE).name == max(names, key=pk.model_store.VERSIONS.sort_key)
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
@@ -469,7 +475,7 @@ def test_a_server_stopped_during_a_download_gives_a_typed_error_then_the_same_lo
         assert not [f for f in cache.rglob("*") if f.is_file()]  # nothing partial cached
         server.start()
         np.testing.assert_array_equal(reader.load_latest(**WHERE)["w"], weights)  # the same load, now whole
-        assert reader.fetch(url) == str(cache / "BTC-USDT" / "ppo" / "1h" / url.rsplit("/", 1)[1])
+        assert reader.fetch(url) == str(cache / "BTC-USDT" / "ppo" / "1h" / url.name)
     finally:
         stopped.set()
         watcher.join()
@@ -595,7 +601,7 @@ def test_a_version_pruned_under_a_reader_is_followed_to_the_new_latest(store_at,
     np.testing.assert_array_equal(reader.load_latest(**WHERE)["q"], np.ones(1))
     with pytest.raises(PersistIOError, match="No such object") as info:
         reader.load(old)  # asked for by URL: it is gone, and the error says which
-    assert info.value.errno == errno.ENOENT and info.value.path == old + ".json"
+    assert info.value.errno == errno.ENOENT and info.value.path == str(old) + ".json"
 
 
 # -- aliases ---------------------------------------------------------------------------------
@@ -640,7 +646,7 @@ def test_remote_alias_errors_are_typed_and_name_the_alias(store_at):
         store.tag(url, "bad/alias")
     with pytest.raises(ValueError, match="is not a version of the store"):
         store.tag("s3://elsewhere/BTC/ppo/1h/2024-01-01_000000.models", "production")
-    missing = url.replace(".models", "_9.models")
+    missing = str(url).replace(".models", "_9.models")
     with pytest.raises(NotFoundError, match="no such published version") as info:
         store.tag(missing, "production")
     assert info.value.path == missing and store.aliases() == {}
@@ -714,8 +720,8 @@ def test_concurrent_alias_moves_from_processes_never_lose_one(store_at, tmp_path
                 str(tmp_path / "store.key"),
                 store_at.server.endpoint,
                 str(n),
-                a,
-                b,
+                str(a),
+                str(b),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -756,7 +762,7 @@ def test_tagging_while_another_machine_prunes_never_leaves_an_alias_on_a_missing
         thread.join()
         client = store_at.server.client()
         for alias, url in store.aliases().items():
-            key = url.split("/", 3)[3]
+            key = str(url).split("/", 3)[3]
             client.head_object(Bucket=store_at.bucket, Key=key)  # the data is there
             client.head_object(Bucket=store_at.bucket, Key=key + ".json")  # and its record
         check_consistent(store_at.server, store_at.bucket)
@@ -786,17 +792,17 @@ def test_a_publisher_killed_before_its_record_leaves_an_orphan_that_prune_remove
     assert store.versions(**WHERE) == [first]  # the orphan is not a version
     objects = [k for k in keys(store_at.server, store_at.bucket, GROUP + "/") if k.endswith(".models")]
     assert len(objects) == 2
-    orphan = f"s3://{store_at.bucket}/{next(k for k in objects if not first.endswith(k))}"
+    orphan = f"s3://{store_at.bucket}/{next(k for k in objects if not str(first).endswith(k))}"
     # fresh: its publisher may still be about to record it, so it stays, and the plan says why
     plan = {d.item.id: d for d in store.prune_plan(keep=0)}
     assert plan[orphan].keep and "its writer may still finish it" in plan[orphan].reasons[0]
     assert store.prune(keep=0) == []
     assert store.prune(keep=0, orphan_grace=dt.timedelta(0), dry_run=True) == [orphan]
-    assert orphan.split("/", 3)[3] in keys(store_at.server, store_at.bucket)  # a dry run deletes nothing
+    assert str(orphan).split("/", 3)[3] in keys(store_at.server, store_at.bucket)  # a dry run deletes nothing
     plan = {d.item.id: d for d in store.prune_plan(keep=0, orphan_grace=dt.timedelta(0))}
     assert not plan[orphan].keep and "without a record (its publisher died)" in plan[orphan].reasons[0]
     assert store.prune(keep=0, orphan_grace=dt.timedelta(0)) == [orphan]
-    assert orphan.split("/", 3)[3] not in keys(store_at.server, store_at.bucket)
+    assert str(orphan).split("/", 3)[3] not in keys(store_at.server, store_at.bucket)
     assert store.versions(**WHERE) == [first]  # the version itself is kept: the pointer names it
     after = store.save({"w": np.ones(1)}, **WHERE)  # and the store goes on
     assert store_at(cache="fresh").latest(**WHERE) == after
@@ -809,8 +815,9 @@ def test_prune_aborts_a_multipart_upload_its_killed_publisher_left(store_at, tmp
     assert child.stdout.readline().startswith("UPLOADING")
     client = store_at.server.client()
 
-    def parts_in():
-        uploads = client.list_multipart_uploads(Bucket=store_at.bucket).get("Uploads", [])
+    def parts_in():  # of the bundle's upload (the write probe's, before it, has come and gone)
+        uploads = [u for u in client.list_multipart_uploads(Bucket=store_at.bucket).get("Uploads", [])
+                   if u["Key"].startswith(GROUP)]  # fmt: skip
         return any(
             client.list_parts(Bucket=store_at.bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts")
             for u in uploads
@@ -867,7 +874,7 @@ def test_an_upload_survives_dropped_connections_by_retrying_only_the_broken_part
     assert len(network.cuts) == 2
     numbers = [u.split("partNumber=")[1].split("&")[0] for u in parts]
     assert len(numbers) > len(set(numbers))  # some parts were sent twice: the ones the cuts broke
-    cached = tmp_path / "writer" / "BTC-USDT" / "ppo" / "1h" / url.rsplit("/", 1)[1]  # the bytes that went up
+    cached = tmp_path / "writer" / "BTC-USDT" / "ppo" / "1h" / url.name  # the bytes that went up
     assert len(set(numbers)) == -(-cached.stat().st_size // (5 * 2**20))  # every part, once or more
     assert own_store().latest(**WHERE) == url
     np.testing.assert_array_equal(own_store(cache="fresh").load_latest(**WHERE)["w"], weights)

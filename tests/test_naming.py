@@ -13,11 +13,11 @@ from processes import run_workers
 
 from persistkit import naming
 from persistkit.archive import backup_before_overwrite
+from persistkit.io.names import allocate
 from persistkit.model_store import ModelStore
 from persistkit.naming import (
     NAME_MAX,
     Stamped,
-    allocate,
     is_temp_name,
     temp_name_for,
 )
@@ -36,7 +36,7 @@ def test_a_pruned_name_is_never_reused_and_latest_is_the_last_saved(tmp_path):
     newest = store.save({"q": np.full(2, 9.0)}, **WHERE, when=T0)
     assert store.latest(**WHERE) == newest
     assert store.load_latest(**WHERE)["q"].tolist() == [9.0, 9.0]
-    assert store.prune(keep=1) != [newest] and newest.exists()
+    assert store.prune(keep=1) != [newest] and newest.path.exists()
 
 
 def test_names_only_go_up_even_when_the_clock_steps_back(tmp_path):

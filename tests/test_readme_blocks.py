@@ -25,9 +25,11 @@ EXPECTED = [
     ("persistkit", "bash"),  # install commands
     ("Verify your own component", "python"),  # tests/plugin/test_readme.py
     ("What the observers see", "python"),
+    ("A program under SIGTERM and SIGKILL: `lifecycle.subprocess`", "python"),
     ("A state store in a long-running bot", "python"),
     ("A state store in a long-running bot", "bash"),
     ("Model bundles", "python"),
+    ("A bot's whole state in one StateStore", "python"),
     ("Training archives", "python"),
     ("Training resume", "python"),
     ("The reference bot and training script", "bash"),
@@ -153,6 +155,50 @@ def test_observers_block_is_not_judgeable_with_the_python_observer(pytester):
     result.stdout.fnmatch_lines(["*NotJudgeable*no verdict*", "*use observe='syscalls'*"])
 
 
+LIFECYCLE = "A program under SIGTERM and SIGKILL: `lifecycle.subprocess`"
+
+
+def test_lifecycle_subprocess_block_passes_as_printed(pytester):
+    result = run_as_pytest(pytester, block(LIFECYCLE, "python"), "-W", "error")
+    result.assert_outcomes(passed=1)
+
+
+def test_lifecycle_subprocess_block_fails_when_the_ack_comes_first(pytester):
+    """The sentence after the block: acknowledged before durable, a restart acknowledges it again."""
+    code = block(LIFECYCLE, "python")
+    early = code.replace(
+        '        print(f"ACK {order}", flush=True)   # only once the order is durable\n', ""
+    ).replace(
+        '        tmp = path + ".tmp"\n',
+        '        print(f"ACK {order}", flush=True)\n        tmp = path + ".tmp"\n',
+    )
+    assert early.count("print(") == 1 and early != code
+    result = run_as_pytest(pytester, early.replace("kills=10", "kills=60"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ids must be unique; id * was acknowledged twice*"])
+
+
+def test_lifecycle_subprocess_block_under_power_loss_needs_the_directory_fsync(pytester):
+    """The paragraph after the block: a power cut reverts the rename, until the directory is fsynced."""
+    code = block(LIFECYCLE, "python").replace(
+        "kills=10, verify=verify)", 'kills=3, verify=verify, model="power-loss")'
+    )
+    assert 'model="power-loss"' in code
+    result = run_as_pytest(pytester, code.replace("report.kills == 10", "report.kills == 3"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*acknowledged twice*power cut*reverted*replace orders.json.tmp -> orders.json*"]
+    )
+    fixed = code.replace(
+        "        os.replace(tmp, path)\n",
+        "        os.replace(tmp, path)\n"
+        "        d = os.open(sys.argv[1], os.O_RDONLY); os.fsync(d); os.close(d)\n",
+    )
+    assert fixed != code
+    result = run_as_pytest(pytester, fixed.replace("report.kills == 10", "report.kills == 3"))
+    result.assert_outcomes(passed=1)
+
+
 def test_state_store_block_runs_twice_and_the_inspect_commands_work(tmp_path, shell_env):
     code = block("A state store in a long-running bot", "python")
     assert run_python(code, tmp_path, shell_env, "bot.py") == "ACK 0 9987.50\n"
@@ -179,6 +225,18 @@ def test_bundle_block_runs_and_keeps_training(tmp_path, shell_env):
     out = run_python(block("Model bundles", "python"), tmp_path, shell_env)
     assert out.startswith("128 {'symbol': 'BTCUSDT'"), out
     assert (tmp_path / "models" / "x.models").is_file() and (tmp_path / "models" / "x.models.key").is_file()
+
+
+def test_bot_state_block_keeps_all_seven_components_across_runs(tmp_path, shell_env):
+    """Seed 002's six files in one store: the second run loads the models the first one trained."""
+    code = block("A bot's whole state in one StateStore", "python")
+    first = run_python(code, tmp_path, shell_env, "bot.py").split()
+    second = run_python(code, tmp_path, shell_env, "bot.py").split()
+    assert first[0] == "1" and second[0] == "2"
+    assert first[1:] == second[1:]  # same predictions, epochs, epsilon: nothing retrained
+    assert first[3:] == ["1", "0.99", "1.0"]
+    out = run_bash("persistkit state inspect bot_state --verify", tmp_path, shell_env)
+    assert all(name in out for name in ("trades", "equity", "risk", "signal", "deep", "rl", "attention"))
 
 
 def test_training_session_block_runs(tmp_path, shell_env):
@@ -225,3 +283,27 @@ def test_several_machines_block_runs_against_a_local_s3_server(tmp_path, shell_e
     out = run_python(block("Several machines", "python"), tmp_path, env)
     assert out == "[0. 1. 2. 3.] {'lr': 0.0003}\n"
     assert (tmp_path / "store.key").is_file() and list((tmp_path / "bot-cache").rglob("*.models"))
+
+
+def test_the_fault_list_names_exactly_the_errnos_the_injector_uses():
+    """README's "What disk_faults injects" table against MAN_PAGE_ERRNOS, call by call."""
+    from persistkit.testing.observe.inject import MAN_PAGE_ERRNOS
+
+    text = README.read_text()
+    section = text[text.index("### What `disk_faults` injects") :]
+    row = next(line for line in section.splitlines() if line.startswith("| an errno"))
+    cell = row.split("|")[2]
+    claimed: dict[str, set[str]] = {}
+    for part in cell.split(";"):
+        names = re.findall(r"`(\w+)`", part)
+        errnos = set(re.findall(r"\bE[A-Z]+\b", part))
+        assert names and errnos, part
+        for name in names:
+            claimed[name] = errnos
+    for name, errnos in claimed.items():
+        assert errnos == set(MAN_PAGE_ERRNOS[name][0]), (name, errnos, MAN_PAGE_ERRNOS[name])
+    # every family the injector faults is in the table (sync(2) is listed as never failing)
+    families = {"write", "open", "fsync", "ftruncate", "fallocate", "rename", "link", "symlink", "unlink",
+                "rmdir", "mkdir", "mknod", "copy_file_range", "sendfile", "close", "syncfs", "fdatasync"}  # fmt: skip
+    assert families <= set(claimed), families - set(claimed)
+    assert MAN_PAGE_ERRNOS["sync"][0] == () and "`sync(2)` (it cannot fail)" in section

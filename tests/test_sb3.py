@@ -162,4 +162,4 @@ def test_fine_tune_a_remote_version_publishes_the_child_into_the_remote_store(s3
     assert loaded["policy"].num_timesteps == 96
     lineage = loaded.metadata["lineage"]
     assert lineage["parent_path"] == parent and lineage["timesteps_before"] == 64
-    assert lineage["parent_version"] == parent.rsplit("/", 1)[1]
+    assert lineage["parent_version"] == parent.name

@@ -41,6 +41,7 @@ from persistkit.errors import (
 )
 from persistkit.io import DirectoryLock, atomic_writer, current_fs
 from persistkit.io.fs import io_error, io_errors
+from persistkit.io.names import allocate
 from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
 from persistkit.policy.retention import Decision, Item, KeepLast, Policy, decide
 from persistkit.progress import transfer
@@ -128,7 +129,7 @@ class Archiver:
 
     def _target(self) -> Path:
         # Unique across processes and monotonic, even after pruning (persistkit.naming).
-        return self.archive_dir / naming.allocate(self.archive_dir, self._names)
+        return self.archive_dir / allocate(self.archive_dir, self._names)
 
     def _entries(self, report: ArchiveReport) -> Iterator[tuple[str, Path, os.stat_result]]:
         """(archive name, source path, lstat) for everything to archive, never following symlinks."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from persistkit import naming
 from persistkit.archive.base import CHUNK
 from persistkit.io import atomic_writer, current_fs
+from persistkit.io.names import allocate
 from persistkit.policy.retention import Item, KeepLast, decide
 
 
@@ -23,7 +24,7 @@ def backup_before_overwrite(path: str | os.PathLike[str], *, keep: int = 5) -> P
         return None
     backups = src.parent / "backups"
     family = naming.Stamped(f"{src.stem}_", src.suffix)
-    target = backups / naming.allocate(backups, family)  # unique across processes, monotonic
+    target = backups / allocate(backups, family)  # unique across processes, monotonic
     with fs.open_read(src) as f, atomic_writer(target) as out:
         while chunk := f.read(CHUNK):
             out.write(chunk)

@@ -189,6 +189,7 @@ def _plan(zf: zipfile.ZipFile, src: Path, archive_size: int, limits: RestoreLimi
             )
             plan.readable = False
         plan.members.append(_Member(info, rel, kind))
+    _plan_tree(plan)
     budget = _budget(archive_size, limits)
     if declared > budget:
         plan.unsafe(
@@ -200,6 +201,30 @@ def _plan(zf: zipfile.ZipFile, src: Path, archive_size: int, limits: RestoreLimi
     _plan_links(zf, src, plan)
     _plan_manifest(zf, src, plan)
     return plan
+
+
+def _plan_tree(plan: _Plan) -> None:
+    """Refuse a file that is also the directory of another member (``logs/a`` and ``logs/a/b``).
+
+    No file system can hold both, so such an archive would verify and then fail half-way through its
+    restore. Judged as a case-sensitive and as a case-insensitive file system would.
+    """
+    for fold in (False, True):
+        parents: dict[str, str] = {}
+        for m in plan.members:
+            parts = (m.rel.lower() if fold else m.rel).split("/")
+            for i in range(1, len(parts)):
+                parents.setdefault("/".join(parts[:i]), m.info.filename)
+        for m in plan.members:
+            below = parents.get(m.rel.lower() if fold else m.rel)
+            if m.kind == "file" and below is not None:
+                case = " (as a case-insensitive file system sees it)" if fold else ""
+                plan.unsafe(
+                    f"member {m.info.filename!r} is a file, but {below!r} needs it to be a directory{case}: "
+                    "no file system holds both, so it cannot be restored",
+                    m.info.filename,
+                )
+                return
 
 
 def _budget(archive_size: int, limits: RestoreLimits) -> int:

@@ -30,8 +30,6 @@ import errno as _errno
 import hashlib
 import json
 import os
-import re
-import secrets
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -43,10 +41,12 @@ from persistkit.archive.base import RestoreLimits, VerifyReport, log, utcnow
 from persistkit.archive.checker import MAX_MANIFEST_BYTES, read_capped, verify_archive
 from persistkit.errors import IntegrityError, PersistIOError, PersistkitError, UnsafeArchiveError
 from persistkit.io import current_fs
-from persistkit.io.atomic import pid_alive
+from persistkit.io.atomic import claim, sweep_dead_writers
+from persistkit.io.documents import Fields, read_document
 from persistkit.io.fs import io_errors
-from persistkit.io.objects import RECORD_SUFFIX, parse_record
+from persistkit.io.objects import RECORD_SUFFIX, Record, parse_record, rename_paths
 from persistkit.io.zipio import ZIP_DAMAGE_OR_IO
+from persistkit.naming import scratch_name
 from persistkit.policy.retention import Decision, Item, Policy, decide
 from persistkit.progress import transfer
 
@@ -70,7 +70,6 @@ RECORD_FORMAT = "persistkit.remote-archive"
 VERIFIED_SUFFIX = ".verified.json"
 # Record formats whose sha256/size persistkit checks downloads against (archives here, ModelStore versions).
 KNOWN_RECORDS = (RECORD_FORMAT, "persistkit.remote-version")
-_SCRATCH = re.compile(r"^\..+\.(?:remote-check|pull|download)-(?P<pid>\d+)-[0-9a-f]{8}(?:\.zip)?$")
 
 
 # -- URLs and stores --------------------------------------------------------------------------
@@ -108,7 +107,7 @@ def split_url(url: str) -> tuple[str, str]:
     trimmed = url.rstrip("/")
     protocol, sep, rest = trimmed.partition("://")
     parent, _, name = rest.rpartition("/")
-    if not sep or not parent or not name:
+    if not sep or not parent or not name or name in (".", ".."):
         raise PersistIOError(
             f"{url!r} does not name an object: write it as s3://BUCKET/PREFIX/NAME. Nothing was read.",
             errno=_errno.EINVAL,
@@ -118,7 +117,7 @@ def split_url(url: str) -> tuple[str, str]:
     return f"{protocol}://{parent}", name
 
 
-def read_record(store: ObjectStore, key: str) -> dict[str, Any] | None:
+def read_record(store: ObjectStore, key: str) -> Record | None:
     """The persistkit record ``<key>.json`` beside an object (sha256, size...), None if there is none.
 
     An unreadable record, or one without sha256 and size, is an ``IntegrityError`` naming it.
@@ -129,7 +128,7 @@ def read_record(store: ObjectStore, key: str) -> dict[str, Any] | None:
     return parse_record(store.url_of(key + RECORD_SUFFIX), found.data, KNOWN_RECORDS)
 
 
-def download_checked(store: ObjectStore, key: str, local_path: str) -> dict[str, Any] | None:
+def download_checked(store: ObjectStore, key: str, local_path: str) -> Record | None:
     """Stream ``key`` into ``local_path``: checked against its record when there is one; returns the record.
 
     Without a record the bytes are written as they came (the caller checks them by content, as
@@ -137,7 +136,7 @@ def download_checked(store: ObjectStore, key: str, local_path: str) -> dict[str,
     """
     record = read_record(store, key)
     if record is not None:
-        store.download_verified(key, local_path, record["sha256"], record["size"])
+        store.download_verified(key, local_path, record.sha256, record.size)
         return record
     store.download(key, local_path)
     return None
@@ -187,7 +186,9 @@ class RemoteArchive:
 
     ``state``: "verified" (record, and the remote copy was proven at push time), "unverified"
     (record, but the end-to-end check never finished: push it again), "incomplete" (data, no
-    record: an interrupted push; it is never pruned), or "record only" (its data is missing).
+    record: an interrupted push; it is never pruned), "record only" (its data is missing), or
+    "not an archive name" (shaped like one, with an impossible date: ``problem`` says why; never
+    counted or pruned).
     """
 
     name: str
@@ -197,6 +198,7 @@ class RemoteArchive:
     sha256: str | None = None
     created: str | None = None
     verified: str | None = None  # when the remote copy was proven
+    problem: str | None = None  # why a name shaped like an archive's is not one (it is left alone)
 
 
 # -- the remote side of one archive directory ----------------------------------------------------
@@ -265,10 +267,10 @@ class RemoteArchives:
                 existing = read_record(self.store, name)
                 if existing is None:
                     checked = self._check_remote(name, record, path)
-                elif (existing["sha256"], existing["size"]) != (sha256, size):
+                elif (existing.sha256, existing.size) != (sha256, size):
                     raise IntegrityError(
                         f"{url}: already holds a different archive of that name (sha256 "
-                        f"{existing['sha256'][:16]}...; the local one is {sha256[:16]}...). Two workspaces push "
+                        f"{existing.sha256[:16]}...; the local one is {sha256[:16]}...). Two workspaces push "
                         f"to the same prefix: give each its own remote URL. {kept}",
                         path=url,
                     )
@@ -310,7 +312,7 @@ class RemoteArchives:
         if self.store.put_new(name + RECORD_SUFFIX, body):
             return
         existing = read_record(self.store, name)  # taken: ours from a retried request, or an earlier push
-        if existing is None or (existing["sha256"], existing["size"]) != (record["sha256"], record["size"]):
+        if existing is None or (existing.sha256, existing.size) != (record["sha256"], record["size"]):
             url = self.store.url_of(name + RECORD_SUFFIX)
             raise IntegrityError(
                 f"{url}: a record for another archive of that name already exists. Two workspaces push to "
@@ -352,34 +354,42 @@ class RemoteArchives:
         directory = directory or self.scratch
         with io_errors("create scratch directory", directory, "Nothing was deleted."):
             fs.makedirs(directory)
-        remove_stale_scratch(directory)
-        path = directory / f".{name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            yield path
-        finally:
+        sweep_dead_writers(directory)
+        path = directory / scratch_name(name, kind)
+        with claim(path):
             try:
-                fs.unlink(path)
-            except FileNotFoundError:
-                pass  # never made (the download failed before its rename), or already moved into place
-            except OSError as err:
-                log.warning("could not remove the temp file %s: %s", path, err)
+                yield path
+            finally:
+                try:
+                    fs.unlink(path)
+                except FileNotFoundError:
+                    pass  # never made (the download failed before its rename), or already moved into place
+                except OSError as err:
+                    log.warning("could not remove the temp file %s: %s", path, err)
 
     # -- list / prune ---------------------------------------------------------------------------
 
     def list(self) -> builtins.list[RemoteArchive]:
-        """Every ``*.zip`` under the URL with its record, oldest first (this family's stamps, then others)."""
+        """Every ``*.zip`` under the URL with its record, oldest first (this family's stamps, then others).
+
+        A name shaped like this family's whose stamp is no time (``..._20261399_000000.zip``) is listed
+        with the state "not an archive name" and its ``problem``; retention never counts or removes it.
+        """
         names = set(self.store.list(""))
         archives = {n for n in names if n.endswith(".zip")}
         archives |= {n[: -len(RECORD_SUFFIX)] for n in names if n.endswith(".zip" + RECORD_SUFFIX)}
         out = []
         for name in sorted(archives, key=self._order):
+            problem = self.names.problem(name)
             record = read_record(self.store, name) if name + RECORD_SUFFIX in names else None
             marker = self._marker(name) if name + VERIFIED_SUFFIX in names else None
-            if name not in names:
+            if problem is not None:
+                state = "not an archive name"
+            elif name not in names:
                 state = "record only"
             elif record is None:
                 state = "incomplete"
-            elif marker is None or marker.get("sha256") != record["sha256"]:
+            elif marker is None or marker[0] != record.sha256:
                 state = "unverified"
             else:
                 state = "verified"
@@ -389,10 +399,11 @@ class RemoteArchives:
                     name,
                     self.store.url_of(name),
                     state,
-                    size=record["size"] if record else None,
-                    sha256=record["sha256"] if record else None,
+                    size=record.size if record else None,
+                    sha256=record.sha256 if record else None,
                     created=created.isoformat() if created else None,
-                    verified=str(marker.get("verified")) if marker else None,
+                    verified=marker[1] if marker else None,
+                    problem=problem,
                 )
             )
         return out
@@ -401,15 +412,20 @@ class RemoteArchives:
         parsed = self.names.parse(name)
         return (0, parsed) if parsed is not None else (1, name)
 
-    def _marker(self, name: str) -> dict[str, Any] | None:
-        found = self.store.get_or_none(name + VERIFIED_SUFFIX)
-        if found is None:
-            return None
+    def _marker(self, name: str) -> tuple[str, str] | None:
+        """(sha256, when) the check marker says was proven; None if it is missing or proves nothing."""
+
+        def parse(doc: Fields) -> tuple[str, str]:
+            doc.one_of("format", [RECORD_FORMAT + "-check"])
+            return doc.sha256("sha256"), str(doc.moment("verified"))
+
         try:
-            doc = json.loads(found.data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return None  # an unreadable marker proves nothing: the archive counts as unverified
-        return doc if isinstance(doc, dict) else None
+            found = read_document(self.store, name + VERIFIED_SUFFIX, parse, what="the check marker",
+                                  advice="The archive counts as unverified; push it again.")  # fmt: skip
+        except IntegrityError as err:
+            log.warning("%s", err)  # an unreadable marker proves nothing: the archive counts as unverified
+            return None
+        return None if found is None else found[0]
 
     def prune(
         self, *, dry_run: bool = False, policy: Policy | None = None, pinned: str | None = None
@@ -459,7 +475,7 @@ class RemoteArchives:
         target = Path(os.path.abspath(os.fspath(archive_dir))) / name
         if fs.exists(target):
             with io_errors("read archive", target, "Nothing was downloaded."):
-                same = sha256_file(str(target)) == (record["sha256"], record["size"])
+                same = sha256_file(str(target)) == (record.sha256, record.size)
             if same:
                 return target
             raise PersistIOError(
@@ -470,10 +486,8 @@ class RemoteArchives:
                 operation="pull",
             )
         with self._scratch_file(name, "pull", target.parent) as copy:
-            with transfer(f"checking {name}", record["size"], show=self.progress) as advance:
-                self.store.download_verified(
-                    name, str(copy), record["sha256"], record["size"], progress=advance
-                )
+            with transfer(f"checking {name}", record.size, show=self.progress) as advance:
+                self.store.download_verified(name, str(copy), record.sha256, record.size, progress=advance)
             report = verify_archive(copy, RestoreLimits())
             if not report.ok:
                 raise IntegrityError(
@@ -485,27 +499,6 @@ class RemoteArchives:
                 fs.replace(copy, target)
                 fs.fsync_dir(target.parent)
         return target
-
-
-def remove_stale_scratch(directory: Path) -> builtins.list[str]:
-    """Remove check/pull/download temp files of processes that died (``.<name>.<kind>-<pid>-<hex>``)."""
-    fs = current_fs()
-    try:
-        names = fs.listdir(directory)
-    except OSError:
-        return []
-    removed = []
-    for name in names:
-        match = _SCRATCH.match(name)
-        if match is None or int(match["pid"]) == os.getpid() or pid_alive(int(match["pid"])):
-            continue
-        try:
-            fs.unlink(directory / name)
-        except OSError as err:
-            log.warning("could not remove the stale temp file %s: %s", directory / name, err)
-            continue
-        removed.append(name)
-    return removed
 
 
 # -- restore from a URL -----------------------------------------------------------------------------
@@ -547,24 +540,21 @@ def restore_url(
         )
     with io_errors("prepare restore target", dest, "Nothing was restored."):
         fs.makedirs(dest.parent)
-    remove_stale_scratch(dest.parent)
-    temp = dest.parent / f".{dest.name}.download-{os.getpid()}-{secrets.token_hex(4)}.zip"
-    try:
-        store.download_verified(name, str(temp), record["sha256"], record["size"])
+    sweep_dead_writers(dest.parent)
+    temp = dest.parent / scratch_name(dest.name, "download", suffix=".zip")
+    with claim(temp):
         try:
-            return restore(temp, dest, limits=limits)
-        except PersistkitError as err:
-            name_url(err, str(temp), url)
-            raise
-    finally:
-        with contextlib.suppress(OSError):
-            fs.unlink(temp)
+            store.download_verified(name, str(temp), record.sha256, record.size)
+            try:
+                return restore(temp, dest, limits=limits)
+            except PersistkitError as err:
+                name_url(err, str(temp), url)
+                raise
+        finally:
+            with contextlib.suppress(OSError):
+                fs.unlink(temp)
 
 
 def name_url(err: PersistkitError, local: str, url: str) -> PersistkitError:
     """``err`` (same type, same attributes) with a downloaded temp copy's path replaced by its URL."""
-    err.message = err.message.replace(local, url)
-    err.args = (err.message, *err.args[1:])
-    if err.path == local:
-        err.path = url
-    return err
+    return rename_paths(err, {local: url})

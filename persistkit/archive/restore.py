@@ -8,7 +8,6 @@ import builtins
 import contextlib
 import errno as _errno
 import os
-import stat as _stat
 import zipfile
 from pathlib import Path
 
@@ -28,10 +27,12 @@ from persistkit.errors import (
     PersistIOError,
 )
 from persistkit.io import atomic_write, current_fs
-from persistkit.io.atomic import pid_alive
+from persistkit.io.atomic import claim, remove_tree, sweep_dead_writers
 from persistkit.io.fs import io_errors
 
-_ACTIVE_TEMPS: set[str] = set()  # restore temp directories this process is filling right now
+# Temp directories of restores whose process died are what ``sweep_dead_writers`` removes (the one
+# sweep of what dead writers left); the name is kept for callers of persistkit.archive.
+cleanup_stale_restores = sweep_dead_writers
 
 
 def restore(
@@ -58,30 +59,29 @@ def restore(
                 path=dest,
             )
         fs.makedirs(dest.parent)
-    cleanup_stale_restores(dest.parent)
+    sweep_dead_writers(dest.parent)
     temp = dest.parent / naming.restore_temp_name(dest.name)
     marker = Path(naming.restoring_marker(src))
     with _RESTORING_LOCK:
         _RESTORING.add(str(src))
-        _ACTIVE_TEMPS.add(str(temp))
     try:
         with contextlib.suppress(OSError):
             atomic_write(marker, f"{os.getpid()}\n".encode(), durable=False)
-        with io_errors("create restore directory", temp, _NOT_RESTORED):
-            fs.mkdir(temp)
-        try:
-            _extract(src, temp, dest, limits)
-            with io_errors("move the restored files into place at", dest, _NOT_RESTORED):
-                fs.fsync_dir(temp)
-                fs.replace(temp, dest)
-                fs.fsync_dir(dest.parent)
-        except BaseException:
-            _remove_tree(temp)
-            raise
+        with claim(temp):
+            with io_errors("create restore directory", temp, _NOT_RESTORED):
+                fs.mkdir(temp)
+            try:
+                _extract(src, temp, dest, limits)
+                with io_errors("move the restored files into place at", dest, _NOT_RESTORED):
+                    fs.fsync_dir(temp)
+                    fs.replace(temp, dest)
+                    fs.fsync_dir(dest.parent)
+            except BaseException:
+                remove_tree(temp)
+                raise
     finally:
         with _RESTORING_LOCK:
             _RESTORING.discard(str(src))
-            _ACTIVE_TEMPS.discard(str(temp))
         with contextlib.suppress(OSError):
             fs.unlink(marker)
     return dest
@@ -135,49 +135,3 @@ def _extract_file(
     finally:
         with contextlib.suppress(OSError):
             fs.close(handle)
-
-
-def cleanup_stale_restores(directory: str | os.PathLike[str]) -> builtins.list[str]:
-    """Remove ``.<into>.restore-<pid>-*`` temp directories whose restoring process is gone; return their names.
-
-    Like ``cleanup_stale_temps`` for atomic writes: a restore killed mid-way leaves its temp
-    directory behind, and the next restore into the same parent directory removes it.
-    """
-    fs = current_fs()
-    try:
-        names = fs.listdir(directory)
-    except OSError:
-        return []
-    removed = []
-    me = os.getpid()
-    for name in names:
-        parsed = naming.parse_restore_temp(name)
-        if parsed is None:
-            continue
-        full = os.path.join(os.path.abspath(os.fspath(directory)), name)
-        pid = parsed[1]
-        with _RESTORING_LOCK:
-            active = full in _ACTIVE_TEMPS
-        if active or (pid != me and pid_alive(pid)):
-            continue
-        _remove_tree(Path(full))
-        if not fs.exists(full):
-            removed.append(name)
-    return removed
-
-
-def _remove_tree(path: Path) -> None:
-    fs = current_fs()
-    with contextlib.suppress(OSError):
-        for dirpath, dirnames, filenames in reversed(list(fs.walk(path))):
-            for name in filenames:
-                with contextlib.suppress(OSError):
-                    fs.unlink(os.path.join(dirpath, name))
-            for name in dirnames:
-                full = os.path.join(dirpath, name)
-                with contextlib.suppress(OSError):
-                    if _stat.S_ISLNK(fs.stat(full, follow_symlinks=False).st_mode):
-                        fs.unlink(full)  # a link to a directory: walk listed it as a directory
-                    else:
-                        fs.rmdir(full)
-        fs.rmdir(path)

@@ -89,10 +89,14 @@ def create(root: str, keep: int, remote: str | None) -> None:
 
 
 @archive_group.command("list")
-@ROOT
+@click.argument("directory", required=False, default=None, metavar="[ROOT]")
+@click.option("--root", "root_option", default=None, help="workspace root (the same as ROOT)")
 @REMOTE
-def list_(root: str, remote: str | None) -> None:
-    """Archives persistkit made in this workspace (or under --remote URL), oldest first."""
+def list_(directory: str | None, root_option: str | None, remote: str | None) -> None:
+    """Archives persistkit made in the workspace ROOT (default: .), or under --remote URL, oldest first."""
+    if directory is not None and root_option is not None and directory != root_option:
+        raise click.UsageError(f"give the workspace once: ROOT {directory!r} or --root {root_option!r}")
+    root = directory or root_option or "."
     if remote is not None:
         _list_remote(root, remote)
         return
@@ -124,7 +128,12 @@ def _list_remote(root: str, url: str) -> None:
         when = entry.created or "-"
         state = entry.state if entry.verified is None else f"{entry.state} {entry.verified}"
         click.echo(f"{entry.name}  {size}  created {when}  {state}")
-    incomplete = [e.name for e in archives if e.state != "verified"]
+    for entry in archives:
+        if entry.problem is not None:
+            click.echo(
+                f"{entry.problem}: not persistkit's, left alone (rename or delete it yourself).", err=True
+            )
+    incomplete = [e.name for e in archives if e.state != "verified" and e.problem is None]
     if incomplete:
         click.echo(
             f"{len(incomplete)} archive(s) not proven off-site ({', '.join(incomplete)}): push them again "

@@ -2,8 +2,9 @@
 
 Runs the battery of ``persistkit.testing.battery`` (round-trip, lifecycle,
 SIGTERM, a SIGKILL storm, crash points, disk faults, corruption, budgets)
-against TARGET and prints a table with each check, pass or fail, and its
-figures. Exit code 0 when every check passes, 1 otherwise.
+against TARGET and prints a table with each check (pass, FAIL, no verdict, or
+skipped) and its figures. Exit code 0 when every check that ran passed, 1
+otherwise: a check that saw nothing to judge ("no verdict") is not a pass.
 """
 
 from __future__ import annotations
@@ -18,9 +19,18 @@ from typing import Any
 import click
 
 from persistkit.commands.check_train import run_train_check, train_options
-from persistkit.testing.battery import DEFAULT_KILLS
+from persistkit.testing.battery import CHECKS, DEFAULT_KILLS
 
 __all__ = ["check_command"]
+
+
+def _skips(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    from persistkit.testing.battery import check_slug
+
+    try:
+        return tuple(dict.fromkeys(check_slug(v) for v in values))
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 @click.command("check")
@@ -64,6 +74,24 @@ __all__ = ["check_command"]
     "or auto (syscalls where ptrace works). The same choice as --persistkit-observe.",
 )
 @click.option(
+    "--skip",
+    "skip",
+    multiple=True,
+    callback=_skips,
+    metavar="CHECK",
+    help="Leave out a check (repeatable): " + ", ".join(slug for slug, _ in CHECKS) + ". The report "
+    "names what was skipped, as not verified.",
+)
+@click.option(
+    "--exclude",
+    "exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave files matching GLOB (relative to the state directory, or a bare file name) out of the "
+    "corruption check (repeatable); every other check still covers them. The report states the risk, "
+    "e.g. --exclude ledger.db for a SQLite file, which has no checksums.",
+)
+@click.option(
     "--keep",
     is_flag=True,
     default=False,
@@ -79,6 +107,8 @@ def check_command(
     max_save_seconds: float,
     max_bytes: int,
     observe: str,
+    skip: tuple[str, ...],
+    exclude: tuple[str, ...],
     keep: bool,
     train: str | None,
     **train_kw: Any,
@@ -92,7 +122,8 @@ def check_command(
       plain app:  factory(state_dir) -> object with save(), step() and snapshot()
       component:  factory() -> a Persistent (state_dict(), load_state_dict())
     A step that returns a mapping with an "id" is acknowledged work: it must survive
-    any crash, and ids must be unique. The current directory is on sys.path, as in pytest.
+    any crash, and ids must be unique. An app whose step() saves by itself is judged
+    on those saves too. The current directory is on sys.path, as in pytest.
 
     With --train CMD instead of TARGET: crash a training job at every operation of every
     checkpoint save, resume it, and compare with an uninterrupted run (resume_points).
@@ -107,7 +138,18 @@ def check_command(
     from rich.console import Console
     from rich.table import Table
 
-    from persistkit.testing.battery import DEFAULT_TARGET, Battery, CheckResult, Settings, Target, TargetError
+    from persistkit.testing.battery import (
+        DEFAULT_TARGET,
+        FAIL,
+        NO_VERDICT,
+        PASS,
+        SKIPPED,
+        Battery,
+        CheckResult,
+        Settings,
+        Target,
+        TargetError,
+    )
 
     spec = target or DEFAULT_TARGET
     _current_directory_importable()
@@ -119,6 +161,8 @@ def check_command(
         max_save_seconds=max_save_seconds,
         max_bytes=max_bytes,
         observe=observe,
+        skip=skip,
+        exclude=exclude,
     )
     try:
         resolved = Target(spec)
@@ -128,16 +172,24 @@ def check_command(
     console.print(f"persistkit check: [bold]{spec}[/bold] ({resolved.kind})")
     start = time.perf_counter()
 
+    marks = {
+        PASS: "[green]pass[/green]",
+        FAIL: "[red]FAIL[/red]",
+        NO_VERDICT: "[yellow]no verdict[/yellow]",
+        SKIPPED: "[dim]skipped[/dim]",
+    }
+
     def progress(result: CheckResult) -> None:
-        mark = "[green]pass[/green]" if result.passed else "[red]FAIL[/red]"
-        console.print(f"  {result.name:<14} {mark}  ({result.seconds:.1f} s)")
+        took = "" if result.status == SKIPPED else f"  ({result.seconds:.1f} s)"
+        console.print(f"  {result.name:<14} {marks[result.status]}{took}")
 
     try:
         results = battery.run(progress)
     finally:
         battery.close()
     total = time.perf_counter() - start
-    passed = all(r.passed for r in results)
+    ran = [r for r in results if r.status != SKIPPED]
+    passed = all(r.passed for r in ran)
 
     table = Table(title=f"persistkit check {spec}")
     table.add_column("check")
@@ -146,33 +198,37 @@ def check_command(
     table.add_column("time", justify="right")
     for r in results:
         figures = ", ".join(f"{k}: {v}" for k, v in r.figures.items())
-        table.add_row(
-            r.name,
-            "[green]pass[/green]" if r.passed else "[red]FAIL[/red]",
-            figures,
-            f"{r.seconds:.1f} s",
-        )
+        table.add_row(r.name, marks[r.status], figures, f"{r.seconds:.1f} s" if r.status != SKIPPED else "-")
     console.print(table)
     for r in results:
-        if not r.passed:
-            console.print(f"[red]{r.name}[/red]:", end=" ")
+        if r.status in (FAIL, NO_VERDICT):
+            console.print(
+                f"[red]{r.name}[/red]:" if r.status == FAIL else f"[yellow]{r.name}[/yellow]:", end=" "
+            )
             console.print(r.detail, markup=False, highlight=False)
     for r in results:
-        if r.warnings:
-            first = r.warnings[0]
-            more = f" (and {len(r.warnings) - 1} more)" if len(r.warnings) > 1 else ""
-            console.print(
-                f"{r.name}: persistkit logged {len(r.warnings)} warning(s) while faults were injected, "
-                f"e.g. {first}{more}",
-                markup=False,
-                highlight=False,
-                style="dim",
-            )
+        for note in r.notes:
+            console.print(f"{r.name}: {note}", markup=False, highlight=False)
+    skipped = [r.name for r in results if r.status == SKIPPED]
+    if skipped:
+        console.print(f"skipped (--skip), not verified: {', '.join(skipped)}", markup=False, highlight=False)
     if keep:
         console.print(f"state directories kept under {battery.workdir}")
     elif not passed:
         console.print("(the state directories named above are deleted; rerun with --keep to keep them)")
-    verdict = "all checks passed" if passed else f"{sum(not r.passed for r in results)} check(s) failed"
+    failed = sum(r.status == FAIL for r in ran)
+    unjudged = sum(r.status == NO_VERDICT for r in ran)
+    if passed:
+        verdict = f"all {len(ran)} checks that ran passed" if skipped else "all checks passed"
+    else:
+        verdict = ", ".join(
+            part
+            for part in (
+                f"{failed} check(s) failed" if failed else "",
+                f"{unjudged} check(s) gave no verdict" if unjudged else "",
+            )
+            if part
+        )
     console.print(f"{verdict} in {total:.1f} s")
 
     if json_path is not None:
@@ -183,6 +239,8 @@ def check_command(
             "passed": passed,
             "seconds": round(total, 2),
             "settings": vars(settings),
+            "skipped": [r.name for r in results if r.status == SKIPPED],
+            "excluded": dict(battery.excluded),
             "checks": [r.to_dict() for r in results],
         }
         atomic_write(json_path.resolve(), json.dumps(doc, indent=2, default=str).encode())

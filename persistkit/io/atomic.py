@@ -1,4 +1,4 @@
-"""All-or-nothing file replacement.
+"""All-or-nothing file replacement, and the one sweep of what dead writers left.
 
 The sequence is the one every durable store uses: write a uniquely named temp
 file in the target's own directory, fsync it, ``os.replace`` it over the
@@ -6,9 +6,10 @@ target, then fsync the directory so the rename itself survives power loss.
 A crash at any point leaves either the old file or the new one.
 
 Temp files are named ``.<target>.pk-tmp-<pid>-<random>`` (``persistkit.naming``; shortened to fit
-NAME_MAX) so that a writer that
-died mid-save can be recognised; the next atomic write into that directory
-removes temps whose writer is gone.
+NAME_MAX) so that a writer that died mid-save can be recognised. Restores and downloads leave
+names of the same kind (``naming.writer_pid`` reads the pid back from each). ``sweep_dead_writers``
+is the one place that removes them: a name whose writer is gone, or that this process no longer
+``claim``s, is debris. The next atomic write into a directory sweeps it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,22 +25,25 @@ from typing import BinaryIO
 
 from persistkit.errors import PersistIOError
 from persistkit.io.fs import FileHandle, PathLike, current_fs, io_error
-from persistkit.naming import TEMP_MARKER, is_temp_name, temp_name_for, temp_pid
+from persistkit.naming import TEMP_MARKER, is_temp_name, temp_name_for, writer_pid
 
 __all__ = [
     "AtomicWriter",
     "TEMP_MARKER",
     "atomic_write",
     "atomic_writer",
+    "claim",
     "cleanup_stale_temps",
     "close_later",
     "is_temp_name",
     "keep_open",
     "pid_alive",
+    "remove_tree",
+    "sweep_dead_writers",
     "temp_name_for",
 ]
 
-# Temps this process is writing right now; never cleaned up under a live writer.
+# Temp files, restore directories and scratch files this process is filling right now: never swept.
 _active: set[str] = set()
 _active_lock = threading.Lock()
 
@@ -63,11 +68,26 @@ def pid_alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
-def cleanup_stale_temps(directory: PathLike) -> list[str]:
-    """Remove temp files left by writers that are gone; return their names.
+@contextlib.contextmanager
+def claim(path: PathLike) -> Iterator[str]:
+    """Mark ``path`` (a temp, restore or scratch name of this process) as in use: no sweep removes it."""
+    full = os.path.abspath(os.fspath(path))
+    with _active_lock:
+        _active.add(full)
+    try:
+        yield full
+    finally:
+        with _active_lock:
+            _active.discard(full)
 
-    A temp is stale when its writer pid is dead, or when it is this process's
-    pid but no live ``atomic_write`` owns it (a simulated or caught crash).
+
+def sweep_dead_writers(directory: PathLike) -> list[str]:
+    """Remove what writers that are gone left in ``directory``; return the names removed.
+
+    A name is debris when ``naming.writer_pid`` reads a pid from it (temp files, restore
+    directories, scratch files) and that writer is dead, or it is this process and no live writer
+    ``claim``s the name (a simulated or caught crash). Files are unlinked, directories removed
+    whole. Failures are skipped: someone else cleaned up, or it is not ours to remove.
     """
     fs = current_fs()
     directory = os.path.abspath(os.fspath(directory))
@@ -78,7 +98,7 @@ def cleanup_stale_temps(directory: PathLike) -> list[str]:
         return removed
     me = os.getpid()
     for name in names:
-        pid = temp_pid(name)
+        pid = writer_pid(name)
         if pid is None:
             continue
         full = os.path.join(directory, name)
@@ -87,11 +107,41 @@ def cleanup_stale_temps(directory: PathLike) -> list[str]:
         if active or (pid != me and pid_alive(pid)):
             continue
         try:
-            fs.unlink(full)
+            is_dir = stat.S_ISDIR(fs.stat(full, follow_symlinks=False).st_mode)
         except OSError:
-            continue  # someone else cleaned it, or it is not ours to remove
+            continue
+        if is_dir:
+            remove_tree(full)
+            if fs.exists(full):
+                continue
+        else:
+            try:
+                fs.unlink(full)
+            except OSError:
+                continue
         removed.append(name)
     return removed
+
+
+cleanup_stale_temps = sweep_dead_writers  # the name persistkit.io has always exported
+
+
+def remove_tree(path: PathLike) -> None:
+    """Remove the directory ``path`` and everything in it, never following a link; errors are skipped."""
+    fs = current_fs()
+    with contextlib.suppress(OSError):
+        for dirpath, dirnames, filenames in reversed(list(fs.walk(path))):
+            for name in filenames:
+                with contextlib.suppress(OSError):
+                    fs.unlink(os.path.join(dirpath, name))
+            for name in dirnames:
+                full = os.path.join(dirpath, name)
+                with contextlib.suppress(OSError):
+                    if stat.S_ISLNK(fs.stat(full, follow_symlinks=False).st_mode):
+                        fs.unlink(full)  # a link to a directory: walk listed it as a directory
+                    else:
+                        fs.rmdir(full)
+        fs.rmdir(path)
 
 
 # Durable writers hand the kernel their data for write-back every WRITEBACK_EVERY bytes, on a
@@ -218,7 +268,7 @@ def atomic_writer(
     target = os.path.abspath(os.fspath(path))
     directory, name = os.path.split(target)
     if cleanup:
-        cleanup_stale_temps(directory)
+        sweep_dead_writers(directory)
     temp = os.path.join(directory, temp_name_for(name))
     with _active_lock:
         _active.add(temp)

@@ -139,6 +139,8 @@ def _advice(op: str, path: str, code: int | None) -> str:
     return _ERRNO_ADVICE.get(code or -1, "Fix the cause above, then retry.")
 
 
+_PREPOSITIONS = frozenset({"at", "beside", "for", "from", "in", "into", "of", "on", "to"})
+
 _CONSEQUENCE = {
     "look": "Nothing was changed.",
     "replace": "The previous copy is untouched.",
@@ -158,7 +160,9 @@ def io_error(op: str, path: PathLike, err: OSError, after: str = "") -> PersistI
     consequence = after or _CONSEQUENCE[_kind(op)]
     if op == "create temp file for" and not after:  # the target may not exist yet: no previous copy
         consequence = "Nothing was written; a previous copy, if any, is untouched."
-    message = f"{op} failed on {where!r}: {describe_errno(err.errno)}. {_advice(op, where, err.errno)}"
+    # "create temp file for" + path reads as a phrase: put the path right after it
+    head = f"{op} {where!r} failed" if op.rsplit(" ", 1)[-1] in _PREPOSITIONS else f"{op} failed on {where!r}"
+    message = f"{head}: {describe_errno(err.errno)}. {_advice(op, where, err.errno)}"
     if consequence:
         message += f" {consequence}"
     wrapped = PersistIOError(message, errno=err.errno, path=path, operation=op)

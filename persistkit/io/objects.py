@@ -2,7 +2,8 @@
 
 ``ObjectStore`` is what persistkit asks of a bucket: create-only PUT
 (``put_new``/``put_file_new``), compare-and-swap PUT (``swap``), ``delete``,
-verified GETs and listings. ``persistkit.io.remote.RemoteStore`` implements it
+GETs with a size cap (``get(key, limit=)``), verified GETs and listings. ``swap_until`` is the one
+compare-and-swap loop: it tells a lost race from a lost answer and from a server that lies. ``persistkit.io.remote.RemoteStore`` implements it
 over fsspec; the test wrappers in ``persistkit.testing.objects`` (recording,
 fault injection, an in-memory store for replaying crash states) wrap or
 replace it.
@@ -22,16 +23,15 @@ import abc
 import builtins
 import contextlib
 import datetime as dt
-import json
-import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from persistkit.errors import IntegrityError, PersistIOError
+from persistkit.errors import IntegrityError, PersistIOError, PersistkitError
+from persistkit.io.documents import DOCUMENT_LIMIT, Fields, parse_document
 
 __all__ = [
+    "DOCUMENT_LIMIT",
     "DelegatingObjectStore",
     "Fetched",
     "Listed",
@@ -45,6 +45,9 @@ __all__ = [
     "digest_mismatch",
     "has_object_store_hooks",
     "parse_record",
+    "rename_paths",
+    "swap_until",
+    "too_large",
     "use_object_store",
     "wrap_store",
 ]
@@ -132,16 +135,25 @@ class ObjectStore(abc.ABC):
     # -- reading -------------------------------------------------------------
 
     @abc.abstractmethod
-    def get(self, key: str) -> Fetched:
-        """The object's bytes and etag; a missing object raises PersistIOError (ENOENT)."""
+    def get(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched:
+        """The object's bytes and etag; a missing object raises PersistIOError (ENOENT).
+
+        An object longer than ``limit`` bytes is refused (``too_large``) without reading the rest,
+        and the request has a deadline that allows ``limit`` bytes over a slow link, so a body that
+        never ends or trickles in cannot hold the caller. ``limit=None``: no cap (whole objects of
+        any size, read for tests and tools; persistkit's own reads always pass a cap).
+        """
 
     @abc.abstractmethod
-    def get_or_none(self, key: str) -> Fetched | None:
+    def get_or_none(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched | None:
         """Like ``get``, but None when there is no such object (a missing bucket still raises)."""
 
     @abc.abstractmethod
     def get_verified(self, key: str, sha256: str, size: int | None = None) -> bytes:
-        """The object's bytes, checked against the sha256 recorded when persistkit wrote it."""
+        """The object's bytes, checked against the sha256 recorded when persistkit wrote it.
+
+        Read with the recorded ``size`` as its cap (``DOCUMENT_LIMIT`` without one).
+        """
 
     @abc.abstractmethod
     def download_verified(
@@ -168,7 +180,7 @@ class ObjectStore(abc.ABC):
         """
         from persistkit.io.atomic import atomic_write
 
-        atomic_write(local_path, self.get(key).data)
+        atomic_write(local_path, self.get(key, limit=None).data)
 
     @abc.abstractmethod
     def check_digest(self, key: str, data: bytes, sha256: str, size: int | None) -> None:
@@ -202,7 +214,11 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def check_conditional_writes(self) -> None:
-        """Refuse a server that ignores If-None-Match / If-Match (it would silently overwrite)."""
+        """Refuse a server that ignores If-None-Match / If-Match (it would silently overwrite).
+
+        Called by the store itself before its first conditional write, never by a reader: reading
+        needs no write rights (RemoteStore probes once per bucket and process).
+        """
 
     # -- conveniences built on the contract ----------------------------------
 
@@ -230,38 +246,147 @@ def digest_mismatch(
     )
 
 
+def too_large(url: str, limit: int) -> IntegrityError:
+    """The error for an object longer than the ``limit`` a read allows (its rest is never read)."""
+    return IntegrityError(
+        f"{url}: the object is larger than {limit} bytes, more than persistkit reads for it (what persistkit "
+        "writes there is far smaller, or its recorded size is smaller): it was replaced or damaged in the store. "
+        "Nothing was parsed. Restore it from a backup or a bucket version.",
+        path=url,
+    )
+
+
 RECORD_SUFFIX = ".json"  # ``<object>.json`` beside ``<object>``: its persistkit record (sha256, size, ...)
-MAX_RECORD_BYTES = 1 << 20  # a record is a few hundred bytes; anything far larger is not one
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MAX_RECORD_BYTES = DOCUMENT_LIMIT  # a record is a few hundred bytes; anything far larger is not one
 
 
-def parse_record(url: str, data: bytes, formats: Sequence[str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Record:
+    """A persistkit record beside an uploaded object: its format, sha256 and size (checked), the rest raw."""
+
+    format: str
+    sha256: str
+    size: int
+    fields: Fields
+
+
+def parse_record(url: str, data: bytes, formats: Sequence[str]) -> Record:
     """The record at ``url`` (JSON with ``format``, a hex ``sha256`` and an int ``size``), checked.
 
     The one reader of the records persistkit writes beside uploaded objects (model-store versions,
     archives), so every verified download trusts the same fields. Anything else is an IntegrityError
     naming the record.
     """
-    try:
-        if len(data) > MAX_RECORD_BYTES:
-            raise ValueError(f"{len(data)} bytes, far more than a record holds")
-        doc = json.loads(data.decode("utf-8"))
-        if not (
-            isinstance(doc, dict)
-            and doc.get("format") in formats
-            and isinstance(doc.get("sha256"), str)
-            and _SHA256_HEX.fullmatch(doc["sha256"])
-            and type(doc.get("size")) is int
-        ):
-            raise ValueError("it is not a persistkit record with a sha256 and a size")
-    except (UnicodeDecodeError, ValueError) as err:
-        of = url[: -len(RECORD_SUFFIX)] if url.endswith(RECORD_SUFFIX) else url
-        raise IntegrityError(
-            f"{url}: the record beside {of} is unreadable ({err}), so that object cannot be checked. "
-            "Restore the record from a backup or a bucket version, or upload the object again.",
-            path=url,
-        ) from err
-    return doc
+    of = url[: -len(RECORD_SUFFIX)] if url.endswith(RECORD_SUFFIX) else url
+
+    def parse(doc: Fields) -> Record:
+        return Record(doc.one_of("format", formats), doc.sha256("sha256"), doc.integer("size"), doc)
+
+    if len(data) > MAX_RECORD_BYTES:
+        raise too_large(url, MAX_RECORD_BYTES)
+    return parse_document(
+        url,
+        data,
+        parse,
+        what=f"the record beside {of}",
+        advice="That object cannot be checked. Restore the record from a backup or a bucket version, or "
+        "upload the object again.",
+    )
+
+
+def rename_paths(err: PersistkitError, sources: Mapping[str, str]) -> PersistkitError:
+    """``err`` (same object, same type) naming the bucket objects local copies came from, not the copies.
+
+    ``sources`` maps a local path (a downloaded file, or a directory of them) to its object's URL. A
+    temp copy is gone by the time the error is read; the object is what the user can look at.
+    """
+    for local in sorted(sources, key=len, reverse=True):
+        err.message = err.message.replace(local, sources[local])
+    err.args = (err.message, *err.args[1:])
+    if err.path is not None:
+        for local in sorted(sources, key=len, reverse=True):
+            if err.path == local or err.path.startswith(local.rstrip("/") + "/"):
+                err.path = sources[local] + err.path[len(local) :] if err.path != local else sources[local]
+                break
+    return err
+
+
+# -- compare-and-swap ------------------------------------------------------------------
+
+SWAP_ATTEMPTS = 1000  # a pointer that changes under this many swaps in a row is not a race any more
+
+
+def lying_server(url: str, etag: str | None) -> PersistIOError:
+    """The error for a server that refuses a swap on the etag its own read just returned."""
+    import errno as _errno
+
+    seen = "no object there" if etag is None else f"the etag {etag} its own read just returned"
+    return PersistIOError(
+        f"{url}: the server refused a compare-and-swap on {seen}, and the object has not changed: the server "
+        "(or a proxy in front of it) rewrites etags or ignores If-Match / If-None-Match. persistkit cannot move "
+        "a pointer safely there, and nothing was changed. Use a server that honours conditional writes (AWS S3, "
+        "recent MinIO, or moto) with no proxy rewriting ETag headers.",
+        errno=_errno.EOPNOTSUPP,
+        path=url,
+        operation="compare-and-swap upload",
+    )
+
+
+def swap_until(
+    store: ObjectStore,
+    key: str,
+    change: Callable[[Fetched | None], bytes | None],
+    *,
+    limit: int = DOCUMENT_LIMIT,
+    first: tuple[str | None, bytes] | None = None,
+    what: str = "the object",
+) -> bytes | None:
+    """Replace ``key`` by compare-and-swap until a swap wins; the bytes written, or None if no change.
+
+    ``change`` gets the object as read (None: absent) and returns its new bytes, or None when there is
+    nothing to change. ``first``: (etag, bytes) to try before reading, when the caller knows both.
+
+    A refused swap reads the object again (that read is the next round's), which tells apart:
+
+    - the object now holds our bytes: our write landed and its answer was lost. Done;
+    - it changed: another writer won the race. ``change`` runs again on what is there now;
+    - it did not change (the same etag, or absent where we asked for "absent"): the server refuses
+      its own etags. That is a lie, not a race: ``lying_server`` at once, not a thousand rounds.
+    """
+    current: Fetched | None = None
+    read = False
+    unchanged = 0  # refusals in a row where the bytes stayed what we had read (etag rewritten each read?)
+    pending = first
+    for _ in range(SWAP_ATTEMPTS):
+        if pending is not None:
+            etag, body = pending
+            pending = None
+        else:
+            if not read:
+                current = store.get_or_none(key, limit=limit)
+            changed = change(current)
+            if changed is None:
+                return None
+            body, etag = changed, None if current is None else current.etag
+        if store.swap(key, body, etag) is not None:
+            return body
+        now = store.get_or_none(key, limit=limit)
+        if now is not None and now.data == body:
+            return body  # it landed; the answer that said so was lost
+        if now is not None and now.etag == etag:
+            raise lying_server(store.url_of(key), etag)
+        same = (now is None and etag is None) or (now is not None and read and current is not None
+                                                   and now.data == current.data)  # fmt: skip
+        unchanged = unchanged + 1 if same else 0
+        if unchanged >= 2:
+            raise lying_server(store.url_of(key), None if now is None else now.etag)
+        current, read = now, True
+    url = store.url_of(key)
+    raise PersistkitError(
+        f"{url}: {what} changed under every one of {SWAP_ATTEMPTS} compare-and-swap attempts; another writer "
+        "keeps replacing it. Check what else writes there, then retry.",
+        path=url,
+    )
 
 
 class DelegatingObjectStore(ObjectStore):
@@ -287,11 +412,11 @@ class DelegatingObjectStore(ObjectStore):
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
-    def get(self, key: str) -> Fetched:
-        return self.inner.get(key)
+    def get(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched:
+        return self.inner.get(key, limit=limit)
 
-    def get_or_none(self, key: str) -> Fetched | None:
-        return self.inner.get_or_none(key)
+    def get_or_none(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched | None:
+        return self.inner.get_or_none(key, limit=limit)
 
     def get_verified(self, key: str, sha256: str, size: int | None = None) -> bytes:
         return self.inner.get_verified(key, sha256, size)

@@ -14,8 +14,17 @@ from ``persistkit.io.atomic``:
 Both guarantees depend on the server honouring conditional writes. AWS S3 does
 (since 2024; If-Match since late 2024); some S3-compatible servers and older
 proxies ignore the headers and silently overwrite. ``RemoteStore`` therefore
-probes the server once (a create-only PUT twice on a probe key, and a swap with
-a wrong etag) and refuses to run where the guarantee cannot be kept.
+probes the server before its first conditional write (once per bucket and
+process), with every kind of write persistkit relies on: a create-only PUT twice
+on a probe key, a create-only multipart completion onto it, a compare-and-swap
+on the etag a GET returned, and one on a stale etag. It refuses to write where a
+guarantee cannot be kept. Readers never probe: loading, restoring, inspecting and
+pulling need only s3:GetObject and s3:ListBucket. After a multipart completion
+the object at the key is checked to be the one just completed (its etag and size).
+
+Reads of persistkit's own small documents are capped (``get(key, limit=)``): the
+body is read in chunks and refused past the cap, and the request has a deadline,
+so a body that never ends or trickles in holds no caller.
 
 Every download is checked against the sha256 persistkit recorded at upload,
 before a single byte is parsed. Failures become ``PersistIOError`` naming the
@@ -42,14 +51,14 @@ from typing import Any, TypeVar
 
 from persistkit.errors import IntegrityError, PersistIOError, PersistkitError, describe_errno
 from persistkit.io.objects import (
+    DOCUMENT_LIMIT,
     Fetched,
     Listed,
     ObjectStore,
     PendingUpload,
     Progress,
     Uploaded,
-    delegates_to,
-    has_object_store_hooks,
+    too_large,
     wrap_store,
 )
 
@@ -166,7 +175,9 @@ class RemoteStore(ObjectStore):
     each request on a transient failure; ``backoff`` is the first wait, doubled
     each time. A retried create-only PUT whose first attempt reached the server
     reads as "taken": callers treat that as a lost race (a name is skipped, never
-    reused). ``part_size``: files of two parts or more go up as a multipart
+    reused), unless the object there is provably the one this upload made (``upload_new``
+    checks its etag and size). ``probe``: check the server's conditional writes before the
+    first one (False: never; for servers known to honour them). ``part_size``: files of two parts or more go up as a multipart
     upload and come down as ranged GETs, ``concurrency`` parts at a time, each
     part retried on its own (a dropped connection costs one part, not the file).
     Every request has a timeout (botocore's connect and read timeouts), so a
@@ -226,10 +237,12 @@ class RemoteStore(ObjectStore):
             self.fs.retries = 1  # s3fs's own loop (a class attribute, not a constructor argument)
         self.root = rest.strip("/")
         self.bucket = self.root.split("/", 1)[0]
+        self._not_ours = 0  # completed multipart uploads in a row whose object turned out not to be ours
         self.requests = 0  # attempts made, retries included (a streamed download counts once): for tests
         self._count_lock = threading.Lock()
-        if probe:
-            self.check_conditional_writes()
+        # probed before the first conditional write (once per bucket and options in this process)
+        self.probe = probe
+        self._probe_ident = (f"{self.protocol}://{self.bucket}", repr(sorted(options.items())))
 
     # -- names ---------------------------------------------------------------
 
@@ -272,16 +285,19 @@ class RemoteStore(ObjectStore):
         *,
         answer: Callable[[Exception], bool] | None = None,
         sending: int | None = None,
+        deadline: float | None = None,
     ) -> T:
         """``_call`` for a coroutine on fsspec's event loop (the parts of one transfer run side by side).
 
         A request that sends a body (``sending`` bytes) is given a deadline of its own: botocore sends
         those with ``Expect: 100-continue``, and the wait for the server's go-ahead is not covered by
         the read timeout, so a server that accepts the connection and never answers would hold the
-        upload forever. The deadline allows for a slow link (``MIN_RATE``).
+        upload forever. The deadline allows for a slow link (``MIN_RATE``). A read passes its own
+        ``deadline`` (``get``: the size cap over a slow link).
         """
         delay = self.backoff
-        deadline = None if sending is None else sum(self.timeouts) + sending / MIN_RATE
+        if sending is not None:
+            deadline = sum(self.timeouts) + sending / MIN_RATE
         for attempt in range(1, self.retries + 1):
             self._count()
             try:
@@ -299,8 +315,8 @@ class RemoteStore(ObjectStore):
     def _give_up_unless_transient(
         self, op: str, key: str, err: Exception, attempt: int, answer: Callable[[Exception], bool] | None
     ) -> None:
-        """Return to retry ``err``; raise it (a condition's answer) or a PersistIOError otherwise."""
-        if answer is not None and answer(err):
+        """Return to retry ``err``; raise it (a condition's answer, a typed error) or a PersistIOError otherwise."""
+        if (answer is not None and answer(err)) or isinstance(err, PersistkitError):
             raise err
         if not (_is_transient(err) and attempt < self.retries):
             raise self.error(op, key, err, attempts=attempt) from err
@@ -321,7 +337,7 @@ class RemoteStore(ObjectStore):
                 f"The bucket {self.bucket!r} does not exist (or is in another region/account): create it, "
                 "or fix the URL."
             )
-        elif isinstance(err, FileNotFoundError):
+        elif isinstance(err, FileNotFoundError) or code in ("NoSuchKey", "NoSuchUpload"):
             number = _errno.ENOENT
             advice = "No such object: check the URL; if it was there before, restore it from a backup."
         elif (
@@ -336,10 +352,17 @@ class RemoteStore(ObjectStore):
             )
         ):
             number = _errno.EACCES
+            if _reads(op):
+                needs = "s3:GetObject and s3:ListBucket (all a reader needs)"
+            else:
+                needs = (
+                    "s3:GetObject, s3:ListBucket, s3:PutObject and s3:DeleteObject (what a writer needs; prune "
+                    "also uses s3:ListBucketMultipartUploads and s3:AbortMultipartUpload)"
+                )
             advice = (
                 "Access denied: the credentials are missing, wrong or expired, or lack permission on "
-                f"{self.bucket!r}. Refresh them (aws sso login, new session token) or grant s3:GetObject, "
-                "s3:PutObject, s3:ListBucket and s3:DeleteObject on the bucket, then retry."
+                f"{self.bucket!r}. Refresh them (aws sso login, new session token) or grant {needs} on the "
+                "bucket, then retry."
             )
         elif _is_transient(err):
             number = err.errno if isinstance(err, OSError) and err.errno else _errno.ECONNREFUSED
@@ -359,8 +382,7 @@ class RemoteStore(ObjectStore):
         else:
             number = err.errno if isinstance(err, OSError) and err.errno else _errno.EIO
             advice = "Fix the cause above, then retry."
-        looks = op.startswith(("read", "list", "stat", "download", "probe"))
-        consequence = " Nothing was changed." if looks else " Nothing new was made visible to readers."
+        consequence = " Nothing was changed." if _reads(op) else " Nothing new was made visible to readers."
         message = f"{op} failed on {url!r}: {describe_errno(number)}: {text}. {advice}{consequence}"
         return PersistIOError(message, errno=number, path=url, operation=op)
 
@@ -371,6 +393,10 @@ class RemoteStore(ObjectStore):
 
         True when this call created it; False when the name was already taken.
         """
+        self._before_writing(key)
+        return self._put_new(key, data)
+
+    def _put_new(self, key: str, data: bytes) -> bool:
         if self.protocol not in ("s3", "s3a"):
             raise self._unsupported(key, "create-only uploads are only implemented for s3:// in this version")
         bucket, name = self._split(key)
@@ -402,6 +428,7 @@ class RemoteStore(ObjectStore):
         """
         if self.protocol not in ("s3", "s3a"):
             raise self._unsupported(key, "create-only uploads are only implemented for s3:// in this version")
+        self._before_writing(key)
         from persistkit.io import current_fs
 
         try:
@@ -431,16 +458,37 @@ class RemoteStore(ObjectStore):
         with current_fs().open_read(local_path) as source:
             data = source.read()
         uploaded = Uploaded(hashlib.sha256(data).hexdigest(), len(data))
-        await self._acall(
-            "create-only upload",
-            key,
-            lambda: self.fs._call_s3("put_object", Bucket=bucket, Key=name, Body=data, IfNoneMatch="*"),
-            answer=_taken,
-            sending=len(data),
-        )
+        sent = 0
+
+        def put() -> Any:
+            nonlocal sent
+            sent += 1
+            return self.fs._call_s3("put_object", Bucket=bucket, Key=name, Body=data, IfNoneMatch="*")
+
+        try:
+            await self._acall("create-only upload", key, put, answer=_taken, sending=len(data))
+        except Exception as err:
+            # "taken" on a retry may be this very upload, its first answer lost (S3's etag of a single PUT
+            # is the md5 of its bytes); refused at the first attempt, the name is another writer's
+            ours = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
+            if not (_taken(err) and sent > 1 and await self._holds(key, ours, len(data))):
+                raise
         if progress is not None:
             progress(len(data))
         return uploaded
+
+    async def _holds(self, key: str, etag: str, size: int) -> bool:
+        """Whether the object at ``key`` has this etag and size (HEAD): it is the one we just wrote."""
+        bucket, name = self._split(key)
+        try:
+            head = await self._acall(
+                "read", key, lambda: self.fs._call_s3("head_object", Bucket=bucket, Key=name), sending=0
+            )
+        except PersistIOError as err:
+            if err.errno == _errno.ENOENT:
+                return False
+            raise
+        return str(head.get("ETag")) == etag and head.get("ContentLength") == size
 
     async def _put_multipart(self, key: str, local_path: str, progress: Progress | None) -> Uploaded:
         # Written here rather than through s3fs's put_file: each part is retried on its own (a dropped
@@ -501,20 +549,53 @@ class RemoteStore(ObjectStore):
                     size += len(chunk)
                     tasks.append(asyncio.ensure_future(send(len(tasks) + 1, chunk)))
             parts = list(await asyncio.gather(*tasks))
-            await self._acall(
-                op,
-                key,
-                lambda: self.fs._call_s3(
+            # S3's etag of a completed multipart upload: the md5 of its parts' md5s, and their number
+            ours = '"{}-{}"'.format(
+                hashlib.md5(
+                    b"".join(bytes.fromhex(str(p["ETag"]).strip('"')) for p in parts), usedforsecurity=False
+                ).hexdigest(),
+                len(parts),
+            )
+            sent = 0
+
+            def complete() -> Any:
+                nonlocal sent
+                sent += 1
+                return self.fs._call_s3(
                     "complete_multipart_upload",
                     Bucket=bucket,
                     Key=name,
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
                     IfNoneMatch="*",
-                ),
-                answer=_taken,
-                sending=0,
-            )
+                )
+
+            try:
+                done = await self._acall(
+                    op, key, complete, answer=lambda err: _taken(err) or _no_such_upload(err), sending=0
+                )
+                ours = str(done.get("ETag") or ours)
+            except Exception as err:
+                if not (_taken(err) or _no_such_upload(err)):
+                    raise
+                if sent == 1:  # refused at once: another writer's name; gone at once: aborted under us
+                    if _taken(err):
+                        raise
+                    raise self.error(op, key, err) from err
+                # refused or gone on a retry: the attempt before may have completed it (its answer lost)
+            # Whatever the answer said: is the object there the one completed here? A server that ignores
+            # the condition on completion would have replaced another writer's object (the probe refuses
+            # such a server; this catches the one that changes its mind), and a lost answer is ours.
+            if not await self._holds(key, ours, size):
+                self._not_ours += 1
+                if self._not_ours >= _NOT_OURS_LIMIT:  # not a race any more: the server's answers are wrong
+                    raise self._unsupported(
+                        key,
+                        f"{self._not_ours} multipart uploads in a row were completed (the server said so) but the "
+                        "object at the name is not the one completed (another etag or size)",
+                    )
+                raise _NameTaken(key)
+            self._not_ours = 0
         except BaseException:
             for task in tasks:
                 task.cancel()
@@ -534,6 +615,10 @@ class RemoteStore(ObjectStore):
 
         Returns the new etag, or None if another writer got there first (read again and retry).
         """
+        self._before_writing(key)
+        return self._swap(key, data, etag)
+
+    def _swap(self, key: str, data: bytes, etag: str | None) -> str | None:
         if self.protocol not in ("s3", "s3a"):
             raise self._unsupported(
                 key, "compare-and-swap (If-Match) is only implemented for s3:// in this version"
@@ -564,18 +649,51 @@ class RemoteStore(ObjectStore):
 
     # -- reading -------------------------------------------------------------
 
-    def get(self, key: str) -> Fetched:
-        """The object's bytes and etag (the etag of exactly these bytes, for a later ``swap``)."""
+    def get(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched:
+        """The object's bytes and etag (the etag of exactly these bytes, for a later ``swap``).
+
+        At most ``limit`` bytes are read (more is ``too_large``), within a deadline that allows them
+        over a slow link (``MIN_RATE``) beyond the connect and read timeouts: a body that never ends,
+        or trickles in byte by byte, is cut off and retried like any request that timed out.
+        """
+        deadline = None if limit is None else sum(self.timeouts) + limit / MIN_RATE
         if self.protocol in ("s3", "s3a"):
             bucket, name = self._split(key)
-            return self._call("read", key, lambda: _s3_get(self.fs, bucket, name))
-        data = self._call("read", key, lambda: self.fs.cat_file(self.path(key)))
-        return Fetched(bytes(data), None)
+            return self._sync(
+                lambda: self._acall(
+                    "read", key, lambda: self._get_capped(key, bucket, name, limit), deadline=deadline
+                )
+            )
 
-    def get_or_none(self, key: str) -> Fetched | None:
+        def read() -> bytes:
+            with self.fs.open(self.path(key), "rb") as source:
+                return bytes(source.read() if limit is None else source.read(limit + 1))
+
+        data = self._call("read", key, read)
+        if limit is not None and len(data) > limit:
+            raise too_large(self.url_of(key), limit)
+        return Fetched(data, None)
+
+    async def _get_capped(self, key: str, bucket: str, name: str, limit: int | None) -> Fetched:
+        out = await self.fs._call_s3("get_object", Bucket=bucket, Key=name)
+        body = out["Body"]
+        try:
+            declared = out.get("ContentLength")
+            if limit is not None and isinstance(declared, int) and declared > limit:
+                raise too_large(self.url_of(key), limit)
+            data = bytearray()
+            while chunk := await body.read(CHUNK if limit is None else min(CHUNK, limit + 1 - len(data))):
+                data += chunk
+                if limit is not None and len(data) > limit:
+                    raise too_large(self.url_of(key), limit)
+        finally:
+            body.close()
+        return Fetched(bytes(data), str(out.get("ETag")))
+
+    def get_or_none(self, key: str, *, limit: int | None = DOCUMENT_LIMIT) -> Fetched | None:
         """Like ``get``, but None when there is no such object (a missing bucket still raises)."""
         try:
-            return self.get(key)
+            return self.get(key, limit=limit)
         except PersistIOError as err:
             if err.errno == _errno.ENOENT and f"The bucket {self.bucket!r} does not exist" not in err.message:
                 return None
@@ -583,7 +701,7 @@ class RemoteStore(ObjectStore):
 
     def get_verified(self, key: str, sha256: str, size: int | None = None) -> bytes:
         """The object's bytes, checked against the sha256 recorded when persistkit wrote it."""
-        data = self.get(key).data
+        data = self.get(key, limit=DOCUMENT_LIMIT if size is None else size).data
         self.check_digest(key, data, sha256, size)
         return data
 
@@ -852,8 +970,32 @@ class RemoteStore(ObjectStore):
             operation="probe conditional writes",
         )
 
+    def _before_writing(self, key: str) -> None:
+        """Probe the server's conditional writes before this bucket's first one in this process."""
+        if not self.probe:
+            return
+        with _probed_lock:
+            if self._probe_ident in _probed:
+                return
+        with _probing:  # one probe at a time; a second writer of the same bucket waits for its verdict
+            with _probed_lock:
+                if self._probe_ident in _probed:
+                    return
+            self.check_conditional_writes()
+            with _probed_lock:
+                _probed.add(self._probe_ident)
+
     def check_conditional_writes(self) -> None:
-        """Refuse a server that ignores If-None-Match / If-Match (it would silently overwrite)."""
+        """Refuse a server that does not honour every conditional write persistkit relies on.
+
+        On a fresh probe key: a create-only PUT, then a second one that must be refused; a create-only
+        multipart completion onto the existing key that must be refused (some servers honour
+        If-None-Match on PutObject but not on CompleteMultipartUpload); a compare-and-swap on the etag
+        a GET returned that must succeed (a proxy that rewrites etags fails here), and one on that etag,
+        now stale, that must be refused. Ten requests, once per bucket and process, and only
+        before the first write (readers never probe). Goes straight to the server (``_put_new``,
+        ``_swap``): a recording wrapper never sees it.
+        """
         key = f"{PROBE_PREFIX}/{os.getpid()}-{secrets.token_hex(8)}"
         if self.protocol not in ("s3", "s3a"):
             raise self._unsupported(
@@ -861,19 +1003,100 @@ class RemoteStore(ObjectStore):
                 f"compare-and-swap (If-Match) is only implemented for s3:// in this version, not {self.protocol}://",
             )
         try:
-            if not self.put_new(key, b"1"):
+            if not self._put_new(key, b"1"):
                 raise self._unsupported(key, "a create-only PUT of a fresh random name was refused")
-            if self.put_new(key, b"2"):
+            if self._put_new(key, b"2"):
                 raise self._unsupported(
                     key, "the server accepted a second create-only PUT (If-None-Match: *) of the same name"
                 )
-            if self.get(key).data != b"1":
-                raise self._unsupported(key, "a create-only PUT overwrote an existing object")
-            if self.swap(key, b"3", '"persistkit-probe-wrong-etag"') is not None:
-                raise self._unsupported(key, "the server accepted a PUT with a wrong If-Match etag")
+            if self._sync(lambda: self._complete_onto(key)):
+                raise self._unsupported(
+                    key,
+                    "the server completed a multipart upload with If-None-Match: * onto an existing object "
+                    "(it honours the condition on PutObject but not on CompleteMultipartUpload, so two large "
+                    "uploads of the same name would overwrite each other)",
+                )
+            read = self.get(key)
+            if read.data != b"1":
+                raise self._unsupported(key, "a refused create-only write overwrote an existing object")
+            if self._swap(key, b"3", read.etag) is None:
+                raise self._unsupported(
+                    key,
+                    f"the server refused a compare-and-swap (If-Match) on the etag its own GET returned "
+                    f"({read.etag}): something between here and the server changes etags",
+                )
+            if self._swap(key, b"4", read.etag) is not None:
+                raise self._unsupported(key, "the server accepted a PUT with a stale If-Match etag")
+            if self.get(key).data != b"3":
+                raise self._unsupported(key, "a refused compare-and-swap changed the object")
         finally:
             with contextlib.suppress(PersistIOError):
                 self.delete(key)
+
+    async def _complete_onto(self, key: str) -> bool:
+        """A one-part multipart upload completed create-only onto ``key``; True if the server allowed it."""
+        bucket, name = self._split(key)
+        op = "probe conditional writes"
+        created = await self._acall(
+            op, key, lambda: self.fs._call_s3("create_multipart_upload", Bucket=bucket, Key=name), sending=0
+        )
+        upload_id = created["UploadId"]
+        try:
+            part = await self._acall(
+                op,
+                key,
+                lambda: self.fs._call_s3(
+                    "upload_part", Bucket=bucket, Key=name, UploadId=upload_id, PartNumber=1, Body=b"2"
+                ),
+                sending=1,
+            )
+            try:
+                await self._acall(
+                    op,
+                    key,
+                    lambda: self.fs._call_s3(
+                        "complete_multipart_upload",
+                        Bucket=bucket,
+                        Key=name,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+                        IfNoneMatch="*",
+                    ),
+                    answer=_taken,
+                    sending=0,
+                )
+            except Exception as err:
+                if _taken(err):
+                    return False
+                raise
+            return True
+        finally:
+            with contextlib.suppress(Exception):
+                abort = self.fs._call_s3(
+                    "abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload_id
+                )
+                await asyncio.wait_for(abort, sum(self.timeouts))
+
+
+_NOT_OURS_LIMIT = 3
+
+
+class _NameTaken(FileExistsError):
+    """The object at the key is not the one a create-only upload made: another writer has the name."""
+
+
+def _reads(op: str) -> bool:
+    """Whether ``op`` (as named in errors) is one a reader makes: what GetObject and ListBucket allow.
+
+    Listing pending multipart uploads is a writer's (prune's) and needs its own permission.
+    """
+    return op.startswith(("read", "list", "stat", "download")) and op != "list uploads"
+
+
+def _no_such_upload(err: BaseException) -> bool:
+    return _server_code(err) == "NoSuchUpload" or (
+        isinstance(err, FileNotFoundError) and "upload" in str(err).lower()
+    )
 
 
 def _taken(err: BaseException) -> bool:
@@ -888,45 +1111,17 @@ def _taken(err: BaseException) -> bool:
     )
 
 
-def _s3_get(fs: Any, bucket: str, name: str) -> Fetched:
-    """GET one object with s3fs's client: its bytes and the etag of exactly those bytes."""
-    from fsspec.asyn import sync
-
-    async def fetch() -> Fetched:
-        out = await fs._call_s3("get_object", Bucket=bucket, Key=name)
-        body = out["Body"]
-        try:
-            data = await body.read()
-        finally:
-            body.close()
-        return Fetched(bytes(data), str(out.get("ETag")))
-
-    return sync(fs.loop, fetch)  # type: ignore[no-any-return]
-
-
-_probed: set[tuple[str, str]] = set()
+_probed: set[tuple[str, str]] = set()  # (protocol://bucket, options) whose conditional writes held
 _probed_lock = threading.Lock()
+_probing = threading.Lock()
 
 
 def remote_store(url: str, *, storage_options: Mapping[str, Any] | None = None) -> ObjectStore:
     """The ObjectStore for ``url``: a RemoteStore, passed through the ``use_object_store`` hooks.
 
-    The server's conditional writes are probed once per bucket and process, on the real store (never
-    through a wrapper, so a recording does not see the probe) and only when the store in use reaches the
-    real one (an in-memory replacement never touches the network).
+    Nothing is sent to the server here. The server's conditional writes are probed before the first
+    write through the real store (once per bucket and process, never through a wrapper, so a recording
+    does not see the probe); readers never probe, and an in-memory replacement never touches the network.
     """
-    options = dict(storage_options or {})
-    protocol, _, rest = url.partition("://")
-    ident = (f"{protocol}://{rest.strip('/').split('/', 1)[0]}", repr(sorted(options.items())))
-    with _probed_lock:
-        probed = ident in _probed
-    hooked = has_object_store_hooks()
-    real = RemoteStore(url, storage_options=options, probe=not probed and not hooked)
-    store = wrap_store(real) if hooked else real
-    if hooked and not probed:
-        if not delegates_to(store, real):
-            return store  # replaced (e.g. served from memory): the real server was not used
-        real.check_conditional_writes()
-    with _probed_lock:
-        _probed.add(ident)
-    return store
+    real = RemoteStore(url, storage_options=storage_options)
+    return wrap_store(real)

@@ -216,11 +216,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m persistkit.reference.bot", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--autosave-every", type=float, default=300.0)
-    parser.add_argument("--sync", choices=("always", "batch", "none"), default="always")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--state-dir",
+        required=True,
+        help="directory of the bot's state store (created; resumed if it exists)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="simulated minutes to run, then save and exit (default: 1000)"
+    )
+    parser.add_argument(
+        "--autosave-every",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="checkpoint the whole store every SECONDS of wall-clock time (default: 300)",
+    )
+    parser.add_argument(
+        "--sync",
+        choices=("always", "batch", "none"),
+        default="always",
+        help="when journaled trades are fsynced: always (before each ACK), batch, or none (default: always)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated price feed (default: 0)")
     args = parser.parse_args(argv)
     bot = make_bot(args.state_dir, seed=args.seed, autosave_every=args.autosave_every, sync=args.sync)
     bot.store.on_final_save = lambda cp: _write(f"SAVED {cp.generation} {bot.digest()}")

@@ -48,10 +48,10 @@ def save_models(root: Path, models: dict[str, Any], metadata: dict[str, Any]) ->
     """One encrypted bundle under models/SYMBOL/AGENT/TIMEFRAME/, with its key beside it."""
     from persistkit.model_store import ModelStore
 
-    saved: Path = ModelStore(root / "models").save(
+    saved = ModelStore(root / "models").save(
         models, symbol="BTC/USDT", agent="A2C", timeframe="1m", metadata=metadata
     )
-    return saved
+    return saved.path
 
 
 def write_trade_traces(root: Path, models: dict[str, Any]) -> Path:

@@ -20,13 +20,25 @@ A TARGET is ``module:factory``, in one of three shapes (checked once, up front):
 Checks, in order: round-trip of the state, in-process lifecycle, SIGTERM, a
 SIGKILL storm, crash points (process and power-loss models) of a save, disk
 faults at every operation of a save, corruption of the saved files, and save
-budgets.
+budgets. Each ends as pass, FAIL, or "no verdict" (it saw nothing it could
+judge: never a pass), or is skipped on request (``Settings.skip``).
+
+A plain app whose ``step()`` saves by itself (a step changed the state directory
+while the battery profiled the app) is judged on those saves too: crash points
+and disk faults run on ``save()`` and on "a step() that saves" (steps until one
+changes the directory), and the budget times both. A ``save()`` that wrote
+nothing is not a save: it is neither judged nor timed.
+
+States are compared with ``persistkit.testing.compare`` (type-aware, mapping
+order ignored), also across processes: the children write the state behind
+every digest they print, and the SIGTERM check compares those states.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import importlib
 import inspect
 import logging
@@ -34,7 +46,9 @@ import os
 import re
 import shutil
 import signal
+import stat
 import statistics
+import sys
 import tempfile
 import time
 import traceback
@@ -45,15 +59,23 @@ from typing import Any
 from persistkit.units import size
 
 __all__ = [
+    "CHECKS",
     "DEFAULT_KILLS",
     "DEFAULT_TARGET",
     "Battery",
     "CheckResult",
+    "NoVerdict",
+    "Profile",
     "Settings",
     "Target",
     "TargetError",
+    "check_slug",
     "child_main",
     "digest",
+    "fingerprint",
+    "read_snapshot",
+    "warm_up",
+    "write_snapshot",
 ]
 
 DEFAULT_TARGET = "persistkit.reference.bot:make_bot"
@@ -296,6 +318,33 @@ class Target:
         return App(obj, obj.store, False)
 
 
+# The checks, by the name --skip takes and the name the report shows.
+CHECKS: tuple[tuple[str, str], ...] = (
+    ("round-trip", "round-trip"),
+    ("lifecycle", "lifecycle"),
+    ("sigterm", "SIGTERM"),
+    ("sigkill", "SIGKILL storm"),
+    ("crash-points", "crash points"),
+    ("disk-faults", "disk faults"),
+    ("corruption", "corruption"),
+    ("budgets", "budgets"),
+)
+_ALIASES = {"roundtrip": "round-trip", "storm": "sigkill", "sigkill-storm": "sigkill", "budget": "budgets"}
+
+
+def check_slug(name: str) -> str:
+    """The --skip name of a check, from either of its names (any case; spaces or dashes)."""
+    key = re.sub(r"[\s_]+", "-", name.strip().lower())
+    key = _ALIASES.get(key, key)
+    slugs = [slug for slug, _ in CHECKS]
+    if key not in slugs:
+        raise ValueError(f"no check named {name!r}; choose from {', '.join(slugs)}")
+    return key
+
+
+PASS, FAIL, NO_VERDICT, SKIPPED = "pass", "FAIL", "no verdict", "skipped"
+
+
 @dataclass
 class Settings:
     steps: int = 300
@@ -305,26 +354,39 @@ class Settings:
     max_save_seconds: float = 1.0
     max_bytes: int = 64 * 1024 * 1024
     observe: str = "auto"  # crash points and disk faults: "auto", "syscalls" or "python"
+    skip: tuple[str, ...] = ()  # check slugs (see CHECKS)
+    exclude: tuple[str, ...] = ()  # globs of files the corruption check leaves alone
 
 
 @dataclass
 class CheckResult:
     name: str
-    passed: bool
+    status: str  # PASS, FAIL, NO_VERDICT or SKIPPED
     figures: dict[str, Any] = field(default_factory=dict)
     detail: str = ""
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)  # persistkit's log lines while faults were injected
+    notes: list[str] = field(default_factory=list)  # what the verdict does not cover, and tips
+    fault_log: list[str] = field(default_factory=list)  # persistkit's log lines while faults were injected
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASS
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "check": self.name,
+            "status": self.status,
             "passed": self.passed,
             "figures": self.figures,
             "detail": self.detail,
+            "notes": self.notes,
             "seconds": round(self.seconds, 3),
-            "warnings": self.warnings,
+            "fault_log": self.fault_log,
         }
+
+
+class NoVerdict(AssertionError):
+    """A check saw nothing it could judge: never a pass, and not a failure of the app either."""
 
 
 class _Collect(logging.Handler):
@@ -338,7 +400,7 @@ class _Collect(logging.Handler):
 
 @contextlib.contextmanager
 def _collect_logs() -> Iterator[list[str]]:
-    """persistkit's warnings during a check go into its result, not onto stderr."""
+    """persistkit's log lines during a check (the injected faults' aftermath) go into its result, not onto stderr."""
     logger = logging.getLogger("persistkit")
     handler = _Collect()
     saved = logger.propagate
@@ -349,6 +411,103 @@ def _collect_logs() -> Iterator[list[str]]:
     finally:
         logger.removeHandler(handler)
         logger.propagate = saved
+
+
+_HASHED_UP_TO = 1 << 20
+
+
+def fingerprint(where: str) -> dict[str, tuple[int, int, int, int]]:
+    """Every file under ``where``: (inode, size, mtime in ns, content hash). Two differ when anything was written.
+
+    Files up to 1 MiB are hashed as well: a file rewritten with the same size within one tick of
+    the file system's coarse clock (a SQLite page, a small JSON file) keeps its mtime.
+    """
+    import xxhash
+
+    out: dict[str, tuple[int, int, int, int]] = {}
+    for dirpath, _dirs, files in os.walk(where):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+                content = 0
+                if st.st_size <= _HASHED_UP_TO and stat.S_ISREG(st.st_mode):
+                    with open(full, "rb") as f:
+                        content = xxhash.xxh3_64_intdigest(f.read())
+            except OSError:
+                continue
+            out[os.path.relpath(full, where)] = (st.st_ino, st.st_size, st.st_mtime_ns, content)
+    return out
+
+
+@dataclass
+class Profile:
+    """What running the app's steps showed, before any check."""
+
+    steps: int = 0
+    ids: int = 0  # steps that returned a mapping with an "id" (acknowledged work)
+    saving_steps: int = 0  # steps that changed the state directory: the app saves as it goes
+
+    @property
+    def saves_in_step(self) -> bool:
+        return self.saving_steps > 0
+
+    @property
+    def save_every(self) -> int:
+        """Steps between the app's own saves (rounded up)."""
+        return -(-self.steps // self.saving_steps) if self.saving_steps else 0
+
+
+def _excluded(rel: str, patterns: tuple[str, ...]) -> str | None:
+    """The --exclude pattern matching ``rel`` (a path relative to the state directory), if any."""
+    for pat in patterns:
+        if fnmatch.fnmatch(rel, pat) or ("/" not in pat and fnmatch.fnmatch(os.path.basename(rel), pat)):
+            return pat
+    return None
+
+
+def _sqlite_companion(path: str) -> str | None:
+    """The SQLite database whose rollback journal, WAL or WAL index ``path`` is (None: it is not one)."""
+    for suffix in ("-journal", "-wal", "-shm"):
+        if path.endswith(suffix):
+            db = path[: -len(suffix)]
+            if os.path.isfile(db) and _is_sqlite(db):
+                return db
+    return None
+
+
+def _is_sqlite(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _exclusion_risk(path: str, rel: str) -> str:
+    if _is_sqlite(path):
+        return (
+            f"{rel} (SQLite) is not damaged by the corruption check: SQLite keeps no checksums, so a damaged "
+            "page can load as different data without an error. The alternatives: a checksum VFS (cksumvfs), "
+            "or a checksum your app stores and verifies per row"
+        )
+    return (
+        f"{rel} is not damaged by the corruption check: damage to it may load as different data without "
+        "an error"
+    )
+
+
+_ROOT_ADVICE = re.compile(r"\s*\(pass root=[^)]*\)|\s*Point root= at .*?allow_outside=\[[^\]]*\]\.")
+
+
+def _no_verdict_text(message: str) -> str:
+    """A fixture's no-verdict message in check's terms: check has no root=/allow_outside= options."""
+    text = _ROOT_ADVICE.sub("", message)
+    return (
+        text + "\n(persistkit check judges the state_dir the factory is given: the app must keep its "
+        "state there. To judge saves that write elsewhere, use the crash_points/disk_faults fixtures, "
+        "whose root= and allow_outside= options cover them.)"
+    )
 
 
 class Battery:
@@ -369,6 +528,9 @@ class Battery:
             )
         self.workdir = workdir
         self.results: list[CheckResult] = []
+        self.excluded: dict[str, str] = {}  # relative path -> the risk that leaves unchecked
+        self._profile: Profile | None = None
+        self._notes: list[str] = []
         if not target.validated:
             try:
                 target.validate(self.dir("probe"))
@@ -388,39 +550,57 @@ class Battery:
         os.makedirs(path, exist_ok=True)
         return path
 
-    def checks(self) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
-        return [
-            ("round-trip", self.check_roundtrip),
-            ("lifecycle", self.check_lifecycle),
-            ("SIGTERM", self.check_sigterm),
-            ("SIGKILL storm", self.check_sigkill),
-            ("crash points", self.check_crash_points),
-            ("disk faults", self.check_disk_faults),
-            ("corruption", self.check_corruption),
-            ("budgets", self.check_budgets),
-        ]
+    def checks(self) -> list[tuple[str, str, Callable[[], dict[str, Any]]]]:
+        run = {
+            "round-trip": self.check_roundtrip,
+            "lifecycle": self.check_lifecycle,
+            "sigterm": self.check_sigterm,
+            "sigkill": self.check_sigkill,
+            "crash-points": self.check_crash_points,
+            "disk-faults": self.check_disk_faults,
+            "corruption": self.check_corruption,
+            "budgets": self.check_budgets,
+        }
+        return [(slug, name, run[slug]) for slug, name in CHECKS]
 
     def run(self, on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
-        for name, check in self.checks():
+        from persistkit.testing.observe import NotJudgeable
+
+        for slug, name, check in self.checks():
+            if slug in self.settings.skip:
+                result = CheckResult(name, SKIPPED, detail=f"skipped (--skip {slug}): not verified")
+                self._finish(result, on_result)
+                continue
             start = time.perf_counter()
+            self._notes = []
             with _collect_logs() as lines:
                 try:
                     figures = check()
-                    result = CheckResult(name, True, figures)
+                    result = CheckResult(name, PASS, figures)
+                except NoVerdict as err:
+                    result = CheckResult(name, NO_VERDICT, getattr(err, "figures", {}), str(err))
+                except NotJudgeable as err:
+                    detail = _no_verdict_text(str(err))
+                    result = CheckResult(name, NO_VERDICT, getattr(err, "figures", {}), detail)
                 except AssertionError as err:
-                    result = CheckResult(name, False, getattr(err, "figures", {}), str(err))
+                    result = CheckResult(name, FAIL, getattr(err, "figures", {}), str(err))
                 except Exception as err:
                     result = CheckResult(
-                        name, False, {}, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}"
+                        name, FAIL, {}, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}"
                     )
-            result.warnings = list(lines)
-            if lines:
-                result.figures["logged warnings"] = len(lines)
+            result.notes = list(self._notes)
+            result.fault_log = list(lines)
             result.seconds = time.perf_counter() - start
-            self.results.append(result)
-            if on_result is not None:
-                on_result(result)
+            self._finish(result, on_result)
         return self.results
+
+    def _finish(self, result: CheckResult, on_result: Callable[[CheckResult], None] | None) -> None:
+        self.results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    def note(self, text: str) -> None:
+        self._notes.append(text)
 
     # -- helpers --------------------------------------------------------------------------------
     def _steps(self, app: App, n: int) -> None:
@@ -451,13 +631,68 @@ class Battery:
                     total += os.lstat(os.path.join(dirpath, name)).st_size
         return total
 
+    @property
+    def plain(self) -> bool:
+        return self.target.kind == "plain app"
+
+    def profile(self) -> Profile:
+        """Run the app's steps once on a scratch directory: does it acknowledge work, does it save as it goes?"""
+        if self._profile is not None:
+            return self._profile
+        where = self.dir("profile")
+        prof = Profile()
+        with self._app(where) as app:
+            before = fingerprint(where)
+            for _ in range(self.settings.steps):
+                result = app.step()
+                prof.steps += 1
+                prof.ids += isinstance(result, Mapping) and "id" in result
+                if self.plain:
+                    now = fingerprint(where)
+                    if now != before:
+                        prof.saving_steps += 1
+                        before = now
+        self._profile = prof
+        return prof
+
+    def _step_save(self, app: App, where: str) -> int:
+        """The app's own save: step() until a step changes the state directory; the number of steps."""
+        limit = max(self.profile().save_every * 3, 10)
+        before = fingerprint(where)
+        for n in range(1, limit + 1):
+            app.step()
+            if fingerprint(where) != before:
+                return n
+        raise NoVerdict(
+            f"no step() changed the state directory in {limit} steps, although steps saved while the app was "
+            "profiled; the app's own saves could not be judged"
+        )
+
+    def _unsaved_steps(self, app: App, where: str, n: int) -> None:
+        """``n`` steps, then more until the last one saved nothing, so that save() has work to write."""
+        self._steps(app, n)
+        if not (self.plain and self.profile().saves_in_step):
+            return
+        for _ in range(self.profile().save_every + 1):
+            before = fingerprint(where)
+            app.step()
+            if fingerprint(where) == before:
+                return
+
+    def _saves(self, app: App, where: str) -> list[tuple[Callable[[], Any], bool]]:
+        """The saves to judge, each with whether it is the save() call: save(), and the app's own."""
+        saves: list[tuple[Callable[[], Any], bool]] = [(app.save, True)]
+        if self.plain and self.profile().saves_in_step:
+            saves.append((lambda: self._step_save(app, where), False))
+        return saves
+
     # -- the checks ------------------------------------------------------------------------------
     def check_roundtrip(self) -> dict[str, Any]:
         from persistkit.testing.compare import first_difference
         from persistkit.testing.roundtrip import Roundtrip
 
         where = self.dir("roundtrip")
-        if self.target.kind == "plain app":
+        if self.plain:
             with self._app(where) as app:
                 self._steps(app, self.settings.steps)
                 app.save()
@@ -484,7 +719,7 @@ class Battery:
         lc = Lifecycle(self.dir("lifecycle"), seed=self.settings.seed)
 
         def factory(where: str) -> Any:
-            if self.target.kind == "plain app":
+            if self.plain:
                 return _Graceful(self.target.open(where))
             return self.target.make(where, autosave_every=0.0)
 
@@ -492,19 +727,17 @@ class Battery:
         return {"steps": report.steps, "restarts": report.restarts}
 
     def _child(self) -> dict[str, Any]:
-        """How to run the target in a child process (fork server target, argv, preload)."""
+        """How to run the target in a child process (fork server target, argv, preload, warm-up)."""
+        snaps = ["--snapshots", self.dir("snapshots")]
+        base = ["--target", self.target.spec, "--state-dir", "{state_dir}", *snaps]
+        child = "persistkit.testing.battery:child_main" if self.plain else "persistkit.testing.child:main"
+        preload = [self.target.module, "persistkit.testing.child", "persistkit.testing.battery"]
         if self.target.spec == DEFAULT_TARGET:
-            return {
-                "target": "persistkit.reference.bot:main",
-                "preload": ["persistkit.reference.preload"],
-                "argv": ["--state-dir", "{state_dir}", "--steps", "10000000", "--autosave-every", "0.2"],
-                "restart_argv": ["--state-dir", "{state_dir}", "--steps", "0"],
-            }
-        base = ["--target", self.target.spec, "--state-dir", "{state_dir}"]
-        child = "persistkit.testing.battery:child_main" if self.target.kind == "plain app" else None
+            preload.insert(0, "persistkit.reference.preload")
         return {
-            "target": child or "persistkit.testing.child:main",
-            "preload": [self.target.module, "persistkit.testing.child", "persistkit.testing.battery"],
+            "target": child,
+            "preload": preload,
+            "warm": [("persistkit.testing.battery:warm_up", ["--target", self.target.spec])],
             "argv": [*base, "--steps", "10000000", "--autosave-every", "0.2"],
             "restart_argv": [*base, "--steps", "0"],
         }
@@ -516,22 +749,56 @@ class Battery:
             self._lc = Lifecycle(self.dir("processes"), kills=self.settings.kills, seed=self.settings.seed)
         return self._lc
 
+    def _snapshot_difference(self, saved: str, restarted: str) -> str | None:
+        """Compare the states two children wrote beside their digests (type-aware, mapping order ignored)."""
+        from persistkit.testing.compare import first_difference
+
+        snaps = self.dir("snapshots")
+        try:
+            expected = read_snapshot(os.path.join(snaps, saved))
+            got = read_snapshot(os.path.join(snaps, restarted))
+        except OSError as err:
+            return f"the child wrote no snapshot to compare ({err})"
+        return first_difference(expected, got, "state")
+
     def check_sigterm(self) -> dict[str, Any]:
+        # Wait for ACKs as long as a start-up may take when the app acknowledges work (a loaded
+        # machine delays them); an app that acknowledges nothing is signalled after half a second.
+        wait = 120.0 if self.profile().ids else 0.5
         report = self._lifecycle().subprocess(
-            state_dir=self.dir("sigterm"), kills=0, sigterm=True, term_wait=0.5, **self._child()
+            state_dir=self.dir("sigterm"),
+            kills=0,
+            sigterm=True,
+            term_wait=wait,
+            state_difference=self._snapshot_difference,
+            **self._child(),
         )
         return {"exit after SIGTERM": f"{report.sigterm_exit_seconds:.2f} s", "acks": report.acks}
 
     def check_sigkill(self) -> dict[str, Any]:
         where = self.dir("sigkill")
-        verify = self._verify_acks if self.target.kind != "plain app" else self._verify_unique
+        verify = self._verify_acks if not self.plain else self._verify_unique
+        start = time.perf_counter()
         try:
             report = self._lifecycle().subprocess(
                 state_dir=where, sigterm=False, verify=verify, **self._child()
             )
         except AssertionError as err:
             raise AssertionError(self._explain_repeat(str(err), where)) from None
+        seconds = time.perf_counter() - start
         rec = report.recovery_seconds
+        if report.acks == 0:
+            self.note(
+                f"the app acknowledged no work (no step() returned a mapping with an 'id'), so the storm proved "
+                f"only that it restarted after {report.kills} SIGKILLs; it proved nothing about acknowledged "
+                "work. Return {'id': ...} from step() for work that must survive a crash"
+            )
+        if report.kills and seconds > 30:
+            per = seconds / report.kills
+            self.note(
+                f"the storm took {seconds:.0f} s ({per:.1f} s per kill); --kills N sets how many SIGKILLs "
+                f"(now {report.kills})"
+            )
         return {
             "kills": report.kills,
             "acks": report.acks,
@@ -629,28 +896,73 @@ class Battery:
                 + ("" if full else " (the logs are not full, so none was evicted)")
             )
 
+    def _after_save(self, app: App, n: int, what: str) -> None:
+        """The app keeps working after a judged save, as a live process would."""
+        try:
+            self._steps(app, n)
+        except Exception as err:
+            raise AssertionError(
+                f"step() raised {type(err).__name__}: {err} after {what} had put the state directory back to "
+                "the state after the save: an app that keeps files open (a database connection) needs them "
+                "left in place\n" + traceback.format_exc(limit=4)
+            ) from err
+
     def check_crash_points(self) -> dict[str, Any]:
         from persistkit.testing.crash_points import CrashPoints
 
         where = self.dir("crash")
         figures: dict[str, Any] = {}
+        more = max(self.settings.steps // 10, 1)
+        operations: dict[str, int] = {}
+        observer = None
         with self._app(where) as app:
             self._steps(app, self.settings.steps)
             app.save()
             cp = CrashPoints(where)
-            for model in ("process", "power-loss"):
-                self._steps(app, max(self.settings.steps // 10, 1))
-                try:
-                    report = cp(app.save, self._reader(where), model=model, observe=self.settings.observe)
-                except AssertionError as err:
-                    err.figures = figures  # type: ignore[attr-defined]
-                    raise
-                figures[f"{model} states"] = report.states
-            figures["operations"] = len(report.operations)
-            figures["observer"] = report.observer
-        return figures
+            for save, is_call in self._saves(app, where):
+                prefix = "" if is_call else "step() save: "
+                for model in ("process", "power-loss"):
+                    if is_call:
+                        self._unsaved_steps(app, where, more)
+                    wrote: list[bool] = []
+                    try:
+                        report = cp(
+                            self._noting(save, where, wrote),
+                            self._reader(where),
+                            model=model,
+                            observe=self.settings.observe,
+                        )
+                    except AssertionError as err:
+                        if is_call and wrote == [False] and self.profile().saves_in_step:
+                            self.note(
+                                "save() wrote nothing after the app's own save; judged on its own saves"
+                            )
+                            break
+                        if not is_call:
+                            err.args = (f"judging a step() that saves (the app's own save): {err}",)
+                        err.figures = figures  # type: ignore[attr-defined]
+                        raise
+                    figures[f"{prefix}{model} states"] = report.states
+                    operations[f"{prefix}operations"] = len(report.operations)
+                    observer = report.observer
+                    self._after_save(app, 1, "crash points")
+        if observer is None:
+            raise NoVerdict("no save wrote anything to the state directory: nothing to judge")
+        return {**figures, **operations, "observer": observer}
+
+    @staticmethod
+    def _noting(save: Callable[[], Any], where: str, wrote: list[bool]) -> Callable[[], Any]:
+        def run() -> Any:
+            before = fingerprint(where)
+            try:
+                return save()
+            finally:
+                wrote.append(fingerprint(where) != before)
+
+        return run
 
     def check_disk_faults(self) -> dict[str, Any]:
+        from persistkit.testing.compare import first_difference
         from persistkit.testing.disk_faults import DiskFaults
 
         where = self.dir("faults")
@@ -658,33 +970,59 @@ class Battery:
             self._steps(app, self.settings.steps)
             app.save()
         more = max(self.settings.steps // 20, 1)
+        figures: dict[str, Any] = {}
+        live: list[App] = []
 
         def setup() -> App:
             app = self.target.open(where)
             try:
-                self._steps(app, more)
+                self._unsaved_steps(app, where, more)
             except BaseException:
                 app.abandon()
                 raise
+            live[:] = [app]
             return app
 
-        report = DiskFaults(where)(
-            lambda app: app.save(),
-            self._reader(where),
-            setup=setup,
-            teardown=lambda app: app.abandon(),
-            rotate_errnos=True,
-            observe=self.settings.observe,
-        )
-        return {
-            "faults": report.fired,
-            "operations": len(report.operations),
-            "raised": report.raised,
-            "observer": report.observer,
-        }
+        def same_as_live(value: Any) -> bool:
+            # a save that advances the state (a step) is retried with the next step: what loads
+            # must be the app's state once the retry returned
+            return first_difference(live[0].snapshot(), value) is None
+
+        faults = DiskFaults(where)
+        kinds: list[tuple[str, Callable[[Any], Any], Callable[[Any], bool] | None]] = [
+            ("save()", lambda app: app.save(), None)
+        ]
+        if self.plain and self.profile().saves_in_step:
+            kinds.append(("step() save", lambda app: self._step_save(app, where), same_as_live))
+        for label, save, after_retry in kinds:
+            prefix = "" if label == "save()" else "step() save: "
+            try:
+                report = faults(
+                    save,
+                    self._reader(where),
+                    setup=setup,
+                    teardown=lambda app: app.abandon(),
+                    rotate_errnos=True,
+                    observe=self.settings.observe,
+                    after_retry=after_retry,
+                )
+            except AssertionError as err:
+                if label != "save()":
+                    err.args = (f"judging a step() that saves (the app's own save): {err}",)
+                err.figures = figures  # type: ignore[attr-defined]
+                raise
+            figures.update(
+                {
+                    f"{prefix}faults": report.fired,
+                    f"{prefix}operations": len(report.operations),
+                    f"{prefix}raised": report.raised,
+                    "observer": report.observer,
+                }
+            )
+        return figures
 
     def _saved_files(self, where: str) -> list[str]:
-        if self.target.kind == "plain app":
+        if self.plain:
             return sorted(
                 os.path.join(dirpath, name) for dirpath, _, names in os.walk(where) for name in names
             )
@@ -705,21 +1043,60 @@ class Battery:
             for _ in range(3):  # a few generations to fall back to
                 self._steps(app, max(self.settings.steps // 3, 1))
                 app.save()
-        files = self._saved_files(where)
+        files = []
+        for path in self._saved_files(where):
+            rel = os.path.relpath(path, where)
+            db = _sqlite_companion(path)
+            if db is not None:
+                # SQLite reads its journal/WAL only when a transaction needs recovering: damage to an
+                # idle companion changes nothing by design. It is the database's own: judged with it.
+                self.note(
+                    f"{rel}: SQLite's companion of {os.path.basename(db)}, damaged with the database, not alone"
+                )
+                continue
+            pattern = _excluded(rel, self.settings.exclude)
+            if pattern is None:
+                files.append(path)
+            else:
+                self.excluded[rel] = _exclusion_risk(path, rel)
+                self.note(f"excluded by --exclude {pattern}: {self.excluded[rel]}")
+        matched = set(self.excluded)
+        for pattern in self.settings.exclude:
+            if not any(_excluded(rel, (pattern,)) for rel in matched):
+                self.note(f"--exclude {pattern} matched no saved file")
+        if not files:
+            raise NoVerdict(
+                "every saved file was excluded (--exclude), so no damaged copy was tried; to leave the check "
+                "out on purpose, pass --skip corruption"
+            )
         reader = self._reader(where)
         corrupt = Corruptions(samples=self.settings.samples, seed=self.settings.seed)
         for path in files:
             corrupt(path)
         # persistkit's own stores must raise its typed errors; a plain app may raise anything
-        raises: type[BaseException] = Exception if self.target.kind == "plain app" else PersistkitError
-        tried = corrupt.assert_detected(lambda _path: reader(), raises=raises)
-        return {"files": len(files), "corruptions": tried}
+        raises: type[BaseException] = Exception if self.plain else PersistkitError
+        try:
+            tried = corrupt.assert_detected(lambda _path: reader(), raises=raises)
+        except AssertionError as err:
+            sqlite = [os.path.relpath(p, where) for p in files if _is_sqlite(p)]
+            named = [rel for rel in sqlite if rel in str(err)]
+            if named:
+                raise AssertionError(
+                    f"{err}\nTo accept the risk for a SQLite file instead, leave it out of this check: "
+                    + " ".join(f"--exclude {rel}" for rel in named)
+                ) from None
+            raise
+        return {
+            "files": len(files),
+            "corruptions": tried,
+            **({"excluded": len(self.excluded)} if self.excluded else {}),
+        }
 
     def check_budgets(self) -> dict[str, Any]:
         from persistkit.testing.budget import Budget, check_budget, measure
 
         where = self.dir("budget")
-        if self.target.kind == "plain app":
+        if self.plain:
             return self._plain_budgets(where)
         with self._app(where) as app, measure() as fs:
             for _ in range(5):
@@ -727,10 +1104,12 @@ class Battery:
                 app.save()
         secs = [s.seconds for s in fs.saves]
         files = fs.files()
+        if not secs:
+            raise NoVerdict("5 save() calls wrote no checkpoint (each was skipped), so no save was timed")
         figures = {
             "saves": len(secs),
-            "save median": f"{statistics.median(secs) * 1000:.1f} ms" if secs else "-",
-            "save max": f"{max(secs) * 1000:.1f} ms" if secs else "-",
+            "save median": f"{statistics.median(secs) * 1000:.1f} ms",
+            "save max": f"{max(secs) * 1000:.1f} ms",
             "largest file": size(max(files.values())) if files else "-",
             "bytes": size(sum(files.values())),
         }
@@ -742,16 +1121,52 @@ class Battery:
         return figures
 
     def _plain_budgets(self, where: str) -> dict[str, Any]:
-        secs: list[float] = []
+        """Time the saves that wrote something: save() calls, and the steps in which the app saved itself.
+
+        A save() that changed nothing in the state directory is not a save and is not timed; a
+        step that changed it is timed whole (its work included: the app's save is inside it).
+        """
+        saves: list[tuple[str, float]] = []
+        idle = 0
+
+        def timed_step(app: App) -> bool:
+            before = fingerprint(where)
+            start = time.perf_counter()
+            app.step()
+            took = time.perf_counter() - start
+            if fingerprint(where) == before:
+                return False
+            saves.append(("step()", took))
+            return True
+
         with self._app(where) as app:
             for _ in range(5):
-                self._steps(app, max(self.settings.steps // 5, 1))
+                saved = False
+                for _ in range(max(self.settings.steps // 5, 1)):
+                    saved = timed_step(app)
+                for _ in range(self.profile().save_every if saved else 0):
+                    if not timed_step(app):
+                        break  # unsaved work again: save() has something to write
+                before = fingerprint(where)
                 start = time.perf_counter()
                 app.save()
-                secs.append(time.perf_counter() - start)
+                took = time.perf_counter() - start
+                if fingerprint(where) != before:
+                    saves.append(("save()", took))
+                else:
+                    idle += 1
+        if idle:
+            self.note(f"{idle} of 5 save() calls wrote nothing and were not timed")
+        if not saves:
+            raise NoVerdict(
+                "no save() call and no step() wrote anything to the state directory, so no save was timed"
+            )
         sizes = {path: os.lstat(path).st_size for path in self._saved_files(where)}
+        secs = [took for _, took in saves]
+        calls = sum(kind == "save()" for kind, _ in saves)
         figures = {
             "saves": len(secs),
+            **({"of which steps": len(secs) - calls} if calls != len(secs) else {}),
             "save median": f"{statistics.median(secs) * 1000:.1f} ms",
             "save max": f"{max(secs) * 1000:.1f} ms",
             "largest file": size(max(sizes.values())) if sizes else "-",
@@ -762,15 +1177,75 @@ class Battery:
             for p, n in sizes.items()
             if n > self.settings.max_bytes
         ]
-        if max(secs) > self.settings.max_save_seconds:
+        slowest_kind, slowest = max(saves, key=lambda s: s[1])
+        if slowest > self.settings.max_save_seconds:
+            what = "save()" if slowest_kind == "save()" else "a step() that saved"
             problems.append(
-                f"save() took {max(secs):.3f} s > max_save_seconds={self.settings.max_save_seconds:g}"
+                f"{what} took {slowest:.3f} s > max_save_seconds={self.settings.max_save_seconds:g}"
             )
         if problems:
             err = AssertionError("budget exceeded: " + "; ".join(problems[:5]))
             err.figures = figures  # type: ignore[attr-defined]
             raise err
         return figures
+
+
+# -- snapshots beside the digests, so that states are compared, not fingerprints ---------------------
+
+
+def write_snapshot(directory: str, value: Any) -> str:
+    """Store ``value`` (tree-encoded) under its digest in ``directory``; return the digest."""
+    from persistkit.format import tree
+    from persistkit.format.codecs import model_hook
+
+    data = tree.encode(value, model_hook=model_hook)
+    import xxhash
+
+    name = str(xxhash.xxh3_128_hexdigest(data))
+    path = os.path.join(directory, name)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return name
+
+
+def read_snapshot(path: str) -> Any:
+    from persistkit.format import tree
+    from persistkit.format.codecs import decode_member
+
+    with open(path, "rb") as f:
+        data = f.read()
+    return tree.decode(data, model_resolver=lambda codec, payload: decode_member(codec, payload), source=path)
+
+
+def warm_up(argv: list[str]) -> None:
+    """In the fork server, before any fork: open TARGET on a scratch directory, step, save and read it.
+
+    The lazily imported parts of the app's libraries (torch's optimizers, sklearn's
+    estimators) are loaded here once, so each restarted child costs a fork, not an import.
+    torch, if the app uses it, is limited to one thread: thread pools do not survive fork().
+    """
+    parser = argparse.ArgumentParser(prog="persistkit check warm-up")
+    parser.add_argument("--target", required=True)
+    args = parser.parse_args(argv)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    target = Target(args.target)
+    with tempfile.TemporaryDirectory(prefix="persistkit-warm-") as scratch:
+        kind = target.validate(scratch)
+        where = os.path.join(scratch, "app")
+        app = target.open(where)
+        try:
+            for _ in range(3):
+                app.step()
+            app.save()
+            digest(app.snapshot())
+        finally:
+            app.abandon()
+        target.kind = kind
+        target.open(where, readonly=True).read()
 
 
 # -- the child process of a plain app ---------------------------------------------------------------
@@ -784,17 +1259,23 @@ def child_main(argv: list[str] | None = None) -> int:
     """Run a plain app and speak the lifecycle line protocol (READY, ACK, SAVED, DONE).
 
     A step that returns a mapping with an ``"id"`` is saved, then acknowledged. SIGTERM
-    (or SIGINT) finishes the current step, saves, prints ``SAVED`` and exits 0.
+    (or SIGINT) finishes the current step, saves, prints ``SAVED`` and exits 0. With
+    ``--snapshots DIR`` the state behind each printed digest is written to ``DIR/<digest>``.
     """
     parser = argparse.ArgumentParser(prog="persistkit check (plain app child)")
     parser.add_argument("--target", required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--autosave-every", type=float, default=300.0)
+    parser.add_argument("--snapshots", default=None)
     args = parser.parse_args(argv)
     target = Target(args.target)
     target.kind = "plain app"
     app = target.open(args.state_dir)
+
+    def fingerprint_of(snapshot: Any) -> str:
+        return digest(snapshot) if args.snapshots is None else write_snapshot(args.snapshots, snapshot)
+
     stop: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.append(signum))
@@ -814,11 +1295,11 @@ def child_main(argv: list[str] | None = None) -> int:
             last = time.monotonic()
         if stop:
             app.save()
-            _write(f"SAVED {saves + 1} {digest(app.snapshot())}")
+            _write(f"SAVED {saves + 1} {fingerprint_of(app.snapshot())}")
             app.abandon()
             return 0
     app.save()
     snapshot = app.snapshot()
     app.abandon()
-    _write(f"DONE {digest(snapshot)}")
+    _write(f"DONE {fingerprint_of(snapshot)}")
     return 0

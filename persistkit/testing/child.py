@@ -8,7 +8,9 @@ steps. When a step returns a mapping with an ``"id"`` (a closed trade, say),
 the store's journals are flushed and ``ACK <id>`` is printed: that work is
 durable. Each step runs inside ``store.atomic()``, so autosave and the
 final save on a signal never see half a step. On SIGTERM the store's final save prints ``SAVED <generation>
-<digest>``; a normal end prints ``DONE <digest>``.
+<digest>``; a normal end prints ``DONE <digest>``. With ``--snapshots DIR`` the
+state behind each digest is written to ``DIR/<digest>``, so that the battery
+compares states (type-aware, mapping order ignored), not only fingerprints.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["main"]
 
@@ -26,17 +29,22 @@ def _write(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from persistkit.testing.battery import Target, digest
+    from persistkit.testing.battery import Target, digest, write_snapshot
 
     parser = argparse.ArgumentParser(prog="python -m persistkit.testing.child")
     parser.add_argument("--target", required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--autosave-every", type=float, default=300.0)
+    parser.add_argument("--snapshots", default=None)
     args = parser.parse_args(argv)
     app = Target(args.target).open(args.state_dir, autosave_every=args.autosave_every)
     store = app.store
-    store.on_final_save = lambda cp: _write(f"SAVED {cp.generation} {digest(app.snapshot())}")
+
+    def fingerprint_of(snapshot: Any) -> str:
+        return digest(snapshot) if args.snapshots is None else write_snapshot(args.snapshots, snapshot)
+
+    store.on_final_save = lambda cp: _write(f"SAVED {cp.generation} {fingerprint_of(app.snapshot())}")
     store.start()
     _write(f"READY {store.generation}")
     for _ in range(args.steps):
@@ -46,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             store.flush()
             _write(f"ACK {result['id']}")
     store.close()
-    _write(f"DONE {digest(app.snapshot())}")
+    _write(f"DONE {fingerprint_of(app.snapshot())}")
     return 0
 
 

@@ -49,7 +49,6 @@ from persistkit.testing.judge import (
 )
 from persistkit.testing.observe import (
     DEFAULT_VOLATILE,
-    NotJudgeable,
     Observation,
     check_explained,
     choose,
@@ -57,6 +56,8 @@ from persistkit.testing.observe import (
     observe_save,
 )
 from persistkit.testing.observe.intercept import GuardFS, Interceptor
+from persistkit.testing.observe.strace import CommandRun
+from persistkit.testing.readers import InProcessReader, IsolatedReader, StateReader
 from persistkit.testing.report import RECORDER, Recorder
 
 __all__ = [
@@ -96,66 +97,65 @@ def _changed(snapshot: Snapshot, now: dict[str, Any]) -> bool:
     return any(not e.unchanged(now[rel]) for rel, e in snapshot.entries.items())
 
 
-class _Reader:
-    """Reads crash states with ``load()`` and says which state each one is."""
+def _ended_well(cmd: Sequence[str], run: CommandRun, obs: Observation, timeout: float, top: str) -> None:
+    """The program exited 0 by itself, and nothing it started went on writing after it returned."""
+    __tracebackhide__ = True
+    stderr = run.stderr.decode(errors="replace")[-2000:]
+    if run.timed_out:
+        obs.close()
+        raise AssertionError(
+            f"crash_points.subprocess: {list(cmd)} did not exit within {timeout:g} s; it was killed with every "
+            f"process it started, so there is no completed save to judge. Its stderr ends:\n{stderr}"
+        )
+    if run.signal is not None:
+        obs.close()
+        raise AssertionError(
+            f"crash_points.subprocess: {list(cmd)} was killed by {run.signal} (it crashed), so there is no "
+            f"completed save to judge. Its stderr ends:\n{stderr}"
+        )
+    if run.returncode != 0:
+        obs.close()
+        raise AssertionError(
+            f"crash_points.subprocess: {list(cmd)} exited with status {run.returncode} without a crash, so there "
+            f"is no completed save to judge. Its stderr ends:\n{stderr}"
+        )
+    late = [op for op in obs.late if op.path.startswith(top) or (op.dst or "").startswith(top)]
+    if run.stragglers and not late:
+        obs.close()
+        raise AssertionError(
+            f"crash_points.subprocess: {list(cmd)} returned while processes it started were still running "
+            f"({', '.join(run.stragglers[:4])}; they were killed then). The save is complete when the command "
+            "returns: if they were still saving, the state was not yet the new one (wait for them before exiting)."
+        )
+    if late:
+        obs.close()
+        raise AssertionError(
+            f"crash_points.subprocess: {list(cmd)} returned while a process it started was still writing under "
+            f"{top}: the save was not complete when the command said it was (a bug in the program: wait for the "
+            f"writer before exiting). Still running when it returned: {', '.join(run.stragglers) or 'a child'}; "
+            "what it wrote afterwards: " + "; ".join(_rel(op.describe(), top) for op in late[:8])
+        )
 
-    def __init__(self, sim: CrashSimulator, load: Callable[[], Any], before: Any, after: Any) -> None:
-        self.sim, self.load = sim, load
-        self.given_before, self.given_after = before, after
-        self.before = Outcome()
-        self.after = Outcome()
 
-    def expect(self, before: Outcome) -> None:
-        """The outcome of the state the save left (built, then loaded), and two probes of the load.
+def _reader(
+    load: Callable[[], Any], before: Any, after: Any, isolate: bool, timeout: float | None
+) -> StateReader:
+    if isolate:
+        return IsolatedReader(load, before, after, timeout=timeout)
+    return InProcessReader(load, before, after)
 
-        ``before``: what load() returned before the save ran, on the real directory.
-        """
-        __tracebackhide__ = True
-        sim, load = self.sim, self.load
-        self.before = before
-        sim.materialize(sim.final())
-        self.after = outcome(load) if self.given_after is UNSET else Outcome(value=self.given_after)
-        if self.after.error is not None and self.given_after is UNSET:
-            raise AssertionError(
-                f"crash_points: load() fails even after save() completed without a crash: "
-                f"{self.after.describe()}. Fix the save or the load first."
-            )
-        if self.given_after is not UNSET or self.given_before is not None:
-            return
-        # The state before the first operation IS the directory before the save: a load that reads
-        # the directory must give the old value there.
-        sim.materialize(sim.initial())
-        if outcome(load).same_as(self.after) and not self.before.same_as(self.after):
-            raise NotJudgeable(
-                "crash_points: no verdict, because load() returned the new state from the directory as it was "
-                "before the save: it does not read what the save wrote (an in-process cache? a path outside "
-                "root?), so no crash state can be judged by it."
-            )
-        if self.before.same_as(self.after) and self.after.error is None:
-            sim.materialize(sim.empty())
-            if outcome(load).same_as(self.after):
-                raise NotJudgeable(
-                    "crash_points: no verdict, because load() returned the same value before the save, after it, "
-                    "and from an empty directory: it does not read the directory (an in-process cache? a path "
-                    "outside root?), so no crash state can be judged by it."
-                )
 
-    def read(self, state: CrashState) -> Verdict:
-        state.materialize()
-        got = outcome(self.load)
-        if got.same_as(self.after):
-            return Verdict("new", got)
-        if not state.complete and got.same_as(self.before):
-            return Verdict("old", got)
-        if state.complete:
-            detail = got.difference(self.after, "vs the state after the save")
-        else:
-            detail = (
-                got.difference(self.before, "vs the state before the save")
-                + "\n    "
-                + got.difference(self.after, "vs the state after the save")
-            )
-        return Verdict("bad", got, detail)
+def _expect_after(sim: CrashSimulator, reader: StateReader, after: Any) -> bool:
+    """Learn what load() returns from the state the save left; True: probe the load before judging."""
+    __tracebackhide__ = True
+    sim.materialize(sim.final())
+    got = reader.expect_after()
+    if got.error is not None and after is UNSET:
+        raise AssertionError(
+            f"crash_points: load() fails even after save() completed without a crash: {got.describe()}. "
+            "Fix the save or the load first."
+        )
+    return after is UNSET
 
 
 class CrashPoints:
@@ -188,6 +188,8 @@ class CrashPoints:
         allow_outside: Sequence[str] = (),
         seed: int = 0,
         volatile: Sequence[str] = DEFAULT_VOLATILE,
+        isolate: bool = True,
+        load_timeout: float | None = None,
     ) -> Report:
         """Choose the crash states of ``save()`` and ``load()`` each one.
 
@@ -202,6 +204,10 @@ class CrashPoints:
         ``allow_outside``: glob patterns of files outside ``root`` the save may change unjudged.
         ``volatile``: name patterns of rebuildable indexes whose content is not state (default:
         SQLite's ``*-shm``); they are zero-filled in every crash state.
+        ``isolate``: load each state in a worker process forked before the save (default), so a
+        loader that crashes or hangs on a state is a verdict, not the end of the session
+        (``persistkit.testing.readers``); False loads in this process. ``load_timeout``: seconds one
+        load may take (default: ten times the slowest clean load, at least 10 s).
         Raises AssertionError naming the first violating state, the operations that made it
         and a ``Fix:`` line, or ``NotJudgeable`` (an AssertionError) when the observer did not
         see the whole save. Afterwards the root is exactly as the save left it.
@@ -211,15 +217,18 @@ class CrashPoints:
             raise ValueError(f"model must be 'process' or 'power-loss', not {model!r}")
         observer = choose(observe)
         top = self._top(root)
-        initial, expected_before = self._begin(top, load, before)
+        reader = _reader(load, before, after, isolate, load_timeout)
         try:
-            _, error, obs = observe_save(save, top, observer, volatile=volatile)
-            if error is not None:
-                raise error
-            return self._judge(obs, initial, load, expected_before, before, after, model, max_states, seed,
-                               allow_outside)  # fmt: skip
+            initial = self._begin(top, reader)
+            try:
+                _, error, obs = observe_save(save, top, observer, volatile=volatile)
+                if error is not None:
+                    raise error
+                return self._judge(obs, initial, reader, after, model, max_states, seed, allow_outside)
+            finally:
+                initial.close()
         finally:
-            initial.close()
+            reader.close()
 
     def subprocess(
         self,
@@ -237,6 +246,8 @@ class CrashPoints:
         allow_outside: Sequence[str] = (),
         seed: int = 0,
         volatile: Sequence[str] = DEFAULT_VOLATILE,
+        isolate: bool = True,
+        load_timeout: float | None = None,
     ) -> Report:
         """Run any program ``cmd`` (Python or not) under strace as the save, then judge it.
 
@@ -248,32 +259,27 @@ class CrashPoints:
             raise ValueError(f"model must be 'process' or 'power-loss', not {model!r}")
         choose("syscalls")
         top = self._top(root)
-        initial, expected_before = self._begin(top, load, before)
+        reader = _reader(load, before, after, isolate, load_timeout)
+        initial = self._begin(top, reader)
         try:
-            code, stderr, obs = observe_command(
+            run, obs = observe_command(
                 cmd, top, cwd=os.fspath(cwd) if cwd is not None else None, env=env, timeout=timeout,
                 volatile=volatile,
             )  # fmt: skip
-            if code != 0:
-                raise AssertionError(
-                    f"crash_points.subprocess: {list(cmd)} exited with status {code} without a crash, so there is "
-                    f"no completed save to judge. Its stderr ends:\n{stderr[-2000:]}"
-                )
-            return self._judge(obs, initial, load, expected_before, before, after, model, max_states, seed,
-                               allow_outside)  # fmt: skip
+            _ended_well(cmd, run, obs, timeout, top)
+            return self._judge(obs, initial, reader, after, model, max_states, seed, allow_outside)
         finally:
             initial.close()
+            reader.close()
 
     @staticmethod
-    def _begin(top: str, load: Callable[[], Any], before: Any) -> tuple[Snapshot, Outcome]:
-        """The directory before the save, and what load() returns from it."""
+    def _begin(top: str, reader: StateReader) -> Snapshot:
+        """The directory before the save, after learning what load() returns from it."""
         initial = Snapshot.take(top)
-        if before is not None:
-            return initial, Outcome(value=before)
-        expected = outcome(load)
+        reader.expect_before()
         if _changed(initial, scan(top)):
             initial.materialize(top)  # the load tidied up; the save starts from the real initial state
-        return initial, expected
+        return initial
 
     def _top(self, root: str | os.PathLike[str] | None) -> str:
         top = os.path.abspath(os.fspath(root)) if root is not None else self.root
@@ -284,9 +290,7 @@ class CrashPoints:
         self,
         obs: Observation,
         initial: Snapshot,
-        load: Callable[[], Any],
-        expected_before: Outcome,
-        before: Any,
+        reader: StateReader,
         after: Any,
         model: Model,
         max_states: int | None,
@@ -301,14 +305,34 @@ class CrashPoints:
         fs_model.check_prefixes()
         check_explained("crash_points", obs, initial, final, fs_model, allow_outside=allow_outside)
         sim = CrashSimulator(initial, obs.ops, model=fs_model, seed=seed)
-        report = Report(model, 0, [_rel(op.describe(), top) for op in sim.ops], observer=obs.observer, seed=seed)
+        report = Report(
+            model, 0, [_rel(op.describe(), top) for op in sim.ops], observer=obs.observer, seed=seed
+        )
         try:
-            reader = _Reader(sim, load, before, after)
-            reader.expect(expected_before)
+            probing = _expect_after(sim, reader, after)
+            current: list[CrashState] = []
+
+            def relearn() -> None:
+                sim.materialize(sim.initial())
+                reader.expect_before()
+                sim.materialize(sim.final())
+                reader.expect_after()
+                current[0].materialize()
+
+            def read(state: CrashState) -> Verdict:
+                current[:] = [state]
+                state.materialize()
+                return reader.read(state.complete, relearn)
+
+            if probing:
+                sim.materialize(sim.initial())
+                reader.probe("initial")
+                sim.materialize(sim.empty())
+                reader.probe("empty")
             states = sim.states(model, max_states=max_states)
             judge_states(
                 (judged(s, _rel(s.description, top), s.complete, s.losses) for s in states),
-                reader.read,
+                read,
                 report,
                 label="crash_points",
                 total=max_states,
@@ -321,9 +345,13 @@ class CrashPoints:
         report.candidates = sim.stats.candidates
         report.per_op = sim.stats.per_op
         report.per_class = sim.stats.per_class
+        report.load_seconds = reader.load_seconds
+        report.bytes_materialized = sim.bytes_materialized
         report.seconds = time.perf_counter() - start
         self.reports.append(report)
-        self.recorder.add_run("crash_points", states=report.states, violations=len(report.violations), model=model)
+        self.recorder.add_run(
+            "crash_points", states=report.states, violations=len(report.violations), model=model
+        )
         if report.violations:
             raise AssertionError(self._message(report, top, sim))
         return report

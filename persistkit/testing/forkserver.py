@@ -30,16 +30,23 @@ import threading
 import time
 from typing import IO, Any
 
-__all__ = ["ForkServer", "main"]
+__all__ = ["ForkServer", "kill_cycle", "main", "running"]
 
 
 def _emit(line: str) -> None:
     os.write(1, (line + "\n").encode())
 
 
-def serve(preload: list[str]) -> int:
+def _call(spec: str, argv: list[str]) -> Any:
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)(argv)
+
+
+def serve(preload: list[str], warm: list[tuple[str, list[str]]] | None = None) -> int:
     for module in preload:
         importlib.import_module(module)
+    for spec, argv in warm or []:
+        _call(spec, argv)  # before any fork: what it loads lazily is shared by every child
     _emit("READY")
     for raw in sys.stdin:
         cmd, _, rest = raw.strip().partition(" ")
@@ -52,8 +59,7 @@ def serve(preload: list[str]) -> int:
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     signal.signal(signal.SIGINT, signal.SIG_DFL)
                     os.close(0)
-                    module, func = spec["target"].split(":")
-                    code = int(getattr(importlib.import_module(module), func)(spec.get("argv", [])) or 0)
+                    code = int(_call(spec["target"], spec.get("argv", [])) or 0)
                 except SystemExit as exc:
                     code = exc.code if isinstance(exc.code, int) else 1
                 except BaseException as exc:
@@ -73,9 +79,21 @@ def serve(preload: list[str]) -> int:
 class ForkServer:
     """Harness side: start the server, run targets, collect their lines, kill them."""
 
-    def __init__(self, preload: list[str], *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        preload: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        warm: list[tuple[str, list[str]]] | None = None,
+        startup_timeout: float = 300.0,
+    ) -> None:
+        """``preload``: modules to import; ``warm``: ``("module:function", argv)`` calls made after
+        the imports and before the first fork (open the app once, so its lazy imports happen here)."""
+        cmd = [sys.executable, "-m", "persistkit.testing.forkserver", "--preload", ",".join(preload)]
+        if warm:
+            cmd += ["--warm", json.dumps([[spec, list(argv)] for spec, argv in warm])]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "persistkit.testing.forkserver", "--preload", ",".join(preload)],
+            cmd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -88,9 +106,11 @@ class ForkServer:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        ready = self.next_line(timeout=120)
+        ready = self.next_line(timeout=startup_timeout)
         if ready != "READY":
-            raise RuntimeError(f"fork server failed to start: {ready!r}")
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"fork server failed to start (preload {preload}, warm-up {warm}): {ready!r}")
 
     def _read(self) -> None:
         for line in self._out:
@@ -161,21 +181,61 @@ class ForkServer:
         self.close()
 
 
-def kill_cycle(server: ForkServer, target: str, argv: list[str], *, after: float) -> tuple[int, list[str]]:
-    """Run one child, SIGKILL it ``after`` seconds in (a real signal), reap it; its exit code and lines."""
-    pid, early = server.run(target, argv)
+def running(pid: int) -> bool:
+    """The child has not exited yet (a zombie waiting to be reaped counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_cycle(
+    server: ForkServer,
+    target: str,
+    argv: list[str],
+    *,
+    after: float,
+    ready: str | None = None,
+    acks: int = 0,
+    timeout: float = 120.0,
+) -> tuple[int, list[str]]:
+    """Run one child, SIGKILL it (a real signal), reap it; its exit code and lines.
+
+    The kill lands ``after`` seconds past the moment the child printed a line starting with
+    ``ready`` (when given) and then ``acks`` lines starting with ``ACK``: timed from what the
+    child said, not from its start, so a slow start on a loaded machine does not turn the
+    cycle into a kill during start-up. A child that says neither within ``timeout`` seconds
+    is killed then (the lines show how far it got).
+    """
+    pid, lines = server.run(target, argv)
+    deadline = time.monotonic() + timeout
+
+    def said_enough() -> bool:
+        up = ready is None or any(ln.startswith(ready) for ln in lines)
+        return up and sum(ln.startswith("ACK") for ln in lines) >= acks
+
+    while not said_enough():
+        if time.monotonic() > deadline or not running(pid):
+            after = 0.0  # it will never say it: kill (or reap) it now; its lines tell why
+            break
+        line = server.next_line(timeout=0.05)
+        if line is not None:
+            lines.append(line)
     time.sleep(after)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    code, lines = server.wait(pid)
-    return code, early + lines
+    code, rest = server.wait(pid)
+    return code, lines + rest
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m persistkit.testing.forkserver")
     parser.add_argument("--preload", default="")
+    parser.add_argument("--warm", default="[]")
     args = parser.parse_args(argv)
-    return serve([m for m in args.preload.split(",") if m])
+    warm = [(str(spec), [str(a) for a in argv]) for spec, argv in json.loads(args.warm)]
+    return serve([m for m in args.preload.split(",") if m], warm)
 
 
 if __name__ == "__main__":

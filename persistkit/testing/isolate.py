@@ -380,7 +380,7 @@ def _describe_error(err: BaseException) -> dict[str, Any]:
     }
 
 
-def _runner_main(sock: socket.socket, diag: int, fn: Callable[..., Any]) -> NoReturn:
+def _runner_main(sock: socket.socket, diag: int, fn: Callable[..., Any], fresh: bool = False) -> NoReturn:
     code = 0
     try:
         import faulthandler
@@ -412,10 +412,10 @@ def _runner_main(sock: socket.socket, diag: int, fn: Callable[..., Any]) -> NoRe
             threads = [t for t in threading.enumerate() if t not in before and t.is_alive()]
             stragglers += [f"thread {t.name!r}" for t in threads]
             reply["stragglers"] = tuple(stragglers)
-            reply["retire"] = bool(threads)
+            reply["retire"] = bool(threads) or fresh
             _flush_stdio()
             _send_frame(sock, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
-            if threads:  # threads that outlive a call end with the process
+            if threads or fresh:  # threads that outlive a call end with the process; fresh: one call each
                 break
     except BaseException:  # the channel broke: the test process is gone or gave up
         code = 70
@@ -423,7 +423,7 @@ def _runner_main(sock: socket.socket, diag: int, fn: Callable[..., Any]) -> NoRe
     os._exit(code)
 
 
-def _keeper_main(ctl: socket.socket, fn: Callable[..., Any]) -> NoReturn:
+def _keeper_main(ctl: socket.socket, fn: Callable[..., Any], fresh: bool = False) -> NoReturn:
     try:
         for fd in list(_PARENT_FDS):
             with contextlib.suppress(OSError):
@@ -443,7 +443,7 @@ def _keeper_main(ctl: socket.socket, fn: Callable[..., Any]) -> NoReturn:
                 ctl.close()
                 ours.close()
                 os.close(diag_r)
-                _runner_main(theirs, diag_w, fn)
+                _runner_main(theirs, diag_w, fn, fresh)
             theirs.close()
             os.close(diag_w)
             pidfd = os.pidfd_open(pid)
@@ -528,12 +528,12 @@ class _Runner:
 
 
 class _Keeper:
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], fresh: bool = False) -> None:
         ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = _fork()
         if pid == 0:
             ctl.close()
-            _keeper_main(theirs, fn)
+            _keeper_main(theirs, fn, fresh)
         theirs.close()
         self.pid, self.ctl = pid, ctl
         self.pidfd = os.pidfd_open(pid)
@@ -611,22 +611,24 @@ class Worker:
     worker was made (its keeper is forked then). Arguments and results cross a
     socket as pickles; keep arguments small. When a call kills its process or
     times out, the next call transparently gets a fresh runner (``restarts``
-    counts them). Should the keeper itself die, the call raises ``WorkerBroken``
+    counts them). ``fresh=True`` gives every call a runner of its own, forked from
+    the keeper, so nothing one call leaves in memory (a cache) reaches the next. Should the keeper itself die, the call raises ``WorkerBroken``
     and the next call forks a new keeper from the caller as it is by then.
 
         with Worker(judge_state, timeout=10) as worker:
             outcomes = [worker.call(i) for i in range(len(states))]
     """
 
-    def __init__(self, fn: Callable[..., Any], *, timeout: float) -> None:
+    def __init__(self, fn: Callable[..., Any], *, timeout: float, fresh: bool = False) -> None:
         if not hasattr(os, "pidfd_open"):
             raise RuntimeError("persistkit.testing.isolate needs Linux 5.3+ (pidfds)")
         self.fn = fn
         self.timeout = timeout
+        self.fresh = fresh
         self.calls = 0
         self.restarts = 0
         self._spawned = 0
-        self._state: dict[str, Any] = {"keeper": _Keeper(fn)}
+        self._state: dict[str, Any] = {"keeper": _Keeper(fn, fresh)}
         self._finalizer = weakref.finalize(self, _shut_down, self._state)
 
     def __enter__(self) -> Worker:
@@ -657,7 +659,7 @@ class Worker:
         self.calls += 1
         try:
             if "keeper" not in self._state:
-                self._state["keeper"] = _Keeper(self.fn)
+                self._state["keeper"] = _Keeper(self.fn, self.fresh)
             return self._exchange(self._runner(), request, limit)
         except WorkerBroken:
             _shut_down(self._state)
@@ -668,7 +670,7 @@ class Worker:
         if runner is None:
             runner = self._state["keeper"].spawn()
             self._state["runner"] = runner
-            self.restarts += bool(self._spawned)
+            self.restarts += bool(self._spawned) and not self.fresh
             self._spawned += 1
         return runner
 

@@ -215,6 +215,8 @@ class Report:
     mutations: int = 0
     per_op: Counter[str] = field(default_factory=Counter)
     per_class: Counter[str] = field(default_factory=Counter)
+    load_seconds: float = 0.0  # spent in load() on the crash states (the floor of any verifier's cost)
+    bytes_materialized: int = 0  # bytes written to build the crash states
 
     def summary(self) -> str:
         if self.model == "object-store":
@@ -318,7 +320,9 @@ def judge_states(
                 report.old_states += 1
             else:
                 report.violations.append(
-                    Violation(item.description, item.complete, verdict.got, verdict.detail, item.losses, item.state)
+                    Violation(
+                        item.description, item.complete, verdict.got, verdict.detail, item.losses, item.state
+                    )
                 )
     finally:
         progress.done()
@@ -335,7 +339,9 @@ def _rel(text: str, root: str) -> str:
     return text.replace(root + os.sep, "").replace(root, ".") if root else text
 
 
-def fix_hint(losses: Sequence[Any], operations: Sequence[Any] = (), *, root: str = "", model: str = "") -> str:
+def fix_hint(
+    losses: Sequence[Any], operations: Sequence[Any] = (), *, root: str = "", model: str = ""
+) -> str:
     """One line saying what to change, from the loss that defines the first violating state."""
     from persistkit.testing.fs.ops import OpKind
 
@@ -386,6 +392,23 @@ def fix_hint(losses: Sequence[Any], operations: Sequence[Any] = (), *, root: str
     )
     if renamed:
         return f"fsync {path} (flush and os.fsync its descriptor) before renaming it over the target"
+    rewritten = any(
+        getattr(o, "kind", None) == OpKind.CREATE
+        and getattr(o, "path", None) == op.path
+        and getattr(o, "truncate", False)
+        for o in operations
+    )
+    later = [
+        o for o in operations
+        if getattr(o, "kind", None) == OpKind.WRITE and getattr(o, "path", None) == op.path and o.index > op.index
+    ]  # fmt: skip
+    if later and not rewritten and op.kind == OpKind.WRITE:
+        # an update in place (a log, a header and its records): the pages reach the disk in any order
+        return (
+            f"the disk may write {path}'s pages in any order: fsync what a later write refers to (the records) "
+            "before writing the part that refers to it (a header, a count, a pointer), or have the reader "
+            "verify a checksum"
+        )
     return (
         f"write {path} to a temp file in the same directory, fsync it, os.replace() it over the target, "
         "then fsync the directory: a file rewritten in place can be left torn or empty"

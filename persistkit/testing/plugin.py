@@ -119,8 +119,9 @@ def pytest_configure(config: pytest.Config) -> None:
         set_default(observe)
     config.addinivalue_line(
         "markers",
-        f"{BUDGET_MARKER}(max_bytes=None, max_save_seconds=None): fail the test if a file persistkit writes "
-        "during it grows past max_bytes, or one save takes longer than max_save_seconds.",
+        f"{BUDGET_MARKER}(max_bytes=None, max_save_seconds=None): fail the test if a file written during it "
+        "grows past max_bytes, or one save (persistkit's or your code's) takes longer than max_save_seconds; "
+        "a budget that observed nothing to judge fails too.",
     )
 
 
@@ -135,25 +136,36 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     marker = item.get_closest_marker(BUDGET_MARKER)
     if marker is None and not _reporting(item.config):
         return (yield)
-    from persistkit.testing.budget import Budget, check_budget, measure
+    from persistkit.testing.budget import Budget, check_budget, measure, unjudged
 
     budget = Budget.from_marker(marker.args, dict(marker.kwargs)) if marker is not None else None
     funcargs = getattr(item, "funcargs", {})
     roots = [funcargs["tmp_path"]] if "tmp_path" in funcargs else []  # catches C writers (torch.save) too
-    with measure(roots=roots) as fs:
+    test_code = getattr(getattr(item, "function", None), "__code__", None)
+    with measure(roots=roots, boundaries=[test_code] if test_code is not None else []) as fs:
         result = yield
     for path, size in fs.files().items():
         RECORDER.add_file(path, size)
     for save in fs.saves:
-        RECORDER.add_save(save.seconds)
+        RECORDER.add_save(save.seconds, target=save.target, kind=save.kind)
+    RECORDER.unobserved.extend(fs.unobserved)
     if budget is not None:
+        blind = unjudged(fs, budget)
         problems = check_budget(fs, budget)
         RECORDER.add_run(
-            "persist_budget", violations=len(problems), saves=len(fs.saves), files=len(fs.files())
+            "persist_budget",
+            violations=len(problems) + len(blind),
+            saves=len(fs.saves),
+            files=len(fs.files()),
         )
         if problems:
             raise AssertionError(
                 f"persist_budget exceeded ({len(problems)}):\n  " + "\n  ".join(problems[:10])
+            )
+        if blind:
+            raise AssertionError(
+                "persist_budget: no verdict, because what the budget limits was not observed (never a "
+                "pass):\n  " + "\n  ".join(blind[:10])
             )
     return result
 

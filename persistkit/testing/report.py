@@ -24,6 +24,8 @@ class Recorder:
 
     files: dict[str, int] = field(default_factory=dict)  # path -> size in bytes
     save_seconds: list[float] = field(default_factory=list)
+    save_log: list[dict[str, Any]] = field(default_factory=list)  # per save: seconds, target, kind, test
+    unobserved: list[str] = field(default_factory=list)  # saves whose timing was not seen, and why
     crash_states: int = 0
     faults: int = 0
     corruptions: int = 0
@@ -43,8 +45,9 @@ class Recorder:
     def add_file(self, path: str, size: int) -> None:
         self.files[path] = size
 
-    def add_save(self, seconds: float) -> None:
+    def add_save(self, seconds: float, *, target: str = "", kind: str = "") -> None:
         self.save_seconds.append(seconds)
+        self.save_log.append({"seconds": seconds, "target": target, "kind": kind, "test": self.test})
 
     def to_dict(self) -> dict[str, Any]:
         saves = self.save_seconds
@@ -55,6 +58,9 @@ class Recorder:
                 "median_seconds": statistics.median(saves) if saves else None,
                 "max_seconds": max(saves) if saves else None,
                 "all_seconds": list(saves),
+                "by_user_code": sum(1 for s in self.save_log if s["kind"] == "user save"),
+                "all": list(self.save_log),
+                "unobserved": list(self.unobserved),
             },
             "crash_states": self.crash_states,
             "faults": self.faults,
@@ -68,6 +74,8 @@ class Recorder:
         """Add a worker's ``to_dict()`` to this recorder."""
         self.files.update(data.get("files", {}))
         self.save_seconds.extend(data.get("saves", {}).get("all_seconds", []))
+        self.save_log.extend(data.get("saves", {}).get("all", []))
+        self.unobserved.extend(data.get("saves", {}).get("unobserved", []))
         for name in ("crash_states", "faults", "corruptions", "kills", "violations"):
             setattr(self, name, getattr(self, name) + int(data.get(name, 0)))
         self.runs.extend(data.get("runs", []))
@@ -97,12 +105,21 @@ def render_table(rec: Recorder, *, max_files: int = 20) -> list[str]:
             lines.append(f"  ... and {len(files) - max_files} more")
     saves = data["saves"]
     if saves["count"]:
+        user = saves["by_user_code"]
         lines.append(
-            f"saves: {saves['count']}  median {saves['median_seconds'] * 1000:.2f} ms  "
-            f"max {saves['max_seconds'] * 1000:.2f} ms"
+            f"saves: {saves['count']} ({user} by user code, {saves['count'] - user} by persistkit)  "
+            f"median {saves['median_seconds'] * 1000:.2f} ms  max {saves['max_seconds'] * 1000:.2f} ms"
         )
+        slowest = sorted(rec.save_log, key=lambda s: -s["seconds"])[:5]
+        for s in slowest:
+            target = s["target"] if len(s["target"]) <= 70 else "..." + s["target"][-67:]
+            lines.append(f"  {s['seconds'] * 1000:9.2f} ms  {s['kind'] or 'save'} of {target}")
     else:
         lines.append("saves: 0")
+    if rec.unobserved:
+        lines.append(f"saves not observed (their time is unknown): {len(rec.unobserved)}")
+        for text in rec.unobserved[:5]:
+            lines.append(f"  {text}")
     lines.append(
         f"crash states explored: {rec.crash_states}  faults injected: {rec.faults}  "
         f"corruptions tried: {rec.corruptions}  kills: {rec.kills}  violations: {rec.violations}"

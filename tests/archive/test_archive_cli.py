@@ -43,6 +43,17 @@ def test_list_says_when_there_are_none_and_lists_them_otherwise(ws):
     assert listed.exit_code == 0 and path.name in listed.output
 
 
+def test_list_takes_the_workspace_as_an_argument_like_state_inspect(ws):
+    path = Archiver(ws).create()
+    listed = run("list", ws)
+    assert listed.exit_code == 0 and path.name in listed.output
+    assert run("list", ws, "--root", ws).exit_code == 0
+    both = run("list", ws, "--root", ws / "logs")
+    assert both.exit_code == 2 and "give the workspace once" in both.output
+    missing = run("list", ws / "typo")
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
 def test_create_warns_when_no_source_exists(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run("create", "--root", tmp_path / "empty")

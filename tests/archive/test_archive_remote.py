@@ -635,3 +635,44 @@ def test_push_draws_progress_bars_only_when_asked_or_on_a_terminal(remote, capfd
     )
     make().create()
     assert capfd.readouterr().err == ""
+
+
+# -- round two: names and trees an archive cannot hold ---------------------------------------------------
+
+
+def test_a_file_that_is_also_a_directory_fails_verify_and_pull_never_half_a_restore(s3_bucket, tmp_path):
+    """``logs/a`` and ``logs/a/b``: no file system holds both. It used to verify and pull, then its restore
+    failed half-way; it is refused by the checker, so by verify, pull and restore alike."""
+    server, bucket = s3_bucket
+    (tmp_path / "crafted").mkdir()
+    crafted = craft(tmp_path / "crafted" / "training_backup_20260101_000000.zip",
+                    [("logs/a", "file", "a file"), ("logs/a/b", "file", "below it")])  # fmt: skip
+    box = tmp_path / "box"
+    box.mkdir()
+    report = Archiver(box).verify(crafted)
+    assert not report.ok and any("needs it to be a directory" in p for p in report.problems)
+    with pytest.raises(UnsafeArchiveError, match="cannot be restored"):
+        Archiver(box).restore(crafted, box / "restored")
+    assert not (box / "restored").exists()
+    upload_with_record(server, bucket, f"archives/{crafted.name}", crafted)
+    arc = Archiver(tmp_path / "ws", remote=f"s3://{bucket}/archives", storage_options=server.storage_options)
+    with pytest.raises(IntegrityError, match="does not verify against its manifest"):
+        arc.pull(crafted.name)
+    with pytest.raises(UnsafeArchiveError, match="cannot be restored"):
+        arc.restore(f"s3://{bucket}/archives/{crafted.name}", box / "from-url")
+    assert sorted(p.name for p in box.iterdir()) == []
+
+
+def test_a_stamp_shaped_name_with_an_impossible_date_is_listed_as_such_and_never_breaks_create(remote):
+    server, bucket, make = remote
+    arc = make(remote_keep=1)
+    first = arc.create()
+    bogus = "training_backup_20261399_000000.zip"
+    server.client().put_object(Bucket=bucket, Key=f"archives/{bogus}", Body=b"not an archive")
+    listed = {a.name: a for a in arc.list_remote()}
+    assert listed[bogus].state == "not an archive name" and "not a time" in listed[bogus].problem
+    assert listed[first.name].state == "verified"
+    second = arc.create()  # pushes, then retention: the bogus name is neither counted nor removed
+    assert [a.name for a in arc.list_remote() if a.state == "verified"] == [second.name]
+    assert f"archives/{bogus}" in keys(server, bucket, "archives/")
+    assert [d.item.id for d in arc.prune_remote(dry_run=True)] == [second.name]

@@ -99,15 +99,14 @@ def in_place(ops: int, name: str) -> dict[str, Fail]:
     target = re.escape(name)
     return {
         "process": Fail(ops, rf"process crash after #\d+ (create|write|truncate) {target}\b"),
-        "power-loss": Fail(ops, rf"power loss after #\d+ (create|write|truncate) {target}\b"),
+        # the state is named by what it lost: the truncating create or a write of the target
+        "power-loss": Fail(ops, rf"power loss .*#\d+ (create|write|truncate) {target}\b"),
     }
 
 
 def renamed_without_fsync(ops: int, name: str) -> Fail:
     """temp + rename, no fsync: after power loss the rename can be durable and the data not."""
-    return Fail(
-        ops, rf"power loss after #\d+ replace \S+ -> {re.escape(name)}: (lost|#\d+ write .* left as zeros)"
-    )
+    return Fail(ops, r"power loss .*(lost|only|zeros|torn|reached the disk).*#\d+ write")
 
 
 # -- SQLite (rollback journal, journal_mode=DELETE, the default) ----------------------------
@@ -182,7 +181,8 @@ entry(
     "sqlite-OFF",
     syscalls_process=Pass(14),
     syscalls_power_loss=Fail(
-        14, r"power loss after #\d+ .*(lost|left as zeros|reverted) #\d+ (write|unlink) db\.sqlite"
+        14,
+        r"power loss after #\d+ .*((lost|reverted) #\d+ (create|write|unlink) db\.sqlite|#\d+ write db\.sqlite\S* \[\d+:\d+\] (left as zeros|torn))",
     ),
     python_process=Unjudgeable(),
     python_power_loss=Unjudgeable(),

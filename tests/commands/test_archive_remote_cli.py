@@ -61,6 +61,21 @@ def test_create_push_list_pull_restore_round_trip(s3_bucket, ws, tmp_path):
     assert again.exit_code == 0 and "already there" in again.output
 
 
+def test_list_remote_reports_a_name_with_an_impossible_date_and_leaves_it_alone(s3_bucket, ws):
+    server, bucket = s3_bucket
+    url = f"s3://{bucket}/archives"
+    assert run(server, "archive", "create", "--root", ws, "--remote", url).exit_code == 0
+    server.client().put_object(Bucket=bucket, Key="archives/training_backup_20261399_000000.zip", Body=b"x")
+    listed = run(server, "archive", "list", "--remote", url)
+    assert listed.exit_code == 0, listed.output
+    assert (
+        "training_backup_20261399_000000.zip  size unknown  created -  not an archive name" in listed.output
+    )
+    assert "is not a time" in listed.output and "left alone" in listed.output
+    assert "not proven off-site" not in listed.output  # nothing to push again
+    assert run(server, "archive", "create", "--root", ws, "--remote", url).exit_code == 0
+
+
 def test_push_prune_dry_run_and_list_show_reasons_and_states(s3_bucket, ws):
     server, bucket = s3_bucket
     url = f"s3://{bucket}/archives"
@@ -153,7 +168,7 @@ def published(s3_bucket, ws, tmp_path):
     ).create()
     store = pk.ModelStore(f"s3://{bucket}/models", cache_dir=tmp_path / "cache", key_file=tmp_path / "store.key",
                           storage_options=server.storage_options)  # fmt: skip
-    version = store.save({"w": np.arange(6.0)}, symbol="BTC", agent="ppo", timeframe="1h")
+    version = str(store.save({"w": np.arange(6.0)}, symbol="BTC", agent="ppo", timeframe="1h"))
     loose = pk.save_bundle(tmp_path / "loose.models", {"w": [1, 2, 3]}, encrypt=False)
     server.client().put_object(Bucket=bucket, Key="loose/loose.models", Body=loose.read_bytes())
     return server, bucket, archive, version, tmp_path / "store.key"

@@ -146,6 +146,17 @@ def test_io_error_advice_fits_the_errno_and_the_operation(tmp_path, op, code, sa
         assert "previous copy is untouched" in text
     if op == "create temp file for":
         assert "Nothing was written" in text
+    assert "for failed on" not in text and " at failed on" not in text  # an operation ending in a
+    # preposition is followed by its path: "create temp file for '/x' failed: ..."
+
+
+def test_a_failed_atomic_write_reads_as_a_sentence(tmp_path):
+    from persistkit.io import atomic_write
+
+    target = tmp_path / "missing" / "model.pk"
+    with pytest.raises(PersistIOError) as info:
+        atomic_write(target, b"x")
+    assert str(info.value).startswith(f"create temp file for {str(target)!r} failed: ENOENT")
 
 
 def test_after_replaces_the_default_consequence(tmp_path):

@@ -188,11 +188,13 @@ def test_the_probe_runs_on_the_real_store_and_is_not_recorded(s3_bucket):
 
 
 def test_the_probe_still_refuses_a_real_server_reached_through_a_wrapper(s3_bucket):
-    """A wrapped real store is probed too: a bucket that does not exist is refused at start-up."""
+    """A wrapped real store is probed too, before its first write: a bucket that does not exist is refused."""
     server, _ = s3_bucket
     opts = {**server.storage_options, "default_block_size": 5 * 2**20}
-    with record_objects() as log, pytest.raises(PersistIOError) as caught:
-        remote_store("s3://pk-no-such-bucket-objstore/r", storage_options=opts)
+    with record_objects() as log:
+        store = remote_store("s3://pk-no-such-bucket-objstore/r", storage_options=opts)  # sends nothing
+        with pytest.raises(PersistIOError) as caught:
+            store.put_new("k", b"v")
     assert "pk-no-such-bucket-objstore" in str(caught.value)
     assert len(log) == 0
 

@@ -24,11 +24,21 @@ def test_urls_are_told_from_local_paths():
     assert not is_url("file:///tmp/models") and not is_url(42)
 
 
-def test_the_start_up_probe_passes_on_a_server_that_honours_conditions_and_leaves_nothing(s3_bucket):
+def test_the_write_probe_runs_before_the_first_write_only_and_leaves_nothing(s3_bucket):
     server, bucket = s3_bucket
     store = RemoteStore(f"s3://{bucket}/root", storage_options=server.storage_options)
-    assert store.requests == 5  # put, put again (refused), get, swap with a wrong etag (refused), delete
-    assert server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert store.requests == 0  # nothing is sent at start-up
+    assert store.get_or_none("x") is None and store.list("") == []  # a reader never probes
+    reads = store.requests
+    assert store.put_new("x", b"1")
+    # put, put again (refused), a multipart upload completed create-only onto it (create, part, complete
+    # refused; its abort is not counted), get, swap on that etag, swap on it again (refused), get, delete
+    assert store.requests - reads - 1 == 10
+    before = store.requests
+    assert store.put_new("y", b"2") and store.requests == before + 1  # once per bucket and process
+    keys = [o["Key"] for o in server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["root/x", "root/y"]
+    assert not server.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
 def test_a_server_that_ignores_if_none_match_is_refused(s3_bucket, monkeypatch):
@@ -43,15 +53,17 @@ def test_a_server_that_ignores_if_none_match_is_refused(s3_bucket, monkeypatch):
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", ignoring)
     server, bucket = s3_bucket
+    store = RemoteStore(f"s3://{bucket}/root", storage_options=server.storage_options)
     with pytest.raises(PersistIOError, match="cannot keep its guarantees") as info:
-        RemoteStore(f"s3://{bucket}/root", storage_options=server.storage_options)
+        store.put_new("x", b"1")
     assert info.value.errno == errno.EOPNOTSUPP and "If-None-Match" in str(info.value)
+    assert store.get_or_none("x") is None  # refused before the write
 
 
 def test_a_backend_without_compare_and_swap_is_refused():
     pytest.importorskip("fsspec")
     with pytest.raises(PersistIOError, match="compare-and-swap"):
-        RemoteStore("memory://bucket/root")
+        RemoteStore("memory://bucket/root").put_new("x", b"1")
 
 
 def test_create_only_put_gives_a_name_to_one_writer(remote):
@@ -126,8 +138,9 @@ def test_a_missing_object_is_a_typed_error_naming_the_url(remote):
 
 
 def test_a_missing_bucket_is_a_typed_error_saying_so(s3_server):
+    store = RemoteStore("s3://pk-no-such-bucket/root", storage_options=s3_server.storage_options)
     with pytest.raises(PersistIOError, match=r"bucket 'pk-no-such-bucket' does not exist") as info:
-        RemoteStore("s3://pk-no-such-bucket/root", storage_options=s3_server.storage_options)
+        store.get_or_none("x")
     assert info.value.errno == errno.ENOENT
 
 
@@ -166,9 +179,9 @@ def test_a_multipart_upload_is_create_only_too(s3_bucket, tmp_path):
     other = tmp_path / "other"
     other.write_bytes(b"b" * (12 * 2**20))
     assert store.put_file_new("big", str(big)) is True
-    assert store.get("big").etag.endswith('-3"')  # three parts: it really was a multipart upload
+    assert store.get("big", limit=None).etag.endswith('-3"')  # three parts: it really was a multipart upload
     assert store.put_file_new("big", str(other)) is False  # the completion carried If-None-Match: *
-    data = store.get("big").data
+    data = store.get("big", limit=None).data
     assert len(data) == 12 * 2**20 and data[:1] == b"a" and data[-1:] == b"a"
 
 
@@ -202,7 +215,10 @@ def test_sigkill_during_a_multipart_upload_leaves_no_visible_object(s3_bucket, t
     assert child.stdout.readline() == "UPLOADING\n", child.stderr.read()
     client = server.client()
     deadline = time.monotonic() + 60
-    while not client.list_multipart_uploads(Bucket=bucket).get("Uploads"):  # parts are on their way
+    while not [
+        u for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"] == "root/big"
+    ]:
+        # parts are on their way (the write probe, before them, is done)
         assert time.monotonic() < deadline and child.poll() is None
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
@@ -222,11 +238,16 @@ def test_unknown_or_expired_credentials_are_a_typed_error_with_advice(iam_enforc
         "secret": "wrong",
         "client_kwargs": {"endpoint_url": iam_enforcing_endpoint, "region_name": "us-east-1"},
     }
+    store = RemoteStore("s3://some-bucket/root", storage_options=options)
     with pytest.raises(
         PersistIOError, match=r"Access denied.*credentials are missing, wrong or expired"
     ) as info:
-        RemoteStore("s3://some-bucket/root", storage_options=options)
-    assert info.value.errno == errno.EACCES and info.value.path.startswith("s3://some-bucket/root/")
+        store.get("x")
+    assert info.value.errno == errno.EACCES and info.value.path == "s3://some-bucket/root/x"
+    assert "s3:GetObject and s3:ListBucket (all a reader needs)" in str(info.value)
+    with pytest.raises(PersistIOError, match=r"Access denied") as info:
+        store.put_new("x", b"1")  # the write probe's first PUT: a writer's advice
+    assert "s3:PutObject and s3:DeleteObject (what a writer needs" in str(info.value)
 
 
 class ThrottlingProxy:
@@ -374,3 +395,22 @@ def test_a_local_file_that_cannot_be_read_is_a_typed_error_naming_it(remote, tmp
     with pytest.raises(PersistIOError, match=r"dir\.models"):
         remote.upload_new("y", str(unreadable))
     assert remote.get_or_none("x") is None and remote.get_or_none("y") is None  # nothing was made
+
+
+def test_the_write_probe_refuses_a_front_that_rewrites_etags_and_a_reader_never_meets_it(s3_bucket):
+    """A proxy that changes ETag headers breaks every compare-and-swap on what a GET returned: the write
+    probe finds out before the first write; reading through it works."""
+    from fronts import Front
+
+    server, bucket = s3_bucket
+    server.client().put_object(Bucket=bucket, Key="root/there", Body=b"readable")
+    front = Front(server.endpoint)
+    try:
+        front.add(lambda r: r.method in ("GET", "HEAD"), "etag", lambda e: '"proxied-' + e.strip('"') + '"')
+        store = RemoteStore(f"s3://{bucket}/root", storage_options=front.options(server.storage_options))
+        assert store.get("there").data == b"readable"
+        with pytest.raises(PersistIOError, match="etag its own GET returned") as info:
+            store.put_new("x", b"1")
+        assert info.value.errno == errno.EOPNOTSUPP and store.get_or_none("x") is None
+    finally:
+        front.close()

@@ -112,6 +112,7 @@ def test_first_backup_of_a_store(s3_bucket, tmp_path):
 
 
 def test_rounds_with_new_generations_segments_merges_and_garbage_collection(s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setattr(backup_mod, "RETIRE_GRACE", 0.0)  # collected at once: this test checks the collection
     server, bucket = s3_bucket
     monkeypatch.setattr(backup_mod, "MAX_SEGMENTS", 2)
     url, options = f"s3://{bucket}/bots/rounds", server.storage_options
@@ -139,8 +140,9 @@ def test_rounds_with_new_generations_segments_merges_and_garbage_collection(s3_b
     assert set(judge.seen) >= {7, 9, 11, 13, 14}  # each round's state was seen restored
 
 
-def test_a_restored_store_moving_the_pointer_on(s3_bucket, tmp_path):
+def test_a_restored_store_moving_the_pointer_on(s3_bucket, tmp_path, monkeypatch):
     """Machine B restores A's backup, then backs up there itself: the pointer moves from A's objects to B's."""
+    monkeypatch.setattr(backup_mod, "RETIRE_GRACE", 0.0)  # collected at once: this test checks the collection
     server, bucket = s3_bucket
     url, options = f"s3://{bucket}/bots/moved", server.storage_options
     a = Bot(tmp_path / "a", url, options)
@@ -222,7 +224,7 @@ def test_every_local_crash_state_of_a_restore_leaves_no_store_or_the_whole_one(s
     for state in sim.states(model):
         state.materialize(root)
         names = [p.name for p in root.iterdir()]
-        assert all(n == "store" or n.startswith(".store.pk-tmp-") for n in names), names
+        assert all(n == "store" or n.startswith(".store.restore-") for n in names), names
         if "store" not in names:
             assert not state.complete, f"{state.description}: the restore returned, but no store is there"
             outcomes["absent"] += 1

@@ -15,6 +15,7 @@ import pytest
 import persistkit as pk
 from persistkit.errors import PersistIOError
 from persistkit.io.objects import use_object_store
+from persistkit.state import backup as backup_mod
 from persistkit.testing import FaultObjectStore, ObjectFault, SimulatedCrash
 
 
@@ -49,7 +50,8 @@ def named_keys(server, bucket, prefix):
     return keys | {"BACKUP.json"}
 
 
-def test_fail_recover_fail_again_crash_and_catch_up(s3_bucket, tmp_path):
+def test_fail_recover_fail_again_crash_and_catch_up(s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setattr(backup_mod, "RETIRE_GRACE", 0.0)  # collected at once: this test checks the collection
     server, bucket = s3_bucket
     prefix = "bots/faults/"
     url, options = f"s3://{bucket}/{prefix}".rstrip("/"), server.storage_options
@@ -119,7 +121,10 @@ def test_fail_recover_fail_again_crash_and_catch_up(s3_bucket, tmp_path):
     assert remote_keys(server, bucket, prefix) == named_keys(server, bucket, prefix)
 
 
-def test_crash_before_a_generation_is_fully_uploaded_keeps_the_previous_backup(s3_bucket, tmp_path):
+def test_crash_before_a_generation_is_fully_uploaded_keeps_the_previous_backup(
+    s3_bucket, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(backup_mod, "RETIRE_GRACE", 0.0)  # collected at once: this test checks the collection
     server, bucket = s3_bucket
     prefix = "bots/half/"
     url, options = f"s3://{bucket}/{prefix}".rstrip("/"), server.storage_options

@@ -391,16 +391,18 @@ def test_autosave_saves_only_changes_and_survives_errors(store_dir):
     time.sleep(0.3)
     assert store.generation == gen  # nothing changed, nothing saved
     c.value = 9
-    deadline = time.time() + 5
+    deadline = time.time() + 60
     while store.generation == gen and time.time() < deadline:
         time.sleep(0.02)
     assert store.generation > gen
     c.history.append(object())  # the next autosave fails...
-    time.sleep(0.3)
+    deadline = time.time() + 60  # waits for the autosave thread, however slow the machine
+    while store.last_error is None and time.time() < deadline:
+        time.sleep(0.02)
     assert isinstance(store.last_error, UnsupportedTypeError)
     c.history.pop()  # ...and the one after recovers
     c.value = 10
-    deadline = time.time() + 5
+    deadline = time.time() + 60
     while store.last_error is not None and time.time() < deadline:
         time.sleep(0.02)
     assert store.last_error is None

@@ -88,3 +88,23 @@ class CarelessWallet(Wallet):
 
 def make_careless_wallet(state_dir):
     return CarelessWallet(state_dir)
+
+
+class NeverWrites:
+    """A plain app whose save() forgot to write anything (and whose steps write nothing either)."""
+
+    def __init__(self, state_dir):
+        self.n = 0
+
+    def step(self):
+        self.n += 1
+
+    def save(self):
+        pass
+
+    def snapshot(self):
+        return {"n": self.n}
+
+
+def make_never_writes(state_dir):
+    return NeverWrites(state_dir)

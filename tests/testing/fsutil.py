@@ -13,6 +13,13 @@ def fsync_dir(path):
         os.close(fd)
 
 
+def write_all(fd, data):
+    """os.write until every byte is written: a write(2) may write less than asked (a filling disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def read(path):
     with open(path, "rb") as f:
         return f.read()

@@ -121,3 +121,134 @@ def test_the_marker_counts_bytes_written_by_c_code(pytester):
     result.stdout.fnmatch_lines(
         ["*persist_budget exceeded (1):*", "*m.pt reached 8* bytes > max_bytes=100,000*"]
     )
+
+
+# -- saves made by user code -----------------------------------------------------------------------
+
+USER_SAVE = """
+import json, os, time
+
+def save(path, data, pause=0.0):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f); f.flush(); os.fsync(f.fileno())
+    time.sleep(pause)  # slow serialisation, a slow disk...
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+"""
+
+
+def test_the_marker_times_a_slow_save_made_by_user_code(pytester):
+    pytester.makepyfile(
+        test_slow=USER_SAVE
+        + """
+import pytest
+
+@pytest.mark.persist_budget(max_save_seconds=0.05)
+def test_slow_save(tmp_path):
+    save(str(tmp_path / "state.json"), {"balance": 100}, pause=0.3)
+
+@pytest.mark.persist_budget(max_save_seconds=5.0)
+def test_fast_save(tmp_path):
+    save(str(tmp_path / "state.json"), {"balance": 100})
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0", "--persistkit-report")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*persist_budget exceeded (1):*",
+            "*user save of */state.json took 0.3* s > max_save_seconds=0.05*",
+            "*= persistkit report =*",
+            "saves: 2 (2 by user code, 0 by persistkit)*",
+            "*ms  user save of *state.json",
+        ]
+    )
+
+
+def test_a_budget_that_observed_no_save_fails_and_says_so(pytester):
+    pytester.makepyfile(
+        """
+        import pytest, torch
+
+        @pytest.mark.persist_budget(max_save_seconds=1.0)
+        def test_nothing_saved(tmp_path):
+            assert 1 + 1 == 2
+
+        @pytest.mark.persist_budget(max_save_seconds=1.0)
+        def test_saved_by_c_code(tmp_path):
+            torch.save({"w": torch.zeros(10)}, tmp_path / "m.pt")   # written by C++: not timed
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*persist_budget: no verdict, because what the budget limits was not observed (never a pass):*",
+            "*max_save_seconds=1: no save was observed, so none was timed*",
+            "*persist_budget: no verdict*",
+            "*m.pt: changed, but no save of it was observed (written by C code such as torch.save(path)*",
+        ]
+    )
+
+
+def test_a_budget_beside_crash_points_times_the_users_save(pytester):
+    """The budget's observer needs neither ptrace nor the interceptor, so crash_points still runs."""
+    pytester.makepyfile(
+        test_both=USER_SAVE
+        + """
+import json, pytest
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+@pytest.mark.persist_budget(max_save_seconds=30.0)
+@pytest.mark.parametrize("observe", ["syscalls", "python"])
+def test_atomic_and_fast(crash_points, tmp_path, observe):
+    path = str(tmp_path / "w.json")
+    save(path, {"n": 1})
+    report = crash_points(lambda: save(path, {"n": 2}), lambda: load(path), observe=observe)
+    assert report.states > 0
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "0", "--persistkit-report-json=r.json"
+    )
+    result.assert_outcomes(passed=2)
+    import json
+
+    saves = json.loads((pytester.path / "r.json").read_text())["saves"]
+    user = [s for s in saves["all"] if s["kind"] == "user save"]
+    assert len(user) >= 4 and all(s["target"].endswith("w.json") for s in user)  # 2 saves per test
+    assert saves["unobserved"] == []
+
+
+def test_what_one_save_is(tmp_path):
+    """One function's file operations are one save; a test body's are one per library call."""
+    import json
+    import time
+    from pathlib import Path
+
+    def write_tmp(path):
+        with open(path + ".tmp", "w") as f:
+            f.write("x" * 100)
+
+    def save(path):  # helpers inside it belong to its save
+        write_tmp(path)
+        time.sleep(0.2)
+        os.replace(path + ".tmp", path)
+
+    with measure(roots=[tmp_path], boundaries=[test_what_one_save_is.__code__]) as m:
+        save(str(tmp_path / "a"))
+        Path(tmp_path / "b").write_text(json.dumps({"k": 1}))
+        time.sleep(0.3)  # not part of any save: b's write_text returned already
+        Path(tmp_path / "c").write_text("c")
+    kinds = {os.path.basename(s.target): s for s in m.saves if s.kind == "user save"}
+    assert set(kinds) == {"a", "b", "c"} and m.unobserved == []
+    assert kinds["a"].seconds >= 0.2 and kinds["a"].bytes == 100
+    assert kinds["b"].seconds < 0.2 and kinds["c"].seconds < 0.2

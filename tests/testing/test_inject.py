@@ -51,11 +51,14 @@ def kernel_lacks_the_injector():
         return "seccomp disabled"
 
 
-pytestmark = pytest.mark.skipif(kernel_lacks_the_injector() is not None, reason=f"{kernel_lacks_the_injector()}")
+pytestmark = pytest.mark.skipif(
+    kernel_lacks_the_injector() is not None, reason=f"{kernel_lacks_the_injector()}"
+)
 
 
 def test_the_injector_runs_on_this_kernel():
     assert injector_problem() is None
+
 
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
@@ -208,7 +211,11 @@ def test_a_short_write_returns_the_count_the_file_holds_exactly_the_prefix_and_a
         while done < len(payload):  # the loop every correct writer has
             done += write(fd, payload[done:], done)
         os.close(fd)
-        return {"first": len(after_first), "prefix_ok": after_first == payload[: len(after_first)], "pos": position}
+        return {
+            "first": len(after_first),
+            "prefix_ok": after_first == payload[: len(after_first)],
+            "pos": position,
+        }
 
     run, seen = reporting(save, aims=[Aim(0, "write", 1, ShortWrite(1000))])
     assert run.returncode == 0
@@ -296,7 +303,10 @@ def test_closing_what_was_only_read_is_not_a_file_operation(tmp_path):
         os.close(out)
 
     run, _ = reporting(save)
-    assert [(p.syscall, os.path.basename(p.path)) for p in run.log.points] == [("openat", "out"), ("close", "out")]
+    assert [(p.syscall, os.path.basename(p.path)) for p in run.log.points] == [
+        ("openat", "out"),
+        ("close", "out"),
+    ]
 
 
 # -- persistent faults ----------------------------------------------------------------------------
@@ -434,7 +444,9 @@ def tmpfile_save(d, dest):
 
 def test_a_write_to_an_o_tmpfile_file_is_faultable_and_linkat_publishes_it(tmp_path):
     dest = str(tmp_path / "published")
-    run, seen = reporting(lambda: tmpfile_save(str(tmp_path), dest), aims=[Aim(0, "write", 2, Errno("ENOSPC"))])
+    run, seen = reporting(
+        lambda: tmpfile_save(str(tmp_path), dest), aims=[Aim(0, "write", 2, Errno("ENOSPC"))]
+    )
     assert seen == [4, "ENOSPC", 0]
     with open(dest, "rb") as f:
         assert f.read() == b"new state"
@@ -457,7 +469,9 @@ def test_linkat_through_proc_self_fd_is_seen_as_publishing_the_o_tmpfile_file(tm
     def save():
         fd = os.open(tmp_path, os.O_TMPFILE | os.O_WRONLY, 0o644)
         os.write(fd, b"x")
-        return libc.linkat(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), AT_FDCWD, dest.encode(), AT_SYMLINK_FOLLOW)
+        return libc.linkat(
+            AT_FDCWD, f"/proc/self/fd/{fd}".encode(), AT_FDCWD, dest.encode(), AT_SYMLINK_FOLLOW
+        )
 
     run, ret = reporting(save)
     assert ret == 0
@@ -494,7 +508,9 @@ def test_every_mutating_call_is_decoded_with_its_file_and_kind(tmp_path):
         os.close(dfd)
 
     run, _ = reporting(save)
-    seen = [(p.syscall, p.path.removeprefix(d), p.kind, (p.second or "").removeprefix(d)) for p in run.log.points]
+    seen = [
+        (p.syscall, p.path.removeprefix(d), p.kind, (p.second or "").removeprefix(d)) for p in run.log.points
+    ]
     assert seen == [
         ("openat", "/f", "regular", ""),
         ("pwritev2", "/f", "regular", ""),  # CPython calls pwritev2 even without flags
@@ -567,7 +583,9 @@ def test_programs_the_child_starts_are_covered_and_ranked_after_it(tmp_path):
     target = str(tmp_path / "from-shell")
 
     def save():
-        done = subprocess.run(["sh", "-c", f"printf 'a' > {target}; printf 'b' >> {target}"], capture_output=True)
+        done = subprocess.run(
+            ["sh", "-c", f"printf 'a' > {target}; printf 'b' >> {target}"], capture_output=True
+        )
         return [done.returncode, done.stderr.decode()]
 
     dry, _ = reporting(save)
@@ -755,7 +773,11 @@ def test_strace_attached_before_the_filter_sees_the_injected_results(tmp_path):
             os._exit(code)
     os.close(go_r)
     channel.close_child_end()
-    aims = [Aim(0, "write", 2, ShortWrite(3)), Aim(0, "write", 3, Errno("ENOSPC")), Aim(0, "close", 1, Errno("EIO"))]
+    aims = [
+        Aim(0, "write", 2, ShortWrite(3)),
+        Aim(0, "write", 3, Errno("ENOSPC")),
+        Aim(0, "close", 1, Errno("EIO")),
+    ]
     with Listener(channel, aims=aims) as listener:
         tracer = subprocess.Popen(
             ["strace", "-f", "-o", trace, "-e", "trace=openat,write,close", "-p", str(pid)],
@@ -770,7 +792,9 @@ def test_strace_attached_before_the_filter_sees_the_injected_results(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0
     assert [f.action for f in listener.log.fired] == ["short-write", "errno", "close-error"]
     with open(trace) as f:
-        calls = [re.sub(r"\s+= ", " = ", line.split(None, 1)[1].rstrip()) for line in f]  # strace pads columns
+        calls = [
+            re.sub(r"\s+= ", " = ", line.split(None, 1)[1].rstrip()) for line in f
+        ]  # strace pads columns
     opened = next(i for i, line in enumerate(calls) if target in line)
     fd = calls[opened].rsplit("= ", 1)[1]
     lines = [line for line in calls[opened + 1 :] if line.startswith((f"write({fd},", f"close({fd})"))]

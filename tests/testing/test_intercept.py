@@ -16,8 +16,8 @@ import pytest
 
 from persistkit.io import atomic_write, use_fs
 from persistkit.testing.fs import CrashSimulator, Snapshot
-from persistkit.testing.observe.intercept import GuardFS, Interceptor
 from persistkit.testing.fs.recordfs import RecordingFS
+from persistkit.testing.observe.intercept import GuardFS, Interceptor
 
 
 def record(root, fn):

@@ -378,7 +378,7 @@ def test_check_train_and_a_target_are_exclusive(tmp_path):
 
 
 def test_lightning_epoch_checkpoints_resume_exactly_in_a_process_crash(resume_points):
-    pytest.importorskip("lightning")
+    pytest.importorskip("pytorch_lightning")
     job = [sys.executable, str(HERE / "lightning_loop.py"), "--out", "{dir}"]
     report = resume_points(job, weights="final.pt", models=["process"], check=False, shrink=0)
     # step=N.ckpt is installed before last.ckpt: a kill between the two resumes from the older one
@@ -388,7 +388,7 @@ def test_lightning_epoch_checkpoints_resume_exactly_in_a_process_crash(resume_po
 
 @pytest.mark.slow
 def test_lightning_mid_epoch_resume_diverges_silently(resume_points):
-    pytest.importorskip("lightning")
+    pytest.importorskip("pytorch_lightning")
     job = [sys.executable, str(HERE / "lightning_loop.py"), "--out", "{dir}", "--mid-epoch"]
     report = resume_points(job, weights="final.pt", models=["process"], check=False, shrink=0)
     assert SILENT_DIVERGENCE in report.kinds
@@ -397,7 +397,7 @@ def test_lightning_mid_epoch_resume_diverges_silently(resume_points):
 @pytest.mark.slow
 def test_lightning_power_loss(resume_points):
     """_atomic_save renames a temp file from the system temp dir into place, without fsync."""
-    pytest.importorskip("lightning")
+    pytest.importorskip("pytorch_lightning")
     job = [sys.executable, str(HERE / "lightning_loop.py"), "--out", "{dir}"]
     report = resume_points(job, weights="final.pt", models=["power-loss"], check=False, shrink=0)
     assert HARD_FAIL in report.kinds

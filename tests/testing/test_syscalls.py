@@ -13,8 +13,8 @@ from fsutil import fsync_dir, read
 
 from persistkit.testing.crash_points import CrashPoints
 from persistkit.testing.observe import NotJudgeable
-from persistkit.testing.report import Recorder
 from persistkit.testing.observe.syscalls import SyscallLog, parse
+from persistkit.testing.report import Recorder
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from persistkit.io.atomic import TEMP_MARKER, WRITEBACK_EVERY
 from persistkit.io.fs import DelegatingFS, LocalFS, PersistFS
 from persistkit.testing.budget import MeasuringFS
 from persistkit.testing.fs.faultfs import Fault, FaultFS, InjectedFault
-from persistkit.testing.observe.intercept import GuardFS, inside_persistkit_io
 from persistkit.testing.fs.recordfs import RecordingFS
 from persistkit.testing.fs.testfs import (
     CONVENIENCE_OPS,
@@ -29,6 +28,7 @@ from persistkit.testing.fs.testfs import (
     HookedFS,
     Mutation,
 )
+from persistkit.testing.observe.intercept import GuardFS, inside_persistkit_io
 
 OLD = b"old state " * 400
 

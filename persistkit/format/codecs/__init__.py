@@ -12,6 +12,11 @@ sklearn        ``sklearn``                 estimators and pipelines (skops)     
 sklearn-trees  ``sklearn_forests``         decision trees and tree forests, as node     yes: 8 classes + Tree
                                            arrays (chosen over skops when it can)
 sb3            ``sb3``                     stable-baselines3 models, as data            yes: pinned list
+xgboost        ``xgboost``                 boosters and sklearn wrappers, as UBJSON     yes: 7 classes
+                                           checked tree by tree (``ubj`` reads it)
+lightgbm       ``lightgbm``                boosters and sklearn wrappers, as model      yes: 5 classes +
+                                           text checked tree by tree                    LabelEncoder
+keras          ``keras``                   Keras 3 models: config JSON + .weights.h5    yes: pinned list
 =============  ==========================  ===========================================  =====================
 
 Each codec is an object (``Codec``, see ``base``) defined in its own module
@@ -23,8 +28,8 @@ codec is its module plus its line in ``registry.BUILTIN``. The on-disk codec
 ids above never change.
 
 Codec modules are imported on first use, and objects are recognised by the
-name of their type's module, so importing this package imports neither torch
-nor scikit-learn nor stable-baselines3.
+name of their type's module, so importing this package imports none of torch,
+scikit-learn, stable-baselines3, XGBoost, LightGBM or Keras.
 
 ``model_hook`` plugs into ``persistkit.format.tree.encode`` (state stores embed
 models this way); ``decode_member`` rebuilds them. Bundles use

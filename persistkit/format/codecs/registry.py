@@ -7,8 +7,9 @@ consulted before the built-in ones, in the order they were registered.
 
 Order matters for choosing: the first codec whose ``handles(obj)`` is true
 encodes the object, unless it raises ``Declined``; then the next one that
-handles it does. The built-in order puts the model codecs (decision forests
-before skops, torch, SB3) before the value codecs (bytes, numpy, and the tree
+handles it does. The built-in order puts the model codecs (decision forests,
+XGBoost, LightGBM and Keras before skops and torch, whose base classes their
+models derive from; then SB3) before the value codecs (bytes, numpy, and the tree
 codec, which takes anything a tree value can hold).
 """
 
@@ -27,6 +28,10 @@ __all__ = ["BUILTIN", "CodecRegistry"]
 # The built-in codecs in choosing order; each module defines CODEC.
 BUILTIN: tuple[str, ...] = (
     "persistkit.format.codecs.sklearn_forests",  # "sklearn-trees": before skops, which it beats ~5x
+    # before skops: their sklearn wrappers derive from sklearn's BaseEstimator
+    "persistkit.format.codecs.xgboost",  # "xgboost"
+    "persistkit.format.codecs.lightgbm",  # "lightgbm"
+    "persistkit.format.codecs.keras",  # "keras": before torch, since on the torch backend a model is an nn.Module
     "persistkit.format.codecs.sklearn",  # "sklearn"
     "persistkit.format.codecs.torch",  # "torch"
     "persistkit.format.codecs.sb3",  # "sb3"

@@ -30,12 +30,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno as _errno
+import itertools
 import os
 import shutil
 import stat as _stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from persistkit.testing.fs.model import PAGE, SRC_FINAL, SRC_PRISTINE, SRC_SPOOL, SRC_ZERO, FsModel, Inode
 from persistkit.testing.fs.ops import Spool, copy_range
@@ -51,8 +53,9 @@ class RestoreError(RuntimeError):
     """The root could not be put back as the save left it (the message names what differs)."""
 
 
-# Content of one file in one state: (default bound, ((first page, end page, bound), ...), size).
-Descriptor = tuple[int, tuple[tuple[int, int, int], ...], int]
+# Content of one file in one state: (default bound, ((first page, end page, bound), ...), size,
+# positions of data ops whose pages were dropped).
+Descriptor = tuple[int, tuple[tuple[int, int, int], ...], int, frozenset[int]]
 
 
 @dataclass
@@ -81,12 +84,14 @@ class Materializer:
         self.workshop = before.workshop if before.workshop is not None else Workshop(self.root)
         self._owns_workshop = before.workshop is None
         self._fds: dict[str, int] = {}
+        self.bytes_written = 0  # bytes written to build states (the rest was linked or left in place)
         self._copies: dict[int, str] = {}  # inode id -> its copy in the workshop
         self._copy_desc: dict[int, Descriptor | None] = {}  # what each copy holds now
         self._copy_mode: dict[int, int] = {}
         self._current: dict[str, _Placed] | None = None
         self._final: dict[str, Entry] = {}
         self._stash: dict[str, str] = {}  # rel -> a hard link of the entry the save left
+        self._parked: dict[str, str] = {}  # rel -> where an entry the save left waits (renamed away)
         self._final_inode: dict[int, str] = {}  # inode id -> stash path of its final file
         self._watch: _Watcher | None = None
         self._untouched = {
@@ -117,11 +122,15 @@ class Materializer:
             if node.kind != "file":
                 continue
             if node.volatile:
-                files[inode] = (0, (), node.size_at(plan.k))
+                files[inode] = (0, (), node.size_at(plan.k), frozenset())
                 continue
             if plan.default == DURABLE:
                 base = model.last_sync(inode, plan.k)
-                extra = [((s // PAGE), -(-e // PAGE), pos) for pos, s, e in node.range_syncs if base <= pos < plan.k]
+                extra = [
+                    ((s // PAGE), -(-e // PAGE), pos)
+                    for pos, s, e in node.range_syncs
+                    if base <= pos < plan.k
+                ]
             elif plan.upto is not None:
                 base = max(plan.upto, model.last_sync(inode, plan.k))
                 extra = []
@@ -132,10 +141,15 @@ class Materializer:
             size = sizes.get(inode)
             if size is None:
                 size = node.size_at(base)
-                for lo, hi, bound in runs:
+                for _lo, hi, bound in runs:
                     if bound > base:
                         size = max(size, min(node.size_at(bound), hi * PAGE))
-            files[inode] = (base, runs, size)
+            mine = (
+                frozenset(d.position for d in node.datas if d.position in plan.dropped)
+                if plan.dropped
+                else frozenset()
+            )
+            files[inode] = (base, runs, size, mine)
         return _Resolved(entries, files, plan.k)
 
     def key(self, plan: Plan) -> object | None:
@@ -145,11 +159,11 @@ class Materializer:
             return None
         model = self.model
         files = []
-        for inode, (base, runs, size) in sorted(r.files.items()):
+        for inode, (base, runs, size, skip) in sorted(r.files.items()):
             node = model.inodes[inode]
             canon = _canon(node, base)
             kept = tuple((lo, hi, c) for lo, hi, b in runs if (c := _canon(node, b)) != canon)
-            files.append((inode, size, canon, kept))
+            files.append((inode, size, canon, kept, skip))
         modes = tuple(sorted((i, model.inodes[i].mode_at(r.k)) for i in set(r.entries.values())))
         return (frozenset(r.entries.items()), tuple(files), modes)
 
@@ -196,9 +210,11 @@ class Materializer:
                 out.append(rel)
                 continue
             na, nb = self.model.inodes[ia], self.model.inodes[ib]
-            if na.kind != nb.kind or (na.kind == "symlink" and na.target != nb.target):
-                out.append(rel)
-            elif na.kind == "file" and self._digest(ia, ra.files[ia]) != self._digest(ib, rb.files[ib]):
+            if (
+                na.kind != nb.kind
+                or (na.kind == "symlink" and na.target != nb.target)
+                or (na.kind == "file" and self._digest(ia, ra.files[ia]) != self._digest(ib, rb.files[ib]))
+            ):
                 out.append(rel)
         return out
 
@@ -250,10 +266,7 @@ class Materializer:
         """Undo what the last load() changed (or anything else did) before building the next state."""
         assert self._current is not None
         dirty: set[str] | None
-        if self._watch is not None:
-            dirty = self._watch.take()
-        else:
-            dirty = None
+        dirty = self._watch.take() if self._watch is not None else None
         now_scan = scan(self.root) if dirty is None or "" in dirty else None
         if now_scan is not None:
             dirty = set(now_scan) | set(self._current)
@@ -323,14 +336,24 @@ class Materializer:
         current = self._current
         want: dict[str, int] = r.entries
         # 1. remove what the state does not have (deepest first)
-        for rel in sorted(list(current), key=lambda p: -p.count(os.sep)):
+        for rel in sorted(current, key=lambda p: -p.count(os.sep)):
             placed = current[rel]
             inode = want.get(rel)
             keep = inode is not None and self._fits(placed, inode)
             if keep:
                 continue
             full = os.path.join(self.root, rel)
-            if placed.kind == "dir":
+            if placed.origin == "final":
+                # move the entry the save left out of the way, not unlink it: renaming it back later
+                # keeps its dentry, so a descriptor the program holds still names it (/proc/PID/fd,
+                # strace -y), instead of "<path> (deleted)"
+                parked = self.workshop.new_path("parked")
+                try:
+                    os.rename(full, parked)
+                    self._parked[rel] = parked
+                except OSError:
+                    _remove(full)
+            elif placed.kind == "dir":
                 _remove(full)
             else:
                 with contextlib.suppress(FileNotFoundError):
@@ -341,10 +364,10 @@ class Materializer:
             inode = want[rel]
             node = model.inodes[inode]
             full = os.path.join(self.root, rel)
-            placed = current.get(rel)
+            have = current.get(rel)
             mode = node.mode_at(r.k)
             if node.kind == "dir":
-                if placed is None:
+                if have is None:
                     os.mkdir(full, 0o700)
                     os.chmod(full, mode)
                     self._record(rel, "dir", inode, "copy")
@@ -352,20 +375,20 @@ class Materializer:
                         self._watch.add(full, rel)
                 continue
             if node.kind == "symlink":
-                if placed is None:
+                if have is None:
                     os.symlink(node.target, full)
                     self._record(rel, "symlink", inode, "copy")
                 continue
             if node.kind == "fifo":
-                if placed is None:
+                if have is None:
                     os.mkfifo(full, mode)
                     os.chmod(full, mode)
                     self._record(rel, "fifo", inode, "copy")
                 continue
-            if placed is not None and placed.origin == "final":
+            if have is not None and have.origin == "final":
                 continue  # an untouched file, in place
             copy = self._copy(inode, r.files[inode], mode)
-            if placed is None:
+            if have is None:
                 os.link(copy, full)
                 self._record(rel, "file", inode, "copy")
             else:
@@ -422,13 +445,13 @@ class Materializer:
         return path
 
     def _update(self, fd: int, inode: int, old: Descriptor | None, new: Descriptor) -> None:
-        base, runs, size = new
+        base, runs, size, skip = new
         if old is None:
             os.ftruncate(fd, 0)
             self._write_bounds(fd, inode, [(0, -(-size // PAGE), None)], new)
             os.ftruncate(fd, size)
             return
-        o_base, o_runs, o_size = old
+        o_base, o_runs, o_size, o_skip = old
         node = self.model.inodes[inode]
         pages = max(-(-size // PAGE), -(-o_size // PAGE))
         todo: list[tuple[int, int]] = []
@@ -436,14 +459,19 @@ class Materializer:
             if b0 == b1:
                 continue
             todo += _touched(self.model, node, min(b0, b1), max(b0, b1), lo, hi)
+        for d in node.datas:
+            if d.position in (skip ^ o_skip):
+                todo.append((d.start // PAGE, max(d.start, d.end - 1) // PAGE + 1))
         if size > o_size:
             todo.append((o_size // PAGE, -(-size // PAGE)))
         if size != o_size:
             os.ftruncate(fd, size)
         self._write_bounds(fd, inode, [(lo, hi, None) for lo, hi in _merge(todo)], new)
 
-    def _write_bounds(self, fd: int, inode: int, regions: list[tuple[int, int, None]], desc: Descriptor) -> None:
-        base, runs, size = desc
+    def _write_bounds(
+        self, fd: int, inode: int, regions: list[tuple[int, int, None]], desc: Descriptor
+    ) -> None:
+        base, runs, size, skip = desc
         node = self.model.inodes[inode]
         for lo, hi, _ in regions:
             for slo, shi, bound in _split(lo, hi, base, runs):
@@ -453,7 +481,7 @@ class Materializer:
                 if node.volatile:
                     _write_zeros(fd, a, b - a)
                     continue
-                for s, e, kind, src, off in self.model.extents(inode, a, b, bound):
+                for s, e, kind, src, off in self.model.extents(inode, a, b, bound, skip):
                     self._write_extent(fd, s, e, kind, src, off)
 
     def _write_extent(self, fd: int, s: int, e: int, kind: int, src: object, off: int) -> None:
@@ -461,8 +489,10 @@ class Materializer:
         if n <= 0:
             return
         if kind == SRC_ZERO:
-            _write_zeros(fd, s, n)
-        elif kind == SRC_SPOOL:
+            self.bytes_written += _write_zeros(fd, s, n)
+            return
+        self.bytes_written += n
+        if kind == SRC_SPOOL:
             assert isinstance(src, Spool)
             copy_range(src.fd, off, fd, s, n)
         elif kind == SRC_PRISTINE:
@@ -494,14 +524,14 @@ class Materializer:
         return fd
 
     def _read(self, inode: int, desc: Descriptor) -> bytes:
-        base, runs, size = desc
+        base, runs, size, skip = desc
         node = self.model.inodes[inode]
         buf = bytearray(size)
         if node.volatile:
             return bytes(buf)
         for slo, shi, bound in _split(0, -(-size // PAGE), base, runs):
             a, b = slo * PAGE, min(shi * PAGE, size)
-            for s, e, kind, src, off in self.model.extents(inode, a, b, bound):
+            for s, e, kind, src, off in self.model.extents(inode, a, b, bound, skip):
                 if kind == SRC_ZERO:
                     continue
                 if kind == SRC_SPOOL:
@@ -512,7 +542,12 @@ class Materializer:
                     rel = self.model.inodes[src].initial  # type: ignore[index]
                     path = self.model.before.copy_of(rel) if rel else None
                 else:
-                    path = self._final_path(src) if self._current is not None else self.model.final_paths.get(src)  # type: ignore[arg-type]
+                    ino = int(src)  # type: ignore[call-overload]
+                    path = (
+                        self._final_path(ino)
+                        if self._current is not None
+                        else self.model.final_paths.get(ino)
+                    )
                 if path is None:
                     raise RestoreError(f"inode {src}: no file holds its bytes")
                 buf[s:e] = os.pread(self._fd(path), e - s, off)
@@ -586,6 +621,10 @@ class Materializer:
         for rel in sorted(final, key=lambda p: (p.count(os.sep), p)):
             f = final[rel]
             full = os.path.join(self.root, rel)
+            parked = self._parked.pop(rel, None)
+            if parked is not None and not os.path.lexists(full):
+                with contextlib.suppress(OSError):
+                    os.rename(parked, full)  # the very entry (and dentry) the save left
             if os.path.lexists(full):
                 continue
             if f.kind == "dir":
@@ -670,7 +709,7 @@ def _segments(
         cuts.update((min(lo, pages), min(hi, pages)))
     edges = sorted(cuts)
     out = []
-    for lo, hi in zip(edges, edges[1:], strict=False):
+    for lo, hi in itertools.pairwise(edges):
         if lo >= hi:
             continue
         out.append((lo, hi, _bound_of(lo, b0, r0), _bound_of(lo, b1, r1)))
@@ -684,7 +723,9 @@ def _bound_of(page: int, base: int, runs: tuple[tuple[int, int, int], ...]) -> i
     return base
 
 
-def _touched(model: FsModel, node: Inode, lo_pos: int, hi_pos: int, lo_page: int, hi_page: int) -> list[tuple[int, int]]:
+def _touched(
+    model: FsModel, node: Inode, lo_pos: int, hi_pos: int, lo_page: int, hi_page: int
+) -> list[tuple[int, int]]:
     """Page ranges within [lo_page, hi_page) written by data ops at positions in [lo_pos, hi_pos)."""
     import bisect
 
@@ -716,12 +757,47 @@ def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _write_zeros(fd: int, start: int, n: int) -> None:
+_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (linux/falloc.h)
+_PUNCH_AT_LEAST = 64 * 1024
+_punch_state: list[Any] = []  # [fallocate] once loaded; [None] where it is unavailable
+
+
+def _punch(fd: int, start: int, n: int) -> bool:
+    """Make ``[start, start+n)`` read as zeros by deallocating it (no bytes written). False: not supported.
+
+    By hand through ctypes because ``os.posix_fallocate`` takes no mode flags; a hole is what the
+    lost data of a grown file reads as anyway, and punching costs nothing where writing 1 GiB of
+    zeros costs seconds.
+    """
+    if not _punch_state:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fn = libc.fallocate
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+            fn.restype = ctypes.c_int
+            _punch_state.append(fn)
+        except (OSError, AttributeError):
+            _punch_state.append(None)
+    fn = _punch_state[0]
+    if fn is None:
+        return False
+    if fn(fd, _PUNCH, start, n) == 0:
+        return True
+    if ctypes.get_errno() in (_errno.EOPNOTSUPP, _errno.ENOSYS):
+        _punch_state[0] = None  # this file system cannot; write zeros from now on
+    return False
+
+
+def _write_zeros(fd: int, start: int, n: int) -> int:
+    """Make the range read as zeros; the number of bytes actually written (0 when a hole was punched)."""
+    if n >= _PUNCH_AT_LEAST and _punch(fd, start, n):
+        return 0
     done = 0
     while done < n:
         chunk = min(n - done, len(_ZEROS))
         os.pwrite(fd, memoryview(_ZEROS)[:chunk], start + done)
         done += chunk
+    return n
 
 
 def _remove(full: str) -> None:
@@ -763,7 +839,12 @@ def _differences(want: dict[str, Entry], got: dict[str, Entry]) -> list[str]:
             out.append(f"{rel} is extra")
         elif b is None:
             out.append(f"{rel} is missing")
-        elif a.kind != b.kind or a.target != b.target or (a.kind != "dir" and a.ino != b.ino) or a.mode != b.mode:
+        elif (
+            a.kind != b.kind
+            or a.target != b.target
+            or (a.kind != "dir" and a.ino != b.ino)
+            or a.mode != b.mode
+        ):
             out.append(f"{rel} differs")
     return out
 
@@ -776,7 +857,14 @@ _IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x
 _IN_Q_OVERFLOW, _IN_ISDIR, _IN_IGNORED = 0x4000, 0x40000000, 0x8000
 _IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
 _MASK = (
-    _IN_MODIFY | _IN_ATTRIB | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF
+    _IN_MODIFY
+    | _IN_ATTRIB
+    | _IN_MOVED_FROM
+    | _IN_MOVED_TO
+    | _IN_CREATE
+    | _IN_DELETE
+    | _IN_DELETE_SELF
+    | _IN_MOVE_SELF
 )
 _EVENT = struct.Struct("iIII")
 

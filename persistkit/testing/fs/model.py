@@ -115,6 +115,7 @@ class Inode:
     fsyncs: list[int] = field(default_factory=list)  # positions of full fsyncs of this file
     range_syncs: list[tuple[int, int, int]] = field(default_factory=list)  # (position, start, end)
     dir_syncs: list[int] = field(default_factory=list)  # for a directory: positions of its fsyncs
+    failed_syncs: list[int] = field(default_factory=list)  # positions of fsyncs that returned an error
     volatile: bool = False  # a rebuildable index (SQLite -shm): content is not state
 
     def size_at(self, bound: int) -> int:
@@ -224,16 +225,22 @@ class FsModel:
         path = op.path
         if kind in (OpKind.CREATE, OpKind.OPEN_APPEND, OpKind.OPEN_EXISTING):
             self._open(pos, op)
-        elif kind in (OpKind.WRITE, OpKind.TRUNCATE, OpKind.FSYNC):
+        elif kind in (OpKind.WRITE, OpKind.TRUNCATE, OpKind.FSYNC, OpKind.FSYNC_FAILED):
             inode = self.handles.get(op.handle) if op.handle is not None else None
             if inode is None:
+                if kind == OpKind.FSYNC_FAILED:
+                    return  # a directory's failed fsync: it made nothing durable, and nothing else happened
                 if self.inside(path):
-                    self._note(f"{self.rel(path)}: {kind.value} through a file the recorded operations never opened")
+                    self._note(
+                        f"{self.rel(path)}: {kind.value} through a file the recorded operations never opened"
+                    )
                 return
             node = self.inodes.get(inode)
             if node is None:
                 return
-            if kind == OpKind.FSYNC:
+            if kind == OpKind.FSYNC_FAILED:
+                node.failed_syncs.append(pos)
+            elif kind == OpKind.FSYNC:
                 if node.kind == "dir":
                     node.dir_syncs.append(pos)
                 elif op.length:
@@ -259,12 +266,16 @@ class FsModel:
                     del self.ns[p]
             self._meta(pos, op, kind, path, inode=inode or 0, dirs=(self._parent(path),))
         elif kind in (OpKind.MKDIR, OpKind.SYMLINK, OpKind.MKFIFO):
-            node = self._new({OpKind.MKDIR: "dir", OpKind.SYMLINK: "symlink", OpKind.MKFIFO: "fifo"}[kind], created=pos)
+            node = self._new(
+                {OpKind.MKDIR: "dir", OpKind.SYMLINK: "symlink", OpKind.MKFIFO: "fifo"}[kind], created=pos
+            )
             if kind == OpKind.SYMLINK:
                 node.target = op.dst or ""
                 node.base_mode = 0o777
             else:
-                node.base_mode = op.mode if op.mode is not None else (0o755 if kind == OpKind.MKDIR else 0o644)
+                node.base_mode = (
+                    op.mode if op.mode is not None else (0o755 if kind == OpKind.MKDIR else 0o644)
+                )
             self.ns[path] = node.id
             if self.inside(path):
                 self._ever_inside.add(node.id)
@@ -346,7 +357,9 @@ class FsModel:
             if self.inside(dst) or self.inside(src):
                 what = "renamed" if op.kind == OpKind.REPLACE else "linked"
                 if source is None and (self.inside(src) or os.path.dirname(src) in self.ns):
-                    self._note(f"{self._shown(dst)}: {what} from {self._shown(src)}, which no recorded operation created")
+                    self._note(
+                        f"{self._shown(dst)}: {what} from {self._shown(src)}, which no recorded operation created"
+                    )
                 else:
                     self._note(
                         f"{self._shown(dst)}: {what} from {src}, a file outside the root that existed before the "
@@ -443,8 +456,11 @@ class FsModel:
         found.update(node.big)
         return sorted(i for i in found if node.datas[i].start < end and node.datas[i].end > start)
 
-    def extents(self, inode: int, start: int, end: int, bound: int) -> list[Extent]:
-        """Where bytes [start, end) of ``inode`` come from, with every data op before ``bound`` applied."""
+    def extents(
+        self, inode: int, start: int, end: int, bound: int, skip: frozenset[int] = frozenset()
+    ) -> list[Extent]:
+        """Where bytes [start, end) of ``inode`` come from, with every data op before ``bound`` applied
+        (but those at the positions in ``skip``: bytes the kernel dropped)."""
         node = self.inodes[inode]
         out: list[Extent] = []
         if end <= start:
@@ -460,6 +476,8 @@ class FsModel:
             d = node.datas[i]
             if d.position >= bound:
                 break
+            if d.position in skip:
+                continue
             for s, e, kind, src, off in d.sources:
                 cs, ce = max(s, start), min(e, end)
                 if cs < ce:
@@ -499,9 +517,23 @@ class FsModel:
                 return False
         return bool(meta.dirs)
 
+    def dropped_by_failed_fsyncs(self) -> frozenset[int]:
+        """Data ops whose pages a failed fsync may have dropped (fsyncgate, Linux >= 4.13).
+
+        After fsync fails, the kernel marks the file's dirty pages clean: what they held is
+        gone from the page cache once evicted, although a later fsync succeeds. Those are the
+        writes between the file's last successful sync and each failed one.
+        """
+        out: set[int] = set()
+        for node in self.inodes.values():
+            for f in node.failed_syncs:
+                since = self.last_sync(node.id, f)
+                out.update(d.position for d in node.datas if since <= d.position < f)
+        return frozenset(out)
+
     def sync_positions(self) -> list[int]:
         """Positions of every relevant durability point (fsync of any kind, sync)."""
-        out: set[int] = set(p for p in self.sync_alls if self.relevant[p])
+        out: set[int] = {p for p in self.sync_alls if self.relevant[p]}
         for node in self.inodes.values():
             for p in node.fsyncs + node.dir_syncs + [r[0] for r in node.range_syncs]:
                 if self.relevant[p]:
@@ -550,16 +582,15 @@ class FsModel:
                 out.append(f"~ {rel} (points at {a.target}, the operations say {node.target})")
             elif node.created < 0 and node.initial == rel and not node.datas and not node.volatile:
                 b = self.before.entries.get(rel)
-                if b is not None and a.kind == "file" and (a.ino, a.size, a.mtime_ns) != (b.ino, b.size, b.mtime_ns):
+                if b is not None and a.kind == "file" and not _same_file(self.before, rel, b, a):
                     out.append(f"~ {rel} (changed, but no observed operation wrote it)")
         # hard links: paths of one model inode must share one inode on disk
         groups: dict[int, list[str]] = {}
         for rel, i in model.items():
             groups.setdefault(i, []).append(rel)
         for paths in groups.values():
-            if len(paths) > 1 and all(p in after for p in paths):
-                if len({after[p].ino for p in paths}) != 1:
-                    out.append(f"~ {', '.join(paths)} (one file by the operations, separate files on disk)")
+            if len(paths) > 1 and all(p in after for p in paths) and len({after[p].ino for p in paths}) != 1:
+                out.append(f"~ {', '.join(paths)} (one file by the operations, separate files on disk)")
         return out
 
     def verify_content(self) -> list[str]:
@@ -584,11 +615,32 @@ class FsModel:
                     if kind == SRC_FINAL:
                         continue
                     if not _same_bytes(fd, s, e, kind, src, off, self):
-                        out.append(f"~ {self.rel(path)} (bytes {s}-{e} are not what the observed writes put there)")
+                        out.append(
+                            f"~ {self.rel(path)} (bytes {s}-{e} are not what the observed writes put there)"
+                        )
                         break
             finally:
                 os.close(fd)
         return out
+
+
+def _same_file(before: Snapshot, rel: str, b: Entry, a: Entry) -> bool:
+    """An untouched file: the same inode and size, and the same bytes (the time alone can move:
+    fallocate(KEEP_SIZE), utimensat and mapped stores change it without a write)."""
+    if (a.ino, a.size) != (b.ino, b.size):
+        return False
+    if a.mtime_ns == b.mtime_ns:
+        return True
+    copy = before.copy_of(rel)
+    if copy is None:
+        return True  # taken without content: nothing to compare against
+    with open(copy, "rb") as x, open(os.path.join(before.root, rel), "rb") as y:
+        while True:
+            cx, cy = x.read(1 << 20), y.read(1 << 20)
+            if cx != cy:
+                return False
+            if not cx:
+                return True
 
 
 def _same_bytes(fd: int, s: int, e: int, kind: int, src: object, off: int, model: FsModel) -> bool:
@@ -655,6 +707,14 @@ def _apply_meta(ns: dict[str, int], m: MetaOp, inodes: dict[int, Inode], root: s
             # another file (an unlink and re-create of it reverted) is not the source
             return False
         src, dst = m.path, m.dst
+        there = ns.get(dst)
+        if there is not None and there != m.inode:
+            src_dir = inodes[m.inode].kind == "dir" if m.inode in inodes else False
+            dst_dir = inodes[there].kind == "dir" if there in inodes else False
+            if src_dir != dst_dir:
+                return False  # rename(2): EISDIR / ENOTDIR, it cannot have happened
+            if dst_dir and any(p.startswith(dst + os.sep) for p in ns):
+                return False  # rename(2): ENOTEMPTY
         moved = {p: v for p, v in ns.items() if p == src or p.startswith(src + os.sep)}
         for p in moved:
             del ns[p]

@@ -28,12 +28,17 @@ __all__ = ["DataRef", "Op", "OpKind", "Spool", "copy_range"]
 class OpKind(enum.StrEnum):
     """What one operation did. The model (``fs.model``) gives each its meaning."""
 
-    CREATE = "create"  # a file created, or an existing one opened with O_TRUNC (``truncate``): binds ``handle``
+    CREATE = (
+        "create"  # a file created, or an existing one opened with O_TRUNC (``truncate``): binds ``handle``
+    )
     OPEN_APPEND = "open_append"  # opened for appending, created if absent: binds ``handle``
-    OPEN_EXISTING = "open_existing"  # an existing file opened for writing (or first seen written): binds ``handle``
+    OPEN_EXISTING = (
+        "open_existing"  # an existing file opened for writing (or first seen written): binds ``handle``
+    )
     WRITE = "write"  # ``length`` bytes at ``offset`` through ``handle``; bytes in ``ref``
     TRUNCATE = "truncate"  # the file set to ``size`` bytes (ftruncate, truncate, fallocate extension)
     FSYNC = "fsync"  # the file's data and size durable; with ``length``: only [offset, offset+length)
+    FSYNC_FAILED = "fsync_failed"  # an fsync/fdatasync that returned an error (fsyncgate; not durable)
     FSYNC_DIR = "fsync_dir"  # the entries of the directory now at ``path`` durable
     SYNC_ALL = "sync_all"  # sync()/syncfs() on the root's file system: everything durable
     CLOSE = "close"
@@ -49,7 +54,16 @@ class OpKind(enum.StrEnum):
 
 # Operations that change a directory's entries (made durable by an fsync of that directory).
 NAMESPACE_KINDS = frozenset(
-    {OpKind.CREATE, OpKind.REPLACE, OpKind.LINK, OpKind.UNLINK, OpKind.MKDIR, OpKind.RMDIR, OpKind.SYMLINK, OpKind.MKFIFO}
+    {
+        OpKind.CREATE,
+        OpKind.REPLACE,
+        OpKind.LINK,
+        OpKind.UNLINK,
+        OpKind.MKDIR,
+        OpKind.RMDIR,
+        OpKind.SYMLINK,
+        OpKind.MKFIFO,
+    }
 )
 OPENING_KINDS = frozenset({OpKind.CREATE, OpKind.OPEN_APPEND, OpKind.OPEN_EXISTING})
 

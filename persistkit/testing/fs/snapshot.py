@@ -41,7 +41,13 @@ def clone_file(src: str, dst: str, *, mode: int = 0o600) -> None:
                 fcntl.ioctl(fd_out, _FICLONE, fd_in)
                 return
             except OSError as err:
-                if err.errno not in (_errno.EOPNOTSUPP, _errno.EXDEV, _errno.EINVAL, _errno.ENOTTY, _errno.EPERM):
+                if err.errno not in (
+                    _errno.EOPNOTSUPP,
+                    _errno.EXDEV,
+                    _errno.EINVAL,
+                    _errno.ENOTTY,
+                    _errno.EPERM,
+                ):
                     raise
             size = os.fstat(fd_in).st_size
             copy_range(fd_in, 0, fd_out, 0, size)
@@ -192,7 +198,9 @@ class Snapshot:
         """The bytes file ``rel`` held when the snapshot was taken."""
         path = self.copy_of(rel)
         if path is None:
-            raise KeyError(f"{rel}: no copy of it in this snapshot (not a regular file, or taken without content)")
+            raise KeyError(
+                f"{rel}: no copy of it in this snapshot (not a regular file, or taken without content)"
+            )
         with open(path, "rb") as f:
             return f.read()
 
@@ -243,7 +251,9 @@ class Snapshot:
             cur = now.get(rel)
             if same_tree and cur is not None and cur.unchanged(e):
                 continue
-            if cur is not None and (cur.kind != e.kind or (e.kind == "file" and cur.ino != e.ino and same_tree)):
+            if cur is not None and (
+                cur.kind != e.kind or (e.kind == "file" and cur.ino != e.ino and same_tree)
+            ):
                 _remove(full)
                 cur = None
             if e.kind == "dir":

@@ -63,11 +63,14 @@ import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from persistkit.testing.fs.model import PAGE, FsModel, Inode, MetaOp
 from persistkit.testing.fs.ops import Op, OpKind
 from persistkit.testing.fs.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from persistkit.testing.fs.materialize import Materializer
 
 __all__ = ["CrashSimulator", "CrashState", "Loss", "Plan", "Stats"]
 
@@ -125,6 +128,7 @@ class Plan:
     sizes: tuple[tuple[int, int], ...] = ()
     hidden: frozenset[int] = frozenset()  # inodes left out (a probe: "the files the save wrote are gone")
     upto: int | None = None  # with LATEST: data ops from this position on lost (writeback in issue order)
+    dropped: frozenset[int] = frozenset()  # data ops whose pages the kernel dropped (a failed fsync)
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ class CrashSimulator:
         self.exhaustive = exhaustive
         self.max_tears = max_tears_per_write
         self.stats = Stats()
-        self._materializer: object | None = None
+        self._materializer: Materializer | None = None
         self._relevant_positions = [i for i, keep in enumerate(self.model.relevant) if keep]
         self._shown_index = {p: i for i, p in enumerate(self._relevant_positions)}
 
@@ -283,7 +287,61 @@ class CrashSimulator:
         """The root with nothing in it: a load that still returns a saved value answers from elsewhere."""
         return Plan(len(self.model.ops), hidden=frozenset(self.model.inodes))
 
-    def materializer(self):  # type: ignore[no-untyped-def]
+    def power_cut(self) -> CrashState:
+        """The state a power cut right after the last operation leaves when nothing unsynced reached the disk.
+
+        Of all the states the cut can leave this one loses the most; ``lifecycle``'s
+        ``model="power-loss"`` restarts the program from it after each kill.
+        """
+        n = len(self.model.ops)
+        # unsynced directory operations are dropped, latest first, unless a kept one needs them
+        # (a rename made durable by its directory's fsync implies its source's creation persisted)
+        kept = {m.position for m in self.model.metas}
+        for m in reversed(self._pending_meta(n)):
+            if self.model.namespace(n, kept - {m.position}) is not None:
+                kept.discard(m.position)
+        metas = frozenset(m.position for m in self.model.metas) - kept
+        pending = sorted({p for u in self._pending_units(n) for p in u.writers} | metas)
+        ops = self.model.ops
+        losses = tuple(Loss("reverted" if p in metas else "lost", ops[p]) for p in pending)
+        durable_meta = frozenset(kept)
+        text = f"power loss {self._where(n, 'power-loss')}: nothing unsynced persisted"
+        if losses:
+            text += f" ({_listing(losses, self.root)})"
+        return CrashState(n, "power-loss", True, text, losses, Plan(n, durable_meta, DURABLE), self)
+
+    def leave(self, state: CrashState | Plan) -> None:
+        """Make the root hold ``state`` for good (the program restarts from it), and drop the copies.
+
+        The state is built in a directory beside the root (the build reads what the save left
+        in the root), then swapped in entry by entry.
+        """
+        import shutil
+        import tempfile
+
+        plan = state.plan if isinstance(state, CrashState) else state
+        parent = os.path.dirname(self.root)
+        scratch = tempfile.mkdtemp(prefix=".persistkit-cut-", dir=parent)
+        try:
+            self.materializer().apply(plan, scratch)
+            self.close()
+            for name in os.listdir(self.root):
+                full = os.path.join(self.root, name)
+                if os.path.isdir(full) and not os.path.islink(full):
+                    shutil.rmtree(full)
+                else:
+                    os.unlink(full)
+            for name in os.listdir(scratch):
+                os.rename(os.path.join(scratch, name), os.path.join(self.root, name))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    @property
+    def bytes_materialized(self) -> int:
+        """Bytes written so far to build states (what was unchanged was linked or left in place)."""
+        return self._materializer.bytes_written if self._materializer is not None else 0
+
+    def materializer(self) -> Materializer:
         from persistkit.testing.fs.materialize import Materializer
 
         if self._materializer is None:
@@ -292,7 +350,7 @@ class CrashSimulator:
 
     def materialize(self, state: CrashState | Plan, root: str | os.PathLike[str] | None = None) -> str:
         plan = state.plan if isinstance(state, CrashState) else state
-        return self.materializer().apply(plan, None if root is None else os.fspath(root))  # type: ignore[no-any-return]
+        return self.materializer().apply(plan, None if root is None else os.fspath(root))
 
     def close(self) -> None:
         """Put the root back as the save left it and drop the verifier's copies."""
@@ -308,32 +366,30 @@ class CrashSimulator:
         text = ops[rel[-1]].describe().replace(self.root + os.sep, "").replace(self.root, ".")
         if model == "power-loss" and k < len(ops):
             nxt = ops[k].describe().replace(self.root + os.sep, "").replace(self.root, ".")
-            return f"before {nxt}"
+            return f"after {text}, before {nxt}"
         return f"after {text}"
 
     # -- the process model -----------------------------------------------------------------
     def _process(self, within: Windows | None = None) -> list[_Candidate]:
         out: list[_Candidate] = []
-        ops = self.model.ops
         points = [0] + [p + 1 for p in self._relevant_positions]
         if within is not None:
             points = [k for k in points if any(s <= k <= e for s, e in within)]
         rng = random.Random(self.seed)
         for k in points:
+            if k:
+                out += self._torn(k - 1, rng)  # the write at k-1 stopped part way, then the state after it
             out.append(_Candidate(Plan(k), (), f"process crash {self._where(k, 'process')}"))
-            if k == 0:
-                continue
-            # the write at position k-1 torn part-way (a SIGKILL during a large write)
-            p = k - 1
-            op = ops[p]
-            if op.kind != OpKind.WRITE or op.length <= PAGE:
-                continue
-            node = self._inode_of_write(p)
-            if node is None:
-                continue
+        return out
+
+    def _torn(self, p: int, rng: random.Random) -> list[_Candidate]:
+        """A SIGKILL during the write at position ``p``: only its first pages were copied."""
+        out: list[_Candidate] = []
+        op = self.model.ops[p]
+        if op.kind == OpKind.WRITE and op.length > PAGE and (node := self._inode_of_write(p)) is not None:
             first = op.offset // PAGE + 1
             last = (op.offset + op.length - 1) // PAGE
-            cuts = sorted(set([first, last, (first + last) // 2]) | {rng.randint(first, last) for _ in range(2)})
+            cuts = sorted({first, last, (first + last) // 2} | {rng.randint(first, last) for _ in range(2)})
             cuts = [c for c in cuts if first <= c <= last][: self.max_tears]
             before, end = node.size_at(p), op.offset + op.length
             for cut in cuts:
@@ -342,7 +398,9 @@ class CrashSimulator:
                 plan = Plan(p, runs=((node.id, op.offset // PAGE, cut, p + 1),), sizes=((node.id, size),))
                 loss = Loss("torn", op, f"the kill came after {kept} of {op.length} bytes")
                 out.append(
-                    _Candidate(plan, (loss,), f"process killed during {loss.describe(self.root)}", ("torn write",))
+                    _Candidate(
+                        plan, (loss,), f"process killed during {loss.describe(self.root)}", ("torn write",)
+                    )
                 )
         return out
 
@@ -362,7 +420,7 @@ class CrashSimulator:
     def _files(self) -> list[Inode]:
         return [
             node for node in self.model.inodes.values()
-            if node.kind == "file" and node.datas and not node.volatile and node.id in self.model._ever_inside  # noqa: SLF001
+            if node.kind == "file" and node.datas and not node.volatile and node.id in self.model._ever_inside
         ]  # fmt: skip
 
     def _pending_units(self, k: int) -> list[_Unit]:
@@ -442,15 +500,21 @@ class CrashSimulator:
             meta_pos = frozenset(m.position for m in metas)
             durable_meta = frozenset(m.position for m in model.metas if m.position < k) - meta_pos
 
-            def lost(positions: Sequence[int], how: str = "lost") -> tuple[Loss, ...]:
-                return tuple(Loss("reverted" if p in meta_pos else how, ops[p]) for p in positions)
+            def lost(positions: Sequence[int], meta_pos: frozenset[int] = meta_pos) -> tuple[Loss, ...]:
+                return tuple(Loss("reverted" if p in meta_pos else "lost", ops[p]) for p in positions)
 
-            out.append(_Candidate(Plan(k), (), f"power loss {where}"))
+            out.append(
+                _Candidate(Plan(k), (), f"power loss {where}: everything written so far reached the disk")
+            )
             if not pending_ops:
                 continue
             none = lost(pending_ops[:_KEEP_LOSSES])
             out.append(
-                _Candidate(Plan(k, durable_meta, DURABLE), none, f"power loss {where}: nothing unsynced persisted ({_listing(none, self.root)})")
+                _Candidate(
+                    Plan(k, durable_meta, DURABLE),
+                    none,
+                    f"power loss {where}: nothing unsynced persisted ({_listing(none, self.root)})",
+                )
             )
             # in-order prefixes of the pending operations (writeback in issue order), cut where a
             # unit or a directory operation begins
@@ -465,18 +529,22 @@ class CrashSimulator:
                     Loss("reverted", ops[q]) if q in meta_pos else Loss(self._data_loss(q, k), ops[q])
                     for q in later[:_KEEP_LOSSES]
                 )  # fmt: skip
-                out.append(
-                    _Candidate(Plan(k, kept_meta, LATEST, upto=p), losses,
-                               f"power loss {where}: the {len(later)} unsynced operations from #{ops[p].index} on lost "
-                               f"({_listing(losses, self.root)})")
+                text = (
+                    _listing(losses, self.root) if len(later) == 1
+                    else f"the {len(later)} unsynced operations from #{ops[p].index} on lost ({_listing(losses, self.root)})"
                 )  # fmt: skip
+                out.append(
+                    _Candidate(Plan(k, kept_meta, LATEST, upto=p), losses, f"power loss {where}: {text}")
+                )
             # each directory operation alone
             for m in metas:
                 if last_meta.get(m.position) != k:
                     continue
                 keep = durable_meta | (meta_pos - {m.position})
                 loss = (Loss("reverted", ops[m.position]),)
-                out.append(_Candidate(Plan(k, keep), loss, f"power loss {where}: {loss[0].describe(self.root)}"))
+                out.append(
+                    _Candidate(Plan(k, keep), loss, f"power loss {where}: {loss[0].describe(self.root)}")
+                )
                 only = durable_meta | {m.position}
                 out.append(
                     _Candidate(Plan(k, only, DURABLE), lost([q for q in pending_ops if q != m.position][:_KEEP_LOSSES]),
@@ -489,14 +557,15 @@ class CrashSimulator:
                     continue
                 out += self._unit_variants(u, k, where, durable_meta, meta_pos, pending_ops, rng)
             # exhaustive where small
-            pieces: list[tuple[str, object]] = [("meta", m) for m in metas] + [("unit", u) for u in units]
+            pieces: list[tuple[str, Any]] = [("meta", m) for m in metas] + [("unit", u) for u in units]
             if 1 < len(pieces) <= self.exhaustive and any(
-                (t == "meta" and last_meta.get(x.position) == k) or (t == "unit" and last_unit.get(x.key) == k)  # type: ignore[attr-defined]
+                (t == "meta" and last_meta.get(x.position) == k)
+                or (t == "unit" and last_unit.get(x.key) == k)
                 for t, x in pieces
             ):
                 for r in range(1, len(pieces)):
-                    for keep_set in itertools.combinations(range(len(pieces)), r):
-                        out.append(self._combination(k, where, pieces, set(keep_set), durable_meta, pending_ops))
+                    for combo in itertools.combinations(range(len(pieces)), r):
+                        out.append(self._combination(k, where, pieces, set(combo), durable_meta, pending_ops))
             # seeded random subsets
             for _ in range(self.random_per_point if len(pieces) > self.exhaustive else 0):
                 keep_set = {i for i in range(len(pieces)) if rng.random() < 0.5}
@@ -504,7 +573,7 @@ class CrashSimulator:
         return out
 
     def _data_loss(self, position: int, k: int) -> str:
-        """"zeroed" when a lost write lies past the durable end of a file that still grew, else "lost"."""
+        """ "zeroed" when a lost write lies past the durable end of a file that still grew, else "lost"."""
         owner = self.model.data_owner.get(position)
         if owner is None:
             return "lost"
@@ -522,7 +591,7 @@ class CrashSimulator:
         return (u.inode, u.lo, u.hi, bound)
 
     def _combination(
-        self, k: int, where: str, pieces: list[tuple[str, object]], keep: set[int], durable_meta: frozenset[int],
+        self, k: int, where: str, pieces: list[tuple[str, Any]], keep: set[int], durable_meta: frozenset[int],
         pending_ops: list[int], label: str = "subset",
     ) -> _Candidate:  # fmt: skip
         kept_meta = set(durable_meta)
@@ -540,10 +609,11 @@ class CrashSimulator:
                 if i not in keep:
                     runs.append(self._unit_run(x, self._bound_before(x, x.writers[0])))
                     lost_positions.extend(x.writers)
-        meta_pos = {x.position for t, x in pieces if t == "meta"}  # type: ignore[attr-defined]
+        meta_pos = {x.position for t, x in pieces if t == "meta"}
         ops = self.model.ops
         losses = tuple(
-            Loss("reverted" if p in meta_pos else "lost", ops[p]) for p in sorted(set(lost_positions))[:_KEEP_LOSSES]
+            Loss("reverted" if p in meta_pos else "lost", ops[p])
+            for p in sorted(set(lost_positions))[:_KEEP_LOSSES]
         )
         text = _listing(losses, self.root)
         return _Candidate(Plan(k, frozenset(kept_meta), LATEST, tuple(runs)), losses,
@@ -580,17 +650,19 @@ class CrashSimulator:
             cut = max(durable_size, min(latest_size, u.lo * PAGE))
             out.append(
                 _Candidate(Plan(k, all_meta, LATEST, ((u.inode, u.lo, u.hi, before),), ((u.inode, cut),)),
-                           (Loss("lost", first_op, f"{span}, file cut at {cut} B"),) + losses[1:],
+                           (Loss("lost", first_op, f"{span}, file cut at {cut} B"), *losses[1:]),
                            f"power loss {where}: {losses[0].describe(self.root)} (file cut at {cut} B)", ("whole unit", "size"))
             )  # fmt: skip
         # only this unit reached the disk (everything else unsynced lost)
         mine = set(u.writers)
-        others = list(itertools.islice((p for p in pending_ops if p not in mine and p not in meta_pos), _KEEP_LOSSES))
+        others = list(
+            itertools.islice((p for p in pending_ops if p not in mine and p not in meta_pos), _KEEP_LOSSES)
+        )
         only_size = max(durable_size, min(latest_size, u.hi * PAGE)) if grows else None
         out.append(
             _Candidate(
                 Plan(k, all_meta, DURABLE, ((u.inode, u.lo, u.hi, k),), ((u.inode, only_size),) if only_size else ()),
-                (Loss("early", ops[u.writers[-1]], span),) + tuple(Loss("lost", ops[p]) for p in others),
+                (Loss("early", ops[u.writers[-1]], span), *tuple(Loss("lost", ops[p]) for p in others)),
                 f"power loss {where}: of the unsynced data only {ops[u.writers[-1]].describe()} ({span}) reached the disk",
                 ("only this",),
             )

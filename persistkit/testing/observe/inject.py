@@ -894,6 +894,11 @@ class Listener:
         self._channel.close_child_end()
         return self.log
 
+    def clear(self) -> None:
+        """The fault clears: from now on every call runs (and is still counted and logged)."""
+        self._aims = {}
+        self._persistent = None
+
     @property
     def error(self) -> str | None:
         """Why the child could not arm (None: it armed, or has not tried yet)."""

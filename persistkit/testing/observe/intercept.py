@@ -470,7 +470,14 @@ class Interceptor:
         self._before("fsync_dir" if t.is_dir else "fsync", t.path)
         REAL["fsync"](fd)
         if t.is_dir:
-            self.log.record("fsync_dir", t.path)
+            # where the directory is NOW (renamed since it was opened, or its old name reused by
+            # another directory): the kernel's own answer, as strace's -y gives it
+            try:
+                where = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                where = t.path
+            if not where.endswith(" (deleted)"):
+                self.log.record("fsync_dir", where)
         else:
             self.log.record("fsync", t.path, handle=self._hid(fd, t))
 

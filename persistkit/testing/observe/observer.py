@@ -34,12 +34,14 @@ from persistkit.testing.fs.recordfs import RecordingFS
 from persistkit.testing.fs.snapshot import Entry, Snapshot
 from persistkit.testing.observe.intercept import GuardFS, Interceptor
 from persistkit.testing.observe.strace import (
+    CommandRun,
     Injection,
     ObserverUnavailable,
     SelfTrace,
+    TracedProcess,
     TraceFile,
     ptrace_problem,
-    trace_command,
+    run_command,
 )
 from persistkit.testing.observe.syscalls import CallRecord, FaultPoint, SyscallLog, parse
 
@@ -48,6 +50,7 @@ __all__ = [
     "OBSERVERS",
     "NotJudgeable",
     "Observation",
+    "ObservedProcess",
     "ObserverNotice",
     "check_explained",
     "choose",
@@ -125,6 +128,7 @@ class Observation:
     injected: list[CallRecord] = field(default_factory=list)
     volatile: tuple[str, ...] = DEFAULT_VOLATILE
     spool: Spool | None = None
+    late: list[Op] = field(default_factory=list)  # made after the traced program itself exited
 
     def close(self) -> None:
         """Drop the spooled bytes (the operations can no longer be replayed after this)."""
@@ -193,12 +197,12 @@ def from_trace(
     try:
         log = SyscallLog(root, sizes, cwd, fds or {}, keep_calls=keep_calls, volatile=tuple(volatile))
         log.learn_spawns(trace.lines())
-        log.feed(parse(trace.lines()))
+        log.feed(parse(trace.lines(), on_exit=log.note_exit))
     finally:
         trace.close()
     return Observation(
         "syscalls", log.ops, log.blind, _outside_changes(log), log.points, log.calls, log.injected, tuple(volatile),
-        log.spool,
+        log.spool, log.late_ops(),
     )  # fmt: skip
 
 
@@ -237,7 +241,11 @@ def observe_save(
             result = save()
         except Exception as err:
             error = err
-    return result, error, Observation("python", list(rec.ops), volatile=tuple(volatile), spool=rec.spool_if_any)
+    return (
+        result,
+        error,
+        Observation("python", list(rec.ops), volatile=tuple(volatile), spool=rec.spool_if_any),
+    )
 
 
 def observe_command(
@@ -250,13 +258,42 @@ def observe_command(
     injections: Sequence[Injection] = (),
     keep_calls: bool = False,
     volatile: Sequence[str] = DEFAULT_VOLATILE,
-) -> tuple[int, str, Observation]:
-    """Run any program under strace; return its exit code, its stderr, and what was seen."""
+) -> tuple[CommandRun, Observation]:
+    """Run any program under strace until it exits; how it ended, and what was seen."""
     root = os.path.abspath(root)
     sizes = _sizes(root)
-    result, trace = trace_command(cmd, injections=injections, cwd=cwd, env=env, timeout=timeout)
-    obs = from_trace(trace, root, sizes, os.path.abspath(cwd or os.getcwd()), keep_calls=keep_calls, volatile=volatile)
-    return result.returncode, result.stderr.decode(errors="replace"), obs
+    run = run_command(cmd, injections=injections, cwd=cwd, env=env, timeout=timeout)
+    obs = from_trace(
+        run.trace, root, sizes, os.path.abspath(cwd or os.getcwd()), keep_calls=keep_calls, volatile=volatile
+    )
+    return run, obs
+
+
+class ObservedProcess:
+    """A program run under strace that the caller talks to and ends itself (``lifecycle``'s children).
+
+    ``process`` is the ``TracedProcess`` (pipes as given in ``popen``); once it has been
+    ended and waited for, ``observation()`` decodes what it did under ``root``.
+    """
+
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        root: str,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        volatile: Sequence[str] = DEFAULT_VOLATILE,
+        **popen: Any,
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self.cwd = os.path.abspath(cwd or os.getcwd())
+        self.volatile = tuple(volatile)
+        self.sizes = _sizes(self.root)
+        self.process = TracedProcess(cmd, env=env, cwd=cwd, **popen)
+
+    def observation(self) -> Observation:
+        return from_trace(self.process.trace, self.root, self.sizes, self.cwd, volatile=self.volatile)
 
 
 def check_explained(

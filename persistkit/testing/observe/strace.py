@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,14 +32,18 @@ import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "TRACED_SYSCALLS",
     "Injection",
     "ObserverUnavailable",
     "SelfTrace",
+    "TracedProcess",
+    "CommandRun",
     "TraceFile",
     "ptrace_problem",
+    "run_command",
     "strace_command",
     "trace_command",
 ]
@@ -259,8 +264,268 @@ def _attach_advice(stderr: str) -> str:
 
 
 def strace_command(out: str, cmd: Sequence[str], injections: Sequence[Injection] = ()) -> list[str]:
-    """The argv that runs ``cmd`` under strace, writing the trace to ``out``."""
-    return _strace_base(out) + [arg for inj in injections for arg in ("-e", inj.argument())] + ["--", *cmd]
+    """The argv that runs ``cmd`` under strace, writing the trace to ``out`` (process exits included)."""
+    base = _strace_base(out)
+    base[base.index("-qq")] = "-q"  # keep "+++ exited with N +++": it tells when the command itself ended
+    return base + [arg for inj in injections for arg in ("-e", inj.argument())] + ["--", *cmd]
+
+
+_EXIT = re.compile(r"^(\d+) +\+\+\+ (?:exited with (\d+)|killed by (SIG\w+))")
+
+
+@dataclass
+class CommandRun:
+    """How a traced program ended.
+
+    ``returncode``: its exit status (None when it was killed by a signal or timed out);
+    ``signal``: the signal that killed it; ``timed_out``: it ran past the timeout and was killed
+    with every process it started; ``stragglers``: processes it started that were still running
+    when it ended (killed then, and named: the command had returned, its save had not).
+    """
+
+    returncode: int | None
+    signal: str | None
+    stdout: bytes
+    stderr: bytes
+    trace: TraceFile
+    timed_out: bool
+    stragglers: list[str]
+    seconds: float
+
+
+def run_command(
+    cmd: Sequence[str],
+    *,
+    injections: Sequence[Injection] = (),
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    input: bytes | None = None,
+) -> CommandRun:
+    """Run ``cmd`` (any program) under strace until *it* exits (not its descendants).
+
+    The program's own exit is read off the trace as strace prints it. Whatever it started
+    that is still running then is killed and named; at ``timeout`` the program and everything
+    it started are killed. Nothing the program started outlives this call.
+    """
+    problem = ptrace_problem()
+    if problem is not None:
+        raise ObserverUnavailable(problem)
+    tmp = tempfile.mkdtemp(prefix="persistkit-strace-")
+    trace = TraceFile(tmp, os.path.join(tmp, "trace"))
+    out_path, err_path = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+    start = time.monotonic()
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            strace_command(trace.path, cmd, injections), cwd=cwd, env=env, stdin=subprocess.PIPE if input else subprocess.DEVNULL,
+            stdout=out, stderr=err, start_new_session=True,
+        )  # fmt: skip
+    if input:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(input)
+        proc.stdin.close()
+    watcher = _Watch(trace.path)
+    deadline = None if timeout is None else start + timeout
+    timed_out = False
+    stragglers: list[str] = []
+    while proc.poll() is None:
+        watcher.read()
+        if watcher.main_exit is not None:
+            stragglers = _kill_tracees({watcher.main}, proc.pid)
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            timed_out = True
+            _kill_tracees(set(), proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    watcher.read()
+    with open(out_path, "rb") as f:
+        stdout = f.read()
+    with open(err_path, "rb") as f:
+        stderr = f.read()
+    code, sig = watcher.main_exit if watcher.main_exit is not None else (None, None)
+    return CommandRun(code, sig, stdout, stderr, trace, timed_out, stragglers, time.monotonic() - start)
+
+
+class TracedProcess:
+    """A program started under strace whose stdin/stdout/stderr the caller handles.
+
+    For callers that talk to the program while it runs (``lifecycle``'s line protocol) and end it
+    themselves. ``stop_and_kill()`` first stops every traced process and waits until each has
+    left the system call it was in, so the trace holds every operation that took effect, then
+    kills them all; the trace is complete once ``wait()`` returns.
+    """
+
+    def __init__(
+        self, cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | None = None, **popen: Any
+    ) -> None:
+        problem = ptrace_problem()
+        if problem is not None:
+            raise ObserverUnavailable(problem)
+        tmp = tempfile.mkdtemp(prefix="persistkit-strace-")
+        self.trace = TraceFile(tmp, os.path.join(tmp, "trace"))
+        self.proc = subprocess.Popen(
+            strace_command(self.trace.path, cmd), env=env, cwd=cwd, start_new_session=True, **popen
+        )
+        self.pid = self.proc.pid  # strace's
+
+    def tracees(self) -> list[int]:
+        return _traced_by(self.proc.pid)
+
+    def main(self) -> int | None:
+        """The program's own pid (the first process strace traced), once it shows in the trace."""
+        watch = _Watch(self.trace.path)
+        watch.read()  # the first line names it
+        return watch.main
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the program itself (not to strace, not to its children)."""
+        pid = self.main()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def stop_and_kill(self, patience: float = 30.0) -> bool:
+        """SIGSTOP every traced process, wait until all are stopped, then SIGKILL them all.
+
+        False when some thread did not stop within ``patience`` seconds (stuck in the kernel); it
+        is killed all the same, and an operation it was inside may be missing from the trace.
+        """
+        deadline = time.monotonic() + patience
+        stopped = True
+        sent: set[int] = set()
+        while True:
+            pids = self.tracees()
+            for pid in set(pids) - sent:  # once each: a second SIGSTOP would be pending again
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                sent.add(pid)
+            if all(_all_threads_stopped(pid) for pid in pids):
+                break
+            if time.monotonic() > deadline:
+                stopped = False
+                break
+            time.sleep(0.002)
+        _kill_tracees(set(), self.proc.pid)
+        return stopped
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def exit_of_main(self) -> tuple[int | None, str | None] | None:
+        """How the program itself ended, as the trace says: (exit status, None) or (None, signal name)."""
+        watch = _Watch(self.trace.path)
+        while True:
+            offset = watch.offset
+            watch.read()
+            if watch.offset == offset:
+                return watch.main_exit
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` has taken its SIGSTOP (so left any system call it was in), or is gone.
+
+    A stopped state alone is not enough under ptrace: a thread also shows as stopped ("t") at
+    a system call's entry, before the call ran. A thread whose SIGSTOP is no longer pending
+    has dequeued it, which happens only on the way back to user space.
+    """
+    stop_bit = 1 << (signal.SIGSTOP - 1)
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        state = status.get("State", "").strip()[:1]
+        if state in ("Z", "X"):
+            continue
+        pending = int(status.get("SigPnd", "0").strip(), 16) | int(status.get("ShdPnd", "0").strip(), 16)
+        if state not in ("T", "t") or pending & stop_bit:
+            return False
+    return True
+
+
+class _Watch:
+    """Reads a growing strace output: which processes appeared, and when the first one exited."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0
+        self.tail = b""
+        self.pids: set[int] = set()
+        self.main: int | None = None
+        self.main_exit: tuple[int | None, str | None] | None = None
+
+    def read(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            data = os.pread(fd, 1 << 24, self.offset)
+        finally:
+            os.close(fd)
+        if not data:
+            return
+        self.offset += len(data)
+        lines = (self.tail + data).split(b"\n")
+        self.tail = lines.pop()
+        for raw in lines:
+            line = raw.decode("ascii", "replace")
+            head = line.split(" ", 1)[0]
+            if not head.isdigit():
+                continue
+            pid = int(head)
+            if self.main is None:
+                self.main = pid
+            self.pids.add(pid)
+            m = _EXIT.match(line)
+            if m is not None and pid == self.main and self.main_exit is None:
+                self.main_exit = (int(m.group(2)), None) if m.group(2) is not None else (None, m.group(3))
+
+
+def _traced_by(tracer: int) -> list[int]:
+    """Every process (thread group) that ``tracer`` traces now, from /proc."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        if f"\nTracerPid:\t{tracer}\n" in status and f"\nTgid:\t{name}\n" in status:
+            out.append(int(name))
+    return out
+
+
+def _kill_tracees(skip: set[int | None], tracer: int) -> list[str]:
+    """SIGKILL every process ``tracer`` still traces (but ``skip``); describe each one killed."""
+    out = []
+    for pid in _traced_by(tracer):
+        if pid in skip:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmdline = ""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        out.append(f"pid {pid} ({cmdline[:120] or '?'})")
+    return out
 
 
 def trace_command(
@@ -272,14 +537,7 @@ def trace_command(
     timeout: float | None = None,
     input: bytes | None = None,
 ) -> tuple[subprocess.CompletedProcess[bytes], TraceFile]:
-    """Run ``cmd`` (any program) under strace; return its result and strace's output."""
-    problem = ptrace_problem()
-    if problem is not None:
-        raise ObserverUnavailable(problem)
-    tmp = tempfile.mkdtemp(prefix="persistkit-strace-")
-    trace = TraceFile(tmp, os.path.join(tmp, "trace"))
-    result = subprocess.run(
-        strace_command(trace.path, cmd, injections), cwd=cwd, env=env, timeout=timeout, input=input,
-        capture_output=True, check=False,
-    )  # fmt: skip
-    return result, trace
+    """Run ``cmd`` under strace; its result as ``subprocess.run`` gives it (see ``run_command``)."""
+    run = run_command(cmd, injections=injections, cwd=cwd, env=env, timeout=timeout, input=input)
+    code = run.returncode if run.returncode is not None else -(getattr(signal, run.signal or "SIGKILL"))
+    return subprocess.CompletedProcess(list(cmd), code, run.stdout, run.stderr), run.trace

@@ -40,7 +40,7 @@ import fnmatch
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from persistkit.testing.fs.ops import Op, OpKind, Spool
@@ -132,8 +132,11 @@ def _parse_ret(text: str) -> tuple[int | None, str | None, str | None, bool]:
     return value, path, None, injected
 
 
-def parse(source: str | Iterable[str]) -> Iterator[Call]:
-    """Parse ``strace -f -xx -y`` output (text, or an iterable of lines) into completed calls."""
+def parse(source: str | Iterable[str], on_exit: Callable[[int], None] | None = None) -> Iterator[Call]:
+    """Parse ``strace -f -xx -y`` output (text, or an iterable of lines) into completed calls.
+
+    ``on_exit(tid)`` is called where strace reports a process's exit (``+++ exited with N +++``).
+    """
     lines: Iterable[str] = source.splitlines() if isinstance(source, str) else source
     pending: dict[int, str] = {}
     ordinals: Counter[tuple[int, str]] = Counter()
@@ -143,6 +146,8 @@ def parse(source: str | Iterable[str]) -> Iterator[Call]:
         if m is None:
             continue
         tid, body = int(m.group(1)), m.group(2)
+        if body.startswith("+++") and on_exit is not None:
+            on_exit(tid)
         if body.startswith(("---", "+++")):
             continue
         if body.startswith("<... "):
@@ -197,7 +202,7 @@ def _regular(path: str | None) -> bool:
     """A path that names a file or directory (not a pipe, socket, anon inode, device or /proc)."""
     if path is None or not path.startswith("/"):
         return False
-    if path.startswith("/dev/shm/") or path == "/dev/shm":
+    if path.startswith("/dev/shm/") or path == "/dev/shm":  # noqa: S108 - a file system of files, not a temp path
         return True
     return not path.startswith(("/proc/", "/dev/", "/sys/"))
 
@@ -265,11 +270,15 @@ class SyscallLog:
     open_fds: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # fd -> (path, pos, flags)
     spool: Spool = field(default_factory=Spool)
     keep_calls: bool = False  # keep a CallRecord per call (fault planning with strace's injector)
-    volatile: tuple[str, ...] = ()  # name patterns of rebuildable indexes (mapped writable without a verdict loss)
+    volatile: tuple[
+        str, ...
+    ] = ()  # name patterns of rebuildable indexes (mapped writable without a verdict loss)
     ops: list[Op] = field(default_factory=list)
     points: list[FaultPoint] = field(default_factory=list)
     calls: list[CallRecord] = field(default_factory=list)
     injected: list[CallRecord] = field(default_factory=list)
+    exits: dict[int, int] = field(default_factory=dict)  # tid -> number of ops emitted when it exited
+    first_tid: int | None = None
     blind: list[str] = field(default_factory=list)
     outside: set[str] = field(default_factory=set)
     ncalls: int = 0
@@ -347,15 +356,22 @@ class SyscallLog:
         path = self._shown(path)
         if isinstance(dst, str) and kind != OpKind.SYMLINK:
             kw["dst"] = self._shown(dst)
-        if kind not in (OpKind.CLOSE, OpKind.FSYNC, OpKind.FSYNC_DIR, OpKind.SYNC_ALL):
+        if kind not in (OpKind.CLOSE, OpKind.FSYNC, OpKind.FSYNC_FAILED, OpKind.FSYNC_DIR, OpKind.SYNC_ALL):
             for p in (path, kw.get("dst")):
                 if kind == OpKind.SYMLINK and p is not path:
                     continue
-                if isinstance(p, str) and p.startswith("/") and not self.inside(p) and not p.startswith(_ANONYMOUS):
+                if (
+                    isinstance(p, str)
+                    and p.startswith("/")
+                    and not self.inside(p)
+                    and not p.startswith(_ANONYMOUS)
+                ):
                     self.outside.add(p)
         op = Op(len(self.ops), kind, path, thread=str(call.tid), syscall=call.name, **kw)  # type: ignore[arg-type]
         self.ops.append(op)
-        self.points.append(FaultPoint(op.index, call.name, call.ordinal, call.tid, call.tid in self._first_tids))
+        self.points.append(
+            FaultPoint(op.index, call.name, call.ordinal, call.tid, call.tid in self._first_tids)
+        )
 
     def _file(self, call: Call, proc: _Proc, fd_arg: str) -> _File | None:
         fd, path = _fd_arg(fd_arg)
@@ -377,7 +393,9 @@ class SyscallLog:
                     directory=os.path.isdir(path), pos=known[1], sync=bool(flags & (os.O_SYNC | os.O_DSYNC)),
                 )  # fmt: skip
             else:
-                f = _File(self._handles, path, append=False, writable=True, directory=os.path.isdir(path), pos=-1)
+                f = _File(
+                    self._handles, path, append=False, writable=True, directory=os.path.isdir(path), pos=-1
+                )
             proc.fds[fd] = f
         return f
 
@@ -386,9 +404,7 @@ class SyscallLog:
             f.announced = True
             self._emit(call, OpKind.OPEN_EXISTING, f.path, handle=f.handle)
 
-    def _write(
-        self, call: Call, f: _File, data: bytes, cut: bool, offset: int | None, rwf: str = ""
-    ) -> None:
+    def _write(self, call: Call, f: _File, data: bytes, cut: bool, offset: int | None, rwf: str = "") -> None:
         n = call.ret or 0
         if n <= 0 or f.directory:
             return
@@ -433,29 +449,55 @@ class SyscallLog:
                 self._spawned[call.ret] = (call.tid, flags)
         return self
 
+    def note_exit(self, tid: int) -> None:
+        self.exits.setdefault(tid, len(self.ops))
+
+    def late_ops(self) -> list[Op]:
+        """Operations made after the first traced process exited (by processes it left running)."""
+        if self.first_tid is None or self.first_tid not in self.exits:
+            return []
+        return self.ops[self.exits[self.first_tid] :]
+
     def feed(self, calls: Iterable[Call]) -> SyscallLog:
         for call in calls:
             self.ncalls += 1
-            if call.name in ("clone", "clone3", "fork", "vfork") and call.ret and call.ret > 0:
-                if call.ret not in self._spawned:
-                    flags = next((a for a in call.args if "CLONE_" in a), "")
-                    self._spawned[call.ret] = (call.tid, flags)
+            if self.first_tid is None:
+                self.first_tid = call.tid
+            spawned = call.name in ("clone", "clone3", "fork", "vfork") and call.ret and call.ret > 0
+            if spawned and call.ret not in self._spawned:
+                flags = next((a for a in call.args if "CLONE_" in a), "")
+                self._spawned[call.ret or 0] = (call.tid, flags)
             if self.keep_calls:
                 self.calls.append(
-                    CallRecord(call.tid, call.name, call.ordinal, call.error, call.injected, _target_of(call, self))
+                    CallRecord(
+                        call.tid, call.name, call.ordinal, call.error, call.injected, _target_of(call, self)
+                    )
                 )
             if call.injected:
                 self.injected.append(
-                    CallRecord(call.tid, call.name, call.ordinal, call.error, call.injected, _target_of(call, self))
+                    CallRecord(
+                        call.tid, call.name, call.ordinal, call.error, call.injected, _target_of(call, self)
+                    )
                 )
             if call.ret is None:
+                if call.name in ("fsync", "fdatasync") and call.error not in ("EBADF", "EINVAL", "EROFS"):
+                    # a failed fsync changes nothing on disk, but since Linux 4.13 it may have dropped
+                    # the file's dirty pages (fsyncgate): the model needs to know where it happened
+                    f = self._file(call, self._proc(call.tid), call.args[0])
+                    if f is not None and not f.directory:
+                        self._announce(call, f)
+                        self._emit(call, OpKind.FSYNC_FAILED, f.path, handle=f.handle)
+                    elif f is not None:
+                        self._emit(call, OpKind.FSYNC_FAILED, f.path)
                 continue  # failed (or injected): it changed nothing
             handler = getattr(self, f"_on_{call.name}", None)
             if handler is not None:
                 handler(call, self._proc(call.tid))
         return self
 
-    def _open(self, call: Call, proc: _Proc, dirfd: str | None, path_arg: str, flags: str, mode: str = "") -> None:
+    def _open(
+        self, call: Call, proc: _Proc, dirfd: str | None, path_arg: str, flags: str, mode: str = ""
+    ) -> None:
         if call.ret is None or call.ret < 0:
             return
         path = call.ret_path or self._resolve(proc, dirfd, _decode_path(path_arg))
@@ -494,7 +536,14 @@ class SyscallLog:
         self._open(call, proc, None, a[0], a[1] if len(a) > 1 else "", a[2] if len(a) > 2 else "")
 
     def _on_creat(self, call: Call, proc: _Proc) -> None:
-        self._open(call, proc, None, call.args[0], "O_WRONLY|O_CREAT|O_TRUNC", call.args[1] if len(call.args) > 1 else "")
+        self._open(
+            call,
+            proc,
+            None,
+            call.args[0],
+            "O_WRONLY|O_CREAT|O_TRUNC",
+            call.args[1] if len(call.args) > 1 else "",
+        )
 
     def _on_openat(self, call: Call, proc: _Proc) -> None:
         a = call.args
@@ -658,7 +707,9 @@ class SyscallLog:
     def _rename(self, call: Call, proc: _Proc, src: str, dst: str, flags: str = "") -> None:
         if "RENAME_EXCHANGE" in flags:
             if self.inside(src) or self.inside(dst):
-                self.blind.append(f"{self._shown(src)} <-> {self._shown(dst)}: renameat2(RENAME_EXCHANGE) is not modelled")
+                self.blind.append(
+                    f"{self._shown(src)} <-> {self._shown(dst)}: renameat2(RENAME_EXCHANGE) is not modelled"
+                )
             return
         for other in self._procs.values():
             for f in other.fds.values():
@@ -694,12 +745,19 @@ class SyscallLog:
     def _on_linkat(self, call: Call, proc: _Proc) -> None:
         flags = call.args[4] if len(call.args) > 4 else ""
         magic = re.match(r"^/proc/(self|thread-self|\d+)/fd/(\d+)$", _decode_path(call.args[1]))
-        owner = proc if magic is None or not magic.group(1).isdigit() else self._procs.get(int(magic.group(1)))
+        owner = (
+            proc if magic is None or not magic.group(1).isdigit() else self._procs.get(int(magic.group(1)))
+        )
         if "AT_EMPTY_PATH" in flags:
             fd, path = _fd_arg(call.args[0])
             f = proc.fds.get(fd)
             src = f.path if f is not None else (path or "")
-        elif magic is not None and "AT_SYMLINK_FOLLOW" in flags and owner is not None and int(magic.group(2)) in owner.fds:
+        elif (
+            magic is not None
+            and "AT_SYMLINK_FOLLOW" in flags
+            and owner is not None
+            and int(magic.group(2)) in owner.fds
+        ):
             # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW): open(2)'s way to publish O_TMPFILE
             src = owner.fds[int(magic.group(2))].path
         else:
@@ -709,7 +767,9 @@ class SyscallLog:
     def _link(self, call: Call, src: str, dst: str) -> None:
         if src.endswith(" (deleted)"):
             if self.inside(dst):
-                self.blind.append(f"{self._shown(dst)}: linked from an anonymous file opened read-only, which is not modelled")
+                self.blind.append(
+                    f"{self._shown(dst)}: linked from an anonymous file opened read-only, which is not modelled"
+                )
             return
         if src in self._size:
             self._size[dst] = self._size[src]
@@ -722,7 +782,9 @@ class SyscallLog:
 
     def _on_unlinkat(self, call: Call, proc: _Proc) -> None:
         path = self._resolve(proc, call.args[0], _decode_path(call.args[1]))
-        kind = OpKind.RMDIR if "AT_REMOVEDIR" in (call.args[2] if len(call.args) > 2 else "") else OpKind.UNLINK
+        kind = (
+            OpKind.RMDIR if "AT_REMOVEDIR" in (call.args[2] if len(call.args) > 2 else "") else OpKind.UNLINK
+        )
         self._size.pop(path, None)
         self._dirs.discard(path)
         self._emit(call, kind, path)
@@ -738,7 +800,11 @@ class SyscallLog:
         self._emit(call, OpKind.MKDIR, path, mode=perm & ~_UMASK if perm is not None else None)
 
     def _on_mkdir(self, call: Call, proc: _Proc) -> None:
-        self._mkdir(call, self._resolve(proc, None, _decode_path(call.args[0])), call.args[1] if len(call.args) > 1 else "")
+        self._mkdir(
+            call,
+            self._resolve(proc, None, _decode_path(call.args[0])),
+            call.args[1] if len(call.args) > 1 else "",
+        )
 
     def _on_mkdirat(self, call: Call, proc: _Proc) -> None:
         path = self._resolve(proc, call.args[0], _decode_path(call.args[1]))
@@ -750,7 +816,9 @@ class SyscallLog:
 
     def _on_symlinkat(self, call: Call, proc: _Proc) -> None:
         target = _decode_path(call.args[0])
-        self._emit(call, OpKind.SYMLINK, self._resolve(proc, call.args[1], _decode_path(call.args[2])), dst=target)
+        self._emit(
+            call, OpKind.SYMLINK, self._resolve(proc, call.args[1], _decode_path(call.args[2])), dst=target
+        )
 
     def _mknod(self, call: Call, path: str, mode: str) -> None:
         if "S_IFIFO" in mode:
@@ -760,13 +828,23 @@ class SyscallLog:
             self._handles += 1
             self._emit(call, OpKind.CREATE, path, handle=self._handles, truncate=False)
         elif self.inside(path):
-            self.blind.append(f"{self._shown(path)}: mknod({mode}) makes a special file, which is not modelled")
+            self.blind.append(
+                f"{self._shown(path)}: mknod({mode}) makes a special file, which is not modelled"
+            )
 
     def _on_mknod(self, call: Call, proc: _Proc) -> None:
-        self._mknod(call, self._resolve(proc, None, _decode_path(call.args[0])), call.args[1] if len(call.args) > 1 else "")
+        self._mknod(
+            call,
+            self._resolve(proc, None, _decode_path(call.args[0])),
+            call.args[1] if len(call.args) > 1 else "",
+        )
 
     def _on_mknodat(self, call: Call, proc: _Proc) -> None:
-        self._mknod(call, self._resolve(proc, call.args[0], _decode_path(call.args[1])), call.args[2] if len(call.args) > 2 else "")
+        self._mknod(
+            call,
+            self._resolve(proc, call.args[0], _decode_path(call.args[1])),
+            call.args[2] if len(call.args) > 2 else "",
+        )
 
     def _chmod(self, call: Call, path: str, mode: str, handle: int | None = None) -> None:
         self._emit(call, OpKind.CHMOD, path, handle=handle, mode=_mode(mode) or 0)
@@ -800,12 +878,12 @@ class SyscallLog:
                     f"{self._shown(dst.path)}: {call.name} from {self._shown(src.path)}, whose bytes could not be read back"
                 )
             return
-        if any(op.kind == OpKind.WRITE and op.path == self._shown(src.path) for op in self.ops[-256:]):
-            if self.inside(dst.path):
-                self.blind.append(
-                    f"{self._shown(dst.path)}: {call.name} copies from {self._shown(src.path)}, which this save also "
-                    "wrote; the copied bytes are taken from the file as it is after the save"
-                )
+        wrote = any(op.kind == OpKind.WRITE and op.path == self._shown(src.path) for op in self.ops[-256:])
+        if wrote and self.inside(dst.path):
+            self.blind.append(
+                f"{self._shown(dst.path)}: {call.name} copies from {self._shown(src.path)}, which this save also "
+                "wrote; the copied bytes are taken from the file as it is after the save"
+            )
         self._write(call, dst, data, False, None if dst_off == "NULL" else _int(dst_off))
 
     @staticmethod
@@ -832,14 +910,20 @@ class SyscallLog:
     def _on_splice(self, call: Call, proc: _Proc) -> None:
         _, path = _fd_arg(call.args[2])
         if path is not None and self.inside(path):
-            self.blind.append(f"{self._shown(path)}: written by splice() from a pipe, whose bytes strace does not show")
+            self.blind.append(
+                f"{self._shown(path)}: written by splice() from a pipe, whose bytes strace does not show"
+            )
 
     def _on_mmap(self, call: Call, proc: _Proc) -> None:
         if len(call.args) < 5 or "MAP_SHARED" not in call.args[3] or "PROT_WRITE" not in call.args[2]:
             return
         _, path = _fd_arg(call.args[4])
         name = os.path.basename(path or "")
-        if path is not None and self.inside(path) and not any(fnmatch.fnmatch(name, p) for p in self.volatile):
+        if (
+            path is not None
+            and self.inside(path)
+            and not any(fnmatch.fnmatch(name, p) for p in self.volatile)
+        ):
             self.blind.append(
                 f"{self._shown(path)}: mapped shared and writable (mmap); stores through a mapping reach the file "
                 "without any system call, so no tracer can see or order them"

@@ -32,12 +32,22 @@ def test_importing_the_registry_and_encoding_data_imports_no_framework():
         "decode_member(e.codec, bytes(e.payload), DecodeContext(meta=e.meta))\n"
         "encode_member({'a': [1, 2]}); model_hook(3)\n"
         "from persistkit.format.codecs import REGISTRY\n"
-        "assert len(REGISTRY.names()) == 8  # every built-in codec module is loaded by now\n"
+        "assert len(REGISTRY.names()) == 11  # every built-in codec module is loaded by now\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     loaded = set(json.loads(out.stdout))
-    heavy = {"torch", "sklearn", "stable_baselines3", "skops", "gymnasium", "safetensors"}
+    heavy = {
+        "torch",
+        "sklearn",
+        "stable_baselines3",
+        "skops",
+        "gymnasium",
+        "safetensors",
+        "xgboost",
+        "lightgbm",
+    }
+    heavy |= {"keras", "h5py"}
     assert not {m for m in loaded if m.split(".")[0] in heavy}
 
 
@@ -136,10 +146,11 @@ def test_codec_objects_describe_themselves():
     from persistkit.bundle import environment
     from persistkit.format.codecs import REGISTRY, get_codec
 
-    assert REGISTRY.names() == ["sklearn-trees", "sklearn", "torch", "sb3", "bytes", "numpy", "json", "tree"]
+    models = ["sklearn-trees", "xgboost", "lightgbm", "keras", "sklearn", "torch", "sb3"]
+    assert REGISTRY.names() == [*models, "bytes", "numpy", "json", "tree"]
     constructing = {c.name for c in REGISTRY if c.constructs_types}
-    assert constructing == {"sklearn-trees", "sklearn", "sb3", "tree"}
-    assert {c.name for c in REGISTRY if c.embeds_in_values} == {"sklearn-trees", "sklearn", "torch", "sb3"}
+    assert constructing == {"sklearn-trees", "sklearn", "sb3", "xgboost", "lightgbm", "keras", "tree"}
+    assert {c.name for c in REGISTRY if c.embeds_in_values} == set(models)
     assert get_codec("sb3").packages == ("stable-baselines3", "torch", "gymnasium")
     assert set(REGISTRY.packages()) <= set(environment())  # every codec's packages are recorded at save
 

@@ -15,9 +15,9 @@ other weights than an uninterrupted run, without a warning.
 import argparse
 import os
 
-import lightning as L
+import pytorch_lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", required=True)
