@@ -3,7 +3,7 @@
     python benchmarks/resume_side_by_side.py [--only NAME ...] [--out FILE]
 
 ckpt-chaos (0.1.8, pinned in the dev extra) is run the way its README shows: ``ckpt-chaos run``
-with ``--checkpoint-glob``, ``--step-regex "resumed from step (\\d+)"``, ``--result-file`` and its
+with ``--checkpoint-glob`` (only for checkpoints named by their step: it refuses others), ``--step-regex "resumed from step (\\d+)"``, ``--result-file`` and its
 default crash modes (``before`` and ``torn``, at most 40 crash points), so it kills a fresh copy of
 the command at each file event under ``{out}`` and resumes it. persistkit runs ``resume_points``
 on the same command: every operation of every checkpoint save, process kills and power loss.
@@ -43,14 +43,14 @@ class Script:
     what: str
     argv: tuple[str, ...]  # with {out}
     result: str  # the final-weights file under {out}
-    glob: str  # ckpt-chaos --checkpoint-glob
+    glob: str | None  # ckpt-chaos --checkpoint-glob: it needs a step number in the name; without one, no LOST_WORK
 
     def command(self, placeholder: str) -> list[str]:
         return [sys.executable, *(a.replace("{out}", placeholder) for a in self.argv)]
 
 
 def torch_loop(save: str, what: str) -> Script:
-    glob = "{out}/ckpt-*.pt" if save in ("marker-first", "rotating") else "{out}/ckpt.pt"
+    glob = "{out}/ckpt-*.pt" if save in ("marker-first", "rotating") else None
     return Script(
         f"torch {save}",
         what,
@@ -67,11 +67,11 @@ SCRIPTS = [
     torch_loop("durable", "temp file, fsync, `os.replace`, directory fsync (control)"),
     torch_loop("rotating", "ckpt-N.pt written durably, then `latest` replaced durably (control)"),
     Script("numpy inplace", "`np.save` over ckpt.npy in place (no checksum)",
-           (str(JOBS / "numpy_loop.py"), "--out", "{out}", "--save", "inplace"), "final.npy", "{out}/ckpt.npy"),
+           (str(JOBS / "numpy_loop.py"), "--out", "{out}", "--save", "inplace"), "final.npy", None),
     Script("numpy durable", "`np.save` to a temp file, fsync, rename, directory fsync (control)",
-           (str(JOBS / "numpy_loop.py"), "--out", "{out}", "--save", "durable"), "final.npy", "{out}/ckpt.npy"),
+           (str(JOBS / "numpy_loop.py"), "--out", "{out}", "--save", "durable"), "final.npy", None),
     Script("sb3 plain", "SB3 2.9.2 A2C fine-tuned in rounds, `model.save` over a2c.zip (zip written in place)",
-           (str(JOBS / "sb3_finetune.py"), "--root", "{out}", "--plain", "--rounds", "3"), "final.pt", "{out}/a2c.zip"),
+           (str(JOBS / "sb3_finetune.py"), "--root", "{out}", "--plain", "--rounds", "3"), "final.pt", None),
     Script("lightning", "Lightning 2.6.6 `ModelCheckpoint` every epoch + last.ckpt",
            (str(JOBS / "lightning_loop.py"), "--out", "{out}"), "final.pt", "{out}/checkpoints/step=*.ckpt"),
 ]  # fmt: skip
@@ -117,8 +117,8 @@ def run_ckpt_chaos(script: Script, *, max_points: int = 40, timeout: int = 600) 
     work = Path(tempfile.mkdtemp(prefix="cc-side-"))
     try:
         cmd = [
-            sys.executable, "-m", "ckpt_chaos", "run", "--checkpoint-glob", script.glob, "--step-regex", STEP_REGEX,
-            "--result-file", "{out}/" + script.result, "--max-points", str(max_points), "--timeout", str(timeout),
+            sys.executable, "-m", "ckpt_chaos", "run", *(("--checkpoint-glob", script.glob) if script.glob else ()),
+            "--step-regex", STEP_REGEX, "--result-file", "{out}/" + script.result, "--max-points", str(max_points), "--timeout", str(timeout),
             "--work", str(work / "run"), "--", *script.command("{out}"),
         ]  # fmt: skip
         t0 = time.perf_counter()

@@ -386,13 +386,18 @@ class ResumeRun:
         t0 = time.perf_counter()
         training = self.training
         if training.command is not None:
-            code, _, obs = observe_command(
+            run, obs = observe_command(
                 training.traced_argv(self.output), self.root, cwd=training.cwd, env=training.env,
                 timeout=self.timeout or 3600.0, volatile=self.volatile,
             )  # fmt: skip
             weights: Any = None
-            outcome_text = exit_text(code)
-            ok = code == 0
+            ok = run.returncode == 0 and not run.timed_out
+            if run.timed_out:
+                outcome_text = f"did not finish within {self.timeout or 3600.0:g} s"
+            elif run.signal is not None:
+                outcome_text = f"was killed by {run.signal}"
+            else:
+                outcome_text = exit_text(run.returncode if run.returncode is not None else 1)
         else:
             result, error, obs = observe_save(
                 lambda: run_isolated(lambda: run_job(training, self.output, False), timeout=self.timeout or 3600.0),

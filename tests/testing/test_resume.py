@@ -112,8 +112,8 @@ def test_within_windows_crash_each_save_at_its_own_operations(tmp_path):
         "    print('STEP', i, flush=True)\n"
     )
     initial = Snapshot.take(root)
-    exit_code, _, obs = observe_command([sys.executable, "-c", code, str(root)], str(root))
-    assert exit_code == 0
+    run, obs = observe_command([sys.executable, "-c", code, str(root)], str(root))
+    assert run.returncode == 0
     model = FsModel(initial, obs.ops)
     sim = CrashSimulator(initial, obs.ops, model=model)
     relevant = [i for i, keep in enumerate(model.relevant) if keep]
@@ -183,6 +183,32 @@ def test_failures_raise_naming_the_state_the_fix_and_the_repro(resume_points):
     assert "| process |" in text and "Checkpoint saves:" in text
 
 
+def test_numpy_temp_and_replace_without_fsync_fails_only_on_power_loss(resume_points):
+    """What a process-kill tool passes: the rename persisted, the data under it did not."""
+    report = resume_points(numpy_job("replace"), check=False, shrink=0)
+    assert report.counts("process")[PASS] == report.counts("process").total() > 10
+    power = report.counts("power-loss")
+    assert power[HARD_FAIL] + power[SILENT_DIVERGENCE] > 0 and power[DUPLICATED_WORK] > 0
+    assert any("fsync ckpt.npy.tmp" in r.fix for r in report.failures)  # the data lost under a rename that persisted
+
+
+def test_numpy_marker_written_before_the_data(resume_points):
+    """A 'latest' file naming a checkpoint that is not there yet: the resume crashes, or starts over."""
+    report = resume_points(numpy_job("marker-first"), models=["process"], check=False, shrink=0)
+    assert {HARD_FAIL, LOST_WORK} <= report.kinds
+    lost = next(r for r in report.results if r.verdict == LOST_WORK)
+    assert lost.resumed_from < lost.newest_complete and "steps redone" in lost.detail
+    assert "latest" in lost.fix or "marker" in lost.fix.lower() or "order" in lost.fix.lower(), lost.fix
+
+
+def test_numpy_durable_save_passes_a_sample_spread_over_the_run(resume_points):
+    report = resume_points(numpy_job("durable"), max_states=16)
+    assert report.sampled and report.states <= 16 and report.candidates > 16 and not report.failures
+    assert {r.save for r in report.results} == {1, 2, 3, 4}
+    assert report.counts("power-loss")[PASS] > 0 and report.counts("process")[PASS] > 0
+
+
+@pytest.mark.slow
 def test_numpy_durable_save_passes_every_state(resume_points):
     report = resume_points(numpy_job("durable"))
     assert report.states > 30 and not report.failures
@@ -190,18 +216,12 @@ def test_numpy_durable_save_passes_every_state(resume_points):
 
 
 def test_cold_starts_give_the_same_verdicts(resume_points):
-    warm = resume_points(numpy_job("inplace"), models=["process"], check=False)
-    cold = resume_points(numpy_job("inplace"), models=["process"], check=False, warm=False, shrink=0)
-    assert warm.warm and not cold.warm
+    warm = resume_points(numpy_job("inplace"), models=["process"], max_states=10, check=False)
+    cold = resume_points(numpy_job("inplace"), models=["process"], max_states=10, check=False, warm=False, shrink=0)
+    assert warm.warm and not cold.warm and warm.sampled and warm.counts()[PASS] and HARD_FAIL in warm.kinds
     assert [(r.description, r.verdict) for r in warm.results] == [
         (r.description, r.verdict) for r in cold.results
     ]
-
-
-def test_max_states_spreads_a_cap_over_the_run(resume_points):
-    report = resume_points(numpy_job("durable"), max_states=12)
-    assert report.sampled and report.states <= 12 and report.candidates > 12
-    assert {r.save for r in report.results} == {1, 2, 3, 4}
 
 
 # -- torch ------------------------------------------------------------------------------------------------
@@ -211,6 +231,7 @@ def torch_job(save: str) -> list[str]:
     return [sys.executable, TORCH_LOOP, "--out", "{dir}", "--save", save]
 
 
+@pytest.mark.slow
 def test_torch_temp_and_replace_without_fsync_fails_only_on_power_loss(resume_points):
     pytest.importorskip("torch")
     report = resume_points(torch_job("replace"), weights="final.pt", check=False, shrink=0)
@@ -221,6 +242,7 @@ def test_torch_temp_and_replace_without_fsync_fails_only_on_power_loss(resume_po
     assert "fsync ckpt.pt.tmp" in hard.fix  # the data was lost under a rename that persisted
 
 
+@pytest.mark.slow
 def test_torch_marker_written_before_the_data(resume_points):
     """A 'latest' file naming a checkpoint that is not there yet: the resume crashes, or starts over."""
     pytest.importorskip("torch")
@@ -232,6 +254,7 @@ def test_torch_marker_written_before_the_data(resume_points):
     assert lost.resumed_from < lost.newest_complete and "steps redone" in lost.detail
 
 
+@pytest.mark.slow
 def test_torch_durable_save_passes(resume_points):
     pytest.importorskip("torch")
     report = resume_points(torch_job("durable"), weights="final.pt", max_states=24)
@@ -317,23 +340,25 @@ def test_a_resume_that_hangs_is_killed_from_outside_and_is_a_hard_fail(resume_po
         "import os, sys, time, hashlib\n"
         "c = os.path.join(sys.argv[1], 'c')\n"
         "step = 0\n"
-        "if os.path.exists(c):\n"
-        "    text = open(c).read()\n"
-        "    while not text.endswith('.'):\n"
-        "        time.sleep(0.05)  # waits for a writer that is gone\n"
-        "    step = int(text[:-1])\n"
+        "text = open(c).read() if os.path.exists(c) else ''\n"
+        "while text and not text.endswith('.'):\n"
+        "    time.sleep(0.05)  # waits for a writer that is gone\n"
+        "step = int(text[:-1]) if text else 0\n"
         "print('resumed from step', step, flush=True)\n"
-        "while step < 3:\n"
+        "while step < 1:  # one save, one state that hangs: each costs the timeout twice (warm, then cold)\n"
         "    step += 1\n"
         "    print('STEP', step, flush=True)\n"
         "    with open(c, 'w') as f:\n"
         "        f.write(str(step)); f.flush(); f.write('.')\n"
-        "print('WEIGHTS 3', flush=True)\n"
+        "    with open(c + '.log', 'a') as f:  # states after the one that hangs\n"
+        "        f.write('saved\\n')\n"
+        "print('WEIGHTS 1', flush=True)\n"
     )
     report = resume_points([sys.executable, str(script), "{dir}"], models=["process"], timeout=4, check=False)
     hung = [r for r in report.results if r.verdict == HARD_FAIL]
-    assert hung and all("did not finish within 4 s" in r.detail for r in hung)
-    assert report.counts()[PASS] > 0  # the worker came back for the next states
+    assert len(hung) == 1 and all("did not finish within 4 s" in r.detail for r in hung)
+    after = report.results[report.results.index(hung[0]) + 1 :]
+    assert after and all(r.verdict == PASS for r in after)  # the worker came back for the next states
 
 
 # -- the CLI -------------------------------------------------------------------------------------------------
@@ -377,6 +402,7 @@ def test_check_train_and_a_target_are_exclusive(tmp_path):
 # -- the users' own stacks ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_lightning_epoch_checkpoints_resume_exactly_in_a_process_crash(resume_points):
     pytest.importorskip("pytorch_lightning")
     job = [sys.executable, str(HERE / "lightning_loop.py"), "--out", "{dir}"]
@@ -425,9 +451,9 @@ def test_sb3_fine_tuning_through_a_model_store_survives_every_state(resume_point
     subprocess.run(
         [sys.executable, str(HERE / "sb3_finetune.py"), "--root", str(root), "--init"], check=True, env=env
     )
-    report = resume_points(job, root=root, env=env, weights=sb3_policy_digest, max_states=30,
+    report = resume_points(job, root=root, env=env, weights=sb3_policy_digest, max_states=8,
                            allow_outside=[os.path.join(tempfile.gettempdir(), "SB3-*")])  # fmt: skip
-    assert not report.failures and report.states >= 20 and len(report.saves) == 2
+    assert not report.failures and report.states >= 6 and len(report.saves) == 2 and report.warm
 
 
 def reference_models_digest(directory: Path) -> str:
@@ -441,6 +467,7 @@ def reference_models_digest(directory: Path) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_the_reference_training_script_survives_crashes(resume_points, tmp_path):
     """persistkit.reference.train: archive, train, traces, one ModelStore bundle; a restart trains again."""
     pytest.importorskip("stable_baselines3")
