@@ -43,7 +43,8 @@ class Script:
     what: str
     argv: tuple[str, ...]  # with {out}
     result: str  # the final-weights file under {out}
-    glob: str | None  # ckpt-chaos --checkpoint-glob: it needs a step number in the name; without one, no LOST_WORK
+    # ckpt-chaos --checkpoint-glob: it needs a step number in the name; without one, no LOST_WORK
+    glob: str | None
 
     def command(self, placeholder: str) -> list[str]:
         return [sys.executable, *(a.replace("{out}", placeholder) for a in self.argv)]

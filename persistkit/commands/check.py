@@ -133,6 +133,10 @@ def check_command(
             raise click.UsageError(
                 "give either TARGET (a component or app) or --train CMD (a training job), not both"
             )
+        if skip or exclude:
+            raise click.UsageError(
+                "--skip and --exclude choose checks of the battery for TARGET; --train runs resume_points only"
+            )
         run_train_check(train, json_path=json_path, seed=seed, **train_kw)
         return
     from rich.console import Console

@@ -462,7 +462,7 @@ class ResumeRun:
                 for p in (op.path, op.dst):
                     if p and model.inside(p) and p != self.root:
                         touched.add(model.rel(p))
-            contents = sim.materializer().contents(Plan(end))  # type: ignore[no-untyped-call]
+            contents = sim.materializer().contents(Plan(end))
             files = {
                 rel: _digest(data) for rel, data in contents.items() if rel in touched and self._matches(rel)
             }
@@ -590,7 +590,7 @@ class ResumeRun:
             first = [t for t in cands if t[0] == "process" and not t[1].losses and t[1].plan.k in ends]
             rest = []
             for t in cands:  # distinct states only, so that a cap counts states, not duplicates
-                key = (sim.materializer().key(t[1].plan), self._committed(saves, t[1], t[0]))  # type: ignore[no-untyped-call]
+                key = (sim.materializer().key(t[1].plan), self._committed(saves, t[1], t[0]))
                 if key[0] is None or key in seen:
                     continue
                 seen.add(key)
@@ -603,7 +603,7 @@ class ResumeRun:
                 report.sampled = True
                 rest = [rest[i] for i in spread(len(rest), budget)] if budget else []
             for model, c, index in first + rest:
-                key = (sim.materializer().key(c.plan), self._committed(saves, c, model))  # type: ignore[no-untyped-call]
+                key = (sim.materializer().key(c.plan), self._committed(saves, c, model))
                 if key[0] is None or key in seen:
                     continue
                 seen.add(key)

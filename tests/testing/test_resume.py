@@ -189,7 +189,8 @@ def test_numpy_temp_and_replace_without_fsync_fails_only_on_power_loss(resume_po
     assert report.counts("process")[PASS] == report.counts("process").total() > 10
     power = report.counts("power-loss")
     assert power[HARD_FAIL] + power[SILENT_DIVERGENCE] > 0 and power[DUPLICATED_WORK] > 0
-    assert any("fsync ckpt.npy.tmp" in r.fix for r in report.failures)  # the data lost under a rename that persisted
+    # the data lost under a rename that persisted
+    assert any("fsync ckpt.npy.tmp" in r.fix for r in report.failures)
 
 
 def test_numpy_marker_written_before_the_data(resume_points):
@@ -217,7 +218,9 @@ def test_numpy_durable_save_passes_every_state(resume_points):
 
 def test_cold_starts_give_the_same_verdicts(resume_points):
     warm = resume_points(numpy_job("inplace"), models=["process"], max_states=10, check=False)
-    cold = resume_points(numpy_job("inplace"), models=["process"], max_states=10, check=False, warm=False, shrink=0)
+    cold = resume_points(
+        numpy_job("inplace"), models=["process"], max_states=10, check=False, warm=False, shrink=0
+    )
     assert warm.warm and not cold.warm and warm.sampled and warm.counts()[PASS] and HARD_FAIL in warm.kinds
     assert [(r.description, r.verdict) for r in warm.results] == [
         (r.description, r.verdict) for r in cold.results
@@ -397,6 +400,8 @@ def test_check_train_passes_a_durable_job(tmp_path):
 def test_check_train_and_a_target_are_exclusive(tmp_path):
     out = run_cli("persistkit.reference.bot:make_bot", "--train", "python x.py", cwd=tmp_path)
     assert out.returncode == 2 and "--train" in out.stderr
+    out = run_cli("--train", "python x.py", "--skip", "corruption", cwd=tmp_path)
+    assert out.returncode == 2 and "--skip and --exclude" in out.stderr
 
 
 # -- the users' own stacks ------------------------------------------------------------------------------------
