@@ -102,8 +102,10 @@ def run_persistkit(script: Script, *, max_states: int | None = None) -> ToolRun:
     work = tempfile.mkdtemp(prefix="pk-side-")
     try:
         t0 = time.perf_counter()
+        # SB3's logger makes /tmp/SB3-<time> directories on every run: not saved state
         report = ResumePoints(work)(script.command("{dir}"), weights=script.result, check=False, shrink=0,
-                                    max_states=max_states, cwd=str(ROOT))  # fmt: skip
+                                    max_states=max_states, cwd=str(ROOT),
+                                    allow_outside=[os.path.join(tempfile.gettempdir(), "SB3-*")])  # fmt: skip
         seconds = time.perf_counter() - t0
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -199,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"   {tool}: {run.states} states in {run.seconds:.0f} s: {run.counts} {run.note}", flush=True
             )
         results.append(res)
+        if args.out:  # one line per script as it ends, so a later script's failure keeps the earlier numbers
+            with Path(args.out).with_suffix(".jsonl").open("a") as f:
+                row = {"script": script.name, **{t: vars(res[t]) for t in ("persistkit", "ckpt-chaos")}}
+                f.write(json.dumps(row) + "\n")
     text = markdown(results)
     print(text)
     if args.out:
