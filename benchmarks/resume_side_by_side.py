@@ -66,7 +66,7 @@ SCRIPTS = [
     torch_loop("replace", "`torch.save` to a temp file, `os.replace`, no fsync"),
     torch_loop("marker-first", "ckpt-N.pt per save, `latest` marker written before the data"),
     torch_loop("durable", "temp file, fsync, `os.replace`, directory fsync (control)"),
-    torch_loop("rotating", "ckpt-N.pt written durably, then `latest` replaced durably (control)"),
+    torch_loop("rotating", "ckpt-N.pt written durably, then `latest` replaced durably (nothing corrupts; a crash between the two redoes a save)"),
     Script("numpy inplace", "`np.save` over ckpt.npy in place (no checksum)",
            (str(JOBS / "numpy_loop.py"), "--out", "{out}", "--save", "inplace"), "final.npy", None),
     Script("numpy durable", "`np.save` to a temp file, fsync, rename, directory fsync (control)",

@@ -444,6 +444,7 @@ def sb3_policy_digest(directory: Path) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow  # ~27 s even at 8 states: SB3 costs 3 s of imports per fresh process
 def test_sb3_fine_tuning_through_a_model_store_survives_every_state(resume_points, tmp_path):
     """Seed 000: fine-tune a stored A2C in rounds, each round a new ModelStore version."""
     pytest.importorskip("stable_baselines3")
@@ -456,9 +457,9 @@ def test_sb3_fine_tuning_through_a_model_store_survives_every_state(resume_point
     subprocess.run(
         [sys.executable, str(HERE / "sb3_finetune.py"), "--root", str(root), "--init"], check=True, env=env
     )
-    report = resume_points(job, root=root, env=env, weights=sb3_policy_digest, max_states=8,
+    report = resume_points(job, root=root, env=env, weights=sb3_policy_digest, max_states=30,
                            allow_outside=[os.path.join(tempfile.gettempdir(), "SB3-*")])  # fmt: skip
-    assert not report.failures and report.states >= 6 and len(report.saves) == 2 and report.warm
+    assert not report.failures and report.states >= 20 and len(report.saves) == 2 and report.warm
 
 
 def reference_models_digest(directory: Path) -> str:
