@@ -31,6 +31,7 @@ EXPECTED = [
     ("Model bundles", "python"),
     ("A bot's whole state in one StateStore", "python"),
     ("Training archives", "python"),
+    ("Training resume", "python"),
     ("The reference bot and training script", "bash"),
     ("Development", "bash"),
     ("Several machines", "python"),
@@ -242,6 +243,21 @@ def test_training_session_block_runs(tmp_path, shell_env):
     out = run_python(block("Training archives", "python"), tmp_path, shell_env)
     assert out.count("training_backup_") == 2  # the archive on entry and the final one
     assert (tmp_path / "workspace" / "models" / "model.json").read_text() == '{"w": 1}'
+
+
+def test_training_resume_block_passes_as_printed(pytester):
+    result = run_as_pytest(pytester, block("Training resume", "python"), "-W", "error")
+    result.assert_outcomes(passed=1)
+
+
+def test_training_resume_block_fails_without_the_fsyncs(pytester):
+    """The paragraph after the block: without fsync, power loss breaks the resume."""
+    code = block("Training resume", "python")
+    unsynced = code.replace("                os.fsync(f.fileno())\n", "").replace("            os.fsync(fd)\n", "")
+    assert unsynced.count("fsync") == 0
+    result = run_as_pytest(pytester, unsynced)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*resume_points: * crash states*", "*First HARD_FAIL*", "*Fix: *"])
 
 
 def test_reference_bot_and_training_block_runs(tmp_path, shell_env):

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from persistkit.commands.check_train import run_train_check, train_options
 from persistkit.testing.battery import CHECKS, DEFAULT_KILLS
 
 __all__ = ["check_command"]
@@ -96,6 +97,7 @@ def _skips(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
     default=False,
     help="Keep the scratch directory (every state dir a failure names) instead of deleting it.",
 )
+@train_options
 def check_command(
     target: str | None,
     json_path: Path | None,
@@ -108,6 +110,8 @@ def check_command(
     skip: tuple[str, ...],
     exclude: tuple[str, ...],
     keep: bool,
+    train: str | None,
+    **train_kw: Any,
 ) -> None:
     """Run the persistence battery against TARGET (module:factory; default: the reference bot).
 
@@ -120,7 +124,21 @@ def check_command(
     A step that returns a mapping with an "id" is acknowledged work: it must survive
     any crash, and ids must be unique. An app whose step() saves by itself is judged
     on those saves too. The current directory is on sys.path, as in pytest.
+
+    With --train CMD instead of TARGET: crash a training job at every operation of every
+    checkpoint save, resume it, and compare with an uninterrupted run (resume_points).
     """
+    if train is not None:
+        if target is not None:
+            raise click.UsageError(
+                "give either TARGET (a component or app) or --train CMD (a training job), not both"
+            )
+        if skip or exclude:
+            raise click.UsageError(
+                "--skip and --exclude choose checks of the battery for TARGET; --train runs resume_points only"
+            )
+        run_train_check(train, json_path=json_path, seed=seed, **train_kw)
+        return
     from rich.console import Console
     from rich.table import Table
 

@@ -11,6 +11,7 @@ asks for it. Fixtures:
 ``disk_faults``     fail every operation with ENOSPC/EIO/EDQUOT/EROFS, once and persistently
 ``corruptions``     truncated/bit-flipped/trashed/junk-appended copies; ``assert_detected(load)``
 ``lifecycle``       startup/operate/shutdown/restart; ``.subprocess(...)`` with SIGTERM/SIGKILL
+``resume_points``   crash a training run at every operation of every checkpoint save, resume, compare
 ==================  =====================================================================
 
 Under Hypothesis' ``@given``, these function-scoped fixtures are reused across examples
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from persistkit.testing.crash_points import CrashPoints
     from persistkit.testing.disk_faults import DiskFaults
     from persistkit.testing.lifecycle import Lifecycle
+    from persistkit.testing.resume import ResumePoints
     from persistkit.testing.roundtrip import Roundtrip
 
 REPORT_OPTION = "--persistkit-report"
@@ -333,6 +335,31 @@ def lifecycle(tmp_path: Path, request: pytest.FixtureRequest) -> Generator[Lifec
         lc.close()
 
 
+@pytest.fixture
+def resume_points(tmp_path: Path) -> ResumePoints:
+    """Run a training job to the end, crash it at every operation of every checkpoint save, resume it.
+
+    ``resume_points(train, weights=..., tolerance=0.0, models=("process", "power-loss"),
+    max_states=None, checkpoints=())``: ``train`` is argv (``{dir}``: the directory it
+    checkpoints into), a string, or a callable ``train(dir)``. The job prints ``STEP n`` after
+    each step and ``resumed from step N`` (or ``RESUME N``) at start; the final weights are a
+    file under the directory (``weights="final.pt"``), a callable ``weights(dir)``, a
+    ``WEIGHTS`` line, or a callable job's return value (``persistkit.testing.training``).
+    Each crash state is resumed isolated and judged: pass, HARD_FAIL, SILENT_DIVERGENCE,
+    LOST_WORK or DUPLICATED_WORK; a failure raises AssertionError with the state, a ``Fix:``
+    line and a repro folder under ``tmp_path/resume-repro``.
+
+    Example::
+
+        def test_training_resumes(resume_points):
+            report = resume_points([sys.executable, "train.py", "--out", "{dir}"], weights="final.pt")
+            assert report.states > 10
+    """
+    from persistkit.testing.resume import ResumePoints
+
+    return ResumePoints(tmp_path, repro_dir=tmp_path / "resume-repro")
+
+
 __all__ = [
     "corruptions",
     "crash_points",
@@ -340,5 +367,6 @@ __all__ = [
     "lifecycle",
     "parse_count",
     "persist_dir",
+    "resume_points",
     "roundtrip",
 ]

@@ -298,7 +298,14 @@ class Materializer:
             if placed.origin == "copy" and placed.kind == "file":
                 self._copy_desc[placed.inode] = None
             if placed.kind == "dir" and st is not None and _stat.S_ISDIR(st.st_mode):
-                placed.ctime_ns = st.st_ctime_ns
+                if st.st_ino == placed.ino:
+                    placed.ctime_ns = st.st_ctime_ns
+                    continue
+                # another directory in its place (the old one renamed away, a new one made): what was
+                # made in it before it could be watched is unknown, so it goes, with all placed under it
+                _remove(full)
+                for sub in [p for p in self._current if p == rel or p.startswith(rel + os.sep)]:
+                    del self._current[sub]
                 continue
             if st is not None:
                 _remove(full)

@@ -75,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["CrashSimulator", "CrashState", "Loss", "Plan", "Stats"]
 
 Model = Literal["process", "power-loss"]
+Windows = Sequence[tuple[int, int]]  # (start, end) positions of saves inside a longer log
 LATEST, DURABLE = "latest", "durable"
 _KEEP_LOSSES = 8  # a state names at most this many of the operations it lost (the first ones)
 
@@ -226,14 +227,29 @@ class CrashSimulator:
         self._shown_index = {p: i for i, p in enumerate(self._relevant_positions)}
 
     # -- the public walk -------------------------------------------------------------------
-    def candidates(self, model: Model = "power-loss") -> list[_Candidate]:
+    def candidates(self, model: Model = "power-loss", *, within: Windows | None = None) -> list[_Candidate]:
+        """The candidate states of ``model``; ``within``: only those of these windows of the log.
+
+        A window ``(start, end)`` is a save inside a longer log (one checkpoint save of a whole
+        training run): positions ``start``..``end`` of ``model.ops`` (the save's operations are
+        ``ops[start:end]``). The process model then crashes only at its operation boundaries;
+        power loss only just before its durability points and at ``end`` (the save returned),
+        each state still losing whatever was unsynced since the log began.
+        """
         if model not in ("process", "power-loss"):
             raise ValueError(f"model must be 'process' or 'power-loss', not {model!r}")
-        return self._process() if model == "process" else self._power_loss()
+        if within is not None and any(not 0 <= s <= e <= len(self.model.ops) for s, e in within):
+            raise ValueError(f"windows must lie within 0..{len(self.model.ops)}: {list(within)}")
+        return self._process(within) if model == "process" else self._power_loss(within)
 
-    def states(self, model: Model = "power-loss", *, max_states: int | None = None) -> Iterator[CrashState]:
-        """Yield distinct crash states (all of them, or ``max_states`` spread over the save)."""
-        cands = self.candidates(model)
+    def states(
+        self, model: Model = "power-loss", *, max_states: int | None = None, within: Windows | None = None
+    ) -> Iterator[CrashState]:
+        """Yield distinct crash states (all of them, or ``max_states`` spread over the save).
+
+        ``within``: only the states of these windows of the log (see ``candidates``).
+        """
+        cands = self.candidates(model, within=within)
         self.stats = Stats(candidates=len(cands))
         chosen: Sequence[int] = range(len(cands))
         if max_states is not None and len(cands) > max_states:
@@ -392,9 +408,11 @@ class CrashSimulator:
         return f"after {text}"
 
     # -- the process model -----------------------------------------------------------------
-    def _process(self) -> list[_Candidate]:
+    def _process(self, within: Windows | None = None) -> list[_Candidate]:
         out: list[_Candidate] = []
         points = [0] + [p + 1 for p in self._relevant_positions]
+        if within is not None:
+            points = [k for k in points if any(s <= k <= e for s, e in within)]
         rng = random.Random(self.seed)
         for k in points:
             if k:
@@ -429,8 +447,11 @@ class CrashSimulator:
         return self.model.inodes[owner] if owner is not None else None
 
     # -- the power-loss model --------------------------------------------------------------
-    def _points(self) -> list[int]:
+    def _points(self, within: Windows | None = None) -> list[int]:
         n = len(self.model.ops)
+        if within is not None:
+            syncs = {p for p in self.model.sync_positions() if any(s <= p < e for s, e in within)}
+            return sorted(p for p in syncs | {e for _, e in within} if p > 0)
         pts = sorted(set(self.model.sync_positions()) | {n})
         return [p for p in pts if p > 0] or [n]
 
@@ -484,19 +505,19 @@ class CrashSimulator:
             if m.position < k and self.model.relevant[m.position] and not self.model.durable_meta(m, k)
         ]  # fmt: skip
 
-    def _power_loss(self) -> list[_Candidate]:
+    def _power_loss(self, within: Windows | None = None) -> list[_Candidate]:
         """Candidates crash point by crash point; within one, those with the same data default
         together, so that moving from one state to the next rewrites few pages."""
         out: list[_Candidate] = []
-        for group in itertools.groupby(self._power_loss_unsorted(), key=lambda c: c.plan.k):
+        for group in itertools.groupby(self._power_loss_unsorted(within), key=lambda c: c.plan.k):
             cands = list(group[1])
             head, rest = cands[:1], cands[1:]
             out += head + sorted(rest, key=lambda c: (c.plan.default != LATEST, c.plan.upto is None))
         return out
 
-    def _power_loss_unsorted(self) -> list[_Candidate]:
+    def _power_loss_unsorted(self, within: Windows | None = None) -> list[_Candidate]:
         model = self.model
-        points = self._points()
+        points = self._points(within)
         units_at = {k: self._pending_units(k) for k in points}
         meta_at = {k: self._pending_meta(k) for k in points}
         # each unit / meta op gets its own variants at the last crash point where it is pending
