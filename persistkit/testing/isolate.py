@@ -418,12 +418,29 @@ def _describe_error(err: BaseException) -> dict[str, Any]:
     }
 
 
+def _freeze_inherited_heap() -> None:
+    """Keep the garbage collector off every object inherited from the test process.
+
+    A test session that loaded boto3/moto, torch or transformers holds millions of objects. A
+    full collection in a forked child walks them all, which copies every page of that heap
+    (copy-on-write) and took seconds per call: disk_faults collects after each faulted save, so
+    one SQLite sweep went from 8 s to 200 s once such a test had run earlier in the same process.
+    ``gc.freeze()`` (Python's documented answer for fork-based servers) moves them to a permanent
+    generation in O(1); objects the child makes are collected as usual.
+    """
+    import gc
+
+    gc.freeze()
+
+
 def _runner_main(
     sock: socket.socket, diag: int, fn: Callable[..., Any], fresh: bool = False, keep_threads: bool = False
 ) -> NoReturn:
     code = 0
     try:
         import faulthandler
+
+        _freeze_inherited_heap()
 
         faulthandler.enable(file=diag, all_threads=True)
         faulthandler.register(_DUMP_SIGNAL, file=diag, all_threads=True, chain=False)
@@ -468,6 +485,7 @@ def _keeper_main(
     ctl: socket.socket, fn: Callable[..., Any], fresh: bool = False, keep_threads: bool = False
 ) -> NoReturn:
     try:
+        _freeze_inherited_heap()
         for fd in list(_PARENT_FDS):
             with contextlib.suppress(OSError):
                 os.close(fd)
