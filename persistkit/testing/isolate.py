@@ -442,6 +442,10 @@ def _runner_main(
 
         _freeze_inherited_heap()
 
+        # disable first: enable() on an enabled faulthandler (pytest enables it in the test process)
+        # only changes the file and keeps the handlers it installed then, although a library loaded
+        # since may have put its own SIGSEGV handler in their place; the crash would then say nothing
+        faulthandler.disable()
         faulthandler.enable(file=diag, all_threads=True)
         faulthandler.register(_DUMP_SIGNAL, file=diag, all_threads=True, chain=False)
         _set_subreaper()

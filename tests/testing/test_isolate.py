@@ -342,3 +342,24 @@ def test_a_child_never_walks_the_heap_it_inherited(no_leftovers):
     frozen, _, tracked = outcome.value
     assert frozen >= len(held) and tracked < len(held) // 4, outcome.value
     assert gc.get_freeze_count() == 0  # the test process itself is untouched
+
+
+def test_a_segfault_is_described_even_after_a_library_took_the_signal():
+    """pytest enables faulthandler in the test process; a library loaded later may install its own
+    SIGSEGV handler. faulthandler.enable() in the runner then kept that handler (it only changes the
+    file of an enabled faulthandler), and the crash came back with no stack: seen in CI."""
+    import subprocess
+    import sys
+
+    script = (
+        "import ctypes, faulthandler, signal\n"
+        "from persistkit.testing.isolate import run_isolated\n"
+        "faulthandler.enable()\n"
+        "signal.signal(signal.SIGSEGV, signal.SIG_DFL)  # what such a library does\n"
+        "def crash_here():\n"
+        "    ctypes.string_at(0)\n"
+        "o = run_isolated(crash_here, timeout=60)\n"
+        "print(o.kind, o.signal, 'crash_here' in o.traceback)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["killed", "SIGSEGV", "True"], (out.stdout, out.stderr[-2000:])
