@@ -31,9 +31,21 @@ def children_of_this_process() -> set[int]:
     return found
 
 
-def gone(pid: int) -> bool:
-    """No such process, not even a zombie waiting to be reaped."""
-    return not os.path.exists(f"/proc/{pid}")
+def started(pid: int) -> str | None:
+    """When ``pid`` started (field 22 of /proc/PID/stat), or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
+def gone(pid: int, since: str | None = None) -> bool:
+    """No such process, not even a zombie waiting to be reaped. With ``since`` (its start time, read
+    while it ran): a process now holding that pid is another one (pid_max is 32768 here and the suite
+    forks thousands of processes, so a freed pid is soon reused)."""
+    now = started(pid)
+    return now is None or (since is not None and now != since)
 
 
 @pytest.fixture
@@ -291,13 +303,14 @@ def test_a_worker_keeps_the_state_it_was_forked_with(no_leftovers):
 def test_closing_a_worker_ends_its_processes_and_many_workers_coexist(no_leftovers):
     workers = [Worker(os.getpid, timeout=30) for _ in range(3)]
     pids = [w.call().value for w in workers]
-    assert len(set(pids)) == 3 and os.getpid() not in pids
+    starts = [started(p) for p in pids]
+    assert len(set(pids)) == 3 and os.getpid() not in pids and None not in starts
     workers[1].close()
-    assert gone(pids[1])  # no other worker's keeper holds its socket open
+    assert gone(pids[1], starts[1])  # no other worker's keeper holds its socket open
     assert workers[0].call().value == pids[0] and workers[2].call().value == pids[2]
     for w in workers:
         w.close()
-    assert all(gone(p) for p in pids)
+    assert all(gone(p, since) for p, since in zip(pids, starts, strict=True))
 
 
 def test_outcome_describes_itself():
