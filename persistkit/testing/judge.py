@@ -349,6 +349,20 @@ def _rel(text: str, root: str) -> str:
     return text.replace(root + os.sep, "").replace(root, ".") if root else text
 
 
+def _reverted_hint(op: Any, root: str) -> str:
+    from persistkit.testing.fs.ops import OpKind
+
+    path, dst = _rel(op.path, root), _rel(op.dst or "", root)
+    if op.kind == OpKind.REPLACE:
+        return f"fsync the directory holding {dst} after os.replace(): until then a power loss can undo the rename"
+    if op.kind == OpKind.UNLINK:
+        return (
+            f"fsync the directory after deleting {path}: until then a power loss can bring it back "
+            "(for SQLite's rollback journal: PRAGMA synchronous=EXTRA)"
+        )
+    return f"fsync the directory after the {op.kind.value} of {path}: until then a power loss can undo it"
+
+
 def fix_hint(
     losses: Sequence[Any], operations: Sequence[Any] = (), *, root: str = "", model: str = ""
 ) -> str:
@@ -376,20 +390,19 @@ def fix_hint(
             "it visible last with one conditional PUT of a small pointer"
         )
     if first.how == "reverted":
-        # a directory fsync after the last reverted operation keeps the earlier ones too (a rename and
-        # the create of the file it renames): name that one, not the first
-        first = max((x for x in losses if x.how == "reverted"), key=lambda x: x.op.index)
+        # A directory fsync after the last reverted operation in that directory keeps the earlier ones
+        # there too (a rename and the create of the file it renames): name that one per directory (a
+        # new directory's mkdir and a rename inside it need two fsyncs, of two directories).
+        last: dict[str, Any] = {}
+        for x in losses:
+            if x.how == "reverted":
+                where = os.path.dirname(x.op.dst if x.op.kind == OpKind.REPLACE and x.op.dst else x.op.path)
+                if where not in last or x.op.index > last[where].op.index:
+                    last[where] = x
+        ops = sorted((x.op for x in last.values()), key=lambda o: o.index)
+        return "; and ".join(_reverted_hint(o, root) for o in ops)
     how, op = first.how, first.op
-    path, dst = _rel(op.path, root), _rel(op.dst or "", root)
-    if how == "reverted":
-        if op.kind == OpKind.REPLACE:
-            return f"fsync the directory holding {dst} after os.replace(): until then a power loss can undo the rename"
-        if op.kind == OpKind.UNLINK:
-            return (
-                f"fsync the directory after deleting {path}: until then a power loss can bring it back "
-                "(for SQLite's rollback journal: PRAGMA synchronous=EXTRA)"
-            )
-        return f"fsync the directory after the {op.kind.value} of {path}: until then a power loss can undo it"
+    path = _rel(op.path, root)
     if how == "torn" and model == "process":
         return (
             f"a SIGKILL can stop a large write to {path} half way: write to a temp file, fsync it and os.replace() "
