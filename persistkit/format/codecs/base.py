@@ -43,7 +43,9 @@ __all__ = [
     "Encoded",
     "MetaValue",
     "Payload",
+    "decode_member",
     "derives_from",
+    "fixed_class",
     "type_family",
     "type_name",
 ]
@@ -187,3 +189,38 @@ def derives_from(obj: object, base: str) -> bool:
 def _base_names(cls: type) -> frozenset[str]:
     """Qualified names of the base classes (cached: choosing a codec asks for every unknown object)."""
     return frozenset(f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__[1:])
+
+
+# -- shared by the codecs that rebuild a fixed set of framework classes (keras, lightgbm, xgboost) -----
+
+
+def decode_member(payload: Payload, source: str, *, codec: str, newest: int) -> Any:
+    """The member's outer tree; a ``format`` newer than ``newest`` is a ``NewerFormatError``."""
+    from persistkit.errors import NewerFormatError
+    from persistkit.format import tree
+
+    outer = tree.decode(payload, source=source)
+    if isinstance(outer, dict) and type(outer.get("format")) is int and outer["format"] > newest:
+        raise NewerFormatError(
+            f"{source} was written by a newer persistkit ({codec} member format {outer['format']}); upgrade "
+            "persistkit to read it.",
+            member=source,
+        )
+    return outer
+
+
+def fixed_class(name: str, classes: Mapping[str, tuple[str, str]], source: str) -> Any:
+    """The class ``name`` stands for among the only ones a codec constructs; any other name is refused."""
+    import importlib
+
+    from persistkit.errors import UntrustedTypeError
+
+    if name not in classes:
+        raise UntrustedTypeError(
+            f"{source} names {name!r}, which this codec never constructs (it rebuilds only "
+            f"{', '.join(sorted(classes))}). The member is damaged or forged.",
+            types=[name],
+            member=source,
+        )
+    module, cls_name = classes[name]
+    return getattr(importlib.import_module(module), cls_name)

@@ -50,7 +50,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from persistkit.errors import FormatError, NewerFormatError, UnsupportedTypeError, UntrustedTypeError
+from persistkit.errors import FormatError, UnsupportedTypeError, UntrustedTypeError
 from persistkit.format import tree
 from persistkit.format.codecs.base import (
     Codec,
@@ -58,6 +58,7 @@ from persistkit.format.codecs.base import (
     EncodeContext,
     Encoded,
     Payload,
+    decode_member,
     derives_from,
     type_family,
     type_name,
@@ -316,13 +317,7 @@ def info(obj: object) -> dict[str, object]:
 
 
 def _outer(payload: Payload, source: str) -> dict[str, Any]:
-    outer = tree.decode(payload, source=source)
-    if isinstance(outer, dict) and type(outer.get("format")) is int and outer["format"] > FORMAT:
-        raise NewerFormatError(
-            f"{source} was written by a newer persistkit (keras member format {outer['format']}); upgrade "
-            "persistkit to read it.",
-            member=source,
-        )
+    outer = decode_member(payload, source, codec="keras", newest=FORMAT)
     if not (
         isinstance(outer, dict)
         and outer.get("format") == FORMAT

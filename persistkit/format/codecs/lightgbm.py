@@ -43,13 +43,20 @@ from typing import Any
 
 from persistkit.errors import (
     FormatError,
-    NewerFormatError,
     PersistkitError,
     UnsupportedTypeError,
-    UntrustedTypeError,
 )
 from persistkit.format import tree
-from persistkit.format.codecs.base import Codec, DecodeContext, EncodeContext, Encoded, Payload, type_name
+from persistkit.format.codecs.base import (
+    Codec,
+    DecodeContext,
+    EncodeContext,
+    Encoded,
+    Payload,
+    decode_member,
+    fixed_class,
+    type_name,
+)
 
 __all__ = ["CLASSES", "CODEC", "LightGBMCodec", "audit", "decode", "encode", "validate_model"]
 
@@ -501,13 +508,7 @@ def _check_tail(tail: bytes, source: str) -> None:
 
 
 def _outer(payload: Payload, source: str) -> dict[str, Any]:
-    outer = tree.decode(payload, source=source)
-    if isinstance(outer, dict) and type(outer.get("format")) is int and outer["format"] > FORMAT:
-        raise NewerFormatError(
-            f"{source} was written by a newer persistkit (lightgbm member format {outer['format']}); upgrade "
-            "persistkit to read it.",
-            member=source,
-        )
+    outer = decode_member(payload, source, codec="lightgbm", newest=FORMAT)
     if not (
         isinstance(outer, dict)
         and outer.get("format") == FORMAT
@@ -588,24 +589,14 @@ def _restore(model: Any, booster: Any, fitted: Mapping[str, Any], source: str) -
 def decode(payload: Payload, *, trusted: object = (), source: str = "LightGBM member") -> object:
     """Rebuild the booster or wrapper; every class it constructs is fixed here, so ``trusted`` is unused."""
     del trusted
-    import importlib
-
     outer = _outer(payload, source)
     name = outer["class"]
-    if name not in CLASSES:
-        raise UntrustedTypeError(
-            f"{source} names {name!r}, which this codec never constructs (it rebuilds only "
-            f"{', '.join(sorted(CLASSES))}). The member is damaged or forged.",
-            types=[name],
-            member=source,
-        )
+    cls = fixed_class(name, CLASSES, source)
     text: bytes | None = outer["model"]
     if text is not None:
         validate_model(text, source=source)
     import lightgbm
 
-    module, cls_name = CLASSES[name]
-    cls = getattr(importlib.import_module(module), cls_name)
     try:
         booster = lightgbm.Booster(model_str=text.decode("utf-8")) if text is not None else None
         if name == BOOSTER:

@@ -41,14 +41,21 @@ from typing import Any
 
 from persistkit.errors import (
     FormatError,
-    NewerFormatError,
     PersistkitError,
     UnsupportedTypeError,
-    UntrustedTypeError,
 )
 from persistkit.format import tree
 from persistkit.format.codecs import ubj
-from persistkit.format.codecs.base import Codec, DecodeContext, EncodeContext, Encoded, Payload, type_name
+from persistkit.format.codecs.base import (
+    Codec,
+    DecodeContext,
+    EncodeContext,
+    Encoded,
+    Payload,
+    decode_member,
+    fixed_class,
+    type_name,
+)
 
 __all__ = ["CLASSES", "CODEC", "XGBoostCodec", "audit", "decode", "encode", "validate_model"]
 
@@ -372,13 +379,7 @@ def _ints(value: object) -> list[int] | None:
 
 
 def _outer(payload: Payload, source: str) -> dict[str, Any]:
-    outer = tree.decode(payload, source=source)
-    if isinstance(outer, dict) and type(outer.get("format")) is int and outer["format"] > FORMAT:
-        raise NewerFormatError(
-            f"{source} was written by a newer persistkit (xgboost member format {outer['format']}); upgrade "
-            "persistkit to read it.",
-            member=source,
-        )
+    outer = decode_member(payload, source, codec="xgboost", newest=FORMAT)
     if not (
         isinstance(outer, dict)
         and outer.get("format") == FORMAT
@@ -411,22 +412,12 @@ def _check_params(params: dict[str, Any], source: str) -> None:
 def decode(payload: Payload, *, trusted: object = (), source: str = "XGBoost member") -> object:
     """Rebuild the booster or wrapper; every class it constructs is in ``CLASSES``, so ``trusted`` is unused."""
     del trusted
-    import importlib
-
     outer = _outer(payload, source)
     name = outer["class"]
-    if name not in CLASSES:
-        raise UntrustedTypeError(
-            f"{source} names {name!r}, which this codec never constructs (it rebuilds only "
-            f"{', '.join(sorted(CLASSES))}). The member is damaged or forged.",
-            types=[name],
-            member=source,
-        )
+    cls = fixed_class(name, CLASSES, source)
     raw: bytes | None = outer["model"]
     if raw is not None:
         validate_model(raw, source=source)
-    module, cls_name = CLASSES[name]
-    cls = getattr(importlib.import_module(module), cls_name)
     try:
         if name == BOOSTER:
             booster = cls()
