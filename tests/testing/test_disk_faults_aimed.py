@@ -16,7 +16,7 @@ import sys
 import threading
 
 import pytest
-from fsutil import fsync_dir, read, write_all
+from fsutil import careful, fsync_dir, read, write_all
 
 from persistkit.testing.disk_faults import DiskFaults
 from persistkit.testing.report import Recorder
@@ -25,24 +25,6 @@ from persistkit.testing.report import Recorder
 @pytest.fixture
 def faults(tmp_path):
     return DiskFaults(tmp_path, recorder=Recorder())
-
-
-def careful(path, data):
-    """temp + write everything + fsync + rename + directory fsync, cleaning up on any error."""
-    tmp = f"{path}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(os.path.dirname(path))
 
 
 def test_a_single_write_that_ignores_its_count_publishes_a_truncated_file(faults, tmp_path):
@@ -340,20 +322,7 @@ def test_temp_names_of_python_tempfile_with_an_underscore_are_the_same_place(fau
 
     def save():  # what tempfile.mkstemp does, with the underscore every time (a new name each run)
         letters = "".join(random.SystemRandom().choices("abcdefghijklmnopqrstuvwxyz0123456789", k=7))
-        tmp = os.path.join(str(tmp_path), f".save-{letters[:3]}_{letters[3:]}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                write_all(fd, b"new")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(str(tmp_path))
+        careful(path, b"new", tmp=os.path.join(str(tmp_path), f".save-{letters[:3]}_{letters[3:]}.tmp"))
 
     report = faults(save, lambda: read(path), errnos=["EIO"], modes=["once"], observe="syscalls")
     assert report.violations == [] and report.misfired == 0 and report.fired > 3, report.summary()

@@ -10,7 +10,7 @@ import ctypes
 import os
 
 import pytest
-from fsutil import fsync_dir, read, write_all
+from fsutil import careful, fsync_dir, read, write_all
 
 from persistkit.testing.disk_faults import DiskFaults
 from persistkit.testing.fs.snapshot import Workshop
@@ -91,21 +91,7 @@ def test_a_crash_says_where_the_save_was(faults, tmp_path):
     assert "crash_while_closing" in where, where
 
 
-def atomic_save(path, data):
-    tmp = path + ".tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(os.path.dirname(path))
+atomic_save = careful  # temp, fsync, rename, directory fsync (fsutil)
 
 
 def test_a_load_that_writes_is_not_taken_for_writes_the_save_hid(faults, tmp_path):
