@@ -1085,7 +1085,7 @@ def _label_points(points: Sequence[Any], obs: Observation) -> dict[int, str]:
 # the random part of temp names: uuid/hex/pid suffixes, and Python's tempfile names (8 characters from
 # [a-z0-9_], so about one in five has an underscore: tempfile._RandomNameSequence)
 _RANDOM = re.compile(
-    r"(?<=[.\-_])(?:[A-Za-z0-9]{6,}|[0-9]{3,})|(?<=[.\-_])[a-z0-9_]{8}(?=\.|$)|(?<=/tmp)[A-Za-z0-9_]{6,8}(?=$|/)"
+    r"(?<=[.\-_])[a-z0-9_]{8}(?=\.|$)|(?<=[.\-_])(?:[A-Za-z0-9]{6,}|[0-9]{3,})|(?<=/tmp)[A-Za-z0-9_]{6,8}(?=$|/)"
 )
 
 
